@@ -1,0 +1,68 @@
+"""Meter drivers: one module per protocol behind the interface in :mod:`drivers.base`.
+
+``get_driver("dlms" | "modbus" | "mqtt")`` returns a driver; protocol modules are imported
+lazily so that a deployment without, say, MQTT meters never imports aiomqtt.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from drivers.base import (
+    ALL_CHANNELS,
+    AccessDenied,
+    AccessLevel,
+    AuthenticationFailed,
+    Channel,
+    ClockReading,
+    ConnectionFailed,
+    Credentials,
+    Driver,
+    DriverError,
+    Endpoint,
+    EntryStatus,
+    MeterIdentity,
+    MeterSession,
+    MeterTimeout,
+    NotSupported,
+    ProfileConfig,
+    ProfileEntry,
+    ProtocolError,
+    RegisterValue,
+)
+
+PROTOCOLS = ("dlms", "modbus", "mqtt")
+
+
+def get_driver(protocol: str) -> Driver:
+    """The driver for ``protocol``; a clear error for an unknown one."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    module = import_module(f"drivers.{protocol}")
+    return module.DRIVER
+
+
+__all__ = [
+    "ALL_CHANNELS",
+    "PROTOCOLS",
+    "AccessDenied",
+    "AccessLevel",
+    "AuthenticationFailed",
+    "Channel",
+    "ClockReading",
+    "ConnectionFailed",
+    "Credentials",
+    "Driver",
+    "DriverError",
+    "Endpoint",
+    "EntryStatus",
+    "MeterIdentity",
+    "MeterSession",
+    "MeterTimeout",
+    "NotSupported",
+    "ProfileConfig",
+    "ProfileEntry",
+    "ProtocolError",
+    "RegisterValue",
+    "get_driver",
+]

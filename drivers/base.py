@@ -1,0 +1,302 @@
+"""The one interface every meter driver implements.
+
+Modelled on OpenMUC's driver contract: one session is one connection to one meter, and a
+session never runs two calls at once (the base class serialises them). A read that fails
+raises a :class:`DriverError` subclass carrying a machine-readable ``reason``; a driver never
+returns a made-up value (a zero, a stale cache) in place of a reading.
+
+Everything here is protocol-neutral and database-free: ``drivers/`` imports nothing from
+``cgm/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum, StrEnum
+from typing import Any, Self, TypeVar
+
+T = TypeVar("T")
+
+
+class Channel(StrEnum):
+    """The four energy channels the Código de Medida asks for."""
+
+    ACTIVE_IMPORT = "active_import"  # kWh,   OBIS 1.0.1.8.0.255
+    ACTIVE_EXPORT = "active_export"  # kWh,   OBIS 1.0.2.8.0.255
+    REACTIVE_IMPORT = "reactive_import"  # kvarh, OBIS 1.0.3.8.0.255
+    REACTIVE_EXPORT = "reactive_export"  # kvarh, OBIS 1.0.4.8.0.255
+
+    @property
+    def unit(self) -> str:
+        return "kWh" if self in (Channel.ACTIVE_IMPORT, Channel.ACTIVE_EXPORT) else "kvarh"
+
+
+ALL_CHANNELS: tuple[Channel, ...] = tuple(Channel)
+
+
+class AccessLevel(IntEnum):
+    """Art. 17 access levels: 1 reads, 2 also sets clock, parameters, calibration."""
+
+    READ = 1
+    CONFIGURE = 2
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a client presents to a meter. ``secret`` never appears in ``repr`` or logs."""
+
+    level: AccessLevel
+    secret: str = field(repr=False)
+    # Protocol-specific client identity: DLMS client SAP, MQTT username, ... (optional).
+    client: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A communication channel to a meter (a meter may have a primary and a backup)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MeterIdentity:
+    serial: str
+    manufacturer: str
+    model: str
+    firmware: str
+
+
+@dataclass(frozen=True)
+class ClockReading:
+    """A meter clock read, with the CGM's clock at request and answer (all aware UTC).
+
+    The offset assumes the meter stamped its time half-way through the round trip, which
+    removes the transport latency from the measured drift.
+    """
+
+    meter_time: datetime
+    sent_at: datetime
+    received_at: datetime
+    status: int | None = None  # protocol clock status byte where the meter gives one
+
+    @property
+    def round_trip(self) -> float:
+        return (self.received_at - self.sent_at).total_seconds()
+
+    @property
+    def offset(self) -> float:
+        """Seconds the meter is ahead (+) or behind (−) the CGM clock."""
+        midpoint = self.sent_at + (self.received_at - self.sent_at) / 2
+        return (self.meter_time - midpoint).total_seconds()
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Load-profile configuration as the meter reports it."""
+
+    capture_period: timedelta
+    depth: int  # entries the profile buffer holds
+    channels: tuple[Channel, ...]
+
+    @property
+    def memory_span(self) -> timedelta:
+        return self.capture_period * self.depth
+
+
+class EntryStatus(IntEnum):
+    """Status bits a meter attaches to a profile entry (DLMS 'AMR profile status' style)."""
+
+    CRITICAL_ERROR = 0x01
+    CLOCK_INVALID = 0x02
+    DATA_NOT_VALID = 0x04
+    DAYLIGHT_SAVING = 0x08
+    CLOCK_ADJUSTED = 0x20
+    POWER_DOWN = 0x80
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    """Energy measured in one capture interval, in meter (secondary) units.
+
+    ``start`` is the interval start in UTC; meters stamp the end, drivers convert.
+    A channel absent from ``values`` was not captured; it is not zero.
+    """
+
+    start: datetime
+    period: timedelta
+    values: Mapping[Channel, float]
+    status: int = 0
+
+    @property
+    def end(self) -> datetime:
+        return self.start + self.period
+
+
+@dataclass(frozen=True)
+class RegisterValue:
+    """A cumulative energy register, scaler applied, in meter (secondary) units."""
+
+    channel: Channel
+    value: float
+    unit: str
+    read_at: datetime  # CGM clock (UTC) when the answer arrived
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class DriverError(Exception):
+    """A read or write that did not produce a value. ``reason`` is stable, for metrics."""
+
+    reason = "error"
+
+    def __init__(self, message: str, *, endpoint: Endpoint | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class MeterTimeout(DriverError):
+    reason = "timeout"
+
+
+class ConnectionFailed(DriverError):
+    """Could not connect, or the connection dropped mid-session."""
+
+    reason = "connection"
+
+
+class AuthenticationFailed(DriverError):
+    """The meter refused the credentials (wrong password or key)."""
+
+    reason = "auth"
+
+
+class AccessDenied(DriverError):
+    """Authenticated, but this access level may not do that (e.g. level 1 setting the clock)."""
+
+    reason = "access_denied"
+
+
+class ProtocolError(DriverError):
+    """A corrupt or unexpected frame."""
+
+    reason = "protocol"
+
+
+class NotSupported(DriverError):
+    """The meter does not offer this (e.g. a Modbus map without a profile)."""
+
+    reason = "unsupported"
+
+
+# --- sessions ----------------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MeterSession(ABC):
+    """One open connection to one meter.
+
+    Public methods serialise on a lock and apply the session timeout; subclasses implement
+    the ``_``-prefixed coroutines. Use as ``async with await driver.connect(...) as s:``.
+    """
+
+    def __init__(self, endpoint: Endpoint, credentials: Credentials, timeout: float) -> None:
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.timeout = timeout
+        self._lock = asyncio.Lock()
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        async with self._lock:
+            try:
+                return await asyncio.wait_for(fn(), self.timeout)
+            except TimeoutError as exc:
+                raise MeterTimeout(
+                    f"{what}: no answer from {self.endpoint} within {self.timeout:g} s",
+                    endpoint=self.endpoint,
+                ) from exc
+
+    async def identify(self) -> MeterIdentity:
+        return await self._call("identify", self._identify)
+
+    async def read_clock(self) -> ClockReading:
+        return await self._call("read_clock", self._read_clock)
+
+    async def set_clock(self, when: datetime) -> None:
+        """Set the meter clock (level 2). ``when`` is aware; drivers convert as the meter needs."""
+        if when.tzinfo is None:
+            raise ValueError("set_clock needs an aware datetime")
+        await self._call("set_clock", lambda: self._set_clock(when))
+
+    async def read_profile_config(self) -> ProfileConfig:
+        return await self._call("read_profile_config", self._read_profile_config)
+
+    async def read_profile(self, start: datetime, end: datetime) -> list[ProfileEntry]:
+        """Entries whose interval starts in [start, end), oldest first."""
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError("read_profile needs aware datetimes")
+        return await self._call("read_profile", lambda: self._read_profile(start, end))
+
+    async def read_registers(self) -> list[RegisterValue]:
+        return await self._call("read_registers", self._read_registers)
+
+    async def close(self) -> None:
+        """Release the association and close the connection; never raises."""
+        try:
+            await asyncio.wait_for(self._close(), self.timeout)
+        except Exception:  # noqa: BLE001 - closing must not mask the real outcome
+            pass
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def _identify(self) -> MeterIdentity: ...
+
+    @abstractmethod
+    async def _read_clock(self) -> ClockReading: ...
+
+    @abstractmethod
+    async def _set_clock(self, when: datetime) -> None: ...
+
+    @abstractmethod
+    async def _read_profile_config(self) -> ProfileConfig: ...
+
+    @abstractmethod
+    async def _read_profile(self, start: datetime, end: datetime) -> list[ProfileEntry]: ...
+
+    @abstractmethod
+    async def _read_registers(self) -> list[RegisterValue]: ...
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+
+class Driver(ABC):
+    """A protocol: turns an endpoint, credentials and protocol parameters into a session."""
+
+    protocol: str
+
+    @abstractmethod
+    async def connect(
+        self,
+        endpoint: Endpoint,
+        credentials: Credentials,
+        params: Mapping[str, Any] | None = None,
+        timeout: float = 10.0,
+    ) -> MeterSession:
+        """Open and authenticate a session; raise a DriverError subclass on failure."""

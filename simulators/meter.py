@@ -1,0 +1,270 @@
+"""A protocol-neutral software meter: clock, load shape, profile memory, registers, faults.
+
+The DLMS, Modbus and MQTT simulators each serve :class:`SimulatedMeter` objects over their
+own protocol, so every protocol shows the same physics and the same faults.
+
+The load is a pure function of (seed, interval start): a principal and a backup meter built
+with the same seed measure the same energy, and a backup with ``divergence_pct`` reads that
+much more. Registers are the running sum of the rounded interval values, so the register
+advance over any window equals the profile sum over it, as on a real meter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+import numpy as np
+
+from drivers.base import (
+    ALL_CHANNELS,
+    AccessLevel,
+    Channel,
+    EntryStatus,
+    MeterIdentity,
+    ProfileConfig,
+    ProfileEntry,
+)
+
+COLOMBIA_OFFSET = timedelta(hours=-5)  # official time, no daylight saving
+RESOLUTION = 3  # decimals of kWh kept by the meter (1 Wh)
+
+
+class FaultAction(StrEnum):
+    """What a protocol server does with the answer to one request."""
+
+    ANSWER = "answer"
+    SILENT = "silent"  # read the request, never answer (a meter that times out)
+    DROP = "drop"  # close the connection instead of answering
+    CORRUPT = "corrupt"  # answer with a damaged frame
+
+
+@dataclass
+class Faults:
+    """Faults injected into one meter. Mutable so that tests can change them live."""
+
+    latency: float = 0.0  # seconds added before every answer
+    no_answer: bool = False
+    drop_after_requests: int | None = None  # drop the connection after N answered requests
+    corrupt_next: int = 0  # damage the next N answers
+    missing: list[tuple[datetime, datetime]] = field(default_factory=list)  # holes in memory
+    register_reset_at: datetime | None = None  # meter replaced: registers restart at zero
+    divergence_pct: float = 0.0  # every energy value scaled by (1 + pct/100)
+
+    async def before_answer(self, answered_in_session: int) -> FaultAction:
+        """Apply latency and decide the fate of the next answer (consumes ``corrupt_next``)."""
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if self.no_answer:
+            return FaultAction.SILENT
+        if self.drop_after_requests is not None and answered_in_session >= self.drop_after_requests:
+            return FaultAction.DROP
+        if self.corrupt_next > 0:
+            self.corrupt_next -= 1
+            return FaultAction.CORRUPT
+        return FaultAction.ANSWER
+
+
+@dataclass
+class Secrets:
+    """The meter's two art. 17 access levels."""
+
+    level1: str = "reader-1"
+    level2: str = "config-2"
+
+    def level_for(self, secret: str) -> AccessLevel | None:
+        """The level a presented secret grants, or None when it matches neither."""
+        if secret == self.level2:
+            return AccessLevel.CONFIGURE
+        if secret == self.level1:
+            return AccessLevel.READ
+        return None
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A well-mixed 64-bit hash, so noise is a pure function of (seed, interval)."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _uniform(seed: int, index: np.ndarray, stream: int) -> np.ndarray:
+    key = index.astype(np.uint64) * np.uint64(4) + np.uint64(stream)
+    mixed = _splitmix64(key ^ _splitmix64(np.array([seed], dtype=np.uint64)))
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class SimulatedMeter:
+    """One software meter. Time comes from ``now`` (UTC), injectable for tests."""
+
+    def __init__(
+        self,
+        serial: str,
+        *,
+        seed: int = 0,
+        mean_kw: float = 100.0,
+        generator: bool = False,
+        capture_period: timedelta = timedelta(hours=1),
+        depth: int = 24 * 35,
+        clock_offset: float = 0.0,
+        drift_ppm: float = 0.0,
+        secrets: Secrets | None = None,
+        manufacturer: str = "CGM Simulated Meters",
+        model: str = "SIM-4Q",
+        firmware: str = "1.0.0",
+        faults: Faults | None = None,
+        initial_register: float | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        if capture_period <= timedelta(0) or timedelta(days=1) % capture_period:
+            raise ValueError("capture period must divide a day")
+        self.serial = serial
+        self.seed = seed
+        self.mean_kw = mean_kw
+        self.generator = generator
+        self.capture_period = capture_period
+        self.depth = depth
+        self.drift_ppm = drift_ppm
+        self.secrets = secrets or Secrets()
+        self.identity = MeterIdentity(serial, manufacturer, model, firmware)
+        self.faults = faults or Faults()
+        self._now = now or (lambda: datetime.now(UTC))
+        self._clock_ref = self._now()
+        self._clock_offset = clock_offset
+        self.clock_adjustments: list[tuple[datetime, float]] = []  # (real time, seconds moved)
+        rng = np.random.default_rng(seed)
+        self.initial_register = (
+            float(round(rng.uniform(1e4, 1e6), RESOLUTION))
+            if initial_register is None
+            else initial_register
+        )
+        # Registers count from here; long enough before memory starts to look installed.
+        self.installed_at = self._floor(self._now() - capture_period * depth - timedelta(days=30))
+
+    # --- clock ---------------------------------------------------------------------------
+
+    def real_now(self) -> datetime:
+        return self._now()
+
+    def clock(self) -> datetime:
+        """The meter's own time: real time plus offset plus accumulated drift."""
+        real = self._now()
+        drift = (real - self._clock_ref).total_seconds() * self.drift_ppm * 1e-6
+        return real + timedelta(seconds=self._clock_offset + drift)
+
+    @property
+    def clock_offset(self) -> float:
+        return (self.clock() - self._now()).total_seconds()
+
+    def set_clock(self, when: datetime) -> None:
+        """Set the meter time (a level-2 operation; the protocol server checks the level)."""
+        if when.tzinfo is None:
+            raise ValueError("meter time must be aware")
+        real = self._now()
+        moved = (when - self.clock()).total_seconds()
+        self._clock_ref = real
+        self._clock_offset = (when - real).total_seconds()
+        self.clock_adjustments.append((real, moved))
+
+    # --- load ----------------------------------------------------------------------------
+
+    def _floor(self, t: datetime) -> datetime:
+        step = int(self.capture_period.total_seconds())
+        ts = int(t.timestamp())
+        return datetime.fromtimestamp(ts - ts % step, UTC)
+
+    def interval_values(self, starts: np.ndarray) -> dict[Channel, np.ndarray]:
+        """Energy (kWh/kvarh, rounded to the meter resolution) for intervals starting at
+        ``starts`` (POSIX seconds, UTC), before any register reset or divergence."""
+        starts = np.asarray(starts, dtype=np.int64)
+        hours = self.capture_period.total_seconds() / 3600.0
+        local = starts + int(COLOMBIA_OFFSET.total_seconds())
+        hour = (local % 86400) / 3600.0 + hours / 2  # mid-interval local hour
+        weekday = ((local // 86400) + 3) % 7  # 1970-01-01 was a Thursday (3)
+        weekly = np.where(weekday == 6, 0.7, np.where(weekday == 5, 0.85, 1.0))
+        index = starts // int(self.capture_period.total_seconds())
+        noise = 1.0 + 0.1 * (_uniform(self.seed, index, 0) - 0.5)
+        shape = (
+            0.55
+            + 0.35 * np.exp(-(((hour - 11.0) / 3.0) ** 2))
+            + 0.45 * np.exp(-(((hour - 19.5) / 2.0) ** 2))
+        ) / 0.78
+        load = self.mean_kw * shape * weekly * noise * hours
+        scale = 1.0 + self.faults.divergence_pct / 100.0
+        if self.generator:
+            sun = np.clip(np.sin((hour - 6.0) / 12.0 * np.pi), 0.0, None)
+            export = self.mean_kw * 2.2 * sun * (0.8 + 0.4 * _uniform(self.seed, index, 1)) * hours
+            aux = 0.03 * load
+            active_import, active_export = np.where(sun > 0, 0.0, aux), export
+        else:
+            active_import, active_export = load, np.zeros_like(load)
+        pf = 0.25 + 0.1 * _uniform(self.seed, index, 2)
+        values = {
+            Channel.ACTIVE_IMPORT: active_import,
+            Channel.ACTIVE_EXPORT: active_export,
+            Channel.REACTIVE_IMPORT: (active_import + active_export) * pf,
+            Channel.REACTIVE_EXPORT: (active_import + active_export) * 0.02,
+        }
+        return {ch: np.round(v * scale, RESOLUTION) for ch, v in values.items()}
+
+    # --- memory --------------------------------------------------------------------------
+
+    def _first_recorded(self) -> datetime:
+        reset = self.faults.register_reset_at
+        return self.installed_at if reset is None else max(self.installed_at, self._floor(reset))
+
+    def profile_config(self) -> ProfileConfig:
+        return ProfileConfig(self.capture_period, self.depth, ALL_CHANNELS)
+
+    def _in_memory(self) -> tuple[datetime, datetime]:
+        """[oldest start, newest end) of the intervals the meter still holds."""
+        newest_end = self._floor(self._now())
+        oldest = max(newest_end - self.capture_period * self.depth, self._first_recorded())
+        return oldest, newest_end
+
+    def profile(self, start: datetime, end: datetime) -> list[ProfileEntry]:
+        """Entries whose interval starts in [start, end) and that the meter still holds."""
+        oldest, newest_end = self._in_memory()
+        lo, hi = max(start, oldest), min(end, newest_end)
+        if lo >= hi:
+            return []
+        step = int(self.capture_period.total_seconds())
+        first = int(self._floor(lo).timestamp())
+        if first < int(lo.timestamp()):
+            first += step
+        starts = np.arange(first, int(hi.timestamp()), step, dtype=np.int64)
+        values = self.interval_values(starts)
+        adjusted = {int(self._floor(t).timestamp()) for t, moved in self.clock_adjustments if moved}
+        out: list[ProfileEntry] = []
+        for i, ts in enumerate(starts.tolist()):
+            t = datetime.fromtimestamp(ts, UTC)
+            if any(a <= t < b for a, b in self.faults.missing):
+                continue
+            status = EntryStatus.CLOCK_ADJUSTED if ts in adjusted else 0
+            out.append(
+                ProfileEntry(
+                    t, self.capture_period, {ch: float(v[i]) for ch, v in values.items()}, status
+                )
+            )
+        return out
+
+    def registers(self) -> dict[Channel, float]:
+        """Cumulative registers now: every whole interval since installation (or the last
+        reset), plus the elapsed share of the current one."""
+        reset = self.faults.register_reset_at
+        base = 0.0 if reset is not None and reset <= self._now() else self.initial_register
+        first = self._first_recorded()
+        current = self._floor(self._now())
+        step = int(self.capture_period.total_seconds())
+        starts = np.arange(int(first.timestamp()), int(current.timestamp()) + step, step)
+        values = self.interval_values(starts)
+        share = (self._now() - current).total_seconds() / step
+        out = {}
+        for ch, v in values.items():
+            out[ch] = round(base + float(v[:-1].sum()) + float(v[-1]) * share, RESOLUTION)
+        return out
