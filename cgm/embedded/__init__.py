@@ -1,0 +1,1 @@
+"""Services cgm starts in-process when none is configured (PostgreSQL, MQTT broker)."""

@@ -1,0 +1,56 @@
+"""The one place where Colombian local time, days and XM hour periods are computed.
+
+Official time is UTC−5 with no daylight saving. XM's convention: period h (1..24) of local
+day D is the interval (h−1):00–h:00 local time; period 24 ends at 00:00 of D+1. Everything
+else in cgm stores and passes UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta, timezone
+
+COLOMBIA = timezone(timedelta(hours=-5), "COT")
+HOUR = timedelta(hours=1)
+PERIODS = 24
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[start, end) of local day ``day`` in UTC."""
+    start = datetime.combine(day, time(0), COLOMBIA).astimezone(UTC)
+    return start, start + timedelta(days=1)
+
+
+def local_day(instant: datetime) -> date:
+    """The local day an instant falls in."""
+    return _aware(instant).astimezone(COLOMBIA).date()
+
+
+def period_of(interval_start: datetime) -> tuple[date, int]:
+    """(local day, period 1..24) of the hourly interval starting at ``interval_start``."""
+    local = _aware(interval_start).astimezone(COLOMBIA)
+    if local.minute or local.second or local.microsecond:
+        raise ValueError(f"{interval_start.isoformat()} is not on the hour")
+    return local.date(), local.hour + 1
+
+
+def period_start(day: date, period: int) -> datetime:
+    """UTC start of period ``period`` (1..24) of local day ``day``."""
+    if not 1 <= period <= PERIODS:
+        raise ValueError(f"period must be 1..24, got {period}")
+    return day_bounds(day)[0] + (period - 1) * HOUR
+
+
+def hour_starts(day: date) -> list[datetime]:
+    """UTC starts of the 24 periods of local day ``day``, in period order."""
+    start = day_bounds(day)[0]
+    return [start + i * HOUR for i in range(PERIODS)]
+
+
+def floor_hour(instant: datetime) -> datetime:
+    return _aware(instant).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _aware(instant: datetime) -> datetime:
+    if instant.tzinfo is None:
+        raise ValueError("naive datetime: cgm works in aware UTC")
+    return instant

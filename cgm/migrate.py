@@ -1,0 +1,172 @@
+"""Versioned SQL migrations kept in ``cgm/migrations``, applied idempotently.
+
+Files are ``NNNN_name.sql``, applied in order, each in its own transaction, under an advisory
+lock so that several collectors starting at once upgrade the schema exactly once. A file whose
+first line is ``-- requires: timescaledb`` runs only where that extension can be created;
+elsewhere it is recorded as skipped and applied by a later upgrade once the extension
+appears, so one schema serves plain PostgreSQL and TimescaleDB.
+
+Settings reach SQL as ``cgm.*`` session variables (``current_setting('cgm.compress_after')``),
+never by string templating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+
+from cgm.config import Settings
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = 0x43474D5F4D4947  # "CGM_MIG"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+    requires_timescale: bool
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    applied: list[str]
+    skipped: list[str]
+    timescale: bool
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("cgm.migrations").iterdir():
+        m = _NAME.match(entry.name)
+        if not m:
+            continue
+        sql = entry.read_text(encoding="utf-8")
+        first = sql.splitlines()[0].strip() if sql else ""
+        found.append(Migration(int(m[1]), m[2], sql, first == "-- requires: timescaledb"))
+    found.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in found]
+    if len(versions) != len(set(versions)):
+        raise RuntimeError(f"duplicate migration versions in {versions}")
+    return found
+
+
+def _timescale_available(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    if row is None:
+        return False
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as exc:  # e.g. not in shared_preload_libraries
+        log.warning("timescaledb is installed but cannot be enabled: %s", exc)
+        conn.rollback()
+        return False
+    conn.commit()
+    return True
+
+
+def _set_variables(conn: psycopg.Connection, settings: Settings) -> None:
+    conn.execute(
+        "SELECT set_config('cgm.compress_after', %s, false)",
+        (f"{settings.compress_after_days} days",),
+    )
+
+
+def upgrade(url: str, settings: Settings) -> UpgradeResult:
+    """Bring the schema at ``url`` up to date; safe to run any number of times."""
+    applied: list[str] = []
+    skipped: list[str] = []
+    with psycopg.connect(url) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        conn.commit()
+        try:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migration (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       checksum text NOT NULL,
+                       skipped boolean NOT NULL DEFAULT false,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            conn.commit()
+            timescale = _timescale_available(conn)
+            _set_variables(conn, settings)
+            done = {
+                v: (checksum, was_skipped)
+                for v, checksum, was_skipped in conn.execute(
+                    "SELECT version, checksum, skipped FROM schema_migration"
+                )
+            }
+            conn.commit()
+            for mig in migrations():
+                label = f"{mig.version:04d}_{mig.name}"
+                if mig.version in done:
+                    checksum, was_skipped = done[mig.version]
+                    if not was_skipped and checksum != mig.checksum:
+                        raise RuntimeError(
+                            f"migration {label} was changed after it was applied; "
+                            "add a new migration instead of editing an old one"
+                        )
+                    if not (was_skipped and mig.requires_timescale and timescale):
+                        if was_skipped:
+                            skipped.append(label)
+                        continue
+                if mig.requires_timescale and not timescale:
+                    if mig.version not in done:
+                        conn.execute(
+                            "INSERT INTO schema_migration (version, name, checksum, skipped)"
+                            " VALUES (%s, %s, %s, true)",
+                            (mig.version, mig.name, mig.checksum),
+                        )
+                        conn.commit()
+                    skipped.append(label)
+                    continue
+                with conn.transaction():
+                    conn.execute(mig.sql)
+                    conn.execute(
+                        """INSERT INTO schema_migration (version, name, checksum, skipped)
+                           VALUES (%s, %s, %s, false)
+                           ON CONFLICT (version) DO UPDATE
+                           SET checksum = EXCLUDED.checksum, skipped = false,
+                               applied_at = now()""",
+                        (mig.version, mig.name, mig.checksum),
+                    )
+                applied.append(label)
+                log.info("applied migration %s", label)
+            apply_policies(conn, settings, timescale)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            conn.commit()
+    return UpgradeResult(applied, skipped, timescale)
+
+
+def apply_policies(conn: psycopg.Connection, settings: Settings, timescale: bool) -> None:
+    """Retention follows configuration, so it is set at every upgrade, not in a migration.
+
+    Only TimescaleDB drops old chunks; on plain PostgreSQL nothing is ever deleted.
+    """
+    if not timescale:
+        return
+    with conn.transaction():
+        for table in ("reading", "settled_reading"):
+            conn.execute("SELECT remove_retention_policy(%s, if_exists => true)", (table,))
+            if settings.retention_years is not None:
+                days = int(settings.retention_years * 366)
+                conn.execute(
+                    "SELECT add_retention_policy(%s, drop_after => %s::interval)",
+                    (table, f"{days} days"),
+                )
