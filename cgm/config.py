@@ -44,6 +44,11 @@ class Settings(BaseSettings):
 
     cgm_code: str = "CGM0000"  # the CGM's code before the ASIC
 
+    # HTTP: Prometheus metrics and the API (0 disables).
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+
     @field_validator("retention_years")
     @classmethod
     def _retention_at_least_two_years(cls, v: float | None) -> float | None:
