@@ -1,0 +1,106 @@
+"""Sharing the fleet between collector processes through PostgreSQL alone.
+
+Each cycle (the UTC hour being collected) a meter is claimed by inserting
+``(meter_id, cycle)`` into ``collection_claim``: the primary key makes the claim exactly-once,
+whatever the number of collectors. A collector proves it is alive by its heartbeat; an open
+claim held by a collector whose heartbeat is older than ``stale_after`` is taken over with an
+``UPDATE ... FOR UPDATE SKIP LOCKED``, so a dead collector's meters are read by the others
+within the same cycle. Leadership (for singleton jobs such as reports) is a session-level
+advisory lock held on the leader's connection: it disappears with the connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta
+
+import psycopg
+
+LEADER_LOCK = 0x43474D5F4C454144  # "CGM_LEAD"
+
+
+def new_collector_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+async def register(conn: psycopg.AsyncConnection, collector: str) -> None:
+    await conn.execute(
+        """INSERT INTO collector (id, host, pid) VALUES (%s, %s, %s)
+           ON CONFLICT (id) DO UPDATE SET heartbeat = now()""",
+        (collector, socket.gethostname(), os.getpid()),
+    )
+    await conn.commit()
+
+
+async def heartbeat(conn: psycopg.AsyncConnection, collector: str) -> None:
+    await conn.execute("UPDATE collector SET heartbeat = now() WHERE id = %s", (collector,))
+    await conn.commit()
+
+
+async def claim(
+    conn: psycopg.AsyncConnection,
+    collector: str,
+    cycle: datetime,
+    meter_ids: list[int],
+    *,
+    limit: int,
+    stale_after: timedelta,
+) -> list[int]:
+    """Claim up to ``limit`` of ``meter_ids`` for ``cycle``: unclaimed ones first, then open
+    claims of collectors that stopped heart-beating. Returns the meters now ours."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            """INSERT INTO collection_claim (meter_id, cycle, collector)
+               SELECT m, %(cycle)s, %(me)s FROM unnest(%(ids)s::bigint[]) AS m
+               WHERE NOT EXISTS (SELECT 1 FROM collection_claim c
+                                 WHERE c.meter_id = m AND c.cycle = %(cycle)s)
+               LIMIT %(limit)s
+               ON CONFLICT DO NOTHING
+               RETURNING meter_id""",
+            {"cycle": cycle, "me": collector, "ids": meter_ids, "limit": limit},
+        )
+        mine = [r[0] for r in await cur.fetchall()]
+        room = limit - len(mine)
+        if room > 0:
+            cur = await conn.execute(
+                """UPDATE collection_claim c SET collector = %(me)s, claimed_at = now(),
+                          attempts = c.attempts + 1
+                   WHERE (c.meter_id, c.cycle) IN (
+                       SELECT c2.meter_id, c2.cycle FROM collection_claim c2
+                       JOIN collector k ON k.id = c2.collector
+                       WHERE c2.cycle = %(cycle)s AND c2.done_at IS NULL
+                         AND c2.meter_id = ANY(%(ids)s)
+                         AND k.id <> %(me)s AND k.heartbeat < now() - %(stale)s
+                       LIMIT %(room)s
+                       FOR UPDATE OF c2 SKIP LOCKED)
+                   RETURNING c.meter_id""",
+                {
+                    "cycle": cycle,
+                    "me": collector,
+                    "ids": meter_ids,
+                    "room": room,
+                    "stale": stale_after,
+                },
+            )
+            mine += [r[0] for r in await cur.fetchall()]
+    return mine
+
+
+async def finish(
+    conn: psycopg.AsyncConnection, collector: str, cycle: datetime, meter_id: int
+) -> None:
+    await conn.execute(
+        """UPDATE collection_claim SET done_at = now()
+           WHERE meter_id = %s AND cycle = %s AND collector = %s""",
+        (meter_id, cycle, collector),
+    )
+
+
+async def try_lead(conn: psycopg.AsyncConnection) -> bool:
+    """Take leadership if free; held until ``conn`` closes. Keep ``conn`` open while leading."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,))
+    row = await cur.fetchone()
+    await conn.commit()
+    return bool(row and row[0])

@@ -1,0 +1,276 @@
+"""Interrogating one meter: the session sequence, failover, retries and clock correction.
+
+Database-free on purpose: it takes a :class:`MeterTarget` and a driver and returns a
+:class:`MeterOutcome`, so the sequence is tested against the simulators directly and the
+engine decides what to store.
+
+Sequence (never two sessions to one meter at once):
+
+1. level-1 session on the primary channel, retried with backoff, then the backup channel:
+   identify (the serial must match the registry), read the clock, read the profile
+   configuration, read the profile from where the store stops (bounded by the meter's
+   memory) in day-sized chunks, read the cumulative registers; close.
+2. only if the offset exceeds the frontier's limit: a level-2 session that sets the clock,
+   re-reads it to prove the meter was left working, and closes. A refused level-2 secret
+   leaves the drift, raises an alarm, and does not undo what step 1 read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from drivers.base import (
+    AuthenticationFailed,
+    ClockReading,
+    ConnectionFailed,
+    Credentials,
+    Driver,
+    DriverError,
+    Endpoint,
+    MeterIdentity,
+    MeterSession,
+    MeterTimeout,
+    NotSupported,
+    ProfileConfig,
+    ProfileEntry,
+    RegisterValue,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+# Art. 15 of the Código: hourly registration at least, memory of at least 30 days.
+MAX_CAPTURE_PERIOD = timedelta(minutes=60)
+MIN_MEMORY = timedelta(days=30)
+PROFILE_CHUNK = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class MeterTarget:
+    """Everything a session needs to know about one meter (from the registry)."""
+
+    meter_id: int
+    frontier_id: int
+    frontier_code: str
+    serial: str
+    role: str  # principal | backup
+    protocol: str
+    endpoints: tuple[Endpoint, ...]  # primary channel first, then the backup channel
+    params: Mapping[str, Any]
+    read_credentials: Credentials
+    config_credentials: Credentials | None
+    clock_limit_s: float  # 30 s (types 1-2), 60 s (types 3-5), or a tighter target
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    timeout: float = 10.0  # per call
+    attempts: int = 2  # per channel, for timeouts and connection failures
+    backoff: float = 0.5  # seconds, doubled per attempt
+    max_backoff: float = 10.0
+
+
+@dataclass(frozen=True)
+class ClockCorrection:
+    before: ClockReading
+    after: ClockReading | None
+    set_to: datetime | None
+    error: str | None = None  # reason when the correction could not be made
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.after is not None
+
+
+@dataclass
+class MeterOutcome:
+    target: MeterTarget
+    started_at: datetime
+    finished_at: datetime | None = None
+    result: str = "ok"  # ok | partial | a DriverError reason | identity
+    error: str | None = None
+    channel_used: str | None = None  # primary | backup
+    attempts: int = 0
+    identity: MeterIdentity | None = None
+    clock: ClockReading | None = None
+    correction: ClockCorrection | None = None
+    profile_config: ProfileConfig | None = None
+    has_profile: bool = True
+    config_violations: list[str] = field(default_factory=list)
+    entries: list[ProfileEntry] = field(default_factory=list)
+    registers: list[RegisterValue] = field(default_factory=list)
+    read_from: datetime | None = None
+    read_to: datetime | None = None
+    duration_s: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.result in ("ok", "partial")
+
+
+class IdentityMismatch(DriverError):
+    """The meter at the endpoint is not the one registered (replaced, or miswired)."""
+
+    reason = "identity"
+
+
+_RETRYABLE = (MeterTimeout, ConnectionFailed)
+
+
+async def _open(
+    driver: Driver,
+    target: MeterTarget,
+    credentials: Credentials,
+    policy: SessionPolicy,
+    outcome: MeterOutcome,
+) -> MeterSession:
+    """Connect on the primary channel, retrying with backoff, then on the backup channel.
+
+    Authentication failures are not retried: repeating a wrong secret can lock a meter.
+    """
+    last: DriverError | None = None
+    for name, endpoint in zip(("primary", "backup"), target.endpoints, strict=False):
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(policy.attempts),
+                wait=wait_exponential(multiplier=policy.backoff, max=policy.max_backoff),
+                retry=retry_if_exception_type(_RETRYABLE),
+                reraise=True,
+            ):
+                with attempt:
+                    outcome.attempts += 1
+                    session = await driver.connect(
+                        endpoint, credentials, target.params, timeout=policy.timeout
+                    )
+            outcome.channel_used = name
+            return session
+        except _RETRYABLE as exc:
+            last = exc
+            log.info("%s: %s channel %s failed: %s", target.serial, name, endpoint, exc)
+        except RetryError as exc:  # pragma: no cover - reraise=True makes this unreachable
+            last = ConnectionFailed(str(exc))
+    assert last is not None, "a meter target has at least one endpoint"
+    raise last
+
+
+def _check_config(config: ProfileConfig) -> list[str]:
+    problems = []
+    if config.capture_period > MAX_CAPTURE_PERIOD:
+        problems.append(f"capture period {config.capture_period} exceeds 60 minutes (art. 15)")
+    if config.memory_span < MIN_MEMORY:
+        days = config.memory_span.total_seconds() / 86400
+        problems.append(f"profile memory holds {days:.1f} days, less than 30 (art. 15)")
+    return problems
+
+
+async def _read_profile(
+    session: MeterSession,
+    start: datetime,
+    end: datetime,
+    outcome: MeterOutcome,
+) -> None:
+    """Read [start, end) in day-sized chunks, keeping what arrived if a later chunk fails."""
+    cursor = start
+    while cursor < end:
+        stop = min(cursor + PROFILE_CHUNK, end)
+        outcome.entries.extend(await session.read_profile(cursor, stop))
+        outcome.read_to = stop
+        cursor = stop
+
+
+async def interrogate(
+    driver: Driver,
+    target: MeterTarget,
+    *,
+    since: datetime | None,
+    policy: SessionPolicy | None = None,
+    now: datetime | None = None,
+) -> MeterOutcome:
+    """Run the full session sequence for one meter; never raises for a meter's failure."""
+    policy = policy or SessionPolicy()
+    now = now or utcnow()
+    outcome = MeterOutcome(target=target, started_at=utcnow())
+    t0 = time.perf_counter()
+    try:
+        await _read_session(driver, target, since, now, policy, outcome)
+    except DriverError as exc:
+        # What was read before the failure stays in the outcome; the engine stores it.
+        outcome.result = "partial" if outcome.entries or outcome.registers else exc.reason
+        outcome.error = f"{exc.reason}: {exc}"
+    if outcome.clock is not None and abs(outcome.clock.offset) > target.clock_limit_s:
+        outcome.correction = await _correct_clock(driver, target, policy, outcome)
+    outcome.finished_at = utcnow()
+    outcome.duration_s = time.perf_counter() - t0
+    return outcome
+
+
+async def _read_session(
+    driver: Driver,
+    target: MeterTarget,
+    since: datetime | None,
+    now: datetime,
+    policy: SessionPolicy,
+    outcome: MeterOutcome,
+) -> None:
+    session = await _open(driver, target, target.read_credentials, policy, outcome)
+    async with session:
+        outcome.identity = await session.identify()
+        if outcome.identity.serial != target.serial:
+            raise IdentityMismatch(
+                f"meter at {session.endpoint} reports serial {outcome.identity.serial!r}, "
+                f"registry says {target.serial!r}"
+            )
+        outcome.clock = await session.read_clock()
+        end = now.replace(minute=0, second=0, microsecond=0)
+        try:
+            config = await session.read_profile_config()
+        except NotSupported:
+            outcome.has_profile = False
+        else:
+            outcome.profile_config = config
+            outcome.config_violations = _check_config(config)
+            oldest = end - config.memory_span
+            start = oldest if since is None else max(since, oldest)
+            outcome.read_from = start
+            if start < end:
+                await _read_profile(session, start, end, outcome)
+        outcome.registers = await session.read_registers()
+
+
+async def _correct_clock(
+    driver: Driver, target: MeterTarget, policy: SessionPolicy, outcome: MeterOutcome
+) -> ClockCorrection:
+    """Set the clock with level-2 credentials and re-read it as proof."""
+    before = outcome.clock
+    assert before is not None
+    if target.config_credentials is None:
+        return ClockCorrection(before, None, None, "no level-2 credentials registered")
+    try:
+        session = await _open(driver, target, target.config_credentials, policy, outcome)
+    except AuthenticationFailed as exc:
+        return ClockCorrection(before, None, None, f"auth: {exc}")
+    except DriverError as exc:
+        return ClockCorrection(before, None, None, f"{exc.reason}: {exc}")
+    async with session:
+        try:
+            probe = await session.read_clock()
+            # Aim at the CGM's time when the request arrives: half a round trip from now.
+            set_to = utcnow() + timedelta(seconds=probe.round_trip / 2)
+            await session.set_clock(set_to)
+            after = await session.read_clock()
+        except DriverError as exc:
+            return ClockCorrection(before, None, None, f"{exc.reason}: {exc}")
+    return ClockCorrection(before, after, set_to)

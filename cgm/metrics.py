@@ -1,0 +1,43 @@
+"""Prometheus metrics, all defined here so dashboards and alerts have one reference.
+
+Labels stay low-cardinality except where an operator needs a per-meter series (clock offset,
+last success); those are bounded by the fleet size.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SESSIONS = Counter(
+    "cgm_sessions_total", "Meter sessions by protocol and result", ["protocol", "result"]
+)
+SESSION_SECONDS = Histogram(
+    "cgm_session_duration_seconds",
+    "Duration of a meter session (all steps)",
+    ["protocol"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+CLOCK_OFFSET = Gauge(
+    "cgm_meter_clock_offset_seconds", "Last measured meter clock offset", ["meter", "frontier"]
+)
+CLOCK_CORRECTIONS = Counter(
+    "cgm_clock_corrections_total", "Clock corrections attempted, by result", ["result"]
+)
+INTERVALS_STORED = Counter(
+    "cgm_intervals_stored_total", "Reading values stored (new or new version)", ["protocol"]
+)
+LAST_SUCCESS = Gauge(
+    "cgm_meter_last_success_timestamp_seconds",
+    "Unix time of the last successful read of a meter",
+    ["meter", "frontier"],
+)
+METERS_OVERDUE = Gauge(
+    "cgm_meters_overdue", "Meters without a successful read for more than two cycles"
+)
+METERS_BACKED_OFF = Gauge(
+    "cgm_meters_backed_off", "Meters skipped this cycle after repeated failures"
+)
+CYCLE_SECONDS = Gauge("cgm_cycle_duration_seconds", "Duration of the last collection cycle")
+CONFIG_VIOLATIONS = Counter(
+    "cgm_config_violations_total", "Meter configuration findings (capture period, depth)"
+)
