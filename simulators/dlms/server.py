@@ -1,0 +1,523 @@
+"""A DLMS/COSEM meter over the IEC 62056-47 TCP wrapper, serving :class:`SimulatedMeter`.
+
+One TCP port hosts several logical devices addressed by the wrapper destination wPort, as a
+data concentrator or a multi-meter gateway would. Requests are parsed with dlms-cosem's
+``XDlmsApduFactory``; answers are encoded with its classes except where 25.1.0 is broken
+(marked ``# hand-encoded``).
+
+Access levels (art. 17), both Low Level Security (LLS) associations:
+
+* client SAP 0x20 (reading client) with ``meter.secrets.level1`` - GET only;
+* client SAP 0x01 (management client) with ``meter.secrets.level2`` - GET and SET of the clock.
+
+Any other client SAP, no authentication, or HLS is rejected in the AARE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from dlms_cosem import dlms_data
+from dlms_cosem import enumerations as en
+from dlms_cosem.connection import XDlmsApduFactory
+from dlms_cosem.protocol import acse, xdlms
+from dlms_cosem.protocol.xdlms.conformance import Conformance
+
+from drivers.base import AccessLevel, Channel
+from drivers.dlms import cosem
+from drivers.dlms.transport import WrapperError, read_frame, wrap
+from simulators.meter import FaultAction, SimulatedMeter
+
+DEFAULT_MAX_PDU = 1024  # what small meters offer; large profile reads need blocks
+
+# What this server implements; the AARE grants the intersection with the client's proposal.
+SUPPORTED = Conformance(
+    get=True,
+    set=True,
+    selective_access=True,
+    block_transfer_with_get_or_read=True,
+)
+
+CLIENT_LEVELS = {
+    cosem.READING_CLIENT: AccessLevel.READ,
+    cosem.MANAGEMENT_CLIENT: AccessLevel.CONFIGURE,
+}
+
+_BLOCK_OVERHEAD = 12  # C4 02 iid last block-number(4) choice length(≤4)
+
+
+@dataclass
+class _Association:
+    """Per-connection state: who is associated, what was negotiated, a pending long GET."""
+
+    level: AccessLevel | None = None
+    client_max_pdu: int = 0xFFFF
+    conformance: Conformance = field(default_factory=Conformance)
+    blocks: list[bytes] = field(default_factory=list)
+    block_sent: int = 0
+    block_invoke: int = 0
+
+
+@dataclass
+class ServerStats:
+    associations: int = 0
+    rejected: int = 0
+    blocks_sent: int = 0
+    requests: int = 0
+
+
+class DlmsServer:
+    """A running simulator; ``await server.stop()`` (or ``async with``) closes everything."""
+
+    def __init__(self, meters: Mapping[int, SimulatedMeter], max_pdu_size: int) -> None:
+        self.meters = dict(meters)
+        self.max_pdu_size = max_pdu_size
+        self.stats = ServerStats()
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def host(self) -> str:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[0]
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port)
+
+    async def stop(self) -> None:
+        """Stop listening, close every open connection and wait for the handlers to end."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._connections):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> DlmsServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- connection loop ----------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._connections.add(writer)
+        association = _Association()
+        answered = 0
+        try:
+            while True:
+                try:
+                    source, destination, apdu = await read_frame(reader)
+                except (asyncio.IncompleteReadError, ConnectionError, WrapperError):
+                    return
+                meter = self.meters.get(destination)
+                if meter is None:
+                    return  # no such logical device: IEC 62056-47 discards; we hang up
+                self.stats.requests += 1
+                answer = self._answer(association, meter, source, apdu)
+                action = await meter.faults.before_answer(answered)
+                if action is FaultAction.SILENT:
+                    continue
+                if action is FaultAction.DROP:
+                    return
+                if action is FaultAction.CORRUPT:
+                    # A damaged APDU inside a well-formed wrapper (length consistent), so the
+                    # client can tell a corrupt frame from a link that stalls.
+                    answer = b"\xff" + bytes(b ^ 0x5A for b in answer[1 : max(2, len(answer) // 2)])
+                writer.write(wrap(destination, source, answer))
+                await writer.drain()
+                answered += 1
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._connections.discard(writer)
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _answer(
+        self, association: _Association, meter: SimulatedMeter, client: int, apdu: bytes
+    ) -> bytes:
+        try:
+            request = XDlmsApduFactory.apdu_from_bytes(apdu)
+        except Exception:  # noqa: BLE001 - anything unparseable gets an exception response
+            return _exception(en.StateException.SERVICE_UNKNOWN, en.ServiceException.OTHER_REASON)
+        if isinstance(request, acse.ApplicationAssociationRequest):
+            return self._associate(association, meter, client, request)
+        if isinstance(request, acse.ReleaseRequest):
+            association.level = None
+            association.blocks = []
+            return acse.ReleaseResponse(reason=en.ReleaseResponseReason.NORMAL).to_bytes()
+        if association.level is None:
+            return _exception(
+                en.StateException.SERVICE_NOT_ALLOWED, en.ServiceException.OPERATION_NOT_POSSIBLE
+            )
+        if isinstance(request, xdlms.GetRequestNormal):
+            return self._get(association, meter, request, apdu)
+        if isinstance(request, xdlms.GetRequestNext):
+            return self._next_block(association, request)
+        if isinstance(request, xdlms.SetRequestNormal):
+            return self._set(association, meter, request)
+        return _exception(
+            en.StateException.SERVICE_NOT_ALLOWED, en.ServiceException.SERVICE_NOT_SUPPORTED
+        )
+
+    # --- association --------------------------------------------------------------------
+
+    def _associate(
+        self,
+        association: _Association,
+        meter: SimulatedMeter,
+        client: int,
+        aarq: acse.ApplicationAssociationRequest,
+    ) -> bytes:
+        association.level = None
+        mechanism = en.AuthenticationMechanism.LLS
+        diagnostic = en.AcseServiceUserDiagnostics.NULL
+        level = CLIENT_LEVELS.get(client)
+        initiate = aarq.user_information.content if aarq.user_information else None
+        if aarq.ciphered:
+            diagnostic = en.AcseServiceUserDiagnostics.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED
+        elif level is None:
+            diagnostic = en.AcseServiceUserDiagnostics.CALLING_AP_TITLE_NOT_RECOGNIZED
+        elif aarq.authentication is None:
+            diagnostic = en.AcseServiceUserDiagnostics.AUTHENTICATION_MECHANISM_NAME_REQUIRED
+        elif aarq.authentication != en.AuthenticationMechanism.LLS:
+            diagnostic = en.AcseServiceUserDiagnostics.AUTHENTICATION_MECHANISM_NAME_NOT_RECOGNIZED
+        else:
+            expected = (
+                meter.secrets.level2 if level == AccessLevel.CONFIGURE else meter.secrets.level1
+            ).encode()
+            if not hmac.compare_digest(bytes(aarq.authentication_value or b""), expected):
+                diagnostic = en.AcseServiceUserDiagnostics.AUTHENTICATION_FAILED
+            elif not isinstance(initiate, xdlms.InitiateRequest):
+                diagnostic = en.AcseServiceUserDiagnostics.NO_REASON_GIVEN
+        if diagnostic != en.AcseServiceUserDiagnostics.NULL:
+            self.stats.rejected += 1
+            return acse.ApplicationAssociationResponse(
+                result=en.AssociationResult.REJECTED_PERMANENT,
+                result_source_diagnostics=diagnostic,
+                authentication=mechanism,
+            ).to_bytes()
+        assert isinstance(initiate, xdlms.InitiateRequest) and level is not None
+        proposed = initiate.proposed_conformance
+        association.conformance = Conformance(
+            **{
+                name: getattr(proposed, name) and getattr(SUPPORTED, name)
+                for name in Conformance.conformance_bit_position
+            }
+        )
+        association.client_max_pdu = initiate.client_max_receive_pdu_size or 0xFFFF
+        association.level = level
+        self.stats.associations += 1
+        return acse.ApplicationAssociationResponse(
+            result=en.AssociationResult.ACCEPTED,
+            result_source_diagnostics=en.AcseServiceUserDiagnostics.NULL,
+            authentication=mechanism,
+            user_information=acse.UserInformation(
+                content=xdlms.InitiateResponse(
+                    negotiated_conformance=association.conformance,
+                    server_max_receive_pdu_size=self.max_pdu_size,
+                )
+            ),
+        ).to_bytes()
+
+    # --- GET ----------------------------------------------------------------------------
+
+    def _get(
+        self,
+        association: _Association,
+        meter: SimulatedMeter,
+        request: xdlms.GetRequestNormal,
+        raw: bytes,
+    ) -> bytes:
+        association.blocks = []  # a new request aborts any long GET in progress
+        invoke = raw[2]
+        target = request.cosem_attribute
+        try:
+            data = self._read(
+                meter, int(target.interface), target.instance.to_bytes(), target.attribute, raw
+            )
+        except _AccessError as exc:
+            return xdlms.GetResponseNormalWithError(
+                error=exc.result, invoke_id_and_priority=request.invoke_id_and_priority
+            ).to_bytes()
+        # hand-encoded: GetResponseNormal.to_bytes() raises TypeError in dlms-cosem 25.1.0.
+        apdu = bytes([0xC4, 0x01, invoke, 0x00]) + data
+        limit = min(association.client_max_pdu, self.max_pdu_size)
+        if len(apdu) <= limit:
+            return apdu
+        if not association.conformance.block_transfer_with_get_or_read:
+            return xdlms.GetResponseNormalWithError(
+                error=en.DataAccessResult.OTHER_REASON,
+                invoke_id_and_priority=request.invoke_id_and_priority,
+            ).to_bytes()
+        size = limit - _BLOCK_OVERHEAD
+        association.blocks = [data[i : i + size] for i in range(0, len(data), size)]
+        association.block_sent = 0
+        association.block_invoke = invoke
+        return self._send_block(association, request.invoke_id_and_priority)
+
+    def _send_block(self, association: _Association, invoke: xdlms.InvokeIdAndPriority) -> bytes:
+        number = association.block_sent + 1
+        chunk = association.blocks[number - 1]
+        association.block_sent = number
+        self.stats.blocks_sent += 1
+        if number == len(association.blocks):
+            association.blocks = []
+            return xdlms.GetResponseLastBlock(
+                data=chunk, block_number=number, invoke_id_and_priority=invoke
+            ).to_bytes()
+        return xdlms.GetResponseWithBlock(
+            data=chunk, block_number=number, invoke_id_and_priority=invoke
+        ).to_bytes()
+
+    def _next_block(self, association: _Association, request: xdlms.GetRequestNext) -> bytes:
+        invoke = request.invoke_id_and_priority
+        if not association.blocks:
+            error = en.DataAccessResult.NO_LONG_GET_IN_PROGRESS
+        elif request.block_number != association.block_sent:
+            association.blocks = []
+            error = en.DataAccessResult.DATA_BLOCK_NUMBER_INVALID
+        else:
+            return self._send_block(association, invoke)
+        return xdlms.GetResponseLastBlockWithError(
+            error=error, block_number=request.block_number, invoke_id_and_priority=invoke
+        ).to_bytes()
+
+    def _read(
+        self, meter: SimulatedMeter, class_id: int, obis: bytes, attribute: int, raw: bytes
+    ) -> bytes:
+        objects = _objects(meter)
+        if obis not in objects:
+            raise _AccessError(en.DataAccessResult.OBJECT_UNDEFINED)
+        expected_class, attributes = objects[obis]
+        if class_id != expected_class:
+            raise _AccessError(en.DataAccessResult.OBJECT_CLASS_INCONSISTENT)
+        selective = len(raw) > 12 and raw[12] == 1
+        if attribute == 1:
+            value: dlms_data.AbstractDlmsData = dlms_data.OctetStringData(obis)
+        elif attribute not in attributes:
+            raise _AccessError(en.DataAccessResult.OBJECT_UNDEFINED)
+        elif selective:
+            if (class_id, attribute) != (en.CosemInterface.PROFILE_GENERIC, 2):
+                raise _AccessError(en.DataAccessResult.OTHER_REASON)
+            return _profile_buffer(meter, _range(raw)).to_bytes()
+        else:
+            value = attributes[attribute]()
+        return value.to_bytes()
+
+    # --- SET ----------------------------------------------------------------------------
+
+    def _set(
+        self, association: _Association, meter: SimulatedMeter, request: xdlms.SetRequestNormal
+    ) -> bytes:
+        target = request.cosem_attribute
+        result = en.DataAccessResult.SUCCESS
+        if association.level != AccessLevel.CONFIGURE:
+            result = en.DataAccessResult.READ_WRITE_DENIED  # art. 17: level 1 only reads
+        elif (int(target.interface), target.instance.to_bytes(), target.attribute) != (
+            en.CosemInterface.CLOCK,
+            cosem.CLOCK,
+            2,
+        ):
+            result = en.DataAccessResult.READ_WRITE_DENIED
+        else:
+            data = bytes(request.data)
+            if len(data) != 14 or data[:2] != b"\x09\x0c":
+                result = en.DataAccessResult.TYPE_UNMATCHED
+            else:
+                try:
+                    when, _ = cosem.decode_datetime(data[2:], cosem.COLOMBIA)
+                except ValueError:
+                    result = en.DataAccessResult.TYPE_UNMATCHED
+                else:
+                    meter.set_clock(when)
+        return xdlms.SetResponseNormal(
+            result=result, invoke_id_and_priority=request.invoke_id_and_priority
+        ).to_bytes()
+
+
+class _AccessError(Exception):
+    def __init__(self, result: en.DataAccessResult) -> None:
+        super().__init__(result.name)
+        self.result = result
+
+
+def _exception(state: en.StateException, service: en.ServiceException) -> bytes:
+    return xdlms.ExceptionResponse(state_error=state, service_error=service).to_bytes()
+
+
+# --- the object model -------------------------------------------------------------------
+
+Getter = Callable[[], dlms_data.AbstractDlmsData]
+
+
+def _scaler_unit(channel: Channel) -> dlms_data.DataStructure:
+    # Values in Wh / varh with scaler 0: the meter's 1 Wh resolution, as real meters report.
+    return dlms_data.DataStructure(
+        [dlms_data.IntegerData(0), dlms_data.EnumData(cosem.CHANNEL_UNIT[channel])]
+    )
+
+
+def _wh(kwh: float) -> int:
+    return round(kwh * 1000)
+
+
+def _profile_columns() -> list[cosem.CaptureObject]:
+    return [
+        cosem.CLOCK_CAPTURE,
+        *(
+            cosem.CaptureObject(en.CosemInterface.REGISTER, o, 2)
+            for o in cosem.INTERVAL_ENERGY.values()
+        ),
+        cosem.CaptureObject(en.CosemInterface.DATA, cosem.PROFILE_STATUS, 2),
+    ]
+
+
+def _objects(meter: SimulatedMeter) -> dict[bytes, tuple[int, dict[int, Getter]]]:
+    """OBIS -> (class id, attribute getters). Attribute 1 (logical name) is generic."""
+    ident = meter.identity
+    period = meter.capture_period
+
+    def last_interval(channel: Channel) -> dlms_data.AbstractDlmsData:
+        now = meter.real_now()
+        ts = int(now.timestamp()) // int(period.total_seconds()) * int(period.total_seconds())
+        entries = meter.profile(datetime.fromtimestamp(ts, UTC) - period, now)
+        if not entries:
+            return dlms_data.NullData(None)
+        return dlms_data.DoubleLongUnsignedData(_wh(entries[-1].values[channel]))
+
+    objects: dict[bytes, tuple[int, dict[int, Getter]]] = {
+        cosem.SERIAL: (1, {2: lambda: dlms_data.OctetStringData(ident.serial.encode())}),
+        cosem.MANUFACTURER: (1, {2: lambda: dlms_data.VisibleStringData(ident.manufacturer)}),
+        cosem.MODEL: (1, {2: lambda: dlms_data.VisibleStringData(ident.model)}),
+        cosem.FIRMWARE: (1, {2: lambda: dlms_data.VisibleStringData(ident.firmware)}),
+        cosem.PROFILE_STATUS: (1, {2: lambda: dlms_data.UnsignedIntegerData(0)}),
+        cosem.CLOCK: (
+            en.CosemInterface.CLOCK,
+            {
+                2: lambda: dlms_data.OctetStringData(cosem.encode_datetime(meter.clock())),
+                # time_zone, same sign convention as the deviation: UTC−5 -> +300.
+                3: lambda: dlms_data.LongData(300),
+            },
+        ),
+        cosem.LOAD_PROFILE: (
+            en.CosemInterface.PROFILE_GENERIC,
+            {
+                2: lambda: _profile_buffer(meter, None),
+                3: lambda: dlms_data.DataArray([c.encode() for c in _profile_columns()]),
+                4: lambda: dlms_data.DoubleLongUnsignedData(int(period.total_seconds())),
+                5: lambda: dlms_data.EnumData(1),  # sort method: FIFO
+                7: lambda: dlms_data.DoubleLongUnsignedData(len(_in_memory(meter))),
+                8: lambda: dlms_data.DoubleLongUnsignedData(meter.depth),
+            },
+        ),
+    }
+    for channel, obis in cosem.TOTAL_ENERGY.items():
+        objects[obis] = (
+            en.CosemInterface.REGISTER,
+            {
+                2: lambda ch=channel: dlms_data.UnsignedLong64Data(_wh(meter.registers()[ch])),
+                3: lambda ch=channel: _scaler_unit(ch),
+            },
+        )
+    for channel, obis in cosem.INTERVAL_ENERGY.items():
+        objects[obis] = (
+            en.CosemInterface.REGISTER,
+            {2: lambda ch=channel: last_interval(ch), 3: lambda ch=channel: _scaler_unit(ch)},
+        )
+    return objects
+
+
+def _in_memory(meter: SimulatedMeter) -> list:
+    now = meter.real_now()
+    return meter.profile(now - meter.capture_period * (meter.depth + 1), now)
+
+
+def _range(raw: bytes) -> tuple[datetime, datetime]:
+    """[from, to] (inclusive, aware UTC) of a RangeDescriptor on the profile clock.
+
+    Parsed from the raw request rather than dlms-cosem's RangeDescriptor, whose datetimes
+    are naive when the client sends deviation 0 or "unspecified".
+    """
+    if raw[13] != 1:  # only the range descriptor (entry descriptor not implemented)
+        raise _AccessError(en.DataAccessResult.OTHER_REASON)
+    try:
+        restricting, start, end, _selected = cosem.parse_data(raw[14:]).value
+        column = cosem.CaptureObject.decode(restricting)
+        if column != cosem.CLOCK_CAPTURE:
+            raise _AccessError(en.DataAccessResult.OTHER_REASON)
+        low, _ = cosem.decode_datetime(bytes(start.value), cosem.COLOMBIA)
+        high, _ = cosem.decode_datetime(bytes(end.value), cosem.COLOMBIA)
+    except _AccessError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed selector
+        raise _AccessError(en.DataAccessResult.TYPE_UNMATCHED) from exc
+    return low, high
+
+
+def _profile_buffer(
+    meter: SimulatedMeter, selection: tuple[datetime, datetime] | None
+) -> dlms_data.DataArray:
+    """Rows stamped with the interval END in Colombian time, energies in Wh/varh."""
+    period = meter.capture_period
+    if selection is None:
+        entries = _in_memory(meter)
+    else:
+        low, high = selection
+        entries = meter.profile(low - period, high - period + timedelta(microseconds=1))
+    rows = []
+    for entry in entries:
+        rows.append(
+            dlms_data.DataStructure(
+                [
+                    dlms_data.OctetStringData(cosem.encode_datetime(entry.end)),
+                    *(
+                        dlms_data.DoubleLongUnsignedData(_wh(entry.values[ch]))
+                        for ch in cosem.INTERVAL_ENERGY
+                    ),
+                    dlms_data.UnsignedIntegerData(int(entry.status)),
+                ]
+            )
+        )
+    return dlms_data.DataArray(rows)
+
+
+async def serve(
+    meters: Mapping[int, SimulatedMeter] | SimulatedMeter,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    max_pdu_size: int = DEFAULT_MAX_PDU,
+) -> DlmsServer:
+    """Start serving ``meters`` (server wPort -> meter; a bare meter is served at wPort 1).
+
+    ``port=0`` picks a free port: read it back from ``server.port``.
+    """
+    if isinstance(meters, SimulatedMeter):
+        meters = {cosem.MANAGEMENT_LOGICAL_DEVICE: meters}
+    server = DlmsServer(meters, max_pdu_size)
+    await server.start(host, port)
+    return server
