@@ -1,0 +1,472 @@
+"""Modbus TCP driver: pymodbus' ``AsyncModbusTcpClient`` driven by a register map.
+
+pymodbus returns exception responses as results and raises on timeouts, but it treats a
+damaged frame as noise (it skips it and waits, so a corrupt answer would surface as a
+timeout) and it does not wake a pending request when the connection drops (the request
+waits for its own timeout). A CGM needs those three apart, for failure statistics and
+for the retry policy, so the session watches the byte stream with pymodbus' own hooks
+(``trace_packet``, ``trace_connect``): every answer is checked as an MBAP frame and
+decoded with pymodbus' ``DecodePDU`` before the library sees it, and a disconnect
+fails the pending request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import DecodePDU, ModbusPDU
+
+from drivers.base import (
+    AccessDenied,
+    AccessLevel,
+    AuthenticationFailed,
+    ClockReading,
+    ConnectionFailed,
+    Credentials,
+    Driver,
+    DriverError,
+    Endpoint,
+    MeterIdentity,
+    MeterSession,
+    MeterTimeout,
+    NotSupported,
+    ProfileConfig,
+    ProfileEntry,
+    ProtocolError,
+    RegisterValue,
+    utcnow,
+)
+from drivers.modbus.registermap import (
+    FUNCTION_CODES,
+    Item,
+    RegisterMap,
+    WordOrder,
+    from_meter_epoch,
+    load_map,
+    map_path,
+    to_meter_epoch,
+)
+
+PARAMS = ("map", "device_id", "word_order")
+Span = tuple[str, int, int]  # (function, address, registers)
+
+
+class ModbusExceptionResponse(ProtocolError):
+    """The meter answered with a Modbus exception the map gives no meaning to."""
+
+    def __init__(self, message: str, code: int, *, endpoint: Endpoint | None = None) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.code = code
+
+
+def _code_name(code: int) -> str:
+    try:
+        return f"0x{code:02X} {ExcCodes(code).name}"
+    except ValueError:
+        return f"0x{code:02X} (device-specific)"
+
+
+class ModbusSession(MeterSession):
+    """One TCP connection to one unit id, logged in at the credentials' level."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        credentials: Credentials,
+        timeout: float,
+        regmap: RegisterMap,
+        device_id: int,
+        word_order: WordOrder,
+    ) -> None:
+        super().__init__(endpoint, credentials, timeout)
+        self.map = regmap
+        self.device_id = device_id
+        self.word_order: WordOrder = word_order
+        self.level: int | None = None  # what the meter says it granted
+        self._decoder = DecodePDU(False)
+        self._expect: tuple[int, int] | None = None  # (function code, registers) in flight
+        self._failure: DriverError | None = None  # set by the stream hooks
+        self._wake = asyncio.Event()
+        self._lost = False
+        self._capture_period: timedelta | None = None
+        self._client = AsyncModbusTcpClient(
+            endpoint.host,
+            port=endpoint.port,
+            name=f"cgm-modbus-{endpoint}",
+            timeout=timeout,
+            retries=0,  # the collector owns retries; a resend would hide a flaky meter
+            reconnect_delay=0,  # never reconnect silently: a session is one connection
+            trace_packet=self._trace_packet,
+            trace_connect=self._trace_connect,
+        )
+
+    # --- connection and login ------------------------------------------------------------
+
+    async def _open(self) -> None:
+        try:
+            connected = await self._client.connect()
+        except OSError as exc:
+            raise ConnectionFailed(f"cannot connect to {self.endpoint}: {exc}") from exc
+        if not connected:
+            raise ConnectionFailed(f"cannot connect to {self.endpoint}", endpoint=self.endpoint)
+        self._lost = False
+        await self._login()
+
+    async def _login(self) -> None:
+        """Write the password; the meter grants level 1 or 2 or answers ``auth_failed``."""
+        item = self.map.password
+        secret = self.credentials.secret
+        if len(secret.encode("ascii", errors="replace")) > item.size * 2:
+            raise AuthenticationFailed(
+                f"secret longer than the meter's {item.size * 2}-character password field",
+                endpoint=self.endpoint,
+            )
+        try:
+            await self._write(item.address, item.encode(secret, self.word_order))
+        except ModbusExceptionResponse as exc:
+            if exc.code == self.map.auth_failed_code:
+                raise AuthenticationFailed(
+                    f"meter {self.endpoint} unit {self.device_id} refused the level "
+                    f"{int(self.credentials.level)} password",
+                    endpoint=self.endpoint,
+                ) from exc
+            raise
+        if self.map.level is None:
+            self.level = int(self.credentials.level)
+            return
+        values = await self._read_items([self.map.level])
+        self.level = int(values[self.map.level])  # type: ignore[arg-type]
+        if self.level < self.credentials.level:
+            raise AuthenticationFailed(
+                f"password grants level {self.level}, credentials claim level "
+                f"{int(self.credentials.level)}",
+                endpoint=self.endpoint,
+            )
+
+    async def _close(self) -> None:
+        # Logging out is closing: unlock state belongs to the TCP connection.
+        self._expect = None
+        self._client.close()
+
+    # --- request plumbing ----------------------------------------------------------------
+
+    def _trace_connect(self, connected: bool) -> None:
+        if not connected:
+            self._lost = True
+            self._wake.set()
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """Check a received buffer as one MBAP frame answering the request in flight."""
+        if sending or self._expect is None or len(data) < 7:
+            return data
+        fc, count = self._expect
+        declared = int.from_bytes(data[4:6], "big")
+        problem = None
+        if data[2:4] != b"\x00\x00":
+            problem = f"protocol id {data[2:4].hex()} is not Modbus"
+        elif not 2 <= declared <= 254:
+            problem = f"MBAP length {declared} out of range"
+        elif data[6] != self.device_id:
+            problem = f"answer from unit {data[6]}, asked unit {self.device_id}"
+        elif len(data) < 6 + declared:
+            return data  # the rest is on its way
+        elif len(data) > 6 + declared:
+            problem = f"{len(data) - 6 - declared} bytes beyond the MBAP length {declared}"
+        elif data[7] not in (fc, fc | 0x80):
+            problem = f"function code 0x{data[7]:02X} answering 0x{fc:02X}"
+        elif (pdu := self._decoder.decode(data[7:])) is None:
+            problem = f"undecodable PDU {data[7:].hex()}"
+        elif fc in (3, 4) and not pdu.isError() and len(pdu.registers) != count:
+            problem = f"{len(pdu.registers)} registers answering a read of {count}"
+        if problem is None:
+            return data
+        self._failure = ProtocolError(
+            f"corrupt frame from {self.endpoint}: {problem}", endpoint=self.endpoint
+        )
+        self._wake.set()
+        return b""  # keep pymodbus from acting on it
+
+    async def _execute(self, fc: int, count: int, call: Awaitable[ModbusPDU]) -> ModbusPDU:
+        """Run one pymodbus request; classify every way it can fail."""
+        if self._lost or self._failure is not None:
+            with contextlib.suppress(Exception):
+                call.close()  # type: ignore[attr-defined]
+            raise ConnectionFailed(
+                f"session to {self.endpoint} is closed"
+                + (f" after: {self._failure}" if self._failure else ""),
+                endpoint=self.endpoint,
+            )
+        self._expect = (fc, count)
+        self._wake.clear()
+        task = asyncio.ensure_future(call)
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({task, waker}, return_when=asyncio.FIRST_COMPLETED)
+            answered = task.done()
+        finally:
+            waker.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            self._expect = None
+        if self._failure is not None:
+            self._client.close()  # the stream is out of step; nothing after this is trusted
+            raise self._failure
+        if not answered:  # woken by a disconnect
+            raise ConnectionFailed(f"{self.endpoint} closed the connection", endpoint=self.endpoint)
+        try:
+            response = task.result()
+        except ConnectionException as exc:
+            raise ConnectionFailed(f"{self.endpoint}: {exc}", endpoint=self.endpoint) from exc
+        except ModbusIOException as exc:
+            if self._lost:
+                raise ConnectionFailed(f"{self.endpoint}: {exc}", endpoint=self.endpoint) from exc
+            raise MeterTimeout(
+                f"no answer from {self.endpoint} unit {self.device_id}", endpoint=self.endpoint
+            ) from exc
+        except ModbusException as exc:
+            raise ProtocolError(f"{self.endpoint}: {exc}", endpoint=self.endpoint) from exc
+        if response.isError():
+            self._raise_exception(fc, response.exception_code)
+        return response
+
+    def _raise_exception(self, fc: int, code: int) -> None:
+        what = f"meter {self.endpoint} unit {self.device_id} answered {_code_name(code)}"
+        if code == self.map.access_denied_code:
+            raise AccessDenied(
+                f"{what} to function 0x{fc:02X} at level {self.level}", endpoint=self.endpoint
+            )
+        if code == ExcCodes.GATEWAY_NO_RESPONSE:
+            raise MeterTimeout(f"{what}: gateway got no answer", endpoint=self.endpoint)
+        if code == ExcCodes.GATEWAY_PATH_UNAVIABLE:
+            raise ConnectionFailed(f"{what}: gateway has no path", endpoint=self.endpoint)
+        raise ModbusExceptionResponse(what, code, endpoint=self.endpoint)
+
+    async def _read(self, function: str, address: int, count: int) -> list[int]:
+        fc = FUNCTION_CODES[function]
+        reader = (
+            self._client.read_holding_registers if fc == 3 else self._client.read_input_registers
+        )
+        rr = await self._execute(fc, count, reader(address, count=count, device_id=self.device_id))
+        return list(rr.registers)
+
+    async def _write(self, address: int, values: Sequence[int]) -> None:
+        call = self._client.write_registers(address, list(values), device_id=self.device_id)
+        await self._execute(16, 0, call)
+
+    async def _read_spans(self, spans: Sequence[Span]) -> dict[Span, list[int]]:
+        """Read spans in as few requests as possible (contiguous runs, up to ``max_read``)."""
+        out: dict[Span, list[int]] = {}
+        ordered = sorted(set(spans))
+        i = 0
+        while i < len(ordered):
+            function, start, size = ordered[i]
+            group = [ordered[i]]
+            end = start + size
+            while i + len(group) < len(ordered):
+                nf, na, ns = ordered[i + len(group)]
+                if nf != function or na != end or na + ns - start > self.map.max_read:
+                    break
+                group.append(ordered[i + len(group)])
+                end = na + ns
+            regs = await self._read(function, start, end - start)
+            for span in group:
+                out[span] = regs[span[1] - start : span[1] - start + span[2]]
+            i += len(group)
+        return out
+
+    async def _read_items(self, items: Sequence[Item]) -> dict[Item, float | int | str]:
+        regs = await self._read_spans([(i.function, i.address, i.size) for i in items])
+        return {i: i.decode(regs[(i.function, i.address, i.size)], self.word_order) for i in items}
+
+    # --- the interface -------------------------------------------------------------------
+
+    async def _identify(self) -> MeterIdentity:
+        items = [i for i in self.map.identity.values() if isinstance(i, Item)]
+        values = await self._read_items(items)
+        fields = {
+            name: str(values[v]) if isinstance(v, Item) else v
+            for name, v in self.map.identity.items()
+        }
+        return MeterIdentity(**fields)
+
+    async def _read_clock(self) -> ClockReading:
+        clock = self.map.clock
+        span: Span = (clock.function, clock.address, clock.size)
+        spans = [span]
+        status = clock.status
+        if (
+            status
+            and status.function == clock.function
+            and status.address == clock.address + clock.size
+        ):
+            spans.append((status.function, status.address, status.size))  # same request
+        sent_at = utcnow()
+        regs = await self._read_spans(spans)
+        received_at = utcnow()
+        try:
+            meter_time = clock.decode(regs[span], self.word_order)
+        except (ValueError, OverflowError) as exc:
+            raise ProtocolError(
+                f"{self.endpoint}: clock registers {regs[span]} are not a date: {exc}",
+                endpoint=self.endpoint,
+            ) from exc
+        status_value = None
+        if status:
+            key = (status.function, status.address, status.size)
+            raw = regs[key] if key in regs else (await self._read_spans([key]))[key]
+            status_value = int(status.decode(raw, self.word_order))
+        return ClockReading(meter_time, sent_at, received_at, status_value)
+
+    async def _set_clock(self, when: datetime) -> None:
+        # The clock registers hold whole seconds: write on a second boundary, not truncated.
+        if delay := (1_000_000 - when.microsecond) % 1_000_000 / 1e6:
+            await asyncio.sleep(delay)
+            when = when + timedelta(seconds=delay)
+        await self._write(self.map.clock.address, self.map.clock.encode(when, self.word_order))
+
+    def _profile(self):
+        if self.map.profile is None:
+            raise NotSupported(
+                f"map {self.map.name!r} ({self.map.model}) has no load profile; derive "
+                "intervals from register snapshots",
+                endpoint=self.endpoint,
+            )
+        return self.map.profile
+
+    async def _read_profile_config(self) -> ProfileConfig:
+        p = self._profile()
+        values = await self._read_items([p.capture_period, p.depth])
+        seconds = int(values[p.capture_period])  # type: ignore[arg-type]
+        if seconds <= 0:
+            raise ProtocolError(f"{self.endpoint}: capture period {seconds} s")
+        self._capture_period = timedelta(seconds=seconds)
+        return ProfileConfig(
+            self._capture_period,
+            int(values[p.depth]),  # type: ignore[arg-type]
+            tuple(ch for ch, _ in p.channels),
+        )
+
+    async def _read_profile(self, start: datetime, end: datetime) -> list[ProfileEntry]:
+        p = self._profile()
+        if self._capture_period is None:
+            await self._read_profile_config()
+        period = cast(timedelta, self._capture_period)
+        tz = self.map.clock.tz
+        shift = period if p.stamp == "end" else timedelta(0)
+        selector = to_meter_epoch(start + shift, tz)  # first record starting at or after start
+        entries: list[ProfileEntry] = []
+        last_stamp = -1
+        while True:
+            await self._write(p.selector.address, p.selector.encode(selector, self.word_order))
+            regs = await self._read(p.function, p.address, p.window_size)
+            records = 0
+            for k in range(p.records):
+                rec = regs[k * p.record_size : (k + 1) * p.record_size]
+
+                def field(item: Item, rec: list[int] = rec) -> float | int | str:
+                    return item.decode(rec[item.address : item.end], self.word_order)
+
+                stamp = int(field(p.timestamp))  # type: ignore[arg-type]
+                if stamp == 0:
+                    break
+                if stamp <= last_stamp or stamp < selector:
+                    raise ProtocolError(
+                        f"{self.endpoint}: profile record {stamp} out of order "
+                        f"(selector {selector}, previous {last_stamp})",
+                        endpoint=self.endpoint,
+                    )
+                last_stamp = stamp
+                records += 1
+                entry_start = from_meter_epoch(stamp, tz) - shift
+                if entry_start >= end:
+                    return entries
+                if entry_start >= start:
+                    entries.append(
+                        ProfileEntry(
+                            entry_start,
+                            period,
+                            {ch: float(field(item)) for ch, item in p.channels},
+                            int(field(p.status)) if p.status else 0,  # type: ignore[arg-type]
+                        )
+                    )
+            if records < p.records:
+                return entries  # the meter has nothing newer
+            selector = last_stamp + 1
+
+    async def _read_registers(self) -> list[RegisterValue]:
+        items = [item for _, item in self.map.registers]
+        values = await self._read_items(items)
+        read_at = utcnow()
+        return [
+            RegisterValue(ch, float(values[item]), item.unit or ch.unit, read_at)
+            for ch, item in self.map.registers
+        ]
+
+
+class ModbusDriver(Driver):
+    """``params``: ``map`` (model name or YAML path, required), ``device_id`` (unit id,
+    default 1), ``word_order`` (``big``/``little``, overrides the map default)."""
+
+    protocol = "modbus"
+
+    def __init__(self) -> None:
+        self._maps: dict[tuple[Path, int], RegisterMap] = {}
+
+    def register_map(self, ref: str | Path) -> RegisterMap:
+        """Load (and cache until the file changes) a map; raises ``MapError``."""
+        path = map_path(ref)
+        try:
+            key = (path.resolve(), path.stat().st_mtime_ns)
+        except OSError:
+            return load_map(ref)  # raises a MapError naming the file
+        if key not in self._maps:
+            self._maps[key] = load_map(path)
+        return self._maps[key]
+
+    async def connect(
+        self,
+        endpoint: Endpoint,
+        credentials: Credentials,
+        params: Mapping[str, Any] | None = None,
+        timeout: float = 10.0,
+    ) -> ModbusSession:
+        params = dict(params or {})
+        if unknown := sorted(set(params) - set(PARAMS)):
+            raise ValueError(f"modbus: unknown connection parameter {unknown[0]!r}; use {PARAMS}")
+        if "map" not in params:
+            raise ValueError("modbus: connection parameter 'map' (model name or path) is required")
+        regmap = self.register_map(params["map"])
+        device_id = params.get("device_id", 1)
+        if (
+            isinstance(device_id, bool)
+            or not isinstance(device_id, int)
+            or not 0 <= device_id <= 255
+        ):
+            raise ValueError(f"modbus: device_id {device_id!r} is not a unit id 0..255")
+        word_order = params.get("word_order", regmap.word_order)
+        if word_order not in ("big", "little"):
+            raise ValueError(f"modbus: word_order {word_order!r} is not 'big' or 'little'")
+        if not isinstance(credentials.level, AccessLevel):
+            raise ValueError("modbus: credentials.level must be an AccessLevel")
+        session = ModbusSession(endpoint, credentials, timeout, regmap, device_id, word_order)
+        try:
+            await asyncio.wait_for(session._open(), timeout)
+        except TimeoutError as exc:
+            await session.close()
+            raise MeterTimeout(
+                f"connect/login to {endpoint}: no answer within {timeout:g} s", endpoint=endpoint
+            ) from exc
+        except BaseException:
+            await session.close()
+            raise
+        return session

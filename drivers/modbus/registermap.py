@@ -1,0 +1,528 @@
+"""Register maps: one YAML file per meter model, validated on load.
+
+A map is data, not code, so that a new meter model needs only a new file. The driver reads
+with it and the simulator serves with it, so both sides agree on every address by
+construction. Validation is strict and every error names the file and the field, because a
+wrong map silently turns energy into garbage.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pymodbus.client.mixin import ModbusClientMixin
+
+from drivers.base import Channel
+
+DT = ModbusClientMixin.DATATYPE
+MAPS_DIR = Path(__file__).parent / "maps"
+
+WordOrder = Literal["big", "little"]
+Function = Literal["holding", "input"]
+
+TYPES: dict[str, DT] = {
+    "uint16": DT.UINT16,
+    "int16": DT.INT16,
+    "uint32": DT.UINT32,
+    "int32": DT.INT32,
+    "uint64": DT.UINT64,
+    "int64": DT.INT64,
+    "float32": DT.FLOAT32,
+    "float64": DT.FLOAT64,
+    "string": DT.STRING,
+}
+FUNCTION_CODES: dict[str, int] = {"holding": 3, "input": 4}
+CLOCK_FIELDS = ("year", "month", "day", "hour", "minute", "second")
+IDENTITY_FIELDS = ("serial", "manufacturer", "model", "firmware")
+EPOCH = datetime(1970, 1, 1)  # naive: meter epochs count on the meter's own wall clock
+MAX_READ = 125  # Modbus limit for one FC3/FC4 request
+
+
+class MapError(ValueError):
+    """A register map that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One value in the register space: where it is, how it is encoded, how it scales."""
+
+    name: str
+    address: int
+    type: str
+    function: Function = "holding"
+    length: int = 0  # registers, strings only
+    scaler: float = 1.0
+    unit: str | None = None
+    word_order: WordOrder | None = None  # None: the map (or connection) default
+
+    @property
+    def size(self) -> int:
+        return self.length if self.type == "string" else TYPES[self.type].value[1]
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+    def decode(self, regs: list[int], word_order: WordOrder) -> float | int | str:
+        """Registers → value, scaler applied (strings lose trailing NULs and blanks)."""
+        if self.type == "string":
+            raw = b"".join(r.to_bytes(2, "big") for r in regs)
+            return raw.rstrip(b"\x00 ").decode("ascii", errors="replace")
+        value = ModbusClientMixin.convert_from_registers(
+            regs, TYPES[self.type], word_order=self.word_order or word_order
+        )
+        assert isinstance(value, int | float)
+        if self.scaler == 1:
+            return value
+        if self.type.startswith("float"):
+            return value * self.scaler
+        # Round away binary noise (123456789 × 0.001 → 123456.789, not …78900000001).
+        return round(value * self.scaler, max(0, math.ceil(-math.log10(abs(self.scaler)))))
+
+    def encode(self, value: float | int | str, word_order: WordOrder) -> list[int]:
+        """Value → registers; the inverse of :meth:`decode` (used by writes and the simulator)."""
+        if self.type == "string":
+            raw = str(value).encode("ascii", errors="replace")[: self.length * 2]
+            raw = raw.ljust(self.length * 2, b"\x00")
+            return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+        raw_value: float | int = value / self.scaler if self.scaler != 1 else value  # type: ignore[operator]
+        if not self.type.startswith("float"):
+            raw_value = int(round(raw_value))
+        return ModbusClientMixin.convert_to_registers(
+            raw_value, TYPES[self.type], word_order=self.word_order or word_order
+        )
+
+
+@dataclass(frozen=True)
+class ClockSpec:
+    """The meter clock: a block of fields or one POSIX counter, in the meter's time zone."""
+
+    layout: Literal["fields", "posix"]
+    address: int
+    function: Function
+    tz: timezone
+    type: str = "uint16"  # posix counter type; each field is a uint16
+    status: Item | None = None
+
+    @property
+    def size(self) -> int:
+        return len(CLOCK_FIELDS) if self.layout == "fields" else TYPES[self.type].value[1]
+
+    def encode(self, when: datetime, word_order: WordOrder) -> list[int]:
+        local = when.astimezone(self.tz)
+        if self.layout == "fields":
+            return [getattr(local, f) for f in CLOCK_FIELDS]
+        seconds = to_meter_epoch(when, self.tz)
+        return ModbusClientMixin.convert_to_registers(seconds, TYPES[self.type], word_order)
+
+    def decode(self, regs: list[int], word_order: WordOrder) -> datetime:
+        """Registers → aware UTC datetime; raises ValueError on an impossible date."""
+        if self.layout == "fields":
+            local = datetime(*regs[: len(CLOCK_FIELDS)], tzinfo=self.tz)  # type: ignore[misc]
+        else:
+            seconds = ModbusClientMixin.convert_from_registers(regs, TYPES[self.type], word_order)
+            assert isinstance(seconds, int)
+            return from_meter_epoch(seconds, self.tz)
+        return local.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """Profile read-out: write a start time into ``selector``, read ``records`` from ``window``.
+
+    The meter fills the window with the oldest records it holds whose timestamp is at or
+    after the selector value; unused slots carry timestamp 0. Timestamps are seconds since
+    1970-01-01 in the meter's clock zone and mark the interval ``stamp`` (end or start).
+    """
+
+    capture_period: Item
+    depth: Item
+    selector: Item
+    address: int
+    function: Function
+    records: int
+    timestamp: Item  # offset-relative: ``address`` is the offset inside a record
+    status: Item | None
+    channels: tuple[tuple[Channel, Item], ...]
+    record_size: int
+    stamp: Literal["end", "start"] = "end"
+
+    @property
+    def window_size(self) -> int:
+        return self.records * self.record_size
+
+
+@dataclass(frozen=True)
+class RegisterMap:
+    """A validated meter model description."""
+
+    source: str
+    model: str
+    manufacturer: str
+    word_order: WordOrder
+    max_read: int
+    password: Item
+    level: Item | None
+    auth_failed_code: int
+    access_denied_code: int
+    identity: Mapping[str, Item | str]  # an Item, or a constant the meter does not expose
+    clock: ClockSpec
+    registers: tuple[tuple[Channel, Item], ...]
+    profile: ProfileSpec | None
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).stem
+
+
+def to_meter_epoch(when: datetime, tz: timezone) -> int:
+    """Seconds since 1970-01-01T00:00 on the meter's wall clock (POSIX time when tz is UTC)."""
+    naive = when.astimezone(tz).replace(tzinfo=None)
+    return int((naive - EPOCH).total_seconds())
+
+
+def from_meter_epoch(seconds: int, tz: timezone) -> datetime:
+    """The inverse of :func:`to_meter_epoch`, as aware UTC."""
+    return (EPOCH + timedelta(seconds=seconds)).replace(tzinfo=tz).astimezone(UTC)
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def map_path(ref: str | Path) -> Path:
+    """A model name (``sim-4q``) resolves to a shipped map; anything path-like is a path."""
+    text = str(ref)
+    if "/" in text or "\\" in text or text.endswith((".yaml", ".yml")):
+        return Path(text)
+    return MAPS_DIR / f"{text.lower()}.yaml"
+
+
+def shipped_maps() -> list[str]:
+    return sorted(p.stem for p in MAPS_DIR.glob("*.yaml"))
+
+
+def load_map(ref: str | Path) -> RegisterMap:
+    """Load and validate a map by model name or path; :class:`MapError` says what is wrong."""
+    path = map_path(ref)
+    if not path.is_file():
+        hint = "" if isinstance(ref, Path) or "/" in str(ref) else f" (shipped: {shipped_maps()})"
+        raise MapError(f"{path}: register map not found{hint}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise MapError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_map(data, str(path))
+
+
+def parse_map(data: Any, source: str) -> RegisterMap:
+    return _Parser(source).parse(data)
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.word_order: WordOrder = "big"
+        self.function: Function = "holding"
+
+    def fail(self, where: str, message: str) -> MapError:
+        return MapError(f"{self.source}: {where}: {message}")
+
+    def mapping(self, value: Any, where: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(where, f"expected a mapping, got {type(value).__name__}")
+        return value
+
+    def known(self, value: Mapping[str, Any], where: str, allowed: Iterable[str]) -> None:
+        if extra := sorted(set(value) - set(allowed)):
+            raise self.fail(f"{where}.{extra[0]}" if where else extra[0], "unknown field")
+
+    def require(self, value: Mapping[str, Any], key: str, where: str) -> Any:
+        if key not in value or value[key] is None:
+            raise self.fail(f"{where}.{key}" if where else key, "required field is missing")
+        return value[key]
+
+    def integer(self, value: Any, where: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.fail(where, f"expected an integer in {lo}..{hi}, got {value!r}")
+        return value
+
+    def choice(self, value: Any, where: str, options: Iterable[str]) -> str:
+        options = tuple(options)
+        if value not in options:
+            raise self.fail(where, f"{value!r} is not one of {', '.join(options)}")
+        return value
+
+    def item(self, raw: Any, where: str, *, name: str = "", offset: bool = False) -> Item:
+        spec = self.mapping(raw, where)
+        self.known(
+            spec,
+            where,
+            (
+                "address",
+                "offset",
+                "type",
+                "function",
+                "length",
+                "scaler",
+                "unit",
+                "word_order",
+                "name",
+            ),
+        )
+        key = "offset" if offset else "address"
+        address = self.integer(self.require(spec, key, where), f"{where}.{key}", 0, 65535)
+        dtype = self.choice(spec.get("type", "uint16"), f"{where}.type", TYPES)
+        length = 0
+        if dtype == "string":
+            length = self.integer(self.require(spec, "length", where), f"{where}.length", 1, 64)
+        elif "length" in spec:
+            raise self.fail(f"{where}.length", "only strings take a length")
+        scaler = spec.get("scaler", 1)
+        if isinstance(scaler, bool) or not isinstance(scaler, int | float) or scaler == 0:
+            raise self.fail(f"{where}.scaler", f"expected a non-zero number, got {scaler!r}")
+        word_order = spec.get("word_order")
+        if word_order is not None:
+            self.choice(word_order, f"{where}.word_order", ("big", "little"))
+        function = self.choice(
+            spec.get("function", self.function), f"{where}.function", FUNCTION_CODES
+        )
+        item = Item(
+            where,
+            address,
+            dtype,
+            function,
+            length,
+            float(scaler),  # type: ignore[arg-type]
+            spec.get("unit"),
+            word_order,
+        )
+        if item.end > 65536:
+            raise self.fail(where, "runs past register 65535")
+        return item
+
+    def parse(self, data: Any) -> RegisterMap:
+        top = self.mapping(data, "(top level)")
+        self.known(
+            top,
+            "",
+            (
+                "model",
+                "manufacturer",
+                "description",
+                "word_order",
+                "function",
+                "max_read",
+                "access",
+                "identity",
+                "clock",
+                "registers",
+                "profile",
+            ),
+        )
+        model = str(self.require(top, "model", ""))
+        manufacturer = str(top.get("manufacturer", ""))
+        self.word_order = self.choice(top.get("word_order", "big"), "word_order", ("big", "little"))  # type: ignore[assignment]
+        self.function = self.choice(top.get("function", "holding"), "function", FUNCTION_CODES)  # type: ignore[assignment]
+        max_read = self.integer(top.get("max_read", MAX_READ), "max_read", 1, MAX_READ)
+
+        access = self.mapping(self.require(top, "access", ""), "access")
+        self.known(access, "access", ("password", "level", "exceptions"))
+        password = self.item(self.require(access, "password", "access"), "access.password")
+        if password.type != "string" or password.function != "holding":
+            raise self.fail("access.password", "must be a string in holding registers")
+        level = None
+        if "level" in access:
+            level = self.item(access["level"], "access.level")
+        codes = self.mapping(access.get("exceptions", {}), "access.exceptions")
+        self.known(codes, "access.exceptions", ("auth_failed", "access_denied"))
+        auth_failed = self.integer(
+            codes.get("auth_failed", 3), "access.exceptions.auth_failed", 1, 255
+        )
+        denied = self.integer(
+            codes.get("access_denied", 1), "access.exceptions.access_denied", 1, 255
+        )
+        if auth_failed == denied:
+            raise self.fail("access.exceptions", "auth_failed and access_denied must differ")
+
+        ident_raw = self.mapping(self.require(top, "identity", ""), "identity")
+        self.known(ident_raw, "identity", IDENTITY_FIELDS)
+        identity: dict[str, Item | str] = {}
+        for field_name in IDENTITY_FIELDS:
+            where = f"identity.{field_name}"
+            raw = self.require(ident_raw, field_name, "identity")
+            if isinstance(raw, str):
+                identity[field_name] = raw
+            else:
+                item = self.item(raw, where, name=field_name)
+                if item.type != "string":
+                    raise self.fail(f"{where}.type", "identity fields are strings")
+                identity[field_name] = item
+
+        clock = self.clock(self.mapping(self.require(top, "clock", ""), "clock"))
+
+        regs_raw = self.mapping(self.require(top, "registers", ""), "registers")
+        self.known(regs_raw, "registers", (c.value for c in Channel))
+        registers = []
+        for ch in Channel:
+            if ch.value in regs_raw:
+                item = self.register(regs_raw[ch.value], f"registers.{ch.value}", ch)
+                registers.append((ch, item))
+        if not registers:
+            raise self.fail("registers", "map at least one channel")
+
+        profile = None
+        if top.get("profile") is not None:
+            profile = self.profile(self.mapping(top["profile"], "profile"))
+
+        items: list[Item] = [password, *([level] if level else [])]
+        items += [i for i in identity.values() if isinstance(i, Item)]
+        items += [
+            Item("clock", clock.address + k, "uint16", clock.function) for k in range(clock.size)
+        ]
+        items += [clock.status] if clock.status else []
+        items += [i for _, i in registers]
+        if profile:
+            items += [profile.capture_period, profile.depth, profile.selector]
+            items += [
+                Item("profile.window", profile.address + k, "uint16", profile.function)
+                for k in range(profile.window_size)
+            ]
+        self.no_overlap(items)
+        return RegisterMap(
+            self.source,
+            model,
+            manufacturer,
+            self.word_order,
+            max_read,
+            password,
+            level,
+            auth_failed,
+            denied,
+            identity,
+            clock,
+            tuple(registers),
+            profile,
+        )
+
+    def register(self, raw: Any, where: str, ch: Channel) -> Item:
+        item = self.item(raw, where, name=ch.value)
+        if item.type == "string":
+            raise self.fail(f"{where}.type", "an energy register cannot be a string")
+        if item.unit is not None and item.unit != ch.unit:
+            raise self.fail(f"{where}.unit", f"{item.unit!r}: scale to {ch.unit} with 'scaler'")
+        return item
+
+    def clock(self, spec: Mapping[str, Any]) -> ClockSpec:
+        self.known(
+            spec, "clock", ("layout", "address", "function", "timezone", "type", "fields", "status")
+        )
+        layout = self.choice(spec.get("layout", "fields"), "clock.layout", ("fields", "posix"))
+        address = self.integer(self.require(spec, "address", "clock"), "clock.address", 0, 65535)
+        function = self.choice(
+            spec.get("function", self.function), "clock.function", FUNCTION_CODES
+        )
+        if function != "holding":
+            raise self.fail("clock.function", "the clock must be writable (holding registers)")
+        tz = self.timezone(self.require(spec, "timezone", "clock"))
+        dtype = "uint16"
+        if layout == "posix":
+            dtype = self.choice(spec.get("type", "uint32"), "clock.type", ("uint32", "uint64"))
+        if layout == "fields" and list(spec.get("fields", CLOCK_FIELDS)) != list(CLOCK_FIELDS):
+            raise self.fail("clock.fields", f"supported layout is {list(CLOCK_FIELDS)}")
+        status = self.item(spec["status"], "clock.status") if "status" in spec else None
+        return ClockSpec(layout, address, function, tz, dtype, status)  # type: ignore[arg-type]
+
+    def timezone(self, value: Any) -> timezone:
+        if value in ("UTC", "Z", "+00:00"):
+            return UTC
+        m = re.fullmatch(r"([+-])(\d\d):(\d\d)", str(value))
+        if not m:
+            raise self.fail("clock.timezone", f"{value!r}: use 'UTC' or a fixed offset '-05:00'")
+        sign = -1 if m[1] == "-" else 1
+        return timezone(sign * timedelta(hours=int(m[2]), minutes=int(m[3])))
+
+    def profile(self, spec: Mapping[str, Any]) -> ProfileSpec:
+        self.known(spec, "profile", ("capture_period", "depth", "selector", "window"))
+        period = self.item(
+            self.require(spec, "capture_period", "profile"), "profile.capture_period"
+        )
+        depth = self.item(self.require(spec, "depth", "profile"), "profile.depth")
+        selector = self.item(self.require(spec, "selector", "profile"), "profile.selector")
+        if selector.function != "holding" or selector.type not in ("uint32", "uint64"):
+            raise self.fail("profile.selector", "must be a uint32/uint64 holding register")
+        window = self.mapping(self.require(spec, "window", "profile"), "profile.window")
+        self.known(window, "profile.window", ("address", "function", "records", "stamp", "fields"))
+        address = self.integer(
+            self.require(window, "address", "profile.window"), "profile.window.address", 0, 65535
+        )
+        function = self.choice(
+            window.get("function", self.function), "profile.window.function", FUNCTION_CODES
+        )
+        records = self.integer(
+            self.require(window, "records", "profile.window"), "profile.window.records", 1, MAX_READ
+        )
+        stamp = self.choice(window.get("stamp", "end"), "profile.window.stamp", ("end", "start"))
+        fields = self.require(window, "fields", "profile.window")
+        if not isinstance(fields, list) or not fields:
+            raise self.fail("profile.window.fields", "expected a non-empty list")
+        timestamp = status = None
+        channels: list[tuple[Channel, Item]] = []
+        offset = 0
+        allowed = ("timestamp", "status", *(c.value for c in Channel))
+        for k, raw in enumerate(fields):
+            where = f"profile.window.fields[{k}]"
+            f = self.mapping(raw, where)
+            name = self.choice(self.require(f, "name", where), f"{where}.name", allowed)
+            item = self.item(
+                {**f, "offset": offset, "function": function}, where, name=name, offset=True
+            )
+            offset += item.size
+            if name == "timestamp":
+                if item.type not in ("uint32", "uint64"):
+                    raise self.fail(f"{where}.type", "the timestamp is a uint32 or uint64")
+                timestamp = item
+            elif name == "status":
+                status = item
+            else:
+                ch = Channel(name)
+                if any(c == ch for c, _ in channels):
+                    raise self.fail(f"{where}.name", f"{name} appears twice")
+                if item.unit is not None and item.unit != ch.unit:
+                    raise self.fail(f"{where}.unit", f"{item.unit!r}: scale to {ch.unit}")
+                channels.append((ch, item))
+        if timestamp is None:
+            raise self.fail("profile.window.fields", "a record needs a 'timestamp' field")
+        if not channels:
+            raise self.fail("profile.window.fields", "a record needs at least one channel")
+        if records * offset > MAX_READ:
+            raise self.fail(
+                "profile.window.records",
+                f"{records} records × {offset} registers exceed {MAX_READ}",
+            )
+        return ProfileSpec(
+            period,
+            depth,
+            selector,
+            address,
+            function,
+            records,
+            timestamp,  # type: ignore[arg-type]
+            status,
+            tuple(channels),
+            offset,
+            stamp,
+        )  # type: ignore[arg-type]
+
+    def no_overlap(self, items: list[Item]) -> None:
+        for function in FUNCTION_CODES:
+            taken = sorted((i for i in items if i.function == function), key=lambda i: i.address)
+            for a, b in zip(taken, taken[1:], strict=False):
+                if b.address < a.end:
+                    raise self.fail(b.name, f"{function} register {b.address} overlaps {a.name}")
