@@ -1,0 +1,304 @@
+"""DLMS/COSEM driver against the DLMS simulator over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from drivers.base import (
+    ALL_CHANNELS,
+    AccessDenied,
+    AccessLevel,
+    AuthenticationFailed,
+    Channel,
+    ConnectionFailed,
+    Credentials,
+    Endpoint,
+    MeterTimeout,
+    ProtocolError,
+)
+from drivers.dlms import DRIVER, DlmsSession, cosem
+from simulators.dlms import DlmsServer, serve
+from simulators.meter import Faults, SimulatedMeter
+
+HOUR = timedelta(hours=1)
+LEVEL1 = Credentials(AccessLevel.READ, "reader-1")
+LEVEL2 = Credentials(AccessLevel.CONFIGURE, "config-2")
+
+
+def floor_hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+@pytest.fixture
+async def meter() -> SimulatedMeter:
+    return SimulatedMeter("DLMS-0001", seed=7, manufacturer="ACME", model="A4Q", firmware="2.3.1")
+
+
+@pytest.fixture
+async def server(meter: SimulatedMeter) -> AsyncIterator[DlmsServer]:
+    srv = await serve({1: meter}, "127.0.0.1", 0)
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def endpoint(srv: DlmsServer) -> Endpoint:
+    return Endpoint("127.0.0.1", srv.port)
+
+
+async def connect(
+    srv: DlmsServer, creds: Credentials = LEVEL1, timeout: float = 5.0, **params: object
+) -> DlmsSession:
+    return await DRIVER.connect(endpoint(srv), creds, params or None, timeout=timeout)
+
+
+# --- identity, clock ----------------------------------------------------------------------
+
+
+async def test_identity(server: DlmsServer) -> None:
+    async with await connect(server) as session:
+        identity = await session.identify()
+    assert (identity.serial, identity.manufacturer, identity.model, identity.firmware) == (
+        "DLMS-0001",
+        "ACME",
+        "A4Q",
+        "2.3.1",
+    )
+
+
+async def test_clock_offset_is_measured_in_utc() -> None:
+    meter = SimulatedMeter("CLK", clock_offset=45.0)
+    async with await serve(meter) as srv, await connect(srv) as session:
+        reading = await session.read_clock()
+    assert reading.meter_time.utcoffset() == timedelta(0)
+    assert reading.offset == pytest.approx(45.0, abs=1.0)
+    assert reading.status == 0
+
+
+def test_datetime_codec_uses_blue_book_deviation_sign() -> None:
+    # Colombia (UTC−5): local + deviation = UTC, so the deviation is +300 minutes.
+    when = datetime(2026, 3, 1, 4, 30, tzinfo=UTC)
+    raw = cosem.encode_datetime(when)
+    assert raw[5] == 23 and raw[3] == 28  # 23:30 on 28 February, local time
+    assert int.from_bytes(raw[9:11], "big", signed=True) == 300
+    assert cosem.decode_datetime(raw) == (when, 0)
+    unspecified = raw[:9] + b"\x80\x00" + raw[11:]
+    assert cosem.decode_datetime(unspecified)[0] == when  # default: Colombian local time
+    utc = cosem.decode_datetime(unspecified, default_tz=UTC)[0]
+    assert utc == when - timedelta(hours=5)
+
+
+async def test_timezone_param_applies_when_deviation_unspecified(
+    server: DlmsServer, meter: SimulatedMeter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unspecified(when: datetime, tz: object = None, status: int = 0) -> bytes:
+        # A meter that sends Colombian wall-clock time with deviation 0x8000.
+        return _local_bytes(when.astimezone(cosem.COLOMBIA)) + b"\x80\x00\x00"
+
+    import simulators.dlms.server as sim
+
+    monkeypatch.setattr(sim.cosem, "encode_datetime", unspecified)
+    async with await connect(server) as session:
+        colombian = await session.read_clock()
+    async with await connect(server, timezone="+00:00") as session:
+        as_utc = await session.read_clock()
+    assert colombian.offset == pytest.approx(0.0, abs=1.0)
+    assert as_utc.offset == pytest.approx(-5 * 3600, abs=1.0)
+
+
+def _local_bytes(local: datetime) -> bytes:
+    return local.year.to_bytes(2, "big") + bytes(
+        [local.month, local.day, 0xFF, local.hour, local.minute, local.second, 0]
+    )
+
+
+async def test_set_clock_level2_then_reread(server: DlmsServer, meter: SimulatedMeter) -> None:
+    meter.set_clock(meter.real_now() + timedelta(seconds=120))
+    meter.clock_adjustments.clear()
+    async with await connect(server, LEVEL2) as session:
+        assert (await session.read_clock()).offset == pytest.approx(120, abs=1.0)
+        await session.set_clock(datetime.now(UTC))
+        after = await session.read_clock()
+    assert after.offset == pytest.approx(0.0, abs=1.0)
+    assert len(meter.clock_adjustments) == 1
+    assert meter.clock_adjustments[0][1] == pytest.approx(-120, abs=1.0)
+
+
+async def test_set_clock_level1_is_access_denied(server: DlmsServer, meter: SimulatedMeter) -> None:
+    async with await connect(server, LEVEL1) as session:
+        with pytest.raises(AccessDenied):
+            await session.set_clock(datetime.now(UTC) + timedelta(hours=1))
+        assert (await session.read_clock()).offset == pytest.approx(0.0, abs=1.0)
+    assert meter.clock_adjustments == []
+
+
+@pytest.mark.parametrize(
+    "creds",
+    [
+        Credentials(AccessLevel.READ, "wrong"),
+        Credentials(AccessLevel.CONFIGURE, "reader-1"),  # level-1 secret on the level-2 SAP
+        Credentials(AccessLevel.READ, "config-2", client="0x20"),
+    ],
+)
+async def test_wrong_secret_is_authentication_failed(
+    server: DlmsServer, creds: Credentials
+) -> None:
+    with pytest.raises(AuthenticationFailed):
+        await connect(server, creds)
+    assert server.stats.rejected == 1 and server.stats.associations == 0
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+async def test_latency_beyond_timeout_is_meter_timeout(
+    server: DlmsServer, meter: SimulatedMeter
+) -> None:
+    session = await connect(server, timeout=0.3)
+    try:
+        meter.faults.latency = 1.0
+        with pytest.raises(MeterTimeout):
+            await session.read_clock()
+        with pytest.raises(ConnectionFailed):  # the association is out of step now
+            await session.read_clock()
+    finally:
+        await session.close()
+    with pytest.raises(MeterTimeout):
+        await connect(server, timeout=0.3)
+
+
+async def test_silent_meter_is_meter_timeout(server: DlmsServer, meter: SimulatedMeter) -> None:
+    meter.faults.no_answer = True
+    with pytest.raises(MeterTimeout):
+        await connect(server, timeout=0.3)
+
+
+async def test_dropped_mid_session_is_connection_failed(
+    server: DlmsServer, meter: SimulatedMeter
+) -> None:
+    meter.faults.drop_after_requests = 2  # AARE and one GET answered, then the link drops
+    async with await connect(server) as session:
+        with pytest.raises(ConnectionFailed):
+            await session.identify()
+
+
+async def test_corrupt_frame_is_protocol_error(server: DlmsServer, meter: SimulatedMeter) -> None:
+    async with await connect(server) as session:
+        meter.faults.corrupt_next = 1
+        with pytest.raises(ProtocolError):
+            await session.read_clock()
+
+
+async def test_refused_connection_is_connection_failed(server: DlmsServer) -> None:
+    port = server.port
+    await server.stop()
+    with pytest.raises(ConnectionFailed):
+        await DRIVER.connect(Endpoint("127.0.0.1", port), LEVEL1, timeout=2)
+
+
+# --- profile and registers ------------------------------------------------------------------
+
+
+async def test_profile_config(server: DlmsServer) -> None:
+    async with await connect(server) as session:
+        config = await session.read_profile_config()
+    assert config.capture_period == HOUR
+    assert config.depth >= 720
+    assert set(config.channels) == set(ALL_CHANNELS)
+
+
+async def test_profile_across_colombian_midnight(server: DlmsServer, meter: SimulatedMeter) -> None:
+    # Colombian midnight is 05:00 UTC; read 02:00–09:00 UTC of yesterday.
+    day = floor_hour(datetime.now(UTC)).replace(hour=0) - timedelta(days=1)
+    start, end = day + 2 * HOUR, day + 9 * HOUR
+    async with await connect(server) as session:
+        entries = await session.read_profile(start, end)
+    assert [e.start for e in entries] == [start + i * HOUR for i in range(7)]
+    assert day + 5 * HOUR in {e.start for e in entries}
+    expected = meter.profile(start, end)
+    for got, want in zip(entries, expected, strict=True):
+        assert got.period == HOUR
+        assert got.values == pytest.approx(want.values)
+        assert got.start.tzinfo is not None and got.start.utcoffset() == timedelta(0)
+
+
+async def test_missing_entries_are_absent_not_zero(
+    server: DlmsServer, meter: SimulatedMeter
+) -> None:
+    base = floor_hour(datetime.now(UTC)) - 10 * HOUR
+    meter.faults.missing = [(base + 3 * HOUR, base + 5 * HOUR)]
+    async with await connect(server) as session:
+        entries = await session.read_profile(base, base + 8 * HOUR)
+    starts = [e.start for e in entries]
+    assert starts == [base + i * HOUR for i in (0, 1, 2, 5, 6, 7)]
+    assert all(e.values[Channel.ACTIVE_IMPORT] > 0 for e in entries)
+
+
+async def test_register_reset_is_visible(server: DlmsServer, meter: SimulatedMeter) -> None:
+    async with await connect(server) as session:
+        before = {r.channel: r.value for r in await session.read_registers()}
+        meter.faults.register_reset_at = floor_hour(datetime.now(UTC)) - 2 * HOUR
+        after = {r.channel: r.value for r in await session.read_registers()}
+    units = {r.channel: r.unit for r in await _registers(server)}
+    assert units[Channel.ACTIVE_IMPORT] == "kWh" and units[Channel.REACTIVE_IMPORT] == "kvarh"
+    assert before[Channel.ACTIVE_IMPORT] > 10_000
+    assert 0 < after[Channel.ACTIVE_IMPORT] < 3 * 3 * meter.mean_kw
+    assert after[Channel.ACTIVE_IMPORT] == pytest.approx(
+        meter.registers()[Channel.ACTIVE_IMPORT], abs=0.01
+    )
+
+
+async def _registers(srv: DlmsServer) -> list:
+    async with await connect(srv) as session:
+        return await session.read_registers()
+
+
+async def test_backup_divergence_is_visible() -> None:
+    principal = SimulatedMeter("P-1", seed=11)
+    backup = SimulatedMeter("B-1", seed=11, faults=Faults(divergence_pct=2.0))
+    day = floor_hour(datetime.now(UTC)) - 24 * HOUR
+    async with await serve({1: principal, 2: backup}) as srv:
+        async with await connect(srv) as session:
+            p = await session.read_profile(day, day + 6 * HOUR)
+        async with await connect(srv, server_address=2) as session:
+            assert (await session.identify()).serial == "B-1"
+            b = await session.read_profile(day, day + 6 * HOUR)
+    assert [e.start for e in p] == [e.start for e in b] and len(p) == 6
+    for pe, be in zip(p, b, strict=True):
+        ratio = be.values[Channel.ACTIVE_IMPORT] / pe.values[Channel.ACTIVE_IMPORT]
+        assert ratio == pytest.approx(1.02, abs=2e-4)
+
+
+async def test_thirty_days_needs_block_transfer(server: DlmsServer, meter: SimulatedMeter) -> None:
+    end = floor_hour(datetime.now(UTC))
+    start = end - 720 * HOUR
+    async with await connect(server) as session:
+        entries = await session.read_profile(start, end)
+        blocks = session.blocks_received
+        assert session.negotiated_pdu_size == 1024
+    assert len(entries) == 720
+    assert [e.start for e in entries] == [start + i * HOUR for i in range(720)]
+    assert blocks > 1 and blocks == server.stats.blocks_sent
+    want = meter.profile(start, end)
+    assert len(want) == 720
+    for got, expected in zip(entries, want, strict=True):
+        assert got.values == pytest.approx(expected.values)
+
+
+async def test_client_pdu_limit_forces_blocks(meter: SimulatedMeter) -> None:
+    async with await serve(meter, max_pdu_size=0xFFFF) as srv:
+        async with await connect(srv, max_pdu_size=256) as session:
+            end = floor_hour(datetime.now(UTC))
+            entries = await session.read_profile(end - 48 * HOUR, end)
+            assert len(entries) == 48 and session.blocks_received > 5
+
+
+def test_units_are_checked() -> None:
+    assert cosem.to_kilo(123_456, 0, cosem.UNIT_WH, Channel.ACTIVE_IMPORT) == 123.456
+    assert cosem.to_kilo(12, 2, cosem.UNIT_VARH, Channel.REACTIVE_EXPORT) == 1.2
+    with pytest.raises(ValueError):
+        cosem.to_kilo(1, 0, cosem.UNIT_VARH, Channel.ACTIVE_IMPORT)
