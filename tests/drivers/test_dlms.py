@@ -302,3 +302,116 @@ def test_units_are_checked() -> None:
     assert cosem.to_kilo(12, 2, cosem.UNIT_VARH, Channel.REACTIVE_EXPORT) == 1.2
     with pytest.raises(ValueError):
         cosem.to_kilo(1, 0, cosem.UNIT_VARH, Channel.ACTIVE_IMPORT)
+
+
+# --- interoperability: Gurux's DLMS client against the simulator ---------------------------
+
+
+def _gurux_session(port: int, client_sap: int, password: str):
+    """A blocking Gurux client over the wrapper; returns (client, exchange function, socket)."""
+    import socket
+
+    from gurux_dlms import GXByteBuffer, GXDLMSClient, GXReplyData
+    from gurux_dlms.enums import Authentication, InterfaceType
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client = GXDLMSClient(True, client_sap, 1, Authentication.LOW, password, InterfaceType.WRAPPER)
+
+    def packet(data: bytes, reply: GXReplyData) -> None:
+        sock.sendall(bytes(data))
+        notify, received = GXReplyData(), GXByteBuffer()
+        while True:
+            chunk = sock.recv(4096)
+            assert chunk, "simulator closed the connection"
+            received.set(chunk)
+            if client.getData(received, reply, notify):
+                return
+
+    def exchange(frames: object) -> GXReplyData:
+        reply = GXReplyData()
+        for frame in frames if isinstance(frames, list) else [frames]:
+            reply.clear()
+            packet(frame, reply)
+            while reply.isMoreData():  # GET-with-block: ask for the next block
+                packet(client.receiverReady(reply), reply)
+        return reply
+
+    return client, exchange, sock
+
+
+def _gurux_reads(port: int) -> dict[str, object]:
+    from gurux_dlms.objects import (
+        GXDLMSClock,
+        GXDLMSData,
+        GXDLMSProfileGeneric,
+        GXDLMSRegister,
+    )
+
+    client, exchange, sock = _gurux_session(port, cosem.READING_CLIENT, "reader-1")
+    try:
+        client.parseAareResponse(exchange(client.aarqRequest()).data)
+        out: dict[str, object] = {"pdu": client.maxReceivePDUSize}
+        clock = GXDLMSClock("0.0.1.0.0.255")
+        client.updateValue(clock, 2, exchange(client.read(clock, 2)).value)
+        out["clock"] = clock.time.value
+        serial = GXDLMSData("0.0.96.1.0.255")
+        client.updateValue(serial, 2, exchange(client.read(serial, 2)).value)
+        out["serial"] = bytes(serial.value).decode()
+        register = GXDLMSRegister("1.0.1.8.0.255")
+        for attribute in (3, 2):
+            client.updateValue(
+                register, attribute, exchange(client.read(register, attribute)).value
+            )
+        out["register"] = (register.value, register.scaler, register.unit)
+        profile = GXDLMSProfileGeneric("1.0.99.1.0.255")
+        for attribute in (3, 4):
+            client.updateValue(profile, attribute, exchange(client.read(profile, attribute)).value)
+        out["columns"] = [str(o[0].logicalName) for o in profile.captureObjects]
+        out["period"] = profile.capturePeriod
+        end = floor_hour(datetime.now(UTC))
+        rows = exchange(client.readRowsByRange(profile, end - 72 * HOUR, end)).value
+        client.updateValue(profile, 2, rows)
+        out["rows"] = [(row[0].value, row[1]) for row in profile.buffer]
+        exchange(client.releaseRequest())
+        return out
+    finally:
+        sock.close()
+
+
+async def test_gurux_client_reads_the_simulator(server: DlmsServer, meter: SimulatedMeter) -> None:
+    pytest.importorskip("gurux_dlms")
+    import asyncio
+
+    got = await asyncio.to_thread(_gurux_reads, server.port)
+    assert got["pdu"] == 1024
+    # Gurux applies the Blue Book deviation sign: the meter's +300 must read as UTC−5.
+    assert abs((got["clock"] - datetime.now(UTC)).total_seconds()) < 2
+    assert got["clock"].utcoffset() == timedelta(hours=-5)
+    assert got["serial"] == "DLMS-0001"
+    value, scaler, unit = got["register"]
+    assert unit == cosem.UNIT_WH and scaler == 1  # Gurux reports 10**scaler
+    assert value / 1000 == pytest.approx(meter.registers()[Channel.ACTIVE_IMPORT], abs=1.0)
+    assert got["columns"][0] == "0.0.1.0.0.255" and "1.0.1.29.0.255" in got["columns"]
+    assert got["period"] == 3600
+    rows = got["rows"]
+    assert len(rows) >= 71 and server.stats.blocks_sent > 1
+    stamps = [r[0] for r in rows]
+    assert all(b - a == HOUR for a, b in zip(stamps, stamps[1:], strict=False))
+    first = meter.profile(stamps[0] - HOUR, stamps[0])[0]
+    assert rows[0][1] == round(first.values[Channel.ACTIVE_IMPORT] * 1000)
+
+
+async def test_gurux_client_wrong_password_is_refused(server: DlmsServer) -> None:
+    pytest.importorskip("gurux_dlms")
+    import asyncio
+
+    def attempt() -> None:
+        client, exchange, sock = _gurux_session(server.port, cosem.READING_CLIENT, "nope")
+        try:
+            client.parseAareResponse(exchange(client.aarqRequest()).data)
+        finally:
+            sock.close()
+
+    with pytest.raises(Exception, match="(?i)auth|denied|password|reject"):
+        await asyncio.to_thread(attempt)
+    assert server.stats.rejected == 1
