@@ -11,6 +11,7 @@ from importlib import import_module
 
 COMMAND_MODULES = [
     "cgm.commands.db",
+    "cgm.commands.registry",
     "cgm.commands.run",
 ]
 

@@ -1,0 +1,145 @@
+"""What a well-formed frontier may still violate in the Código de Medida.
+
+These findings are *violations*, not errors: the import stores the frontier and records
+them in ``frontier_violation`` so an operator can register a non-compliant frontier, see
+what is wrong with it (``cgm registry list``), and fix it. Errors (malformed data) are the
+loader's business and refuse the whole import.
+
+Checks use the frontier's stored point type (the explicit one when given); an explicit type
+less strict than Table 1 is itself a violation (``point_type_understated``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cgm.registry import rules
+from cgm.registry.model import FrontierSpec, MeterSpec
+
+ART_TABLE1 = "Table 1"
+ART_TABLE2 = "Table 2"
+ART_BACKUP = "art. 13, 15(c)"
+
+_RATIO_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One violation; ``subject`` is the meter serial, or '' for the frontier itself."""
+
+    rule: str
+    article: str
+    message: str
+    subject: str = ""
+
+
+def _accuracy(meter: MeterSpec, point_type: int) -> list[Finding]:
+    req = rules.TABLE2_ACCURACY[point_type]
+    out: list[Finding] = []
+    checks = [
+        ("accuracy_active", meter.accuracy_active, req.active, "meter active energy", True),
+        ("accuracy_reactive", meter.accuracy_reactive, req.reactive, "meter reactive energy", True),
+        ("ct_accuracy", meter.ct_accuracy, req.ct, "current transformer", False),
+        ("vt_accuracy", meter.vt_accuracy, req.vt, "voltage transformer", False),
+    ]
+    for field, actual, required, what, mandatory in checks:
+        if required is None:
+            continue
+        if actual is None:
+            if mandatory:
+                out.append(
+                    Finding(
+                        f"{field}_undeclared",
+                        ART_TABLE2,
+                        f"{what} accuracy class not declared; type {point_type} requires "
+                        f"{required} or better",
+                        meter.serial,
+                    )
+                )
+            continue
+        if not rules.meets(actual, required):
+            out.append(
+                Finding(
+                    f"{field}_below",
+                    ART_TABLE2,
+                    f"{what} class {actual} is less accurate than {required} required "
+                    f"for point type {point_type}",
+                    meter.serial,
+                )
+            )
+    return out
+
+
+def _mismatch(principal: MeterSpec, backup: MeterSpec) -> list[Finding]:
+    """Art. 13: the backup has the same configuration as the principal."""
+    out: list[Finding] = []
+
+    def differs(rule: str, what: str, p: object, b: object) -> None:
+        out.append(
+            Finding(
+                f"backup_mismatch_{rule}",
+                ART_BACKUP,
+                f"backup {what} {b} differs from the principal's {p}",
+                backup.serial,
+            )
+        )
+
+    for rule, what in (("ct_ratio", "CT ratio"), ("vt_ratio", "VT ratio")):
+        p, b = getattr(principal, rule), getattr(backup, rule)
+        if abs(p - b) > _RATIO_TOLERANCE * max(p, b):
+            differs(rule, what, f"{p:g}", f"{b:g}")
+    for rule, what in (
+        ("accuracy_active", "active accuracy class"),
+        ("accuracy_reactive", "reactive accuracy class"),
+    ):
+        p, b = getattr(principal, rule), getattr(backup, rule)
+        if p != b:
+            differs(rule, what, p or "(undeclared)", b or "(undeclared)")
+    if principal.channels != backup.channels:
+        differs(
+            "channels",
+            "channels",
+            ",".join(c.value for c in principal.channels),
+            ",".join(c.value for c in backup.channels),
+        )
+    return out
+
+
+def check(frontier: FrontierSpec) -> list[Finding]:
+    """All violations of one frontier, in a stable order."""
+    found: list[Finding] = []
+    point_type = frontier.effective_point_type
+    table1 = frontier.table1_type
+    if frontier.point_type is not None and table1 is not None and frontier.point_type > table1:
+        found.append(
+            Finding(
+                "point_type_understated",
+                ART_TABLE1,
+                f"explicit point type {frontier.point_type} is less strict than type {table1} "
+                "given by Table 1 for the declared energy/capacity",
+            )
+        )
+    principal = frontier.meter("principal")
+    backup = frontier.meter("backup")
+    if principal is None:
+        found.append(Finding("principal_missing", "Código de Medida", "no principal meter"))
+    if backup is None and rules.backup_required(point_type, frontier.kind, frontier.stn):
+        reasons = []
+        if frontier.kind == "generation":
+            reasons.append("generation frontier")
+        if frontier.stn:
+            reasons.append("connected to the STN")
+        if point_type in rules.BACKUP_REQUIRED_TYPES:
+            reasons.append(f"point type {point_type}")
+        found.append(
+            Finding(
+                "backup_missing",
+                ART_BACKUP,
+                f"backup meter required ({', '.join(reasons)}) but none is registered",
+            )
+        )
+    for meter in frontier.meters:
+        found.extend(_accuracy(meter, point_type))
+    if principal is not None and backup is not None:
+        found.extend(_mismatch(principal, backup))
+    return found

@@ -1,0 +1,233 @@
+"""The inventory model: a frontier and its meters, as an operator declares them.
+
+Validation here refuses only *malformed* data (wrong types, unknown fields, impossible
+values, an undeterminable point type). What is well-formed but breaks the Código de Medida
+(a missing backup, a poor accuracy class) is not an error: see ``compliance``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from cgm.registry import rules
+from drivers.base import AccessLevel, Channel, Credentials, Endpoint
+
+FRONTIER_CODE = r"^Frt[0-9]+$"
+ENV_PREFIX = "env:"
+
+Kind = Literal["generation", "commercialisation", "distribution", "international_link"]
+Role = Literal["principal", "backup"]
+Protocol = Literal["dlms", "modbus", "mqtt"]
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d+)$")
+
+
+def parse_endpoint(value: Any) -> Endpoint:
+    """``host:port`` or ``[ipv6]:port`` → Endpoint."""
+    if isinstance(value, Endpoint):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("endpoint must be a 'host:port' string")
+    m = _HOST_PORT.match(value.strip())
+    if not m:
+        raise ValueError("endpoint must be 'host:port' (IPv6 as '[addr]:port')")
+    port = int(m["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError("endpoint port must be between 1 and 65535")
+    return Endpoint(m["v6"] or m["host"], port)
+
+
+def parse_ratio(value: Any) -> float:
+    """A transformer ratio as a number or as "primary/secondary" ("200/5" → 40)."""
+    if isinstance(value, bool):
+        raise ValueError("ratio must be a number or 'primary/secondary'")
+    if isinstance(value, int | float):
+        ratio = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        try:
+            if "/" in text:
+                num, den = text.split("/", 1)
+                ratio = float(num) / float(den)
+            else:
+                ratio = float(text)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError("ratio must be a number or 'primary/secondary' like '200/5'") from None
+    else:
+        raise ValueError("ratio must be a number or 'primary/secondary'")
+    if not math.isfinite(ratio) or ratio <= 0:
+        raise ValueError("ratio must be positive")
+    return ratio
+
+
+def _class(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError("accuracy class must be one of 0.2S, 0.2, 0.5S, 0.5, 1, 2, 3")
+    return rules.normalize_class(value)
+
+
+EndpointField = Annotated[Endpoint, BeforeValidator(parse_endpoint)]
+Ratio = Annotated[float, BeforeValidator(parse_ratio)]
+AccuracyClass = Annotated[str, BeforeValidator(_class)]
+
+
+class _Strict(BaseModel):
+    # forbid: a misspelt field is an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=False)
+
+
+class CredentialSpec(_Strict):
+    """One access level's secret (art. 17) and optional protocol client identity.
+
+    ``secret`` is the secret itself or ``env:VARNAME`` (recommended: the inventory file then
+    holds no secret). It is kept as a SecretStr so it never shows in a repr or a log.
+    """
+
+    secret: SecretStr
+    client: str | None = None
+    _env: str | None = PrivateAttr(default=None)
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _string_only(cls, v: Any) -> Any:
+        # A YAML number would be silently reformatted (0123 is octal 83): demand a string.
+        if not isinstance(v, str | SecretStr):
+            raise ValueError("secret must be a quoted string or 'env:VARNAME'")
+        return v
+
+    @field_validator("client", mode="before")
+    @classmethod
+    def _client_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _resolve_env(self) -> CredentialSpec:
+        raw = self.secret.get_secret_value()
+        if raw.startswith(ENV_PREFIX):
+            name = raw[len(ENV_PREFIX) :].strip()
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError("secret 'env:' reference needs a variable name, e.g. env:FRT_L1")
+            value = os.environ.get(name)
+            if not value:
+                raise ValueError(f"environment variable {name} (secret reference) is not set")
+            self.secret = SecretStr(value)
+            self._env = name
+        elif not raw:
+            raise ValueError("secret is empty")
+        return self
+
+    @property
+    def from_env(self) -> bool:
+        return self._env is not None
+
+
+class CredentialsSpec(_Strict):
+    level1: CredentialSpec | None = None  # reads (art. 17 level 1)
+    level2: CredentialSpec | None = None  # also sets clock/parameters (level 2)
+
+    def by_level(self) -> dict[AccessLevel, CredentialSpec]:
+        found = {AccessLevel.READ: self.level1, AccessLevel.CONFIGURE: self.level2}
+        return {level: spec for level, spec in found.items() if spec is not None}
+
+
+class MeterSpec(_Strict):
+    serial: str = Field(min_length=1)
+    role: Role
+    protocol: Protocol
+    endpoint: EndpointField
+    backup_endpoint: EndpointField | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    ct_ratio: Ratio = 1.0
+    vt_ratio: Ratio = 1.0
+    accuracy_active: AccuracyClass | None = None
+    accuracy_reactive: AccuracyClass | None = None
+    ct_accuracy: AccuracyClass | None = None
+    vt_accuracy: AccuracyClass | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    channels: list[Channel] = Field(default_factory=lambda: list(Channel), min_length=1)
+    credentials: CredentialsSpec = Field(default_factory=CredentialsSpec)
+
+    @field_validator("serial", mode="before")
+    @classmethod
+    def _serial_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("channels")
+    @classmethod
+    def _no_duplicate_channels(cls, v: list[Channel]) -> list[Channel]:
+        if len(set(v)) != len(v):
+            raise ValueError("channels are listed more than once")
+        return sorted(v, key=list(Channel).index)
+
+    def credentials_for_driver(self) -> dict[AccessLevel, Credentials]:
+        return {
+            level: Credentials(level, spec.secret.get_secret_value(), spec.client)
+            for level, spec in self.credentials.by_level().items()
+        }
+
+
+class FrontierSpec(_Strict):
+    code: str = Field(pattern=FRONTIER_CODE)
+    name: str = Field(min_length=1)
+    kind: Kind
+    stn: bool = False
+    voltage_level: int = Field(ge=1, le=4)
+    installed_capacity_mva: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    monthly_energy_mwh: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    adjustment_factor: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    point_type: int | None = Field(default=None, ge=1, le=5)
+    clock_target_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    meters: list[MeterSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FrontierSpec:
+        if self.point_type is None and self.table1_type is None:
+            raise ValueError(
+                "point type cannot be determined: give monthly_energy_mwh, "
+                "installed_capacity_mva or point_type (Table 1)"
+            )
+        # Role and serial uniqueness are checked by the loader, which can name the line.
+        return self
+
+    @property
+    def table1_type(self) -> int | None:
+        """Type by Table 1 from the declared energy and capacity (None: neither given)."""
+        return rules.table1_type(self.monthly_energy_mwh, self.installed_capacity_mva)
+
+    @property
+    def effective_point_type(self) -> int:
+        """The explicit type when given (kept even if less strict; see compliance)."""
+        if self.point_type is not None:
+            return self.point_type
+        t = self.table1_type
+        assert t is not None  # guaranteed by _consistent
+        return t
+
+    @property
+    def clock_limit_s(self) -> float:
+        return rules.clock_limit(self.effective_point_type, self.clock_target_s)
+
+    def meter(self, role: Role) -> MeterSpec | None:
+        return next((m for m in self.meters if m.role == role), None)
+
+
+class InventoryFile(_Strict):
+    """Top level of a YAML inventory: ``frontiers: [...]``."""
+
+    frontiers: list[dict[str, Any]] = Field(default_factory=list)
