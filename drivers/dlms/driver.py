@@ -221,7 +221,10 @@ class DlmsSession(MeterSession):
             raise ConnectionFailed(f"session unusable: {self._broken}", endpoint=self.endpoint)
         ok = False
         try:
-            out = self._conn.send(event)
+            try:
+                out = self._conn.send(event)
+            except Exception as exc:  # noqa: BLE001 - the association is not in a state for it
+                raise ProtocolError(f"cannot send {type(event).__name__}: {exc}") from exc
             try:
                 answer = await self._transport.request(out)
             except WrapperError as exc:
