@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -194,11 +194,11 @@ class ModbusSession(MeterSession):
         self._wake.set()
         return b""  # keep pymodbus from acting on it
 
-    async def _execute(self, fc: int, count: int, call: Awaitable[ModbusPDU]) -> ModbusPDU:
+    async def _execute(
+        self, fc: int, count: int, call: Callable[[], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU:
         """Run one pymodbus request; classify every way it can fail."""
-        if self._lost or self._failure is not None:
-            with contextlib.suppress(Exception):
-                call.close()  # type: ignore[attr-defined]
+        if self._lost or self._failure is not None or not self._client.connected:
             raise ConnectionFailed(
                 f"session to {self.endpoint} is closed"
                 + (f" after: {self._failure}" if self._failure else ""),
@@ -206,7 +206,10 @@ class ModbusSession(MeterSession):
             )
         self._expect = (fc, count)
         self._wake.clear()
-        task = asyncio.ensure_future(call)
+        try:
+            task = asyncio.ensure_future(call())
+        except ConnectionException as exc:
+            raise ConnectionFailed(f"{self.endpoint}: {exc}", endpoint=self.endpoint) from exc
         waker = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait({task, waker}, return_when=asyncio.FIRST_COMPLETED)
@@ -256,12 +259,16 @@ class ModbusSession(MeterSession):
         reader = (
             self._client.read_holding_registers if fc == 3 else self._client.read_input_registers
         )
-        rr = await self._execute(fc, count, reader(address, count=count, device_id=self.device_id))
+        rr = await self._execute(
+            fc, count, lambda: reader(address, count=count, device_id=self.device_id)
+        )
         return list(rr.registers)
 
     async def _write(self, address: int, values: Sequence[int]) -> None:
-        call = self._client.write_registers(address, list(values), device_id=self.device_id)
-        await self._execute(16, 0, call)
+        regs = list(values)
+        await self._execute(
+            16, 0, lambda: self._client.write_registers(address, regs, device_id=self.device_id)
+        )
 
     async def _read_spans(self, spans: Sequence[Span]) -> dict[Span, list[int]]:
         """Read spans in as few requests as possible (contiguous runs, up to ``max_read``)."""

@@ -31,7 +31,7 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterResponse,
 )
 
-from drivers.base import AccessLevel
+from drivers.base import AccessLevel, Endpoint
 from drivers.modbus.registermap import (
     Item,
     RegisterMap,
@@ -84,6 +84,10 @@ class ModbusSimulator:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port)
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._serve_client, host, port)
