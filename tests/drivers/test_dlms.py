@@ -379,7 +379,6 @@ def _gurux_reads(port: int) -> dict[str, object]:
 
 
 async def test_gurux_client_reads_the_simulator(server: DlmsServer, meter: SimulatedMeter) -> None:
-    pytest.importorskip("gurux_dlms")
     import asyncio
 
     got = await asyncio.to_thread(_gurux_reads, server.port)
@@ -402,7 +401,6 @@ async def test_gurux_client_reads_the_simulator(server: DlmsServer, meter: Simul
 
 
 async def test_gurux_client_wrong_password_is_refused(server: DlmsServer) -> None:
-    pytest.importorskip("gurux_dlms")
     import asyncio
 
     def attempt() -> None:
