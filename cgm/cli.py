@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "cgm.commands.db",
     "cgm.commands.registry",
     "cgm.commands.run",
+    "cgm.commands.probe",
 ]
 
 
