@@ -26,7 +26,6 @@ from pymodbus.pdu import DecodePDU, ModbusPDU
 
 from drivers.base import (
     AccessDenied,
-    AccessLevel,
     AuthenticationFailed,
     ClockReading,
     ConnectionFailed,
@@ -114,7 +113,9 @@ class ModbusSession(MeterSession):
         try:
             connected = await self._client.connect()
         except OSError as exc:
-            raise ConnectionFailed(f"cannot connect to {self.endpoint}: {exc}") from exc
+            raise ConnectionFailed(
+                f"cannot connect to {self.endpoint}: {exc}", endpoint=self.endpoint
+            ) from exc
         if not connected:
             raise ConnectionFailed(f"cannot connect to {self.endpoint}", endpoint=self.endpoint)
         self._lost = False
@@ -174,7 +175,7 @@ class ModbusSession(MeterSession):
             problem = f"protocol id {data[2:4].hex()} is not Modbus"
         elif not 2 <= declared <= 254:
             problem = f"MBAP length {declared} out of range"
-        elif data[6] != self.device_id:
+        elif self.device_id and data[6] != self.device_id:  # unit 0: any (as pymodbus)
             problem = f"answer from unit {data[6]}, asked unit {self.device_id}"
         elif len(data) < 6 + declared:
             return data  # the rest is on its way
@@ -463,8 +464,6 @@ class ModbusDriver(Driver):
         word_order = params.get("word_order", regmap.word_order)
         if word_order not in ("big", "little"):
             raise ValueError(f"modbus: word_order {word_order!r} is not 'big' or 'little'")
-        if not isinstance(credentials.level, AccessLevel):
-            raise ValueError("modbus: credentials.level must be an AccessLevel")
         session = ModbusSession(endpoint, credentials, timeout, regmap, device_id, word_order)
         try:
             await asyncio.wait_for(session._open(), timeout)
