@@ -73,6 +73,10 @@ class Inventory:
 
     def issue(self, *, frontier: str | None = None, meter: str | None = None, msg: str) -> Issue:
         """An error located at a frontier's or meter's line (for checks made later)."""
+        if meter and frontier is None:
+            frontier = next(
+                (f.code for f in self.frontiers if any(m.serial == meter for m in f.meters)), ""
+            )
         line = self.meter_lines.get(meter) if meter else self.frontier_lines.get(frontier or "")
         where = f"{frontier} meter {meter}" if meter else (frontier or "")
         return Issue(self.source, line, where, msg)

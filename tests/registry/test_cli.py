@@ -1,0 +1,97 @@
+"""``cgm registry`` commands end to end (import, list --json, validate, errors)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cgm.cli import main
+from cgm.config import get_settings
+from tests.registry.conftest import frontier, meter, new_code
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def cli_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("CGM_DATABASE_URL", db_url)
+    monkeypatch.setenv("CGM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("CGM_SECRET_KEY", raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_import_then_list_json_without_secrets(
+    cli_env: None,
+    write_yaml: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code = new_code()
+    monkeypatch.setenv("CGM_T_CLI_L1", "cli-level1-secret")
+    fr = frontier(
+        code,
+        monthly_energy_mwh=600,
+        installed_capacity_mva=0.5,
+        meters=[
+            meter(
+                f"{code}-P",
+                endpoint="10.1.1.1:4059",
+                credentials={"level1": {"secret": "env:CGM_T_CLI_L1", "client": "16"}},
+            )
+        ],
+    )
+    path = write_yaml(fr)
+    assert main(["registry", "import", str(path), "--actor", "ops:ana"]) == 0
+    out = capsys.readouterr().out
+    assert "frontiers 1 new" in out and "backup_missing" in out
+    assert main(["registry", "list", "--json", "--frontier", code]) == 0
+    text = capsys.readouterr().out
+    assert "cli-level1-secret" not in text
+    [row] = json.loads(text)
+    assert (row["code"], row["point_type"], row["table1_type"], row["clock_limit_s"]) == (
+        code,
+        2,
+        2,
+        30,
+    )
+    [m] = row["meters"]
+    assert (m["serial"], m["endpoint"], m["credentials"]) == (
+        f"{code}-P",
+        "10.1.1.1:4059",
+        [{"level": 1, "client": "16"}],
+    )
+    assert [v["rule"] for v in row["violations"]] == ["backup_missing"]
+    assert main(["registry", "list"]) == 0
+    assert code in capsys.readouterr().out
+
+
+def test_import_bad_file_exit_2_with_file_and_line(
+    cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["registry", "import", str(DATA / "bad_rows.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"{DATA / 'bad_rows.yaml'}:22:" in err and "nothing imported" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [("bad_rows.csv", 2), ("unknown_field.yaml", 2)],
+)
+def test_validate_status(name: str, status: int, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["registry", "validate", str(DATA / name)]) == status
+
+
+def test_validate_reports_violations_with_status_1(
+    write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_yaml(frontier("Frt1", meters=[meter("P", accuracy_active="1")]))
+    assert main(["registry", "validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "accuracy_active_below" in out and "backup_missing" in out
+    path = write_yaml(frontier("Frt1"))
+    assert main(["registry", "validate", str(path)]) == 0

@@ -1,0 +1,123 @@
+"""Violations of the Código: backup requirement, Table 2 classes, principal/backup mismatch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cgm.registry import FrontierSpec, compliance
+from tests.registry.conftest import frontier, meter
+
+
+def _rules(fr: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(f.rule, f.subject) for f in compliance.check(FrontierSpec.model_validate(fr))}
+
+
+def test_compliant_type1_frontier_has_no_violation() -> None:
+    assert _rules(frontier("Frt1")) == set()
+
+
+@pytest.mark.parametrize(
+    ("over", "needs_backup"),
+    [
+        ({"monthly_energy_mwh": 20000}, True),  # type 1
+        ({"monthly_energy_mwh": 600}, True),  # type 2
+        ({"monthly_energy_mwh": 100}, False),  # type 3
+        ({"monthly_energy_mwh": 100, "kind": "generation"}, True),
+        ({"monthly_energy_mwh": 1, "stn": True}, True),
+        ({"monthly_energy_mwh": 1}, False),
+        ({"monthly_energy_mwh": 100, "installed_capacity_mva": 2}, True),  # CI → type 2
+    ],
+)
+def test_backup_missing(over: dict[str, Any], needs_backup: bool) -> None:
+    fr = frontier("Frt2", meters=[meter("P", accuracy_active="0.2S")], **over)
+    assert (("backup_missing", "") in _rules(fr)) is needs_backup
+
+
+@pytest.mark.parametrize(
+    ("energy", "active", "reactive", "expected"),
+    [
+        (20000, "0.2S", "2", set()),
+        (20000, "0.5S", "2", {"accuracy_active_below"}),
+        (20000, "0.2S", "3", {"accuracy_reactive_below"}),
+        (600, "0.5S", "2", set()),  # type 2
+        (600, "1", "2", {"accuracy_active_below"}),
+        (100, "0.5S", "2", set()),  # type 3
+        (10, "1", "2", set()),  # type 4
+        (10, "2", "2", {"accuracy_active_below"}),
+        (10, "1", "3", {"accuracy_reactive_below"}),
+        (1, "2", "3", set()),  # type 5: 1 or 2 / 2 or 3
+        (1, "1", "2", set()),
+        (1, "3", "3", {"accuracy_active_below"}),
+        (100, None, "2", {"accuracy_active_undeclared"}),
+    ],
+)
+def test_table2_accuracy(
+    energy: float, active: str | None, reactive: str, expected: set[str]
+) -> None:
+    fr = frontier(
+        "Frt3",
+        monthly_energy_mwh=energy,
+        meters=[
+            meter("P", accuracy_active=active, accuracy_reactive=reactive),
+            meter("B", "backup", accuracy_active=active, accuracy_reactive=reactive),
+        ],
+    )
+    found = {rule for rule, _ in _rules(fr) if rule.startswith("accuracy")}
+    assert found == expected
+
+
+def test_transformer_classes_checked_when_declared() -> None:
+    fr = frontier(
+        "Frt4",
+        meters=[
+            meter("P", ct_accuracy="0.5S", vt_accuracy="0.2"),
+            meter("B", "backup", ct_accuracy="0.2S", vt_accuracy="0.2"),
+        ],
+    )
+    assert _rules(fr) == {("ct_accuracy_below", "P")}
+
+
+@pytest.mark.parametrize(
+    ("backup_over", "rule"),
+    [
+        ({"ct_ratio": "400/5"}, "backup_mismatch_ct_ratio"),
+        ({"vt_ratio": 100}, "backup_mismatch_vt_ratio"),
+        ({"accuracy_active": "0.2"}, "backup_mismatch_accuracy_active"),
+        ({"accuracy_reactive": "1"}, "backup_mismatch_accuracy_reactive"),
+        ({"channels": ["active_import", "active_export"]}, "backup_mismatch_channels"),
+    ],
+)
+def test_principal_backup_mismatch(backup_over: dict[str, Any], rule: str) -> None:
+    fr = frontier("Frt5", meters=[meter("P"), meter("B", "backup", **backup_over)])
+    assert (rule, "B") in _rules(fr)
+
+
+def test_equal_ratios_written_differently_are_not_a_mismatch() -> None:
+    fr = frontier("Frt6", meters=[meter("P", ct_ratio="200/5"), meter("B", "backup", ct_ratio=40)])
+    assert _rules(fr) == set()
+
+
+def test_explicit_type_less_strict_is_kept_and_flagged() -> None:
+    spec = FrontierSpec.model_validate(
+        frontier("Frt7", monthly_energy_mwh=100, point_type=4, meters=[meter("P")])
+    )
+    assert spec.effective_point_type == 4
+    assert spec.table1_type == 3
+    assert spec.clock_limit_s == 60
+    assert ("point_type_understated", "") in {(f.rule, f.subject) for f in compliance.check(spec)}
+
+
+def test_explicit_stricter_type_is_not_flagged() -> None:
+    spec = FrontierSpec.model_validate(
+        frontier("Frt8", monthly_energy_mwh=100, point_type=2, meters=[meter("P")])
+    )
+    assert spec.clock_limit_s == 30
+    rules = {f.rule for f in compliance.check(spec)}
+    assert "point_type_understated" not in rules
+    assert "backup_missing" in rules  # type 2 requires one
+
+
+def test_principal_missing() -> None:
+    assert ("principal_missing", "") in _rules(frontier("Frt9", meters=[meter("B", "backup")]))
