@@ -347,7 +347,7 @@ class ProfileSubscription:
         try:
             await self._client.__aenter__()
             if self.serials is None:
-                await self._client.subscribe(p.profile_topic(self.prefix, "+"), qos=1)
+                await self._client.subscribe(p.all_profiles_filter(self.prefix), qos=1)
             else:
                 for serial in self.serials:
                     await self._client.subscribe(p.profile_topic(self.prefix, serial), qos=1)

@@ -63,6 +63,11 @@ def profile_topic(prefix: str, serial: str) -> str:
     return f"{prefix}/{TOPIC_VERSION}/meters/{_check_level('serial', serial)}/profile"
 
 
+def all_profiles_filter(prefix: str) -> str:
+    """Subscription filter for every meter's pushed entries."""
+    return f"{prefix}/{TOPIC_VERSION}/meters/+/profile"
+
+
 def status_topic(prefix: str, serial: str) -> str:
     return f"{prefix}/{TOPIC_VERSION}/meters/{_check_level('serial', serial)}/status"
 
