@@ -1,0 +1,27 @@
+"""Readings storage: the write path (idempotent, versioned, bulk) and the queries on it."""
+
+from cgm.storage.common import InvalidRows, UnknownKeys, WriteResult
+from cgm.storage.quality import Quality
+from cgm.storage.readings import (
+    READING_DTYPE,
+    STORED_DTYPE,
+    Reading,
+    last_interval,
+    read_readings,
+    readings_array,
+    write_readings,
+)
+
+__all__ = [
+    "READING_DTYPE",
+    "STORED_DTYPE",
+    "InvalidRows",
+    "Quality",
+    "Reading",
+    "UnknownKeys",
+    "WriteResult",
+    "last_interval",
+    "read_readings",
+    "readings_array",
+    "write_readings",
+]

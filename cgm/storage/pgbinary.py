@@ -1,0 +1,95 @@
+"""PostgreSQL binary COPY data built and parsed with numpy, one array operation per column.
+
+psycopg's ``copy.write_row`` costs a Python call and per-value dumping for every row (about
+1 µs per value); for fixed-width, never-NULL columns the binary COPY row is a fixed-size
+record, so a structured numpy array with big-endian fields *is* the wire format. Building
+1M rows this way takes tens of milliseconds, leaving the time to the server.
+
+Wire format (PostgreSQL docs, "COPY … Binary Format"): an 11-byte signature, int32 flags,
+int32 header-extension length; per row int16 field count, then per field int32 length and
+the big-endian value; an int16 -1 trailer. timestamptz is int64 microseconds since
+2000-01-01 UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+HEADER = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+TRAILER = b"\xff\xff"
+
+PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
+
+# numpy source kind -> (wire dtype, byte length)
+_WIRE = {
+    "i8": (">i8", 8),
+    "i4": (">i4", 4),
+    "i2": (">i2", 2),
+    "f8": (">f8", 8),
+    "M8[us]": (">i8", 8),  # timestamptz
+}
+
+
+def row_dtype(columns: Sequence[tuple[str, str]]) -> np.dtype:
+    """The packed record of one COPY row for ``(name, kind)`` columns (kinds: ``_WIRE``)."""
+    fields: list[tuple[str, str]] = [("_n", ">i2")]
+    for name, kind in columns:
+        fields.append((f"_len_{name}", ">i4"))
+        fields.append((name, _WIRE[kind][0]))
+    return np.dtype(fields)
+
+
+def encode(columns: Sequence[tuple[str, str]], data: np.ndarray) -> bytes:
+    """Binary COPY data (header, rows, trailer) of ``data``'s ``columns``, in array order.
+
+    ``data`` is a structured array with those field names; datetime64 fields must be
+    ``M8[us]`` (UTC by convention: numpy has no time zones) and must not be NaT.
+    """
+    dt = row_dtype(columns)
+    out = np.empty(len(data), dtype=dt)
+    out["_n"] = len(columns)
+    for name, kind in columns:
+        out[f"_len_{name}"] = _WIRE[kind][1]
+        col = data[name]
+        if kind == "M8[us]":
+            out[name] = col.astype("M8[us]").view("i8") - PG_EPOCH_US
+        else:
+            out[name] = col
+    return HEADER + out.tobytes() + TRAILER
+
+
+def decode(
+    columns: Sequence[tuple[str, str]], payload: bytes | bytearray | memoryview
+) -> np.ndarray:
+    """Parse binary COPY TO output of never-NULL fixed-width ``columns`` into an array.
+
+    Returns a structured array with native dtypes (datetime64 columns as ``M8[us]``).
+    Raises ValueError if the payload is not exactly that layout (e.g. a NULL slipped in).
+    """
+    buf = memoryview(payload)
+    if bytes(buf[:11]) != SIGNATURE:
+        raise ValueError("not PostgreSQL binary COPY data")
+    ext = int.from_bytes(buf[15:19], "big")
+    body = buf[19 + ext :]
+    if bytes(body[-2:]) != TRAILER:
+        raise ValueError("binary COPY data without trailer")
+    body = body[:-2]
+    dt = row_dtype(columns)
+    if len(body) % dt.itemsize:
+        raise ValueError("binary COPY rows are not of the expected fixed layout")
+    raw = np.frombuffer(body, dtype=dt)
+    if len(raw) and (
+        np.any(raw["_n"] != len(columns))
+        or any(np.any(raw[f"_len_{n}"] != _WIRE[k][1]) for n, k in columns)
+    ):
+        raise ValueError("binary COPY rows are not of the expected fixed layout")
+    out = np.empty(len(raw), dtype=[(n, k if k != "M8[us]" else "M8[us]") for n, k in columns])
+    for name, kind in columns:
+        if kind == "M8[us]":
+            out[name] = (raw[name].astype("i8") + PG_EPOCH_US).view("M8[us]")
+        else:
+            out[name] = raw[name]
+    return out
