@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "cgm.commands.registry",
     "cgm.commands.run",
     "cgm.commands.probe",
+    "cgm.commands.simulate",
 ]
 
 
@@ -33,10 +34,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    import psycopg
+
+    from cgm.db import SchemaBehind
+
     try:
         return int(args.func(args) or 0)
-    except CommandError as exc:
+    except (CommandError, SchemaBehind) as exc:
         print(f"cgm: error: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as exc:  # server unreachable, restarted, refused
+        print(f"cgm: error: database: {str(exc).strip()}", file=sys.stderr)
         return 2
 
 

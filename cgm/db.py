@@ -29,6 +29,31 @@ def database_url(settings: Settings) -> str:
     return _embedded_url
 
 
+def current_url(settings: Settings) -> str:
+    """The database URL, with its schema known to be current.
+
+    The embedded database is ours, so it is upgraded on the spot. A configured server is
+    never changed behind the operator's back: a schema that is behind is a clear error.
+    """
+    from cgm.migrate import pending, upgrade
+
+    url = database_url(settings)
+    if not settings.database_url:
+        upgrade(url, settings)
+        return url
+    waiting = pending(url)
+    if waiting:
+        raise SchemaBehind(
+            f"the database schema is behind (pending: {', '.join(waiting)}); "
+            "run `cgm db upgrade`"
+        )
+    return url
+
+
+class SchemaBehind(RuntimeError):
+    """The database needs `cgm db upgrade` before this command can run."""
+
+
 async def connect(url: str, **kwargs: object) -> psycopg.AsyncConnection:
     return await psycopg.AsyncConnection.connect(url, **kwargs)
 

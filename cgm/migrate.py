@@ -63,6 +63,22 @@ def migrations() -> list[Migration]:
     return found
 
 
+def pending(url: str) -> list[str]:
+    """Migrations not yet applied (Timescale-only ones count once the extension is there)."""
+    with psycopg.connect(url) as conn:
+        exists = conn.execute("SELECT to_regclass('schema_migration')").fetchone()
+        done = (
+            {v for (v,) in conn.execute("SELECT version FROM schema_migration")}
+            if exists and exists[0]
+            else set()
+        )
+    return [
+        f"{m.version:04d}_{m.name}"
+        for m in migrations()
+        if m.version not in done
+    ]
+
+
 def _timescale_available(conn: psycopg.Connection) -> bool:
     row = conn.execute(
         "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"

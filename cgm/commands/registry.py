@@ -18,7 +18,7 @@ import psycopg
 from cgm import registry
 from cgm.cli import CommandError
 from cgm.config import get_settings
-from cgm.db import database_url
+from cgm.db import current_url
 from cgm.registry import compliance
 from cgm.security import SecretKeyError, secret_box
 
@@ -88,7 +88,7 @@ def _import(args: argparse.Namespace) -> int:
         box = secret_box(settings)
     except SecretKeyError as exc:
         raise CommandError(str(exc)) from None
-    with psycopg.connect(database_url(settings)) as conn:
+    with psycopg.connect(current_url(settings)) as conn:
         try:
             report = registry.import_inventory(
                 conn, inv, box, actor=_actor(args), dry_run=args.dry_run
@@ -116,7 +116,7 @@ def _fmt(value: Any) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     settings = get_settings()
-    with psycopg.connect(database_url(settings)) as conn:
+    with psycopg.connect(current_url(settings)) as conn:
         data = registry.list_registry(conn, args.frontier)
     if args.json:
         print(registry.to_json(data))

@@ -1,0 +1,221 @@
+"""A simulated fleet: N frontiers, each with a principal and a backup meter, served over
+DLMS, Modbus TCP and MQTT on local ports, plus the registry inventory that describes it.
+
+Frontier sizes are drawn log-uniformly from 1 to 20,000 MWh-month so every Table 1 point type
+appears. A principal and its backup share a load seed, so they agree unless a divergence fault
+is injected. Meters can share a port (``per_port``): DLMS meters are then addressed by the
+wrapper's destination port (``server_address``), Modbus meters by unit id (``device_id``);
+MQTT meters all use the broker.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulators.meter import Faults, Secrets, SimulatedMeter
+
+PROTOCOLS = ("dlms", "modbus", "mqtt")
+
+# Accuracy classes that satisfy Table 2 for each point type (active, reactive).
+_ACCURACY = {1: ("0.2S", "2"), 2: ("0.5S", "2"), 3: ("0.5S", "2"), 4: ("1", "2"), 5: ("1", "2")}
+_TABLE1_ENERGY = ((15_000, 1), (500, 2), (50, 3), (5, 4))
+
+
+def point_type(monthly_mwh: float) -> int:
+    """Table 1 by energy only (the registry applies the full rule on import)."""
+    return next((t for bound, t in _TABLE1_ENERGY if monthly_mwh >= bound), 5)
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"dlms=.5,modbus=.3,mqtt=.2"`` → normalised shares; a clear error otherwise."""
+    shares: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name not in PROTOCOLS:
+            raise ValueError(f"bad mix entry {part!r}; expected e.g. dlms=.5,modbus=.3,mqtt=.2")
+        try:
+            shares[name] = float(value)
+        except ValueError as exc:
+            raise ValueError(f"bad share in {part!r}") from exc
+    total = sum(shares.values())
+    if total <= 0 or any(v < 0 for v in shares.values()):
+        raise ValueError("mix shares must be non-negative and not all zero")
+    return {k: v / total for k, v in shares.items()}
+
+
+@dataclass
+class SimFrontier:
+    code: str
+    kind: str
+    monthly_energy_mwh: float
+    protocol: str
+    principal: SimulatedMeter
+    backup: SimulatedMeter
+
+    @property
+    def point_type(self) -> int:
+        return point_type(self.monthly_energy_mwh)
+
+
+@dataclass
+class Placement:
+    """Where a meter is served: endpoint and protocol parameters."""
+
+    host: str
+    port: int
+    params: dict[str, Any]
+
+
+@dataclass
+class Fleet:
+    frontiers: list[SimFrontier]
+    placements: dict[str, Placement] = field(default_factory=dict)  # by serial
+    servers: list[Any] = field(default_factory=list)
+
+    def meters(self) -> list[tuple[SimFrontier, SimulatedMeter]]:
+        return [(f, m) for f in self.frontiers for m in (f.principal, f.backup)]
+
+    def meter(self, serial: str) -> SimulatedMeter:
+        for _, m in self.meters():
+            if m.serial == serial:
+                return m
+        raise KeyError(serial)
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await server.stop()
+        self.servers.clear()
+
+
+def build_fleet(
+    n: int, *, seed: int = 0, mix: Mapping[str, float] | None = None, first_code: int = 10001
+) -> Fleet:
+    """N frontiers with principal and backup meters; deterministic for a given seed."""
+    if n < 1:
+        raise ValueError("a fleet needs at least one frontier")
+    mix = mix or {"dlms": 0.5, "modbus": 0.3, "mqtt": 0.2}
+    rng = random.Random(seed)
+    protocols = list(mix)
+    weights = [mix[p] for p in protocols]
+    frontiers = []
+    for i in range(n):
+        code_num = first_code + i
+        protocol = rng.choices(protocols, weights)[0]
+        monthly = math.exp(rng.uniform(0, math.log(20_000)))
+        generator = rng.random() < 0.1
+        kind = "generation" if generator else "commercialisation"
+        mean_kw = monthly * 1000 / 730
+        load_seed = rng.getrandbits(32)
+        common = dict(seed=load_seed, mean_kw=mean_kw, generator=generator)
+        principal = SimulatedMeter(
+            f"P{code_num}",
+            clock_offset=rng.uniform(-20, 20),
+            drift_ppm=rng.uniform(-5, 5),
+            secrets=Secrets(),
+            **common,
+        )
+        backup = SimulatedMeter(
+            f"B{code_num}",
+            clock_offset=rng.uniform(-20, 20),
+            drift_ppm=rng.uniform(-5, 5),
+            secrets=Secrets(),
+            faults=Faults(),
+            **common,
+        )
+        frontiers.append(SimFrontier(f"Frt{code_num}", kind, monthly, protocol, principal, backup))
+    return Fleet(frontiers)
+
+
+async def start_fleet(
+    fleet: Fleet,
+    *,
+    host: str = "127.0.0.1",
+    mqtt: tuple[str, int] | None = None,
+    per_port: int = 1,
+    modbus_map: str = "sim-4q",
+) -> Fleet:
+    """Serve every meter; MQTT meters need ``mqtt`` = (broker host, port)."""
+    from simulators.dlms import serve as serve_dlms
+    from simulators.modbus import serve as serve_modbus
+    from simulators.mqtt import serve as serve_mqtt
+
+    if per_port < 1:
+        raise ValueError("per_port must be at least 1")
+    by_protocol: dict[str, list[SimulatedMeter]] = {p: [] for p in PROTOCOLS}
+    for frontier, meter in fleet.meters():
+        by_protocol[frontier.protocol].append(meter)
+
+    for group in _chunks(by_protocol["dlms"], per_port):
+        server = await serve_dlms({i + 1: m for i, m in enumerate(group)}, host, 0)
+        fleet.servers.append(server)
+        for i, m in enumerate(group):
+            fleet.placements[m.serial] = Placement(host, server.port, {"server_address": i + 1})
+    for group in _chunks(by_protocol["modbus"], min(per_port, 247)):
+        server = await serve_modbus({i + 1: m for i, m in enumerate(group)}, host, 0, modbus_map)
+        fleet.servers.append(server)
+        for i, m in enumerate(group):
+            fleet.placements[m.serial] = Placement(
+                host, server.port, {"device_id": i + 1, "map": modbus_map}
+            )
+    if by_protocol["mqtt"]:
+        if mqtt is None:
+            raise ValueError("MQTT meters need a broker")
+        server = await serve_mqtt(by_protocol["mqtt"], mqtt[0], mqtt[1])
+        fleet.servers.append(server)
+        for m in by_protocol["mqtt"]:
+            fleet.placements[m.serial] = Placement(mqtt[0], mqtt[1], {"serial": m.serial})
+    return fleet
+
+
+def _chunks(items: list[SimulatedMeter], size: int) -> list[list[SimulatedMeter]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def inventory(fleet: Fleet) -> dict[str, Any]:
+    """The registry inventory (``cgm registry import`` format) of a started fleet.
+
+    Secrets are the simulators' own (inline, as test fixtures); a real inventory should use
+    ``env:`` references.
+    """
+    frontiers = []
+    for f in fleet.frontiers:
+        active, reactive = _ACCURACY[f.point_type]
+        meters = []
+        for role, m in (("principal", f.principal), ("backup", f.backup)):
+            place = fleet.placements[m.serial]
+            meters.append(
+                {
+                    "serial": m.serial,
+                    "role": role,
+                    "protocol": f.protocol,
+                    "endpoint": f"{place.host}:{place.port}",
+                    "params": place.params,
+                    "ct_ratio": "200/5",
+                    "vt_ratio": "13200/120",
+                    "accuracy_active": active,
+                    "accuracy_reactive": reactive,
+                    "manufacturer": m.identity.manufacturer,
+                    "model": m.identity.model,
+                    "credentials": {
+                        "level1": {"secret": m.secrets.level1},
+                        "level2": {"secret": m.secrets.level2},
+                    },
+                }
+            )
+        frontiers.append(
+            {
+                "code": f.code,
+                "name": f"Simulated frontier {f.code}",
+                "kind": f.kind,
+                "stn": False,
+                "voltage_level": 2,
+                "monthly_energy_mwh": round(f.monthly_energy_mwh, 3),
+                "adjustment_factor": 1.0,
+                "meters": meters,
+            }
+        )
+    return {"frontiers": frontiers}
