@@ -1,3 +1,3 @@
 """Fixtures live in tests/fixtures/; each starts a real service when none is reachable."""
 
-pytest_plugins = ["tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.mqtt"]
