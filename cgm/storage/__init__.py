@@ -11,6 +11,7 @@ from cgm.storage.readings import (
     readings_array,
     write_readings,
 )
+from cgm.storage.settled import SettledValue, StoredSettled, read_settled, write_settled
 
 __all__ = [
     "READING_DTYPE",
@@ -18,10 +19,14 @@ __all__ = [
     "InvalidRows",
     "Quality",
     "Reading",
+    "SettledValue",
+    "StoredSettled",
     "UnknownKeys",
     "WriteResult",
     "last_interval",
     "read_readings",
+    "read_settled",
     "readings_array",
     "write_readings",
+    "write_settled",
 ]

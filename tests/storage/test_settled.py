@@ -1,0 +1,107 @@
+"""Settled series: idempotent, versioned, and the manual rule VEE relies on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cgm.storage import InvalidRows, SettledValue, UnknownKeys, read_settled, write_settled
+
+T0 = datetime(2026, 3, 1, 5, tzinfo=UTC)
+H = timedelta(hours=1)
+
+
+def day(fid: int, source: str = "principal", add: float = 0.0) -> list[SettledValue]:
+    method = "linear" if source == "estimate" else None
+    return [
+        SettledValue(fid, ch, T0 + h * H, 10.0 * h + ch + add, source, method)
+        for ch in (1, 2)
+        for h in range(24)
+    ]
+
+
+async def test_idempotent_and_versioned(conn, frontiers) -> None:
+    f = frontiers[0]
+    r1 = await write_settled(conn, day(f), actor="vee")
+    assert (r1.inserted, r1.unchanged, r1.superseded) == (48, 0, 0)
+    r2 = await write_settled(conn, day(f), actor="vee")
+    assert (r2.inserted, r2.unchanged, r2.superseded) == (0, 48, 0)
+    changed = day(f)
+    changed[0] = SettledValue(f, 1, T0, 99.0, "backup")
+    r3 = await write_settled(conn, changed, actor="vee", reason="principal failed")
+    assert (r3.inserted, r3.unchanged, r3.superseded) == (0, 47, 1)
+    cur = await conn.execute(
+        "SELECT version, value, source FROM settled_version"
+        " WHERE frontier_id = %s AND channel = 1 AND interval_start = %s ORDER BY version",
+        (f, T0),
+    )
+    assert await cur.fetchall() == [(1, 1.0, "principal"), (2, 99.0, "backup")]
+    cur = await conn.execute(
+        "SELECT target, received, inserted, unchanged, superseded FROM ingest_batch WHERE id = %s",
+        (r3.batch_id,),
+    )
+    assert await cur.fetchone() == ("settled_reading", 48, 0, 47, 1)
+    await conn.commit()
+
+
+async def test_manual_survives_automatic_rewrite(conn, frontiers) -> None:
+    f = frontiers[1]
+    await write_settled(conn, day(f), actor="vee")
+    manual = [SettledValue(f, 1, T0 + 3 * H, 42.0, "manual", detail={"ticket": "X-1"})]
+    res = await write_settled(conn, manual, actor="ana", reason="meter replaced, agreed value")
+    assert res.superseded == 1
+
+    # VEE re-runs with its own values (estimate and principal): the manual value stays.
+    for rows in (day(f, "estimate", add=0.5), day(f)):
+        res = await write_settled(conn, rows, actor="vee")
+        assert res.kept_manual == 1
+    got = {(s.channel, s.interval_start): s for s in await read_settled(conn, [f], T0, T0 + 24 * H)}
+    kept = got[(1, T0 + 3 * H)]
+    assert (kept.value, kept.source, kept.actor, kept.detail) == (
+        42.0,
+        "manual",
+        "ana",
+        {"ticket": "X-1"},
+    )
+    assert got[(1, T0 + 4 * H)].source == "principal"
+
+    # Only another manual write replaces it.
+    res = await write_settled(
+        conn, [SettledValue(f, 1, T0 + 3 * H, 43.0, "manual")], actor="luis", reason="fix"
+    )
+    assert res.superseded == 1
+    (now,) = [s for s in await read_settled(conn, [f], T0 + 3 * H, T0 + 4 * H, channels=[1])]
+    assert (now.value, now.version, now.reason) == (43.0, 3, "fix")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (SettledValue(1, 1, T0, 1.0, "estimate"), "method is required"),
+        (SettledValue(1, 1, T0, 1.0, "principal", method="x"), "method is required"),
+        (SettledValue(1, 1, T0, float("nan"), "principal"), "finite"),
+        (SettledValue(1, 1, T0, 1.0, "guess"), "source"),
+        (SettledValue(1, 9, T0, 1.0, "principal"), "unknown channel"),
+        (SettledValue(1, 1, datetime(2026, 3, 1), 1.0, "principal"), "naive"),
+        (SettledValue(1, 1, T0 + H / 2, 1.0, "principal"), "boundary"),
+        (SettledValue(0, 1, T0, 1.0, "principal"), "frontier_id"),
+    ],
+)
+async def test_bad_settled_rejected(conn, row, message) -> None:
+    with pytest.raises(InvalidRows, match=message):
+        await write_settled(conn, [row], actor="vee")
+
+
+async def test_manual_needs_reason_and_unknown_frontier(conn, frontiers) -> None:
+    with pytest.raises(InvalidRows, match="reason"):
+        await write_settled(conn, [SettledValue(frontiers[2], 1, T0, 1.0, "manual")], actor="a")
+    with pytest.raises(UnknownKeys, match="unknown frontier"):
+        await write_settled(conn, [SettledValue(10**12, 1, T0, 1.0, "principal")], actor="a")
+    with pytest.raises(InvalidRows, match="different value"):
+        await write_settled(
+            conn,
+            [SettledValue(frontiers[2], 1, T0, v, "principal") for v in (1.0, 2.0)],
+            actor="a",
+        )
+    assert await read_settled(conn, [frontiers[2]], T0, T0 + H) == []
