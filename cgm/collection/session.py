@@ -1,6 +1,6 @@
 """Interrogating one meter: the session sequence, failover, retries and clock correction.
 
-Database-free on purpose: it takes a :class:`MeterTarget` and a driver and returns a
+Database-free on purpose: it takes a :class:`MeterConfig` and a driver and returns a
 :class:`MeterOutcome`, so the sequence is tested against the simulators directly and the
 engine decides what to store.
 
@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from tenacity import (
     AsyncRetrying,
@@ -32,14 +30,15 @@ from tenacity import (
     wait_exponential,
 )
 
+from cgm.registry import MeterConfig
 from drivers.base import (
+    AccessLevel,
     AuthenticationFailed,
     ClockReading,
     ConnectionFailed,
     Credentials,
     Driver,
     DriverError,
-    Endpoint,
     MeterIdentity,
     MeterSession,
     MeterTimeout,
@@ -56,23 +55,6 @@ log = logging.getLogger(__name__)
 MAX_CAPTURE_PERIOD = timedelta(minutes=60)
 MIN_MEMORY = timedelta(days=30)
 PROFILE_CHUNK = timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class MeterTarget:
-    """Everything a session needs to know about one meter (from the registry)."""
-
-    meter_id: int
-    frontier_id: int
-    frontier_code: str
-    serial: str
-    role: str  # principal | backup
-    protocol: str
-    endpoints: tuple[Endpoint, ...]  # primary channel first, then the backup channel
-    params: Mapping[str, Any]
-    read_credentials: Credentials
-    config_credentials: Credentials | None
-    clock_limit_s: float  # 30 s (types 1-2), 60 s (types 3-5), or a tighter target
 
 
 @dataclass(frozen=True)
@@ -97,7 +79,7 @@ class ClockCorrection:
 
 @dataclass
 class MeterOutcome:
-    target: MeterTarget
+    target: MeterConfig
     started_at: datetime
     finished_at: datetime | None = None
     result: str = "ok"  # ok | partial | a DriverError reason | identity
@@ -127,12 +109,16 @@ class IdentityMismatch(DriverError):
     reason = "identity"
 
 
+class MissingCredentials(DriverError):
+    reason = "auth"
+
+
 _RETRYABLE = (MeterTimeout, ConnectionFailed)
 
 
 async def _open(
     driver: Driver,
-    target: MeterTarget,
+    target: MeterConfig,
     credentials: Credentials,
     policy: SessionPolicy,
     outcome: MeterOutcome,
@@ -142,6 +128,9 @@ async def _open(
     Authentication failures are not retried: repeating a wrong secret can lock a meter.
     """
     last: DriverError | None = None
+    params = dict(target.params)
+    if target.protocol == "mqtt":
+        params.setdefault("serial", target.serial)  # the meter's topic id defaults to its serial
     for name, endpoint in zip(("primary", "backup"), target.endpoints, strict=False):
         try:
             async for attempt in AsyncRetrying(
@@ -153,7 +142,7 @@ async def _open(
                 with attempt:
                     outcome.attempts += 1
                     session = await driver.connect(
-                        endpoint, credentials, target.params, timeout=policy.timeout
+                        endpoint, credentials, params, timeout=policy.timeout
                     )
             outcome.channel_used = name
             return session
@@ -193,7 +182,7 @@ async def _read_profile(
 
 async def interrogate(
     driver: Driver,
-    target: MeterTarget,
+    target: MeterConfig,
     *,
     since: datetime | None,
     policy: SessionPolicy | None = None,
@@ -219,13 +208,16 @@ async def interrogate(
 
 async def _read_session(
     driver: Driver,
-    target: MeterTarget,
+    target: MeterConfig,
     since: datetime | None,
     now: datetime,
     policy: SessionPolicy,
     outcome: MeterOutcome,
 ) -> None:
-    session = await _open(driver, target, target.read_credentials, policy, outcome)
+    credentials = target.credential(AccessLevel.READ) or target.credential(AccessLevel.CONFIGURE)
+    if credentials is None:
+        raise MissingCredentials(f"no credentials registered for meter {target.serial}")
+    session = await _open(driver, target, credentials, policy, outcome)
     async with session:
         outcome.identity = await session.identify()
         if outcome.identity.serial != target.serial:
@@ -251,15 +243,16 @@ async def _read_session(
 
 
 async def _correct_clock(
-    driver: Driver, target: MeterTarget, policy: SessionPolicy, outcome: MeterOutcome
+    driver: Driver, target: MeterConfig, policy: SessionPolicy, outcome: MeterOutcome
 ) -> ClockCorrection:
     """Set the clock with level-2 credentials and re-read it as proof."""
     before = outcome.clock
     assert before is not None
-    if target.config_credentials is None:
+    credentials = target.credential(AccessLevel.CONFIGURE)
+    if credentials is None:
         return ClockCorrection(before, None, None, "no level-2 credentials registered")
     try:
-        session = await _open(driver, target, target.config_credentials, policy, outcome)
+        session = await _open(driver, target, credentials, policy, outcome)
     except AuthenticationFailed as exc:
         return ClockCorrection(before, None, None, f"auth: {exc}")
     except DriverError as exc:

@@ -79,5 +79,6 @@ CREATE TABLE meter_health (
     last_attempt          timestamptz,
     last_success          timestamptz,
     next_attempt_at       timestamptz,
-    clock_offset_s        double precision
+    clock_offset_s        double precision,
+    config_findings       text[] NOT NULL DEFAULT '{}'
 );

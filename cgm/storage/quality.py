@@ -53,6 +53,12 @@ class Quality(IntFlag):
     """The interval was not complete when read (e.g. the meter was read before its end)."""
     MANUAL = 0x2000
     """Entered or corrected by a person (with an audit reason), not read from a meter."""
+    LARGE_CLOCK_CORRECTION = 0x4000
+    """cgm corrected the meter clock beyond its limit during this interval (art. 16): the
+    interval may be shorter or longer than an hour; validation looks at it."""
+    DERIVED_FROM_REGISTERS = 0x8000
+    """Not from a load profile: the advance of cumulative registers between snapshots,
+    interpolated to the hour boundaries (meters without a profile)."""
 
 
 METER_STATUS_MASK = 0x00FF

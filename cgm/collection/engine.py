@@ -1,0 +1,616 @@
+"""A collection cycle: claim meters, interrogate them concurrently, store what they said.
+
+Sessions run under a global bound and a per-endpoint bound (several meters behind one
+gateway port must not be hammered at once; MQTT meters share a broker, not a link, so they
+are bounded per meter). Outcomes flow through a queue to a single writer that stores them in
+batches — readings, register snapshots, the session log, meter health, the hoja de vida and
+claim completion in one transaction per batch — because a transaction per meter would cost
+more than the sessions themselves at fleet scale.
+
+What a cycle stores is what the meters said: raw values in secondary units, flagged, never a
+zero for a failure (a failure is a row in ``collection_session``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from cgm import metrics
+from cgm.collection import claims
+from cgm.collection.derive import Snapshot, derive_intervals
+from cgm.collection.session import MeterOutcome, SessionPolicy, interrogate
+from cgm.registry import MeterConfig, active_meters_async
+from cgm.security import SecretBox
+from cgm.storage import Quality, last_interval, readings_array, write_readings
+from cgm.storage.common import channel_id
+from drivers import get_driver
+
+log = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_sessions: int = 256
+    per_endpoint: int = 4
+    policy: SessionPolicy = field(default_factory=SessionPolicy)
+    stale_after: timedelta = timedelta(seconds=90)
+    claim_batch: int = 512
+    write_batch: int = 256
+    actor: str = "collector"
+    # Backoff across cycles for a meter that keeps failing: after ``backoff_after`` failures
+    # in a row, wait 2^(n - backoff_after) hours (capped) before the next attempt.
+    backoff_after: int = 3
+    max_backoff: timedelta = timedelta(hours=24)
+
+
+@dataclass
+class CycleSummary:
+    cycle: datetime
+    meters: int = 0
+    ok: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    skipped_backoff: int = 0
+    intervals_stored: int = 0
+    clocks_corrected: int = 0
+    clock_corrections_failed: int = 0
+    config_findings: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "cycle": self.cycle.isoformat(),
+            "meters": self.meters,
+            "ok": self.ok,
+            "failed": dict(self.failed),
+            "skipped_backoff": self.skipped_backoff,
+            "intervals_stored": self.intervals_stored,
+            "clocks_corrected": self.clocks_corrected,
+            "clock_corrections_failed": self.clock_corrections_failed,
+            "config_findings": self.config_findings,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def current_cycle(now: datetime | None = None) -> datetime:
+    """The cycle a run belongs to: the UTC hour in which it starts."""
+    now = now or datetime.now(UTC)
+    return now.replace(minute=0, second=0, microsecond=0)
+
+
+class Collector:
+    """One collector process. Several may share a fleet through the database."""
+
+    def __init__(
+        self,
+        db_url: str,
+        box: SecretBox,
+        config: EngineConfig | None = None,
+        collector_id: str | None = None,
+    ) -> None:
+        self.db_url = db_url
+        self.box = box
+        self.config = config or EngineConfig()
+        self.id = collector_id or claims.new_collector_id()
+        self._endpoint_locks: dict[tuple[str, int] | tuple[str, str], asyncio.Semaphore] = {}
+        # The heartbeat and the claims share one connection; one statement at a time.
+        self._claim_conn_lock = asyncio.Lock()
+
+    async def run_cycle(
+        self,
+        cycle: datetime | None = None,
+        *,
+        frontier: str | None = None,
+        force: bool = False,
+        now: datetime | None = None,
+    ) -> CycleSummary:
+        """Collect every due meter of the fleet (or of ``frontier``) once for ``cycle``.
+
+        ``force`` ignores the failure backoff (on-demand collection).
+        """
+        t0 = time.perf_counter()
+        cycle = cycle or current_cycle(now)
+        summary = CycleSummary(cycle)
+        async with await psycopg.AsyncConnection.connect(self.db_url) as conn:
+            await claims.register(conn, self.id)
+            targets = await active_meters_async(conn, self.box, frontier=frontier)
+            due = await self._due(conn, targets, force, summary)
+            by_id = {t.meter_id: t for t in due}
+            since = await self._since(conn, list(by_id))
+        summary.meters = len(by_id)
+        if by_id:
+            await self._collect(cycle, by_id, since, summary, now)
+        summary.seconds = time.perf_counter() - t0
+        metrics.CYCLE_SECONDS.set(summary.seconds)
+        metrics.METERS_BACKED_OFF.set(summary.skipped_backoff)
+        return summary
+
+    async def _due(
+        self,
+        conn: psycopg.AsyncConnection,
+        targets: list[MeterConfig],
+        force: bool,
+        summary: CycleSummary,
+    ) -> list[MeterConfig]:
+        if force or not targets:
+            return targets
+        cur = await conn.execute(
+            """SELECT meter_id FROM meter_health
+               WHERE meter_id = ANY(%s) AND next_attempt_at > now()""",
+            ([t.meter_id for t in targets],),
+        )
+        waiting = {r[0] for r in await cur.fetchall()}
+        summary.skipped_backoff = len(waiting)
+        return [t for t in targets if t.meter_id not in waiting]
+
+    async def _since(self, conn: psycopg.AsyncConnection, ids: list[int]) -> dict[int, datetime]:
+        """Where each meter's catch-up starts: the interval after the last one stored."""
+        last = await last_interval(conn, ids)
+        return {m: t + HOUR for m, t in last.items()}
+
+    async def _collect(
+        self,
+        cycle: datetime,
+        by_id: dict[int, MeterConfig],
+        since: dict[int, datetime],
+        summary: CycleSummary,
+        now: datetime | None,
+    ) -> None:
+        queue: asyncio.Queue[MeterOutcome | None] = asyncio.Queue()
+        sessions = asyncio.Semaphore(self.config.max_sessions)
+        async with (
+            await psycopg.AsyncConnection.connect(self.db_url) as claim_conn,
+            await psycopg.AsyncConnection.connect(self.db_url) as write_conn,
+        ):
+            beat = asyncio.create_task(self._heartbeat(claim_conn))
+            writer = asyncio.create_task(self._writer(write_conn, cycle, queue, summary))
+            try:
+                ids = list(by_id)
+                tasks: set[asyncio.Task[None]] = set()
+                while True:
+                    async with self._claim_conn_lock:
+                        mine = await claims.claim(
+                            claim_conn,
+                            self.id,
+                            cycle,
+                            ids,
+                            limit=self.config.claim_batch,
+                            stale_after=self.config.stale_after,
+                        )
+                    for meter_id in mine:
+                        task = asyncio.create_task(
+                            self._one(by_id[meter_id], since.get(meter_id), sessions, queue, now)
+                        )
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    if mine:
+                        continue
+                    if tasks:
+                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    if not await self._others_open(claim_conn, cycle, ids):
+                        break
+                    await asyncio.sleep(min(5.0, self.config.stale_after.total_seconds() / 6))
+            finally:
+                await queue.put(None)
+                await writer
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+
+    async def _heartbeat(self, conn: psycopg.AsyncConnection) -> None:
+        interval = self.config.stale_after.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self._claim_conn_lock:
+                    await claims.heartbeat(conn, self.id)
+            except psycopg.Error as exc:  # a database restart: the next beat retries
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _others_open(
+        self, conn: psycopg.AsyncConnection, cycle: datetime, ids: list[int]
+    ) -> bool:
+        """Whether other collectors still hold open claims on our targets this cycle."""
+        async with self._claim_conn_lock:
+            cur = await conn.execute(
+                """SELECT count(*) FROM collection_claim
+                   WHERE cycle = %s AND done_at IS NULL AND meter_id = ANY(%s)
+                     AND collector <> %s""",
+                (cycle, ids, self.id),
+            )
+            row = await cur.fetchone()
+            await conn.commit()
+        return bool(row and row[0])
+
+    def _endpoint_lock(self, target: MeterConfig) -> asyncio.Semaphore:
+        ep = target.endpoints[0]
+        key: tuple[str, int] | tuple[str, str] = (
+            ("mqtt", target.serial) if target.protocol == "mqtt" else (ep.host, ep.port)
+        )
+        lock = self._endpoint_locks.get(key)
+        if lock is None:
+            lock = self._endpoint_locks[key] = asyncio.Semaphore(self.config.per_endpoint)
+        return lock
+
+    async def _one(
+        self,
+        target: MeterConfig,
+        since: datetime | None,
+        sessions: asyncio.Semaphore,
+        queue: asyncio.Queue[MeterOutcome | None],
+        now: datetime | None,
+    ) -> None:
+        async with sessions, self._endpoint_lock(target):
+            outcome = await interrogate(
+                get_driver(target.protocol),
+                target,
+                since=since,
+                policy=self.config.policy,
+                now=now,
+            )
+        metrics.SESSIONS.labels(target.protocol, outcome.result).inc()
+        metrics.SESSION_SECONDS.labels(target.protocol).observe(outcome.duration_s)
+        await queue.put(outcome)
+
+    async def _writer(
+        self,
+        conn: psycopg.AsyncConnection,
+        cycle: datetime,
+        queue: asyncio.Queue[MeterOutcome | None],
+        summary: CycleSummary,
+    ) -> None:
+        done = False
+        while not done:
+            batch: list[MeterOutcome] = []
+            item = await queue.get()
+            if item is None:
+                break
+            batch.append(item)
+            while len(batch) < self.config.write_batch and not queue.empty():
+                item = queue.get_nowait()
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+            await store_outcomes(conn, batch, cycle, self.id, self.config, summary)
+
+
+# --- storing outcomes ------------------------------------------------------------------
+
+
+async def store_outcomes(
+    conn: psycopg.AsyncConnection,
+    batch: Sequence[MeterOutcome],
+    cycle: datetime,
+    collector: str,
+    config: EngineConfig,
+    summary: CycleSummary,
+) -> None:
+    """Store one batch of outcomes in one transaction."""
+    now = datetime.now(UTC)
+    async with conn.transaction():
+        rows = await _reading_rows(conn, batch)
+        stored = 0
+        if len(rows):
+            result = await write_readings(
+                conn, rows, source=f"collector:{collector}", actor=config.actor
+            )
+            stored = result.inserted + result.superseded
+        summary.intervals_stored += stored
+        await _snapshots(conn, batch)
+        await _session_log(conn, batch, cycle, collector)
+        await _health(conn, batch, config, now)
+        await _hoja_de_vida(conn, batch, config, summary)
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                """UPDATE collection_claim SET done_at = now()
+                   WHERE meter_id = %s AND cycle = %s AND collector = %s""",
+                [(o.target.meter_id, cycle, collector) for o in batch],
+            )
+    for o in batch:
+        label = (o.target.serial, o.target.frontier_code)
+        if o.succeeded:
+            summary.ok += 1
+            metrics.LAST_SUCCESS.labels(*label).set(now.timestamp())
+        else:
+            summary.failed[o.result] += 1
+        if o.clock is not None:
+            offset = o.correction.after.offset if o.correction and o.correction.ok else None
+            metrics.CLOCK_OFFSET.labels(*label).set(
+                offset if offset is not None else o.clock.offset
+            )
+    by_protocol = Counter(o.target.protocol for o in batch for e in o.entries)
+    for protocol, n in by_protocol.items():
+        metrics.INTERVALS_STORED.labels(protocol).inc(n)
+
+
+async def _reading_rows(conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]) -> np.ndarray:
+    cols: dict[str, list] = {k: [] for k in ("m", "c", "t", "v", "q", "at")}
+    corrections = await _corrections(conn, batch)
+    for o in batch:
+        base = Quality(0)
+        if o.channel_used == "backup":
+            base |= Quality.BACKUP_CHANNEL
+        at = o.finished_at or o.started_at
+        for e in o.entries:
+            q = base | Quality(e.status & 0xFF)
+            if any(e.start <= t < e.end for t in corrections.get(o.target.meter_id, ())):
+                q |= Quality.LARGE_CLOCK_CORRECTION
+            for ch, value in e.values.items():
+                cols["m"].append(o.target.meter_id)
+                cols["c"].append(channel_id(ch))
+                cols["t"].append(e.start)
+                cols["v"].append(value)
+                cols["q"].append(int(q))
+                cols["at"].append(at)
+    derived = await _derived_rows(conn, batch)
+    for key, values in derived.items():
+        cols[key].extend(values)
+    if not cols["m"]:
+        return np.empty(0)
+    return readings_array(cols["m"], cols["c"], cols["t"], cols["v"], cols["q"], cols["at"])
+
+
+async def _corrections(
+    conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]
+) -> dict[int, list[datetime]]:
+    """Times of large clock corrections of these meters over the intervals being stored."""
+    ids = [o.target.meter_id for o in batch if o.entries]
+    if not ids:
+        return {}
+    oldest = min(o.entries[0].start for o in batch if o.entries)
+    cur = await conn.execute(
+        """SELECT meter_id, at FROM frontier_log
+           WHERE kind = 'level2_access' AND purpose = 'clock synchronisation'
+             AND meter_id = ANY(%s) AND at >= %s""",
+        (ids, oldest),
+    )
+    out: dict[int, list[datetime]] = {}
+    for meter_id, at in await cur.fetchall():
+        out.setdefault(meter_id, []).append(at)
+    return out
+
+
+async def _derived_rows(
+    conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]
+) -> dict[str, list]:
+    """Hourly intervals from register snapshots, for meters that have no profile."""
+    cols: dict[str, list] = {k: [] for k in ("m", "c", "t", "v", "q", "at")}
+    targets = [o for o in batch if not o.has_profile and o.registers]
+    if not targets:
+        return cols
+    cur = await conn.execute(
+        """SELECT meter_id, channel, read_at, value FROM register_snapshot
+           WHERE meter_id = ANY(%s) AND read_at > now() - interval '3 hours'""",
+        ([o.target.meter_id for o in targets],),
+    )
+    history: dict[tuple[int, int], list[Snapshot]] = {}
+    for meter_id, ch, read_at, value in await cur.fetchall():
+        history.setdefault((meter_id, ch), []).append(Snapshot(read_at, value))
+    for o in targets:
+        register_max = o.target.params.get("register_max")
+        for r in o.registers:
+            key = (o.target.meter_id, channel_id(r.channel))
+            snaps = [*history.get(key, []), Snapshot(r.read_at, r.value)]
+            for iv in derive_intervals(snaps, register_max=register_max):
+                q = Quality.DERIVED_FROM_REGISTERS
+                if o.channel_used == "backup":
+                    q |= Quality.BACKUP_CHANNEL
+                cols["m"].append(o.target.meter_id)
+                cols["c"].append(key[1])
+                cols["t"].append(iv.start)
+                cols["v"].append(iv.value)
+                cols["q"].append(int(q))
+                cols["at"].append(r.read_at)
+    return cols
+
+
+async def _snapshots(conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]) -> None:
+    rows = [
+        (o.target.meter_id, channel_id(r.channel), r.read_at, r.value)
+        for o in batch
+        for r in o.registers
+    ]
+    if rows:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                """INSERT INTO register_snapshot (meter_id, channel, read_at, value)
+                   VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                rows,
+            )
+
+
+async def _session_log(
+    conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome], cycle: datetime, collector: str
+) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            """INSERT INTO collection_session
+                 (meter_id, cycle, collector, started_at, finished_at, result, error,
+                  channel_used, attempts, entries_read, clock_offset_s, clock_corrected,
+                  read_from, read_to)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            [
+                (
+                    o.target.meter_id,
+                    cycle,
+                    collector,
+                    o.started_at,
+                    o.finished_at or o.started_at,
+                    o.result,
+                    o.error,
+                    o.channel_used,
+                    o.attempts,
+                    len(o.entries),
+                    o.clock.offset if o.clock else None,
+                    bool(o.correction and o.correction.ok),
+                    o.read_from,
+                    o.read_to,
+                )
+                for o in batch
+            ],
+        )
+
+
+async def _health(
+    conn: psycopg.AsyncConnection,
+    batch: Sequence[MeterOutcome],
+    config: EngineConfig,
+    now: datetime,
+) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            """INSERT INTO meter_health AS h
+                 (meter_id, consecutive_failures, last_result, last_attempt, last_success,
+                  next_attempt_at, clock_offset_s)
+               VALUES (%(m)s, CASE WHEN %(ok)s THEN 0 ELSE 1 END, %(result)s, %(now)s,
+                       CASE WHEN %(ok)s THEN %(now)s END, NULL, %(offset)s)
+               ON CONFLICT (meter_id) DO UPDATE SET
+                 consecutive_failures = CASE WHEN %(ok)s THEN 0
+                                             ELSE h.consecutive_failures + 1 END,
+                 last_result = EXCLUDED.last_result,
+                 last_attempt = EXCLUDED.last_attempt,
+                 last_success = coalesce(EXCLUDED.last_success, h.last_success),
+                 clock_offset_s = coalesce(EXCLUDED.clock_offset_s, h.clock_offset_s),
+                 next_attempt_at = CASE
+                   WHEN %(ok)s OR h.consecutive_failures + 1 < %(after)s THEN NULL
+                   ELSE %(now)s + least(%(cap)s,
+                        interval '1 hour' * power(2, h.consecutive_failures + 1 - %(after)s))
+                 END""",
+            [
+                {
+                    "m": o.target.meter_id,
+                    "ok": o.succeeded,
+                    "result": o.result,
+                    "now": now,
+                    "offset": o.clock.offset if o.clock else None,
+                    "after": config.backoff_after,
+                    "cap": config.max_backoff,
+                }
+                for o in batch
+            ],
+        )
+
+
+async def _hoja_de_vida(
+    conn: psycopg.AsyncConnection,
+    batch: Sequence[MeterOutcome],
+    config: EngineConfig,
+    summary: CycleSummary,
+) -> None:
+    """Level-2 accesses (art. 17), failed corrections and configuration findings."""
+    rows = []
+    for o in batch:
+        t, c = o.target, o.correction
+        if c is not None and c.ok:
+            assert c.after is not None
+            summary.clocks_corrected += 1
+            metrics.CLOCK_CORRECTIONS.labels("ok").inc()
+            rows.append(
+                (
+                    t.frontier_id,
+                    t.meter_id,
+                    config.actor,
+                    "level2_access",
+                    "clock synchronisation",
+                    Jsonb(
+                        {
+                            "activities": ["read clock", "set clock", "re-read clock"],
+                            "offset_before_s": round(c.before.offset, 3),
+                            "offset_after_s": round(c.after.offset, 3),
+                            "set_to": c.set_to.isoformat() if c.set_to else None,
+                            "limit_s": t.clock_limit_s,
+                            "channel": o.channel_used,
+                        }
+                    ),
+                    f"clock re-read after setting: offset {c.after.offset:+.3f} s, "
+                    f"meter answering ({c.after.meter_time.isoformat()})",
+                )
+            )
+        elif c is not None:
+            summary.clock_corrections_failed += 1
+            metrics.CLOCK_CORRECTIONS.labels("failed").inc()
+            rows.append(
+                (
+                    t.frontier_id,
+                    t.meter_id,
+                    config.actor,
+                    "alarm",
+                    "clock correction failed",
+                    Jsonb(
+                        {
+                            "offset_s": round(c.before.offset, 3),
+                            "limit_s": t.clock_limit_s,
+                            "error": c.error,
+                        }
+                    ),
+                    None,
+                )
+            )
+    if rows:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                """INSERT INTO frontier_log
+                     (frontier_id, meter_id, actor, kind, purpose, activities, proof)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s)""",
+                rows,
+            )
+    await _config_findings(conn, batch, config, summary)
+
+
+async def _config_findings(
+    conn: psycopg.AsyncConnection,
+    batch: Sequence[MeterOutcome],
+    config: EngineConfig,
+    summary: CycleSummary,
+) -> None:
+    """Record a meter's configuration findings when they change, not every cycle."""
+    checked = [o for o in batch if o.profile_config is not None]
+    if not checked:
+        return
+    cur = await conn.execute(
+        "SELECT meter_id, config_findings FROM meter_health WHERE meter_id = ANY(%s)",
+        ([o.target.meter_id for o in checked],),
+    )
+    known = {m: list(f) for m, f in await cur.fetchall()}
+    for o in checked:
+        findings = sorted(o.config_violations)
+        if findings == sorted(known.get(o.target.meter_id, [])):
+            continue
+        await conn.execute(
+            "UPDATE meter_health SET config_findings = %s WHERE meter_id = %s",
+            (findings, o.target.meter_id),
+        )
+        if findings:
+            summary.config_findings += len(findings)
+            metrics.CONFIG_VIOLATIONS.inc(len(findings))
+            await conn.execute(
+                """INSERT INTO frontier_log
+                     (frontier_id, meter_id, actor, kind, purpose, activities)
+                   VALUES (%s, %s, %s, 'config_violation', 'profile configuration check', %s)""",
+                (
+                    o.target.frontier_id,
+                    o.target.meter_id,
+                    config.actor,
+                    Jsonb(
+                        {
+                            "findings": findings,
+                            "capture_period_s": o.profile_config.capture_period.total_seconds(),
+                            "depth": o.profile_config.depth,
+                        }
+                    ),
+                ),
+            )

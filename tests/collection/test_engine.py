@@ -1,0 +1,237 @@
+"""Collection cycles against simulated meters over real sockets and a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest_asyncio
+import yaml
+
+from cgm import registry
+from cgm.collection.engine import Collector, EngineConfig, current_cycle
+from cgm.collection.session import SessionPolicy
+from cgm.config import Settings
+from cgm.migrate import upgrade
+from cgm.security import SecretBox, secret_box
+from cgm.storage import Quality
+from simulators.dlms import serve as serve_dlms
+from simulators.fleet import Fleet, build_fleet, inventory, start_fleet
+
+FAST = EngineConfig(
+    policy=SessionPolicy(timeout=2.0, attempts=1, backoff=0.01),
+    stale_after=timedelta(seconds=3),
+)
+
+
+@dataclass
+class Env:
+    url: str
+    box: SecretBox
+    fleet: Fleet
+    tmp: Path
+
+    def import_(self, edit: Callable[[dict], None] | None = None) -> None:
+        inv = inventory(self.fleet)
+        if edit:
+            edit(inv)
+        path = self.tmp / "fleet.yaml"
+        path.write_text(yaml.safe_dump(inv))
+        with psycopg.connect(self.url) as conn:
+            registry.import_inventory(conn, registry.load(path), self.box, actor="pytest")
+
+    def rows(self, sql: str, *params: object) -> list[tuple]:
+        with psycopg.connect(self.url) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def meter_id(self, serial: str) -> int:
+        return self.rows("SELECT id FROM meter WHERE serial = %s", serial)[0][0]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def env(
+    new_database: Callable[[], str], tmp_path: Path, mqtt_broker: tuple[str, int]
+) -> AsyncIterator[Env]:
+    url = new_database()
+    upgrade(url, Settings(database_url=url))
+    fleet = build_fleet(2, seed=5, mix={"dlms": 1.0}, first_code=88001)
+    for _, meter in fleet.meters():
+        meter._clock_offset = 0.0  # noqa: SLF001 - tests set the starting clock exactly
+        meter.drift_ppm = 0.0
+    await start_fleet(fleet, mqtt=mqtt_broker)
+    yield Env(url, secret_box(Settings(database_url=url, data_dir=tmp_path)), fleet, tmp_path)
+    await fleet.stop()
+
+
+def _set_energy(inv: dict, code: str, mwh: float) -> None:
+    for f in inv["frontiers"]:
+        if f["code"] == code:
+            f["monthly_energy_mwh"] = mwh
+
+
+async def test_first_cycle_reads_meter_memory_and_catches_up_after_days(env: Env) -> None:
+    env.import_()
+    collector = Collector(env.url, env.box, FAST)
+    real_now = datetime.now(UTC)
+    earlier = real_now - timedelta(days=4)
+    first = await collector.run_cycle(current_cycle(earlier), now=earlier)
+    assert first.ok == 4 and not first.failed
+    p = env.meter_id("P88001")
+    (last_before,) = env.rows("SELECT max(interval_start) FROM reading WHERE meter_id = %s", p)[0]
+    assert last_before == current_cycle(earlier) - timedelta(hours=1)
+
+    second = await collector.run_cycle(current_cycle(real_now))
+    assert second.ok == 4
+    starts = [
+        r[0]
+        for r in env.rows(
+            "SELECT interval_start FROM reading WHERE meter_id = %s AND channel = 1 "
+            "ORDER BY interval_start",
+            p,
+        )
+    ]
+    # No hole between what the first cycle stored and now: the 4 days came from memory.
+    assert starts[-1] == current_cycle(real_now) - timedelta(hours=1)
+    assert all(b - a == timedelta(hours=1) for a, b in zip(starts, starts[1:], strict=False))
+    meter = env.fleet.meter("P88001")
+    assert len(starts) == meter.depth  # the whole memory, once
+    truth = meter.profile(starts[-3], starts[-1] + timedelta(hours=1))
+    stored = env.rows(
+        "SELECT value FROM reading WHERE meter_id = %s AND channel = 1 "
+        "AND interval_start >= %s ORDER BY interval_start",
+        p,
+        starts[-3],
+    )
+    assert [r[0] for r in stored] == [e.values["active_import"] for e in truth]
+
+
+async def test_clock_corrected_at_each_frontiers_own_limit(env: Env) -> None:
+    # Frt88001 is type 1 (limit 30 s), Frt88002 type 4 (limit 60 s); all meters 40 s ahead,
+    # and Frt88002's backup 70 s ahead.
+    env.import_(
+        lambda inv: (_set_energy(inv, "Frt88001", 20_000), _set_energy(inv, "Frt88002", 10))
+    )
+    for _, meter in env.fleet.meters():
+        meter.set_clock(datetime.now(UTC) + timedelta(seconds=40))
+    env.fleet.meter("B88002").set_clock(datetime.now(UTC) + timedelta(seconds=70))
+
+    summary = await Collector(env.url, env.box, FAST).run_cycle()
+    assert summary.clocks_corrected == 3  # P88001, B88001 (type 1) and B88002 (70 > 60)
+    assert abs(env.fleet.meter("P88001").clock_offset) < 2
+    assert abs(env.fleet.meter("B88002").clock_offset) < 2
+    assert 38 < env.fleet.meter("P88002").clock_offset < 42  # within type 4's 60 s: left
+    log = env.rows(
+        "SELECT m.serial, l.actor, l.purpose, l.activities, l.proof FROM frontier_log l "
+        "JOIN meter m ON m.id = l.meter_id WHERE l.kind = 'level2_access' ORDER BY m.serial"
+    )
+    assert [r[0] for r in log] == ["B88001", "B88002", "P88001"]
+    for _, actor, purpose, activities, proof in log:
+        assert actor and purpose == "clock synchronisation" and "re-read" in proof
+        assert activities["offset_before_s"] > 30 and abs(activities["offset_after_s"]) < 2
+
+
+async def test_wrong_level2_secret_leaves_drift_raises_alarm_and_keeps_readings(env: Env) -> None:
+    def wrong_l2(inv: dict) -> None:
+        _set_energy(inv, "Frt88001", 20_000)
+        for f in inv["frontiers"]:
+            for m in f["meters"]:
+                if m["serial"] == "P88001":
+                    m["credentials"]["level2"]["secret"] = "not-the-secret"
+
+    env.import_(wrong_l2)
+    env.fleet.meter("P88001").set_clock(datetime.now(UTC) + timedelta(seconds=45))
+    summary = await Collector(env.url, env.box, FAST).run_cycle()
+    assert summary.ok == 4 and summary.clock_corrections_failed == 1
+    assert 43 < env.fleet.meter("P88001").clock_offset < 47
+    (alarm,) = env.rows(
+        "SELECT l.purpose, l.activities FROM frontier_log l JOIN meter m ON m.id = l.meter_id "
+        "WHERE m.serial = 'P88001' AND l.kind = 'alarm'"
+    )
+    assert alarm[0] == "clock correction failed" and alarm[1]["error"].startswith("auth")
+    (n,) = env.rows("SELECT count(*) FROM reading WHERE meter_id = %s", env.meter_id("P88001"))[0]
+    assert n > 0
+
+
+async def test_backup_channel_used_when_primary_fails(env: Env) -> None:
+    meter = env.fleet.meter("P88001")
+    spare = await serve_dlms({1: meter}, "127.0.0.1", 0)  # the backup channel
+    try:
+
+        def with_backup_channel(inv: dict) -> None:
+            for f in inv["frontiers"]:
+                for m in f["meters"]:
+                    if m["serial"] == "P88001":
+                        m["endpoint"] = "127.0.0.1:9"  # nothing listens: primary is down
+                        m["backup_endpoint"] = f"127.0.0.1:{spare.port}"
+
+        env.import_(with_backup_channel)
+        summary = await Collector(env.url, env.box, FAST).run_cycle()
+        assert summary.ok == 4
+        (used,) = env.rows(
+            "SELECT channel_used FROM collection_session WHERE meter_id = %s",
+            env.meter_id("P88001"),
+        )[0]
+        assert used == "backup"
+        flags = {
+            r[0]
+            for r in env.rows(
+                "SELECT DISTINCT quality FROM reading WHERE meter_id = %s", env.meter_id("P88001")
+            )
+        }
+        assert flags and all(q & Quality.BACKUP_CHANNEL for q in flags)
+    finally:
+        await spare.stop()
+
+
+async def test_two_collectors_share_a_fleet_without_reading_a_meter_twice(env: Env) -> None:
+    env.import_()
+    a, b = Collector(env.url, env.box, FAST), Collector(env.url, env.box, FAST)
+    cycle = current_cycle()
+    sa, sb = await asyncio.gather(a.run_cycle(cycle), b.run_cycle(cycle))
+    assert sa.ok + sb.ok == 4
+    sessions = env.rows(
+        "SELECT meter_id, count(*) FROM collection_session WHERE cycle = %s GROUP BY meter_id",
+        cycle,
+    )
+    assert len(sessions) == 4 and all(n == 1 for _, n in sessions)
+
+
+async def test_a_dead_collectors_claims_are_taken_over_within_the_cycle(env: Env) -> None:
+    env.import_()
+    cycle = current_cycle()
+    victim = env.meter_id("P88001")
+    with psycopg.connect(env.url) as conn:
+        conn.execute(
+            "INSERT INTO collector (id, host, pid, heartbeat) "
+            "VALUES ('dead', 'gone', 1, now() - interval '1 hour')"
+        )
+        conn.execute(
+            "INSERT INTO collection_claim (meter_id, cycle, collector) VALUES (%s, %s, 'dead')",
+            (victim, cycle),
+        )
+    summary = await Collector(env.url, env.box, FAST).run_cycle(cycle)
+    assert summary.ok == 4
+    (holder, done) = env.rows(
+        "SELECT collector, done_at FROM collection_claim WHERE meter_id = %s AND cycle = %s",
+        victim,
+        cycle,
+    )[0]
+    assert holder != "dead" and done is not None
+
+
+async def test_a_failing_meter_is_backed_off_not_hammered(env: Env) -> None:
+    env.import_()
+    env.fleet.meter("B88002").faults.no_answer = True
+    collector = Collector(env.url, env.box, FAST)
+    base = current_cycle()
+    for i in range(3):
+        s = await collector.run_cycle(base + timedelta(hours=i))
+        assert s.failed.get("timeout") == 1
+    s = await collector.run_cycle(base + timedelta(hours=3))
+    assert s.skipped_backoff == 1 and s.meters == 3  # not tried again this cycle
+    forced = await collector.run_cycle(base + timedelta(hours=3), force=True)
+    assert forced.meters == 4  # on demand, the operator can still force it
