@@ -259,8 +259,7 @@ class MqttSession(MeterSession):
     async def _close(self) -> None:
         if self._reader_task is not None:
             self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
+            await asyncio.wait([self._reader_task], timeout=1.0)
         self._fail(ConnectionFailed("session closed"))
         with contextlib.suppress(Exception):
             await self._stack.aclose()

@@ -34,6 +34,16 @@ log = logging.getLogger(__name__)
 PUSH_DELAY = timedelta(seconds=2)  # publish an hour's entry this long after it closes
 
 
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel until done: on Python 3.11 ``asyncio.wait_for`` (inside aiomqtt's publish)
+    swallows a cancellation that lands as its PUBACK arrives, so one cancel() may be lost."""
+    while pending := [t for t in tasks if not t.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _floor(t: datetime, period: timedelta) -> datetime:
     step = int(period.total_seconds())
     ts = int(t.timestamp())
@@ -104,9 +114,7 @@ class MqttMeterSimulator:
 
     async def stop(self, *, clear_retained: bool = False) -> None:
         """Stop answering, mark every meter offline (or clear the retained statuses), leave."""
-        for task in [*self._main, *self._tasks]:
-            task.cancel()
-        await asyncio.gather(*self._main, *self._tasks, return_exceptions=True)
+        await _cancel_all([*self._main, *self._tasks])
         self._main.clear()
         with contextlib.suppress(aiomqtt.MqttError):
             for serial in self.meters:
