@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "cgm.commands.run",
     "cgm.commands.probe",
     "cgm.commands.simulate",
+    "cgm.commands.collect",
 ]
 
 
@@ -37,10 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import psycopg
 
     from cgm.db import SchemaBehind
+    from cgm.migrate import MigrationError
 
     try:
         return int(args.func(args) or 0)
-    except (CommandError, SchemaBehind) as exc:
+    except (CommandError, SchemaBehind, MigrationError) as exc:
         print(f"cgm: error: {exc}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as exc:  # server unreachable, restarted, refused

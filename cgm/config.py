@@ -35,8 +35,10 @@ class Settings(BaseSettings):
     retention_years: float | None = None
     compress_after_days: int = Field(default=30, ge=1)  # TimescaleDB only
 
-    # MQTT broker for MQTT meters. No URL: an in-process broker is started.
+    # MQTT broker for MQTT meters. No URL: an in-process MQTT 5 broker listens on
+    # ``mqtt_listen`` (meters then publish to this address).
     mqtt_url: str | None = None
+    mqtt_listen: str = "127.0.0.1:1883"
 
     # Key that encrypts meter credentials at rest (Fernet, urlsafe base64 32 bytes).
     # No key: one is generated once into ``data_dir/secret.key`` (mode 0600).

@@ -6,7 +6,9 @@ last success); those are bounded by the fleet size.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # the *_created series only add noise to dashboards
 
 SESSIONS = Counter(
     "cgm_sessions_total", "Meter sessions by protocol and result", ["protocol", "result"]

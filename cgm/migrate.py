@@ -28,6 +28,10 @@ LOCK_KEY = 0x43474D5F4D4947  # "CGM_MIG"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
+class MigrationError(RuntimeError):
+    """The schema cannot be brought up to date safely (e.g. an applied migration changed)."""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -59,7 +63,7 @@ def migrations() -> list[Migration]:
     found.sort(key=lambda mig: mig.version)
     versions = [mig.version for mig in found]
     if len(versions) != len(set(versions)):
-        raise RuntimeError(f"duplicate migration versions in {versions}")
+        raise MigrationError(f"duplicate migration versions in {versions}")
     return found
 
 
@@ -133,7 +137,7 @@ def upgrade(url: str, settings: Settings) -> UpgradeResult:
                 if mig.version in done:
                     checksum, was_skipped = done[mig.version]
                     if not was_skipped and checksum != mig.checksum:
-                        raise RuntimeError(
+                        raise MigrationError(
                             f"migration {label} was changed after it was applied; "
                             "add a new migration instead of editing an old one"
                         )

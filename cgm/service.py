@@ -12,6 +12,8 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import start_http_server
@@ -34,6 +36,7 @@ class Service:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     on_start: list[Hook] = field(default_factory=list)
     on_stop: list[Hook] = field(default_factory=list)
+    _broker: Any = None
 
     async def run(self) -> None:
         self.db_url = database_url(self.settings)
@@ -50,6 +53,7 @@ class Service:
                 self.settings.api_host,
                 self.settings.metrics_port,
             )
+        await self._start_broker()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop_event.set)
@@ -64,4 +68,37 @@ class Service:
                 self.scheduler.shutdown(wait=False)
             for hook in reversed(self.on_stop):
                 await hook(self)
+            if self._broker is not None:
+                await self._broker.stop()
             log.info("cgm stopped")
+
+    async def _start_broker(self) -> None:
+        """The configured broker, or an in-process MQTT 5 broker on ``mqtt_listen``."""
+        if self.settings.mqtt_url:
+            self.mqtt = mqtt_address(self.settings.mqtt_url)
+            return
+        from cgm.embedded.broker import Broker
+
+        host, _, port = self.settings.mqtt_listen.rpartition(":")
+        try:
+            self._broker = Broker(host or "127.0.0.1", int(port))
+            self.mqtt = await self._broker.start()
+            log.info("in-process MQTT 5 broker on %s:%d", *self.mqtt)
+        except OSError as exc:
+            # Usually a broker (e.g. a local Mosquitto) already listens there: use it.
+            self._broker = None
+            self.mqtt = (host or "127.0.0.1", int(port))
+            log.warning(
+                "%s is taken (%s): using the MQTT broker already listening there; "
+                "set CGM_MQTT_URL to choose another",
+                self.settings.mqtt_listen,
+                exc.strerror or exc,
+            )
+
+
+def mqtt_address(url: str) -> tuple[str, int]:
+    """``mqtt://host:port`` → (host, port)."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt://host:port)")
+    return parts.hostname or "127.0.0.1", parts.port or 1883

@@ -121,7 +121,11 @@ class Collector:
         ``force`` ignores the failure backoff (on-demand collection).
         """
         t0 = time.perf_counter()
-        cycle = cycle or current_cycle(now)
+        if cycle is None:
+            # An on-demand run is its own cycle (the second it was asked), so it reads the
+            # meters even when this hour's scheduled cycle has already claimed them.
+            moment = now or datetime.now(UTC)
+            cycle = moment.replace(microsecond=0) if force else current_cycle(moment)
         summary = CycleSummary(cycle)
         async with await psycopg.AsyncConnection.connect(self.db_url) as conn:
             await claims.register(conn, self.id)

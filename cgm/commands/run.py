@@ -1,19 +1,67 @@
-"""``cgm run``: the main job."""
+"""``cgm run``: the main job — collect every hour, on the configured or embedded services."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
+import psycopg
+import yaml
+
+from cgm import registry
+from cgm.collection import schedule
 from cgm.config import get_settings
+from cgm.security import secret_box
 from cgm.service import Service
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the CGM service until stopped")
+    run.add_argument(
+        "--simulate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="demo: also run N simulated frontiers in-process and register them",
+    )
     run.set_defaults(func=_run)
 
 
+def _import_fleet(service: Service, inventory: dict) -> None:
+    path = service.settings.data_dir / "simulated-fleet.yaml"
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    with psycopg.connect(service.db_url) as conn:
+        report = registry.import_inventory(
+            conn, registry.load(path), secret_box(service.settings), actor="cgm run --simulate"
+        )
+    log.info("simulated fleet registered from %s (%d meters new)", path, report.meters_inserted)
+
+
+def build_service(simulate: int = 0) -> Service:
+    service = Service(get_settings())
+    job = schedule.install(service)
+    if simulate:
+        from simulators.fleet import build_fleet, inventory, start_fleet
+
+        fleet = build_fleet(simulate, seed=0)
+
+        async def start(svc: Service) -> None:
+            await start_fleet(fleet, mqtt=svc.mqtt)
+            await asyncio.to_thread(_import_fleet, svc, inventory(fleet))
+
+        async def stop(svc: Service) -> None:
+            await fleet.stop()
+
+        # Before the collection job starts, so the first cycle finds the fleet.
+        service.on_start.insert(0, start)
+        service.on_stop.append(stop)
+    service.collection = job  # type: ignore[attr-defined]
+    return service
+
+
 def _run(args: argparse.Namespace) -> int:
-    asyncio.run(Service(get_settings()).run())
+    asyncio.run(build_service(args.simulate).run())
     return 0

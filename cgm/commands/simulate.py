@@ -7,12 +7,12 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import yaml
 
 from cgm.cli import CommandError
 from cgm.config import get_settings
+from cgm.service import mqtt_address
 from simulators.fleet import build_fleet, inventory, parse_mix, start_fleet
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_simulate)
 
 
-def mqtt_address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise CommandError(f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt://host:port)")
-    return parts.hostname or "127.0.0.1", parts.port or 1883
-
-
 async def run_simulation(args: argparse.Namespace, stop: asyncio.Event) -> None:
     try:
         mix = parse_mix(args.mix)
@@ -50,7 +43,10 @@ async def run_simulation(args: argparse.Namespace, stop: asyncio.Event) -> None:
     mqtt = None
     if any(f.protocol == "mqtt" for f in fleet.frontiers):
         if url:
-            mqtt = mqtt_address(url)
+            try:
+                mqtt = mqtt_address(url)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
         else:
             from cgm.embedded.broker import Broker
 

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from cgm.config import Settings
-from cgm.migrate import migrations, upgrade
+from cgm.migrate import MigrationError, migrations, upgrade
 
 EXPECTED_TABLES = {
     "schema_migration", "frontier", "meter", "meter_credential", "channel", "reading",
@@ -73,7 +73,7 @@ def test_edited_migration_is_refused(new_database: Callable[[], str]) -> None:
     upgrade(url, Settings(database_url=url))
     with psycopg.connect(url) as conn:
         conn.execute("UPDATE schema_migration SET checksum = 'x' WHERE version = 1")
-    with pytest.raises(RuntimeError, match="was changed after it was applied"):
+    with pytest.raises(MigrationError, match="was changed after it was applied"):
         upgrade(url, Settings(database_url=url))
 
 
