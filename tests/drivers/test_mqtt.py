@@ -38,7 +38,6 @@ from drivers.mqtt import protocol as p
 from simulators.meter import Faults, SimulatedMeter
 from simulators.mqtt import MqttMeterSimulator, serve
 
-
 READER = Credentials(AccessLevel.READ, "reader-1", client="test-reader")
 CONFIGURER = Credentials(AccessLevel.CONFIGURE, "config-2", client="test-operator")
 HOUR = timedelta(hours=1)
