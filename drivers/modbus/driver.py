@@ -46,6 +46,7 @@ from drivers.base import (
 from drivers.modbus.registermap import (
     FUNCTION_CODES,
     Item,
+    ProfileSpec,
     RegisterMap,
     WordOrder,
     from_meter_epoch,
@@ -342,7 +343,7 @@ class ModbusSession(MeterSession):
             when = when + timedelta(seconds=delay)
         await self._write(self.map.clock.address, self.map.clock.encode(when, self.word_order))
 
-    def _profile(self):
+    def _profile(self) -> ProfileSpec:
         if self.map.profile is None:
             raise NotSupported(
                 f"map {self.map.name!r} ({self.map.model}) has no load profile; derive "

@@ -324,7 +324,14 @@ class ModbusSimulator:
         if state.selector is not None:
             at = from_meter_epoch(state.selector, tz)
             first_start = at - period if p.stamp == "end" else at
-            entries = meter.profile(first_start, meter.real_now() + period)[: p.records]
+            newest = meter.real_now() + period
+            span = period * p.records * 2  # widened while holes leave the window short
+            while True:
+                entries = meter.profile(first_start, min(first_start + span, newest))
+                if len(entries) >= p.records or first_start + span >= newest:
+                    break
+                span *= 4
+            entries = entries[: p.records]
         image: dict[int, int] = {}
         for k in range(p.records):
             base = p.address + k * p.record_size

@@ -187,6 +187,8 @@ async def test_silent_meter_is_a_timeout(simulator: Serve, connect: Connect) -> 
 
 
 async def test_dropped_connection_fails_fast(simulator: Serve, connect: Connect) -> None:
+    """Regression: after a drop, pymodbus raised its own ConnectionException from the next
+    call instead of the driver's ConnectionFailed."""
     meter = SimulatedMeter("MB1", faults=Faults(drop_after_requests=2))  # login = 2 answers
     session = await connect(await simulator({1: meter}), timeout=5.0)
     started = utcnow()
@@ -411,3 +413,19 @@ async def test_read_case(simulator: Serve, connect: Connect, case: Path) -> None
     assert (await session.read_clock()).meter_time == expect["clock"]
     registers = {r.channel.value: r.value for r in await session.read_registers()}
     assert registers == expect["registers"]
+
+
+async def test_profile_skips_a_hole_longer_than_the_window(
+    simulator: Serve, connect: Connect
+) -> None:
+    hole = (datetime(2026, 3, 7, 2, tzinfo=UTC), datetime(2026, 3, 9, 4, tzinfo=UTC))
+    meter = SimulatedMeter("MB1", now=fixed_clock(FIXED_NOW), faults=Faults(missing=[hole]))
+    session = await connect(await simulator({1: meter}))
+    start = datetime(2026, 3, 7, 0, tzinfo=UTC)
+    entries = await session.read_profile(start, datetime(2026, 3, 9, 6, tzinfo=UTC))
+    assert [e.start for e in entries] == [
+        start,
+        start + timedelta(hours=1),
+        datetime(2026, 3, 9, 4, tzinfo=UTC),
+        datetime(2026, 3, 9, 5, tzinfo=UTC),
+    ]
