@@ -199,6 +199,10 @@ async def interrogate(
         # What was read before the failure stays in the outcome; the engine stores it.
         outcome.result = "partial" if outcome.entries or outcome.registers else exc.reason
         outcome.error = f"{exc.reason}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - e.g. bad protocol params: a recorded failure
+        log.exception("%s: unexpected error", target.serial)
+        outcome.result = "error"
+        outcome.error = f"{type(exc).__name__}: {exc}"
     if outcome.clock is not None and abs(outcome.clock.offset) > target.clock_limit_s:
         outcome.correction = await _correct_clock(driver, target, policy, outcome)
     outcome.finished_at = utcnow()
