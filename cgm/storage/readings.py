@@ -328,24 +328,53 @@ async def _stored_equal(
     """
     idx = np.flatnonzero(candidates)
     gi = group[idx]
-    ug, first = np.unique(gi, return_index=True)
-    last = np.r_[first[1:], len(idx)] - 1
+    ug, first, counts = np.unique(gi, return_index=True, return_counts=True)
+    last = first + counts - 1
+    step = int(interval / timedelta(microseconds=1))
     t_us = s["interval_start"].view("i8")
     lo, hi = t_us[idx[first]], t_us[idx[last]]
-    query = sql.SQL(
-        "COPY (SELECT g.i, r.interval_start, r.value, r.quality"
-        " FROM (SELECT m, c, i, timestamptz 'epoch' + lo * interval '1 microsecond' AS lo,"
-        "              timestamptz 'epoch' + hi * interval '1 microsecond' AS hi"
-        "       FROM unnest({m}::bigint[], {c}::smallint[], {lo}::bigint[], {hi}::bigint[])"
-        "            WITH ORDINALITY AS u(m, c, lo, hi, i)) AS g"
-        " CROSS JOIN LATERAL (SELECT interval_start, value, quality FROM reading r"
-        "   WHERE r.meter_id = g.m AND r.channel = g.c"
-        "     AND r.interval_start BETWEEN g.lo AND g.hi) AS r) TO STDOUT (FORMAT BINARY)"
-    ).format(
-        m=sql.Literal(g_meter[ug].tolist()),
-        c=sql.Literal(g_channel[ug].tolist()),
-        lo=sql.Literal(lo.tolist()),
-        hi=sql.Literal(hi.tolist()),
+    # Dense groups (most intervals of their range in the batch: re-reads) are read back as
+    # ranges; sparse ones (scattered late values) by their exact keys, so a small late batch
+    # does not scan whole histories.
+    dense = counts * 2 >= (hi - lo) // step + 1
+    sparse_rows = ~dense[np.searchsorted(ug, gi)]
+    parts = [
+        sql.SQL(
+            "SELECT g.i, r.interval_start, r.value, r.quality"
+            " FROM (SELECT m, c, i, timestamptz 'epoch' + lo * interval '1 microsecond' AS lo,"
+            "              timestamptz 'epoch' + hi * interval '1 microsecond' AS hi"
+            "       FROM unnest({m}::bigint[], {c}::smallint[], {lo}::bigint[], {hi}::bigint[],"
+            "                   {i}::bigint[]) AS u(m, c, lo, hi, i)) AS g"
+            " CROSS JOIN LATERAL (SELECT interval_start, value, quality FROM reading r"
+            "   WHERE r.meter_id = g.m AND r.channel = g.c"
+            "     AND r.interval_start BETWEEN g.lo AND g.hi) AS r"
+        ).format(
+            m=sql.Literal(g_meter[ug[dense]].tolist()),
+            c=sql.Literal(g_channel[ug[dense]].tolist()),
+            lo=sql.Literal(lo[dense].tolist()),
+            hi=sql.Literal(hi[dense].tolist()),
+            i=sql.Literal((np.flatnonzero(dense) + 1).tolist()),
+        )
+    ]
+    if sparse_rows.any():
+        sp = idx[sparse_rows]
+        parts.append(
+            sql.SQL(
+                "SELECT k.i, r.interval_start, r.value, r.quality"
+                " FROM (SELECT m, c, i, timestamptz 'epoch' + t * interval '1 microsecond' AS t"
+                "       FROM unnest({m}::bigint[], {c}::smallint[], {t}::bigint[],"
+                "                   {i}::bigint[]) AS u(m, c, t, i)) AS k"
+                " JOIN reading r ON r.meter_id = k.m AND r.channel = k.c"
+                "  AND r.interval_start = k.t"
+            ).format(
+                m=sql.Literal(s["meter_id"][sp].tolist()),
+                c=sql.Literal(s["channel"][sp].tolist()),
+                t=sql.Literal(t_us[sp].tolist()),
+                i=sql.Literal((np.searchsorted(ug, group[sp]) + 1).tolist()),
+            )
+        )
+    query = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(
+        sql.SQL(" UNION ALL ").join(parts)
     )
     buf = bytearray()
     async with conn.cursor() as cur, cur.copy(query) as copy:
@@ -353,7 +382,6 @@ async def _stored_equal(
             buf += data
     cols = (("i", "i8"), ("interval_start", "M8[us]"), ("value", "f8"), ("quality", "i4"))
     stored = pgbinary.decode(cols, buf)
-    step = int(interval / timedelta(microseconds=1))
     # One int64 key per row: group ordinal in the high bits, interval number in the low 32.
     cand_key = (np.searchsorted(ug, gi).astype("i8") << 32) | (t_us[idx] // step)
     st_key = ((stored["i"] - 1) << 32) | (stored["interval_start"].view("i8") // step)

@@ -227,6 +227,10 @@ async def test_direct_and_staging_paths_agree(db_url, seed) -> None:
             rows = grid([0, 1], int(rng.integers(1, 10)), seed=seed * 10 + i, start=start)
         rows = rows[rng.random(len(rows)) < 0.8]
         batches.append(rows)
+    # Scattered late values (every third interval, half changed): the sparse-key lookup.
+    sparse = np.sort(batches[-1], order=["meter_id", "channel", "interval_start"])[::3].copy()
+    sparse["value"][::2] += 7
+    batches.append(sparse)
     results = {}
     async with await psycopg.AsyncConnection.connect(db_url) as conn:
         for name, ids, direct in (("direct", a, True), ("staging", b, False)):
