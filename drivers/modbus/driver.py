@@ -166,28 +166,37 @@ class ModbusSession(MeterSession):
             self._wake.set()
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """Check a received buffer as one MBAP frame answering the request in flight."""
-        if sending or self._expect is None or len(data) < 7:
+        """Check received bytes as MBAP frames; the one answering the request in flight must
+        be whole and decodable. Frames with another transaction id are late answers to
+        requests that already timed out: pymodbus skips them, so do we."""
+        if sending or self._expect is None:
             return data
         fc, count = self._expect
-        declared = int.from_bytes(data[4:6], "big")
-        problem = None
-        if data[2:4] != b"\x00\x00":
-            problem = f"protocol id {data[2:4].hex()} is not Modbus"
-        elif not 2 <= declared <= 254:
-            problem = f"MBAP length {declared} out of range"
-        elif self.device_id and data[6] != self.device_id:  # unit 0: any (as pymodbus)
-            problem = f"answer from unit {data[6]}, asked unit {self.device_id}"
-        elif len(data) < 6 + declared:
-            return data  # the rest is on its way
-        elif len(data) > 6 + declared:
-            problem = f"{len(data) - 6 - declared} bytes beyond the MBAP length {declared}"
-        elif data[7] not in (fc, fc | 0x80):
-            problem = f"function code 0x{data[7]:02X} answering 0x{fc:02X}"
-        elif (pdu := self._decoder.decode(data[7:])) is None:
-            problem = f"undecodable PDU {data[7:].hex()}"
-        elif fc in (3, 4) and not pdu.isError() and len(pdu.registers) != count:
-            problem = f"{len(pdu.registers)} registers answering a read of {count}"
+        tid = self._client.ctx.request_transaction_id
+        pos, problem = 0, None
+        while problem is None and len(data) - pos >= 7:
+            frame = data[pos:]
+            declared = int.from_bytes(frame[4:6], "big")
+            if frame[2:4] != b"\x00\x00":
+                problem = f"protocol id {frame[2:4].hex()} is not Modbus"
+            elif not 2 <= declared <= 254:
+                problem = f"MBAP length {declared} out of range"
+            elif len(frame) < 6 + declared:
+                return data  # the rest is on its way
+            elif int.from_bytes(frame[0:2], "big") != tid:
+                pos += 6 + declared  # a stale answer
+            elif self.device_id and frame[6] != self.device_id:  # unit 0: any (as pymodbus)
+                problem = f"answer from unit {frame[6]}, asked unit {self.device_id}"
+            elif len(frame) > 6 + declared:
+                problem = f"{len(frame) - 6 - declared} bytes beyond the MBAP length {declared}"
+            elif frame[7] not in (fc, fc | 0x80):
+                problem = f"function code 0x{frame[7]:02X} answering 0x{fc:02X}"
+            elif (pdu := self._decoder.decode(frame[7:])) is None:
+                problem = f"undecodable PDU {frame[7:].hex()}"
+            elif fc in (3, 4) and not pdu.isError() and len(pdu.registers) != count:
+                problem = f"{len(pdu.registers)} registers answering a read of {count}"
+            else:
+                return data
         if problem is None:
             return data
         self._failure = ProtocolError(

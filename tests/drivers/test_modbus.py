@@ -178,6 +178,22 @@ async def test_latency_beyond_timeout_is_a_timeout(simulator: Serve, connect: Co
         await session.read_registers()
 
 
+async def test_late_answer_after_a_timeout_does_not_spoil_the_next_read(
+    simulator: Serve, connect: Connect
+) -> None:
+    """Regression: the late answer and the next answer can arrive in one TCP read; the
+    stale frame (old transaction id) must be skipped, not reported as a corrupt frame."""
+    meter = SimulatedMeter("MB1")
+    session = await connect(await simulator({1: meter}), timeout=0.3)
+    meter.faults.latency = 0.4
+    with pytest.raises(MeterTimeout):
+        await session.read_registers()
+    meter.faults.latency = 0.0  # the server is still sleeping on the first answer
+    session.timeout = 2.0
+    assert len(await session.read_registers()) == 4
+    assert (await session.identify()).serial == "MB1"
+
+
 async def test_silent_meter_is_a_timeout(simulator: Serve, connect: Connect) -> None:
     meter = SimulatedMeter("MB1")
     session = await connect(await simulator({1: meter}), timeout=0.3)
