@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -50,6 +50,34 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
+
+    # --- ASIC: automatic daily report of readings (cgm.reporting) ------------------------
+    # Every deadline and window below is configuration, not a constant; each has a note of
+    # its source. Defaults marked "to confirm" are operating choices awaiting the exact
+    # figure from XM's current procedure; set them from it.
+    # No base URL: the daily job is not scheduled (``cgm report asic --dry-run`` still builds).
+    asic_base_url: str | None = None
+    asic_client_id: str | None = None
+    # Token client secret: from the environment (CGM_ASIC_CLIENT_SECRET); never logged.
+    asic_client_secret: SecretStr | None = Field(default=None, repr=False)
+    # Local time (Colombia) at which the daily job reports day D−1. Source: art. 37
+    # (readings of day D are reported to the ASIC on D+1, automatically); hour: to confirm.
+    asic_report_time: str = "06:00"
+    # Deadline for day D's readings: ``asic_deadline_days`` days after D at
+    # ``asic_deadline_time`` local. Source: art. 37 / Anexo 8 and XM's reading-report
+    # procedure ("reported on D+1"); the hour is to confirm.
+    asic_deadline_days: int = Field(default=1, ge=1)
+    asic_deadline_time: str = "08:00"
+    # A day whose settled series changes after it was sent is resent as a correction while
+    # it is at most this many days old. Source: XM's correction (ajustes) window for
+    # readings; the default is an operating choice, to confirm.
+    asic_correction_window_days: int = Field(default=30, ge=0)
+    # Zip limits of XM's reading service, as public clients use it (DESIGN.md).
+    asic_max_documents_per_zip: int = Field(default=5, ge=1)
+    asic_max_zip_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    asic_timeout_s: float = Field(default=30.0, gt=0)
+    asic_poll_interval_s: float = Field(default=120.0, gt=0)
+    asic_retry_attempts: int = Field(default=4, ge=1)
 
     @field_validator("retention_years")
     @classmethod

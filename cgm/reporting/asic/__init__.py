@@ -1,0 +1,1 @@
+"""The daily report of readings to the ASIC (XM): format, transport, delivery."""
