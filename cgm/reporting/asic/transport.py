@@ -248,22 +248,22 @@ class HttpTransport(AsicTransport):
     async def _valid_token(self, record: Recorder, *, force: bool = False) -> str:
         if not force and self._token and time.monotonic() < self._expires - self.renew_margin_s:
             return self._token
-        resp = _checked(
-            await self._send(
-                "token",
-                "POST",
-                "token",
-                sha256(f"client_credentials:{self._client_id}".encode()),
-                record,
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": self._client_id,
-                    "client_secret": self._secret,
-                },
-                redact=True,
-            )
+        resp = await self._send(
+            "token",
+            "POST",
+            "token",
+            sha256(f"client_credentials:{self._client_id}".encode()),
+            record,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self._client_id,
+                "client_secret": self._secret,
+            },
+            redact=True,
         )
-        body = _json(resp)
+        if resp.status_code in (400, 401, 403):
+            raise Rejected(resp.status_code, "token refused: check the client id and secret")
+        body = _json(_checked(resp))
         token = body.get("access_token")
         if not token:
             raise TransportError("token answer without access_token")
