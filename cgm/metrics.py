@@ -43,3 +43,27 @@ CYCLE_SECONDS = Gauge("cgm_cycle_duration_seconds", "Duration of the last collec
 CONFIG_VIOLATIONS = Counter(
     "cgm_config_violations_total", "Meter configuration findings (capture period, depth)"
 )
+
+# --- ASIC reporting (cgm.reporting) ------------------------------------------------------
+ASIC_DOCUMENTS = Counter(
+    "cgm_asic_documents_total",
+    "ASIC documents by outcome: sent (accepted for processing), success, success_warning, "
+    "rejected, transport_failed, late (correction outside the window)",
+    ["result"],
+)
+ASIC_PENDING = Gauge(
+    "cgm_asic_documents_pending", "ASIC documents built and not final (to upload or processing)"
+)
+ASIC_DEADLINE_SECONDS = Gauge(
+    "cgm_asic_deadline_seconds",
+    "Seconds left to the ASIC deadline for yesterday's readings (negative: passed)",
+)
+ASIC_UNREPORTED = Gauge(
+    "cgm_asic_frontiers_unreported",
+    "Frontiers without an accepted principal document for yesterday",
+)
+ASIC_REQUESTS = Counter(
+    "cgm_asic_requests_total",
+    "HTTP requests to the ASIC by operation and outcome",
+    ["operation", "outcome"],
+)

@@ -41,10 +41,11 @@ CREATE TABLE asic_document (
     settled_version integer NOT NULL,          -- highest settled version in the day
     estimated      jsonb NOT NULL DEFAULT '[]', -- [{channel, periods, methods}]
     -- pending: built, not accepted by an upload yet; late: a correction outside the
-    -- correction window (kept, not sent); the rest mirror the ASIC's answer for the file.
+    -- correction window (kept, not sent); superseded: a newer version was built before
+    -- this one was accepted; the rest mirror the ASIC's answer for the file.
     state          text NOT NULL DEFAULT 'pending'
                    CHECK (state IN ('pending', 'waiting', 'success', 'success_warning',
-                                    'error', 'late')),
+                                    'error', 'late', 'superseded')),
     detail         jsonb NOT NULL DEFAULT '{}',
     submission_id  bigint REFERENCES asic_submission (id),
     created_at     timestamptz NOT NULL DEFAULT now(),
