@@ -7,7 +7,9 @@ written in one transaction:
 * rows later than everything stored for their meter and channel (the normal hourly case:
   a meter's new intervals) are COPYed straight into ``reading`` — in key order, which makes
   the primary-key index maintenance append-only and is what makes this path fast;
-* the other rows go through a temp staging table and one set-based upsert that inserts the
+* the other rows are first compared with the stored ones (read back with one binary COPY,
+  compared in numpy) and equal rows dropped, so a re-read writes nothing;
+* what remains goes through a temp staging table and one set-based upsert that inserts the
   missing keys, leaves equal values alone (no new version, no audit row), and turns a
   different value or quality into an UPDATE with ``version + 1`` whose old image the audit
   trigger keeps (visible in the ``reading_version`` view);
