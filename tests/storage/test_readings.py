@@ -336,3 +336,26 @@ def test_quality_bits_carry_meter_status() -> None:
     for status in EntryStatus:
         assert Quality(int(status)).value == status.value
     assert Quality.ESTIMATED > 0xFF
+
+
+async def test_direct_copy_race_falls_back_to_upsert(db_url) -> None:
+    """B decides its rows are new, A commits the same keys first: B's direct COPY fails on
+    the key and the batch goes through the upsert instead (unchanged / superseded)."""
+    from tests.storage.conftest import make_frontiers
+
+    ids = [m for _, m in await make_frontiers(db_url, 1)]
+    rows_a = grid(ids, 6, seed=4)
+    rows_b = rows_a.copy()
+    rows_b["value"][:5] += 1
+    async with (
+        await psycopg.AsyncConnection.connect(db_url) as a,
+        await psycopg.AsyncConnection.connect(db_url) as b,
+    ):
+        async with a.transaction():
+            ra = await write_readings(a, rows_a, source="a", actor=None)
+            task = asyncio.create_task(write_readings(b, rows_b, source="b", actor=None))
+            await asyncio.sleep(0.5)  # B has found no stored rows and waits on A's keys
+            assert not task.done()
+        rb = await task
+    assert (ra.inserted, ra.direct) == (24, 24)
+    assert (rb.direct, rb.inserted, rb.unchanged, rb.superseded) == (0, 0, 19, 5)
