@@ -73,6 +73,7 @@ _NAMES = ", ".join(n for n, _ in READING_COLUMNS)
 _COPY_READING = f"COPY reading ({_NAMES}) FROM STDIN (FORMAT BINARY)"
 _STAGE = "cgm_reading_stage"
 _MAX_DEADLOCK_RETRIES = 3
+_MAX_SPARSE_KEYS = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +341,8 @@ async def _stored_equal(
     # does not scan whole histories.
     dense = counts * 2 >= (hi - lo) // step + 1
     sparse_rows = ~dense[np.searchsorted(ug, gi)]
+    if sparse_rows.sum() > _MAX_SPARSE_KEYS:  # too many keys for one query text: upsert them
+        sparse_rows[:] = False
     parts = [
         sql.SQL(
             "SELECT g.i, r.interval_start, r.value, r.quality"
