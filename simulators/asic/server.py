@@ -89,6 +89,7 @@ class AsicSimulator:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self._tokens: dict[str, float] = {}
         self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(3).upper()  # ids differ across restarts
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -245,7 +246,7 @@ class AsicSimulator:
                 docs[n] = doc if isinstance(doc, dict) else {}
             except ValueError:
                 docs[n] = {}
-        mid = f"MSG{next(self._ids):08d}"
+        mid = f"MSG{self._prefix}{next(self._ids):06d}"
         message = Message(mid, code, zip_name or "", docs)
         self.messages[mid] = message
         task = asyncio.get_running_loop().create_task(self._process(message, raw))
