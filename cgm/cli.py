@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "cgm.commands.probe",
     "cgm.commands.simulate",
     "cgm.commands.collect",
+    "cgm.commands.vee",
     "cgm.commands.report",
 ]
 

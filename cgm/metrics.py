@@ -67,3 +67,23 @@ ASIC_REQUESTS = Counter(
     "HTTP requests to the ASIC by operation and outcome",
     ["operation", "outcome"],
 )
+
+# --- VEE (cgm.vee) -------------------------------------------------------------------------
+VEE_VALUES_WRITTEN = Counter(
+    "cgm_vee_values_written_total",
+    "Settled values stored as new or as a new version, by source",
+    ["source"],
+)
+VEE_FLAGS = Counter(
+    "cgm_vee_rule_flags_total", "Intervals flagged by a validation rule (per run)", ["rule"]
+)
+VEE_RUN_SECONDS = Gauge("cgm_vee_run_duration_seconds", "Duration of the last VEE run of a day")
+VEE_ESTIMATED_HOURS = Gauge(
+    "cgm_vee_estimated_hours",
+    "Hours a channel has been estimated without a break, up to the last day settled",
+    ["frontier", "channel"],
+)
+VEE_PROLONGED_ALARMS = Counter(
+    "cgm_vee_prolonged_estimation_alarms_total",
+    "Channels estimated for longer than the configured limit (alarm in the hoja de vida)",
+)

@@ -1,0 +1,342 @@
+"""Everything VEE reads for one local day, as arrays: the registry, readings, register
+snapshots, clock corrections, power samples, settled history and the stored settled values.
+
+VEE only reads what collection stored (one-way flow); it never talks to meters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from cgm.energy import primary_factor
+from cgm.localtime import HOUR, day_bounds
+from cgm.storage import pgbinary, read_readings
+from cgm.storage.common import channel_id, to_utc_us
+from cgm.vee.config import VeeConfig
+from cgm.vee.rules import meter_error_pct
+
+W = 26  # window columns: the hour before, periods 1..24, the hour after
+ROLES = ("principal", "backup")
+_ACCURACY_COLUMN = {1: "accuracy_active", 2: "accuracy_active", 3: "accuracy_reactive"}
+
+
+@dataclass
+class MeterInfo:
+    meter_id: int
+    role: str
+    factor: float  # secondary -> primary (cgm.energy)
+    classes: dict[str, str | None]
+    channels: list[int]
+
+
+@dataclass
+class Series:
+    """The (frontier, channel) pairs being settled, as parallel arrays of length S."""
+
+    frontier_id: np.ndarray
+    channel: np.ndarray
+    code: list[str]
+    meter: dict[str, np.ndarray]  # role -> meter id (0: none)
+    factor: dict[str, np.ndarray]  # role -> primary factor (NaN: no meter)
+    tolerance_pct: np.ndarray
+    capacity_kwh: np.ndarray
+    index: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.frontier_id)
+
+
+async def load_series(
+    conn: psycopg.AsyncConnection,
+    config: VeeConfig,
+    frontier_ids: list[int] | None = None,
+) -> Series:
+    """Active meters grouped by frontier and channel, with factors and tolerances."""
+    cur = await conn.execute(
+        """SELECT f.id, f.code, f.adjustment_factor, f.installed_capacity_mva,
+                  m.id, m.role, m.ct_ratio, m.vt_ratio, m.accuracy_active,
+                  m.accuracy_reactive, m.ct_accuracy, m.vt_accuracy, m.channels
+           FROM frontier f JOIN meter m ON m.frontier_id = f.id AND m.active
+           WHERE %(ids)s::bigint[] IS NULL OR f.id = ANY(%(ids)s)
+           ORDER BY f.id, m.role DESC""",
+        {"ids": frontier_ids},
+    )
+    frontiers: dict[int, tuple[str, float | None, dict[str, MeterInfo]]] = {}
+    for (
+        fid,
+        code,
+        adj,
+        cap,
+        mid,
+        role,
+        ct,
+        vt,
+        acc_a,
+        acc_r,
+        ct_acc,
+        vt_acc,
+        chans,
+    ) in await cur.fetchall():
+        entry = frontiers.setdefault(fid, (code, cap, {}))
+        entry[2][role] = MeterInfo(
+            mid,
+            role,
+            primary_factor(ct, vt, adj),
+            {"accuracy_active": acc_a, "accuracy_reactive": acc_r, "ct": ct_acc, "vt": vt_acc},
+            sorted({channel_id(c) for c in chans}),
+        )
+    rows: list[tuple] = []
+    for fid, (code, cap, meters) in frontiers.items():
+        chans = sorted({c for m in meters.values() for c in m.channels})
+        for ch in chans:
+            mids, facs, errs = {}, {}, []
+            for role in ROLES:
+                m = meters.get(role)
+                has = m is not None and ch in m.channels
+                mids[role] = m.meter_id if has else 0
+                facs[role] = m.factor if has else np.nan
+                if m is not None:
+                    cls = m.classes[_ACCURACY_COLUMN.get(ch, "accuracy_reactive")]
+                    errs.append(
+                        meter_error_pct(
+                            cls, m.classes["ct"], m.classes["vt"], config.divergence_default_class
+                        )
+                    )
+            tol = config.divergence_factor * sum(errs)
+            cap_kwh = cap * 1000.0 if cap else np.nan
+            rows.append((fid, ch, code, mids, facs, tol, cap_kwh))
+    s = Series(
+        np.array([r[0] for r in rows], dtype=np.int64),
+        np.array([r[1] for r in rows], dtype=np.int16),
+        [r[2] for r in rows],
+        {role: np.array([r[3][role] for r in rows], dtype=np.int64) for role in ROLES},
+        {role: np.array([r[4][role] for r in rows], dtype=np.float64) for role in ROLES},
+        np.array([r[5] for r in rows], dtype=np.float64),
+        np.array([r[6] for r in rows], dtype=np.float64),
+    )
+    pairs = zip(s.frontier_id.tolist(), s.channel.tolist(), strict=True)
+    s.index = {(f, c): i for i, (f, c) in enumerate(pairs)}
+    return s
+
+
+@dataclass
+class MeterMatrix:
+    """One role's readings in the window: (S, W) arrays."""
+
+    raw: np.ndarray  # secondary values, NaN where absent
+    value: np.ndarray  # primary
+    quality: np.ndarray
+    version: np.ndarray
+    duplicate: np.ndarray
+    off_grid: np.ndarray
+
+
+def window(day: date) -> tuple[datetime, datetime]:
+    start, end = day_bounds(day)
+    return start - HOUR, end + HOUR
+
+
+async def load_readings(
+    conn: psycopg.AsyncConnection, series: Series, day: date
+) -> dict[str, MeterMatrix]:
+    """Readings of every series' principal and backup over the day's window."""
+    w0, w1 = window(day)
+    S = len(series)
+    out: dict[str, MeterMatrix] = {}
+    lookup: dict[int, tuple[str, dict[int, int]]] = {}
+    for role in ROLES:
+        for s in np.flatnonzero(series.meter[role]):
+            lookup.setdefault(int(series.meter[role][s]), (role, {}))[1][int(series.channel[s])] = (
+                int(s)
+            )
+    arr = (
+        await read_readings(conn, sorted(lookup), w0, w1)
+        if lookup
+        else np.empty(0, dtype=[("meter_id", "i8")])
+    )
+    for role in ROLES:
+        out[role] = MeterMatrix(
+            np.full((S, W), np.nan),
+            np.full((S, W), np.nan),
+            np.zeros((S, W), dtype=np.int64),
+            np.zeros((S, W), dtype=np.int32),
+            np.zeros((S, W), dtype=bool),
+            np.zeros((S, W), dtype=bool),
+        )
+    if not len(arr):
+        return out
+    # Map each reading's (meter, channel) to (role, series) through the unique keys only.
+    keys = arr["meter_id"].astype(np.int64) * 8 + arr["channel"]
+    uniq, inv = np.unique(keys, return_inverse=True)
+    u_series = np.full(len(uniq), -1, dtype=np.int64)
+    u_role = np.zeros(len(uniq), dtype=np.int8)
+    for i, k in enumerate(uniq.tolist()):
+        role, by_ch = lookup[k // 8]
+        u_series[i] = by_ch.get(k % 8, -1)
+        u_role[i] = ROLES.index(role)
+    srow, rrole = u_series[inv], u_role[inv]
+    offset = (arr["interval_start"] - np.datetime64(to_utc_us(w0, "w0"))).astype(np.int64)
+    hour_us = 3_600_000_000
+    col = offset // hour_us
+    off = offset % hour_us != 0
+    for r, role in enumerate(ROLES):
+        m = out[role]
+        sel = (rrole == r) & (srow >= 0)
+        s_, c_ = srow[sel], col[sel]
+        on = ~off[sel]
+        count = np.zeros((S, W), dtype=np.int32)
+        np.add.at(count, (s_[on], c_[on]), 1)
+        m.duplicate[:] = count > 1
+        m.off_grid[s_[~on], c_[~on]] = True
+        idx = (s_[on], c_[on])
+        m.raw[idx] = arr["value"][sel][on]
+        m.quality[idx] = arr["quality"][sel][on]
+        m.version[idx] = arr["version"][sel][on]
+        m.value[:] = m.raw * series.factor[role][:, None]
+    return out
+
+
+async def load_snapshots(
+    conn: psycopg.AsyncConnection, meter_ids: list[int], day: date, skew: timedelta
+) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """Register snapshots near the window, per (meter, channel): (POSIX seconds, value)."""
+    w0, w1 = window(day)
+    cur = await conn.execute(
+        """SELECT meter_id, channel, read_at, value FROM register_snapshot
+           WHERE meter_id = ANY(%s) AND read_at >= %s AND read_at <= %s
+           ORDER BY meter_id, channel, read_at""",
+        (meter_ids, w0 - skew, w1 + skew),
+    )
+    grouped: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for mid, ch, at, v in await cur.fetchall():
+        grouped.setdefault((mid, ch), []).append((at.timestamp(), v))
+    return _arrays(grouped)
+
+
+def snapshot_near(
+    snaps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+    meter_id: int,
+    channel: int,
+    t: float,
+    skew_s: float,
+) -> tuple[float, float] | None:
+    """(read_at seconds, value) of the snapshot closest to ``t`` within ``skew_s``."""
+    found = snaps.get((meter_id, channel))
+    if found is None:
+        return None
+    times, values = found
+    i = int(np.argmin(np.abs(times - t)))
+    if abs(times[i] - t) > skew_s:
+        return None
+    return float(times[i]), float(values[i])
+
+
+async def load_clock_corrections(
+    conn: psycopg.AsyncConnection, meter_ids: list[int], day: date
+) -> list[tuple[int, datetime]]:
+    """Clock synchronisations recorded in the hoja de vida during the window."""
+    w0, w1 = window(day)
+    cur = await conn.execute(
+        """SELECT meter_id, at FROM frontier_log
+           WHERE kind = 'level2_access' AND purpose = 'clock synchronisation'
+             AND meter_id = ANY(%s) AND at >= %s AND at < %s""",
+        (meter_ids, w0, w1),
+    )
+    return list(await cur.fetchall())
+
+
+async def load_power(
+    conn: psycopg.AsyncConnection, frontier_ids: list[int], day: date, margin: timedelta
+) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """Power samples (SCADA) per (frontier, channel): (POSIX seconds, kW)."""
+    w0, w1 = window(day)
+    cur = await conn.execute(
+        """SELECT frontier_id, channel, measured_at, kw FROM power_sample
+           WHERE frontier_id = ANY(%s) AND measured_at >= %s AND measured_at <= %s
+           ORDER BY frontier_id, channel, measured_at""",
+        (frontier_ids, w0 - margin, w1 + margin),
+    )
+    grouped: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for fid, ch, at, kw in await cur.fetchall():
+        grouped.setdefault((fid, ch), []).append((at.timestamp(), kw))
+    return _arrays(grouped)
+
+
+_HISTORY_COLUMNS = (
+    ("frontier_id", "i8"),
+    ("channel", "i2"),
+    ("interval_start", "M8[us]"),
+    ("value", "f8"),
+    ("estimated", "i4"),
+)
+
+
+async def load_history(
+    conn: psycopg.AsyncConnection, series: Series, days: list[date]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Settled values of ``days``: ((S, D, 24) values, (S, D) day had an estimate)."""
+    S, D = len(series), len(days)
+    values = np.full((S, D, 24), np.nan)
+    estimated = np.zeros((S, D), dtype=bool)
+    if not D or not S:
+        return values, estimated
+    starts = [day_bounds(d)[0] for d in days]
+    query = sql.SQL(
+        "COPY (SELECT r.frontier_id, r.channel, r.interval_start, r.value,"
+        " (r.source = 'estimate')::int4 FROM unnest({starts}::timestamptz[]) AS d(s)"
+        " JOIN settled_reading r ON r.interval_start >= d.s"
+        " AND r.interval_start < d.s + interval '1 day'"
+        " WHERE r.frontier_id = ANY({ids}::bigint[])) TO STDOUT (FORMAT BINARY)"
+    ).format(
+        starts=sql.Literal(starts),
+        ids=sql.Literal(sorted({int(f) for f in series.frontier_id})),
+    )
+    buf = bytearray()
+    async with conn.cursor() as cur, cur.copy(query) as copy:
+        async for data in copy:
+            buf += data
+    arr = pgbinary.decode(_HISTORY_COLUMNS, buf)
+    if not len(arr):
+        return values, estimated
+    key = arr["frontier_id"] * 8 + arr["channel"]
+    uniq, inv = np.unique(key, return_inverse=True)
+    u_s = np.array([series.index.get((int(k) // 8, int(k) % 8), -1) for k in uniq])
+    s_ = u_s[inv]
+    t = arr["interval_start"].astype(np.int64)
+    day_start_us = np.array([to_utc_us(x, "d").astype(np.int64) for x in starts])
+    order = np.argsort(day_start_us)
+    pos = np.searchsorted(day_start_us[order], t, side="right") - 1
+    d_ = order[pos]
+    h_ = (t - day_start_us[d_]) // 3_600_000_000
+    ok = (s_ >= 0) & (h_ >= 0) & (h_ < 24)
+    values[s_[ok], d_[ok], h_[ok]] = arr["value"][ok]
+    np.logical_or.at(estimated, (s_[ok], d_[ok]), arr["estimated"][ok] != 0)
+    return values, estimated
+
+
+async def load_stored(
+    conn: psycopg.AsyncConnection, frontier_ids: list[int], day: date
+) -> dict[tuple[int, int, datetime], tuple[Any, ...]]:
+    """Current settled values of the day: key -> (value, source, method, flags, detail)."""
+    start, end = day_bounds(day)
+    cur = await conn.execute(
+        """SELECT frontier_id, channel, interval_start, value, source, method, flags, detail
+           FROM settled_reading
+           WHERE frontier_id = ANY(%s) AND interval_start >= %s AND interval_start < %s""",
+        (frontier_ids, start, end),
+    )
+    return {(r[0], r[1], r[2]): r[3:] for r in await cur.fetchall()}
+
+
+def _arrays(
+    grouped: dict[tuple[int, int], list[tuple[float, float]]],
+) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    return {
+        k: (np.array([t for t, _ in v]), np.array([x for _, x in v])) for k, v in grouped.items()
+    }

@@ -1,0 +1,577 @@
+"""A VEE run: validate one local day's readings, choose or estimate each hour, and write
+the settled series — only what changed, so a re-run on unchanged input writes nothing.
+
+Choice per hour (art. 36): the validated principal; else the validated backup; else an
+estimate (art. 38). Values are primary energy (cgm.energy), one per frontier, channel and
+period. A manual value is never replaced here (the storage layer enforces it too).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from cgm import metrics
+from cgm.localtime import HOUR, day_bounds, local_day
+from cgm.storage import Quality, SettledValue, write_settled
+from cgm.storage.common import CHANNELS_BY_ID
+from cgm.vee import estimate as est
+from cgm.vee.config import ALL_RULES, VeeConfig
+from cgm.vee.daytype import day_type, same_type_days
+from cgm.vee.inputs import (
+    ROLES,
+    Series,
+    W,
+    load_clock_corrections,
+    load_history,
+    load_power,
+    load_readings,
+    load_series,
+    load_snapshots,
+    load_stored,
+    snapshot_near,
+    window,
+)
+from cgm.vee.rules import CORE, Checks, check_divergence, check_meter
+from cgm.vee.typical import typical_curves
+
+log = logging.getLogger(__name__)
+
+# Meter/collection bits a settled value inherits from the reading it came from.
+_CARRIED = int(
+    Quality.METER_CLOCK_ADJUSTED
+    | Quality.METER_POWER_DOWN
+    | Quality.CLOCK_CORRECTED
+    | Quality.LARGE_CLOCK_CORRECTION
+    | Quality.DERIVED_FROM_REGISTERS
+)
+
+
+@dataclass
+class VeeSummary:
+    """What a run did. ``values`` counts settled values produced (changed or not);
+    ``written`` those stored as new or as a new version."""
+
+    days: list[date] = field(default_factory=list)
+    frontiers: int = 0
+    series: int = 0
+    values: int = 0
+    by_source: Counter[str] = field(default_factory=Counter)
+    by_method: Counter[str] = field(default_factory=Counter)
+    flagged: Counter[str] = field(default_factory=Counter)
+    written: int = 0
+    kept_manual: int = 0
+    unsettled: int = 0
+    alarms: int = 0
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def merge(self, other: VeeSummary) -> None:
+        self.days += other.days
+        self.frontiers = max(self.frontiers, other.frontiers)
+        self.series += other.series
+        self.values += other.values
+        self.by_source.update(other.by_source)
+        self.by_method.update(other.by_method)
+        self.flagged.update(other.flagged)
+        self.written += other.written
+        self.kept_manual += other.kept_manual
+        self.unsettled += other.unsettled
+        self.alarms += other.alarms
+        self.seconds += other.seconds
+        for k, v in other.timings.items():
+            self.timings[k] = self.timings.get(k, 0.0) + v
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "days": [d.isoformat() for d in self.days],
+            "frontiers": self.frontiers,
+            "series": self.series,
+            "values": self.values,
+            "by_source": dict(self.by_source),
+            "by_method": dict(self.by_method),
+            "flagged": dict(self.flagged),
+            "written": self.written,
+            "kept_manual": self.kept_manual,
+            "unsettled": self.unsettled,
+            "alarms": self.alarms,
+            "seconds": round(self.seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+class _Timer:
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.t = into, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = self.into.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+async def run_vee(
+    conn_or_url: psycopg.AsyncConnection | str,
+    day: date,
+    frontier: str | int | None = None,
+    *,
+    config: VeeConfig | None = None,
+    now: datetime | None = None,
+) -> VeeSummary:
+    """Settle local day ``day`` for every frontier (or one, by code or id).
+
+    Hours that have not ended by ``now`` (default: the current time) are left alone.
+    """
+    if isinstance(conn_or_url, str):
+        async with await psycopg.AsyncConnection.connect(conn_or_url) as conn:
+            return await run_vee(conn, day, frontier, config=config, now=now)
+    conn = conn_or_url
+    ids = None
+    if frontier is not None:
+        ids = [await _frontier_id(conn, frontier)]
+    return await _run_day(conn, day, ids, config or VeeConfig(), now or datetime.now(UTC))
+
+
+async def run_vee_pairs(
+    conn_or_url: psycopg.AsyncConnection | str,
+    pairs: Iterable[tuple[str | int, date]],
+    *,
+    config: VeeConfig | None = None,
+    now: datetime | None = None,
+) -> VeeSummary:
+    """Settle the given (frontier code or id, local day) pairs: one run per day over the
+    frontiers that need it. What the service calls after a collection cycle."""
+    if isinstance(conn_or_url, str):
+        async with await psycopg.AsyncConnection.connect(conn_or_url) as conn:
+            return await run_vee_pairs(conn, pairs, config=config, now=now)
+    conn = conn_or_url
+    by_day: dict[date, set[int]] = {}
+    for f, d in pairs:
+        by_day.setdefault(d, set()).add(await _frontier_id(conn, f))
+    total = VeeSummary()
+    for d in sorted(by_day):
+        total.merge(
+            await _run_day(
+                conn, d, sorted(by_day[d]), config or VeeConfig(), now or datetime.now(UTC)
+            )
+        )
+    return total
+
+
+async def vee_after_collection(
+    conn_or_url: psycopg.AsyncConnection | str,
+    cycle: datetime,
+    *,
+    config: VeeConfig | None = None,
+    now: datetime | None = None,
+) -> VeeSummary:
+    """Settle the (frontier, day) pairs that collection cycle ``cycle`` stored readings
+    for (from ``collection_session``: read_from..read_to of sessions that read entries)."""
+    if isinstance(conn_or_url, str):
+        async with await psycopg.AsyncConnection.connect(conn_or_url) as conn:
+            return await vee_after_collection(conn, cycle, config=config, now=now)
+    pairs = await affected_days(conn_or_url, cycle)
+    return await run_vee_pairs(conn_or_url, pairs, config=config, now=now)
+
+
+async def affected_days(conn: psycopg.AsyncConnection, cycle: datetime) -> list[tuple[int, date]]:
+    """(frontier id, local day) pairs touched by the sessions of ``cycle``."""
+    cur = await conn.execute(
+        """SELECT DISTINCT m.frontier_id, s.read_from, s.read_to
+           FROM collection_session s JOIN meter m ON m.id = s.meter_id
+           WHERE s.cycle = %s AND s.entries_read > 0 AND s.read_from IS NOT NULL
+             AND s.read_to IS NOT NULL""",
+        (cycle,),
+    )
+    out: set[tuple[int, date]] = set()
+    for fid, a, b in await cur.fetchall():
+        d, last = local_day(a), local_day(max(a, b - timedelta(microseconds=1)))
+        while d <= last:
+            out.add((fid, d))
+            d += timedelta(days=1)
+    return sorted(out)
+
+
+async def _frontier_id(conn: psycopg.AsyncConnection, frontier: str | int) -> int:
+    if isinstance(frontier, int):
+        return frontier
+    cur = await conn.execute("SELECT id FROM frontier WHERE code = %s", (frontier,))
+    row = await cur.fetchone()
+    if row is None:
+        raise LookupError(f"unknown frontier {frontier}")
+    return int(row[0])
+
+
+async def _run_day(
+    conn: psycopg.AsyncConnection,
+    day: date,
+    frontier_ids: list[int] | None,
+    config: VeeConfig,
+    now: datetime,
+) -> VeeSummary:
+    t_start = time.perf_counter()
+    summary = VeeSummary(days=[day])
+    timer = _Timer(summary.timings)
+    series = await load_series(conn, config, frontier_ids)
+    S = len(series)
+    summary.series = S
+    summary.frontiers = len(set(series.frontier_id.tolist()))
+    if not S:
+        return summary
+    fids = sorted({int(f) for f in series.frontier_id})
+    meter_ids = sorted({int(m) for r in ROLES for m in series.meter[r] if m})
+    w0, _ = window(day)
+    due = np.array([w0 + (j + 1) * HOUR <= now for j in range(W)])[None, :].repeat(S, 0)
+    timer.lap("load registry")
+
+    mats = await load_readings(conn, series, day)
+    timer.lap("load readings")
+
+    hist_days = same_type_days(day, config.typical_weeks, config.typical_max_days)
+    history, hist_est = await load_history(conn, series, hist_days)
+    timer.lap("load history")
+    usable_days = ~hist_est
+    typical, n_days = typical_curves(history, usable_days, config.typical_statistic)
+    has_typical = n_days > 0
+    typ_for_rules = np.where(has_typical[:, None], typical, np.nan)
+    hist_ok = usable_days & ~np.isnan(history).any(axis=2)
+
+    snaps = await load_snapshots(conn, meter_ids, day, config.register_skew)
+    clock_rows = await load_clock_corrections(conn, meter_ids, day)
+    power = await load_power(conn, fids, day, config.scada_max_sample_gap) if config.scada else {}
+    timer.lap("load snapshots, clock log, power")
+
+    # --- validation -----------------------------------------------------------------
+    checks: dict[str, Checks] = {}
+    for role in ROLES:
+        m = mats[role]
+        clock_logged = _clock_mask(series, role, clock_rows, w0)
+        checks[role] = check_meter(
+            m.value,
+            m.quality,
+            due=due & (series.meter[role] != 0)[:, None],
+            config=config,
+            typical=typ_for_rules,
+            capacity_kwh=series.capacity_kwh,
+            duplicate=m.duplicate,
+            off_grid=m.off_grid,
+            clock_logged=clock_logged,
+        )
+        if config.on("register_mismatch") and snaps:
+            _register_check(checks[role], series, role, m.raw, snaps, day, config)
+    check_divergence(
+        mats["principal"].value,
+        mats["backup"].value,
+        series.tolerance_pct,
+        config,
+        checks["principal"],
+        checks["backup"],
+    )
+    timer.lap("validate")
+
+    # --- choice -----------------------------------------------------------------------
+    flag_rules = set(ALL_RULES) - config.reject
+    usable, flagged = {}, {}
+    for role in ROLES:
+        m = mats[role]
+        usable[role] = ~np.isnan(m.value) & ~checks[role].any_of(config.reject)
+        flagged[role] = checks[role].any_of(flag_rules)
+    chosen = np.where(
+        usable["principal"],
+        mats["principal"].value,
+        np.where(usable["backup"], mats["backup"].value, np.nan),
+    )
+    src = np.where(usable["principal"], 1, np.where(usable["backup"], 2, 0))
+    core = np.zeros((S, W), dtype=bool)
+    core[:, CORE] = True
+    need = core & due & np.isnan(chosen)
+    fired = {r: np.zeros((S, W), bool) for r in ROLES}
+    for role in ROLES:
+        for rule, mask in checks[role].masks.items():
+            fired[role] |= mask
+            summary.flagged[rule] += int((mask & core & due).sum())
+    timer.lap("choose")
+
+    # --- estimation -------------------------------------------------------------------
+    estimates: dict[int, dict[int, est.Estimate]] = {}
+    day_kind = day_type(day)
+    for s in np.flatnonzero(need.any(axis=1)):
+        s = int(s)
+        key = (int(series.frontier_id[s]), int(series.channel[s]))
+        typ_w = np.full(W, np.nan)
+        if has_typical[s]:
+            typ_w[CORE] = typical[s]
+        used = [d.isoformat() for d, ok in zip(hist_days, hist_ok[s], strict=True) if ok]
+        samples = power.get(key)
+        estimates[s] = est.fill(
+            np.where(due[s], chosen[s], np.nan),
+            need[s],
+            config,
+            scada=(lambda c, smp=samples: _scada(smp, w0, c, config)) if samples else None,
+            typical=typ_w,
+            typical_inputs={
+                "day_type": day_kind,
+                "statistic": config.typical_statistic,
+                "days": used,
+            },
+            registers=lambda a, b, s=s: _register_advance(series, s, snaps, w0, a, b, config),
+        )
+    timer.lap("estimate")
+
+    # --- settled rows, diffed against what is stored ------------------------------------
+    stored = await load_stored(conn, fids, day)
+    timer.lap("load stored")
+    changed: list[SettledValue] = []
+    starts = [w0 + j * HOUR for j in range(W)]
+    p, b = mats["principal"], mats["backup"]
+    for s in range(S):
+        fid, ch = int(series.frontier_id[s]), int(series.channel[s])
+        ests = estimates.get(s, {})
+        for j in range(1, 25):
+            if not due[s, j]:
+                continue
+            checks_detail = {}
+            for role in ROLES:
+                if fired[role][s, j]:
+                    checks_detail[role] = checks[role].reasons(s, j)
+            source = int(src[s, j])
+            if source:
+                role = ROLES[source - 1]
+                m = p if source == 1 else b
+                flags = int(m.quality[s, j]) & _CARRIED
+                if flagged[role][s, j]:
+                    flags |= int(Quality.SUSPECT)
+                detail: dict[str, Any] = {
+                    "meter_id": int(series.meter[role][s]),
+                    "reading_version": int(m.version[s, j]),
+                    "secondary": float(m.raw[s, j]),
+                    "factor": float(series.factor[role][s]),
+                }
+                value, method = float(m.value[s, j]), None
+                source_name = role
+            elif j in ests:
+                e = ests[j]
+                value, method, source_name = e.value, e.method, "estimate"
+                flags = int(Quality.ESTIMATED)
+                detail = {"inputs": e.inputs}
+            else:
+                summary.unsettled += 1
+                continue
+            if checks_detail:
+                detail["checks"] = checks_detail
+            summary.values += 1
+            summary.by_source[source_name] += 1
+            if method:
+                summary.by_method[method] += 1
+            old = stored.get((fid, ch, starts[j]))
+            if old is not None:
+                if old[1] == "manual":
+                    summary.kept_manual += 1
+                    continue
+                if old == (value, source_name, method, flags, detail):
+                    continue
+            changed.append(
+                SettledValue(fid, ch, starts[j], value, source_name, method, flags, detail)
+            )
+    timer.lap("build rows")
+
+    if changed:
+        result = await write_settled(conn, changed, actor=config.actor, reason=f"vee {day}")
+        summary.written = result.inserted + result.superseded
+        summary.kept_manual += result.kept_manual
+        for v in changed:
+            metrics.VEE_VALUES_WRITTEN.labels(v.source).inc()
+    timer.lap("write")
+
+    summary.alarms = await _prolonged_estimation(conn, series, day, now, config)
+    await conn.commit()
+    timer.lap("alarms")
+    summary.seconds = time.perf_counter() - t_start
+    metrics.VEE_RUN_SECONDS.set(summary.seconds)
+    for rule, n in summary.flagged.items():
+        metrics.VEE_FLAGS.labels(rule).inc(n)
+    return summary
+
+
+def _clock_mask(
+    series: Series, role: str, rows: list[tuple[int, datetime]], w0: datetime
+) -> np.ndarray | None:
+    if not rows:
+        return None
+    mask = np.zeros((len(series), W), dtype=bool)
+    for meter_id, at in rows:
+        col = int((at - w0) // HOUR)
+        if 0 <= col < W:
+            mask[series.meter[role] == meter_id, col] = True
+    return mask
+
+
+def _register_check(
+    checks: Checks,
+    series: Series,
+    role: str,
+    raw: np.ndarray,
+    snaps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+    day: date,
+    config: VeeConfig,
+) -> None:
+    """Interval sum over the day against the register advance between snapshots taken
+    at (within ``register_skew`` of) the day's first and last instants."""
+    start, end = day_bounds(day)
+    skew = config.register_skew.total_seconds()
+    mask = np.zeros(raw.shape, dtype=bool)
+    why: dict[int, str] = {}
+    for s in np.flatnonzero(series.meter[role]):
+        mid, ch = int(series.meter[role][s]), int(series.channel[s])
+        a = snapshot_near(snaps, mid, ch, start.timestamp(), skew)
+        b = snapshot_near(snaps, mid, ch, end.timestamp(), skew)
+        row = raw[s, CORE]
+        if a is None or b is None or np.isnan(row).any():
+            continue
+        advance = b[1] - a[1]
+        total = float(row.sum())
+        edge = (abs(a[0] - start.timestamp()) + abs(b[0] - end.timestamp())) / 3600.0
+        allowed = (
+            config.register_tolerance_pct / 100.0 * abs(advance)
+            + config.register_tolerance_kwh
+            + edge * float(np.max(row))
+        )
+        if abs(total - advance) > allowed:
+            mask[s, CORE] = True
+            why[int(s)] = (
+                f"day sum {total:.6g} vs register advance {advance:.6g} "
+                f"(allowed ±{allowed:.3g}, secondary units)"
+            )
+    checks.add("register_mismatch", mask, lambda s, w: why[s])
+
+
+def _register_advance(
+    series: Series,
+    s: int,
+    snaps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+    w0: datetime,
+    a: int,
+    b: int,
+    config: VeeConfig,
+) -> tuple[float, dict[str, Any]] | None:
+    """Primary register advance over window columns [a, b), from the principal's
+    snapshots, else the backup's."""
+    skew = config.register_skew.total_seconds()
+    t0, t1 = (w0 + a * HOUR).timestamp(), (w0 + b * HOUR).timestamp()
+    for role in ROLES:
+        mid = int(series.meter[role][s])
+        if not mid:
+            continue
+        ch = int(series.channel[s])
+        x = snapshot_near(snaps, mid, ch, t0, skew)
+        y = snapshot_near(snaps, mid, ch, t1, skew)
+        if x is None or y is None or y[1] < x[1]:
+            continue
+        factor = float(series.factor[role][s])
+        return (y[1] - x[1]) * factor, {
+            "register_meter_id": mid,
+            "register_start": x[1],
+            "register_end": y[1],
+            "register_read_at": [
+                datetime.fromtimestamp(x[0], UTC).isoformat(),
+                datetime.fromtimestamp(y[0], UTC).isoformat(),
+            ],
+            "factor": factor,
+        }
+    return None
+
+
+def _scada(
+    samples: tuple[np.ndarray, np.ndarray], w0: datetime, col: int, config: VeeConfig
+) -> est.Estimate | None:
+    times, kw = samples
+    t0 = (w0 + col * HOUR).timestamp()
+    kwh = est.integrate_power(
+        times, kw, t0, t0 + 3600.0, config.scada_max_sample_gap.total_seconds()
+    )
+    if kwh is None:
+        return None
+    inside = int(((times >= t0) & (times <= t0 + 3600.0)).sum())
+    return est.Estimate(round(kwh, 9), est.SCADA, {"samples": inside, "unit": "kW"})
+
+
+async def _prolonged_estimation(
+    conn: psycopg.AsyncConnection,
+    series: Series,
+    day: date,
+    now: datetime,
+    config: VeeConfig,
+) -> int:
+    """Alarm (hoja de vida + metric) for each channel estimated without a break for longer
+    than ``config.prolonged_estimation`` up to the end of the day. One alarm per streak:
+    the streak's start identifies it, so re-runs do not repeat it."""
+    _, end = day_bounds(day)
+    end = min(end, now)
+    cur = await conn.execute(
+        """SELECT x.fid, x.ch,
+                  (SELECT max(r.interval_start) FROM settled_reading r
+                    WHERE r.frontier_id = x.fid AND r.channel = x.ch
+                      AND r.source <> 'estimate' AND r.interval_start < %(end)s),
+                  (SELECT min(r.interval_start) FROM settled_reading r
+                    WHERE r.frontier_id = x.fid AND r.channel = x.ch)
+           FROM unnest(%(f)s::bigint[], %(c)s::smallint[]) AS x(fid, ch)
+           WHERE EXISTS (SELECT 1 FROM settled_reading r
+                          WHERE r.frontier_id = x.fid AND r.channel = x.ch
+                            AND r.interval_start = %(last)s AND r.source = 'estimate')""",
+        {
+            "f": series.frontier_id.tolist(),
+            "c": series.channel.tolist(),
+            "end": end,
+            "last": _floor_hour(end) - HOUR,
+        },
+    )
+    alarms = 0
+    for fid, ch, last_measured, first in await cur.fetchall():
+        since = (last_measured + HOUR if last_measured is not None else first).astimezone(UTC)
+        streak = _floor_hour(end) - since
+        name = CHANNELS_BY_ID[ch].value
+        code = series.code[series.index[(fid, ch)]]
+        metrics.VEE_ESTIMATED_HOURS.labels(code, name).set(streak / HOUR)
+        if streak <= config.prolonged_estimation:
+            continue
+        found = await conn.execute(
+            """SELECT 1 FROM frontier_log WHERE frontier_id = %s AND kind = 'alarm'
+                 AND purpose = 'prolonged estimation'
+                 AND activities ->> 'channel' = %s AND activities ->> 'since' = %s""",
+            (fid, name, since.isoformat()),
+        )
+        if await found.fetchone():
+            continue
+        await conn.execute(
+            """INSERT INTO frontier_log (frontier_id, actor, kind, purpose, activities)
+               VALUES (%s, %s, 'alarm', 'prolonged estimation', %s)""",
+            (
+                fid,
+                config.actor,
+                Jsonb(
+                    {
+                        "channel": name,
+                        "since": since.isoformat(),
+                        "hours": streak / HOUR,
+                        "limit_hours": config.prolonged_estimation / HOUR,
+                        "article": "38",
+                    }
+                ),
+            ),
+        )
+        alarms += 1
+        metrics.VEE_PROLONGED_ALARMS.inc()
+    return alarms
+
+
+def _floor_hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
