@@ -92,6 +92,7 @@ class AsicSimulator:
         self._prefix = secrets.token_hex(3).upper()  # ids differ across restarts
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -106,6 +107,19 @@ class AsicSimulator:
                 t.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve from a thread with its own event loop (for synchronous callers, e.g. a CLI
+        test that runs ``asyncio.run`` itself); stop with :meth:`stop_thread`."""
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        return asyncio.run_coroutine_threadsafe(self.start(host, port), self._loop).result(10)
+
+    def stop_thread(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
     def expire_tokens(self) -> None:
         """Every token issued so far stops being valid (as if it had expired)."""
