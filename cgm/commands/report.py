@@ -22,7 +22,12 @@ from cgm.config import get_settings
 from cgm.db import current_url
 from cgm.localtime import COLOMBIA, local_day
 from cgm.reporting import holds
-from cgm.reporting.asic.delivery import AsicReporter, NotConfigured, transport_from_settings
+from cgm.reporting.asic.delivery import (
+    AsicReporter,
+    NotConfigured,
+    deadline,
+    transport_from_settings,
+)
 from cgm.reporting.asic.status import day_status
 
 
@@ -134,7 +139,16 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2, ensure_ascii=False))
         return 0
-    print(f"ASIC report of {day} (times in Colombia)")
+    due = deadline(settings, day)
+    left = due - datetime.now(UTC)
+    print(
+        f"ASIC report of {day} (times in Colombia); deadline {due:%Y-%m-%d %H:%M}"
+        + (
+            f", {left.total_seconds() / 3600:.1f} h left"
+            if left.total_seconds() > 0
+            else ", passed"
+        )
+    )
     for fr in rows:
         hold = f"  HELD: {fr.held}" if fr.held else ""
         if not fr.documents:
