@@ -313,3 +313,22 @@ async def test_daily_run_reports_yesterday_and_catches_up(db, asic, make_reporte
     sent_days = {d["fechaInicio"][:10] for d in sim.received()}
     assert sent_days == {"2026-02-28", "2026-03-01"}
     assert json.dumps(results[-1].as_dict())  # serialisable summary
+
+
+async def test_metrics_pending_and_deadline(db, asic, make_reporter) -> None:
+    from cgm import metrics
+
+    sim, _ = asic
+    frs = await _ready(db, sim)
+    sim.processing_s = 3.0
+    rep = make_reporter(asic_deadline_time="08:00", asic_deadline_days=1)
+    sent_before = metrics.ASIC_DOCUMENTS.labels("sent")._value.get()
+    await rep.report_day(DAY, [frs[0].code])
+    assert metrics.ASIC_DOCUMENTS.labels("sent")._value.get() - sent_before == 2
+    assert metrics.ASIC_PENDING._value.get() == 2
+    # NOW is 07:00 of D+1 in Colombia; the deadline is 08:00 of D+1.
+    assert metrics.ASIC_DEADLINE_SECONDS._value.get() == 3600
+    assert metrics.ASIC_UNREPORTED._value.get() == 1
+    assert await rep.poll(rounds=200, interval_s=0.05) == 0
+    assert metrics.ASIC_PENDING._value.get() == 0
+    assert metrics.ASIC_UNREPORTED._value.get() == 0
