@@ -31,14 +31,15 @@ def day_type(day: date) -> str:
     return WORKING
 
 
-def same_type_days(day: date, weeks: int, max_days: int) -> list[date]:
-    """Earlier days of ``day``'s type within ``weeks`` weeks, most recent first."""
+def same_type_days(day: date, weeks: int, max_days: int | None = None) -> list[date]:
+    """Earlier days of ``day``'s type within ``weeks`` weeks, most recent first (at most
+    ``max_days`` of them when given)."""
     kind = day_type(day)
     out = []
     for back in range(1, weeks * 7 + 1):
         d = day - timedelta(days=back)
         if day_type(d) == kind:
             out.append(d)
-            if len(out) >= max_days:
+            if max_days is not None and len(out) >= max_days:
                 break
     return out

@@ -112,11 +112,14 @@ def fill(
         if bounded and n <= config.interpolate_max_hours:
             _interp(out, values, a, b, n, "short gap")
             continue
-        typ = typical[a:b] if typical is not None else None
+        # The typical curve covers the columns that need a value (the day's periods);
+        # an unknown neighbour hour of another day only lengthens the gap.
+        ta, tb = cols[0], cols[-1] + 1
+        typ = typical[ta:tb] if typical is not None else None
         if typ is not None and not np.isnan(typ).any():
             method, inputs, est = TYPICAL, dict(typical_inputs or {}), typ
             if config.typical_scale_to_registers and registers is not None:
-                found = registers(a, b)
+                found = registers(ta, tb)
                 total = float(typ.sum())
                 if found is not None and total > 0:
                     advance, reg_inputs = found
@@ -124,7 +127,7 @@ def fill(
                     est = typ * scale
                     method = TYPICAL_REGISTERS
                     inputs |= reg_inputs | {"scale": round(scale, 9)}
-            for k, c in enumerate(range(a, b)):
+            for k, c in enumerate(range(ta, tb)):
                 if need[c]:
                     out[c] = Estimate(
                         float(est[k]),

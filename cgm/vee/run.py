@@ -236,14 +236,14 @@ async def _run_day(
     mats = await load_readings(conn, series, day)
     timer.lap("load readings")
 
-    hist_days = same_type_days(day, config.typical_weeks, config.typical_max_days)
+    hist_days = same_type_days(day, config.typical_weeks)
     history, hist_est = await load_history(conn, series, hist_days)
     timer.lap("load history")
-    usable_days = ~hist_est
-    typical, n_days = typical_curves(history, usable_days, config.typical_statistic)
-    has_typical = n_days > 0
+    typical, hist_ok = typical_curves(
+        history, ~hist_est, config.typical_statistic, config.typical_max_days
+    )
+    has_typical = hist_ok.any(axis=1)
     typ_for_rules = np.where(has_typical[:, None], typical, np.nan)
-    hist_ok = usable_days & ~np.isnan(history).any(axis=2)
 
     snaps = await load_snapshots(conn, meter_ids, day, config.register_skew)
     clock_rows = await load_clock_corrections(conn, meter_ids, day)

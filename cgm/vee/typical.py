@@ -13,17 +13,24 @@ import numpy as np
 
 
 def typical_curves(
-    history: np.ndarray, usable_days: np.ndarray, statistic: str = "median"
+    history: np.ndarray,
+    usable_days: np.ndarray,
+    statistic: str = "median",
+    max_days: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-series typical curve.
 
-    ``history``: (S, D, 24) settled values (NaN where absent); ``usable_days``: (S, D).
-    Returns ((S, 24) curve, NaN where a series has no usable day; (S,) days used).
+    ``history``: (S, D, 24) settled values, days most recent first (NaN where absent);
+    ``usable_days``: (S, D). Each series uses its ``max_days`` most recent complete,
+    usable days, so a failure does not shrink the history, it reaches further back.
+    Returns ((S, 24) curve, NaN where a series has no usable day; (S, D) days used).
     """
     s, d, h = history.shape
     if d == 0:
-        return np.full((s, h), np.nan), np.zeros(s, dtype=np.int32)
+        return np.full((s, h), np.nan), np.zeros((s, 0), dtype=bool)
     ok = usable_days & ~np.isnan(history).any(axis=2)
+    if max_days is not None:
+        ok &= np.cumsum(ok, axis=1) <= max_days
     masked = np.where(ok[:, :, None], history, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no history
@@ -31,4 +38,4 @@ def typical_curves(
             curve = np.nanmean(masked, axis=1)
         else:
             curve = np.nanmedian(masked, axis=1)
-    return curve, ok.sum(axis=1).astype(np.int32)
+    return curve, ok
