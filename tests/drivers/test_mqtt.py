@@ -8,6 +8,7 @@ the embedded broker directly, whatever ``mqtt_broker`` is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Iterable
@@ -443,9 +444,14 @@ async def test_embedded_broker_qos1_retained_will_and_sessions() -> None:
             await watcher.subscribe("m/2/status", qos=1)
             dying = aiomqtt.Client(host, port, will=will, **auth)  # type: ignore[arg-type]
             await dying.__aenter__()
-            dying._client.socket().close()  # noqa: SLF001 - simulate a lost link
+            # Simulate a lost link with shutdown, not close: closing the fd under the event
+            # loop's registered reader lets the next socket reuse that fd number while the
+            # stale registration swallows its events (it broke later tests' connections).
+            dying._client.socket().shutdown(socket.SHUT_RDWR)  # noqa: SLF001
             async with asyncio.timeout(3):
                 msg = await anext(aiter(watcher.messages))
+            with contextlib.suppress(Exception):
+                await dying.__aexit__(None, None, None)
         assert msg.payload == b"offline"
 
         # A persistent session queues QoS 1 messages while its client is away.
