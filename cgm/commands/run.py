@@ -12,6 +12,7 @@ import yaml
 from cgm import registry
 from cgm.collection import schedule
 from cgm.config import get_settings
+from cgm.reporting.schedule import register_jobs as register_asic_jobs
 from cgm.security import secret_box
 from cgm.service import Service
 
@@ -43,6 +44,7 @@ def _import_fleet(service: Service, inventory: dict) -> None:
 def build_service(simulate: int = 0) -> Service:
     service = Service(get_settings())
     job = schedule.install(service)
+    register_asic_jobs(service)  # scheduled only when CGM_ASIC_BASE_URL is set
     if simulate:
         from simulators.fleet import build_fleet, inventory, start_fleet
 
