@@ -1,0 +1,310 @@
+"""VEE benchmark: one local day for N frontiers, and estimation accuracy on held-out data.
+
+    .venv/bin/python benchmarks/vee.py [URL] [--frontiers 10000] [--history-days 8]
+                                        [--profile] [--accuracy-only]
+
+Part 1 (speed): a scratch database ``cgm_bench_<random>`` on URL (or CGM_DATABASE_URL,
+default postgresql://127.0.0.1:5432/test) gets N frontiers with a principal and a backup
+meter (4 channels each), one day of readings (plus the neighbour hours) written through
+cgm.storage.write_readings with faults in 3 % of the frontiers (gaps of 1 h and 5 h, a
+failed principal, spikes, frozen values, a diverging backup), and ``--history-days``
+settled days of the same day type (inserted server-side). Then ``run_vee`` runs three
+times: the first settle (every value new), a re-run on unchanged input (nothing written),
+and a re-run after late readings for 1 % of the frontiers. ``--profile`` adds cProfile's
+top functions for the first run.
+
+Part 2 (accuracy, no database): the simulator's load shape (simulators/meter.py) for 200
+frontiers over 10 weeks; gaps masked at random in the last two weeks are estimated by
+linear interpolation (≤ 2 h) and by the typical curve (median of the same day type over
+the previous 4 weeks), against "same hour one week earlier"; MAPE against the truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import platform
+import pstats
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from cgm.config import Settings
+from cgm.localtime import day_bounds, hour_starts
+from cgm.migrate import upgrade
+from cgm.storage import readings_array, write_readings
+from cgm.vee import VeeConfig, run_vee
+from cgm.vee import estimate as est
+from cgm.vee.daytype import same_type_days
+from cgm.vee.typical import typical_curves
+from drivers.base import Channel
+from simulators.meter import SimulatedMeter
+
+DEFAULT_URL = "postgresql://127.0.0.1:5432/test"
+DAY = date(2026, 3, 10)  # a Tuesday
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+# --- part 1: speed ---------------------------------------------------------------------
+
+
+def shape(hours_utc: np.ndarray) -> np.ndarray:
+    """A daily load shape (the simulator's), per UTC hour start in POSIX seconds."""
+    local_h = ((hours_utc - 5 * 3600) % 86400) / 3600.0 + 0.5
+    return (
+        0.55
+        + 0.35 * np.exp(-(((local_h - 11.0) / 3.0) ** 2))
+        + 0.45 * np.exp(-(((local_h - 19.5) / 2.0) ** 2))
+    ) / 0.78
+
+
+async def setup(url: str, n: int, history_days: int) -> dict[str, int]:
+    """Registry, readings with faults, settled history; returns fault counts."""
+    rng = np.random.default_rng(11)
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await conn.execute(
+            """INSERT INTO frontier (code, name, kind, voltage_level, point_type,
+                                     installed_capacity_mva)
+               SELECT 'Frt' || (100000 + g), 'bench', 'commercialisation', 2, 2, 5
+               FROM generate_series(1, %s) g""",
+            (n,),
+        )
+        await conn.execute(
+            """INSERT INTO meter (frontier_id, serial, role, protocol, primary_host,
+                                  primary_port, ct_ratio, vt_ratio, accuracy_active,
+                                  accuracy_reactive, ct_accuracy, vt_accuracy)
+               SELECT f.id, left(r, 1) || f.code, r, 'dlms', '10.0.0.1', 4059, 40, 100,
+                      '0.5S', '2', '0.5S', '0.5'
+               FROM frontier f CROSS JOIN unnest(ARRAY['principal', 'backup']) r"""
+        )
+        await conn.commit()
+        cur = await conn.execute("SELECT id, frontier_id, role FROM meter ORDER BY id")
+        meters = np.array(
+            [(m, f, r == "principal") for m, f, r in await cur.fetchall()],
+            dtype=[("m", "i8"), ("f", "i8"), ("p", "?")],
+        )
+        start, end = day_bounds(DAY)
+        t = np.arange(
+            int(start.timestamp()) - 3600, int(end.timestamp()) + 3600, 3600, dtype=np.int64
+        )
+        base = shape(t)  # (26,)
+        level = rng.uniform(0.05, 3.0, n)  # secondary kWh per hour
+        fid0 = int(meters["f"].min())
+        values = np.empty((len(meters), 4, len(t)))
+        fidx = meters["f"] - fid0
+        noise = 1 + 0.05 * (rng.random((n, len(t))) - 0.5)
+        act = level[:, None] * base[None, :] * noise
+        values[:, 0] = act[fidx]
+        values[:, 1] = 0.0
+        values[:, 2] = act[fidx] * 0.3
+        values[:, 3] = act[fidx] * 0.02
+        values = np.round(values, 3)
+        keep = np.ones(values.shape, dtype=bool)
+        faults = {}
+        k = n // 100  # 1 % of the frontiers per fault
+        prin = np.flatnonzero(meters["p"])
+        back = np.flatnonzero(~meters["p"])
+        groups = np.split(rng.permutation(n)[: 6 * k], 6)
+        # gaps of 1 h and 5 h in both meters, failed principal, spike, frozen, divergence
+        for g, cols in ((groups[0], [10]), (groups[1], [8, 9, 10, 11, 12])):
+            for rows in (prin[g], back[g]):
+                keep[np.ix_(rows, [0], cols)] = False
+        keep[prin[groups[2]]] = False
+        values[prin[groups[3]], 0, 14] *= 20
+        values[prin[groups[4]], 0, 5:11] = values[prin[groups[4]], 0, 5:6]
+        values[back[groups[5]]] *= 1.04
+        faults = {
+            "gap_1h": k,
+            "gap_5h": k,
+            "failed_principal": k,
+            "spike": k,
+            "frozen": k,
+            "divergence": k,
+        }
+        mi, ci, ti = np.nonzero(keep)
+        arr = readings_array(
+            meters["m"][mi],
+            ci + 1,
+            (t[ti] * 1_000_000).astype("M8[us]"),
+            values[mi, ci, ti],
+            0,
+            np.datetime64("2026-03-12T00:00", "us"),
+        )
+        t0 = time.perf_counter()
+        await write_readings(conn, arr, source="bench", actor="bench")
+        faults["readings"] = len(arr)
+        faults["readings_write_s"] = round(time.perf_counter() - t0, 1)
+        # settled history of the same day type, server-side (shape × level, estimates: none)
+        days = same_type_days(DAY, 4, history_days)
+        await conn.execute("CREATE TEMP TABLE lvl (fid bigint, level double precision)")
+        async with conn.cursor() as c, c.copy("COPY lvl FROM STDIN") as copy:
+            for i in range(n):
+                await copy.write_row((fid0 + i, float(level[i]) * 4000))
+        t0 = time.perf_counter()
+        for d in days:
+            await conn.execute(
+                """INSERT INTO settled_reading (frontier_id, channel, interval_start, value,
+                                                source)
+                   SELECT l.fid, c.ch, h.t,
+                          round((l.level * c.k * (0.55
+                            + 0.35 * exp(-(((h.lh - 11.0) / 3.0) ^ 2))
+                            + 0.45 * exp(-(((h.lh - 19.5) / 2.0) ^ 2))) / 0.78)::numeric, 3),
+                          'principal'
+                   FROM lvl l
+                   CROSS JOIN (VALUES (1, 1.0), (2, 0.0), (3, 0.3), (4, 0.02)) c(ch, k)
+                   CROSS JOIN (SELECT t, extract(hour FROM t AT TIME ZONE '-05:00') + 0.5 lh
+                               FROM generate_series(%s::timestamptz, %s, '1 hour') t) h""",
+                (day_bounds(d)[0], day_bounds(d)[1] - timedelta(hours=1)),
+            )
+        await conn.commit()
+        faults["history_days"] = len(days)
+        faults["history_rows"] = len(days) * n * 4 * 24
+        faults["history_write_s"] = round(time.perf_counter() - t0, 1)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+        await c.execute("VACUUM ANALYZE")
+    return faults
+
+
+async def late_readings(url: str, n: int) -> int:
+    """1 % of the frontiers' principals re-deliver period 11 with a different value."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(
+            "SELECT id FROM meter WHERE role = 'principal' ORDER BY id LIMIT %s", (n // 100,)
+        )
+        ids = [r[0] for r in await cur.fetchall()]
+        t = hour_starts(DAY)[10]
+        arr = readings_array(ids, 1, t, 1.234, 0, datetime(2026, 3, 13, tzinfo=UTC))
+        await write_readings(conn, arr, source="bench-late", actor="bench")
+        return len(ids)
+
+
+async def speed(url: str, n: int, history_days: int, profile: bool) -> None:
+    print(f"setting up {n} frontiers …", flush=True)
+    t0 = time.perf_counter()
+    info = await setup(url, n, history_days)
+    print(f"  setup {time.perf_counter() - t0:.0f} s: {info}")
+    config = VeeConfig()
+    prof = cProfile.Profile() if profile else None
+    if prof:
+        prof.enable()
+    t0 = time.perf_counter()
+    first = await run_vee(url, DAY, config=config, now=NOW)
+    wall = time.perf_counter() - t0
+    if prof:
+        prof.disable()
+    report("first settle", wall, first)
+    t0 = time.perf_counter()
+    again = await run_vee(url, DAY, config=config, now=NOW)
+    report("re-run, unchanged input", time.perf_counter() - t0, again)
+    late = await late_readings(url, n)
+    t0 = time.perf_counter()
+    third = await run_vee(url, DAY, config=config, now=NOW)
+    report(f"re-run after late readings ({late} frontiers)", time.perf_counter() - t0, third)
+    if prof:
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
+        print("\n".join(out.getvalue().splitlines()[:40]))
+
+
+def report(what: str, wall: float, s: object) -> None:
+    d = s.as_dict()  # type: ignore[attr-defined]
+    print(f"\n{what}: {wall:.1f} s wall")
+    print(
+        f"  values {d['values']}  written {d['written']}  sources {d['by_source']}"
+        f"  methods {d['by_method']}  unsettled {d['unsettled']}"
+    )
+    print(f"  flags {d['flagged']}")
+    print("  timings " + ", ".join(f"{k} {v:.2f}" for k, v in d["timings"].items()))
+
+
+# --- part 2: accuracy ------------------------------------------------------------------
+
+
+def accuracy(frontiers: int = 200, weeks: int = 10, trials: int = 4, seed: int = 3) -> None:
+    rng = np.random.default_rng(seed)
+    first = date(2026, 1, 5)  # a Monday
+    days = [first + timedelta(days=i) for i in range(weeks * 7)]
+    starts = np.array(
+        [int(t.timestamp()) for d in days for t in hour_starts(d)], dtype=np.int64
+    ).reshape(len(days), 24)
+    config = VeeConfig()
+    errors: dict[str, list[float]] = {}
+    for f in range(frontiers):
+        meter = SimulatedMeter("acc", seed=int(rng.integers(1 << 31)), mean_kw=100.0)
+        truth = meter.interval_values(starts.ravel())[Channel.ACTIVE_IMPORT].reshape(len(days), 24)
+        flat = truth.ravel()
+        for gap in (1, 2, 5, 24, 72):
+            for _ in range(trials):
+                d = int(rng.integers(len(days) - 14, len(days) - 3))
+                h0 = int(rng.integers(0, 24))
+                lo = d * 24 + h0
+                cols = np.arange(lo, lo + gap)
+                known = flat.astype(float).copy()
+                known[cols] = np.nan
+                # Method the VEE would pick (≤ 2 h: interpolation; else typical curve).
+                if gap <= config.interpolate_max_hours:
+                    line = est.interpolate(known[lo - 1], known[lo + gap], gap)
+                    errors.setdefault(f"interpolation {gap} h", []).extend(
+                        np.abs(line - flat[cols]) / flat[cols]
+                    )
+                for c in cols:
+                    day_i, hour = divmod(int(c), 24)
+                    cand = same_type_days(days[day_i], 4)
+                    idx = [days.index(x) for x in cand if x in days]
+                    masked_days = {int(x) // 24 for x in cols}
+                    usable = np.array([[i not in masked_days for i in idx]])
+                    curve, _ = typical_curves(truth[idx][None, :, :], usable, "median", 8)
+                    typ = curve[0, hour]
+                    week = flat[c - 7 * 24] if int(c) - 7 * 24 not in set(cols.tolist()) else np.nan
+                    t = flat[c]
+                    errors.setdefault(f"typical curve {gap} h", []).append(abs(typ - t) / t)
+                    errors.setdefault(f"same hour a week earlier {gap} h", []).append(
+                        abs(week - t) / t
+                    )
+    print(f"\naccuracy: {frontiers} simulated frontiers × {weeks} weeks, {trials} gaps each")
+    print("| method | gap | MAPE | values |")
+    print("|---|---|---|---|")
+    for key in sorted(errors, key=lambda k: (int(k.split()[-2]), k)):
+        name, gap = key.rsplit(" ", 2)[0], " ".join(key.rsplit(" ", 2)[1:])
+        vals = np.array(errors[key])
+        print(f"| {name} | {gap} | {100 * np.nanmean(vals):.2f} % | {len(vals)} |")
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("url", nargs="?", default=os.environ.get("CGM_DATABASE_URL", DEFAULT_URL))
+    ap.add_argument("--frontiers", type=int, default=10_000)
+    ap.add_argument("--history-days", type=int, default=8)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--accuracy-only", action="store_true")
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()} {os.cpu_count()} CPU, Python {platform.python_version()}")
+    if not args.accuracy_only:
+        name = f"cgm_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(args.url, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+            print("server:", c.execute("SHOW server_version").fetchone()[0])
+        params = conninfo_to_dict(args.url)
+        params["dbname"] = name
+        url = make_conninfo(**params)
+        try:
+            upgrade(url, Settings(database_url=url))
+            asyncio.run(speed(url, args.frontiers, args.history_days, args.profile))
+        finally:
+            with psycopg.connect(args.url, autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    accuracy()
+
+
+if __name__ == "__main__":
+    main()
