@@ -72,7 +72,7 @@ async def setup(url: str, n: int, history_days: int) -> dict[str, int]:
         await conn.execute(
             """INSERT INTO frontier (code, name, kind, voltage_level, point_type,
                                      installed_capacity_mva)
-               SELECT 'Frt' || (100000 + g), 'bench', 'commercialisation', 2, 2, 5
+               SELECT 'Frt' || (100000 + g), 'bench', 'commercialisation', 2, 2, 50
                FROM generate_series(1, %s) g""",
             (n,),
         )
@@ -236,7 +236,7 @@ def accuracy(frontiers: int = 200, weeks: int = 10, trials: int = 4, seed: int =
     ).reshape(len(days), 24)
     config = VeeConfig()
     errors: dict[str, list[float]] = {}
-    for f in range(frontiers):
+    for _ in range(frontiers):
         meter = SimulatedMeter("acc", seed=int(rng.integers(1 << 31)), mean_kw=100.0)
         truth = meter.interval_values(starts.ravel())[Channel.ACTIVE_IMPORT].reshape(len(days), 24)
         flat = truth.ravel()

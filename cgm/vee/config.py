@@ -55,6 +55,9 @@ class VeeConfig:
     spike_min_kwh: float = 1.0
     zero_run_hours: int = 6  # only where the typical curve is positive over the run
     frozen_run_hours: int = 4  # identical non-zero values
+    # ...of at least this many secondary kWh: below, repeats are the meter's resolution
+    # (0.001 kWh: 100 steps), not a stuck register.
+    frozen_min_secondary: float = 0.1
     capacity_margin: float = 1.2  # × installed MVA × 1 h
     register_tolerance_pct: float = 0.5
     register_tolerance_kwh: float = 0.01  # secondary units (meter resolution)

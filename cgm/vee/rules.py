@@ -100,6 +100,7 @@ def check_meter(
     duplicate: np.ndarray | None = None,
     off_grid: np.ndarray | None = None,
     clock_logged: np.ndarray | None = None,
+    raw: np.ndarray | None = None,
 ) -> Checks:
     """Run the per-meter rules on (S, W) ``values`` (primary, NaN = no reading).
 
@@ -107,6 +108,7 @@ def check_meter(
     ``typical``: (S, 24) typical curve of the day type, NaN where there is no history.
     ``capacity_kwh``: (S,) energy one hour at installed capacity allows, NaN if unknown.
     ``duplicate``/``off_grid``/``clock_logged``: (S, W) findings from loading.
+    ``raw``: (S, W) secondary values (the frozen rule ignores repeats at the resolution).
     """
     v = values
     shape = v.shape
@@ -203,6 +205,8 @@ def check_meter(
         if on("frozen"):
             runs = equal_runs(c)
             hit = (runs >= config.frozen_run_hours) & (c != 0)
+            if raw is not None:
+                hit &= np.abs(raw[:, CORE]) >= config.frozen_min_secondary
             checks.add(
                 "frozen",
                 _widen(hit, shape),

@@ -29,6 +29,7 @@ from cgm.vee.config import ALL_RULES, VeeConfig
 from cgm.vee.daytype import day_type, same_type_days
 from cgm.vee.inputs import (
     ROLES,
+    SOURCE_CODES,
     Series,
     W,
     load_clock_corrections,
@@ -265,6 +266,7 @@ async def _run_day(
             duplicate=m.duplicate,
             off_grid=m.off_grid,
             clock_logged=clock_logged,
+            raw=m.raw,
         )
         if config.on("register_mismatch") and snaps:
             _register_check(checks[role], series, role, m.raw, snaps, day, config)
@@ -333,55 +335,81 @@ async def _run_day(
     changed: list[SettledValue] = []
     starts = [w0 + j * HOUR for j in range(W)]
     p, b = mats["principal"], mats["backup"]
-    for s in range(S):
+    settle = core & due
+    # Vectorised first: plain measured values (no check fired) equal to a plain stored
+    # row are unchanged; manual rows are kept. Only the rest is built row by row.
+    any_fired = fired["principal"] | fired["backup"]
+    meter_of = np.where(
+        src == 1, series.meter["principal"][:, None], series.meter["backup"][:, None]
+    )
+    fac = np.where(src == 1, series.factor["principal"][:, None], series.factor["backup"][:, None])
+    raw = np.where(src == 1, p.raw, b.raw)
+    ver = np.where(src == 1, p.version, b.version)
+    qual = np.where(src == 1, p.quality, b.quality)
+    sus = np.where(src == 1, flagged["principal"], flagged["backup"])
+    flags_m = (qual & _CARRIED) | np.where(sus, int(Quality.SUSPECT), 0)
+    st = _stored_matrix(stored.rows, series, w0)
+    plain = settle & (src > 0) & ~any_fired
+    same = (
+        plain
+        & (st["simple"] == 1)
+        & (st["source"] == src)
+        & (st["value"] == chosen)
+        & (st["flags"] == flags_m)
+        & (st["meter_id"] == meter_of)
+        & (st["version"] == ver)
+        & (st["secondary"] == raw)
+        & (st["factor"] == fac)
+    )
+    manual = settle & (st["source"] == SOURCE_CODES["manual"])
+    for code, name in ((1, "principal"), (2, "backup")):
+        n_same = int((same & (src == code)).sum())
+        if n_same:
+            summary.by_source[name] += n_same
+    summary.values += int(same.sum())
+    todo = settle & ~same
+    for s, j in zip(*np.nonzero(todo), strict=True):
+        s, j = int(s), int(j)
         fid, ch = int(series.frontier_id[s]), int(series.channel[s])
         ests = estimates.get(s, {})
-        for j in range(1, 25):
-            if not due[s, j]:
-                continue
-            checks_detail = {}
+        checks_detail = {}
+        if any_fired[s, j]:
             for role in ROLES:
                 if fired[role][s, j]:
                     checks_detail[role] = checks[role].reasons(s, j)
-            source = int(src[s, j])
-            if source:
-                role = ROLES[source - 1]
-                m = p if source == 1 else b
-                flags = int(m.quality[s, j]) & _CARRIED
-                if flagged[role][s, j]:
-                    flags |= int(Quality.SUSPECT)
-                detail: dict[str, Any] = {
-                    "meter_id": int(series.meter[role][s]),
-                    "reading_version": int(m.version[s, j]),
-                    "secondary": float(m.raw[s, j]),
-                    "factor": float(series.factor[role][s]),
-                }
-                value, method = float(m.value[s, j]), None
-                source_name = role
-            elif j in ests:
-                e = ests[j]
-                value, method, source_name = e.value, e.method, "estimate"
-                flags = int(Quality.ESTIMATED)
-                detail = {"inputs": e.inputs}
-            else:
-                summary.unsettled += 1
-                continue
-            if checks_detail:
-                detail["checks"] = checks_detail
-            summary.values += 1
-            summary.by_source[source_name] += 1
-            if method:
-                summary.by_method[method] += 1
-            old = stored.get((fid, ch, starts[j]))
-            if old is not None:
-                if old[1] == "manual":
-                    summary.kept_manual += 1
-                    continue
-                if old == (value, source_name, method, flags, detail):
-                    continue
-            changed.append(
-                SettledValue(fid, ch, starts[j], value, source_name, method, flags, detail)
-            )
+        source = int(src[s, j])
+        if source:
+            role = ROLES[source - 1]
+            flags = int(flags_m[s, j])
+            detail: dict[str, Any] = {
+                "meter_id": int(meter_of[s, j]),
+                "reading_version": int(ver[s, j]),
+                "secondary": float(raw[s, j]),
+                "factor": float(fac[s, j]),
+            }
+            value, method = float(chosen[s, j]), None
+            source_name = role
+        elif j in ests:
+            e = ests[j]
+            value, method, source_name = e.value, e.method, "estimate"
+            flags = int(Quality.ESTIMATED)
+            detail = {"inputs": e.inputs}
+        else:
+            summary.unsettled += 1
+            continue
+        if checks_detail:
+            detail["checks"] = checks_detail
+        summary.values += 1
+        summary.by_source[source_name] += 1
+        if method:
+            summary.by_method[method] += 1
+        if manual[s, j]:
+            summary.kept_manual += 1
+            continue
+        old = stored.full.get((fid, ch, starts[j]))
+        if old is not None and old == (value, source_name, method, flags, detail):
+            continue
+        changed.append(SettledValue(fid, ch, starts[j], value, source_name, method, flags, detail))
     timer.lap("build rows")
 
     if changed:
@@ -400,6 +428,24 @@ async def _run_day(
     for rule, n in summary.flagged.items():
         metrics.VEE_FLAGS.labels(rule).inc(n)
     return summary
+
+
+def _stored_matrix(rows: np.ndarray, series: Series, w0: datetime) -> dict[str, np.ndarray]:
+    """The packed stored rows laid out as (S, W) arrays (source 0: nothing stored)."""
+    S = len(series)
+    out = {n: np.zeros((S, W), dtype=rows.dtype[n]) for n in rows.dtype.names}
+    out["value"][:] = np.nan
+    if not len(rows):
+        return out
+    keys = rows["frontier_id"] * 8 + rows["channel"]
+    uniq, inv = np.unique(keys, return_inverse=True)
+    u_s = np.array([series.index.get((int(k) // 8, int(k) % 8), -1) for k in uniq])
+    s_ = u_s[inv]
+    col = (rows["t"] - int(w0.timestamp()) * 1_000_000) // 3_600_000_000
+    ok = (s_ >= 0) & (col >= 0) & (col < W)
+    for n in rows.dtype.names:
+        out[n][s_[ok], col[ok]] = rows[n][ok]
+    return out
 
 
 def _clock_mask(
