@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "cgm.commands.collect",
     "cgm.commands.vee",
     "cgm.commands.report",
+    "cgm.commands.user",
 ]
 
 

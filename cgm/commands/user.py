@@ -1,0 +1,132 @@
+"""``cgm user``: the service's own users (two access levels, art. 17).
+
+cgm user add NAME --level {1,2} [--password-env VAR] [--actor WHO]
+cgm user passwd NAME [--password-env VAR] [--actor WHO]
+cgm user disable NAME [--actor WHO]   /   cgm user enable NAME [--actor WHO]
+cgm user list [--json]
+
+Passwords come from a prompt (asked twice) or from an environment variable named with
+``--password-env``; there is deliberately no ``--password`` argument, because command lines
+end up in shell history and in ``ps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import psycopg
+
+from cgm.cli import CommandError
+from cgm.config import get_settings
+from cgm.db import current_url
+from cgm.security import users
+
+T = TypeVar("T")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("user", help="users of the service and its API (levels 1 and 2)")
+    usub = p.add_subparsers(dest="user_command", required=True, metavar="WHAT")
+    actor = f"cli:{getpass.getuser()}"
+
+    a = usub.add_parser("add", help="create a user (password prompted twice)")
+    a.add_argument("name")
+    a.add_argument(
+        "--level", type=int, choices=(1, 2), required=True, help="1: read; 2: read and configure"
+    )
+    a.add_argument("--password-env", metavar="VAR", help="take the password from $VAR")
+    a.add_argument("--actor", default=actor)
+    a.set_defaults(func=_add)
+
+    pw = usub.add_parser("passwd", help="set a user's password (and clear a lockout)")
+    pw.add_argument("name")
+    pw.add_argument("--password-env", metavar="VAR", help="take the password from $VAR")
+    pw.add_argument("--actor", default=actor)
+    pw.set_defaults(func=_passwd)
+
+    for name, helptext in (("disable", "disable a user"), ("enable", "re-enable a user")):
+        d = usub.add_parser(name, help=helptext)
+        d.add_argument("name")
+        d.add_argument("--actor", default=actor)
+        d.set_defaults(func=_disable if name == "disable" else _enable)
+
+    ls = usub.add_parser("list", help="users, levels, state, last login")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_list)
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_env:
+        value = os.environ.get(args.password_env)
+        if not value:
+            raise CommandError(f"environment variable {args.password_env} is not set or empty")
+        return value
+    first = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        raise CommandError("the passwords do not match")
+    return first
+
+
+def _db(work: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
+    url = current_url(get_settings())
+
+    async def run() -> T:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            try:
+                return await work(conn)
+            except users.UserError as exc:
+                raise CommandError(str(exc)) from None
+
+    return asyncio.run(run())
+
+
+def _add(args: argparse.Namespace) -> int:
+    password = _password(args)
+    _db(lambda c: users.add_user(c, args.name, password, args.level, args.actor))
+    print(f"user {args.name} added (level {args.level})")
+    return 0
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    password = _password(args)
+    _db(lambda c: users.set_password(c, args.name, password, args.actor))
+    print(f"password of {args.name} changed")
+    return 0
+
+
+def _disable(args: argparse.Namespace) -> int:
+    changed = _db(lambda c: users.set_active(c, args.name, False, args.actor))
+    print(f"user {args.name} {'disabled' if changed else 'was already disabled'}")
+    return 0
+
+
+def _enable(args: argparse.Namespace) -> int:
+    changed = _db(lambda c: users.set_active(c, args.name, True, args.actor))
+    print(f"user {args.name} {'enabled' if changed else 'was already enabled'}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = _db(users.list_users)
+    if args.json:
+        out = [
+            {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in vars(u).items()}
+            for u in rows
+        ]
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{'user':<24} {'level':>5} {'state':<9} {'last login':<25} failures")
+    for u in rows:
+        state = "active" if u.active else "disabled"
+        if u.active and u.locked_until is not None and u.locked_until > datetime.now(UTC):
+            state = "locked"
+        last = u.last_login_at.isoformat(timespec="seconds") if u.last_login_at else "-"
+        print(f"{u.username:<24} {u.level:>5} {state:<9} {last:<25} {u.failed_logins}")
+    return 0

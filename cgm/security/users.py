@@ -1,0 +1,228 @@
+"""The service's own users: two access levels with a password each (art. 17).
+
+Level 1 reads (identification, measurements, parameters); level 2 also changes things. Only
+an argon2id hash is stored (``app_user_password``, kept apart from ``app_user`` so the audit
+trigger on ``app_user`` never copies a hash into ``audit_log``). A hash made with older
+parameters is replaced on the next successful login, so raising the cost needs no migration.
+
+Repeated failures lock the account for a while (backoff doubling per further failure), so a
+password cannot be guessed at argon2's speed through the API. Nothing here logs a password or
+a hash; the reason an authentication failed is for the server log, never for the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from cgm.storage.common import set_audit_context
+
+log = logging.getLogger(__name__)
+
+HASHER = PasswordHasher()  # argon2id, RFC 9106 low-memory profile (argon2-cffi defaults)
+MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 1024  # argon2 is happy with more; a bound keeps requests cheap
+LOCK_AFTER = 5  # consecutive failures before the account locks
+LOCK_BASE = timedelta(seconds=30)  # first lock; doubles with each further failure
+LOCK_MAX = timedelta(hours=1)
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+# Verified against when the user does not exist, so an unknown name costs as much as a
+# wrong password and response times do not reveal which names exist.
+_DUMMY_HASH = HASHER.hash("cgm-dummy-password-for-timing")
+
+
+class UserError(ValueError):
+    """A user change that cannot be made (unknown user, weak password, duplicate name)."""
+
+
+class AuthFailed(Exception):
+    """Authentication refused. ``why`` is for the server log only; clients get one answer."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    level: int
+    active: bool
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    username: str
+    level: int
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+    password_changed_at: datetime
+    last_login_at: datetime | None
+    failed_logins: int
+    locked_until: datetime | None
+
+
+def check_password(password: str, username: str) -> None:
+    """Refuse passwords that are too short, too long or the user name itself."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise UserError(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
+    if password.strip().lower() == username.lower():
+        raise UserError("the password must not be the user name")
+
+
+def _check_level(level: int) -> None:
+    if level not in (1, 2):
+        raise UserError("level must be 1 (read) or 2 (configure)")
+
+
+async def add_user(
+    conn: psycopg.AsyncConnection, username: str, password: str, level: int, actor: str
+) -> User:
+    """Create a user; the change is audited (app_user_audit) with ``actor``."""
+    if not USERNAME.match(username):
+        raise UserError(
+            "a user name is 1–64 letters, digits or . _ @ -, starting with a letter or digit"
+        )
+    _check_level(level)
+    check_password(password, username)
+    hashed = await asyncio.to_thread(HASHER.hash, password)
+    async with conn.transaction():
+        await set_audit_context(conn, actor, f"user add (level {level})")
+        cur = await conn.execute(
+            """INSERT INTO app_user (username, level) VALUES (%s, %s)
+               ON CONFLICT (username) DO NOTHING RETURNING id""",
+            (username, level),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise UserError(f"user {username} already exists")
+        await conn.execute(
+            "INSERT INTO app_user_password (user_id, hash) VALUES (%s, %s)", (row[0], hashed)
+        )
+    return User(row[0], username, level, True)
+
+
+async def set_password(
+    conn: psycopg.AsyncConnection, username: str, password: str, actor: str
+) -> None:
+    """Replace a user's password and clear any lockout (audited, without the hash)."""
+    check_password(password, username)
+    hashed = await asyncio.to_thread(HASHER.hash, password)
+    async with conn.transaction():
+        await set_audit_context(conn, actor, "user passwd")
+        uid = await _touch(conn, username, "password_changed_at = now()")
+        await conn.execute(
+            """UPDATE app_user_password
+               SET hash = %s, failed_logins = 0, locked_until = NULL WHERE user_id = %s""",
+            (hashed, uid),
+        )
+
+
+async def set_active(
+    conn: psycopg.AsyncConnection, username: str, active: bool, actor: str
+) -> bool:
+    """Disable (or re-enable) a user; False if it already was. Users are never deleted, so
+    the audit log and api_access keep naming someone who existed."""
+    async with conn.transaction():
+        await set_audit_context(conn, actor, "user enable" if active else "user disable")
+        cur = await conn.execute("SELECT active FROM app_user WHERE username = %s", (username,))
+        row = await cur.fetchone()
+        if row is None:
+            raise UserError(f"unknown user {username}")
+        if row[0] == active:
+            return False
+        await _touch(conn, username, "active = true" if active else "active = false")
+    return True
+
+
+async def _touch(conn: psycopg.AsyncConnection, username: str, assignment: str) -> int:
+    # ``assignment`` is one of the fixed strings above, never user input.
+    cur = await conn.execute(
+        f"UPDATE app_user SET {assignment}, updated_at = now() WHERE username = %s RETURNING id",
+        (username,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise UserError(f"unknown user {username}")
+    return row[0]
+
+
+async def list_users(conn: psycopg.AsyncConnection) -> list[UserInfo]:
+    cur = await conn.execute(
+        """SELECT u.username, u.level, u.active, u.created_at, u.updated_at,
+                  u.password_changed_at, p.last_login_at, p.failed_logins, p.locked_until
+           FROM app_user u JOIN app_user_password p ON p.user_id = u.id ORDER BY u.username"""
+    )
+    return [UserInfo(*r) for r in await cur.fetchall()]
+
+
+def _verify(hashed: str, password: str) -> bool:
+    try:
+        return HASHER.verify(hashed, password)
+    except VerifyMismatchError:
+        return False
+    except (VerificationError, InvalidHashError):
+        log.error("a stored password hash could not be verified (corrupt or unsupported)")
+        return False
+
+
+async def authenticate(conn: psycopg.AsyncConnection, username: str, password: str) -> User:
+    """The active user with this password, or :class:`AuthFailed`.
+
+    Failures are counted; after ``LOCK_AFTER`` in a row the account is locked for
+    ``LOCK_BASE`` × 2^(extra failures), at most ``LOCK_MAX``, and while locked even the right
+    password is refused. A success resets the count and rehashes an outdated hash.
+    """
+    if not password or len(password) > MAX_PASSWORD_LENGTH:
+        raise AuthFailed("empty or oversized password")
+    cur = await conn.execute(
+        """SELECT u.id, u.level, u.active, p.hash, p.locked_until > now()
+           FROM app_user u JOIN app_user_password p ON p.user_id = u.id
+           WHERE u.username = %s""",
+        (username,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        await asyncio.to_thread(_verify, _DUMMY_HASH, password)
+        raise AuthFailed(f"unknown user {username!r}")
+    uid, level, active, hashed, locked = row
+    if locked:
+        raise AuthFailed(f"user {username!r} is locked after repeated failures")
+    ok = await asyncio.to_thread(_verify, hashed, password)
+    if not ok:
+        await conn.execute(
+            """UPDATE app_user_password
+               SET failed_logins = failed_logins + 1, last_failed_at = now(),
+                   locked_until = CASE WHEN failed_logins + 1 >= %(after)s
+                       THEN now() + least(%(base)s * power(2, failed_logins + 1 - %(after)s),
+                                          %(max)s)
+                       ELSE locked_until END
+               WHERE user_id = %(uid)s""",
+            {"after": LOCK_AFTER, "base": LOCK_BASE, "max": LOCK_MAX, "uid": uid},
+        )
+        raise AuthFailed(f"wrong password for {username!r}")
+    if not active:
+        raise AuthFailed(f"user {username!r} is disabled")
+    new_hash = None
+    if HASHER.check_needs_rehash(hashed):
+        new_hash = await asyncio.to_thread(HASHER.hash, password)
+    await conn.execute(
+        """UPDATE app_user_password
+           SET failed_logins = 0, locked_until = NULL, last_login_at = now(),
+               hash = coalesce(%s, hash)
+           WHERE user_id = %s""",
+        (new_hash, uid),
+    )
+    return User(uid, username, level, active)
