@@ -416,8 +416,8 @@ async def _run_day(
         result = await write_settled(conn, changed, actor=config.actor, reason=f"vee {day}")
         summary.written = result.inserted + result.superseded
         summary.kept_manual += result.kept_manual
-        for v in changed:
-            metrics.VEE_VALUES_WRITTEN.labels(v.source).inc()
+        for source, n in Counter(v.source for v in changed).items():
+            metrics.VEE_VALUES_WRITTEN.labels(source).inc(n)
     timer.lap("write")
 
     summary.alarms = await _prolonged_estimation(conn, series, day, now, config)
