@@ -581,7 +581,16 @@ async def _prolonged_estimation(
         },
     )
     alarms = 0
-    for fid, ch, last_measured, first in await cur.fetchall():
+    streaks = await cur.fetchall()
+    # A channel that is measured again drops its gauge series (bounded by the fleet).
+    ongoing = {(fid, ch) for fid, ch, _, _ in streaks}
+    for (fid, ch), s in series.index.items():
+        if (fid, ch) not in ongoing:
+            try:
+                metrics.VEE_ESTIMATED_HOURS.remove(series.code[s], CHANNELS_BY_ID[ch].value)
+            except KeyError:
+                pass
+    for fid, ch, last_measured, first in streaks:
         since = (last_measured + HOUR if last_measured is not None else first).astimezone(UTC)
         streak = _floor_hour(end) - since
         name = CHANNELS_BY_ID[ch].value
