@@ -10,6 +10,7 @@ import psycopg
 import yaml
 
 from cgm import registry
+from cgm.api import install as install_api
 from cgm.collection import schedule
 from cgm.config import get_settings
 from cgm.reporting.schedule import register_jobs as register_asic_jobs
@@ -45,6 +46,7 @@ def build_service(simulate: int = 0) -> Service:
     service = Service(get_settings())
     job = schedule.install(service)
     register_asic_jobs(service)  # scheduled only when CGM_ASIC_BASE_URL is set
+    install_api(service)  # HTTP API on api_host:api_port (0: none)
     if simulate:
         from simulators.fleet import build_fleet, inventory, start_fleet
 

@@ -1,0 +1,498 @@
+"""The HTTP API (FastAPI): read the registry, readings, hoja de vida, collection and ASIC
+status with a level-1 user; hold and release ASIC reporting with a level-2 user.
+
+Authentication is HTTP Basic against the service's own users (``cgm.security.users``); TLS
+belongs to the reverse proxy in front. The level is checked on every write endpoint by its
+dependency, and every request to a write endpoint — allowed, refused or failed — lands in
+``api_access`` (in the same transaction as the change when it succeeds), and a change to a
+frontier also in its hoja de vida (``frontier_log``, art. 17).
+
+Errors are JSON ``{"error": ..., "problems": [...]}``: 4xx for bad input, 500 without any
+detail for bugs (the traceback goes to the server log only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cgm import registry
+from cgm.config import Settings
+from cgm.localtime import day_bounds, local_day, period_of
+from cgm.reporting import holds
+from cgm.reporting.asic.status import day_status
+from cgm.security import users
+from cgm.storage import Quality, read_readings, read_settled
+from cgm.storage.common import CHANNELS_BY_ID, from_us, set_audit_context
+from drivers.base import Channel
+
+log = logging.getLogger(__name__)
+
+API = "/api/v1"
+MAX_READING_SPAN = timedelta(days=31)  # one request stays a bounded amount of work
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_AUTH_HEADERS = {"WWW-Authenticate": 'Basic realm="cgm", charset="UTF-8"'}
+
+_basic = HTTPBasic(auto_error=False, realm="cgm")
+
+
+# --- context and authentication ----------------------------------------------------------
+
+
+def _pool(request: Request) -> AsyncConnectionPool:
+    return request.app.state.pool
+
+
+async def current_user(
+    request: Request, creds: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+) -> users.User:
+    """Level 1 or more: any active user with the right password."""
+    if creds is None:
+        raise HTTPException(401, "authentication required (HTTP Basic)", headers=_AUTH_HEADERS)
+    async with _pool(request).connection() as conn:
+        try:
+            user = await users.authenticate(conn, creds.username, creds.password)
+        except users.AuthFailed as exc:
+            client = request.client.host if request.client else "?"
+            log.warning("API authentication refused from %s: %s", client, exc.why)
+            raise HTTPException(
+                401,
+                "invalid credentials, or the account is disabled or locked",
+                headers=_AUTH_HEADERS,
+            ) from None
+    request.state.user = user
+    return user
+
+
+async def level2_user(
+    request: Request, user: Annotated[users.User, Depends(current_user)]
+) -> users.User:
+    """Level 2: every write endpoint depends on this; level 1 gets 403 (and is logged)."""
+    if user.level < 2:
+        raise HTTPException(403, "this operation needs a level-2 user")
+    return user
+
+
+Reader = Annotated[users.User, Depends(current_user)]
+Writer = Annotated[users.User, Depends(level2_user)]
+
+
+async def _record_access(
+    conn: psycopg.AsyncConnection, request: Request, status: int, detail: dict[str, Any]
+) -> None:
+    """One api_access row: who, when (the insert), what, on which frontier, why, outcome."""
+    user: users.User | None = getattr(request.state, "user", None)
+    await conn.execute(
+        """INSERT INTO api_access (username, user_level, method, path, frontier, reason,
+                                   status, client, detail)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (
+            user.username if user else None,
+            user.level if user else None,
+            request.method,
+            request.url.path,
+            getattr(request.state, "frontier", None),
+            getattr(request.state, "reason", None),
+            status,
+            request.client.host if request.client else None,
+            Jsonb(detail),
+        ),
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def _frontier_id(conn: psycopg.AsyncConnection, code: str) -> int:
+    cur = await conn.execute("SELECT id FROM frontier WHERE code = %s", (code,))
+    row = await cur.fetchone()
+    if row is None:
+        raise HTTPException(404, f"unknown frontier {code}")
+    return row[0]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _flags(bits: int) -> list[str]:
+    return [f.name or str(int(f)) for f in Quality if f & bits]
+
+
+def _registry(url: str, code: str | None) -> list[dict[str, Any]]:
+    # list_registry is synchronous; a short-lived connection in a thread keeps it as is.
+    with psycopg.connect(url) as conn:
+        return registry.list_registry(conn, code)
+
+
+def _yesterday() -> date:
+    return local_day(datetime.now(UTC)) - timedelta(days=1)
+
+
+class ReasonBody(BaseModel):
+    """Why a level-2 change is made: it goes to the hoja de vida and the access log."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=1000)
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("reason must not be blank")
+        return v.strip()
+
+
+# --- endpoints -----------------------------------------------------------------------------
+
+router = APIRouter(prefix=API)
+
+
+@router.get("/frontiers", summary="The registry: every frontier, its meters and violations")
+async def frontiers(request: Request, _: Reader) -> list[dict[str, Any]]:
+    return await asyncio.to_thread(_registry, request.app.state.db_url, None)
+
+
+@router.get("/frontiers/{code}", summary="One frontier of the registry (never secrets)")
+async def frontier(code: str, request: Request, _: Reader) -> dict[str, Any]:
+    found = await asyncio.to_thread(_registry, request.app.state.db_url, code)
+    if not found:
+        raise HTTPException(404, f"unknown frontier {code}")
+    return found[0]
+
+
+@router.get("/frontiers/{code}/readings", summary="Raw readings per meter, as stored")
+async def readings(
+    code: str,
+    request: Request,
+    _: Reader,
+    start: Annotated[AwareDatetime, Query(description="inclusive, with a UTC offset")],
+    end: Annotated[AwareDatetime, Query(description="exclusive, with a UTC offset")],
+    channel: Annotated[Channel | None, Query(description="one channel (default: all)")] = None,
+) -> dict[str, Any]:
+    if end <= start:
+        raise HTTPException(422, "end must be after start")
+    if end - start > MAX_READING_SPAN:
+        raise HTTPException(422, f"at most {MAX_READING_SPAN.days} days per request")
+    async with _pool(request).connection() as conn:
+        fid = await _frontier_id(conn, code)
+        cur = await conn.execute(
+            """SELECT id, serial, role, active FROM meter WHERE frontier_id = %s
+               ORDER BY role DESC, serial""",
+            (fid,),
+        )
+        meters = await cur.fetchall()
+        arr = await read_readings(
+            conn, [m[0] for m in meters], start, end, channels=[channel] if channel else None
+        )
+    out: dict[int, list[dict[str, Any]]] = {m[0]: [] for m in meters}
+    for r in arr:
+        out[int(r["meter_id"])].append(
+            {
+                "channel": CHANNELS_BY_ID[int(r["channel"])].value,
+                "interval_start": from_us(r["interval_start"]).isoformat(),
+                "value": float(r["value"]),
+                "quality": int(r["quality"]),
+                "flags": _flags(int(r["quality"])),
+                "version": int(r["version"]),
+                "collected_at": from_us(r["collected_at"]).isoformat(),
+            }
+        )
+    return {
+        "frontier": code,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "units": "secondary (as read: kWh, kvarh)",
+        "meters": [
+            {"serial": s, "role": role, "active": act, "readings": out[mid]}
+            for mid, s, role, act in meters
+        ],
+    }
+
+
+@router.get("/frontiers/{code}/settled", summary="Settled hourly series of a Colombian day")
+async def settled(
+    code: str,
+    request: Request,
+    _: Reader,
+    day: Annotated[date, Query(description="Colombian local day, YYYY-MM-DD")],
+    channel: Annotated[Channel | None, Query(description="one channel (default: all)")] = None,
+) -> dict[str, Any]:
+    start, end = day_bounds(day)
+    async with _pool(request).connection() as conn:
+        fid = await _frontier_id(conn, code)
+        rows = await read_settled(conn, [fid], start, end, channels=[channel] if channel else None)
+    return {
+        "frontier": code,
+        "day": day.isoformat(),
+        "units": "primary (kWh, kvarh)",
+        "values": [
+            {
+                "channel": CHANNELS_BY_ID[r.channel].value,
+                "period": period_of(r.interval_start)[1],
+                "interval_start": r.interval_start.isoformat(),
+                "value": r.value,
+                "source": r.source,
+                "method": r.method,
+                "flags": _flags(r.flags),
+                "version": r.version,
+                "settled_at": r.settled_at.isoformat(),
+                "actor": r.actor,
+                "reason": r.reason,
+            }
+            for r in rows
+        ],
+    }
+
+
+@router.get("/frontiers/{code}/log", summary="The frontier's hoja de vida, newest first")
+async def frontier_log(
+    code: str,
+    request: Request,
+    _: Reader,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    async with _pool(request).connection() as conn:
+        fid = await _frontier_id(conn, code)
+        cur = await conn.execute(
+            """SELECT l.id, l.at, l.actor, l.kind, l.purpose, l.activities, l.proof, m.serial
+               FROM frontier_log l LEFT JOIN meter m ON m.id = l.meter_id
+               WHERE l.frontier_id = %s ORDER BY l.at DESC, l.id DESC LIMIT %s""",
+            (fid, limit),
+        )
+        rows = await cur.fetchall()
+    keys = ("id", "at", "actor", "kind", "purpose", "activities", "proof", "meter")
+    entries = [dict(zip(keys, r, strict=True)) for r in rows]
+    for e in entries:
+        e["at"] = _iso(e["at"])
+    return {"frontier": code, "entries": entries}
+
+
+@router.get("/collection/sessions", summary="Latest sessions with meters, newest first")
+async def collection_sessions(
+    request: Request,
+    _: Reader,
+    frontier: Annotated[str | None, Query(description="only this frontier's meters")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    async with _pool(request).connection() as conn:
+        fid = await _frontier_id(conn, frontier) if frontier else None
+        cur = await conn.execute(
+            """SELECT s.id, f.code, m.serial, m.role, s.cycle, s.collector, s.started_at,
+                      s.finished_at, s.result, s.error, s.channel_used, s.attempts,
+                      s.entries_read, s.intervals_stored, s.clock_offset_s, s.clock_corrected,
+                      s.read_from, s.read_to
+               FROM collection_session s
+               JOIN meter m ON m.id = s.meter_id JOIN frontier f ON f.id = m.frontier_id
+               WHERE %(fid)s::bigint IS NULL OR m.frontier_id = %(fid)s
+               ORDER BY s.started_at DESC, s.id DESC LIMIT %(limit)s""",
+            {"fid": fid, "limit": limit},
+        )
+        rows = await cur.fetchall()
+    keys = (
+        "id", "frontier", "meter", "role", "cycle", "collector", "started_at", "finished_at",
+        "result", "error", "channel_used", "attempts", "entries_read", "intervals_stored",
+        "clock_offset_s", "clock_corrected", "read_from", "read_to",
+    )  # fmt: skip
+    return {"sessions": [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]}
+
+
+@router.get("/meters/health", summary="Per-meter health: failures, backoff, clock offset")
+async def meters_health(
+    request: Request,
+    _: Reader,
+    frontier: Annotated[str | None, Query(description="only this frontier's meters")] = None,
+) -> dict[str, Any]:
+    async with _pool(request).connection() as conn:
+        fid = await _frontier_id(conn, frontier) if frontier else None
+        cur = await conn.execute(
+            """SELECT f.code, m.serial, m.role, m.active, h.consecutive_failures,
+                      h.last_result, h.last_attempt, h.last_success, h.next_attempt_at,
+                      h.clock_offset_s, h.config_findings
+               FROM meter m JOIN frontier f ON f.id = m.frontier_id
+               LEFT JOIN meter_health h ON h.meter_id = m.id
+               WHERE %(fid)s::bigint IS NULL OR m.frontier_id = %(fid)s
+               ORDER BY f.code, m.role DESC, m.serial""",
+            {"fid": fid},
+        )
+        rows = await cur.fetchall()
+    keys = (
+        "frontier", "meter", "role", "active", "consecutive_failures", "last_result",
+        "last_attempt", "last_success", "next_attempt_at", "clock_offset_s", "config_findings",
+    )  # fmt: skip
+    return {"meters": [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]}
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in d.items()}
+
+
+@router.get("/reports/asic/status", summary="Per frontier: what was sent for a day and when")
+async def asic_status(
+    request: Request,
+    _: Reader,
+    day: Annotated[
+        date | None, Query(description="Colombian local day, YYYY-MM-DD (default: yesterday)")
+    ] = None,
+) -> dict[str, Any]:
+    day = day or _yesterday()
+    async with _pool(request).connection() as conn:
+        status = await day_status(conn, day)
+    settings: Settings | None = request.app.state.settings
+    out: dict[str, Any] = {"day": day.isoformat()}
+    if settings is not None:
+        from cgm.reporting.asic.delivery import deadline
+
+        out["deadline"] = deadline(settings, day).isoformat()
+    out["frontiers"] = [s.as_dict() for s in status]
+    return out
+
+
+async def _hold_action(request: Request, user: users.User, code: str, reason: str, action: str):
+    """Hold or release, the hoja de vida entry and the access record, in one transaction."""
+    request.state.frontier, request.state.reason = code, reason
+    actor = f"api:{user.username}"
+    async with _pool(request).connection() as conn, conn.transaction():
+        fid = await _frontier_id(conn, code)
+        await set_audit_context(conn, actor, reason)
+        change = holds.hold if action == "hold" else holds.release
+        changed = await change(conn, code, reason, actor)
+        cur = await conn.execute("SELECT since FROM asic_hold WHERE frontier_id = %s", (fid,))
+        row = await cur.fetchone()
+        held = row is not None
+        proof = f"held since {row[0].isoformat()}" if held else "not held: reported when ready"
+        await conn.execute(
+            """INSERT INTO frontier_log (frontier_id, actor, kind, purpose, activities, proof)
+               VALUES (%s, %s, 'level2_access', %s, %s, %s)""",
+            (
+                fid,
+                actor,
+                reason,
+                Jsonb(
+                    {
+                        "activities": [f"ASIC reporting {action}"],
+                        "changed": changed,
+                        "via": f"{request.method} {request.url.path}",
+                        "level": user.level,
+                    }
+                ),
+                proof,
+            ),
+        )
+        await _record_access(conn, request, 200, {"action": action, "changed": changed})
+    request.state.access_logged = True
+    return {
+        "frontier": code,
+        "action": action,
+        "changed": changed,
+        "held": held,
+        "actor": actor,
+        "reason": reason,
+    }
+
+
+@router.post("/frontiers/{code}/hold", summary="Hold a frontier's ASIC reporting (level 2)")
+async def hold(code: str, body: ReasonBody, request: Request, user: Writer) -> dict[str, Any]:
+    return await _hold_action(request, user, code, body.reason, "hold")
+
+
+@router.post("/frontiers/{code}/release", summary="Release a held frontier (level 2)")
+async def release(code: str, body: ReasonBody, request: Request, user: Writer) -> dict[str, Any]:
+    return await _hold_action(request, user, code, body.reason, "release")
+
+
+# --- the application -----------------------------------------------------------------------
+
+
+def _problems(exc: RequestValidationError) -> list[dict[str, str]]:
+    # Only where and what: never the offending input back (it may hold anything).
+    return [
+        {"where": ".".join(str(p) for p in e.get("loc", ())), "message": str(e.get("msg", ""))}
+        for e in exc.errors()
+    ]
+
+
+def create_app(
+    db_url: str,
+    pool: AsyncConnectionPool,
+    *,
+    settings: Settings | None = None,
+    scheduler_running: Callable[[], bool] | None = None,
+) -> FastAPI:
+    """The API over ``pool`` (autocommit connections: a failed login must be counted even
+    though the request is refused). ``scheduler_running`` feeds ``/healthz``."""
+    app = FastAPI(
+        title="cgm",
+        summary="Centro de Gestión de Medidas: registry, readings, ASIC status",
+        version="1",
+        openapi_url=f"{API}/openapi.json",
+        docs_url=f"{API}/docs",
+        redoc_url=None,
+    )
+    app.state.db_url, app.state.pool, app.state.settings = db_url, pool, settings
+    app.include_router(router)
+
+    @app.get("/healthz", summary="Liveness: database reachable, scheduler running (no auth)")
+    async def healthz() -> JSONResponse:
+        db_ok = False
+        try:
+            async with pool.connection(timeout=2.0) as conn:
+                await conn.execute("SELECT 1")
+            db_ok = True
+        except Exception as exc:  # any failure is "unavailable"; the reason goes to the log
+            log.warning("healthz: database unreachable: %s", exc)
+        sched = scheduler_running() if scheduler_running else None
+        ok = db_ok and sched is not False
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "database": db_ok, "scheduler": sched},
+            status_code=200 if ok else 503,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"error": "invalid request", "problems": _problems(exc)}, status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.middleware("http")
+    async def _guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """No traceback ever reaches a client; every write request is recorded."""
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("API error on %s %s", request.method, request.url.path)
+            response = JSONResponse({"error": "internal error"}, status_code=500)
+        if (
+            request.method not in SAFE_METHODS
+            and request.url.path.startswith(API)
+            and not getattr(request.state, "access_logged", False)
+        ):
+            try:
+                async with pool.connection() as conn:
+                    await _record_access(conn, request, response.status_code, {})
+            except Exception:
+                log.exception("could not record an API write request in api_access")
+        return response
+
+    return app
