@@ -41,6 +41,7 @@ SUPPORTED = Conformance(
     set=True,
     selective_access=True,
     block_transfer_with_get_or_read=True,
+    multiple_references=True,  # GET-with-list
 )
 
 CLIENT_LEVELS = {
@@ -81,6 +82,9 @@ class DlmsServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tables: dict[
+            int, tuple[SimulatedMeter, dict[bytes, tuple[int, dict[int, Getter]]]]
+        ] = {}
 
     @property
     def host(self) -> str:
@@ -175,6 +179,8 @@ class DlmsServer:
             )
         if isinstance(request, xdlms.GetRequestNormal):
             return self._get(association, meter, request, apdu)
+        if isinstance(request, xdlms.GetRequestWithList):
+            return self._get_list(association, meter, request, apdu)
         if isinstance(request, xdlms.GetRequestNext):
             return self._next_block(association, request)
         if isinstance(request, xdlms.SetRequestNormal):
@@ -265,19 +271,59 @@ class DlmsServer:
             ).to_bytes()
         # hand-encoded: GetResponseNormal.to_bytes() raises TypeError in dlms-cosem 25.1.0.
         apdu = bytes([0xC4, 0x01, invoke, 0x00]) + data
+        return self._fit(association, request.invoke_id_and_priority, apdu, data)
+
+    def _get_list(
+        self,
+        association: _Association,
+        meter: SimulatedMeter,
+        request: xdlms.GetRequestWithList,
+        raw: bytes,
+    ) -> bytes:
+        """GET-with-list: one get-data-result (data or data-access-result) per attribute."""
+        association.blocks = []
+        if not association.conformance.multiple_references:
+            return _exception(
+                en.StateException.SERVICE_NOT_ALLOWED, en.ServiceException.SERVICE_NOT_SUPPORTED
+            )
+        items = request.cosem_attributes_with_selection
+        body = bytearray(dlms_data.encode_variable_integer(len(items)))
+        for item in items:
+            target = item.attribute
+            try:
+                if item.access_selection is not None:  # not offered inside a list here
+                    raise _AccessError(en.DataAccessResult.OTHER_REASON)
+                data = self._read(
+                    meter, int(target.interface), target.instance.to_bytes(), target.attribute, b""
+                )
+            except _AccessError as exc:
+                body += bytes([1, exc.result])
+            else:
+                body += b"\x00" + data
+        # hand-encoded like GET-normal: C4 03 invoke-id, then the list.
+        apdu = bytes([0xC4, 0x03, raw[2]]) + body
+        return self._fit(association, request.invoke_id_and_priority, apdu, bytes(body))
+
+    def _fit(
+        self,
+        association: _Association,
+        invoke: xdlms.InvokeIdAndPriority,
+        apdu: bytes,
+        data: bytes,
+    ) -> bytes:
+        """``apdu`` if it fits the negotiated PDU size, else the first block of ``data``."""
         limit = min(association.client_max_pdu, self.max_pdu_size)
         if len(apdu) <= limit:
             return apdu
         if not association.conformance.block_transfer_with_get_or_read:
             return xdlms.GetResponseNormalWithError(
-                error=en.DataAccessResult.OTHER_REASON,
-                invoke_id_and_priority=request.invoke_id_and_priority,
+                error=en.DataAccessResult.OTHER_REASON, invoke_id_and_priority=invoke
             ).to_bytes()
         size = limit - _BLOCK_OVERHEAD
         association.blocks = [data[i : i + size] for i in range(0, len(data), size)]
         association.block_sent = 0
-        association.block_invoke = invoke
-        return self._send_block(association, request.invoke_id_and_priority)
+        association.block_invoke = apdu[2]
+        return self._send_block(association, invoke)
 
     def _send_block(self, association: _Association, invoke: xdlms.InvokeIdAndPriority) -> bytes:
         number = association.block_sent + 1
@@ -309,7 +355,7 @@ class DlmsServer:
     def _read(
         self, meter: SimulatedMeter, class_id: int, obis: bytes, attribute: int, raw: bytes
     ) -> bytes:
-        objects = _objects(meter)
+        objects = self._table(meter)
         if obis not in objects:
             raise _AccessError(en.DataAccessResult.OBJECT_UNDEFINED)
         expected_class, attributes = objects[obis]
@@ -325,8 +371,16 @@ class DlmsServer:
                 raise _AccessError(en.DataAccessResult.OTHER_REASON)
             return _profile_buffer(meter, _range(raw)).to_bytes()
         else:
-            value = attributes[attribute]()
+            answer = attributes[attribute]()
+            return answer if isinstance(answer, bytes) else answer.to_bytes()
         return value.to_bytes()
+
+    def _table(self, meter: SimulatedMeter) -> dict[bytes, tuple[int, dict[int, Getter]]]:
+        """The meter's object table, built once per meter object (its getters read live)."""
+        entry = self._tables.get(id(meter))
+        if entry is None or entry[0] is not meter:
+            entry = self._tables[id(meter)] = (meter, _objects(meter))
+        return entry[1]
 
     # --- SET ----------------------------------------------------------------------------
 
@@ -371,7 +425,8 @@ def _exception(state: en.StateException, service: en.ServiceException) -> bytes:
 
 # --- the object model -------------------------------------------------------------------
 
-Getter = Callable[[], dlms_data.AbstractDlmsData]
+# A getter returns Data, or its encoding when that never changes (encoded once: cheaper).
+Getter = Callable[[], dlms_data.AbstractDlmsData | bytes]
 
 
 def _scaler_unit(channel: Channel) -> dlms_data.DataStructure:
@@ -379,6 +434,9 @@ def _scaler_unit(channel: Channel) -> dlms_data.DataStructure:
     return dlms_data.DataStructure(
         [dlms_data.IntegerData(0), dlms_data.EnumData(cosem.CHANNEL_UNIT[channel])]
     )
+
+
+_SCALER_UNIT_BYTES = {ch: _scaler_unit(ch).to_bytes() for ch in Channel}
 
 
 def _wh(kwh: float) -> int:
@@ -397,12 +455,18 @@ def _profile_columns() -> list[cosem.CaptureObject]:
 
 
 def _objects(meter: SimulatedMeter) -> dict[bytes, tuple[int, dict[int, Getter]]]:
-    """OBIS -> (class id, attribute getters). Attribute 1 (logical name) is generic."""
-    ident = meter.identity
-    period = meter.capture_period
+    """OBIS -> (class id, attribute getters). Attribute 1 (logical name) is generic.
+
+    Getters read the meter when called (identity, period and depth may change under a test);
+    only values that cannot change are encoded here once.
+    """
+    columns = dlms_data.DataArray([c.encode() for c in _profile_columns()]).to_bytes()
+    status = dlms_data.UnsignedIntegerData(0).to_bytes()
+    time_zone = dlms_data.LongData(300).to_bytes()
 
     def last_interval(channel: Channel) -> dlms_data.AbstractDlmsData:
         now = meter.real_now()
+        period = meter.capture_period
         ts = int(now.timestamp()) // int(period.total_seconds()) * int(period.total_seconds())
         entries = meter.profile(datetime.fromtimestamp(ts, UTC) - period, now)
         if not entries:
@@ -410,25 +474,30 @@ def _objects(meter: SimulatedMeter) -> dict[bytes, tuple[int, dict[int, Getter]]
         return dlms_data.DoubleLongUnsignedData(_wh(entries[-1].values[channel]))
 
     objects: dict[bytes, tuple[int, dict[int, Getter]]] = {
-        cosem.SERIAL: (1, {2: lambda: dlms_data.OctetStringData(ident.serial.encode())}),
-        cosem.MANUFACTURER: (1, {2: lambda: dlms_data.VisibleStringData(ident.manufacturer)}),
-        cosem.MODEL: (1, {2: lambda: dlms_data.VisibleStringData(ident.model)}),
-        cosem.FIRMWARE: (1, {2: lambda: dlms_data.VisibleStringData(ident.firmware)}),
-        cosem.PROFILE_STATUS: (1, {2: lambda: dlms_data.UnsignedIntegerData(0)}),
+        cosem.SERIAL: (1, {2: lambda: dlms_data.OctetStringData(meter.identity.serial.encode())}),
+        cosem.MANUFACTURER: (
+            1,
+            {2: lambda: dlms_data.VisibleStringData(meter.identity.manufacturer)},
+        ),
+        cosem.MODEL: (1, {2: lambda: dlms_data.VisibleStringData(meter.identity.model)}),
+        cosem.FIRMWARE: (1, {2: lambda: dlms_data.VisibleStringData(meter.identity.firmware)}),
+        cosem.PROFILE_STATUS: (1, {2: lambda: status}),
         cosem.CLOCK: (
             en.CosemInterface.CLOCK,
             {
                 2: lambda: dlms_data.OctetStringData(cosem.encode_datetime(meter.clock())),
                 # time_zone, same sign convention as the deviation: UTC−5 -> +300.
-                3: lambda: dlms_data.LongData(300),
+                3: lambda: time_zone,
             },
         ),
         cosem.LOAD_PROFILE: (
             en.CosemInterface.PROFILE_GENERIC,
             {
                 2: lambda: _profile_buffer(meter, None),
-                3: lambda: dlms_data.DataArray([c.encode() for c in _profile_columns()]),
-                4: lambda: dlms_data.DoubleLongUnsignedData(int(period.total_seconds())),
+                3: lambda: columns,
+                4: lambda: dlms_data.DoubleLongUnsignedData(
+                    int(meter.capture_period.total_seconds())
+                ),
                 5: lambda: dlms_data.EnumData(1),  # sort method: FIFO
                 7: lambda: dlms_data.DoubleLongUnsignedData(len(_in_memory(meter))),
                 8: lambda: dlms_data.DoubleLongUnsignedData(meter.depth),
@@ -440,13 +509,16 @@ def _objects(meter: SimulatedMeter) -> dict[bytes, tuple[int, dict[int, Getter]]
             en.CosemInterface.REGISTER,
             {
                 2: lambda ch=channel: dlms_data.UnsignedLong64Data(_wh(meter.registers()[ch])),
-                3: lambda ch=channel: _scaler_unit(ch),
+                3: lambda ch=channel: _SCALER_UNIT_BYTES[ch],
             },
         )
     for channel, obis in cosem.INTERVAL_ENERGY.items():
         objects[obis] = (
             en.CosemInterface.REGISTER,
-            {2: lambda ch=channel: last_interval(ch), 3: lambda ch=channel: _scaler_unit(ch)},
+            {
+                2: lambda ch=channel: last_interval(ch),
+                3: lambda ch=channel: _SCALER_UNIT_BYTES[ch],
+            },
         )
     return objects
 

@@ -182,8 +182,9 @@ async def test_dropped_mid_session_is_connection_failed(
 ) -> None:
     meter.faults.drop_after_requests = 2  # AARE and one GET answered, then the link drops
     async with await connect(server) as session:
+        await session.identify()  # one GET-with-list: the last answer before the drop
         with pytest.raises(ConnectionFailed):
-            await session.identify()
+            await session.read_clock()
 
 
 async def test_corrupt_frame_is_protocol_error(server: DlmsServer, meter: SimulatedMeter) -> None:
@@ -413,3 +414,91 @@ async def test_gurux_client_wrong_password_is_refused(server: DlmsServer) -> Non
     with pytest.raises(Exception, match="(?i)auth|denied|password|reject"):
         await asyncio.to_thread(attempt)
     assert server.stats.rejected == 1
+
+
+# --- round trips: GET-with-list and column hints ------------------------------------------
+
+
+async def _hourly_session(srv: DlmsServer, **params: object) -> tuple[DlmsSession, dict]:
+    """The collector's steady-state sequence; the session's APDU count before release."""
+    async with await connect(srv, **params) as session:
+        end = floor_hour(datetime.now(UTC))
+        out = {
+            "identity": await session.identify(),
+            "clock": await session.read_clock(),
+            "config": await session.read_profile_config(),
+            "entries": await session.read_profile(end - HOUR, end),
+            "registers": await session.read_registers(),
+            "requests": session.requests_sent,
+        }
+    return session, out
+
+
+async def test_hourly_session_takes_six_round_trips(server: DlmsServer) -> None:
+    _, first = await _hourly_session(server)
+    _, second = await _hourly_session(server)
+    # AARQ, identity (list), clock, profile config (list), profile, registers (list); the
+    # first contact also reads the scalers of the columns it has just learned.
+    assert first["requests"] == 7 and second["requests"] == 6
+    assert first["config"] == second["config"]
+    assert len(second["entries"]) == 1 and len(second["registers"]) == 4
+
+
+async def test_replaced_meter_does_not_inherit_the_column_hint(
+    server: DlmsServer, meter: SimulatedMeter
+) -> None:
+    await _hourly_session(server)
+    server.meters[1] = SimulatedMeter("DLMS-0099", seed=8)  # same address, another meter
+    _, out = await _hourly_session(server)
+    assert out["identity"].serial == "DLMS-0099"
+    assert out["requests"] == 7  # no hint for this serial: scalers read after the columns
+    assert {r.channel for r in out["registers"]} == set(ALL_CHANNELS)
+
+
+async def test_changed_scaler_applies_in_the_next_session(
+    server: DlmsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlms_cosem import dlms_data
+
+    from simulators.dlms import server as sim
+
+    _, before = await _hourly_session(server)
+    # The meter is reprogrammed to count in 10 Wh steps: its raw numbers are unchanged here,
+    # so every value must come out ten times larger at once — no scaler is ever cached.
+    tens = dlms_data.DataStructure(
+        [dlms_data.IntegerData(1), dlms_data.EnumData(cosem.UNIT_WH)]
+    ).to_bytes()
+    monkeypatch.setitem(sim._SCALER_UNIT_BYTES, Channel.ACTIVE_IMPORT, tens)
+    _, after = await _hourly_session(server)
+    assert after["requests"] == 6  # the columns did not change: the hint held
+
+    def active(out: dict) -> tuple[float, float]:
+        (register,) = [r for r in out["registers"] if r.channel == Channel.ACTIVE_IMPORT]
+        return register.value, out["entries"][0].values[Channel.ACTIVE_IMPORT]
+
+    assert active(after)[1] == pytest.approx(10 * active(before)[1])
+    assert active(after)[0] == pytest.approx(10 * active(before)[0], rel=1e-3)
+
+
+async def test_meter_without_get_with_list(
+    server: DlmsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import attr
+
+    from simulators.dlms import server as sim
+
+    _, listed = await _hourly_session(server)
+    monkeypatch.setattr(sim, "SUPPORTED", attr.evolve(sim.SUPPORTED, multiple_references=False))
+    _, single = await _hourly_session(server)
+    assert single["identity"] == listed["identity"]
+    assert single["config"] == listed["config"]
+    assert [r.channel for r in single["registers"]] == [r.channel for r in listed["registers"]]
+    assert single["requests"] > listed["requests"]
+
+
+async def test_get_with_list_answer_in_blocks(meter: SimulatedMeter) -> None:
+    async with await serve(meter, max_pdu_size=0xFFFF) as srv:
+        session, out = await _hourly_session(srv, max_pdu_size=100)
+    assert out["identity"].serial == "DLMS-0001"
+    assert set(out["config"].channels) == set(ALL_CHANNELS)
+    assert len(out["registers"]) == 4 and session.blocks_received >= 2  # the config list
