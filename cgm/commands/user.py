@@ -17,6 +17,7 @@ import asyncio
 import getpass
 import json
 import os
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -36,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     usub = p.add_subparsers(dest="user_command", required=True, metavar="WHAT")
     actor = f"cli:{getpass.getuser()}"
 
-    a = usub.add_parser("add", help="create a user (password prompted twice)")
+    # No abbreviations: "--password SECRET" must fail, not be taken as "--password-env".
+    a = usub.add_parser("add", help="create a user (password prompted twice)", allow_abbrev=False)
     a.add_argument("name")
     a.add_argument(
         "--level", type=int, choices=(1, 2), required=True, help="1: read; 2: read and configure"
@@ -45,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--actor", default=actor)
     a.set_defaults(func=_add)
 
-    pw = usub.add_parser("passwd", help="set a user's password (and clear a lockout)")
+    pw = usub.add_parser(
+        "passwd", help="set a user's password (and clear a lockout)", allow_abbrev=False
+    )
     pw.add_argument("name")
     pw.add_argument("--password-env", metavar="VAR", help="take the password from $VAR")
     pw.add_argument("--actor", default=actor)
@@ -64,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _password(args: argparse.Namespace) -> str:
     if args.password_env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.password_env):
+            # Not echoed: a password typed here by mistake must not reach the terminal log.
+            raise CommandError("--password-env takes the NAME of an environment variable")
         value = os.environ.get(args.password_env)
         if not value:
             raise CommandError(f"environment variable {args.password_env} is not set or empty")

@@ -13,8 +13,12 @@ a hash; the reason an authentication failed is for the server log, never for the
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -33,6 +37,20 @@ LOCK_AFTER = 5  # consecutive failures before the account locks
 LOCK_BASE = timedelta(seconds=30)  # first lock; doubles with each further failure
 LOCK_MAX = timedelta(hours=1)
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+# HTTP Basic sends the password with every request and argon2 costs a quarter of a second:
+# a password verified recently is remembered, in this process's memory only, as a keyed
+# digest bound to the stored hash. A changed password (new hash), a disabled or locked
+# account is still caught on every request, since the row is read each time.
+VERIFIED_TTL_S = 300.0
+_VERIFIED_MAX = 1024
+_verified: dict[bytes, float] = {}
+_CACHE_KEY = os.urandom(32)
+
+
+def _verified_key(stored_hash: str, password: str) -> bytes:
+    return hmac.new(_CACHE_KEY, f"{stored_hash}\0{password}".encode(), hashlib.sha256).digest()
+
 
 # Verified against when the user does not exist, so an unknown name costs as much as a
 # wrong password and response times do not reveal which names exist.
@@ -200,6 +218,9 @@ async def authenticate(conn: psycopg.AsyncConnection, username: str, password: s
     uid, level, active, hashed, locked = row
     if locked:
         raise AuthFailed(f"user {username!r} is locked after repeated failures")
+    key = _verified_key(hashed, password)
+    if active and _verified.get(key, 0.0) > time.monotonic():
+        return User(uid, username, level, active)
     ok = await asyncio.to_thread(_verify, hashed, password)
     if not ok:
         await conn.execute(
@@ -225,4 +246,7 @@ async def authenticate(conn: psycopg.AsyncConnection, username: str, password: s
            WHERE user_id = %s""",
         (new_hash, uid),
     )
+    if len(_verified) >= _VERIFIED_MAX:
+        _verified.clear()
+    _verified[_verified_key(new_hash or hashed, password)] = time.monotonic() + VERIFIED_TTL_S
     return User(uid, username, level, active)
