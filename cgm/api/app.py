@@ -361,7 +361,9 @@ async def asic_status(
     return out
 
 
-async def _hold_action(request: Request, user: users.User, code: str, reason: str, action: str):
+async def _hold_action(
+    request: Request, user: users.User, code: str, reason: str, action: str
+) -> dict[str, Any]:
     """Hold or release, the hoja de vida entry and the access record, in one transaction."""
     request.state.frontier, request.state.reason = code, reason
     actor = f"api:{user.username}"
