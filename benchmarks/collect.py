@@ -1,19 +1,26 @@
 """One collection cycle of a simulated fleet, simulators in a separate process.
 
     .venv/bin/python benchmarks/collect.py --frontiers 1000 2000 5000 [--per-port 100]
+        [--collectors 2] [--per-endpoint 8] [--concurrency 256]
         [--database-url postgresql://127.0.0.1:5432/test]
 
 For each size: start ``cgm simulate`` (another process), import its inventory into a fresh
 scratch database, seed one reading per meter and channel two hours ago (so the measured cycle
 is the steady-state hourly one: identify, clock, profile config, one new hour, registers —
 not the one-off 35-day first contact), run one cycle, and report meters per second, p50/p95
-session time, CPU of both processes, and whether the cycle fit in 60 s.
+session time (overall and per protocol), CPU of every process, the machine's load average
+when the run started (other work on the machine distorts the numbers), and whether the
+cycle fit in 60 s.
+
+``--collectors N`` runs N collector processes that share the fleet through claims, as a
+deployment scales out; the cycle time is then from the first start to the last finish.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import signal
@@ -22,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -55,7 +63,11 @@ def drop_db(server: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_simulators(n: int, per_port: int, out: Path) -> subprocess.Popen:
+def start_simulators(
+    n: int, per_port: int, out: Path, mix: str | None, mqtt_url: str
+) -> subprocess.Popen:
+    log_path = out.with_suffix(".log")
+    log = log_path.open("w")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -70,16 +82,20 @@ def start_simulators(n: int, per_port: int, out: Path) -> subprocess.Popen:
             str(per_port),
             "--out",
             str(out),
+            *(["--mix", mix] if mix else []),
+            *([] if mqtt_url == "embedded" else ["--mqtt-url", mqtt_url]),
         ],
         cwd=out.parent,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        # A file, not a pipe: nobody reads a pipe during the cycle, and once its buffer fills
+        # the simulator blocks in its next log call (measured: MQTT answers stalled 30 s).
+        stderr=log,
         text=True,
     )
     deadline = time.monotonic() + 300
     while not out.exists():
         if proc.poll() is not None:
-            raise RuntimeError(f"simulators exited: {proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(f"simulators exited: {log_path.read_text()[-2000:]}")
         if time.monotonic() > deadline:
             raise RuntimeError("simulators did not start in 300 s")
         time.sleep(0.2)
@@ -95,14 +111,82 @@ async def seed(url: str, meter_ids: list[int], at: datetime) -> None:
         await write_readings(conn, rows, source="benchmark-seed", actor="benchmark")
 
 
-async def measure(n: int, per_port: int, server: str, concurrency: int) -> dict[str, object]:
+def engine_config(concurrency: int, per_endpoint: int) -> EngineConfig:
+    return EngineConfig(
+        max_sessions=concurrency,
+        per_endpoint=per_endpoint,
+        policy=SessionPolicy(timeout=30.0, attempts=2),
+    )
+
+
+async def run_collector(url: str, data_dir: Path, config: EngineConfig) -> dict[str, object]:
+    """One collector's cycle, timed and with its own CPU (the parent or a worker process)."""
+    box = secret_box(Settings(database_url=url, data_dir=data_dir))
+    me0 = resource.getrusage(resource.RUSAGE_SELF)
+    profiler = None
+    if os.environ.get("CGM_BENCH_PROFILE"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    start = time.time()
+    summary = await Collector(url, box, config).run_cycle()
+    finish = time.time()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{os.environ['CGM_BENCH_PROFILE']}.{os.getpid()}")
+    me1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "start": start,
+        "finish": finish,
+        "meters": summary.meters,
+        "ok": summary.ok,
+        "failed": dict(summary.failed),
+        "intervals": summary.intervals_stored,
+        "cpu": (me1.ru_utime - me0.ru_utime) + (me1.ru_stime - me0.ru_stime),
+    }
+
+
+def spawn_collectors(
+    count: int, url: str, data_dir: Path, concurrency: int, per_endpoint: int
+) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                url,
+                str(data_dir),
+                "--concurrency",
+                str(concurrency),
+                "--per-endpoint",
+                str(per_endpoint),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+
+
+async def measure(
+    n: int,
+    per_port: int,
+    server: str,
+    concurrency: int,
+    per_endpoint: int,
+    collectors: int,
+    mix: str | None = None,
+    mqtt_url: str = "embedded",
+) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="cgm-bench-"))
     name, url = scratch_db(server)
     sim = None
     try:
         upgrade(url, Settings(database_url=url))
         t0 = time.perf_counter()
-        sim = start_simulators(n, per_port, work / "fleet.yaml")
+        sim = start_simulators(n, per_port, work / "fleet.yaml", mix, mqtt_url)
         started = time.perf_counter() - t0
         box = secret_box(Settings(database_url=url, data_dir=work))
         with psycopg.connect(url) as conn:
@@ -112,48 +196,66 @@ async def measure(n: int, per_port: int, server: str, concurrency: int) -> dict[
             ids = [r[0] for r in conn.execute("SELECT id FROM meter")]
         now = datetime.now(UTC)
         await seed(url, ids, current_cycle(now) - timedelta(hours=2))
+        load = os.getloadavg()[0]
         sim_proc = psutil.Process(sim.pid)
         sim_cpu0 = sum(sim_proc.cpu_times()[:2])
-        me0 = resource.getrusage(resource.RUSAGE_SELF)
-        config = EngineConfig(
-            max_sessions=concurrency, per_endpoint=8, policy=SessionPolicy(timeout=30.0, attempts=2)
-        )
-        profiler = None
-        if os.environ.get("CGM_BENCH_PROFILE"):
-            import cProfile
-
-            profiler = cProfile.Profile()
-            profiler.enable()
-        summary = await Collector(url, box, config).run_cycle()
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(os.environ["CGM_BENCH_PROFILE"])
-        me1 = resource.getrusage(resource.RUSAGE_SELF)
+        config = engine_config(concurrency, per_endpoint)
+        if collectors == 1:
+            runs = [await run_collector(url, work, config)]
+        else:
+            procs = spawn_collectors(collectors, url, work, concurrency, per_endpoint)
+            runs = []
+            for proc in procs:
+                out, _ = proc.communicate()
+                runs.append(json.loads(out.strip().splitlines()[-1]))
         sim_cpu = sum(sim_proc.cpu_times()[:2]) - sim_cpu0
+        seconds = max(r["finish"] for r in runs) - min(r["start"] for r in runs)
+        failed: Counter[str] = Counter()
+        for r in runs:
+            failed.update(r["failed"])
         with psycopg.connect(url) as conn:
-            durations = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT extract(epoch FROM finished_at - started_at) FROM collection_session"
-                )
-            ]
-        d = np.array(durations, dtype=float)
-        collector_cpu = (me1.ru_utime - me0.ru_utime) + (me1.ru_stime - me0.ru_stime)
-        return {
+            rows = conn.execute(
+                """SELECT m.protocol, extract(epoch FROM s.finished_at - s.started_at)
+                   FROM collection_session s JOIN meter m ON m.id = s.meter_id"""
+            ).fetchall()
+            failed_by_protocol = dict(
+                conn.execute(
+                    """SELECT m.protocol, count(*) FROM collection_session s
+                       JOIN meter m ON m.id = s.meter_id
+                       WHERE s.result NOT IN ('ok', 'partial') GROUP BY 1"""
+                ).fetchall()
+            )
+        d = np.array([r[1] for r in rows], dtype=float)
+        meters = sum(r["meters"] for r in runs) // collectors  # each sees the whole fleet
+        result: dict[str, object] = {
             "frontiers": n,
-            "meters": summary.meters,
-            "ok": summary.ok,
-            "failed": dict(summary.failed),
-            "intervals": summary.intervals_stored,
-            "cycle_s": round(summary.seconds, 2),
-            "meters_per_s": round(summary.meters / summary.seconds, 1),
+            "meters": meters,
+            "ok": sum(r["ok"] for r in runs),
+            "failed": dict(failed),
+            "failed_by_protocol": failed_by_protocol,
+            "intervals": sum(r["intervals"] for r in runs),
+            "cycle_s": round(seconds, 2),
+            "meters_per_s": round(meters / seconds, 1),
             "session_p50_s": round(float(np.percentile(d, 50)), 3),
             "session_p95_s": round(float(np.percentile(d, 95)), 3),
-            "collector_cpu_s": round(collector_cpu, 1),
-            "simulator_cpu_s": round(sim_cpu, 1),
-            "simulators_start_s": round(started, 1),
-            "within_60s": summary.seconds <= 60,
         }
+        for protocol in ("dlms", "modbus", "mqtt"):
+            p = np.array([r[1] for r in rows if r[0] == protocol], dtype=float)
+            if len(p):
+                result[f"{protocol}_p50_p95_s"] = (
+                    f"{np.percentile(p, 50):.3f}/{np.percentile(p, 95):.3f}"
+                )
+        result.update(
+            {
+                "collectors": collectors,
+                "collector_cpu_s": round(sum(r["cpu"] for r in runs), 1),
+                "simulator_cpu_s": round(sim_cpu, 1),
+                "simulators_start_s": round(started, 1),
+                "load_before": round(load, 2),
+                "within_60s": seconds <= 60,
+            }
+        )
+        return result
     finally:
         if sim is not None:
             sim.send_signal(signal.SIGINT)
@@ -169,14 +271,46 @@ def main() -> None:
     parser.add_argument("--frontiers", type=int, nargs="+", default=[500, 1000, 2000])
     parser.add_argument("--per-port", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--per-endpoint", type=int, default=8)
+    parser.add_argument("--collectors", type=int, default=1)
+    parser.add_argument("--mix", help="protocol shares, as cgm simulate --mix (dlms=.5,...)")
+    parser.add_argument(
+        "--mqtt-url",
+        default=os.environ.get("CGM_MQTT_URL", "mqtt://127.0.0.1:1883"),
+        help="broker for the MQTT meters, as in production (Mosquitto); 'embedded' for cgm "
+        "simulate's in-process development broker, whose linear topic routing runs in the "
+        "simulator process and dominates it beyond a few hundred MQTT meters",
+    )
+    parser.add_argument("--worker", nargs=2, metavar=("URL", "DATA_DIR"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--database-url",
         default=os.environ.get("CGM_DATABASE_URL", "postgresql://127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
+    if args.worker:
+        url, data_dir = args.worker
+        config = engine_config(args.concurrency, args.per_endpoint)
+        print(json.dumps(asyncio.run(run_collector(url, Path(data_dir), config))), flush=True)
+        return
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(
+        f"settings: per_port={args.per_port} concurrency={args.concurrency} "
+        f"per_endpoint={args.per_endpoint} collectors={args.collectors} mix={args.mix} "
+        f"mqtt={args.mqtt_url}"
+    )
     for n in args.frontiers:
-        result = asyncio.run(measure(n, args.per_port, args.database_url, args.concurrency))
+        result = asyncio.run(
+            measure(
+                n,
+                args.per_port,
+                args.database_url,
+                args.concurrency,
+                args.per_endpoint,
+                args.collectors,
+                args.mix,
+                args.mqtt_url,
+            )
+        )
         print(" ".join(f"{k}={v}" for k, v in result.items()), flush=True)
 
 

@@ -32,6 +32,7 @@ from simulators.meter import FaultAction, SimulatedMeter
 log = logging.getLogger(__name__)
 
 PUSH_DELAY = timedelta(seconds=2)  # publish an hour's entry this long after it closes
+_INFLIGHT = 1000  # QoS-1 answers in flight at once (mosquitto accepts any by default)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
@@ -86,7 +87,11 @@ class MqttMeterSimulator:
             protocol=aiomqtt.ProtocolVersion.V5,
             will=will,
             keepalive=30,
+            # One client answers for every meter of the gateway: paho's default window of 20
+            # unacknowledged QoS-1 answers queued the rest behind it (and warned per answer).
+            max_inflight_messages=_INFLIGHT,
         )
+        self._client.pending_calls_threshold = _INFLIGHT
         self._answered: dict[tuple[str, str], int] = {}  # (serial, response topic) -> answers
         self._offline: set[str] = set()
         self._nonces: dict[str, dict[str, datetime]] = {s: {} for s in self.meters}
