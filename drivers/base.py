@@ -220,7 +220,11 @@ class MeterSession(ABC):
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         async with self._lock:
             try:
-                return await asyncio.wait_for(fn(), self.timeout)
+                # asyncio.timeout, not wait_for: same deadline and TimeoutError, without a
+                # task per call (wait_for made one per request in 3.11; measured ~5 % of the
+                # collector's CPU at fleet scale).
+                async with asyncio.timeout(self.timeout):
+                    return await fn()
             except TimeoutError as exc:
                 raise MeterTimeout(
                     f"{what}: no answer from {self.endpoint} within {self.timeout:g} s",

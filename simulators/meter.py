@@ -137,6 +137,9 @@ class SimulatedMeter:
         self._clock_ref = self._now()
         self._clock_offset = clock_offset
         self.clock_adjustments: list[tuple[datetime, float]] = []  # (real time, seconds moved)
+        self._register_cache: (
+            tuple[tuple[object, ...], dict[Channel, float], dict[Channel, float]] | None
+        ) = None
         rng = np.random.default_rng(seed)
         self.initial_register = (
             float(round(rng.uniform(1e4, 1e6), RESOLUTION))
@@ -256,15 +259,29 @@ class SimulatedMeter:
     def registers(self) -> dict[Channel, float]:
         """Cumulative registers now: every whole interval since installation (or the last
         reset), plus the elapsed share of the current one."""
+        now = self._now()
         reset = self.faults.register_reset_at
-        base = 0.0 if reset is not None and reset <= self._now() else self.initial_register
+        base = 0.0 if reset is not None and reset <= now else self.initial_register
         first = self._first_recorded()
-        current = self._floor(self._now())
+        current = self._floor(now)
         step = int(self.capture_period.total_seconds())
-        starts = np.arange(int(first.timestamp()), int(current.timestamp()) + step, step)
-        values = self.interval_values(starts)
-        share = (self._now() - current).total_seconds() / step
-        out = {}
-        for ch, v in values.items():
-            out[ch] = round(base + float(v[:-1].sum()) + float(v[-1]) * share, RESOLUTION)
-        return out
+        # The closed intervals only change when an interval closes: summed once per interval
+        # (and per fault setting), not on every read — the sum spans months of intervals.
+        key = (
+            int(first.timestamp()),
+            int(current.timestamp()),
+            step,
+            self.faults.divergence_pct,
+            self.mean_kw,
+            self.generator,
+            self.seed,
+        )
+        if self._register_cache is None or self._register_cache[0] != key:
+            starts = np.arange(int(first.timestamp()), int(current.timestamp()) + step, step)
+            values = self.interval_values(starts)
+            closed = {ch: float(v[:-1].sum()) for ch, v in values.items()}
+            running = {ch: float(v[-1]) for ch, v in values.items()}
+            self._register_cache = (key, closed, running)
+        _, closed, running = self._register_cache
+        share = (now - current).total_seconds() / step
+        return {ch: round(base + closed[ch] + running[ch] * share, RESOLUTION) for ch in closed}

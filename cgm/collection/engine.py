@@ -318,12 +318,11 @@ async def store_outcomes(
         await _session_log(conn, batch, cycle, collector)
         await _health(conn, batch, config, now)
         await _hoja_de_vida(conn, batch, config, summary)
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                """UPDATE collection_claim SET done_at = now()
-                   WHERE meter_id = %s AND cycle = %s AND collector = %s""",
-                [(o.target.meter_id, cycle, collector) for o in batch],
-            )
+        await conn.execute(
+            """UPDATE collection_claim SET done_at = now()
+               WHERE meter_id = ANY(%s) AND cycle = %s AND collector = %s""",
+            ([o.target.meter_id for o in batch], cycle, collector),
+        )
     for o in batch:
         label = (o.target.serial, o.target.frontier_code)
         if o.succeeded:
@@ -422,6 +421,11 @@ async def _derived_rows(
     return cols
 
 
+# One statement per table and batch (arrays through ``unnest``), not one per row: measured
+# at 2,000 meters, per-row ``executemany`` cost the collector ~3 s of CPU per cycle and the
+# database as much again, on the same two cores as the sessions.
+
+
 async def _snapshots(conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]) -> None:
     rows = [
         (o.target.meter_id, channel_id(r.channel), r.read_at, r.value)
@@ -429,44 +433,46 @@ async def _snapshots(conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome
         for r in o.registers
     ]
     if rows:
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                """INSERT INTO register_snapshot (meter_id, channel, read_at, value)
-                   VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                rows,
-            )
+        m, c, t, v = (list(col) for col in zip(*rows, strict=True))
+        await conn.execute(
+            """INSERT INTO register_snapshot (meter_id, channel, read_at, value)
+               SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::timestamptz[],
+                                    %s::float8[])
+               ON CONFLICT DO NOTHING""",
+            (m, c, t, v),
+        )
 
 
 async def _session_log(
     conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome], cycle: datetime, collector: str
 ) -> None:
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            """INSERT INTO collection_session
-                 (meter_id, cycle, collector, started_at, finished_at, result, error,
-                  channel_used, attempts, entries_read, clock_offset_s, clock_corrected,
-                  read_from, read_to)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-            [
-                (
-                    o.target.meter_id,
-                    cycle,
-                    collector,
-                    o.started_at,
-                    o.finished_at or o.started_at,
-                    o.result,
-                    o.error,
-                    o.channel_used,
-                    o.attempts,
-                    len(o.entries),
-                    o.clock.offset if o.clock else None,
-                    bool(o.correction and o.correction.ok),
-                    o.read_from,
-                    o.read_to,
-                )
-                for o in batch
-            ],
-        )
+    await conn.execute(
+        """INSERT INTO collection_session
+             (meter_id, cycle, collector, started_at, finished_at, result, error,
+              channel_used, attempts, entries_read, clock_offset_s, clock_corrected,
+              read_from, read_to)
+           SELECT m, %s, %s, s, f, r, e, ch, a, n, off, cc, rf, rt
+           FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::text[],
+                       %s::text[], %s::text[], %s::integer[], %s::integer[], %s::float8[],
+                       %s::boolean[], %s::timestamptz[], %s::timestamptz[])
+                AS u(m, s, f, r, e, ch, a, n, off, cc, rf, rt)""",
+        (
+            cycle,
+            collector,
+            [o.target.meter_id for o in batch],
+            [o.started_at for o in batch],
+            [o.finished_at or o.started_at for o in batch],
+            [o.result for o in batch],
+            [o.error for o in batch],
+            [o.channel_used for o in batch],
+            [o.attempts for o in batch],
+            [len(o.entries) for o in batch],
+            [o.clock.offset if o.clock else None for o in batch],
+            [bool(o.correction and o.correction.ok) for o in batch],
+            [o.read_from for o in batch],
+            [o.read_to for o in batch],
+        ),
+    )
 
 
 async def _health(
@@ -475,38 +481,41 @@ async def _health(
     config: EngineConfig,
     now: datetime,
 ) -> None:
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            """INSERT INTO meter_health AS h
-                 (meter_id, consecutive_failures, last_result, last_attempt, last_success,
-                  next_attempt_at, clock_offset_s)
-               VALUES (%(m)s, CASE WHEN %(ok)s THEN 0 ELSE 1 END, %(result)s, %(now)s,
-                       CASE WHEN %(ok)s THEN %(now)s END, NULL, %(offset)s)
-               ON CONFLICT (meter_id) DO UPDATE SET
-                 consecutive_failures = CASE WHEN %(ok)s THEN 0
-                                             ELSE h.consecutive_failures + 1 END,
-                 last_result = EXCLUDED.last_result,
-                 last_attempt = EXCLUDED.last_attempt,
-                 last_success = coalesce(EXCLUDED.last_success, h.last_success),
-                 clock_offset_s = coalesce(EXCLUDED.clock_offset_s, h.clock_offset_s),
-                 next_attempt_at = CASE
-                   WHEN %(ok)s OR h.consecutive_failures + 1 < %(after)s THEN NULL
-                   ELSE %(now)s + least(%(cap)s,
-                        interval '1 hour' * power(2, h.consecutive_failures + 1 - %(after)s))
-                 END""",
-            [
-                {
-                    "m": o.target.meter_id,
-                    "ok": o.succeeded,
-                    "result": o.result,
-                    "now": now,
-                    "offset": o.clock.offset if o.clock else None,
-                    "after": config.backoff_after,
-                    "cap": config.max_backoff,
-                }
-                for o in batch
-            ],
-        )
+    # ON CONFLICT may touch a row once per statement: a batch holds each meter once (one
+    # claim per meter and cycle); should it not, the later outcome is the one kept.
+    latest = {o.target.meter_id: o for o in batch}
+    outcomes = list(latest.values())
+    await conn.execute(
+        """INSERT INTO meter_health AS h
+             (meter_id, consecutive_failures, last_result, last_attempt, last_success,
+              next_attempt_at, clock_offset_s)
+           SELECT m, CASE WHEN ok THEN 0 ELSE 1 END, r, %(now)s,
+                  CASE WHEN ok THEN %(now)s::timestamptz END, NULL, off
+           FROM unnest(%(m)s::bigint[], %(ok)s::boolean[], %(r)s::text[], %(off)s::float8[])
+                AS u(m, ok, r, off)
+           ON CONFLICT (meter_id) DO UPDATE SET
+             consecutive_failures = CASE WHEN EXCLUDED.consecutive_failures = 0 THEN 0
+                                         ELSE h.consecutive_failures + 1 END,
+             last_result = EXCLUDED.last_result,
+             last_attempt = EXCLUDED.last_attempt,
+             last_success = coalesce(EXCLUDED.last_success, h.last_success),
+             clock_offset_s = coalesce(EXCLUDED.clock_offset_s, h.clock_offset_s),
+             next_attempt_at = CASE
+               WHEN EXCLUDED.consecutive_failures = 0
+                    OR h.consecutive_failures + 1 < %(after)s THEN NULL
+               ELSE %(now)s + least(%(cap)s,
+                    interval '1 hour' * power(2, h.consecutive_failures + 1 - %(after)s))
+             END""",
+        {
+            "m": [o.target.meter_id for o in outcomes],
+            "ok": [o.succeeded for o in outcomes],
+            "r": [o.result for o in outcomes],
+            "off": [o.clock.offset if o.clock else None for o in outcomes],
+            "now": now,
+            "after": config.backoff_after,
+            "cap": config.max_backoff,
+        },
+    )
 
 
 async def _hoja_de_vida(
