@@ -369,7 +369,6 @@ _STORED_RECORD = np.dtype(
     ]
 )
 SOURCE_CODES = {"principal": 1, "backup": 2, "estimate": 3, "manual": 4}
-_MEASURED_KEYS = "ARRAY['meter_id', 'reading_version', 'secondary', 'factor']"
 
 
 @dataclass
@@ -388,19 +387,22 @@ async def load_stored(conn: psycopg.AsyncConnection, frontier_ids: list[int], da
         "FROM settled_reading WHERE frontier_id = ANY(%(f)s)"
         " AND interval_start >= %(a)s AND interval_start < %(b)s"
     )
-    simple = f"(detail - {_MEASURED_KEYS}) = '{{}}'::jsonb AND source IN ('principal', 'backup')"
+    # A plain measured value: principal/backup without findings (VEE writes exactly the
+    # keys meter_id, reading_version, secondary, factor, plus "checks" when a rule fired).
+    simple = "source IN ('principal', 'backup') AND NOT detail ? 'checks'"
     rows = await packed(
         conn,
         "int8send(frontier_id) || int2send(channel) || int8send("
         + _US.format(t="interval_start")
         + ") || float8send(value) || int2send(CASE source WHEN 'principal' THEN 1"
         " WHEN 'backup' THEN 2 WHEN 'estimate' THEN 3 ELSE 4 END::int2) || int4send(flags)"
-        f" || int8send(CASE WHEN {simple} THEN (detail->>'meter_id')::int8 ELSE 0 END)"
-        f" || int4send(CASE WHEN {simple} THEN (detail->>'reading_version')::int4 ELSE 0 END)"
-        f" || float8send(CASE WHEN {simple} THEN (detail->>'secondary')::float8 ELSE 0 END)"
-        f" || float8send(CASE WHEN {simple} THEN (detail->>'factor')::float8 ELSE 0 END)"
-        f" || int2send(({simple})::int::int2)",
-        where,
+        " || int8send(CASE WHEN simple THEN (d->>'meter_id')::int8 ELSE 0 END)"
+        " || int4send(CASE WHEN simple THEN (d->>'reading_version')::int4 ELSE 0 END)"
+        " || float8send(CASE WHEN simple THEN (d->>'secondary')::float8 ELSE 0 END)"
+        " || float8send(CASE WHEN simple THEN (d->>'factor')::float8 ELSE 0 END)"
+        " || int2send(simple::int::int2)",
+        f"FROM (SELECT frontier_id, channel, interval_start, value, source, flags,"
+        f" detail AS d, {simple} AS simple {where}) x",
         params,
         _STORED_RECORD,
     )
