@@ -12,10 +12,12 @@ import yaml
 from cgm import registry
 from cgm.api import install as install_api
 from cgm.collection import schedule
+from cgm.collection.engine import CycleSummary
 from cgm.config import get_settings
 from cgm.reporting.schedule import register_jobs as register_asic_jobs
 from cgm.security import secret_box
 from cgm.service import Service
+from cgm.vee import vee_after_collection
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,12 @@ def _import_fleet(service: Service, inventory: dict) -> None:
 def build_service(simulate: int = 0) -> Service:
     service = Service(get_settings())
     job = schedule.install(service)
+
+    async def settle(summary: CycleSummary) -> None:
+        # Validation follows collection: settle the days this cycle read (idempotent).
+        await vee_after_collection(service.db_url, summary.cycle)
+
+    job.after_cycle.append(settle)
     register_asic_jobs(service)  # scheduled only when CGM_ASIC_BASE_URL is set
     install_api(service)  # HTTP API on api_host:api_port (0: none)
     if simulate:
