@@ -46,6 +46,10 @@ class Settings(BaseSettings):
 
     cgm_code: str = "CGM0000"  # the CGM's code before the ASIC
 
+    # Validation and estimation knobs: the fields of cgm.vee.config.VeeConfig, as a [vee]
+    # table in the TOML file (or CGM_VEE as JSON). Checked at start; unknown keys refused.
+    vee: dict[str, Any] = Field(default_factory=dict)
+
     # HTTP: Prometheus metrics and the API (0 disables).
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     api_host: str = "127.0.0.1"

@@ -11,6 +11,7 @@ import yaml
 
 from cgm import registry
 from cgm.api import install as install_api
+from cgm.cli import CommandError
 from cgm.collection import schedule
 from cgm.collection.engine import CycleSummary
 from cgm.config import get_settings
@@ -18,6 +19,7 @@ from cgm.reporting.schedule import register_jobs as register_asic_jobs
 from cgm.security import secret_box
 from cgm.service import Service
 from cgm.vee import vee_after_collection
+from cgm.vee.config import vee_config
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,14 @@ def build_service(simulate: int = 0) -> Service:
     service = Service(get_settings())
     job = schedule.install(service)
 
+    try:
+        vee = vee_config(service.settings.vee)
+    except ValueError as exc:  # a bad [vee] setting stops the start, with one clear line
+        raise CommandError(f"[vee] settings: {exc}") from None
+
     async def settle(summary: CycleSummary) -> None:
         # Validation follows collection: settle the days this cycle read (idempotent).
-        await vee_after_collection(service.db_url, summary.cycle)
+        await vee_after_collection(service.db_url, summary.cycle, config=vee)
 
     job.after_cycle.append(settle)
     register_asic_jobs(service)  # scheduled only when CGM_ASIC_BASE_URL is set

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
+import os
 from datetime import date, datetime
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import psycopg
 from cgm.cli import CommandError
 from cgm.config import get_settings
 from cgm.db import current_url
+from cgm.security.users import AuthFailed, authenticate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--value", required=True, type=float, help="primary kWh/kvarh")
     e.add_argument("--reason", required=True)
-    e.add_argument("--actor", required=True)
+    e.add_argument("--user", required=True, help="a cgm user of level 2 (cgm user add)")
     e.add_argument(
-        "--level", type=int, default=2, help="the user's access level (until cgm has users)"
+        "--password-env", metavar="VAR", help="read the password from $VAR instead of a prompt"
     )
     e.set_defaults(func=_edit)
 
@@ -54,12 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from cgm.vee import run_vee
+    from cgm.vee.config import vee_config
 
     if args.day is None:
         raise CommandError("--day is required (or an action: edit, import-power)")
     url = current_url(get_settings())
     try:
-        s = asyncio.run(run_vee(url, args.day, args.run_frontier))
+        config = vee_config(get_settings().vee)
+        s = asyncio.run(run_vee(url, args.day, args.run_frontier, config=config))
     except LookupError as exc:
         raise CommandError(str(exc)) from None
     if args.json:
@@ -85,9 +90,18 @@ def _edit(args: argparse.Namespace) -> int:
     if args.period_start.tzinfo is None:
         raise CommandError("--period-start needs a time zone (e.g. +00:00 or -05:00)")
     url = current_url(get_settings())
+    password = _password(args)
 
     async def go() -> object:
         async with await psycopg.AsyncConnection.connect(url) as conn:
+            try:
+                user = await authenticate(conn, args.user, password)
+            except AuthFailed:
+                await conn.commit()  # keep the failed-login count
+                raise CommandError(
+                    f"user {args.user}: wrong password, unknown or disabled"
+                ) from None
+            await conn.commit()
             return await edit_settled(
                 conn,
                 frontier=args.frontier,
@@ -95,8 +109,8 @@ def _edit(args: argparse.Namespace) -> int:
                 interval_start=args.period_start,
                 value=args.value,
                 reason=args.reason,
-                actor=args.actor,
-                level=args.level,
+                actor=f"cli:{user.username}",
+                level=user.level,
             )
 
     try:
@@ -108,6 +122,15 @@ def _edit(args: argparse.Namespace) -> int:
         f"{stored.value} (manual, version {stored.version})"
     )  # type: ignore[attr-defined]
     return 0
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_env:
+        value = os.environ.get(args.password_env)
+        if value is None:
+            raise CommandError(f"environment variable {args.password_env} is not set")
+        return value
+    return getpass.getpass(f"password for {args.user}: ")
 
 
 def _import_power(args: argparse.Namespace) -> int:

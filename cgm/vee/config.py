@@ -3,8 +3,12 @@ Código's duties suggest. One frozen object, passed explicitly, so a run is repr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import timedelta
+from typing import Any
+
+from pydantic import TypeAdapter
 
 ALL_RULES = (
     "missing",  # completeness: 24 periods per local day
@@ -92,3 +96,12 @@ class VeeConfig:
 
     def on(self, rule: str) -> bool:
         return rule not in self.disabled
+
+
+def vee_config(overrides: Mapping[str, Any]) -> VeeConfig:
+    """A VeeConfig from the operator's ``[vee]`` settings; a clear error for a bad key."""
+    known = {f.name for f in fields(VeeConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown [vee] setting(s): {', '.join(unknown)}")
+    return TypeAdapter(VeeConfig).validate_python(dict(overrides))

@@ -36,3 +36,20 @@ def test_unknown_toml_key_is_an_error(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("CGM_CONFIG", str(toml))
     with pytest.raises(ValidationError, match="databse_url"):
         Settings()
+
+
+def test_vee_settings_become_a_vee_config_and_typos_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from cgm.vee.config import vee_config
+
+    toml = tmp_path / "cgm.toml"
+    toml.write_text('[vee]\ninterpolate_max_hours = 3\nprolonged_estimation = "P3D"\n')
+    monkeypatch.setenv("CGM_CONFIG", str(toml))
+    config = vee_config(Settings().vee)
+    assert config.interpolate_max_hours == 3
+    assert config.prolonged_estimation == timedelta(days=3)
+    with pytest.raises(ValueError, match="interpolate_max_hour"):
+        vee_config({"interpolate_max_hour": 3})
