@@ -14,6 +14,7 @@ import numpy as np
 import psycopg
 
 from cgm.energy import primary_factor
+from cgm.frontier_log import clock_corrections
 from cgm.localtime import HOUR, day_bounds
 from cgm.storage.common import channel_id, to_utc_us
 from cgm.vee.config import VeeConfig
@@ -237,6 +238,16 @@ async def load_readings(
     return out
 
 
+async def _series_by_key(
+    cur: psycopg.AsyncCursor,
+) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """Rows (id, channel, time, value) → per (id, channel): (POSIX seconds, values)."""
+    grouped: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for key, ch, at, value in await cur.fetchall():
+        grouped.setdefault((key, ch), []).append((at.timestamp(), value))
+    return _arrays(grouped)
+
+
 async def load_snapshots(
     conn: psycopg.AsyncConnection, meter_ids: list[int], day: date, skew: timedelta
 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
@@ -248,10 +259,7 @@ async def load_snapshots(
            ORDER BY meter_id, channel, read_at""",
         (meter_ids, w0 - skew, w1 + skew),
     )
-    grouped: dict[tuple[int, int], list[tuple[float, float]]] = {}
-    for mid, ch, at, v in await cur.fetchall():
-        grouped.setdefault((mid, ch), []).append((at.timestamp(), v))
-    return _arrays(grouped)
+    return await _series_by_key(cur)
 
 
 def snapshot_near(
@@ -277,13 +285,7 @@ async def load_clock_corrections(
 ) -> list[tuple[int, datetime]]:
     """Clock synchronisations recorded in the hoja de vida during the window."""
     w0, w1 = window(day)
-    cur = await conn.execute(
-        """SELECT meter_id, at FROM frontier_log
-           WHERE kind = 'level2_access' AND purpose = 'clock synchronisation'
-             AND meter_id = ANY(%s) AND at >= %s AND at < %s""",
-        (meter_ids, w0, w1),
-    )
-    return list(await cur.fetchall())
+    return await clock_corrections(conn, meter_ids, w0, w1)
 
 
 async def load_power(
@@ -297,10 +299,7 @@ async def load_power(
            ORDER BY frontier_id, channel, measured_at""",
         (frontier_ids, w0 - margin, w1 + margin),
     )
-    grouped: dict[tuple[int, int], list[tuple[float, float]]] = {}
-    for fid, ch, at, kw in await cur.fetchall():
-        grouped.setdefault((fid, ch), []).append((at.timestamp(), kw))
-    return _arrays(grouped)
+    return await _series_by_key(cur)
 
 
 _HISTORY_RECORD = np.dtype(

@@ -1,0 +1,34 @@
+"""The frontier's hoja de vida (``frontier_log``): its kinds and the queries on them.
+
+Collection writes level-2 accesses and findings here, validation reads clock corrections
+back: both use these names, so the convention lives in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import psycopg
+
+LEVEL2_ACCESS = "level2_access"
+ALARM = "alarm"
+CONFIG_VIOLATION = "config_violation"
+MANUAL_EDIT = "manual_edit"
+CLOCK_SYNC = "clock synchronisation"  # purpose of a level-2 clock correction
+
+
+async def clock_corrections(
+    conn: psycopg.AsyncConnection,
+    meter_ids: Sequence[int],
+    start: datetime,
+    end: datetime | None = None,
+) -> list[tuple[int, datetime]]:
+    """(meter_id, when) of clock corrections of these meters in [start, end)."""
+    cur = await conn.execute(
+        """SELECT meter_id, at FROM frontier_log
+           WHERE kind = %s AND purpose = %s AND meter_id = ANY(%s)
+             AND at >= %s AND (%s::timestamptz IS NULL OR at < %s)""",
+        (LEVEL2_ACCESS, CLOCK_SYNC, list(meter_ids), start, end, end),
+    )
+    return list(await cur.fetchall())
