@@ -30,6 +30,7 @@ from cgm import metrics
 from cgm.collection import claims
 from cgm.collection.derive import Snapshot, derive_intervals
 from cgm.collection.session import MeterOutcome, SessionPolicy, interrogate
+from cgm.frontier_log import ALARM, CLOCK_SYNC, CONFIG_VIOLATION, LEVEL2_ACCESS, clock_corrections
 from cgm.registry import MeterConfig, active_meters_async
 from cgm.security import SecretBox
 from cgm.storage import Quality, last_interval, readings_array, write_readings
@@ -340,31 +341,48 @@ async def store_outcomes(
         metrics.INTERVALS_STORED.labels(protocol).inc(n)
 
 
+class _Rows:
+    """Reading rows gathered column-wise for one ``readings_array``."""
+
+    def __init__(self) -> None:
+        self.cols: tuple[list, ...] = ([], [], [], [], [], [])
+
+    def add(
+        self,
+        meter_id: int,
+        channel: int,
+        start: datetime,
+        value: float,
+        quality: Quality,
+        collected_at: datetime,
+    ) -> None:
+        for col, item in zip(
+            self.cols, (meter_id, channel, start, value, int(quality), collected_at), strict=True
+        ):
+            col.append(item)
+
+    def array(self) -> np.ndarray:
+        return readings_array(*self.cols) if self.cols[0] else np.empty(0)
+
+
+def _base_quality(o: MeterOutcome) -> Quality:
+    return Quality.BACKUP_CHANNEL if o.channel_used == "backup" else Quality(0)
+
+
 async def _reading_rows(conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]) -> np.ndarray:
-    cols: dict[str, list] = {k: [] for k in ("m", "c", "t", "v", "q", "at")}
+    rows = _Rows()
     corrections = await _corrections(conn, batch)
     for o in batch:
-        base = Quality(0)
-        if o.channel_used == "backup":
-            base |= Quality.BACKUP_CHANNEL
+        base = _base_quality(o)
         at = o.finished_at or o.started_at
         for e in o.entries:
             q = base | Quality(e.status & 0xFF)
             if any(e.start <= t < e.end for t in corrections.get(o.target.meter_id, ())):
                 q |= Quality.LARGE_CLOCK_CORRECTION
             for ch, value in e.values.items():
-                cols["m"].append(o.target.meter_id)
-                cols["c"].append(channel_id(ch))
-                cols["t"].append(e.start)
-                cols["v"].append(value)
-                cols["q"].append(int(q))
-                cols["at"].append(at)
-    derived = await _derived_rows(conn, batch)
-    for key, values in derived.items():
-        cols[key].extend(values)
-    if not cols["m"]:
-        return np.empty(0)
-    return readings_array(cols["m"], cols["c"], cols["t"], cols["v"], cols["q"], cols["at"])
+                rows.add(o.target.meter_id, channel_id(ch), e.start, value, q, at)
+    await _derived_rows(conn, batch, rows)
+    return rows.array()
 
 
 async def _corrections(
@@ -375,26 +393,19 @@ async def _corrections(
     if not ids:
         return {}
     oldest = min(o.entries[0].start for o in batch if o.entries)
-    cur = await conn.execute(
-        """SELECT meter_id, at FROM frontier_log
-           WHERE kind = 'level2_access' AND purpose = 'clock synchronisation'
-             AND meter_id = ANY(%s) AND at >= %s""",
-        (ids, oldest),
-    )
     out: dict[int, list[datetime]] = {}
-    for meter_id, at in await cur.fetchall():
+    for meter_id, at in await clock_corrections(conn, ids, oldest):
         out.setdefault(meter_id, []).append(at)
     return out
 
 
 async def _derived_rows(
-    conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]
-) -> dict[str, list]:
+    conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome], rows: _Rows
+) -> None:
     """Hourly intervals from register snapshots, for meters that have no profile."""
-    cols: dict[str, list] = {k: [] for k in ("m", "c", "t", "v", "q", "at")}
     targets = [o for o in batch if not o.has_profile and o.registers]
     if not targets:
-        return cols
+        return
     cur = await conn.execute(
         """SELECT meter_id, channel, read_at, value FROM register_snapshot
            WHERE meter_id = ANY(%s) AND read_at > now() - interval '3 hours'""",
@@ -405,20 +416,12 @@ async def _derived_rows(
         history.setdefault((meter_id, ch), []).append(Snapshot(read_at, value))
     for o in targets:
         register_max = o.target.params.get("register_max")
+        q = _base_quality(o) | Quality.DERIVED_FROM_REGISTERS
         for r in o.registers:
             key = (o.target.meter_id, channel_id(r.channel))
             snaps = [*history.get(key, []), Snapshot(r.read_at, r.value)]
             for iv in derive_intervals(snaps, register_max=register_max):
-                q = Quality.DERIVED_FROM_REGISTERS
-                if o.channel_used == "backup":
-                    q |= Quality.BACKUP_CHANNEL
-                cols["m"].append(o.target.meter_id)
-                cols["c"].append(key[1])
-                cols["t"].append(iv.start)
-                cols["v"].append(iv.value)
-                cols["q"].append(int(q))
-                cols["at"].append(r.read_at)
-    return cols
+                rows.add(key[0], key[1], iv.start, iv.value, q, r.read_at)
 
 
 # One statement per table and batch (arrays through ``unnest``), not one per row: measured
@@ -537,8 +540,8 @@ async def _hoja_de_vida(
                     t.frontier_id,
                     t.meter_id,
                     config.actor,
-                    "level2_access",
-                    "clock synchronisation",
+                    LEVEL2_ACCESS,
+                    CLOCK_SYNC,
                     Jsonb(
                         {
                             "activities": ["read clock", "set clock", "re-read clock"],
@@ -561,7 +564,7 @@ async def _hoja_de_vida(
                     t.frontier_id,
                     t.meter_id,
                     config.actor,
-                    "alarm",
+                    ALARM,
                     "clock correction failed",
                     Jsonb(
                         {
@@ -613,11 +616,12 @@ async def _config_findings(
             await conn.execute(
                 """INSERT INTO frontier_log
                      (frontier_id, meter_id, actor, kind, purpose, activities)
-                   VALUES (%s, %s, %s, 'config_violation', 'profile configuration check', %s)""",
+                   VALUES (%s, %s, %s, %s, 'profile configuration check', %s)""",
                 (
                     o.target.frontier_id,
                     o.target.meter_id,
                     config.actor,
+                    CONFIG_VIOLATION,
                     Jsonb(
                         {
                             "findings": findings,
