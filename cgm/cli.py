@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 from importlib import import_module
@@ -55,6 +57,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class CommandError(Exception):
     """A user-facing failure: printed as one clear line, exit status 2."""
+
+
+def secret_from_env(name: str, flag: str) -> str:
+    """The secret in environment variable ``name`` (given with ``flag``), never echoed.
+
+    Secrets come by variable name, not on the command line, because command lines end up in
+    shell history and ``ps``. A value mistyped into ``flag`` is not printed back.
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise CommandError(f"{flag} takes the NAME of an environment variable")
+    value = os.environ.get(name)
+    if not value:
+        raise CommandError(f"environment variable {name} is not set or empty")
+    return value
 
 
 if __name__ == "__main__":

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cgm.cli import CommandError
+from cgm.cli import CommandError, secret_from_env
 from cgm.localtime import COLOMBIA
 from drivers import PROTOCOLS, AccessLevel, Credentials, DriverError, Endpoint, get_driver
 from drivers.base import NotSupported
@@ -67,10 +66,7 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 
 def _secret(args: argparse.Namespace) -> str:
     if args.secret_env:
-        value = os.environ.get(args.secret_env)
-        if value is None:
-            raise CommandError(f"environment variable {args.secret_env} is not set")
-        return value
+        return secret_from_env(args.secret_env, "--secret-env")
     return args.secret or ""
 
 

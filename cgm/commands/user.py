@@ -16,15 +16,13 @@ import argparse
 import asyncio
 import getpass
 import json
-import os
-import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import psycopg
 
-from cgm.cli import CommandError
+from cgm.cli import CommandError, secret_from_env
 from cgm.config import get_settings
 from cgm.db import current_url
 from cgm.security import users
@@ -68,13 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _password(args: argparse.Namespace) -> str:
     if args.password_env:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.password_env):
-            # Not echoed: a password typed here by mistake must not reach the terminal log.
-            raise CommandError("--password-env takes the NAME of an environment variable")
-        value = os.environ.get(args.password_env)
-        if not value:
-            raise CommandError(f"environment variable {args.password_env} is not set or empty")
-        return value
+        return secret_from_env(args.password_env, "--password-env")
     first = getpass.getpass(f"password for {args.name}: ")
     if getpass.getpass("again: ") != first:
         raise CommandError("the passwords do not match")

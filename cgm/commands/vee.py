@@ -15,13 +15,12 @@ import argparse
 import asyncio
 import getpass
 import json
-import os
 from datetime import date, datetime
 from pathlib import Path
 
 import psycopg
 
-from cgm.cli import CommandError
+from cgm.cli import CommandError, secret_from_env
 from cgm.config import get_settings
 from cgm.db import current_url
 from cgm.security.users import AuthFailed, authenticate
@@ -126,10 +125,7 @@ def _edit(args: argparse.Namespace) -> int:
 
 def _password(args: argparse.Namespace) -> str:
     if args.password_env:
-        value = os.environ.get(args.password_env)
-        if value is None:
-            raise CommandError(f"environment variable {args.password_env} is not set")
-        return value
+        return secret_from_env(args.password_env, "--password-env")
     return getpass.getpass(f"password for {args.user}: ")
 
 
