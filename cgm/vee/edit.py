@@ -14,6 +14,7 @@ from datetime import datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
+from cgm.frontier_log import MANUAL_EDIT
 from cgm.localtime import HOUR, period_of
 from cgm.storage import Quality, SettledValue, StoredSettled, read_settled, write_settled
 from cgm.storage.common import CHANNELS_BY_ID, channel_id
@@ -75,10 +76,11 @@ async def edit_settled(
     )
     await conn.execute(
         """INSERT INTO frontier_log (frontier_id, actor, kind, purpose, activities)
-           VALUES (%s, %s, 'manual_edit', %s, %s)""",
+           VALUES (%s, %s, %s, %s, %s)""",
         (
             fid,
             actor,
+            MANUAL_EDIT,
             reason,
             Jsonb(
                 {

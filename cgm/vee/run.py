@@ -21,6 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from cgm import metrics
+from cgm.frontier_log import ALARM
 from cgm.localtime import HOUR, day_bounds, local_day
 from cgm.storage import Quality, SettledValue, write_settled
 from cgm.storage.common import CHANNELS_BY_ID
@@ -599,19 +600,20 @@ async def _prolonged_estimation(
         if streak <= config.prolonged_estimation:
             continue
         found = await conn.execute(
-            """SELECT 1 FROM frontier_log WHERE frontier_id = %s AND kind = 'alarm'
+            """SELECT 1 FROM frontier_log WHERE frontier_id = %s AND kind = %s
                  AND purpose = 'prolonged estimation'
                  AND activities ->> 'channel' = %s AND activities ->> 'since' = %s""",
-            (fid, name, since.isoformat()),
+            (fid, ALARM, name, since.isoformat()),
         )
         if await found.fetchone():
             continue
         await conn.execute(
             """INSERT INTO frontier_log (frontier_id, actor, kind, purpose, activities)
-               VALUES (%s, %s, 'alarm', 'prolonged estimation', %s)""",
+               VALUES (%s, %s, %s, 'prolonged estimation', %s)""",
             (
                 fid,
                 config.actor,
+                ALARM,
                 Jsonb(
                     {
                         "channel": name,
