@@ -49,6 +49,7 @@ class UpgradeResult:
     applied: list[str]
     skipped: list[str]
     timescale: bool
+    warning: str | None = None
 
 
 def migrations() -> list[Migration]:
@@ -83,20 +84,44 @@ def pending(url: str) -> list[str]:
     ]
 
 
-def _timescale_available(conn: psycopg.Connection) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
-    ).fetchone()
-    if row is None:
-        return False
+def _preloaded(setting: str) -> bool:
+    """Whether ``shared_preload_libraries`` names timescaledb (quoted or not, any path)."""
+    names = (part.strip().strip('"').rsplit("/", 1)[-1] for part in setting.split(","))
+    return any(name in ("timescaledb", "timescaledb.so") for name in names)
+
+
+def _timescale_available(url: str) -> tuple[bool, str | None]:
+    """Whether TimescaleDB is usable here, and a warning when it is half-installed.
+
+    Checked on a connection of its own: when the extension is installed but not preloaded,
+    ``CREATE EXTENSION`` fails with a FATAL error that ends the session, and the upgrade must
+    go on (with plain tables) on a connection that is still alive.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute(
+            "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
+        ).fetchone():
+            return True, None
+        if conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+        ).fetchone() is None:
+            return False, None
+        preload = conn.execute("SHOW shared_preload_libraries").fetchone()
+        if not _preloaded(preload[0] if preload else ""):
+            return False, (
+                "timescaledb is installed on the server but not in shared_preload_libraries; "
+                "using plain PostgreSQL tables. Add timescaledb to shared_preload_libraries, "
+                "restart PostgreSQL and run `cgm db upgrade` again to convert them"
+            )
     try:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    except psycopg.Error as exc:  # e.g. not in shared_preload_libraries
-        log.warning("timescaledb is installed but cannot be enabled: %s", exc)
-        conn.rollback()
-        return False
-    conn.commit()
-    return True
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as exc:
+        return False, (
+            f"timescaledb is installed but cannot be enabled ({exc}); "
+            "using plain PostgreSQL tables"
+        )
+    return True, None
 
 
 def _set_variables(conn: psycopg.Connection, settings: Settings) -> None:
@@ -123,7 +148,9 @@ def upgrade(url: str, settings: Settings) -> UpgradeResult:
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
             conn.commit()
-            timescale = _timescale_available(conn)
+            timescale, warning = _timescale_available(url)
+            if warning:
+                log.warning("%s", warning)
             _set_variables(conn, settings)
             done = {
                 v: (checksum, was_skipped)
@@ -171,7 +198,7 @@ def upgrade(url: str, settings: Settings) -> UpgradeResult:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
             conn.commit()
-    return UpgradeResult(applied, skipped, timescale)
+    return UpgradeResult(applied, skipped, timescale, warning)
 
 
 def apply_policies(conn: psycopg.Connection, settings: Settings, timescale: bool) -> None:

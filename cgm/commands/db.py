@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cgm.config import get_settings
 from cgm.db import database_url
@@ -19,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _upgrade(args: argparse.Namespace) -> int:
     settings = get_settings()
     result = upgrade(database_url(settings), settings)
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
     print(f"applied: {', '.join(result.applied) or 'nothing (up to date)'}")
     if result.skipped:
         print(f"waiting for TimescaleDB: {', '.join(result.skipped)}")
