@@ -17,8 +17,14 @@ any username/password and matches wildcards with an unescaped regex (``a/#`` mat
 * Session expiry: a session with a non-zero expiry keeps its subscriptions and queues QoS 1
   messages (bounded) while offline; session takeover disconnects the older connection.
 * Keep-alive enforced at 1.5 x; optional username/password table (anonymous otherwise).
+* Packet size is capped before anything is buffered: a CONNECT (before authentication) at
+  ``MAX_CONNECT_PACKET``, every later packet at ``max_packet_size`` (announced in CONNACK),
+  and a connection must send its CONNECT within ``connect_timeout``. A peer announcing a
+  larger packet is disconnected (0x95) from its fixed header alone.
 
-Not offered: QoS 2, shared subscriptions, subscription identifiers, enhanced AUTH, TLS,
+* TLS when given an ``ssl.SSLContext`` (server side; client certificates if it asks).
+
+Not offered: QoS 2, shared subscriptions, subscription identifiers, enhanced AUTH,
 persistence across restarts, ACLs. Production deployments use Mosquitto (deploy/).
 """
 
@@ -29,6 +35,7 @@ import contextlib
 import hmac
 import itertools
 import logging
+import ssl
 import struct
 from collections import deque
 from collections.abc import Mapping
@@ -66,10 +73,22 @@ _BINARY = {0x09, 0x16}
 _PAIR = {0x26}
 
 MAX_QUEUED = 10_000  # QoS 1 messages kept per offline session
+# A CONNECT holds a client id, a will and credentials: 64 KiB is plenty, and no more than
+# that is ever read from a peer that has not authenticated.
+MAX_CONNECT_PACKET = 64 * 1024
+# After login: a day of hourly cgm-meter/1 entries is ~10 KB; 1 MiB leaves room for 30 days.
+DEFAULT_MAX_PACKET = 1024 * 1024
 
 
 class MalformedPacket(Exception):
     """The peer sent bytes that are not MQTT 5; the connection is closed."""
+
+
+class _TooLarge(Exception):
+    """A packet announced longer than this connection may send."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(f"packet of {length} bytes exceeds the limit")
 
 
 class _Refused(Exception):
@@ -252,13 +271,15 @@ class _Connection:
         self.will: _Message | None = None
         self.will_delay = 0
         self.keep_alive = 0
-        self.max_packet = 268_435_455
+        self.max_packet = 268_435_455  # what the client accepts from us (its CONNECT property)
+        self.max_inbound = MAX_CONNECT_PACKET  # what we accept: raised after authentication
         self.packet_ids = itertools.cycle(range(1, 65536))
         self.send_will = True
 
     # -- io --
-    async def read_packet(self) -> tuple[int, int, _Reader]:
-        timeout = self.keep_alive * 1.5 if self.keep_alive else None
+    async def read_packet(self, timeout: float | None = None) -> tuple[int, int, _Reader]:
+        if timeout is None and self.keep_alive:
+            timeout = self.keep_alive * 1.5
         async with asyncio.timeout(timeout):
             first = (await self.reader.readexactly(1))[0]
             length, shift = 0, 0
@@ -270,8 +291,15 @@ class _Connection:
                     break
             else:
                 raise MalformedPacket("remaining length too long")
+            if length > self.max_inbound:
+                # Refused from the fixed header: the body is never read, let alone buffered.
+                raise _TooLarge(length)
             body = await self.reader.readexactly(length)
         return first >> 4, first & 0x0F, _Reader(body)
+
+    def peer(self) -> str:
+        info = self.writer.get_extra_info("peername")
+        return f"{info[0]}:{info[1]}" if isinstance(info, tuple) else "a client"
 
     def send(self, data: bytes) -> None:
         if not self.writer.is_closing():
@@ -294,7 +322,15 @@ class _Connection:
     # -- lifecycle --
     async def serve(self) -> None:
         try:
-            ptype, _, body = await self.read_packet()
+            try:
+                ptype, _, body = await self.read_packet(self.broker.connect_timeout)
+            except _TooLarge:
+                # Before CONNACK the refusal is a CONNACK (MQTT 5, 3.2.2.2).
+                self.send(_packet(CONNACK, 0, bytes([0, 0x95]) + _props([])))
+                log.warning("refused an oversized CONNECT from %s", self.peer())
+                return
+            except TimeoutError:
+                return  # no CONNECT in time: just close
             if ptype != CONNECT or not self.on_connect(body):
                 return
             while True:
@@ -314,6 +350,9 @@ class _Connection:
                     continue  # acknowledgements of our QoS 1 deliveries: nothing to retry
                 else:
                     raise _Refused(0x82)  # protocol error
+        except _TooLarge as exc:
+            log.warning("disconnected %s: %s", self.peer(), exc)
+            self.disconnect(0x95)  # packet too large
         except _Refused as exc:
             self.disconnect(exc.reason)
         except MalformedPacket as exc:
@@ -359,6 +398,7 @@ class _Connection:
             return False
         if P_MAX_PACKET_SIZE in props:
             self.max_packet = int(props[P_MAX_PACKET_SIZE])  # type: ignore[call-overload]
+        self.max_inbound = self.broker.max_packet_size
         expiry = int(props.get(P_SESSION_EXPIRY, 0))  # type: ignore[call-overload]
         session, present = self.broker._attach(self, client_id, bool(flags & 0x02), expiry)
         self.session = session
@@ -369,6 +409,7 @@ class _Connection:
             (P_SUB_ID_AVAILABLE, bytes([0])),
             (P_SHARED_AVAILABLE, bytes([0])),
             (P_TOPIC_ALIAS_MAX, struct.pack("!H", 0)),
+            (P_MAX_PACKET_SIZE, struct.pack("!I", self.broker.max_packet_size)),
         ]
         if assigned:
             out.append((P_ASSIGNED_CLIENT_ID, _str(assigned)))
@@ -446,14 +487,28 @@ class Broker:
     """The broker. ``await start()`` inside the running loop, ``await stop()`` to end.
 
     ``users`` maps username to password; when given, clients must present one of them.
+    ``max_packet_size`` caps packets after login; ``connect_timeout`` is how long a new
+    connection may take to send its CONNECT.
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, users: Mapping[str, str] | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        users: Mapping[str, str] | None = None,
+        *,
+        max_packet_size: int = DEFAULT_MAX_PACKET,
+        connect_timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        if max_packet_size < MAX_CONNECT_PACKET:
+            raise ValueError(f"max_packet_size must be at least {MAX_CONNECT_PACKET}")
         self.host = host
         self.port = port
         self.users = dict(users) if users is not None else None
+        self.max_packet_size = max_packet_size
+        self.connect_timeout = connect_timeout
+        self.tls = tls
         self._server: asyncio.Server | None = None
         self._sessions: dict[str, _Session] = {}
         self._retained: dict[str, _Message] = {}
@@ -466,7 +521,9 @@ class Broker:
 
     async def start(self) -> tuple[str, int]:
         """Listen (port 0 picks a free one) and return the bound (host, port)."""
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, ssl=self.tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("embedded MQTT 5 broker on %s:%d", self.host, self.port)
         return self.address
