@@ -134,6 +134,9 @@ class ProfileEntry:
     period: timedelta
     values: Mapping[Channel, float]
     status: int = 0
+    # Channels whose value is a cumulative register's advance that wrapped past its maximum
+    # inside this interval (see drivers.cumulative): correct, but flagged for review.
+    rollover: frozenset[Channel] = frozenset()
 
     @property
     def end(self) -> datetime:

@@ -380,7 +380,8 @@ async def _reading_rows(conn: psycopg.AsyncConnection, batch: Sequence[MeterOutc
             if any(e.start <= t < e.end for t in corrections.get(o.target.meter_id, ())):
                 q |= Quality.LARGE_CLOCK_CORRECTION
             for ch, value in e.values.items():
-                rows.add(o.target.meter_id, channel_id(ch), e.start, value, q, at)
+                wrap = Quality.REGISTER_ROLLOVER if ch in e.rollover else Quality(0)
+                rows.add(o.target.meter_id, channel_id(ch), e.start, value, q | wrap, at)
     await _derived_rows(conn, batch, rows)
     return rows.array()
 
@@ -421,7 +422,8 @@ async def _derived_rows(
             key = (o.target.meter_id, channel_id(r.channel))
             snaps = [*history.get(key, []), Snapshot(r.read_at, r.value)]
             for iv in derive_intervals(snaps, register_max=register_max):
-                rows.add(key[0], key[1], iv.start, iv.value, q, r.read_at)
+                wrap = Quality.REGISTER_ROLLOVER if iv.rollover else Quality(0)
+                rows.add(key[0], key[1], iv.start, iv.value, q | wrap, r.read_at)
 
 
 # One statement per table and batch (arrays through ``unnest``), not one per row: measured

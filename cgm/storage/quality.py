@@ -59,6 +59,9 @@ class Quality(IntFlag):
     DERIVED_FROM_REGISTERS = 0x8000
     """Not from a load profile: the advance of cumulative registers between snapshots,
     interpolated to the hour boundaries (meters without a profile)."""
+    REGISTER_ROLLOVER = 0x10000
+    """The value is a cumulative register's advance that wrapped past the register's maximum
+    inside the interval (drivers.cumulative): computed across the wrap, flagged for review."""
 
 
 METER_STATUS_MASK = 0x00FF
