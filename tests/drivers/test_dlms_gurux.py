@@ -1,0 +1,80 @@
+"""The DLMS driver against a meter served by Gurux's server (an independent implementation).
+
+The meter (``tests/fixtures/gurux_server.py``) is the kind issue 10 found in the field: a
+load profile of cumulative registers, identity only through the logical device name, LLS at
+level 1 and HLS mechanism 2 at level 2, and long answers in blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from drivers.base import (
+    AccessLevel,
+    AuthenticationFailed,
+    Channel,
+    Credentials,
+    Endpoint,
+)
+from drivers.dlms import DRIVER, DlmsSession
+from tests.fixtures.gurux_server import GuruxDlmsServer, GuruxMeter
+
+HOUR = timedelta(hours=1)
+LEVEL1 = Credentials(AccessLevel.READ, "gurux-l1", client="32")
+
+
+@pytest.fixture
+async def meter() -> GuruxMeter:
+    return GuruxMeter.with_history(72)
+
+
+@pytest.fixture
+async def gurux(meter: GuruxMeter) -> AsyncIterator[GuruxDlmsServer]:
+    async with GuruxDlmsServer(meter) as srv:
+        yield srv
+    assert srv.errors == [], "the Gurux server raised inside a request:\n" + "\n".join(srv.errors)
+
+
+async def connect(
+    srv: GuruxDlmsServer, creds: Credentials = LEVEL1, **params: object
+) -> DlmsSession:
+    return await DRIVER.connect(Endpoint("127.0.0.1", srv.port), creds, params or None, timeout=5.0)
+
+
+async def test_lls_level1_reads_clock_and_registers(
+    gurux: GuruxDlmsServer, meter: GuruxMeter
+) -> None:
+    async with await connect(gurux) as session:
+        clock = await session.read_clock()
+        registers = {r.channel: r.value for r in await session.read_registers()}
+    assert abs(clock.offset) < 2.0  # Gurux's +300 deviation read as UTC−5
+    last = meter.rows[-1][1]
+    assert registers == {
+        Channel.ACTIVE_IMPORT: last[0] / 1000,
+        Channel.ACTIVE_EXPORT: last[1] / 1000,
+        Channel.REACTIVE_IMPORT: last[2] / 1000,
+        Channel.REACTIVE_EXPORT: last[3] / 1000,
+    }
+
+
+async def test_wrong_lls_password_is_authentication_failed(gurux: GuruxDlmsServer) -> None:
+    with pytest.raises(AuthenticationFailed):
+        await connect(gurux, Credentials(AccessLevel.READ, "not-it", client="32"))
+
+
+async def test_long_profile_answer_comes_in_blocks(
+    gurux: GuruxDlmsServer, meter: GuruxMeter
+) -> None:
+    end = meter.rows[-1][0]
+    start = end - 48 * HOUR
+    async with await connect(gurux) as session:
+        config = await session.read_profile_config()
+        entries = await session.read_profile(start, end)
+        blocks = session.blocks_received
+    assert config.capture_period == HOUR
+    assert blocks >= 3  # about 1.7 kB of rows through a 256-byte PDU
+    # Entries whose interval starts in [start, end): stamps (interval ends) start + 1 h … end.
+    assert [e.start for e in entries] == [start + i * HOUR for i in range(48)]
