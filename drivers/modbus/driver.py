@@ -45,17 +45,20 @@ from drivers.base import (
 )
 from drivers.modbus.registermap import (
     FUNCTION_CODES,
+    WORD_ORDERS,
+    ClockSpec,
     Item,
+    Order,
     ProfileSpec,
     RegisterMap,
-    WordOrder,
     from_meter_epoch,
     load_map,
     map_path,
+    parse_order,
     to_meter_epoch,
 )
 
-PARAMS = ("map", "device_id", "word_order")
+PARAMS = ("map", "device_id", "byte_order", "word_order")
 Span = tuple[str, int, int]  # (function, address, registers)
 
 
@@ -84,12 +87,12 @@ class ModbusSession(MeterSession):
         timeout: float,
         regmap: RegisterMap,
         device_id: int,
-        word_order: WordOrder,
+        order: Order,
     ) -> None:
         super().__init__(endpoint, credentials, timeout)
         self.map = regmap
         self.device_id = device_id
-        self.word_order: WordOrder = word_order
+        self.order: Order = order
         self.level: int | None = None  # what the meter says it granted
         self._decoder = DecodePDU(False)
         self._expect: tuple[int, int] | None = None  # (function code, registers) in flight
@@ -123,8 +126,12 @@ class ModbusSession(MeterSession):
         await self._login()
 
     async def _login(self) -> None:
-        """Write the password; the meter grants level 1 or 2 or answers ``auth_failed``."""
+        """Write the password; the meter grants level 1 or 2 or answers ``auth_failed``.
+        A map without ``access`` is a meter whose reads are open: nothing is written."""
         item = self.map.password
+        if item is None:
+            self.level = int(self.credentials.level)
+            return
         secret = self.credentials.secret
         if len(secret.encode("ascii", errors="replace")) > item.size * 2:
             raise AuthenticationFailed(
@@ -132,7 +139,7 @@ class ModbusSession(MeterSession):
                 endpoint=self.endpoint,
             )
         try:
-            await self._write(item.address, item.encode(secret, self.word_order))
+            await self._write(item.address, item.encode(secret, self.order))
         except ModbusExceptionResponse as exc:
             if exc.code == self.map.auth_failed_code:
                 raise AuthenticationFailed(
@@ -304,7 +311,7 @@ class ModbusSession(MeterSession):
 
     async def _read_items(self, items: Sequence[Item]) -> dict[Item, float | int | str]:
         regs = await self._read_spans([(i.function, i.address, i.size) for i in items])
-        return {i: i.decode(regs[(i.function, i.address, i.size)], self.word_order) for i in items}
+        return {i: i.decode(regs[(i.function, i.address, i.size)], self.order) for i in items}
 
     # --- the interface -------------------------------------------------------------------
 
@@ -317,8 +324,16 @@ class ModbusSession(MeterSession):
         }
         return MeterIdentity(**fields)
 
+    def _clock(self) -> ClockSpec:
+        if self.map.clock is None:
+            raise NotSupported(
+                f"map {self.map.name!r} ({self.map.model}) has no clock over Modbus",
+                endpoint=self.endpoint,
+            )
+        return self.map.clock
+
     async def _read_clock(self) -> ClockReading:
-        clock = self.map.clock
+        clock = self._clock()
         span: Span = (clock.function, clock.address, clock.size)
         spans = [span]
         status = clock.status
@@ -332,7 +347,7 @@ class ModbusSession(MeterSession):
         regs = await self._read_spans(spans)
         received_at = utcnow()
         try:
-            meter_time = clock.decode(regs[span], self.word_order)
+            meter_time = clock.decode(regs[span], self.order)
         except (ValueError, OverflowError) as exc:
             raise ProtocolError(
                 f"{self.endpoint}: clock registers {regs[span]} are not a date: {exc}",
@@ -342,7 +357,7 @@ class ModbusSession(MeterSession):
         if status:
             key = (status.function, status.address, status.size)
             raw = regs[key] if key in regs else (await self._read_spans([key]))[key]
-            status_value = int(status.decode(raw, self.word_order))
+            status_value = int(status.decode(raw, self.order))
         return ClockReading(meter_time, sent_at, received_at, status_value)
 
     async def _set_clock(self, when: datetime) -> None:
@@ -350,7 +365,8 @@ class ModbusSession(MeterSession):
         if delay := (1_000_000 - when.microsecond) % 1_000_000 / 1e6:
             await asyncio.sleep(delay)
             when = when + timedelta(seconds=delay)
-        await self._write(self.map.clock.address, self.map.clock.encode(when, self.word_order))
+        clock = self._clock()
+        await self._write(clock.address, clock.encode(when, self.order))
 
     def _profile(self) -> ProfileSpec:
         if self.map.profile is None:
@@ -379,20 +395,20 @@ class ModbusSession(MeterSession):
         if self._capture_period is None:
             await self._read_profile_config()
         period = cast(timedelta, self._capture_period)
-        tz = self.map.clock.tz
+        tz = self._clock().tz
         shift = period if p.stamp == "end" else timedelta(0)
         selector = to_meter_epoch(start + shift, tz)  # first record starting at or after start
         entries: list[ProfileEntry] = []
         last_stamp = -1
         while True:
-            await self._write(p.selector.address, p.selector.encode(selector, self.word_order))
+            await self._write(p.selector.address, p.selector.encode(selector, self.order))
             regs = await self._read(p.function, p.address, p.window_size)
             records = 0
             for k in range(p.records):
                 rec = regs[k * p.record_size : (k + 1) * p.record_size]
 
                 def field(item: Item, rec: list[int] = rec) -> float | int | str:
-                    return item.decode(rec[item.address : item.end], self.word_order)
+                    return item.decode(rec[item.address : item.end], self.order)
 
                 stamp = int(field(p.timestamp))  # type: ignore[arg-type]
                 if stamp == 0:
@@ -433,7 +449,8 @@ class ModbusSession(MeterSession):
 
 class ModbusDriver(Driver):
     """``params``: ``map`` (model name or YAML path, required), ``device_id`` (unit id,
-    default 1), ``word_order`` (``big``/``little``, overrides the map default)."""
+    default 1), ``byte_order`` (ABCD/CDAB/BADC/DCBA) or ``word_order`` (big/little):
+    overrides the map default, as installations configure some meters or gateways."""
 
     protocol = "modbus"
 
@@ -471,10 +488,19 @@ class ModbusDriver(Driver):
             or not 0 <= device_id <= 255
         ):
             raise ValueError(f"modbus: device_id {device_id!r} is not a unit id 0..255")
-        word_order = params.get("word_order", regmap.word_order)
-        if word_order not in ("big", "little"):
-            raise ValueError(f"modbus: word_order {word_order!r} is not 'big' or 'little'")
-        session = ModbusSession(endpoint, credentials, timeout, regmap, device_id, word_order)
+        if "byte_order" in params and "word_order" in params:
+            raise ValueError("modbus: give byte_order or word_order, not both")
+        order = regmap.order
+        for key in ("byte_order", "word_order"):
+            if key in params:
+                allowed = WORD_ORDERS if key == "word_order" else ()
+                if allowed and params[key] not in allowed:
+                    raise ValueError(f"modbus: word_order {params[key]!r} is not 'big' or 'little'")
+                try:
+                    order = parse_order(params[key])
+                except ValueError as exc:
+                    raise ValueError(f"modbus: {key} {exc}") from exc
+        session = ModbusSession(endpoint, credentials, timeout, regmap, device_id, order)
         try:
             await asyncio.wait_for(session._open(), timeout)
         except TimeoutError as exc:

@@ -1,9 +1,15 @@
 """Register maps: one YAML file per meter model, validated on load.
 
-A map is data, not code, so that a new meter model needs only a new file. The driver reads
-with it and the simulator serves with it, so both sides agree on every address by
-construction. Validation is strict and every error names the file and the field, because a
-wrong map silently turns energy into garbage.
+A map is data, not code, so that a new meter model needs only a new file. Validation is
+strict and every error names the file and the field, because a wrong map silently turns
+energy into garbage. The simulator reads the same YAML files with its own reader and encoder
+(``simulators/modbus/image.py``), so a mistake here shows up as a disagreement in the tests.
+
+Byte orders follow the usual letter notation for a 32-bit value whose big-endian bytes are
+A B C D: ``ABCD`` (high word first, the Modbus convention), ``CDAB`` (low word first),
+``BADC`` (high word first, bytes swapped in each register) and ``DCBA`` (fully little-endian).
+For 64-bit values the pattern extends (CDAB → GH EF CD AB: registers reversed); for 16-bit
+values only the byte swap matters.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from drivers.base import Channel
 DT = ModbusClientMixin.DATATYPE
 MAPS_DIR = Path(__file__).parent / "maps"
 
-WordOrder = Literal["big", "little"]
+Order = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+ORDERS: tuple[Order, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
+WORD_ORDERS: dict[str, Order] = {"big": "ABCD", "little": "CDAB"}  # the older spelling
 Function = Literal["holding", "input"]
 
 TYPES: dict[str, DT] = {
@@ -49,6 +57,24 @@ class MapError(ValueError):
     """A register map that cannot be used; the message names the file and the field."""
 
 
+def to_big_endian(regs: list[int], order: Order) -> list[int]:
+    """Registers in ``order`` → the same value's registers in ABCD order (and back: both
+    steps are their own inverse)."""
+    out = list(reversed(regs)) if order in ("CDAB", "DCBA") else list(regs)
+    if order in ("BADC", "DCBA"):
+        out = [((r & 0xFF) << 8) | (r >> 8) for r in out]
+    return out
+
+
+def parse_order(value: Any) -> Order:
+    """``ABCD``/``CDAB``/``BADC``/``DCBA``, or the older ``big``/``little``; ValueError else."""
+    if value in ORDERS:
+        return value  # type: ignore[no-any-return]
+    if value in WORD_ORDERS:
+        return WORD_ORDERS[value]
+    raise ValueError(f"{value!r} is not one of {', '.join(ORDERS)} (or big, little)")
+
+
 @dataclass(frozen=True)
 class Item:
     """One value in the register space: where it is, how it is encoded, how it scales."""
@@ -60,7 +86,7 @@ class Item:
     length: int = 0  # registers, strings only
     scaler: float = 1.0
     unit: str | None = None
-    word_order: WordOrder | None = None  # None: the map (or connection) default
+    order: Order | None = None  # None: the map (or connection) default
 
     @property
     def size(self) -> int:
@@ -70,13 +96,13 @@ class Item:
     def end(self) -> int:
         return self.address + self.size
 
-    def decode(self, regs: list[int], word_order: WordOrder) -> float | int | str:
+    def decode(self, regs: list[int], order: Order) -> float | int | str:
         """Registers → value, scaler applied (strings lose trailing NULs and blanks)."""
         if self.type == "string":
             raw = b"".join(r.to_bytes(2, "big") for r in regs)
             return raw.rstrip(b"\x00 ").decode("ascii", errors="replace")
         value = ModbusClientMixin.convert_from_registers(
-            regs, TYPES[self.type], word_order=self.word_order or word_order
+            to_big_endian(regs, self.order or order), TYPES[self.type], word_order="big"
         )
         assert isinstance(value, int | float)
         if self.scaler == 1:
@@ -86,8 +112,8 @@ class Item:
         # Round away binary noise (123456789 × 0.001 → 123456.789, not …78900000001).
         return round(value * self.scaler, max(0, math.ceil(-math.log10(abs(self.scaler)))))
 
-    def encode(self, value: float | int | str, word_order: WordOrder) -> list[int]:
-        """Value → registers; the inverse of :meth:`decode` (used by writes and the simulator)."""
+    def encode(self, value: float | int | str, order: Order) -> list[int]:
+        """Value → registers; the inverse of :meth:`decode` (used for writes)."""
         if self.type == "string":
             raw = str(value).encode("ascii", errors="replace")[: self.length * 2]
             raw = raw.ljust(self.length * 2, b"\x00")
@@ -95,9 +121,8 @@ class Item:
         raw_value: float | int = value / self.scaler if self.scaler != 1 else value  # type: ignore[operator]
         if not self.type.startswith("float"):
             raw_value = int(round(raw_value))
-        return ModbusClientMixin.convert_to_registers(
-            raw_value, TYPES[self.type], word_order=self.word_order or word_order
-        )
+        regs = ModbusClientMixin.convert_to_registers(raw_value, TYPES[self.type], word_order="big")
+        return to_big_endian(regs, self.order or order)
 
 
 @dataclass(frozen=True)
@@ -115,19 +140,22 @@ class ClockSpec:
     def size(self) -> int:
         return len(CLOCK_FIELDS) if self.layout == "fields" else TYPES[self.type].value[1]
 
-    def encode(self, when: datetime, word_order: WordOrder) -> list[int]:
+    def encode(self, when: datetime, order: Order) -> list[int]:
         local = when.astimezone(self.tz)
         if self.layout == "fields":
             return [getattr(local, f) for f in CLOCK_FIELDS]
         seconds = to_meter_epoch(when, self.tz)
-        return ModbusClientMixin.convert_to_registers(seconds, TYPES[self.type], word_order)
+        regs = ModbusClientMixin.convert_to_registers(seconds, TYPES[self.type], word_order="big")
+        return to_big_endian(regs, order)
 
-    def decode(self, regs: list[int], word_order: WordOrder) -> datetime:
+    def decode(self, regs: list[int], order: Order) -> datetime:
         """Registers → aware UTC datetime; raises ValueError on an impossible date."""
         if self.layout == "fields":
             local = datetime(*regs[: len(CLOCK_FIELDS)], tzinfo=self.tz)  # type: ignore[misc]
         else:
-            seconds = ModbusClientMixin.convert_from_registers(regs, TYPES[self.type], word_order)
+            seconds = ModbusClientMixin.convert_from_registers(
+                to_big_endian(regs, order), TYPES[self.type], word_order="big"
+            )
             assert isinstance(seconds, int)
             return from_meter_epoch(seconds, self.tz)
         return local.astimezone(UTC)
@@ -166,16 +194,17 @@ class RegisterMap:
     source: str
     model: str
     manufacturer: str
-    word_order: WordOrder
+    order: Order
     max_read: int
-    password: Item
+    password: Item | None  # None: the meter has no login (reads are open, nothing is written)
     level: Item | None
     auth_failed_code: int
     access_denied_code: int
     identity: Mapping[str, Item | str]  # an Item, or a constant the meter does not expose
-    clock: ClockSpec
+    clock: ClockSpec | None  # None: no clock over Modbus (read_clock is NotSupported)
     registers: tuple[tuple[Channel, Item], ...]
     profile: ProfileSpec | None
+    reference: Mapping[str, str]  # the vendor document and table the map was written from
 
     @property
     def name(self) -> str:
@@ -228,7 +257,7 @@ def parse_map(data: Any, source: str) -> RegisterMap:
 class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
-        self.word_order: WordOrder = "big"
+        self.order: Order = "ABCD"
         self.function: Function = "holding"
 
     def fail(self, where: str, message: str) -> MapError:
@@ -259,6 +288,20 @@ class _Parser:
             raise self.fail(where, f"{value!r} is not one of {', '.join(options)}")
         return value
 
+    def byte_order(self, spec: Mapping[str, Any], where: str, default: Order | None) -> Any:
+        """``byte_order`` (ABCD, CDAB, BADC, DCBA) or the older ``word_order`` (big, little)."""
+        if "byte_order" in spec and "word_order" in spec:
+            raise self.fail(
+                f"{where}.word_order" if where else "word_order",
+                "give byte_order or word_order, not both",
+            )
+        key = "byte_order" if "byte_order" in spec else "word_order"
+        if key not in spec:
+            return default
+        allowed = ORDERS if key == "byte_order" else tuple(WORD_ORDERS)
+        value = self.choice(spec[key], f"{where}.{key}" if where else key, allowed)
+        return parse_order(value)
+
     def item(self, raw: Any, where: str, *, name: str = "", offset: bool = False) -> Item:
         spec = self.mapping(raw, where)
         self.known(
@@ -273,6 +316,7 @@ class _Parser:
                 "scaler",
                 "unit",
                 "word_order",
+                "byte_order",
                 "name",
             ),
         )
@@ -287,9 +331,7 @@ class _Parser:
         scaler = spec.get("scaler", 1)
         if isinstance(scaler, bool) or not isinstance(scaler, int | float) or scaler == 0:
             raise self.fail(f"{where}.scaler", f"expected a non-zero number, got {scaler!r}")
-        word_order = spec.get("word_order")
-        if word_order is not None:
-            self.choice(word_order, f"{where}.word_order", ("big", "little"))
+        order = self.byte_order(spec, where, None)
         function = self.choice(
             spec.get("function", self.function), f"{where}.function", FUNCTION_CODES
         )
@@ -301,7 +343,7 @@ class _Parser:
             length,
             float(scaler),  # type: ignore[arg-type]
             spec.get("unit"),
-            word_order,
+            order,
         )
         if item.end > 65536:
             raise self.fail(where, "runs past register 65535")
@@ -316,7 +358,9 @@ class _Parser:
                 "model",
                 "manufacturer",
                 "description",
+                "reference",
                 "word_order",
+                "byte_order",
                 "function",
                 "max_read",
                 "access",
@@ -328,44 +372,51 @@ class _Parser:
         )
         model = str(self.require(top, "model", ""))
         manufacturer = str(top.get("manufacturer", ""))
-        self.word_order = self.choice(top.get("word_order", "big"), "word_order", ("big", "little"))  # type: ignore[assignment]
+        self.order = self.byte_order(top, "", "ABCD")
+        reference = self.reference(top.get("reference", {}))
         self.function = self.choice(top.get("function", "holding"), "function", FUNCTION_CODES)  # type: ignore[assignment]
         max_read = self.integer(top.get("max_read", MAX_READ), "max_read", 1, MAX_READ)
 
-        access = self.mapping(self.require(top, "access", ""), "access")
-        self.known(access, "access", ("password", "level", "exceptions"))
-        password = self.item(self.require(access, "password", "access"), "access.password")
-        if password.type != "string" or password.function != "holding":
-            raise self.fail("access.password", "must be a string in holding registers")
-        level = None
-        if "level" in access:
-            level = self.item(access["level"], "access.level")
-        codes = self.mapping(access.get("exceptions", {}), "access.exceptions")
-        self.known(codes, "access.exceptions", ("auth_failed", "access_denied"))
-        auth_failed = self.integer(
-            codes.get("auth_failed", 3), "access.exceptions.auth_failed", 1, 255
-        )
-        denied = self.integer(
-            codes.get("access_denied", 1), "access.exceptions.access_denied", 1, 255
-        )
-        if auth_failed == denied:
-            raise self.fail("access.exceptions", "auth_failed and access_denied must differ")
+        password = level = None
+        auth_failed, denied = 3, 1
+        if top.get("access") is not None:
+            access = self.mapping(top["access"], "access")
+            self.known(access, "access", ("password", "level", "exceptions"))
+            password = self.item(self.require(access, "password", "access"), "access.password")
+            if password.type != "string" or password.function != "holding":
+                raise self.fail("access.password", "must be a string in holding registers")
+            if "level" in access:
+                level = self.item(access["level"], "access.level")
+            codes = self.mapping(access.get("exceptions", {}), "access.exceptions")
+            self.known(codes, "access.exceptions", ("auth_failed", "access_denied"))
+            auth_failed = self.integer(
+                codes.get("auth_failed", 3), "access.exceptions.auth_failed", 1, 255
+            )
+            denied = self.integer(
+                codes.get("access_denied", 1), "access.exceptions.access_denied", 1, 255
+            )
+            if auth_failed == denied:
+                raise self.fail("access.exceptions", "auth_failed and access_denied must differ")
 
         ident_raw = self.mapping(self.require(top, "identity", ""), "identity")
         self.known(ident_raw, "identity", IDENTITY_FIELDS)
+        self.require(ident_raw, "serial", "identity")
+        defaults = {"manufacturer": manufacturer, "model": model, "firmware": ""}
         identity: dict[str, Item | str] = {}
         for field_name in IDENTITY_FIELDS:
             where = f"identity.{field_name}"
-            raw = self.require(ident_raw, field_name, "identity")
+            raw = ident_raw.get(field_name, defaults.get(field_name))
             if isinstance(raw, str):
                 identity[field_name] = raw
             else:
                 item = self.item(raw, where, name=field_name)
-                if item.type != "string":
-                    raise self.fail(f"{where}.type", "identity fields are strings")
+                if item.type.startswith("float"):
+                    raise self.fail(f"{where}.type", "identity fields are strings or integers")
                 identity[field_name] = item
 
-        clock = self.clock(self.mapping(self.require(top, "clock", ""), "clock"))
+        clock = None
+        if top.get("clock") is not None:
+            clock = self.clock(self.mapping(top["clock"], "clock"))
 
         regs_raw = self.mapping(self.require(top, "registers", ""), "registers")
         self.known(regs_raw, "registers", (c.value for c in Channel))
@@ -380,13 +431,17 @@ class _Parser:
         profile = None
         if top.get("profile") is not None:
             profile = self.profile(self.mapping(top["profile"], "profile"))
+            if clock is None:
+                raise self.fail("profile", "profile timestamps need the clock (its time zone)")
 
-        items: list[Item] = [password, *([level] if level else [])]
+        items: list[Item] = [i for i in (password, level) if i is not None]
         items += [i for i in identity.values() if isinstance(i, Item)]
-        items += [
-            Item("clock", clock.address + k, "uint16", clock.function) for k in range(clock.size)
-        ]
-        items += [clock.status] if clock.status else []
+        if clock is not None:
+            items += [
+                Item("clock", clock.address + k, "uint16", clock.function)
+                for k in range(clock.size)
+            ]
+            items += [clock.status] if clock.status else []
         items += [i for _, i in registers]
         if profile:
             items += [profile.capture_period, profile.depth, profile.selector]
@@ -399,7 +454,7 @@ class _Parser:
             self.source,
             model,
             manufacturer,
-            self.word_order,
+            self.order,
             max_read,
             password,
             level,
@@ -409,7 +464,13 @@ class _Parser:
             clock,
             tuple(registers),
             profile,
+            reference,
         )
+
+    def reference(self, raw: Any) -> dict[str, str]:
+        spec = self.mapping(raw, "reference")
+        self.known(spec, "reference", ("document", "table", "checked"))
+        return {k: str(v) for k, v in spec.items()}
 
     def register(self, raw: Any, where: str, ch: Channel) -> Item:
         item = self.item(raw, where, name=ch.value)

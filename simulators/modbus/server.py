@@ -8,8 +8,11 @@ one datastore shared by every connection, its ``SimDevice`` action callbacks do 
 which connection asked, and it offers no hook to withhold or damage an answer. So this is a
 small asyncio server that still speaks Modbus through pymodbus' own classes: ``FramerSocket``
 splits and builds MBAP frames, ``DecodePDU`` parses requests, and the response PDUs are
-pymodbus' ``Read*RegistersResponse``, ``Write*Response`` and ``ExceptionResponse``. No byte
-is hand-packed except the deliberate damage of a CORRUPT answer.
+pymodbus' ``Read*RegistersResponse``, ``Write*Response`` and ``ExceptionResponse``.
+
+Register values come from :mod:`simulators.modbus.image`, which reads the map files and
+encodes values on its own (``struct`` and the byte-order patterns), not with the driver's
+register-map code: a decoding mistake in the driver shows up as a failing test.
 """
 
 from __future__ import annotations
@@ -31,15 +34,15 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterResponse,
 )
 
-from drivers.base import AccessLevel, Endpoint
-from drivers.modbus.registermap import (
-    Item,
-    RegisterMap,
-    from_meter_epoch,
-    load_map,
-    to_meter_epoch,
-)
+from drivers.base import AccessLevel, Channel, Endpoint
 from simulators.meter import FaultAction, SimulatedMeter
+from simulators.modbus.image import (
+    Field,
+    SimMap,
+    from_meter_seconds,
+    meter_seconds,
+    read_map,
+)
 
 CorruptMode = Literal["length", "function"]
 
@@ -48,7 +51,7 @@ CorruptMode = Literal["length", "function"]
 class _UnitState:
     """What one TCP connection has done with one unit id: login level, selector, answers."""
 
-    level: int = 0
+    level: int = 0  # maps without ``access`` start every connection at level 2
     selector: int | None = None
     answered: int = 0
 
@@ -56,9 +59,10 @@ class _UnitState:
 @dataclass
 class _Connection:
     units: dict[int, _UnitState] = field(default_factory=dict)
+    open_level: int = 0
 
     def unit(self, device_id: int) -> _UnitState:
-        return self.units.setdefault(device_id, _UnitState())
+        return self.units.setdefault(device_id, _UnitState(level=self.open_level))
 
 
 class _Refused(Exception):
@@ -73,7 +77,7 @@ class ModbusSimulator:
     """A running simulator: ``host``/``port`` to connect to, ``await stop()`` to end it."""
 
     def __init__(
-        self, meters: Mapping[int, SimulatedMeter], regmap: RegisterMap, corrupt: CorruptMode
+        self, meters: Mapping[int, SimulatedMeter], regmap: SimMap, corrupt: CorruptMode
     ) -> None:
         self.meters = dict(meters)
         self.map = regmap
@@ -122,7 +126,9 @@ class ModbusSimulator:
         self._writers.add(writer)
         self.connections += 1
         framer = FramerSocket(DecodePDU(True))
-        conn = _Connection()
+        conn = _Connection(
+            open_level=0 if self.map.password is not None else int(AccessLevel.CONFIGURE)
+        )
         buffer = b""
         try:
             while True:
@@ -221,7 +227,7 @@ class ModbusSimulator:
         if all(a in access for a in wanted) and function == "holding":
             return ReadHoldingRegistersResponse(registers=[access[a] for a in wanted])
         if state.level < AccessLevel.READ:
-            raise _Refused(self.map.access_denied_code)
+            raise _Refused(self.map.access_denied)
         image = self._image(meter, state, function, wanted)
         if any(a not in image for a in wanted):
             raise _Refused(ExcCodes.ILLEGAL_ADDRESS)
@@ -232,18 +238,18 @@ class ModbusSimulator:
         self, meter: SimulatedMeter, state: _UnitState, address: int, regs: list[int]
     ) -> None:
         m = self.map
-        if address == m.password.address and len(regs) == m.password.size:
-            secret = str(m.password.decode(regs, m.word_order))
+        if m.password and address == m.password.address and len(regs) == m.password.size:
+            secret = str(m.password.decode(regs))
             level = meter.secrets.level_for(secret)
             state.level = int(level or 0)  # a failed login also locks the connection
             if level is None:
-                raise _Refused(m.auth_failed_code)
+                raise _Refused(m.auth_failed)
             return
-        if address == m.clock.address and len(regs) == m.clock.size:
+        if m.clock and address == m.clock.address and len(regs) == m.clock.size:
             if state.level < AccessLevel.CONFIGURE:
-                raise _Refused(m.access_denied_code)
+                raise _Refused(m.access_denied)
             try:
-                when = m.clock.decode(regs, m.word_order)
+                when = m.clock.decode(regs)
             except (ValueError, OverflowError) as exc:
                 raise _Refused(ExcCodes.ILLEGAL_VALUE) from exc
             meter.set_clock(when)
@@ -251,11 +257,11 @@ class ModbusSimulator:
         p = m.profile
         if p and address == p.selector.address and len(regs) == p.selector.size:
             if state.level < AccessLevel.READ:
-                raise _Refused(m.access_denied_code)
-            state.selector = int(p.selector.decode(regs, m.word_order))
+                raise _Refused(m.access_denied)
+            state.selector = int(p.selector.decode(regs))
             return
         if state.level < AccessLevel.READ:
-            raise _Refused(m.access_denied_code)
+            raise _Refused(m.access_denied)
         raise _Refused(ExcCodes.ILLEGAL_ADDRESS)
 
     # --- register images -----------------------------------------------------------------
@@ -263,19 +269,21 @@ class ModbusSimulator:
     def _access_image(self, state: _UnitState) -> dict[int, int]:
         """The login block, readable before login (the password reads back as NULs)."""
         m = self.map
-        image = _put({}, m.password, "", m.word_order)
+        image: dict[int, int] = {}
+        if m.password:
+            _put(image, m.password, "")
         if m.level:
-            _put(image, m.level, state.level, m.word_order)
+            _put(image, m.level, state.level)
         return image
 
     def _image(
         self, meter: SimulatedMeter, state: _UnitState, function: str, wanted: range
     ) -> dict[int, int]:
         """Every register of ``function`` that ``wanted`` touches, computed now."""
-        m, wo = self.map, self.map.word_order
+        m = self.map
         image = self._access_image(state) if function == "holding" else {}
 
-        def touches(item: Item) -> bool:
+        def touches(item: Field) -> bool:
             return (
                 item.function == function
                 and item.address < wanted.stop
@@ -284,27 +292,32 @@ class ModbusSimulator:
 
         ident = meter.identity
         for name, item in m.identity.items():
-            if isinstance(item, Item) and touches(item):
-                _put(image, item, getattr(ident, name), wo)
+            if isinstance(item, Field) and touches(item):
+                _put(image, item, getattr(ident, name))
         c = m.clock
-        if c.function == function and c.address < wanted.stop and c.address + c.size > wanted.start:
-            for k, v in enumerate(m.clock.encode(meter.clock(), wo)):
-                image[m.clock.address + k] = v
-        if m.clock.status and touches(m.clock.status):
-            _put(image, m.clock.status, 0, wo)
-        energy = [(ch, item) for ch, item in m.registers if touches(item)]
+        if (
+            c
+            and function == "holding"
+            and c.address < wanted.stop
+            and c.address + c.size > wanted.start
+        ):
+            for k, v in enumerate(c.encode(meter.clock())):
+                image[c.address + k] = v
+        if c and c.status and touches(c.status):
+            _put(image, c.status, 0)
+        energy = [(ch, item) for ch, item in m.registers.items() if touches(item)]
         if energy:
             values = meter.registers()
             for ch, item in energy:
-                _put(image, item, values[ch], wo)
+                _put(image, item, values[Channel(ch)])
         if p := m.profile:
             cfg = meter.profile_config()
             if touches(p.capture_period):
-                _put(image, p.capture_period, int(cfg.capture_period.total_seconds()), wo)
+                _put(image, p.capture_period, int(cfg.capture_period.total_seconds()))
             if touches(p.depth):
-                _put(image, p.depth, cfg.depth, wo)
+                _put(image, p.depth, cfg.depth)
             if touches(p.selector):
-                _put(image, p.selector, state.selector or 0, wo)
+                _put(image, p.selector, state.selector or 0)
             if (
                 p.function == function
                 and p.address < wanted.stop
@@ -316,13 +329,12 @@ class ModbusSimulator:
     def _window(self, meter: SimulatedMeter, state: _UnitState) -> dict[int, int]:
         """The profile window: records whose timestamp is ≥ the selector, oldest first."""
         p = self.map.profile
-        assert p is not None
-        wo = self.map.word_order
+        assert p is not None and self.map.clock is not None
         tz = self.map.clock.tz
         period = meter.capture_period
         entries = []
         if state.selector is not None:
-            at = from_meter_epoch(state.selector, tz)
+            at = from_meter_seconds(state.selector, tz)
             first_start = at - period if p.stamp == "end" else at
             newest = meter.real_now() + period
             span = period * p.records * 2  # widened while holes leave the window short
@@ -335,27 +347,20 @@ class ModbusSimulator:
         image: dict[int, int] = {}
         for k in range(p.records):
             base = p.address + k * p.record_size
-            fields: dict[str, float | int] = {"timestamp": 0, "status": 0}
+            values: dict[str, float | int] = {}  # an empty slot: every field 0
             if k < len(entries):
                 e = entries[k]
                 stamp = e.end if p.stamp == "end" else e.start
-                fields["timestamp"] = to_meter_epoch(stamp, tz)
-                fields["status"] = int(e.status)
-                fields.update({ch.value: v for ch, v in e.values.items()})
-            _put(image, p.timestamp, fields["timestamp"], wo, base)
-            if p.status:
-                _put(image, p.status, fields["status"], wo, base)
-            for ch, item in p.channels:
-                _put(image, item, fields.get(ch.value, 0), wo, base)
+                values = {"timestamp": meter_seconds(stamp, tz), "status": int(e.status)}
+                values.update({ch.value: v for ch, v in e.values.items()})
+            for f in p.fields:
+                _put(image, f, values.get(f.name, 0), base)
         return image
 
 
-def _put(
-    image: dict[int, int], item: Item, value: float | int | str, word_order: str, base: int = 0
-) -> dict[int, int]:
-    for k, reg in enumerate(item.encode(value, word_order)):  # type: ignore[arg-type]
+def _put(image: dict[int, int], item: Field, value: float | int | str, base: int = 0) -> None:
+    for k, reg in enumerate(item.encode(value)):
         image[base + item.address + k] = reg
-    return image
 
 
 async def serve(
@@ -374,7 +379,7 @@ async def serve(
     for unit in meters:
         if not 1 <= unit <= 247:
             raise ValueError(f"unit id {unit} outside 1..247")
-    sim = ModbusSimulator(meters, load_map(map), corrupt)
+    sim = ModbusSimulator(meters, read_map(map), corrupt)
     await sim.start(host, port)
     return sim
 
