@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "cgm.commands.vee",
     "cgm.commands.report",
     "cgm.commands.user",
+    "cgm.commands.audit",
 ]
 
 
