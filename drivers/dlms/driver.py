@@ -18,11 +18,9 @@ import structlog
 from dlms_cosem import cosem as lib_cosem
 from dlms_cosem import dlms_data
 from dlms_cosem import enumerations as en
-from dlms_cosem.connection import DlmsConnection
 from dlms_cosem.cosem.capture_object import CaptureObject as LibCaptureObject
 from dlms_cosem.cosem.selective_access import RangeDescriptor
 from dlms_cosem.protocol import acse, xdlms
-from dlms_cosem.security import LowLevelSecurityAuthentication
 
 from drivers.base import (
     AccessDenied,
@@ -47,7 +45,9 @@ from drivers.base import (
 )
 
 from . import cosem
-from .transport import WrapperError, WrapperTransport
+from .access import ACCESS_KEYS, AccessParams, Association, AuthenticationRefused, HdlcError
+from .security import InvocationCounterStore
+from .transport import WrapperError
 
 
 def _quiet_dlms_cosem() -> None:
@@ -100,13 +100,6 @@ def _parse_tz(value: Any) -> timezone:
     return timezone(sign * timedelta(hours=int(hours), minutes=int(minutes or 0)))
 
 
-def _parse_secret(secret: str) -> bytes:
-    """LLS password: text as UTF-8, or ``hex:...`` for a binary password."""
-    if secret.startswith("hex:"):
-        return bytes.fromhex(secret[4:])
-    return secret.encode()
-
-
 @dataclass(frozen=True)
 class DlmsParams:
     """Protocol parameters of one meter (see README.md)."""
@@ -115,11 +108,16 @@ class DlmsParams:
     client_address: int | None = None
     timezone: timezone = cosem.COLOMBIA
     max_pdu_size: int = 0xFFFF
+    access: AccessParams = AccessParams()  # authentication per level, framing (access.py)
 
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any] | None) -> DlmsParams:
         params = dict(params or {})
-        unknown = set(params) - {"server_address", "client_address", "timezone", "max_pdu_size"}
+        unknown = (
+            set(params)
+            - {"server_address", "client_address", "timezone", "max_pdu_size"}
+            - ACCESS_KEYS
+        )
         if unknown:
             raise ValueError(f"unknown DLMS parameters: {sorted(unknown)}")
         client = params.get("client_address")
@@ -128,6 +126,7 @@ class DlmsParams:
             client_address=None if client is None else int(str(client), 0),
             timezone=_parse_tz(params.get("timezone", "-05:00")),
             max_pdu_size=int(params.get("max_pdu_size", 0xFFFF)),
+            access=AccessParams.from_mapping(params),
         )
 
     def client_sap(self, credentials: Credentials) -> int:
@@ -192,17 +191,22 @@ class DlmsSession(MeterSession):
         timeout: float,
         params: DlmsParams,
         hints: ColumnHints | None = None,
+        counters: InvocationCounterStore | None = None,
     ) -> None:
         super().__init__(endpoint, credentials, timeout)
         self.params = params
         self._hints = hints if hints is not None else ColumnHints()
         self._serial: str | None = None  # once identified: the key of the column hints
-        self._transport = WrapperTransport(params.client_sap(credentials), params.server_address)
-        self._conn = DlmsConnection(
-            authentication=LowLevelSecurityAuthentication(secret=_parse_secret(credentials.secret)),
-            client_system_title=None,
-            max_pdu_size=params.max_pdu_size,
+        self._access = Association.create(
+            params.access,
+            credentials,
+            params.client_sap(credentials),
+            params.server_address,
+            params.max_pdu_size,
+            counters,
         )
+        self._transport = self._access.transport
+        self._conn = self._access.conn
         self._associated = False
         self._broken: str | None = None
         self._layout: _ProfileLayout | None = None
@@ -215,8 +219,10 @@ class DlmsSession(MeterSession):
     async def _open(self) -> None:
         try:
             await self._transport.open(self.endpoint.host, self.endpoint.port)
-        except OSError as exc:
-            raise ConnectionFailed(f"cannot connect: {exc}", endpoint=self.endpoint) from exc
+        except HdlcError as exc:
+            raise ProtocolError(f"HDLC link setup: {exc}", endpoint=self.endpoint) from exc
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise ConnectionFailed(f"cannot connect: {exc!r}", endpoint=self.endpoint) from exc
         aare = await self._exchange(self._conn.get_aarq())
         if isinstance(aare, xdlms.ExceptionResponse):
             raise ProtocolError(f"association refused: {aare!r}", endpoint=self.endpoint)
@@ -234,6 +240,15 @@ class DlmsSession(MeterSession):
                 f"association rejected: {aare.result.name} / {diagnostic!r}",
                 endpoint=self.endpoint,
             )
+        if self._access.needs_hls_pass:
+            try:
+                await self._access.hls_pass(self._exchange)
+            except (AuthenticationRefused, ProtocolError) as exc:
+                raise AuthenticationFailed(
+                    f"level-{int(self.credentials.level)} HLS ({self._access.mechanism}) "
+                    f"failed: {exc}",
+                    endpoint=self.endpoint,
+                ) from exc
         self._associated = True
         self.negotiated_pdu_size = self._conn.max_pdu_size
         conformance = self._conn.conformance
@@ -265,13 +280,14 @@ class DlmsSession(MeterSession):
         try:
             self.requests_sent += 1
             try:
+                await self._access.before_send()
                 out = self._conn.send(event)
             except Exception as exc:  # noqa: BLE001 - the association is not in a state for it
                 raise ProtocolError(f"cannot send {type(event).__name__}: {exc}") from exc
             try:
                 answer = await self._transport.request(out)
-            except WrapperError as exc:
-                raise ProtocolError(f"bad wrapper frame: {exc}", endpoint=self.endpoint) from exc
+            except (WrapperError, HdlcError) as exc:
+                raise ProtocolError(f"bad frame: {exc}", endpoint=self.endpoint) from exc
             except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
                 raise ConnectionFailed(f"connection lost: {exc!r}", endpoint=self.endpoint) from exc
             self._conn.receive_data(answer)
@@ -685,8 +701,10 @@ class DlmsDriver(Driver):
 
     protocol = "dlms"
 
-    def __init__(self) -> None:
+    def __init__(self, counter_store: InvocationCounterStore | None = None) -> None:
         self.hints = ColumnHints()  # shared by this driver's sessions (one event loop)
+        # HLS-GMAC invocation counters; the application sets a persistent store.
+        self.counter_store = counter_store
 
     async def connect(
         self,
@@ -696,7 +714,12 @@ class DlmsDriver(Driver):
         timeout: float = 10.0,
     ) -> DlmsSession:
         session = DlmsSession(
-            endpoint, credentials, timeout, DlmsParams.from_mapping(params), self.hints
+            endpoint,
+            credentials,
+            timeout,
+            DlmsParams.from_mapping(params),
+            self.hints,
+            self.counter_store,
         )
         try:
             await asyncio.wait_for(session._open(), timeout)

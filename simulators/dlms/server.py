@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,8 @@ from drivers.base import AccessLevel, Channel
 from drivers.dlms import cosem
 from drivers.dlms.transport import WrapperError, read_frame, wrap
 from simulators.meter import FaultAction, SimulatedMeter
+
+from .security import MECHANISM_IDS, MeterSecurity, aes128_ecb, hls_key
 
 DEFAULT_MAX_PDU = 1024  # what small meters offer; large profile reads need blocks
 
@@ -57,6 +60,10 @@ class _Association:
     """Per-connection state: who is associated, what was negotiated, a pending long GET."""
 
     level: AccessLevel | None = None
+    pending: AccessLevel | None = None  # HLS: accepted, waiting for the client's pass 3
+    mechanism: str = "lls"
+    server_challenge: bytes = b""
+    client_challenge: bytes = b""
     client_max_pdu: int = 0xFFFF
     conformance: Conformance = field(default_factory=Conformance)
     blocks: list[bytes] = field(default_factory=list)
@@ -75,8 +82,17 @@ class ServerStats:
 class DlmsServer:
     """A running simulator; ``await server.stop()`` (or ``async with``) closes everything."""
 
-    def __init__(self, meters: Mapping[int, SimulatedMeter], max_pdu_size: int) -> None:
+    def __init__(
+        self,
+        meters: Mapping[int, SimulatedMeter],
+        max_pdu_size: int,
+        security: Mapping[int, MeterSecurity] | None = None,
+    ) -> None:
         self.meters = dict(meters)
+        # Per served meter (keyed by the meter object, found from its wPort).
+        self._security = {
+            id(self.meters[port]): sec for port, sec in (security or {}).items()
+        }
         self.max_pdu_size = max_pdu_size
         self.stats = ServerStats()
         self._server: asyncio.Server | None = None
@@ -85,6 +101,10 @@ class DlmsServer:
         self._tables: dict[
             int, tuple[SimulatedMeter, dict[bytes, tuple[int, dict[int, Getter]]]]
         ] = {}
+
+    def security_of(self, meter: SimulatedMeter) -> MeterSecurity:
+        """The meter's mechanisms (LLS at both levels unless ``serve(security=...)`` says)."""
+        return self._security.setdefault(id(meter), MeterSecurity())
 
     @property
     def host(self) -> str:
@@ -170,9 +190,12 @@ class DlmsServer:
         if isinstance(request, acse.ApplicationAssociationRequest):
             return self._associate(association, meter, client, request)
         if isinstance(request, acse.ReleaseRequest):
-            association.level = None
+            association.level = association.pending = None
             association.blocks = []
             return acse.ReleaseResponse(reason=en.ReleaseResponseReason.NORMAL).to_bytes()
+        if association.level is None and association.pending is not None:
+            if isinstance(request, xdlms.ActionRequestNormal):
+                return self._hls_pass(association, meter, request)
         if association.level is None:
             return _exception(
                 en.StateException.SERVICE_NOT_ALLOWED, en.ServiceException.OPERATION_NOT_POSSIBLE
@@ -198,10 +221,12 @@ class DlmsServer:
         client: int,
         aarq: acse.ApplicationAssociationRequest,
     ) -> bytes:
-        association.level = None
-        mechanism = en.AuthenticationMechanism.LLS
+        association.level = association.pending = None
         diagnostic = en.AcseServiceUserDiagnostics.NULL
         level = CLIENT_LEVELS.get(client)
+        security = self.security_of(meter)
+        association.mechanism = security.mechanism(level) if level is not None else "lls"
+        mechanism = MECHANISM_IDS[association.mechanism]
         initiate = aarq.user_information.content if aarq.user_information else None
         if aarq.ciphered:
             diagnostic = en.AcseServiceUserDiagnostics.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED
@@ -209,8 +234,15 @@ class DlmsServer:
             diagnostic = en.AcseServiceUserDiagnostics.CALLING_AP_TITLE_NOT_RECOGNIZED
         elif aarq.authentication is None:
             diagnostic = en.AcseServiceUserDiagnostics.AUTHENTICATION_MECHANISM_NAME_REQUIRED
-        elif aarq.authentication != en.AuthenticationMechanism.LLS:
+        elif aarq.authentication != mechanism:
             diagnostic = en.AcseServiceUserDiagnostics.AUTHENTICATION_MECHANISM_NAME_NOT_RECOGNIZED
+        elif association.mechanism == "hls":
+            challenge = bytes(aarq.authentication_value or b"")
+            if not 8 <= len(challenge) <= 64:  # Blue Book: a challenge is 8 to 64 bytes
+                diagnostic = en.AcseServiceUserDiagnostics.AUTHENTICATION_FAILED
+            elif not isinstance(initiate, xdlms.InitiateRequest):
+                diagnostic = en.AcseServiceUserDiagnostics.NO_REASON_GIVEN
+            association.client_challenge = challenge
         else:
             expected = (
                 meter.secrets.level2 if level == AccessLevel.CONFIGURE else meter.secrets.level1
@@ -235,18 +267,66 @@ class DlmsServer:
             }
         )
         association.client_max_pdu = initiate.client_max_receive_pdu_size or 0xFFFF
-        association.level = level
-        self.stats.associations += 1
+        challenge = None
+        if association.mechanism == "hls":
+            # HLS pass 2: accept pending the client's proof; the association is not usable
+            # until reply_to_HLS_authentication (pass 3) checks out.
+            association.pending = level
+            association.server_challenge = challenge = secrets.token_bytes(16)
+        else:
+            association.level = level
+            self.stats.associations += 1
         return acse.ApplicationAssociationResponse(
             result=en.AssociationResult.ACCEPTED,
-            result_source_diagnostics=en.AcseServiceUserDiagnostics.NULL,
+            result_source_diagnostics=(
+                en.AcseServiceUserDiagnostics.AUTHENTICATION_REQUIRED
+                if challenge
+                else en.AcseServiceUserDiagnostics.NULL
+            ),
             authentication=mechanism,
+            authentication_value=challenge,
             user_information=acse.UserInformation(
                 content=xdlms.InitiateResponse(
                     negotiated_conformance=association.conformance,
                     server_max_receive_pdu_size=self.max_pdu_size,
                 )
             ),
+        ).to_bytes()
+
+    def _hls_pass(
+        self, association: _Association, meter: SimulatedMeter, request: xdlms.ActionRequestNormal
+    ) -> bytes:
+        """reply_to_HLS_authentication (Association LN method 1): passes 3 and 4."""
+        method = request.cosem_method
+        invoke = request.invoke_id_and_priority
+        if (int(method.interface), method.instance.to_bytes(), method.method) != (
+            en.CosemInterface.ASSOCIATION_LN,
+            cosem.ASSOCIATION_LN,
+            1,
+        ):
+            return _exception(
+                en.StateException.SERVICE_NOT_ALLOWED, en.ServiceException.OPERATION_NOT_POSSIBLE
+            )
+        level = association.pending
+        assert level is not None
+        key = hls_key(meter, level)
+        data = bytes(request.data or b"")
+        octet_string = len(data) >= 2 and data[0] == 0x09 and data[1] == len(data) - 2
+        answer = data[2:] if octet_string else b""
+        expected = aes128_ecb(key, association.server_challenge)
+        association.pending = None
+        if not hmac.compare_digest(answer, expected):
+            self.stats.rejected += 1
+            return xdlms.ActionResponseNormal(
+                status=en.ActionResultStatus.READ_WRITE_DENIED, invoke_id_and_priority=invoke
+            ).to_bytes()
+        association.level = level
+        self.stats.associations += 1
+        proof = aes128_ecb(key, association.client_challenge)
+        return xdlms.ActionResponseNormalWithData(
+            status=en.ActionResultStatus.SUCCESS,
+            data=bytes([0x09, len(proof)]) + proof,
+            invoke_id_and_priority=invoke,
         ).to_bytes()
 
     # --- GET ----------------------------------------------------------------------------
@@ -583,13 +663,17 @@ async def serve(
     port: int = 0,
     *,
     max_pdu_size: int = DEFAULT_MAX_PDU,
+    security: Mapping[int, MeterSecurity] | MeterSecurity | None = None,
 ) -> DlmsServer:
     """Start serving ``meters`` (server wPort -> meter; a bare meter is served at wPort 1).
 
-    ``port=0`` picks a free port: read it back from ``server.port``.
+    ``port=0`` picks a free port: read it back from ``server.port``. ``security`` gives the
+    mechanism of each level per wPort (a bare :class:`MeterSecurity` applies to wPort 1).
     """
     if isinstance(meters, SimulatedMeter):
         meters = {cosem.MANAGEMENT_LOGICAL_DEVICE: meters}
-    server = DlmsServer(meters, max_pdu_size)
+    if isinstance(security, MeterSecurity):
+        security = {cosem.MANAGEMENT_LOGICAL_DEVICE: security}
+    server = DlmsServer(meters, max_pdu_size, security)
     await server.start(host, port)
     return server

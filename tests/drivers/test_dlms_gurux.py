@@ -8,7 +8,7 @@ level 1 and HLS mechanism 2 at level 2, and long answers in blocks.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -24,6 +24,8 @@ from tests.fixtures.gurux_server import GuruxDlmsServer, GuruxMeter
 
 HOUR = timedelta(hours=1)
 LEVEL1 = Credentials(AccessLevel.READ, "gurux-l1", client="32")
+LEVEL2 = Credentials(AccessLevel.CONFIGURE, "gurux-hls-key-16", client="1")
+HLS = {"level2_auth": "hls"}
 
 
 @pytest.fixture
@@ -78,3 +80,40 @@ async def test_long_profile_answer_comes_in_blocks(
     assert blocks >= 3  # about 1.7 kB of rows through a 256-byte PDU
     # Entries whose interval starts in [start, end): stamps (interval ends) start + 1 h … end.
     assert [e.start for e in entries] == [start + i * HOUR for i in range(48)]
+
+
+# --- level 2: HLS mechanism 2 -----------------------------------------------------------------
+
+
+async def test_hls_level2_sets_the_clock(gurux: GuruxDlmsServer, meter: GuruxMeter) -> None:
+    meter.clock_offset = timedelta(seconds=-90)
+    async with await connect(gurux, LEVEL2, **HLS) as session:
+        before = await session.read_clock()
+        await session.set_clock(datetime.now(UTC))
+        after = await session.read_clock()
+    assert before.offset == pytest.approx(-90, abs=2.0)
+    assert after.offset == pytest.approx(0, abs=2.0)
+    assert len(meter.clock_sets) == 1
+
+
+async def test_hls_key_never_crosses_the_link(gurux: GuruxDlmsServer) -> None:
+    """dlms-cosem's own mechanism-2 class sends the key as its challenge; ours never does."""
+    async with await connect(gurux, LEVEL2, **HLS) as session:
+        await session.read_clock()
+    assert b"gurux-hls-key-16" not in gurux.received
+    assert gurux.received  # the server did see the session
+
+
+@pytest.mark.parametrize(
+    ("creds", "params"),
+    [
+        (Credentials(AccessLevel.CONFIGURE, "wrong-hls-key-16", client="1"), HLS),
+        (LEVEL2, {}),  # the HLS key tried as an LLS password: the meter wants HLS
+        (Credentials(AccessLevel.READ, "gurux-l1", client="32"), {"level1_auth": "hls"}),
+    ],
+)
+async def test_hls_refusals_are_authentication_failed(
+    gurux: GuruxDlmsServer, creds: Credentials, params: dict[str, str]
+) -> None:
+    with pytest.raises(AuthenticationFailed):
+        await connect(gurux, creds, **params)

@@ -1,0 +1,137 @@
+"""DLMS authentication per level and framing, driver against the simulator over real sockets.
+
+The simulator's security (simulators/dlms/security.py) is written apart from the driver's,
+and Gurux's client checks the simulator independently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from drivers.base import AccessLevel, AuthenticationFailed, Credentials, Endpoint
+from drivers.dlms import DRIVER, DlmsParams
+from drivers.dlms.security import HlsAes128Authentication, aes_ecb_blocks
+from simulators.dlms import serve
+from simulators.dlms.security import MeterSecurity, aes128_ecb
+from simulators.meter import Secrets, SimulatedMeter
+
+HLS_KEY = "hls-key-0123456"  # 15 bytes: padded to 16 on both sides
+LEVEL2 = Credentials(AccessLevel.CONFIGURE, HLS_KEY)
+
+
+def hls_meter() -> SimulatedMeter:
+    return SimulatedMeter("HLS-1", seed=3, secrets=Secrets("reader-1", HLS_KEY))
+
+
+async def test_hls_level2_reads_and_sets_clock() -> None:
+    meter = hls_meter()
+    meter.set_clock(meter.real_now() + timedelta(seconds=60))
+    meter.clock_adjustments.clear()
+    async with await serve(meter, security=MeterSecurity(level2="hls")) as srv:
+        endpoint = Endpoint("127.0.0.1", srv.port)
+        async with await DRIVER.connect(endpoint, LEVEL2, {"level2_auth": "hls"}) as session:
+            assert (await session.read_clock()).offset == pytest.approx(60, abs=1.0)
+            await session.set_clock(datetime.now(UTC))
+        # Level 1 of the same meter still uses LLS.
+        level1 = Credentials(AccessLevel.READ, "reader-1")
+        async with await DRIVER.connect(endpoint, level1, {"level2_auth": "hls"}) as session:
+            assert (await session.read_clock()).offset == pytest.approx(0, abs=1.0)
+    assert len(meter.clock_adjustments) == 1
+    assert srv.stats.associations == 2
+
+
+@pytest.mark.parametrize(
+    ("secret", "params"),
+    [
+        ("wrong-key-01234", {"level2_auth": "hls"}),  # wrong key: pass 3 refused
+        (HLS_KEY, {}),  # LLS offered to a level that wants HLS: AARE refused
+    ],
+)
+async def test_hls_refusals(secret: str, params: dict[str, str]) -> None:
+    async with await serve(hls_meter(), security=MeterSecurity(level2="hls")) as srv:
+        with pytest.raises(AuthenticationFailed):
+            await DRIVER.connect(
+                Endpoint("127.0.0.1", srv.port),
+                Credentials(AccessLevel.CONFIGURE, secret),
+                params,
+                timeout=5,
+            )
+    assert srv.stats.associations == 0 and srv.stats.rejected == 1
+
+
+def test_hls_challenge_is_random_and_never_the_key() -> None:
+    a, b = HlsAes128Authentication(HLS_KEY.encode()), HlsAes128Authentication(HLS_KEY.encode())
+    assert a.get_calling_authentication_value() != b.get_calling_authentication_value()
+    assert HLS_KEY.encode() not in a.get_calling_authentication_value()
+    assert len(a.get_calling_authentication_value()) == 16
+    assert HLS_KEY not in repr(a)
+
+
+def test_mechanism2_matches_the_aes_test_vector() -> None:
+    # FIPS-197 appendix C.1: AES-128, key 000102…0f, plaintext 00112233…ff.
+    key = bytes(range(16))
+    plain = bytes.fromhex("00112233445566778899aabbccddeeff")
+    expected = bytes.fromhex("69c4e0d86a7b0430d8cdb78070b4c55a")
+    assert aes_ecb_blocks(key, plain) == expected == aes128_ecb(key, plain)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"level2_auth": "md5"},
+        {"client_system_title": "0102"},
+        {"framing": "serial"},
+        {"framing": "hdlc", "hdlc_address_size": 3},
+        {"framing": "hdlc", "hdlc_address_size": 2},  # 2 bytes need a lower address
+        {"framing": "hdlc", "hdlc_address_size": 2, "hdlc_server_lower": 200},  # > 127
+    ],
+)
+def test_bad_access_params_are_refused(params: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        DlmsParams.from_mapping(params)
+
+
+# --- independent check: Gurux's client against the simulator's HLS ---------------------------
+
+
+def _gurux_hls(port: int, key: str) -> bool:
+    """Gurux's client associates with HLS mechanism 2 at the management client SAP."""
+    from gurux_dlms import GXByteBuffer, GXReplyData
+    from gurux_dlms.enums import Authentication, InterfaceType
+    from gurux_dlms.objects import GXDLMSClock
+    from gurux_dlms.secure import GXDLMSSecureClient
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client = GXDLMSSecureClient(True, 1, 1, Authentication.HIGH, key, InterfaceType.WRAPPER)
+
+    def exchange(frame: object) -> GXReplyData:
+        sock.sendall(bytes(frame[0] if isinstance(frame, list) else frame))
+        reply, notify, received = GXReplyData(), GXReplyData(), GXByteBuffer()
+        while not client.getData(received, reply, notify):
+            chunk = sock.recv(4096)
+            assert chunk, "simulator closed the connection"
+            received.set(chunk)
+        return reply
+
+    try:
+        client.parseAareResponse(exchange(client.aarqRequest()).data)
+        client.parseApplicationAssociationResponse(
+            exchange(client.getApplicationAssociationRequest()).data
+        )
+        clock = GXDLMSClock("0.0.1.0.0.255")
+        client.updateValue(clock, 2, exchange(client.read(clock, 2)).value)
+        return abs((clock.time.value - datetime.now(UTC)).total_seconds()) < 2
+    finally:
+        sock.close()
+
+
+async def test_gurux_client_passes_the_simulators_hls() -> None:
+    async with await serve(hls_meter(), security=MeterSecurity(level2="hls")) as srv:
+        assert await asyncio.to_thread(_gurux_hls, srv.port, HLS_KEY)
+        with pytest.raises(Exception):  # noqa: B017 - Gurux raises its own exception types
+            await asyncio.to_thread(_gurux_hls, srv.port, "wrong-key-01234")
+    assert srv.stats.associations == 1
