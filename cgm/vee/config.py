@@ -72,15 +72,21 @@ class VeeConfig:
     divergence_default_class: float = 2.0  # when a class is not registered
     divergence_floor_kwh: float = 0.01
 
-    # estimation, in this order: SCADA integration, interpolation, typical curve
+    # estimation, in the Código's order (art. 38): SCADA integration, then the typical
+    # curve (its level anchored on the measured hours either side of the gap), scaled to
+    # the register advance when snapshots bracket the gap. Defaults chosen on real load
+    # (benchmarks/README.md, "Estimation accuracy").
     scada: bool = True
     scada_max_sample_gap: timedelta = timedelta(minutes=15)
-    interpolate_max_hours: int = 2
+    interpolate_max_hours: int = 0  # > 0: linear interpolation first for gaps up to this
     typical_weeks: int = 4
     typical_max_days: int = 8
-    typical_statistic: str = "median"  # or "mean"
-    typical_scale_to_registers: bool = True
-    fallback_interpolation: bool = True  # no history: interpolate longer bounded gaps
+    typical_statistic: str = "weighted"  # recency-weighted mean; or "median", "mean"
+    typical_decay: float = 0.9  # weight of the k-th most recent usable day: decay**k
+    typical_anchor: bool = True  # level from the measured neighbours of the gap
+    anchor_decay: float = 0.97  # per hour, back to the curve, when anchored on one side only
+    typical_scale_to_registers: bool = True  # any estimate, any gap length
+    fallback_interpolation: bool = True  # no history: interpolate bounded gaps
 
     prolonged_estimation: timedelta = timedelta(days=7)
     actor: str = "vee"
@@ -89,8 +95,10 @@ class VeeConfig:
         unknown = (self.disabled | self.reject) - set(ALL_RULES)
         if unknown:
             raise ValueError(f"unknown VEE rule(s): {sorted(unknown)}")
-        if self.typical_statistic not in ("median", "mean"):
-            raise ValueError("typical_statistic must be 'median' or 'mean'")
+        if self.typical_statistic not in ("weighted", "median", "mean"):
+            raise ValueError("typical_statistic must be 'weighted', 'median' or 'mean'")
+        if not (0 < self.typical_decay <= 1 and 0 <= self.anchor_decay <= 1):
+            raise ValueError("typical_decay in (0, 1] and anchor_decay in [0, 1]")
         if self.interpolate_max_hours < 0 or self.typical_weeks < 1:
             raise ValueError("interpolate_max_hours >= 0 and typical_weeks >= 1")
 

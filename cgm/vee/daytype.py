@@ -6,6 +6,7 @@ follows Ley Emiliani's Monday moves; a holiday counts as a Sunday (load behaves 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, timedelta
 from functools import lru_cache
 
@@ -31,14 +32,20 @@ def day_type(day: date) -> str:
     return WORKING
 
 
-def same_type_days(day: date, weeks: int, max_days: int | None = None) -> list[date]:
+def same_type_days(
+    day: date,
+    weeks: int,
+    max_days: int | None = None,
+    kind_of: Callable[[date], str] = day_type,
+) -> list[date]:
     """Earlier days of ``day``'s type within ``weeks`` weeks, most recent first (at most
-    ``max_days`` of them when given)."""
-    kind = day_type(day)
+    ``max_days`` of them when given). ``kind_of`` is Colombia's calendar unless a
+    benchmark on another country's load gives its own."""
+    kind = kind_of(day)
     out = []
     for back in range(1, weeks * 7 + 1):
         d = day - timedelta(days=back)
-        if day_type(d) == kind:
+        if kind_of(d) == kind:
             out.append(d)
             if max_days is not None and len(out) >= max_days:
                 break

@@ -1,8 +1,17 @@
 """Estimation methods (art. 38), for one series whose chosen values have holes.
 
-In order: integration of active power from another source (SCADA) over the hour; linear
-interpolation across short gaps; the typical curve of the day type, scaled to the register
-advance when snapshots bracket the gap. Every estimate carries its method and inputs, so
+In the Código's order: integration of active power from another source (SCADA) over the
+hour; then the typical curve of the day type. The typical curve gives the *shape*; its
+*level* is anchored on the measured hours either side of the gap (the ratio of measured to
+typical at the nearest known hour on each side, interpolated across the gap; from one side
+only it relaxes back to the curve by ``anchor_decay`` per hour), because on real load a
+day's level moves with the weather while its shape repeats. When register snapshots
+bracket the gap, the estimate, whatever its shape, is scaled so that it sums to the
+register advance — for a gap of one hour that is the advance itself.
+
+Linear interpolation is the fallback for a bounded gap without history, and first only for
+gaps up to ``interpolate_max_hours`` (default 0: on real load the anchored curve beats it
+even at one hour — benchmarks/README.md). Every estimate carries its method and inputs, so
 the settled value says how it was made (art. 38: the method used is reported).
 """
 
@@ -19,7 +28,9 @@ from cgm.vee.config import VeeConfig
 SCADA = "scada_integration"
 INTERPOLATION = "linear_interpolation"
 TYPICAL = "typical_curve"
+TYPICAL_ANCHORED = "typical_curve_anchored"
 TYPICAL_REGISTERS = "typical_curve_registers"
+INTERPOLATION_REGISTERS = "linear_interpolation_registers"
 
 
 @dataclass
@@ -75,6 +86,32 @@ def interpolate(left: float, right: float, n: int) -> np.ndarray:
     return left + (right - left) * steps
 
 
+def anchored(
+    values: np.ndarray, typical: np.ndarray, a: int, b: int, decay: float
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The typical curve over columns [a, b) with its level anchored on the nearest known
+    column either side: the measured/typical ratio there, linearly interpolated across
+    the gap, or from one side only relaxing towards 1 by ``decay`` per hour."""
+    n = b - a
+    i = np.arange(1, n + 1, dtype=float)
+    ratio = {}
+    for side, col in (("left", a - 1), ("right", b)):
+        if 0 <= col < len(values) and not np.isnan(values[col]):
+            t = typical[col]
+            if t > 0 and not np.isnan(t):
+                ratio[side] = float(values[col] / t)
+    left, right = ratio.get("left"), ratio.get("right")
+    if left is not None and right is not None:
+        q = left + (right - left) * i / (n + 1)
+    elif left is not None:
+        q = 1.0 + (left - 1.0) * decay**i
+    elif right is not None:
+        q = 1.0 + (right - 1.0) * decay ** (n + 1 - i)
+    else:
+        q = np.ones(n)
+    return typical[a:b] * q, {f"anchor_{k}": round(v, 9) for k, v in ratio.items()}
+
+
 def fill(
     known: np.ndarray,
     need: np.ndarray,
@@ -89,7 +126,8 @@ def fill(
 
     ``known``: window values, NaN where unknown (including ``need`` columns).
     ``scada(col)``: an estimate from power samples, or None.
-    ``typical``: typical value per window column (NaN where none).
+    ``typical``: typical value per window column, the neighbour hours included (NaN
+    where none).
     ``registers(start, end)``: (primary advance over the columns, inputs) or None.
     Columns that no method can fill are absent from the result.
     """
@@ -109,42 +147,47 @@ def fill(
             continue
         bounded = a > 0 and b < w
         n = b - a
-        if bounded and n <= config.interpolate_max_hours:
-            _interp(out, values, a, b, n, "short gap")
-            continue
-        # The typical curve covers the columns that need a value (the day's periods);
-        # an unknown neighbour hour of another day only lengthens the gap.
+        # The estimate covers the columns that need a value (the day's periods); an
+        # unknown neighbour hour of another day only lengthens the gap.
         ta, tb = cols[0], cols[-1] + 1
-        typ = typical[ta:tb] if typical is not None else None
-        if typ is not None and not np.isnan(typ).any():
-            method, inputs, est = TYPICAL, dict(typical_inputs or {}), typ
-            if config.typical_scale_to_registers and registers is not None:
-                found = registers(ta, tb)
-                total = float(typ.sum())
-                if found is not None and total > 0:
-                    advance, reg_inputs = found
-                    scale = advance / total
-                    est = typ * scale
-                    method = TYPICAL_REGISTERS
-                    inputs |= reg_inputs | {"scale": round(scale, 9)}
-            for k, c in enumerate(range(ta, tb)):
-                if need[c]:
-                    out[c] = Estimate(
-                        float(est[k]),
-                        method,
-                        inputs | {"typical": round(float(typ[k]), 9), "gap_hours": n},
-                    )
-        elif bounded and config.fallback_interpolation:
-            _interp(out, values, a, b, n, "no typical curve: fallback")
+        typ = typical[a:b] if typical is not None else None
+        has_typ = typ is not None and not np.isnan(typ[ta - a : tb - a]).any()
+        inputs: dict[str, Any] = {"gap_hours": n}
+        if bounded and (n <= config.interpolate_max_hours or not has_typ):
+            if not has_typ and not config.fallback_interpolation:
+                continue
+            left, right = float(values[a - 1]), float(values[b])
+            curve = interpolate(left, right, n)
+            method, scaled_method = INTERPOLATION, INTERPOLATION_REGISTERS
+            inputs |= {"left": left, "right": right}
+            if not has_typ:
+                inputs["why"] = "no typical curve: fallback"
+        elif has_typ:
+            assert typical is not None and typ is not None
+            inputs |= dict(typical_inputs or {})
+            method, scaled_method = TYPICAL, TYPICAL_REGISTERS
+            curve = typ.copy()
+            if config.typical_anchor:
+                curve, anchors = anchored(values, typical, a, b, config.anchor_decay)
+                if anchors:
+                    method = TYPICAL_ANCHORED
+                    inputs |= anchors
+        else:
+            continue
+        part = curve[ta - a : tb - a]
+        if config.typical_scale_to_registers and registers is not None:
+            found = registers(ta, tb)
+            total = float(part.sum())
+            if found is not None and total > 0:
+                advance, reg_inputs = found
+                scale = advance / total
+                part = part * scale
+                method = scaled_method
+                inputs |= reg_inputs | {"scale": round(scale, 9)}
+        for k, c in enumerate(range(ta, tb)):
+            if need[c]:
+                extra = {}
+                if typ is not None and not np.isnan(typ[c - a]):
+                    extra["typical"] = round(float(typ[c - a]), 9)
+                out[c] = Estimate(float(part[k]), method, inputs | extra)
     return {c: e for c, e in out.items() if need[c]}
-
-
-def _interp(out: dict[int, Estimate], values: np.ndarray, a: int, b: int, n: int, why: str) -> None:
-    left, right = float(values[a - 1]), float(values[b])
-    line = interpolate(left, right, n)
-    for k, c in enumerate(range(a, b)):
-        out[c] = Estimate(
-            float(line[k]),
-            INTERPOLATION,
-            {"left": left, "right": right, "gap_hours": n, "why": why},
-        )

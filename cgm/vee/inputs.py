@@ -304,6 +304,7 @@ async def load_power(
 
 _HISTORY_RECORD = np.dtype(
     [
+        ("day", ">i2"),
         ("frontier_id", ">i8"),
         ("channel", ">i2"),
         ("t", ">i8"),
@@ -316,22 +317,23 @@ _HISTORY_RECORD = np.dtype(
 async def load_history(
     conn: psycopg.AsyncConnection, series: Series, days: list[date]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Settled values of ``days``: ((S, D, 24) values, (S, D) day had an estimate)."""
+    """Settled values of ``days`` over their windows (the neighbour hours too, which the
+    anchored estimate needs): ((S, D, W) values, (S, D) day had an estimate in 1..24)."""
     S, D = len(series), len(days)
-    values = np.full((S, D, 24), np.nan)
+    values = np.full((S, D, W), np.nan)
     estimated = np.zeros((S, D), dtype=bool)
     if not D or not S:
         return values, estimated
-    starts = [day_bounds(d)[0] for d in days]
+    starts = [window(d)[0] for d in days]
     arr = await packed(
         conn,
-        "int8send(r.frontier_id) || int2send(r.channel) || int8send("
+        "int2send(d.i::int2) || int8send(r.frontier_id) || int2send(r.channel) || int8send("
         + _US.format(t="r.interval_start")
         + ") || float8send(r.value) || int2send((r.source = 'estimate')::int::int2)",
-        "FROM unnest(%(s)s::timestamptz[]) AS d(s) JOIN settled_reading r"
-        " ON r.interval_start >= d.s AND r.interval_start < d.s + interval '1 day'"
+        "FROM unnest(%(s)s::timestamptz[]) WITH ORDINALITY AS d(s, i) JOIN settled_reading r"
+        " ON r.interval_start >= d.s AND r.interval_start < d.s + %(w)s * interval '1 hour'"
         " WHERE r.frontier_id = ANY(%(f)s)",
-        {"s": starts, "f": sorted({int(f) for f in series.frontier_id})},
+        {"s": starts, "w": W, "f": sorted({int(f) for f in series.frontier_id})},
         _HISTORY_RECORD,
     )
     if not len(arr):
@@ -340,15 +342,13 @@ async def load_history(
     uniq, inv = np.unique(key, return_inverse=True)
     u_s = np.array([series.index.get((int(k) // 8, int(k) % 8), -1) for k in uniq])
     s_ = u_s[inv]
-    t = arr["t"]
+    d_ = arr["day"].astype(np.int64) - 1
     day_start_us = np.array([to_utc_us(x, "d").astype(np.int64) for x in starts])
-    order = np.argsort(day_start_us)
-    pos = np.searchsorted(day_start_us[order], t, side="right") - 1
-    d_ = order[pos]
-    h_ = (t - day_start_us[d_]) // 3_600_000_000
-    ok = (s_ >= 0) & (h_ >= 0) & (h_ < 24)
+    h_ = (arr["t"] - day_start_us[d_]) // 3_600_000_000
+    ok = (s_ >= 0) & (h_ >= 0) & (h_ < W)
     values[s_[ok], d_[ok], h_[ok]] = arr["value"][ok]
-    np.logical_or.at(estimated, (s_[ok], d_[ok]), arr["estimated"][ok] != 0)
+    core = ok & (h_ >= 1) & (h_ <= 24) & (arr["estimated"] != 0)
+    estimated[s_[core], d_[core]] = True
     return values, estimated
 
 

@@ -242,10 +242,15 @@ async def _run_day(
     history, hist_est = await load_history(conn, series, hist_days)
     timer.lap("load history")
     typical, hist_ok = typical_curves(
-        history, ~hist_est, config.typical_statistic, config.typical_max_days
+        history,
+        ~hist_est,
+        config.typical_statistic,
+        config.typical_max_days,
+        config.typical_decay,
+        CORE,
     )
     has_typical = hist_ok.any(axis=1)
-    typ_for_rules = np.where(has_typical[:, None], typical, np.nan)
+    typ_for_rules = np.where(has_typical[:, None], typical[:, CORE], np.nan)
 
     snaps = await load_snapshots(conn, meter_ids, day, config.register_skew)
     clock_rows = await load_clock_corrections(conn, meter_ids, day)
@@ -307,12 +312,11 @@ async def _run_day(
     # --- estimation -------------------------------------------------------------------
     estimates: dict[int, dict[int, est.Estimate]] = {}
     day_kind = day_type(day)
+    weighted = config.typical_statistic == "weighted"
     for s in np.flatnonzero(need.any(axis=1)):
         s = int(s)
         key = (int(series.frontier_id[s]), int(series.channel[s]))
-        typ_w = np.full(W, np.nan)
-        if has_typical[s]:
-            typ_w[CORE] = typical[s]
+        typ_w = typical[s] if has_typical[s] else np.full(W, np.nan)
         used = [d.isoformat() for d, ok in zip(hist_days, hist_ok[s], strict=True) if ok]
         samples = power.get(key)
         estimates[s] = est.fill(
@@ -324,6 +328,7 @@ async def _run_day(
             typical_inputs={
                 "day_type": day_kind,
                 "statistic": config.typical_statistic,
+                **({"decay": config.typical_decay} if weighted else {}),
                 "days": used,
             },
             registers=lambda a, b, s=s: _register_advance(series, s, snaps, w0, a, b, config),

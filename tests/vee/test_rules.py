@@ -142,8 +142,16 @@ def test_fill_orders_methods_and_leaves_what_it_cannot() -> None:
     need[[3, 10, 11, 12, 13, 14]] = True
     typ = np.full(26, 7.0)
     out = est.fill(known, need, cfg, typical=typ)
-    assert out[3].method == est.INTERPOLATION and out[3].value == pytest.approx(13.0)
-    assert {out[c].method for c in range(10, 15)} == {est.TYPICAL}
+    # The flat curve anchored on both neighbours follows the ramp: exact, like a line.
+    assert out_methods(out) == {est.TYPICAL_ANCHORED}
+    cols = (3, 10, 11, 12, 13, 14)
+    assert [out[c].value for c in cols] == pytest.approx([13, 20, 21, 22, 23, 24])
+    assert out[3].inputs["anchor_left"] == pytest.approx(12 / 7)
+    plain = est.fill(known, need, VeeConfig(typical_anchor=False), typical=typ)
+    assert out_methods(plain) == {est.TYPICAL} and plain[12].value == 7.0
+    first = est.fill(known, need, VeeConfig(interpolate_max_hours=1), typical=typ)
+    assert first[3].method == est.INTERPOLATION and first[3].value == pytest.approx(13.0)
+    assert first[12].method == est.TYPICAL_ANCHORED
     scada = est.fill(known, need, cfg, scada=lambda c: est.Estimate(1.5, est.SCADA), typical=typ)
     assert {e.method for e in scada.values()} == {est.SCADA}
     # no typical curve: the bounded 5 h gap falls back to interpolation; an open one stays
@@ -164,10 +172,54 @@ def test_register_scaling_keeps_the_shape_and_matches_the_advance() -> None:
     need = np.zeros(26, dtype=bool)
     known[5:11], need[5:11] = np.nan, True
     typ = np.linspace(1, 2, 26)
-    out = est.fill(known, need, VeeConfig(), typical=typ, registers=lambda a, b: (60.0, {}))
+    regs = lambda a, b: (60.0, {})  # noqa: E731
+    out = est.fill(known, need, VeeConfig(typical_anchor=False), typical=typ, registers=regs)
     vals = np.array([out[c].value for c in range(5, 11)])
     assert vals.sum() == pytest.approx(60.0)
     assert vals / vals[0] == pytest.approx(typ[5:11] / typ[5])
+    anchored = est.fill(known, need, VeeConfig(), typical=typ, registers=regs)
+    assert sum(e.value for e in anchored.values()) == pytest.approx(60.0)
+
+
+def test_registers_scale_short_gaps_too() -> None:
+    """A 1 h gap bracketed by snapshots is the register advance itself; a 2 h gap sums to
+    it, shared in the curve's proportions; without a curve the line is scaled."""
+    known = np.full(26, 10.0)
+    typ = np.linspace(1, 2, 26)
+    need = np.zeros(26, dtype=bool)
+    known[7], need[7] = np.nan, True
+    seen = []
+
+    def regs(a: int, b: int) -> tuple[float, dict]:
+        seen.append((a, b))
+        return 12.5, {"register_meter_id": 9}
+
+    out = est.fill(known, need, VeeConfig(), typical=typ, registers=regs)
+    assert seen == [(7, 8)]
+    assert out[7].value == pytest.approx(12.5) and out[7].method == est.TYPICAL_REGISTERS
+    assert out[7].inputs["register_meter_id"] == 9
+    known[8], need[8] = np.nan, True
+    out = est.fill(known, need, VeeConfig(), typical=typ, registers=regs)
+    vals = np.array([out[7].value, out[8].value])
+    shape = est.fill(known, need, VeeConfig(), typical=typ)
+    assert vals.sum() == pytest.approx(12.5)
+    assert vals[1] / vals[0] == pytest.approx(shape[8].value / shape[7].value)
+    line = est.fill(known, need, VeeConfig(), registers=regs)
+    assert {e.method for e in line.values()} == {est.INTERPOLATION_REGISTERS}
+    assert line[7].value + line[8].value == pytest.approx(12.5)
+    # interpolation first (interpolate_max_hours) is scaled as well
+    first = est.fill(known, need, VeeConfig(interpolate_max_hours=2), typical=typ, registers=regs)
+    assert first[7].method == est.INTERPOLATION_REGISTERS
+
+
+def test_anchor_from_one_side_relaxes_towards_the_curve() -> None:
+    known = np.full(26, 20.0)  # measured at twice the typical level
+    typ = np.full(26, 10.0)
+    known[20:], need = np.nan, np.zeros(26, dtype=bool)
+    need[20:25] = True
+    out = est.fill(known, need, VeeConfig(anchor_decay=0.5), typical=typ)
+    assert [out[c].value for c in range(20, 23)] == pytest.approx([15.0, 12.5, 11.25])
+    assert out[20].inputs["anchor_left"] == 2.0 and "anchor_right" not in out[20].inputs
 
 
 def test_power_integration() -> None:
@@ -178,6 +230,16 @@ def test_power_integration() -> None:
     holey = np.delete(t, [5, 6, 7, 8])  # a 25-minute hole
     assert est.integrate_power(holey, np.full(len(holey), 1.0), 0, 3600, 900) is None
     assert est.integrate_power(t[t > 100], np.ones(int((t > 100).sum())), 0, 3600, 900) is None
+
+
+def test_typical_curve_weighted_by_recency() -> None:
+    hist = np.array([[[4.0] * 26, [100.0] * 26, [1.0] * 26]])
+    hist[0, 2, 0] = np.nan  # a missing neighbour hour does not make the day unusable
+    usable = np.array([[True, False, True]])
+    curve, used = typical_curves(hist, usable, "weighted", decay=0.5, core=slice(1, 25))
+    assert used.tolist() == [[True, False, True]]
+    assert curve[0, 5] == pytest.approx((4.0 + 0.5 * 1.0) / 1.5)
+    assert curve[0, 0] == 4.0
 
 
 def test_typical_curve_median_mean_and_usable_days() -> None:

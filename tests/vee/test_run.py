@@ -111,7 +111,8 @@ async def test_five_hour_gap_takes_the_median_of_the_same_day_type(conn) -> None
     raw = load(f, DAY)
     await put(conn, f.principal, DAY, raw, skip=gap)
     await put(conn, f.backup, DAY, raw, skip=gap)
-    await vee(conn, f, typical_weeks=2, typical_max_days=3)
+    plain = {"typical_anchor": False, "typical_statistic": "median"}
+    await vee(conn, f, typical_weeks=2, typical_max_days=3, **plain)
     rows = await settled(conn, f, DAY)
     expected = np.median(np.array([load(f, d) for d in hist]), axis=0)
     for i in gap:
@@ -124,6 +125,13 @@ async def test_five_hour_gap_takes_the_median_of_the_same_day_type(conn) -> None
     # Estimation error on the simulator's shape stays small (noise is ±5 %).
     errors = [abs(rows[i][0] - raw[i]) / raw[i] for i in gap]
     assert max(errors) < 0.15
+    # The default anchors the curve's level on the measured hours 9 and 15 and says so.
+    await vee(conn, f, typical_weeks=2, typical_max_days=3)
+    rows = await settled(conn, f, DAY)
+    inputs = rows[11][4]["inputs"]
+    assert rows[11][2] == "typical_curve_anchored" and inputs["statistic"] == "weighted"
+    assert inputs["anchor_left"] > 0 and inputs["anchor_right"] > 0
+    assert max(abs(rows[i][0] - raw[i]) / raw[i] for i in gap) < 0.15
 
 
 async def test_typical_curve_leaves_out_estimated_days_and_can_use_the_mean(conn) -> None:
@@ -136,7 +144,9 @@ async def test_typical_curve_leaves_out_estimated_days_and_can_use_the_mean(conn
     await vee(conn, f, hist[0])
     assert (await settled(conn, f, hist[0]))[0][1] == "estimate"
     await put(conn, f.principal, DAY, load(f, DAY), skip=range(6, 12))
-    await vee(conn, f, typical_weeks=2, typical_max_days=3, typical_statistic="mean")
+    await vee(
+        conn, f, typical_weeks=2, typical_max_days=3, typical_statistic="mean", typical_anchor=False
+    )
     rows = await settled(conn, f, DAY)
     expected = np.mean(np.array([load(f, d) for d in hist[1:]]), axis=0)
     assert rows[8][2] == "typical_curve"
@@ -157,7 +167,9 @@ async def test_three_day_gap_is_estimated_and_raises_one_alarm(conn) -> None:
         s = await vee(conn, f, start + timedelta(days=k), **cfg)
         alarms.append(s.alarms)
         rows = await settled(conn, f, start + timedelta(days=k))
-        assert len(rows) == 24 and {r[2] for r in rows} == {"typical_curve"}
+        # The first day is anchored on the last measured hour; then nothing is measured.
+        kind = "typical_curve_anchored" if k == 0 else "typical_curve"
+        assert len(rows) == 24 and {r[2] for r in rows} == {kind}
     assert alarms == [0, 0, 1]
     again = await vee(conn, f, start + timedelta(days=2), **cfg)
     assert again.alarms == 0 and again.written == 0
