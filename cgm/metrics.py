@@ -28,6 +28,15 @@ CLOCK_CORRECTIONS = Counter(
 INTERVALS_STORED = Counter(
     "cgm_intervals_stored_total", "Reading values stored (new or new version)", ["protocol"]
 )
+INTERVALS_REFUSED = Counter(
+    "cgm_intervals_refused_total",
+    "Reading values set aside before storage, by kind: invalid, entry (capture period or "
+    "alignment), implausible, not_stored",
+    ["kind"],
+)
+AUTH_REFUSALS = Counter(
+    "cgm_auth_refusals_total", "Meter authentications refused, by access level", ["level"]
+)
 LAST_SUCCESS = Gauge(
     "cgm_meter_last_success_timestamp_seconds",
     "Unix time of the last successful read of a meter",

@@ -29,13 +29,17 @@ from psycopg.types.json import Jsonb
 from cgm import metrics
 from cgm.collection import claims
 from cgm.collection.derive import Snapshot, derive_intervals
+from cgm.collection.hourly import to_hourly
+from cgm.collection.plausibility import HourlyLimit, hourly_limit
 from cgm.collection.session import MeterOutcome, SessionPolicy, interrogate
 from cgm.frontier_log import ALARM, CLOCK_SYNC, CONFIG_VIOLATION, LEVEL2_ACCESS, clock_corrections
 from cgm.registry import MeterConfig, active_meters_async
 from cgm.security import SecretBox
-from cgm.storage import Quality, last_interval, readings_array, write_readings
-from cgm.storage.common import channel_id
+from cgm.storage import InvalidRows, Quality, last_interval, readings_array, write_readings
+from cgm.storage.common import channel_id, from_us
+from cgm.storage.readings import READING_DTYPE, row_problems
 from drivers import get_driver
+from drivers.base import ProfileEntry
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,8 @@ class CycleSummary:
     ok: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     skipped_backoff: int = 0
-    intervals_stored: int = 0
+    intervals_stored: int = 0  # reading values (meter, channel, hour) inserted or superseded
+    intervals_refused: int = 0  # values set aside before storage, with a reason
     clocks_corrected: int = 0
     clock_corrections_failed: int = 0
     config_findings: int = 0
@@ -78,6 +83,7 @@ class CycleSummary:
             "failed": dict(self.failed),
             "skipped_backoff": self.skipped_backoff,
             "intervals_stored": self.intervals_stored,
+            "intervals_refused": self.intervals_refused,
             "clocks_corrected": self.clocks_corrected,
             "clock_corrections_failed": self.clock_corrections_failed,
             "config_findings": self.config_findings,
@@ -296,6 +302,39 @@ class Collector:
 # --- storing outcomes ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Refused:
+    """One value a meter gave that was not stored, and why (``finding``: the stable form of
+    the reason, recorded once in the hoja de vida as a configuration finding)."""
+
+    meter_id: int
+    channel: int | None
+    start: datetime | None
+    value: float | None
+    quality: int | None
+    reason: str
+    finding: str
+
+    @property
+    def kind(self) -> str:
+        """A low-cardinality label for the metric."""
+        for prefix, kind in (("implausible", "implausible"), ("not stored", "not_stored")):
+            if self.reason.startswith(prefix):
+                return kind
+        return "entry" if "period" in self.reason or "entries" in self.reason else "invalid"
+
+
+@dataclass
+class Stored:
+    """What one batch stored and refused, per meter."""
+
+    values: Counter[int] = field(default_factory=Counter)
+    refused: list[Refused] = field(default_factory=list)
+
+    def refusals(self, meter_id: int) -> Counter[str]:
+        return Counter(r.reason for r in self.refused if r.meter_id == meter_id)
+
+
 async def store_outcomes(
     conn: psycopg.AsyncConnection,
     batch: Sequence[MeterOutcome],
@@ -304,19 +343,22 @@ async def store_outcomes(
     config: EngineConfig,
     summary: CycleSummary,
 ) -> None:
-    """Store one batch of outcomes in one transaction."""
+    """Store one batch of outcomes in one transaction.
+
+    Values are screened per row before the write (:func:`cgm.storage.readings.row_problems`
+    and the plausibility guard): a bad value is set aside for its meter with the reason,
+    and the rest of the batch is stored.
+    """
     now = datetime.now(UTC)
     async with conn.transaction():
-        rows = await _reading_rows(conn, batch)
-        stored = 0
-        if len(rows):
-            result = await write_readings(
-                conn, rows, source=f"collector:{collector}", actor=config.actor
-            )
-            stored = result.inserted + result.superseded
-        summary.intervals_stored += stored
+        rows, stored, entries = await _reading_rows(conn, batch)
+        rows = _screen(rows, batch, stored)
+        await _write_isolated(conn, rows, collector, config, stored)
+        _refusal_findings(batch, stored)
+        await _meter_entries(conn, entries)
+        await _refused_rows(conn, stored, cycle)
         await _snapshots(conn, batch)
-        await _session_log(conn, batch, cycle, collector)
+        await _session_log(conn, batch, cycle, collector, stored)
         await _health(conn, batch, config, now)
         await _hoja_de_vida(conn, batch, config, summary)
         await conn.execute(
@@ -324,6 +366,9 @@ async def store_outcomes(
                WHERE meter_id = ANY(%s) AND cycle = %s AND collector = %s""",
             ([o.target.meter_id for o in batch], cycle, collector),
         )
+    # One count everywhere: reading values (meter, channel, hour) inserted or superseded.
+    summary.intervals_stored += sum(stored.values.values())
+    summary.intervals_refused += len(stored.refused)
     for o in batch:
         label = (o.target.serial, o.target.frontier_code)
         if o.succeeded:
@@ -336,9 +381,11 @@ async def store_outcomes(
             metrics.CLOCK_OFFSET.labels(*label).set(
                 offset if offset is not None else o.clock.offset
             )
-    by_protocol = Counter(o.target.protocol for o in batch for e in o.entries)
-    for protocol, n in by_protocol.items():
-        metrics.INTERVALS_STORED.labels(protocol).inc(n)
+        n = stored.values.get(o.target.meter_id, 0)
+        if n:
+            metrics.INTERVALS_STORED.labels(o.target.protocol).inc(n)
+    for r in stored.refused:
+        metrics.INTERVALS_REFUSED.labels(r.kind).inc()
 
 
 class _Rows:
@@ -362,28 +409,193 @@ class _Rows:
             col.append(item)
 
     def array(self) -> np.ndarray:
-        return readings_array(*self.cols) if self.cols[0] else np.empty(0)
+        return readings_array(*self.cols) if self.cols[0] else np.empty(0, READING_DTYPE)
 
 
 def _base_quality(o: MeterOutcome) -> Quality:
     return Quality.BACKUP_CHANNEL if o.channel_used == "backup" else Quality(0)
 
 
-async def _reading_rows(conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]) -> np.ndarray:
-    rows = _Rows()
+_ENTRY_FINDINGS = (
+    ("not aligned to its", "profile entries not aligned to their capture period"),
+    ("two different entries", "the meter gave two different entries for one start"),
+)
+
+
+def _entry_finding(reason: str) -> str:
+    return next((f for key, f in _ENTRY_FINDINGS if key in reason), reason)
+
+
+async def _reading_rows(
+    conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]
+) -> tuple[np.ndarray, Stored, list[tuple[int, ProfileEntry, datetime]]]:
+    """Hourly rows of the batch (sub-hourly profiles summed), the entries refused on the
+    way, and the sub-hourly entries kept for audit."""
+    rows, stored = _Rows(), Stored()
+    entries: list[tuple[int, ProfileEntry, datetime]] = []
     corrections = await _corrections(conn, batch)
     for o in batch:
         base = _base_quality(o)
         at = o.finished_at or o.started_at
-        for e in o.entries:
-            q = base | Quality(e.status & 0xFF)
-            if any(e.start <= t < e.end for t in corrections.get(o.target.meter_id, ())):
+        meter_id = o.target.meter_id
+        hourly = to_hourly(o.entries)
+        entries += [(meter_id, e, at) for e in hourly.sub_hourly]
+        for r in hourly.refused:
+            ch = channel_id(r.channel) if r.channel is not None else None
+            stored.refused.append(
+                Refused(
+                    meter_id, ch, r.start, r.value, r.status, r.reason, _entry_finding(r.reason)
+                )
+            )
+        for v in hourly.values:
+            q = base | Quality(v.quality)
+            if any(v.start <= t < v.start + HOUR for t in corrections.get(meter_id, ())):
                 q |= Quality.LARGE_CLOCK_CORRECTION
-            for ch, value in e.values.items():
-                wrap = Quality.REGISTER_ROLLOVER if ch in e.rollover else Quality(0)
-                rows.add(o.target.meter_id, channel_id(ch), e.start, value, q | wrap, at)
+            rows.add(meter_id, channel_id(v.channel), v.start, v.value, q, at)
     await _derived_rows(conn, batch, rows)
-    return rows.array()
+    return rows.array(), stored, entries
+
+
+def _screen(rows: np.ndarray, batch: Sequence[MeterOutcome], stored: Stored) -> np.ndarray:
+    """The rows that may be written; the others go to ``stored.refused`` with the reason."""
+    if not len(rows):
+        return rows
+    reasons = row_problems(rows)
+    limits = {o.target.meter_id: _limit(o.target) for o in batch}
+    ids = np.array(sorted(limits), dtype="i8")
+    kwh = np.array([limits[m].kwh if limits[m] else np.inf for m in ids.tolist()])
+    row_limit = kwh[np.searchsorted(ids, rows["meter_id"])]
+    over = (reasons == None) & (rows["value"] > row_limit)  # noqa: E711
+    for i in np.flatnonzero(over):
+        lim = limits[int(rows["meter_id"][i])]
+        assert lim is not None
+        reasons[i] = (
+            f"implausible: {rows['value'][i]:.3f} in one hour exceeds {lim.kwh:.3f} "
+            f"allowed by {lim.basis}"
+        )
+    bad = reasons != None  # noqa: E711
+    for i in np.flatnonzero(bad):
+        r = rows[i]
+        reason = str(reasons[i])
+        lim = limits[int(r["meter_id"])]
+        finding = (
+            f"interval energy above what {lim.basis} allows"
+            if reason.startswith("implausible") and lim is not None
+            else reason
+        )
+        stored.refused.append(
+            Refused(
+                int(r["meter_id"]),
+                int(r["channel"]),
+                from_us(r["interval_start"]) if not np.isnat(r["interval_start"]) else None,
+                float(r["value"]),
+                int(r["quality"]),
+                reason,
+                finding,
+            )
+        )
+    return rows[~bad]
+
+
+def _limit(target: MeterConfig) -> HourlyLimit | None:
+    return hourly_limit(
+        ct_ratio=target.ct_ratio,
+        vt_ratio=target.vt_ratio,
+        adjustment_factor=target.adjustment_factor,
+        params=target.params,
+        installed_capacity_mva=target.installed_capacity_mva,
+    )
+
+
+async def _write_isolated(
+    conn: psycopg.AsyncConnection,
+    rows: np.ndarray,
+    collector: str,
+    config: EngineConfig,
+    stored: Stored,
+) -> None:
+    """Write the screened rows; should the batch still be refused, write meter by meter so
+    only the meter at fault loses its rows (each write is a savepoint of the caller's
+    transaction). A lost connection is not bad data: it propagates."""
+    if not len(rows):
+        return
+    source = f"collector:{collector}"
+    try:
+        result = await write_readings(conn, rows, source=source, actor=config.actor)
+        stored.values.update(result.stored_by_meter or {})
+        return
+    except (InvalidRows, psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+        log.warning("readings batch refused, writing meter by meter: %s", exc)
+    for meter_id in np.unique(rows["meter_id"]).tolist():
+        part = rows[rows["meter_id"] == meter_id]
+        try:
+            result = await write_readings(conn, part, source=source, actor=config.actor)
+            stored.values.update(result.stored_by_meter or {})
+        except (InvalidRows, psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            reason = f"not stored: {exc}"
+            for r in part:
+                stored.refused.append(
+                    Refused(
+                        meter_id,
+                        int(r["channel"]),
+                        from_us(r["interval_start"]),
+                        float(r["value"]),
+                        int(r["quality"]),
+                        reason,
+                        f"not stored: {type(exc).__name__}",
+                    )
+                )
+
+
+def _refusal_findings(batch: Sequence[MeterOutcome], stored: Stored) -> None:
+    """Refusals are configuration faults of the meter or its registry entry: findings."""
+    by_meter: dict[int, set[str]] = {}
+    for r in stored.refused:
+        by_meter.setdefault(r.meter_id, set()).add(r.finding)
+    for o in batch:
+        extra = by_meter.get(o.target.meter_id, set()) - set(o.config_violations)
+        o.config_violations.extend(sorted(extra))
+
+
+async def _meter_entries(
+    conn: psycopg.AsyncConnection, entries: list[tuple[int, ProfileEntry, datetime]]
+) -> None:
+    """The sub-hourly entries behind the stored hours, as the meter gave them."""
+    rows = [
+        (m, channel_id(ch), e.start, int(e.period.total_seconds()), v, e.status, at)
+        for m, e, at in entries
+        for ch, v in e.values.items()
+    ]
+    if not rows:
+        return
+    cols = [list(c) for c in zip(*rows, strict=True)]
+    await conn.execute(
+        """INSERT INTO meter_entry AS x
+             (meter_id, channel, entry_start, period_s, value, status, collected_at)
+           SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::timestamptz[],
+                                %s::integer[], %s::float8[], %s::integer[], %s::timestamptz[])
+           ON CONFLICT (meter_id, channel, entry_start) DO UPDATE
+             SET value = excluded.value, status = excluded.status, period_s = excluded.period_s,
+                 collected_at = excluded.collected_at
+             WHERE x.value <> excluded.value OR x.status <> excluded.status
+                OR x.period_s <> excluded.period_s""",
+        cols,
+    )
+
+
+async def _refused_rows(conn: psycopg.AsyncConnection, stored: Stored, cycle: datetime) -> None:
+    if not stored.refused:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            """INSERT INTO reading_refused
+                 (meter_id, channel, interval_start, value, quality, collected_at, cycle, reason)
+               VALUES (%s, %s, %s, %s, %s, now(), %s, %s)""",
+            [
+                (r.meter_id, r.channel, r.start, r.value, r.quality, cycle, r.reason)
+                for r in stored.refused
+            ],
+        )
 
 
 async def _corrections(
@@ -449,18 +661,32 @@ async def _snapshots(conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome
 
 
 async def _session_log(
-    conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome], cycle: datetime, collector: str
+    conn: psycopg.AsyncConnection,
+    batch: Sequence[MeterOutcome],
+    cycle: datetime,
+    collector: str,
+    stored: Stored,
 ) -> None:
+    refusals = {o.target.meter_id: stored.refusals(o.target.meter_id) for o in batch}
+
+    def error(o: MeterOutcome) -> str | None:
+        refused = refusals[o.target.meter_id]
+        if o.error or not refused:
+            return o.error
+        reason, n = refused.most_common(1)[0]
+        return f"{sum(refused.values())} values refused ({n}: {reason})"
+
     await conn.execute(
         """INSERT INTO collection_session
              (meter_id, cycle, collector, started_at, finished_at, result, error,
               channel_used, attempts, entries_read, clock_offset_s, clock_corrected,
-              read_from, read_to)
-           SELECT m, %s, %s, s, f, r, e, ch, a, n, off, cc, rf, rt
+              read_from, read_to, intervals_stored, intervals_refused, refusals)
+           SELECT m, %s, %s, s, f, r, e, ch, a, n, off, cc, rf, rt, st, rn, rj
            FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::text[],
                        %s::text[], %s::text[], %s::integer[], %s::integer[], %s::float8[],
-                       %s::boolean[], %s::timestamptz[], %s::timestamptz[])
-                AS u(m, s, f, r, e, ch, a, n, off, cc, rf, rt)""",
+                       %s::boolean[], %s::timestamptz[], %s::timestamptz[], %s::integer[],
+                       %s::integer[], %s::jsonb[])
+                AS u(m, s, f, r, e, ch, a, n, off, cc, rf, rt, st, rn, rj)""",
         (
             cycle,
             collector,
@@ -468,7 +694,7 @@ async def _session_log(
             [o.started_at for o in batch],
             [o.finished_at or o.started_at for o in batch],
             [o.result for o in batch],
-            [o.error for o in batch],
+            [error(o) for o in batch],
             [o.channel_used for o in batch],
             [o.attempts for o in batch],
             [len(o.entries) for o in batch],
@@ -476,6 +702,9 @@ async def _session_log(
             [bool(o.correction and o.correction.ok) for o in batch],
             [o.read_from for o in batch],
             [o.read_to for o in batch],
+            [stored.values.get(o.target.meter_id, 0) for o in batch],
+            [sum(refusals[o.target.meter_id].values()) for o in batch],
+            [Jsonb(dict(refusals[o.target.meter_id])) for o in batch],
         ),
     )
 
@@ -596,7 +825,7 @@ async def _config_findings(
     summary: CycleSummary,
 ) -> None:
     """Record a meter's configuration findings when they change, not every cycle."""
-    checked = [o for o in batch if o.profile_config is not None]
+    checked = [o for o in batch if o.profile_config is not None or o.config_violations]
     if not checked:
         return
     cur = await conn.execute(
@@ -627,8 +856,12 @@ async def _config_findings(
                     Jsonb(
                         {
                             "findings": findings,
-                            "capture_period_s": o.profile_config.capture_period.total_seconds(),
-                            "depth": o.profile_config.depth,
+                            "capture_period_s": (
+                                o.profile_config.capture_period.total_seconds()
+                                if o.profile_config
+                                else None
+                            ),
+                            "depth": o.profile_config.depth if o.profile_config else None,
                         }
                     ),
                 ),

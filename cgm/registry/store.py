@@ -349,6 +349,7 @@ class MeterConfig:
     clock_limit_s: float
     adjustment_factor: float
     credentials: Mapping[AccessLevel, Credentials] = field(repr=False)
+    installed_capacity_mva: float | None = None  # the frontier's, for the plausibility guard
 
     def credential(self, level: AccessLevel) -> Credentials | None:
         return self.credentials.get(level)
@@ -357,7 +358,7 @@ class MeterConfig:
 _METERS_SQL = """
 SELECT m.id, m.serial, m.role, m.protocol, m.primary_host, m.primary_port, m.backup_host,
        m.backup_port, m.params, m.ct_ratio, m.vt_ratio, m.channels, f.id, f.code,
-       f.point_type, f.clock_target_s, f.adjustment_factor
+       f.point_type, f.clock_target_s, f.adjustment_factor, f.installed_capacity_mva
 FROM meter m JOIN frontier f ON f.id = m.frontier_id
 WHERE m.active AND (%(code)s::text IS NULL OR f.code = %(code)s)
 ORDER BY f.code, m.role DESC, m.serial
@@ -376,7 +377,7 @@ def _meter_configs(
         by_meter.setdefault(meter_id, {})[lv] = Credentials(lv, box.decrypt(bytes(enc)), client)
     out = []
     for (mid, serial, role, protocol, host, port, bhost, bport, params, ct, vt, channels,
-         fid, code, ptype, target, factor) in rows:  # fmt: skip
+         fid, code, ptype, target, factor, capacity) in rows:  # fmt: skip
         endpoints = (Endpoint(host, port),) + ((Endpoint(bhost, bport),) if bhost else ())
         out.append(
             MeterConfig(
@@ -395,6 +396,7 @@ def _meter_configs(
                 clock_limit_s=rules.clock_limit(ptype, target),
                 adjustment_factor=factor,
                 credentials=by_meter.get(mid, {}),
+                installed_capacity_mva=capacity,
             )
         )
     return out

@@ -49,6 +49,9 @@ class WriteResult:
     superseded: int
     kept_manual: int = 0  # settled only: automatic values refused over a manual one
     direct: int = 0  # readings only: rows that took the direct-COPY path (diagnostics)
+    # readings only: rows inserted or superseded per meter id (what a collector reports per
+    # session); meters with nothing new are absent.
+    stored_by_meter: dict[int, int] | None = None
 
 
 def channel_id(channel: int | str | Channel) -> int:

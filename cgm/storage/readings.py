@@ -198,6 +198,36 @@ def _time_column(values: Any, what: str) -> np.ndarray:
     raise InvalidRows("readings", [f"{what} must be datetimes, got {arr.dtype}"])
 
 
+def _checks(arr: np.ndarray, interval: timedelta) -> list[tuple[str, np.ndarray, Any]]:
+    """(problem, mask of offending rows, describe(i)) for every row check, in order."""
+    step = int(interval / timedelta(microseconds=1))
+    start = arr["interval_start"].view("i8")
+    start_nat = start == np.datetime64("NaT").astype("i8")
+    return [
+        ("meter_id must be >= 1", arr["meter_id"] < 1, lambda i: arr["meter_id"][i]),
+        (
+            "unknown channel (ids 1..4)",
+            (arr["channel"] < 1) | (arr["channel"] > 4),
+            lambda i: arr["channel"][i],
+        ),
+        ("interval_start missing", start_nat, lambda i: "NaT"),
+        (
+            f"interval_start not on a {interval} boundary",
+            ~start_nat & (start % step != 0),
+            lambda i: arr["interval_start"][i],
+        ),
+        ("value is NaN", np.isnan(arr["value"]), lambda i: "nan"),
+        ("value is infinite", np.isinf(arr["value"]), lambda i: arr["value"][i]),
+        ("value is negative", arr["value"] < 0, lambda i: arr["value"][i]),
+        (
+            f"quality has undefined bits (known mask {KNOWN_MASK:#x})",
+            (arr["quality"] < 0) | ((arr["quality"] & ~KNOWN_MASK) != 0),
+            lambda i: hex(arr["quality"][i]),
+        ),
+        ("collected_at missing", np.isnat(arr["collected_at"]), lambda i: "NaT"),
+    ]
+
+
 def validate(arr: np.ndarray, interval: timedelta = HOUR) -> None:
     """Raise :class:`InvalidRows` listing every problem of the batch, or return.
 
@@ -206,39 +236,46 @@ def validate(arr: np.ndarray, interval: timedelta = HOUR) -> None:
     or negative values (channels are per direction, so energy is never negative), quality
     bits that :mod:`cgm.storage.quality` does not define.
     """
-    step = int(interval / timedelta(microseconds=1))
-    start = arr["interval_start"].view("i8")
-    nat = np.datetime64("NaT").astype("i8")
-    problems: list[str] = []
-
-    def check(mask: np.ndarray, what: str, describe) -> None:  # noqa: ANN001
-        if mask.any():
-            problems.append(f"{what}: {examples(mask, describe)}")
-
-    check(arr["meter_id"] < 1, "meter_id must be >= 1", lambda i: arr["meter_id"][i])
-    check(
-        (arr["channel"] < 1) | (arr["channel"] > 4),
-        "unknown channel (ids 1..4)",
-        lambda i: arr["channel"][i],
-    )
-    start_nat = start == nat
-    check(start_nat, "interval_start missing", lambda i: "NaT")
-    check(
-        ~start_nat & (start % step != 0),
-        f"interval_start not on a {interval} boundary",
-        lambda i: arr["interval_start"][i],
-    )
-    check(np.isnan(arr["value"]), "value is NaN", lambda i: "nan")
-    check(np.isinf(arr["value"]), "value is infinite", lambda i: arr["value"][i])
-    check(arr["value"] < 0, "value is negative", lambda i: arr["value"][i])
-    check(
-        (arr["quality"] < 0) | ((arr["quality"] & ~KNOWN_MASK) != 0),
-        f"quality has undefined bits (known mask {KNOWN_MASK:#x})",
-        lambda i: hex(arr["quality"][i]),
-    )
-    check(np.isnat(arr["collected_at"]), "collected_at missing", lambda i: "NaT")
+    problems = [
+        f"{what}: {examples(mask, describe)}"
+        for what, mask, describe in _checks(arr, interval)
+        if mask.any()
+    ]
     if problems:
         raise InvalidRows(f"{len(arr)} readings", problems)
+
+
+def row_problems(arr: np.ndarray, interval: timedelta = HOUR) -> np.ndarray:
+    """The first problem of each row (``None`` for a good row), as an object array.
+
+    The per-row form of :func:`validate` plus the in-batch duplicate check, for writers that
+    must store the good rows of a batch and set the bad ones aside with a reason (a
+    collector: one meter's bad data must not stop the others).
+    """
+    out = np.full(len(arr), None, dtype=object)
+    for what, mask, _ in _checks(arr, interval):
+        out[mask & (out == None)] = what  # noqa: E711 - elementwise on an object array
+    ok = out == None  # noqa: E711
+    idx = np.flatnonzero(ok)
+    if len(idx) > 1:
+        s = arr[idx]
+        order = np.lexsort((s["interval_start"], s["channel"], s["meter_id"]))
+        s = s[order]
+        key_same = (
+            (s["meter_id"][1:] == s["meter_id"][:-1])
+            & (s["channel"][1:] == s["channel"][:-1])
+            & (s["interval_start"][1:] == s["interval_start"][:-1])
+        )
+        differs = key_same & (
+            (s["value"][1:] != s["value"][:-1]) | (s["quality"][1:] != s["quality"][:-1])
+        )
+        if differs.any():
+            # Every row of a key whose rows disagree: choosing one would drop a measured value.
+            run = np.cumsum(np.r_[True, ~key_same])
+            bad_runs = np.unique(run[1:][differs])
+            bad = np.isin(run, bad_runs)
+            out[idx[order[bad]]] = "the same (meter, channel, interval) with different values"
+    return out
 
 
 def sort_and_collapse(arr: np.ndarray) -> np.ndarray:
@@ -413,8 +450,11 @@ async def _copy(conn: psycopg.AsyncConnection, statement: str, data: bytes) -> N
             await copy.write(view[i : i + chunk])
 
 
-async def _upsert_staged(conn: psycopg.AsyncConnection, rows: np.ndarray) -> tuple[int, int]:
-    """(inserted, superseded) for ``rows`` through the staging table and one upsert."""
+async def _upsert_staged(
+    conn: psycopg.AsyncConnection, rows: np.ndarray
+) -> tuple[int, int, dict[int, int]]:
+    """(inserted, superseded, rows stored per meter) for ``rows`` through the staging table
+    and one upsert."""
     await conn.execute(
         f"""CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
                 meter_id bigint, channel smallint, interval_start timestamptz,
@@ -436,13 +476,16 @@ async def _upsert_staged(conn: psycopg.AsyncConnection, rows: np.ndarray) -> tup
                 SET value = excluded.value, quality = excluded.quality,
                     collected_at = excluded.collected_at, version = r.version + 1
                 WHERE r.value <> excluded.value OR r.quality <> excluded.quality
-              RETURNING r.version)
-            SELECT count(*) FILTER (WHERE version = 1), count(*) FILTER (WHERE version > 1)
-            FROM up"""
+              RETURNING r.meter_id, r.version)
+            SELECT meter_id, count(*) FILTER (WHERE version = 1),
+                   count(*) FILTER (WHERE version > 1)
+            FROM up GROUP BY meter_id"""
     )
-    inserted, superseded = await cur.fetchone()  # type: ignore[misc]
+    per_meter = await cur.fetchall()
     await conn.execute(f"TRUNCATE {_STAGE}")
-    return inserted, superseded
+    inserted = sum(r[1] for r in per_meter)
+    superseded = sum(r[2] for r in per_meter)
+    return inserted, superseded, {m: i + s for m, i, s in per_meter}
 
 
 async def write_readings(
@@ -523,25 +566,38 @@ async def _write(
             s, new = s[keep], new[keep]
     n_direct = int(new.sum())
     inserted = superseded = 0
+    by_meter: dict[int, int] = {}
     if n_direct:
         try:
             async with conn.transaction():  # savepoint: a lost race falls back below
                 await _copy(conn, _COPY_READING, pgbinary.encode(READING_COLUMNS, s[new]))
             inserted += n_direct
+            ids, counts = np.unique(s["meter_id"][new], return_counts=True)
+            by_meter = dict(zip(ids.tolist(), counts.tolist(), strict=True))
         except errors.UniqueViolation:
             log.info("batch %s: direct COPY raced a concurrent writer; upserting", batch_id)
             new[:] = False
             n_direct = 0
     if not new.all():
-        ins, sup = await _upsert_staged(conn, s[~new])
+        ins, sup, staged = await _upsert_staged(conn, s[~new])
         inserted += ins
         superseded += sup
+        for m, n in staged.items():
+            by_meter[m] = by_meter.get(m, 0) + n
     unchanged = n_rows - inserted - superseded
     await conn.execute(
         "UPDATE ingest_batch SET inserted = %s, unchanged = %s, superseded = %s WHERE id = %s",
         (inserted, unchanged, superseded, batch_id),
     )
-    return WriteResult(batch_id, received, inserted, unchanged, superseded, direct=n_direct)
+    return WriteResult(
+        batch_id,
+        received,
+        inserted,
+        unchanged,
+        superseded,
+        direct=n_direct,
+        stored_by_meter=by_meter,
+    )
 
 
 # --- queries ------------------------------------------------------------------------------

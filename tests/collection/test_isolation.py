@@ -1,0 +1,204 @@
+"""One meter's data can fail only that meter: sub-hourly profiles, bad and implausible
+values, and counters that agree — real simulators, real sockets, a real database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest_asyncio
+import yaml
+from prometheus_client import REGISTRY
+
+from cgm import registry
+from cgm.collection.engine import Collector, EngineConfig, current_cycle
+from cgm.collection.session import SessionPolicy
+from cgm.config import Settings
+from cgm.migrate import upgrade
+from cgm.security import secret_box
+from cgm.storage import Quality
+from drivers.base import Channel
+from simulators.fleet import build_fleet, inventory, start_fleet
+
+FAST = EngineConfig(
+    policy=SessionPolicy(timeout=5.0, attempts=1, backoff=0.01),
+    stale_after=timedelta(seconds=10),
+)
+QUARTER = timedelta(minutes=15)
+
+
+class Env:
+    def __init__(self, url: str, box, fleet, tmp: Path) -> None:  # noqa: ANN001
+        self.url, self.box, self.fleet, self.tmp = url, box, fleet, tmp
+
+    def import_(self, edit: Callable[[dict], None] | None = None) -> None:
+        inv = inventory(self.fleet)
+        if edit:
+            edit(inv)
+        path = self.tmp / "fleet.yaml"
+        path.write_text(yaml.safe_dump(inv))
+        with psycopg.connect(self.url) as conn:
+            registry.import_inventory(conn, registry.load(path), self.box, actor="pytest")
+
+    def rows(self, sql: str, *params: object) -> list[tuple]:
+        with psycopg.connect(self.url) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def meter_id(self, serial: str) -> int:
+        return self.rows("SELECT id FROM meter WHERE serial = %s", serial)[0][0]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def env(
+    new_database: Callable[[], str], tmp_path: Path, mqtt_broker: tuple[str, int]
+) -> AsyncIterator[Env]:
+    url = new_database()
+    upgrade(url, Settings(database_url=url))
+    fleet = build_fleet(2, seed=5, mix={"dlms": 1.0}, first_code=87001)
+    for _, meter in fleet.meters():
+        meter._clock_offset = 0.0  # noqa: SLF001 - clocks exact: no correction in these tests
+        meter.drift_ppm = 0.0
+        meter.depth = 24 * 3  # three days of memory keeps the cycles short
+    await start_fleet(fleet, mqtt=mqtt_broker)
+    yield Env(url, secret_box(Settings(database_url=url, data_dir=tmp_path)), fleet, tmp_path)
+    await fleet.stop()
+
+
+def _sub_hourly(env: Env, serial: str, period: timedelta) -> None:
+    meter = env.fleet.meter(serial)
+    meter.capture_period = period
+    meter.depth = int(timedelta(days=3) / period)
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_15_minute_meter_is_stored_hourly_and_the_fleet_with_it(env: Env) -> None:
+    _sub_hourly(env, "P87001", QUARTER)
+    env.import_()
+    summary = await Collector(env.url, env.box, FAST).run_cycle()
+    assert summary.ok == 4 and not summary.failed and summary.intervals_refused == 0
+    p = env.meter_id("P87001")
+    stored = env.rows(
+        "SELECT interval_start, value, quality FROM reading WHERE meter_id = %s AND channel = 1 "
+        "ORDER BY interval_start",
+        p,
+    )
+    assert len(stored) == 72  # three days of hours from 288 quarter-hour entries
+    meter = env.fleet.meter("P87001")
+    for start, value, quality in stored[-5:]:
+        quarters = meter.profile(start, start + timedelta(hours=1))
+        assert len(quarters) == 4
+        assert abs(value - sum(e.values[Channel.ACTIVE_IMPORT] for e in quarters)) < 1e-9
+        assert quality == 0
+    # The meter's own entries are kept for audit, as it gave them.
+    (n_entries,) = env.rows(
+        "SELECT count(*) FROM meter_entry WHERE meter_id = %s AND channel = 1 AND period_s = 900",
+        p,
+    )[0]
+    assert n_entries == 288
+    # The hourly meters of the same batch were stored too.
+    for serial in ("B87001", "P87002", "B87002"):
+        (n,) = env.rows(
+            "SELECT count(*) FROM reading WHERE meter_id = %s AND channel = 1",
+            env.meter_id(serial),
+        )[0]
+        assert n == 72
+
+
+async def test_an_incomplete_hour_is_stored_flagged_partial_never_padded(env: Env) -> None:
+    _sub_hourly(env, "P87001", QUARTER)
+    meter = env.fleet.meter("P87001")
+    hole_hour = current_cycle() - timedelta(hours=5)
+    meter.faults.missing = [(hole_hour + QUARTER, hole_hour + 2 * QUARTER)]
+    env.import_()
+    await Collector(env.url, env.box, FAST).run_cycle()
+    rows = env.rows(
+        "SELECT interval_start, value, quality FROM reading WHERE meter_id = %s AND channel = 1",
+        env.meter_id("P87001"),
+    )
+    by_start = {r[0]: (r[1], r[2]) for r in rows}
+    value, quality = by_start[hole_hour]
+    quarters = meter.profile(hole_hour, hole_hour + timedelta(hours=1))
+    assert len(quarters) == 3
+    assert abs(value - sum(e.values[Channel.ACTIVE_IMPORT] for e in quarters)) < 1e-9
+    assert quality & Quality.PARTIAL
+    complete = by_start[hole_hour + timedelta(hours=1)]
+    assert not complete[1] & Quality.PARTIAL
+
+
+async def test_a_capture_period_that_does_not_divide_the_hour_fails_only_that_meter(
+    env: Env,
+) -> None:
+    _sub_hourly(env, "B87002", timedelta(minutes=45))
+    env.import_()
+    summary = await Collector(env.url, env.box, FAST).run_cycle()
+    assert summary.ok == 4 and summary.intervals_refused > 0
+    bad = env.meter_id("B87002")
+    assert env.rows("SELECT count(*) FROM reading WHERE meter_id = %s", bad)[0][0] == 0
+    (refused, refusals, error) = env.rows(
+        "SELECT intervals_refused, refusals, error FROM collection_session WHERE meter_id = %s",
+        bad,
+    )[0]
+    assert refused > 0 and "capture period 0:45:00 does not divide the hour" in refusals
+    assert "refused" in error
+    # Recorded in the reading_refused table with the values, and in the hoja de vida.
+    (n,) = env.rows("SELECT count(*) FROM reading_refused WHERE meter_id = %s", bad)[0]
+    assert n == refused
+    (finding,) = env.rows(
+        "SELECT activities FROM frontier_log WHERE meter_id = %s AND kind = 'config_violation'",
+        bad,
+    )[0]
+    assert any("does not divide the hour" in f for f in finding["findings"])
+    for serial in ("P87001", "B87001", "P87002"):
+        assert (
+            env.rows("SELECT count(*) FROM reading WHERE meter_id = %s", env.meter_id(serial))[0][0]
+            == 72 * 4
+        )
+
+
+async def test_energy_beyond_the_registered_capacity_is_refused_before_vee(env: Env) -> None:
+    # The simulated meters give about the frontier's primary energy on the secondary side
+    # (CT 200/5 x VT 13200/120 = 4400): with a capacity registered, the guard refuses it.
+    def capacity(inv: dict) -> None:
+        for f in inv["frontiers"]:
+            if f["code"] == "Frt87002":
+                f["installed_capacity_mva"] = 1.0
+
+    env.import_(capacity)
+    summary = await Collector(env.url, env.box, FAST).run_cycle()
+    assert summary.ok == 4
+    for serial in ("P87002", "B87002"):
+        m = env.meter_id(serial)
+        stored = env.rows("SELECT max(value) FROM reading WHERE meter_id = %s", m)[0][0]
+        # 1 MVA x 1.2 / 4400 = 0.2727 kWh an hour on the secondary side at most.
+        assert stored is None or stored <= 1000 * 1.2 / 4400
+        reasons = env.rows("SELECT DISTINCT reason FROM reading_refused WHERE meter_id = %s", m)
+        assert reasons and all(r[0].startswith("implausible") for r in reasons)
+        assert "1 MVA" in reasons[0][0]
+    # The other frontier, without a registered capacity, is stored whole.
+    assert (
+        env.rows("SELECT count(*) FROM reading WHERE meter_id = %s", env.meter_id("P87001"))[0][0]
+        == 72 * 4
+    )
+
+
+async def test_the_session_log_the_summary_and_the_metric_count_the_same_values(
+    env: Env,
+) -> None:
+    _sub_hourly(env, "P87001", QUARTER)
+    env.import_()
+    before = _metric("cgm_intervals_stored_total", protocol="dlms")
+    summary = await Collector(env.url, env.box, FAST).run_cycle()
+    after = _metric("cgm_intervals_stored_total", protocol="dlms")
+    (sessions,) = env.rows("SELECT sum(intervals_stored) FROM collection_session")[0]
+    (readings,) = env.rows("SELECT count(*) FROM reading")[0]
+    assert summary.intervals_stored == sessions == after - before == readings == 4 * 72 * 4
+    # A second cycle re-reads nothing new: every counter says 0 again.
+    again = await Collector(env.url, env.box, FAST).run_cycle(
+        current_cycle(datetime.now(UTC)) + timedelta(minutes=1)
+    )
+    assert again.intervals_stored == 0
