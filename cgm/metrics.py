@@ -49,6 +49,12 @@ METERS_BACKED_OFF = Gauge(
     "cgm_meters_backed_off", "Meters skipped this cycle after repeated failures"
 )
 CYCLE_SECONDS = Gauge("cgm_cycle_duration_seconds", "Duration of the last collection cycle")
+DRIVER_EVENTS = Counter(
+    "cgm_driver_events_total",
+    "Anomalies a driver handled in a session: list_fallback (GET-with-list abandoned for a "
+    "meter), rollover, reset, gap (cumulative registers), ...",
+    ["protocol", "kind"],
+)
 CONFIG_VIOLATIONS = Counter(
     "cgm_config_violations_total", "Meter configuration findings (capture period, depth)"
 )

@@ -25,10 +25,12 @@ from drivers.base import (
     MeterSession,
     MeterTimeout,
     NotSupported,
+    ProfileColumn,
     ProfileConfig,
     ProfileEntry,
     ProtocolError,
     RegisterValue,
+    SessionEvent,
 )
 
 PROTOCOLS = ("dlms", "modbus", "mqtt")
@@ -60,9 +62,11 @@ __all__ = [
     "MeterSession",
     "MeterTimeout",
     "NotSupported",
+    "ProfileColumn",
     "ProfileConfig",
     "ProfileEntry",
     "ProtocolError",
     "RegisterValue",
+    "SessionEvent",
     "get_driver",
 ]

@@ -68,10 +68,15 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class MeterIdentity:
+    """What the meter says it is. ``serial`` is the value the registry's serial is compared
+    with; ``source`` names the object it came from (e.g. DLMS ``0-0:42.0.0.255``, the logical
+    device name, when the meter has no serial-number object). The rest is optional: ``""``."""
+
     serial: str
     manufacturer: str
     model: str
     firmware: str
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,12 +104,29 @@ class ClockReading:
 
 
 @dataclass(frozen=True)
+class ProfileColumn:
+    """One column of a meter's load profile and what the driver makes of it (``cgm probe``).
+
+    ``use``: ``interval`` (energy of the capture period), ``cumulative`` (a register value,
+    differenced between entries), ``clock``, ``status``, or ``ignored`` (with ``note``).
+    """
+
+    source: str  # protocol address, e.g. "class 3 1-0:1.8.0.255 attr 2"
+    use: str
+    channel: Channel | None = None
+    scaler: int | None = None
+    unit: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """Load-profile configuration as the meter reports it."""
 
     capture_period: timedelta
     depth: int  # entries the profile buffer holds
     channels: tuple[Channel, ...]
+    columns: tuple[ProfileColumn, ...] = ()  # where the driver knows the layout
 
     @property
     def memory_span(self) -> timedelta:
@@ -151,6 +173,18 @@ class RegisterValue:
     value: float
     unit: str
     read_at: datetime  # CGM clock (UTC) when the answer arrived
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """Something a session handled that an operator should see and cgm should count.
+
+    ``kind`` is stable, for metrics (e.g. ``list_fallback``, ``rollover``, ``reset``,
+    ``gap``); drivers know nothing of Prometheus, so they record and log, and cgm counts.
+    """
+
+    kind: str
+    detail: str
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -219,6 +253,7 @@ class MeterSession(ABC):
         self.credentials = credentials
         self.timeout = timeout
         self._lock = asyncio.Lock()
+        self.events: list[SessionEvent] = []  # handled anomalies, oldest first
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         async with self._lock:

@@ -30,6 +30,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from cgm import metrics
 from cgm.registry import MeterConfig
 from drivers.base import (
     AccessLevel,
@@ -46,6 +47,7 @@ from drivers.base import (
     ProfileConfig,
     ProfileEntry,
     RegisterValue,
+    SessionEvent,
     utcnow,
 )
 
@@ -94,6 +96,7 @@ class MeterOutcome:
     config_violations: list[str] = field(default_factory=list)
     entries: list[ProfileEntry] = field(default_factory=list)
     registers: list[RegisterValue] = field(default_factory=list)
+    events: list[SessionEvent] = field(default_factory=list)  # what the driver handled
     read_from: datetime | None = None
     read_to: datetime | None = None
     duration_s: float = 0.0
@@ -222,28 +225,46 @@ async def _read_session(
     if credentials is None:
         raise MissingCredentials(f"no credentials registered for meter {target.serial}")
     session = await _open(driver, target, credentials, policy, outcome)
-    async with session:
-        outcome.identity = await session.identify()
-        if outcome.identity.serial != target.serial:
-            raise IdentityMismatch(
-                f"meter at {session.endpoint} reports serial {outcome.identity.serial!r}, "
-                f"registry says {target.serial!r}"
-            )
-        outcome.clock = await session.read_clock()
-        end = now.replace(minute=0, second=0, microsecond=0)
-        try:
-            config = await session.read_profile_config()
-        except NotSupported:
-            outcome.has_profile = False
-        else:
-            outcome.profile_config = config
-            outcome.config_violations = _check_config(config)
-            oldest = end - config.memory_span
-            start = oldest if since is None else max(since, oldest)
-            outcome.read_from = start
-            if start < end:
-                await _read_profile(session, start, end, outcome)
-        outcome.registers = await session.read_registers()
+    try:
+        async with session:
+            await _read_steps(session, target, since, now, outcome)
+    finally:
+        outcome.events.extend(session.events)
+        for event in session.events:
+            metrics.DRIVER_EVENTS.labels(target.protocol, event.kind).inc()
+
+
+async def _read_steps(
+    session: MeterSession,
+    target: MeterConfig,
+    since: datetime | None,
+    now: datetime,
+    outcome: MeterOutcome,
+) -> None:
+    outcome.identity = await session.identify()
+    # The driver returns the value of the object the meter answers to (DLMS: the serial
+    # number object, else the logical device name, or the one the meter's params name).
+    if outcome.identity.serial != target.serial:
+        source = f" ({outcome.identity.source})" if outcome.identity.source else ""
+        raise IdentityMismatch(
+            f"meter at {session.endpoint} reports serial {outcome.identity.serial!r}{source}, "
+            f"registry says {target.serial!r}"
+        )
+    outcome.clock = await session.read_clock()
+    end = now.replace(minute=0, second=0, microsecond=0)
+    try:
+        config = await session.read_profile_config()
+    except NotSupported:
+        outcome.has_profile = False
+    else:
+        outcome.profile_config = config
+        outcome.config_violations = _check_config(config)
+        oldest = end - config.memory_span
+        start = oldest if since is None else max(since, oldest)
+        outcome.read_from = start
+        if start < end:
+            await _read_profile(session, start, end, outcome)
+    outcome.registers = await session.read_registers()
 
 
 async def _correct_clock(

@@ -1,13 +1,14 @@
-"""The COSEM object model the CGM reads, and codecs both the driver and the simulator share.
+"""The COSEM object model the CGM reads: OBIS codes, units, date-times, profile columns.
 
-Kept free of I/O so that the simulator serves exactly what the driver expects and a test can
-check both against the same table.
+Free of I/O. The simulator does not import this module for what it serves (it encodes from
+its own Blue Book table), so a mistake here shows up as a failing test, not as agreement.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
 
 from dlms_cosem import dlms_data
 from dlms_cosem.enumerations import CosemInterface
@@ -46,16 +47,33 @@ INTERVAL_ENERGY: dict[Channel, bytes] = {
     Channel.REACTIVE_IMPORT: bytes([1, 0, 3, 29, 0, 255]),
     Channel.REACTIVE_EXPORT: bytes([1, 0, 4, 29, 0, 255]),
 }
-CHANNEL_BY_OBIS: dict[bytes, Channel] = {
-    **{o: ch for ch, o in TOTAL_ENERGY.items()},
-    **{o: ch for ch, o in INTERVAL_ENERGY.items()},
+LOGICAL_DEVICE_NAME = bytes([0, 0, 42, 0, 0, 255])  # COSEM logical device name, mandatory
+# Value group C of the four energy channels (A = 1 electricity).
+CHANNEL_BY_C: dict[int, Channel] = {
+    1: Channel.ACTIVE_IMPORT,
+    2: Channel.ACTIVE_EXPORT,
+    3: Channel.REACTIVE_IMPORT,
+    4: Channel.REACTIVE_EXPORT,
 }
+D_CUMULATIVE = 8  # time integral 1: energy since the register was cleared
+D_INTERVAL = 29  # time integral 5: energy over the last capture period
 
 # --- DLMS units (Blue Book, table of enum unit codes) ------------------------------------
 
 UNIT_WH = 30  # active energy, Wh
 UNIT_VAH = 31  # apparent energy, VAh
 UNIT_VARH = 32  # reactive energy, varh
+UNIT_NAMES = {
+    UNIT_WH: "Wh",
+    UNIT_VAH: "VAh",
+    UNIT_VARH: "varh",
+    27: "W",
+    29: "var",
+    33: "A",
+    35: "V",
+    44: "Hz",
+    255: "count",
+}
 CHANNEL_UNIT: dict[Channel, int] = {
     Channel.ACTIVE_IMPORT: UNIT_WH,
     Channel.ACTIVE_EXPORT: UNIT_WH,
@@ -169,3 +187,105 @@ CLOCK_CAPTURE = CaptureObject(CosemInterface.CLOCK, CLOCK, 2)
 def obis_str(obis: bytes) -> str:
     a, b, c, d, e, f = obis
     return f"{a}-{b}:{c}.{d}.{e}.{f}"
+
+
+# --- profile column semantics ----------------------------------------------------------------
+
+
+class Use(StrEnum):
+    """How the driver uses one captured column."""
+
+    CLOCK = "clock"
+    INTERVAL = "interval"  # energy of the capture period, taken as is
+    CUMULATIVE = "cumulative"  # register value at capture: differenced between entries
+    STATUS = "status"  # entry status byte
+    IGNORED = "ignored"  # kept out of the energy channels (and shown by ``cgm probe``)
+
+
+@dataclass(frozen=True)
+class ColumnRole:
+    column: CaptureObject
+    use: Use
+    channel: Channel | None = None
+    note: str = ""
+
+
+_REGISTERS = (3, 4)  # Register, Extended register: value in attribute 2, scaler_unit in 3
+_QUANTITY = {  # value group C of quantities met in load profiles that are not energy here
+    **{c: "apparent energy/power" for c in (9, 10)},
+    **{c: "phase active energy/power" for c in (21, 22, 41, 42, 61, 62)},
+    **{c: "phase reactive energy/power" for c in (23, 24, 43, 44, 63, 64)},
+    **{c: "current" for c in (11, 31, 51, 71, 91)},
+    **{c: "voltage" for c in (12, 32, 52, 72)},
+    **{c: "power factor" for c in (13, 33, 53, 73)},
+    14: "frequency",
+    **{c: "quadrant reactive energy/power" for c in (5, 6, 7, 8)},
+}
+_D_NAME = {
+    4: "demand (current period)",
+    5: "demand (last period)",
+    6: "maximum demand",
+    7: "instantaneous value",
+    9: "energy of the billing period",
+    24: "average",
+}
+
+
+def _describe(obis: bytes) -> str:
+    a, _b, c, d, _e, f = obis
+    if a != 1:
+        return "not an electricity quantity"
+    if f != 255:
+        return f"historical value (F={f})"
+    if c in CHANNEL_BY_C:
+        return _D_NAME.get(d, f"D={d} is not interval or cumulative energy")
+    return _QUANTITY.get(c, f"quantity C={c}")
+
+
+def classify(columns: tuple[CaptureObject, ...]) -> list[ColumnRole]:
+    """The role of every capture object, from its class, OBIS and attribute.
+
+    Per channel: interval energy (``1.0.c.29.e.255``) wins over cumulative (``1.0.c.8.e.255``);
+    within a kind the total (E = 0) wins over tariff registers (E > 0), which are summed only
+    where no total is captured. Demand, voltage, status and anything else stay out of the
+    energy channels, each with a note saying why.
+    """
+    roles: list[ColumnRole | None] = [None] * len(columns)
+    candidates: dict[tuple[Channel, Use], dict[int, int]] = {}  # (channel, use) -> E -> index
+    status_seen = False
+    for i, col in enumerate(columns):
+        a, _b, c, d, e, f = col.obis
+        if col == CLOCK_CAPTURE:
+            roles[i] = ColumnRole(col, Use.CLOCK)
+        elif col.obis[:4] == PROFILE_STATUS[:4] and col.obis[5] == 255:
+            if col.attribute != 2 or status_seen:
+                roles[i] = ColumnRole(col, Use.IGNORED, note="another status column")
+            else:
+                status_seen = True
+                roles[i] = ColumnRole(col, Use.STATUS)
+        elif a == 1 and c in CHANNEL_BY_C and d in (D_INTERVAL, D_CUMULATIVE) and f == 255:
+            use = Use.INTERVAL if d == D_INTERVAL else Use.CUMULATIVE
+            if col.class_id not in _REGISTERS or col.attribute != 2:
+                note = f"class {col.class_id} attribute {col.attribute} is not a register value"
+                roles[i] = ColumnRole(col, Use.IGNORED, note=note)
+            elif e in candidates.setdefault((CHANNEL_BY_C[c], use), {}):
+                roles[i] = ColumnRole(col, Use.IGNORED, note="same register captured twice")
+            else:
+                candidates[(CHANNEL_BY_C[c], use)][e] = i
+        else:
+            roles[i] = ColumnRole(col, Use.IGNORED, note=_describe(col.obis))
+    for (channel, use), by_tariff in candidates.items():
+        if use is Use.CUMULATIVE and (channel, Use.INTERVAL) in candidates:
+            for i in by_tariff.values():
+                roles[i] = ColumnRole(
+                    columns[i], Use.IGNORED, channel, "interval energy of this channel captured"
+                )
+            continue
+        total = by_tariff.get(0)
+        for e, i in by_tariff.items():
+            if total is not None and e != 0:
+                roles[i] = ColumnRole(columns[i], Use.IGNORED, channel, "tariff; total captured")
+            else:
+                note = "" if e == 0 else f"tariff {e}, summed"
+                roles[i] = ColumnRole(columns[i], use, channel, note)
+    return [r for r in roles if r is not None]

@@ -18,6 +18,7 @@ import structlog
 from dlms_cosem import cosem as lib_cosem
 from dlms_cosem import dlms_data
 from dlms_cosem import enumerations as en
+from dlms_cosem import state as dlms_state
 from dlms_cosem.cosem.capture_object import CaptureObject as LibCaptureObject
 from dlms_cosem.cosem.selective_access import RangeDescriptor
 from dlms_cosem.protocol import acse, xdlms
@@ -37,17 +38,22 @@ from drivers.base import (
     MeterSession,
     MeterTimeout,
     NotSupported,
+    ProfileColumn,
     ProfileConfig,
     ProfileEntry,
     ProtocolError,
     RegisterValue,
+    SessionEvent,
     utcnow,
 )
+from drivers.cumulative import CumulativeRow, profile_entries, rollover_value
 
 from . import cosem
 from .access import ACCESS_KEYS, AccessParams, Association, AuthenticationRefused, HdlcError
 from .security import InvocationCounterStore
 from .transport import WrapperError
+
+log = logging.getLogger(__name__)
 
 
 def _quiet_dlms_cosem() -> None:
@@ -109,24 +115,43 @@ class DlmsParams:
     timezone: timezone = cosem.COLOMBIA
     max_pdu_size: int = 0xFFFF
     access: AccessParams = AccessParams()  # authentication per level, framing (access.py)
+    identity: str = "auto"  # auto (serial, else logical device name) | serial | ldn
+    register_max: float | None = None  # kWh/kvarh where cumulative columns wrap
+    register_digits: int | None = None  # raw counter digits (wrap = 10^digits × 10^scaler)
+
+    _KEYS = frozenset(
+        {
+            "server_address",
+            "client_address",
+            "timezone",
+            "max_pdu_size",
+            "identity",
+            "register_max",
+            "register_digits",
+        }
+    )
 
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any] | None) -> DlmsParams:
         params = dict(params or {})
-        unknown = (
-            set(params)
-            - {"server_address", "client_address", "timezone", "max_pdu_size"}
-            - ACCESS_KEYS
-        )
+        unknown = set(params) - cls._KEYS - ACCESS_KEYS
         if unknown:
             raise ValueError(f"unknown DLMS parameters: {sorted(unknown)}")
         client = params.get("client_address")
+        identity = str(params.get("identity", "auto")).lower()
+        if identity not in ("auto", "serial", "ldn"):
+            raise ValueError(f"identity must be auto, serial or ldn, not {identity!r}")
+        register_max = params.get("register_max")
+        digits = params.get("register_digits")
         return cls(
             server_address=int(params.get("server_address", cosem.MANAGEMENT_LOGICAL_DEVICE)),
             client_address=None if client is None else int(str(client), 0),
             timezone=_parse_tz(params.get("timezone", "-05:00")),
             max_pdu_size=int(params.get("max_pdu_size", 0xFFFF)),
             access=AccessParams.from_mapping(params),
+            identity=identity,
+            register_max=None if register_max is None else float(register_max),
+            register_digits=None if digits is None else int(digits),
         )
 
     def client_sap(self, credentials: Credentials) -> int:
@@ -145,7 +170,25 @@ class _ProfileLayout:
     columns: tuple[cosem.CaptureObject, ...]
     period: timedelta
     depth: int
-    scalers: Mapping[Channel, tuple[int, int]]  # channel -> (scaler, unit)
+    roles: tuple[cosem.ColumnRole, ...]  # one per column, in column order
+    scalers: Mapping[int, tuple[int, int]]  # column index -> (scaler, unit), energy columns
+
+    @property
+    def cumulative(self) -> bool:
+        return any(r.use is cosem.Use.CUMULATIVE for r in self.roles)
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        used = {r.channel for r in self.roles if r.use in _ENERGY and r.channel is not None}
+        return tuple(ch for ch in Channel if ch in used)
+
+
+_ENERGY = (cosem.Use.INTERVAL, cosem.Use.CUMULATIVE)
+# Unsigned counter widths by A-XDR tag: where a cumulative register wraps by default.
+_COUNTER_BITS = {17: 8, 18: 16, 6: 32, 21: 64, 15: 7, 16: 15, 5: 31, 20: 63}
+# Caps on a GET-with-block reassembly (see _blocks). A profile read is capped by its depth.
+MAX_ANSWER_BYTES = 64 * 1024  # anything but a profile buffer: identity, scalers, lists
+_ROW_CELL_BYTES = 18  # generous encoded size of one profile cell (date-time: 14)
 
 
 # One item of a GET-with-list answer: the encoded A-XDR Data, or the meter's refusal.
@@ -164,6 +207,17 @@ class ColumnHints:
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
         self._hints: dict[tuple[str, int, int, str], tuple[cosem.CaptureObject, ...]] = {}
+        # Logical devices whose GET-with-list answer was malformed, refused or partial: read
+        # one by one from then on (keyed by host, port, server address; bounded like hints).
+        self._no_list: dict[tuple[str, int, int], None] = {}
+
+    def list_refused(self, key: tuple[str, int, int]) -> bool:
+        return key in self._no_list
+
+    def refuse_list(self, key: tuple[str, int, int]) -> None:
+        self._no_list[key] = None
+        while len(self._no_list) > self.limit:
+            del self._no_list[next(iter(self._no_list))]
 
     def get(self, key: tuple[str, int, int, str]) -> tuple[cosem.CaptureObject, ...] | None:
         return self._hints.get(key)
@@ -268,11 +322,14 @@ class DlmsSession(MeterSession):
 
     # --- one request, one answer --------------------------------------------------------
 
-    async def _exchange(self, event: Any) -> Any:
+    async def _exchange(self, event: Any, *, recover: bool = False) -> Any:
         """Send one APDU, return the parsed answer; map transport failures to driver errors.
 
         Anything that interrupts an exchange (timeout, dropped link, a frame that does not
-        parse) leaves the association out of step, so the session is marked broken.
+        parse) leaves the association out of step, so the session is marked broken. With
+        ``recover``, a whole wrapper frame whose APDU does not parse (a malformed GET-with-list
+        answer) is a ``ProtocolError`` that keeps the session: one request got one answer, so
+        the association is still in step and the caller may ask again another way.
         """
         if self._broken is not None:
             raise ConnectionFailed(f"session unusable: {self._broken}", endpoint=self.endpoint)
@@ -295,6 +352,10 @@ class DlmsSession(MeterSession):
                 parsed = self._conn.next_event()
             except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt frame
                 self._conn.clear_buffer()
+                if recover:
+                    # dlms-cosem stays in AWAITING_GET_RESPONSE after a parse failure.
+                    self._conn.state.current_state = dlms_state.READY
+                    ok = True
                 raise ProtocolError(
                     f"corrupt APDU {answer[:16].hex()}…: {exc!r}", endpoint=self.endpoint
                 ) from exc
@@ -307,9 +368,17 @@ class DlmsSession(MeterSession):
             raise
 
     async def _get(
-        self, class_id: int, obis: bytes, attribute: int, selection: Any = None
+        self,
+        class_id: int,
+        obis: bytes,
+        attribute: int,
+        selection: Any = None,
+        limit: int = MAX_ANSWER_BYTES,
     ) -> bytes:
-        """GET one attribute (following GET-with-block to the last block); raw A-XDR Data."""
+        """GET one attribute (following GET-with-block to the last block); raw A-XDR Data.
+
+        ``limit``: the most bytes this answer can honestly take (see :meth:`_blocks`).
+        """
         what = f"{cosem.obis_str(obis)}/{attribute}"
         answer = await self._exchange(
             xdlms.GetRequestNormal(
@@ -319,10 +388,19 @@ class DlmsSession(MeterSession):
         )
         if isinstance(answer, xdlms.GetResponseNormal):
             return bytes(answer.data)
-        return await self._blocks(what, answer)
+        return await self._blocks(what, answer, limit)
 
-    async def _blocks(self, what: str, answer: Any) -> bytes:
-        """The raw data of a GET answered in blocks (asking for each next block)."""
+    async def _blocks(self, what: str, answer: Any, limit: int = MAX_ANSWER_BYTES) -> bytes:
+        """The raw data of a GET answered in blocks (asking for each next block).
+
+        Bounded: at most ``limit`` bytes (at least one negotiated PDU) in at most
+        ``limit / min(PDU, 256) + 1`` blocks. A meter that goes on sending blocks beyond that
+        (a firmware fault seen to take a collector from 79 MB to 2.2 GB in 10 s) ends in a
+        ``ProtocolError``, and the session is closed: it is mid-transfer, out of step.
+        """
+        pdu = self.negotiated_pdu_size or self.params.max_pdu_size
+        limit = max(limit, pdu)
+        max_blocks = -(-limit // max(1, min(pdu, 256))) + 1
         data = bytearray()
         expected_block = 1
         while True:
@@ -339,6 +417,14 @@ class DlmsSession(MeterSession):
                         endpoint=self.endpoint,
                     )
                 self.blocks_received += 1
+                if len(data) + len(answer.data) > limit or expected_block > max_blocks:
+                    self._broken = "block transfer beyond its bound"
+                    await self._transport.close()
+                    raise ProtocolError(
+                        f"GET {what}: block {expected_block} would take the answer past "
+                        f"{limit} bytes / {max_blocks} blocks; transfer abandoned",
+                        endpoint=self.endpoint,
+                    )
                 data.extend(answer.data)
                 if isinstance(answer, xdlms.GetResponseLastBlock):
                     return bytes(data)
@@ -362,19 +448,32 @@ class DlmsSession(MeterSession):
 
         Each result is the decoded Data or the meter's DataAccessResult for that item; the
         caller decides which refusals matter. Without multiple-references (or for a single
-        item) the attributes are read one by one with the same result shape.
+        item) the attributes are read one by one with the same result shape. A list answer
+        that is malformed, refused or partial falls back to one GET per item in the same
+        session, and the driver remembers the logical device so later sessions skip the
+        list: a ``list_fallback`` session event, never an aborted session.
         """
-        if not self._with_list or len(items) == 1:
-            out: list[_ListResult] = []
-            for class_id, obis, attribute in items:
-                try:
-                    out.append(await self._get_value(class_id, obis, attribute))
-                except DriverError as exc:
-                    result = getattr(exc, "result", None)  # set by _access_error only
-                    if result is None:
-                        raise
-                    out.append(result)
-            return out
+        key = (self.endpoint.host, self.endpoint.port, self.params.server_address)
+        if self._with_list and len(items) > 1 and not self._hints.list_refused(key):
+            try:
+                return await self._get_with_list(items)
+            except DriverError as exc:
+                if self._broken is not None:
+                    raise  # the link or the association failed: not the list's fault
+                self._hints.refuse_list(key)
+                self._event("list_fallback", f"GET-with-list failed ({exc}); reading one by one")
+        out: list[_ListResult] = []
+        for class_id, obis, attribute in items:
+            try:
+                out.append(await self._get_value(class_id, obis, attribute))
+            except DriverError as exc:
+                result = getattr(exc, "result", None)  # set by _access_error only
+                if result is None:
+                    raise
+                out.append(result)
+        return out
+
+    async def _get_with_list(self, items: list[tuple[int, bytes, int]]) -> list[_ListResult]:
         what = f"list of {len(items)}"
         answer = await self._exchange(
             xdlms.GetRequestWithList(
@@ -382,7 +481,8 @@ class DlmsSession(MeterSession):
                     lib_cosem.CosemAttributeWithSelection(_attribute(c, o, a), None)
                     for c, o, a in items
                 ]
-            )
+            ),
+            recover=True,
         )
         try:
             if isinstance(answer, xdlms.GetResponseWithList):
@@ -399,6 +499,13 @@ class DlmsSession(MeterSession):
                 endpoint=self.endpoint,
             )
         return results
+
+    def _event(self, kind: str, detail: str) -> None:
+        """Record (for cgm to count) and log something this session handled."""
+        self.events.append(SessionEvent(kind, detail))
+        log.warning(
+            "DLMS %s (server %d): %s: %s", self.endpoint, self.params.server_address, kind, detail
+        )
 
     def _checked(self, result: _ListResult, what: str) -> dlms_data.AbstractDlmsData:
         """The Data of one list result; a refusal raises as a normal GET would."""
@@ -426,17 +533,47 @@ class DlmsSession(MeterSession):
     # --- identity and clock -------------------------------------------------------------
 
     async def _identify(self) -> MeterIdentity:
-        objects = (cosem.SERIAL, cosem.MANUFACTURER, cosem.MODEL, cosem.FIRMWARE)
-        results = await self._get_list([(en.CosemInterface.DATA, o, 2) for o in objects])
-        serial, manufacturer, model, firmware = (
-            self._text(result, obis, required=obis == cosem.SERIAL)
-            for result, obis in zip(results, objects, strict=True)
+        """Serial from 0.0.96.1.0.255, else the logical device name 0.0.42.0.0.255.
+
+        The LDN is mandatory in every logical device; the serial object is common but
+        optional. The ``identity`` parameter pins one (``serial`` or ``ldn``) for a meter
+        registered under it; ``auto`` takes the serial where the meter has one.
+        Manufacturer, model and firmware are optional (``""`` when absent).
+        """
+        data = en.CosemInterface.DATA
+        wanted = {
+            "auto": (cosem.SERIAL, cosem.LOGICAL_DEVICE_NAME),
+            "serial": (cosem.SERIAL,),
+            "ldn": (cosem.LOGICAL_DEVICE_NAME,),
+        }[self.params.identity]
+        extra = (cosem.MANUFACTURER, cosem.MODEL, cosem.FIRMWARE)
+        results = dict(
+            zip(
+                wanted + extra,
+                await self._get_list([(data, o, 2) for o in wanted + extra]),
+                strict=True,
+            )
         )
+        serial = source = None
+        for obis in wanted:
+            value = self._text(results[obis], obis, required=obis == wanted[-1])
+            if value:
+                serial, source = value, cosem.obis_str(obis)
+                break
+        if not serial:
+            raise ProtocolError(
+                f"meter gives an empty identity ({', '.join(map(cosem.obis_str, wanted))})",
+                endpoint=self.endpoint,
+            )
+        manufacturer, model, firmware = (self._text(results[o], o, required=False) for o in extra)
         self._serial = serial
-        return MeterIdentity(serial, manufacturer, model, firmware)
+        return MeterIdentity(serial, manufacturer, model, firmware, source or "")
 
     def _text(self, result: _ListResult, obis: bytes, *, required: bool) -> str:
-        """A Data object's string value; "" for an optional object the meter lacks."""
+        """A Data object's string value; "" for an optional object the meter lacks.
+
+        An octet-string that is not printable text (some LDNs) is given in hex.
+        """
         try:
             value = self._checked(result, f"{cosem.obis_str(obis)}/2").to_python()
         except NotSupported:
@@ -444,7 +581,11 @@ class DlmsSession(MeterSession):
                 raise
             return ""
         if isinstance(value, bytes | bytearray):
-            return bytes(value).decode("utf-8", errors="replace").strip("\x00 ")
+            try:
+                text = bytes(value).decode("utf-8").strip("\x00 ")
+            except UnicodeDecodeError:
+                return bytes(value).hex()
+            return text if text.isprintable() else bytes(value).hex()
         return str(value)
 
     async def _read_clock(self) -> ClockReading:
@@ -478,12 +619,13 @@ class DlmsSession(MeterSession):
         return (self.endpoint.host, self.endpoint.port, self.params.server_address, self._serial)
 
     async def _profile_layout(self) -> _ProfileLayout:
-        """Capture objects, period, depth and the scalers of the energy columns.
+        """Capture objects, period, depth, each column's role and the energy scalers.
 
         One GET-with-list: attributes 3, 4 and 8 of the profile plus the scalers of the
         columns the meter had last session (:class:`ColumnHints`). If the capture objects
         read now differ from the hint (first contact, a reconfigured or replaced meter), the
-        scalers of the actual columns are read in a second round trip.
+        scalers of the actual columns are read in a second round trip. The role of each
+        column (:func:`cosem.classify`) comes from the capture objects alone, every session.
         """
         if self._layout is not None:
             return self._layout
@@ -493,7 +635,7 @@ class DlmsSession(MeterSession):
         wanted = _scaler_columns(hint) if hint else []
         results = await self._get_list(
             [(pg, cosem.LOAD_PROFILE, 3), (pg, cosem.LOAD_PROFILE, 4), (pg, cosem.LOAD_PROFILE, 8)]
-            + [(c.class_id, c.obis, 3) for c in wanted]
+            + [(c.class_id, c.obis, 3) for _, c in wanted]
         )
         lp = cosem.obis_str(cosem.LOAD_PROFILE)
         try:
@@ -517,13 +659,23 @@ class DlmsSession(MeterSession):
                 self._hints.forget(key)
             wanted = _scaler_columns(columns)
             scaler_results = (
-                await self._get_list([(c.class_id, c.obis, 3) for c in wanted]) if wanted else []
+                await self._get_list([(c.class_id, c.obis, 3) for _, c in wanted]) if wanted else []
             )
-        scalers = {}
-        for column, result in zip(wanted, scaler_results, strict=True):
-            channel = cosem.CHANNEL_BY_OBIS[column.obis]
-            scalers[channel] = self._scaler(result, column.obis)
-        self._layout = _ProfileLayout(columns, timedelta(seconds=period), depth, scalers)
+        roles = tuple(cosem.classify(columns))
+        scalers: dict[int, tuple[int, int]] = {}
+        for (index, column), result in zip(wanted, scaler_results, strict=True):
+            if roles[index].use not in _ENERGY:
+                continue
+            scaler, unit = self._scaler(result, column.obis)
+            expected = cosem.CHANNEL_UNIT[roles[index].channel]  # type: ignore[index]
+            if unit != expected:
+                raise ProtocolError(
+                    f"{cosem.obis_str(column.obis)} reports unit code {unit}, "
+                    f"expected {expected}: never rescaled silently",
+                    endpoint=self.endpoint,
+                )
+            scalers[index] = (scaler, unit)
+        self._layout = _ProfileLayout(columns, timedelta(seconds=period), depth, roles, scalers)
         if key is not None:
             self._hints.put(key, columns)
         return self._layout
@@ -539,7 +691,7 @@ class DlmsSession(MeterSession):
 
     async def _read_profile_config(self) -> ProfileConfig:
         layout = await self._profile_layout()
-        return ProfileConfig(layout.period, layout.depth, tuple(layout.scalers))
+        return ProfileConfig(layout.period, layout.depth, layout.channels, _describe(layout))
 
     async def _read_profile(self, start: datetime, end: datetime) -> list[ProfileEntry]:
         layout = await self._profile_layout()
@@ -547,15 +699,21 @@ class DlmsSession(MeterSession):
             return []
         # Entries are stamped with their interval END and the range is inclusive at both
         # ends, so ask for stamps in [start + period, end + period − 1 s] and filter exactly.
+        # Cumulative columns need the entry before the first interval too: stamp ``start``.
+        first = start if layout.cumulative else start + layout.period
         tz = self.params.timezone
         selection = RangeDescriptor(
             restricting_object=LibCaptureObject(
                 _attribute(en.CosemInterface.CLOCK, cosem.CLOCK, 2), 0
             ),
-            from_value=(start + layout.period).astimezone(tz),
+            from_value=first.astimezone(tz),
             to_value=(end + layout.period - timedelta(seconds=1)).astimezone(tz),
         )
-        raw = await self._get(en.CosemInterface.PROFILE_GENERIC, cosem.LOAD_PROFILE, 2, selection)
+        # Bounded by what the buffer can hold: a meter can't honestly answer more.
+        limit = 64 + (layout.depth + 1) * (4 + _ROW_CELL_BYTES * len(layout.columns))
+        raw = await self._get(
+            en.CosemInterface.PROFILE_GENERIC, cosem.LOAD_PROFILE, 2, selection, limit
+        )
         try:
             rows = cosem.parse_data(raw).value
             entries = self._entries(rows, layout)
@@ -567,7 +725,10 @@ class DlmsSession(MeterSession):
         return [by_start[t] for t in sorted(by_start)]
 
     def _entries(self, rows: list[Any], layout: _ProfileLayout) -> list[ProfileEntry]:
-        out: list[ProfileEntry] = []
+        """Interval entries: interval columns as read, cumulative columns differenced."""
+        interval: list[ProfileEntry] = []
+        cumulative: list[CumulativeRow] = []
+        widths: dict[int, int] = {}
         previous_end: datetime | None = None
         for row in rows:
             cells = row.value
@@ -575,9 +736,10 @@ class DlmsSession(MeterSession):
                 raise ProtocolError(f"profile row has {len(cells)} of {len(layout.columns)} cells")
             stamp: datetime | None = None
             values: dict[Channel, float] = {}
+            totals: dict[int, float] = {}
             status = 0
-            for column, cell in zip(layout.columns, cells, strict=True):
-                if column == cosem.CLOCK_CAPTURE:
+            for index, (role, cell) in enumerate(zip(layout.roles, cells, strict=True)):
+                if role.use is cosem.Use.CLOCK:
                     if isinstance(cell, dlms_data.NullData):
                         # Blue Book: a null clock means "previous entry + capture period".
                         if previous_end is None:
@@ -587,18 +749,64 @@ class DlmsSession(MeterSession):
                         stamp, _ = cosem.decode_datetime(bytes(cell.value), self.params.timezone)
                     else:
                         raise ProtocolError(f"profile time stamp of type {type(cell).__name__}")
-                elif column.obis == cosem.PROFILE_STATUS:
-                    status = 0 if isinstance(cell, dlms_data.NullData) else int(cell.value)
-                elif (channel := cosem.CHANNEL_BY_OBIS.get(column.obis)) in layout.scalers:
-                    if isinstance(cell, dlms_data.NullData):
-                        continue  # not captured: absent, never zero
-                    scaler, unit = layout.scalers[channel]
-                    values[channel] = cosem.to_kilo(cell.value, scaler, unit, channel)
+                elif role.use is cosem.Use.STATUS:
+                    status = 0 if isinstance(cell, dlms_data.NullData) else int(cell.value) & 0xFF
+                elif role.use in _ENERGY and not isinstance(cell, dlms_data.NullData):
+                    # A null cell was not captured: absent, never zero.
+                    if not isinstance(cell.value, int | float) or isinstance(cell.value, bool):
+                        raise ProtocolError(
+                            f"{cosem.obis_str(role.column.obis)} cell of type {type(cell).__name__}"
+                        )
+                    scaler, unit = layout.scalers[index]
+                    kilo = cosem.to_kilo(cell.value, scaler, unit, role.channel)  # type: ignore[arg-type]
+                    if role.use is cosem.Use.CUMULATIVE:
+                        totals[index] = kilo
+                        widths.setdefault(index, _COUNTER_BITS.get(cell.TAG, 64))
+                    else:
+                        values[role.channel] = round(values.get(role.channel, 0.0) + kilo, 9)  # type: ignore[index]
             if stamp is None:
                 raise ProtocolError("profile row without a time stamp")
             previous_end = stamp
-            out.append(ProfileEntry(stamp - layout.period, layout.period, values, status))
+            interval.append(ProfileEntry(stamp - layout.period, layout.period, values, status))
+            cumulative.append(CumulativeRow(stamp, totals, status))
+        if not layout.cumulative:
+            return [e for e in interval if e.values]
+        differenced, events = profile_entries(
+            cumulative,
+            period=layout.period,
+            register_max={i: self._register_max(i, layout, widths) for i in layout.scalers},
+            channels={i: layout.roles[i].channel for i in layout.scalers},  # type: ignore[misc]
+        )
+        grouped: dict[tuple[str, datetime], list[str]] = {}
+        for event in events:  # one event per kind and entry, naming its columns
+            column = cosem.obis_str(layout.columns[event.key].obis)  # type: ignore[index]
+            grouped.setdefault((str(event.kind), event.at), []).append(
+                f"{column} {event.before} -> {event.after}"
+            )
+        for (kind, at), what in grouped.items():
+            self._event(kind, f"entry {at.isoformat()}: {'; '.join(what)}")
+        # Interval columns of the same layout (if any) join the differenced channels.
+        plain = {e.start: e for e in interval}
+        diffed = {e.start: e for e in differenced}
+        out = []
+        for start in sorted(plain.keys() | diffed.keys()):
+            p, d = plain.get(start), diffed.get(start)
+            values = {**(p.values if p else {}), **(d.values if d else {})}
+            if values:
+                status = p.status if p is not None else d.status  # type: ignore[union-attr]
+                rolled = d.rollover if d is not None else frozenset()
+                out.append(ProfileEntry(start, layout.period, values, status, rolled))
         return out
+
+    def _register_max(self, index: int, layout: _ProfileLayout, widths: Mapping[int, int]) -> float:
+        """Where a cumulative column wraps, in kWh/kvarh: the ``register_max`` parameter, else
+        ``register_digits`` with the column's scaler, else its data type's width."""
+        if self.params.register_max is not None:
+            return self.params.register_max
+        scaler, _unit = layout.scalers[index]
+        if self.params.register_digits is not None:
+            return rollover_value(digits=self.params.register_digits, scaler=scaler, factor=1e-3)
+        return rollover_value(bits=widths.get(index, 64), scaler=scaler, factor=1e-3)
 
     # --- registers ----------------------------------------------------------------------
 
@@ -631,23 +839,31 @@ class DlmsSession(MeterSession):
         return out
 
 
-def _scaler_columns(columns: tuple[cosem.CaptureObject, ...]) -> list[cosem.CaptureObject]:
-    """The energy columns whose scaler_unit applies to the captured value.
+def _scaler_columns(
+    columns: tuple[cosem.CaptureObject, ...],
+) -> list[tuple[int, cosem.CaptureObject]]:
+    """(index, column) of the energy columns whose scaler_unit applies to the captured value."""
+    roles = cosem.classify(columns)
+    return [(i, r.column) for i, r in enumerate(roles) if r.use in _ENERGY]
 
-    A column on an energy OBIS that is not a Register cannot carry a scaler: not supported.
-    """
+
+def _describe(layout: _ProfileLayout) -> tuple[ProfileColumn, ...]:
+    """The layout as ``cgm probe`` shows it."""
     out = []
-    for column in columns:
-        if column.obis in cosem.CHANNEL_BY_OBIS and column.attribute == 2:
-            if column.class_id not in (
-                en.CosemInterface.REGISTER,
-                en.CosemInterface.EXTENDED_REGISTER,
-            ):
-                raise NotSupported(
-                    f"{cosem.obis_str(column.obis)} is class {column.class_id}, not a register"
-                )
-            out.append(column)
-    return out
+    for index, role in enumerate(layout.roles):
+        col = role.column
+        scaler, unit = layout.scalers.get(index, (None, None))
+        out.append(
+            ProfileColumn(
+                source=f"class {col.class_id} {cosem.obis_str(col.obis)} attr {col.attribute}",
+                use=str(role.use),
+                channel=role.channel,
+                scaler=scaler,
+                unit=cosem.UNIT_NAMES.get(unit, str(unit)) if unit is not None else None,
+                note=role.note,
+            )
+        )
+    return tuple(out)
 
 
 def _parse_list(raw: bytes) -> list[_ListResult]:
