@@ -69,14 +69,14 @@ class Endpoint:
 @dataclass(frozen=True)
 class MeterIdentity:
     """What the meter says it is. ``serial`` is the value the registry's serial is compared
-    with; ``source`` names the object it came from (e.g. DLMS ``0-0:42.0.0.255``, the logical
-    device name, when the meter has no serial-number object). The rest is optional: ``""``."""
+    with (a driver may say where it came from in ``session.identity_source``, e.g. the DLMS
+    logical device name when the meter has no serial-number object). The rest is optional:
+    ``""`` when the meter does not give it."""
 
     serial: str
     manufacturer: str
     model: str
     firmware: str
-    source: str = ""
 
 
 @dataclass(frozen=True)

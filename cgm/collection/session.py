@@ -245,7 +245,8 @@ async def _read_steps(
     # The driver returns the value of the object the meter answers to (DLMS: the serial
     # number object, else the logical device name, or the one the meter's params name).
     if outcome.identity.serial != target.serial:
-        source = f" ({outcome.identity.source})" if outcome.identity.source else ""
+        source = getattr(session, "identity_source", None)
+        source = f" ({source})" if source else ""
         raise IdentityMismatch(
             f"meter at {session.endpoint} reports serial {outcome.identity.serial!r}{source}, "
             f"registry says {target.serial!r}"

@@ -251,6 +251,7 @@ class DlmsSession(MeterSession):
         self.params = params
         self._hints = hints if hints is not None else ColumnHints()
         self._serial: str | None = None  # once identified: the key of the column hints
+        self.identity_source: str | None = None  # OBIS the serial came from, once identified
         self._access = Association.create(
             params.access,
             credentials,
@@ -567,7 +568,8 @@ class DlmsSession(MeterSession):
             )
         manufacturer, model, firmware = (self._text(results[o], o, required=False) for o in extra)
         self._serial = serial
-        return MeterIdentity(serial, manufacturer, model, firmware, source or "")
+        self.identity_source = source
+        return MeterIdentity(serial, manufacturer, model, firmware)
 
     def _text(self, result: _ListResult, obis: bytes, *, required: bool) -> str:
         """A Data object's string value; "" for an optional object the meter lacks.

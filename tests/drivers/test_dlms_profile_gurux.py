@@ -131,7 +131,7 @@ async def test_identity_from_the_logical_device_name(gurux: GuruxDlmsServer) -> 
     async with await connect(gurux) as session:
         identity = await session.identify()
     assert identity.serial == "GRX0000000012345"
-    assert identity.source == "0-0:42.0.0.255"
+    assert session.identity_source == "0-0:42.0.0.255"
     assert (identity.manufacturer, identity.model, identity.firmware) == ("", "", "")
 
 
