@@ -65,6 +65,8 @@ def _quiet_dlms_cosem() -> None:
     """
     import dlms_cosem.client
     import dlms_cosem.connection
+    import dlms_cosem.hdlc.connection
+    import dlms_cosem.hdlc.state
     import dlms_cosem.io
     import dlms_cosem.state
 
@@ -73,7 +75,14 @@ def _quiet_dlms_cosem() -> None:
     quiet = structlog.wrap_logger(
         None, wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
     ).bind()
-    for module in (dlms_cosem.connection, dlms_cosem.state, dlms_cosem.client, dlms_cosem.io):
+    for module in (
+        dlms_cosem.connection,
+        dlms_cosem.state,
+        dlms_cosem.client,
+        dlms_cosem.io,
+        dlms_cosem.hdlc.connection,
+        dlms_cosem.hdlc.state,
+    ):
         module.LOG = quiet
     logging.getLogger("dlms_cosem").setLevel(logging.WARNING)
 

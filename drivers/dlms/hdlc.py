@@ -183,6 +183,13 @@ class HdlcTransport:
         self._link.receive_data(raw)
         try:
             event = self._link.next_event()
+            # dlms-cosem looks for the closing flag by searching for 7E; a 7E inside the
+            # information field makes it try a short frame first: let it search further.
+            while (
+                event is hdlc_state.NEED_DATA
+                and self._link.buffer_search_position < len(self._link.buffer)
+            ):
+                event = self._link.next_event()
         except Exception as exc:  # noqa: BLE001 - sequence numbers or state out of step
             self._link.buffer = bytearray()
             raise HdlcError(f"bad HDLC frame {raw[:12].hex()}…: {exc}") from exc

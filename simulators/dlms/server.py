@@ -34,6 +34,7 @@ from drivers.dlms import cosem
 from drivers.dlms.transport import WrapperError, read_frame, wrap
 from simulators.meter import FaultAction, SimulatedMeter
 
+from . import hdlc
 from .security import MECHANISM_IDS, MeterSecurity, aes128_ecb, hls_key
 
 DEFAULT_MAX_PDU = 1024  # what small meters offer; large profile reads need blocks
@@ -87,7 +88,17 @@ class DlmsServer:
         meters: Mapping[int, SimulatedMeter],
         max_pdu_size: int,
         security: Mapping[int, MeterSecurity] | None = None,
+        framing: str = "wrapper",
+        hdlc_lower: int | None = None,
+        hdlc_address_size: int = 1,
     ) -> None:
+        if framing not in ("wrapper", "hdlc"):
+            raise ValueError(f"framing {framing!r}: wrapper or hdlc")
+        self.framing = framing
+        # HDLC: meters are addressed by the upper (logical) address, the wPort's equivalent;
+        # the lower (physical) address and the address size are the device's.
+        self.hdlc_lower = hdlc_lower
+        self.hdlc_address_size = hdlc_address_size
         self.meters = dict(meters)
         # Per served meter (keyed by the meter object, found from its wPort).
         self._security = {
@@ -117,7 +128,8 @@ class DlmsServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port)
+        handler = self._handle_hdlc if self.framing == "hdlc" else self._handle
+        self._server = await asyncio.start_server(handler, host, port)
 
     async def stop(self) -> None:
         """Stop listening, close every open connection and wait for the handlers to end."""
@@ -172,6 +184,50 @@ class DlmsServer:
                 await writer.drain()
                 answered += 1
         except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._connections.discard(writer)
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handle_hdlc(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One TCP connection carrying an HDLC link (see :mod:`simulators.dlms.hdlc`)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._connections.add(writer)
+        association = _Association()
+        answered = 0
+
+        def accepts(upper: int, lower: int | None, size: int) -> bool:
+            return (
+                upper in self.meters
+                and size == self.hdlc_address_size
+                and lower == self.hdlc_lower
+            )
+
+        async def answer(upper: int, client: int, apdu: bytes) -> bytes | None:
+            nonlocal answered
+            meter = self.meters[upper]
+            self.stats.requests += 1
+            reply = self._answer(association, meter, client, apdu)
+            action = await meter.faults.before_answer(answered)
+            if action is FaultAction.SILENT:
+                return None
+            if action is FaultAction.DROP:
+                raise ConnectionResetError("fault: drop")
+            if action is FaultAction.CORRUPT:
+                reply = b"\xff" + bytes(b ^ 0x5A for b in reply[1 : max(2, len(reply) // 2)])
+            answered += 1
+            return reply
+
+        try:
+            await hdlc.HdlcLink(accepts).serve(reader, writer, answer)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             self._connections.discard(writer)
@@ -664,16 +720,23 @@ async def serve(
     *,
     max_pdu_size: int = DEFAULT_MAX_PDU,
     security: Mapping[int, MeterSecurity] | MeterSecurity | None = None,
+    framing: str = "wrapper",
+    hdlc_lower: int | None = None,
+    hdlc_address_size: int = 1,
 ) -> DlmsServer:
     """Start serving ``meters`` (server wPort -> meter; a bare meter is served at wPort 1).
 
     ``port=0`` picks a free port: read it back from ``server.port``. ``security`` gives the
     mechanism of each level per wPort (a bare :class:`MeterSecurity` applies to wPort 1).
+    ``framing="hdlc"`` serves HDLC instead of the wrapper: the wPort becomes the HDLC upper
+    address, ``hdlc_lower``/``hdlc_address_size`` the device's lower address and its size.
     """
     if isinstance(meters, SimulatedMeter):
         meters = {cosem.MANAGEMENT_LOGICAL_DEVICE: meters}
     if isinstance(security, MeterSecurity):
         security = {cosem.MANAGEMENT_LOGICAL_DEVICE: security}
-    server = DlmsServer(meters, max_pdu_size, security)
+    server = DlmsServer(
+        meters, max_pdu_size, security, framing, hdlc_lower, hdlc_address_size
+    )
     await server.start(host, port)
     return server

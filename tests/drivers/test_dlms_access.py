@@ -135,3 +135,103 @@ async def test_gurux_client_passes_the_simulators_hls() -> None:
         with pytest.raises(Exception):  # noqa: B017 - Gurux raises its own exception types
             await asyncio.to_thread(_gurux_hls, srv.port, "wrong-key-01234")
     assert srv.stats.associations == 1
+
+
+# --- HDLC framing --------------------------------------------------------------------------
+
+
+def _hdlc_params(size: int, lower: int | None, **extra: object) -> dict[str, object]:
+    params: dict[str, object] = {"framing": "hdlc", "hdlc_address_size": size}
+    if lower is not None:
+        params["hdlc_server_lower"] = lower
+    return params | extra
+
+
+@pytest.mark.parametrize(("size", "lower"), [(1, None), (2, 17), (4, 1234)])
+async def test_hdlc_with_segmented_requests_and_answers(size: int, lower: int | None) -> None:
+    """32-byte information fields from the client: the AARQ and GETs go out in segments."""
+    meter = hls_meter()
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    params = _hdlc_params(size, lower, hdlc_max_info=32, level2_auth="hls")
+    async with await serve(
+        meter,
+        security=MeterSecurity(level2="hls"),
+        framing="hdlc",
+        hdlc_lower=lower,
+        hdlc_address_size=size,
+    ) as srv:
+        endpoint = Endpoint("127.0.0.1", srv.port)
+        level1 = Credentials(AccessLevel.READ, "reader-1")
+        async with await DRIVER.connect(endpoint, level1, params) as session:
+            identity = await session.identify()
+            entries = await session.read_profile(now - timedelta(hours=48), now)
+            sent, requests = session._transport.frames_sent, session.requests_sent
+        async with await DRIVER.connect(endpoint, LEVEL2, params) as session:
+            await session.set_clock(datetime.now(UTC))
+    assert identity.serial == "HLS-1"
+    expected = meter.profile(now - timedelta(hours=48), now)
+    assert [e.start for e in entries] == [e.start for e in expected]
+    assert entries[5].values == pytest.approx(expected[5].values)
+    assert srv.stats.blocks_sent >= 2
+    assert sent > 2 * requests  # SNRM, and requests of more than 32 bytes in segments
+    assert len(meter.clock_adjustments) == 1
+
+
+async def test_hdlc_to_another_station_gets_no_answer() -> None:
+    async with await serve(hls_meter(), framing="hdlc", hdlc_lower=17, hdlc_address_size=2) as srv:
+        from drivers.base import MeterTimeout
+
+        with pytest.raises(MeterTimeout):
+            await DRIVER.connect(
+                Endpoint("127.0.0.1", srv.port),
+                Credentials(AccessLevel.READ, "reader-1"),
+                _hdlc_params(2, 18),
+                timeout=1.0,
+            )
+
+
+def _gurux_hdlc(port: int) -> str:
+    """Gurux's client: SNRM/UA, AARQ, GET serial, release, DISC, over HDLC with a 4-byte
+    server address (upper 1, lower 1234)."""
+    from gurux_dlms import GXByteBuffer, GXDLMSClient, GXReplyData
+    from gurux_dlms.enums import Authentication, InterfaceType
+    from gurux_dlms.objects import GXDLMSData
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    server = GXDLMSClient.getServerAddress(1, 1234, 4)
+    client = GXDLMSClient(True, 0x20, server, Authentication.LOW, "reader-1", InterfaceType.HDLC)
+
+    def exchange(frames: object) -> GXReplyData:
+        reply = GXReplyData()
+        for frame in frames if isinstance(frames, list) else [frames]:
+            reply.clear()
+            sock.sendall(bytes(frame))
+            notify, received = GXReplyData(), GXByteBuffer()
+            while not client.getData(received, reply, notify):
+                chunk = sock.recv(4096)
+                assert chunk, "simulator closed the connection"
+                received.set(chunk)
+            while reply.isMoreData():
+                sock.sendall(bytes(client.receiverReady(reply)))
+                received = GXByteBuffer()
+                while not client.getData(received, reply, notify):
+                    received.set(sock.recv(4096))
+        return reply
+
+    try:
+        client.parseUAResponse(exchange(client.snrmRequest()).data)
+        client.parseAareResponse(exchange(client.aarqRequest()).data)
+        serial = GXDLMSData("0.0.96.1.0.255")
+        client.updateValue(serial, 2, exchange(client.read(serial, 2)).value)
+        exchange(client.releaseRequest())
+        exchange(client.disconnectRequest())
+        return bytes(serial.value).decode()
+    finally:
+        sock.close()
+
+
+async def test_gurux_client_reads_the_simulator_over_hdlc() -> None:
+    async with await serve(
+        hls_meter(), framing="hdlc", hdlc_lower=1234, hdlc_address_size=4
+    ) as srv:
+        assert await asyncio.to_thread(_gurux_hdlc, srv.port) == "HLS-1"

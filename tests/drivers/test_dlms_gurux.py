@@ -117,3 +117,46 @@ async def test_hls_refusals_are_authentication_failed(
 ) -> None:
     with pytest.raises(AuthenticationFailed):
         await connect(gurux, creds, **params)
+
+
+# --- HDLC framing (IEC 62056-46) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "lower", "gurux_address"),
+    [(1, None, 1), (2, 17, 1 << 7 | 17), (4, 300, 1 << 14 | 300)],
+)
+async def test_hdlc_addresses_segments_and_blocks(
+    meter: GuruxMeter, size: int, lower: int | None, gurux_address: int
+) -> None:
+    """Gurux decodes our 1-, 2- and 4-byte server addresses; long answers come segmented."""
+    params: dict[str, object] = {"framing": "hdlc", "hdlc_address_size": size}
+    if lower is not None:
+        params["hdlc_server_lower"] = lower
+    end = meter.rows[-1][0]
+    async with GuruxDlmsServer(meter, "hdlc", server_address=gurux_address) as srv:
+        async with await connect(srv, **params) as session:
+            clock = await session.read_clock()
+            entries = await session.read_profile(end - 30 * HOUR, end)
+            frames = session._transport.frames_received
+            blocks = session.blocks_received
+        async with await connect(srv, LEVEL2, **params, **HLS) as session:
+            await session.set_clock(datetime.now(UTC))
+    assert srv.errors == []
+    assert abs(clock.offset) < 2.0
+    assert len(entries) == 30 and blocks >= 3
+    assert frames > blocks + 3  # 256-byte blocks in 128-byte HDLC segments
+    assert {t for t in srv.targets} == {(gurux_address, 32), (gurux_address, 1)}
+
+
+async def test_hdlc_wrong_server_address_is_a_timeout(meter: GuruxMeter) -> None:
+    from drivers.base import MeterTimeout
+
+    async with GuruxDlmsServer(meter, "hdlc", server_address=1 << 7 | 17) as srv:
+        with pytest.raises(MeterTimeout):
+            await DRIVER.connect(
+                Endpoint("127.0.0.1", srv.port),
+                LEVEL1,
+                {"framing": "hdlc", "hdlc_address_size": 2, "hdlc_server_lower": 18},
+                timeout=1.0,
+            )
