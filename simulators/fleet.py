@@ -2,8 +2,13 @@
 DLMS, Modbus TCP and MQTT on local ports, plus the registry inventory that describes it.
 
 Frontier sizes are drawn log-uniformly from 1 to 20,000 MWh-month so every Table 1 point type
-appears. A principal and its backup share a load seed, so they agree unless a divergence fault
-is injected. Meters can share a port (``per_port``): DLMS meters are then addressed by the
+appears. Each frontier gets the installation a utility would build for its size (voltage
+level, VT and a standard CT rating that carries its peak current), and its meters see the
+secondary side: primary mean power divided by CT × VT ratios. The CGM multiplies back, so a
+frontier declared at N MWh a month settles to about N MWh a month, and no meter ever shows
+more than its CT secondary and VT secondary allow. A principal and its backup share a load
+seed, so they agree unless a divergence fault is injected. Meters can share a port
+(``per_port``): DLMS meters are then addressed by the
 wrapper's destination port (``server_address``), Modbus meters by unit id (``device_id``);
 MQTT meters all use the broker.
 """
@@ -17,6 +22,61 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simulators.meter import Faults, Secrets, SimulatedMeter
+
+HOURS_PER_MONTH = 730.0  # 8760 / 12: the Código's MWh-month
+# IEC 61869-2 standard primary ratings (A) for measuring CTs with a 5 A secondary.
+CT_RATINGS = (10, 15, 20, 25, 30, 40, 50, 60, 75, 100, 150, 200, 250, 300, 400, 500, 600, 800)
+CT_RATINGS += (1000, 1200, 1500, 2000, 2500, 3000, 4000, 5000)
+CT_EXTENDED = 1.2  # measuring CTs keep their class up to 120 % of rated current
+DIRECT_IMAX = 100.0  # A: the largest current a direct-connected meter takes
+POWER_FACTOR = 0.9  # for sizing only: the current a given active power needs at worst
+
+
+@dataclass(frozen=True)
+class Installation:
+    """How a frontier's meters connect: system voltage, VT and CT (1/1 where there is none)."""
+
+    voltage_level: int  # Colombian nivel de tensión 1..4
+    system_kv: float  # line-to-line
+    ct_primary: float  # A; equals ct_secondary for a direct-connected meter
+    ct_secondary: float
+    vt_primary: float  # V, line-to-line; equals vt_secondary without VTs
+    vt_secondary: float
+
+    @property
+    def ct_ratio(self) -> float:
+        return self.ct_primary / self.ct_secondary
+
+    @property
+    def vt_ratio(self) -> float:
+        return self.vt_primary / self.vt_secondary
+
+    def ratio_text(self, primary: float, secondary: float) -> str | float:
+        return 1 if primary == secondary else f"{primary:g}/{secondary:g}"
+
+    @property
+    def max_secondary_kw(self) -> float:
+        """The most active power the meter can see: √3 · V · I at its inputs' limits."""
+        current = self.ct_secondary * (CT_EXTENDED if self.ct_ratio != 1 else 1.0)
+        return math.sqrt(3) * self.vt_secondary * current / 1000.0
+
+
+def installation_for(peak_kw: float) -> Installation:
+    """The connection a frontier with this primary peak (kW) would get."""
+    levels = (
+        (1, 0.208, 150.0, None),  # 208/120 V low voltage
+        (2, 13.2, 10_000.0, 120.0),
+        (3, 34.5, 30_000.0, 120.0),
+        (4, 115.0, math.inf, 120.0),
+    )
+    level, kv, _, vt = next(row for row in levels if peak_kw <= row[2])
+    amps = peak_kw / (math.sqrt(3) * kv * POWER_FACTOR)
+    volts = kv * 1000.0
+    if vt is None and amps <= DIRECT_IMAX:
+        return Installation(level, kv, DIRECT_IMAX, DIRECT_IMAX, volts, volts)
+    rating = next(r for r in CT_RATINGS if r >= amps)
+    return Installation(level, kv, rating, 5.0, volts, vt or volts)
+
 
 PROTOCOLS = ("dlms", "modbus", "mqtt")
 
@@ -55,6 +115,7 @@ class SimFrontier:
     protocol: str
     principal: SimulatedMeter
     backup: SimulatedMeter
+    installation: Installation
 
     @property
     def point_type(self) -> int:
@@ -108,8 +169,11 @@ def build_fleet(
         monthly = math.exp(rng.uniform(0, math.log(20_000)))
         generator = rng.random() < 0.1
         kind = "generation" if generator else "commercialisation"
-        mean_kw = monthly * 1000 / 730
+        primary_kw = monthly * 1000 / HOURS_PER_MONTH
         load_seed = rng.getrandbits(32)
+        peak = SimulatedMeter("sizing", mean_kw=primary_kw, generator=generator).peak_kw
+        site = installation_for(peak)
+        mean_kw = primary_kw / (site.ct_ratio * site.vt_ratio)  # what the meters see
         common = dict(seed=load_seed, mean_kw=mean_kw, generator=generator)
         principal = SimulatedMeter(
             f"P{code_num}",
@@ -126,7 +190,9 @@ def build_fleet(
             faults=Faults(),
             **common,
         )
-        frontiers.append(SimFrontier(f"Frt{code_num}", kind, monthly, protocol, principal, backup))
+        frontiers.append(
+            SimFrontier(f"Frt{code_num}", kind, monthly, protocol, principal, backup, site)
+        )
     return Fleet(frontiers)
 
 
@@ -184,6 +250,7 @@ def inventory(fleet: Fleet) -> dict[str, Any]:
     frontiers = []
     for f in fleet.frontiers:
         active, reactive = _ACCURACY[f.point_type]
+        site = f.installation
         meters = []
         for role, m in (("principal", f.principal), ("backup", f.backup)):
             place = fleet.placements[m.serial]
@@ -194,8 +261,8 @@ def inventory(fleet: Fleet) -> dict[str, Any]:
                     "protocol": f.protocol,
                     "endpoint": f"{place.host}:{place.port}",
                     "params": place.params,
-                    "ct_ratio": "200/5",
-                    "vt_ratio": "13200/120",
+                    "ct_ratio": site.ratio_text(site.ct_primary, site.ct_secondary),
+                    "vt_ratio": site.ratio_text(site.vt_primary, site.vt_secondary),
                     "accuracy_active": active,
                     "accuracy_reactive": reactive,
                     "manufacturer": m.identity.manufacturer,
@@ -212,9 +279,14 @@ def inventory(fleet: Fleet) -> dict[str, Any]:
                 "name": f"Simulated frontier {f.code}",
                 "kind": f.kind,
                 "stn": False,
-                "voltage_level": 2,
+                "voltage_level": site.voltage_level,
                 "monthly_energy_mwh": round(f.monthly_energy_mwh, 3),
                 "adjustment_factor": 1.0,
+                "attributes": {
+                    "system_kv": site.system_kv,
+                    "ct_rated_primary_a": site.ct_primary,
+                    "ct_rated_secondary_a": site.ct_secondary,
+                },
                 "meters": meters,
             }
         )

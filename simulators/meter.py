@@ -7,6 +7,13 @@ The load is a pure function of (seed, interval start): a principal and a backup 
 with the same seed measure the same energy, and a backup with ``divergence_pct`` reads that
 much more. Registers are the running sum of the rounded interval values, so the register
 advance over any window equals the profile sum over it, as on a real meter.
+
+``mean_kw`` is the meter's own (secondary-side) mean power: a meter behind CTs and VTs sees
+the primary load divided by CT × VT ratios, and the CGM multiplies back when settling. The
+daily and weekly shape is normalised so that the long-run mean is ``mean_kw``. On top of it
+the load carries autocorrelated noise, an AR(1) process (hour-to-hour correlation 0.9, 5 %
+standard deviation) computed as a truncated moving sum of per-interval innovations, so each
+interval's value still depends only on (seed, interval) and never on what was asked before.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from drivers.base import (
 
 COLOMBIA_OFFSET = timedelta(hours=-5)  # official time, no daylight saving
 RESOLUTION = 3  # decimals of kWh kept by the meter (1 Wh)
+AR_PHI_HOURLY = 0.9  # correlation of the load noise from one hour to the next
+AR_STD = 0.05  # standard deviation of the load noise (fraction of the load)
+AR_TAIL = 1e-4  # innovations older than the weight φ^k < AR_TAIL are dropped
 
 
 class FaultAction(StrEnum):
@@ -99,6 +109,36 @@ def _uniform(seed: int, index: np.ndarray, stream: int) -> np.ndarray:
     return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def ar1_noise(seed: int, index: np.ndarray, period_h: float) -> np.ndarray:
+    """AR(1) noise x[t] = φ·x[t−1] + e[t] at interval numbers ``index``, as a pure function.
+
+    Written as x[t] = Σ φ^k·e[t−k] over the last K innovations (φ^K < AR_TAIL), where e[t]
+    is a zero-mean uniform innovation drawn from (seed, t): the same interval gives the same
+    value whichever window it is computed in. Stationary standard deviation: AR_STD.
+    """
+    index = np.asarray(index, dtype=np.int64)
+    if index.size == 0:
+        return np.zeros(0)
+    phi = AR_PHI_HOURLY**period_h
+    k = int(np.ceil(np.log(AR_TAIL) / np.log(phi)))
+    weights = phi ** np.arange(k)
+    # e uniform on ±a has variance a²/3; x has variance var(e) / (1 − φ²).
+    scale = AR_STD * np.sqrt(1 - phi**2) * np.sqrt(3.0) * 2.0
+    lo, hi = int(index.min()) - k + 1, int(index.max())
+    innovations = (_uniform(seed, np.arange(lo, hi + 1, dtype=np.int64), 3) - 0.5) * scale
+    x = np.convolve(innovations, weights, mode="full")[k - 1 : k - 1 + hi - lo - k + 2]
+    return x[index - (lo + k - 1)]
+
+
+def _shape(hour: np.ndarray) -> np.ndarray:
+    """Daily load shape at local hour ``hour``: a base, a late-morning and an evening peak."""
+    return (
+        0.55
+        + 0.35 * np.exp(-(((hour - 11.0) / 3.0) ** 2))
+        + 0.45 * np.exp(-(((hour - 19.5) / 2.0) ** 2))
+    )
+
+
 class SimulatedMeter:
     """One software meter. Time comes from ``now`` (UTC), injectable for tests."""
 
@@ -128,6 +168,7 @@ class SimulatedMeter:
         self.mean_kw = mean_kw
         self.generator = generator
         self.capture_period = capture_period
+        self._norm = self._mean_shape(capture_period)
         self.depth = depth
         self.drift_ppm = drift_ppm
         self.secrets = secrets or Secrets()
@@ -191,17 +232,15 @@ class SimulatedMeter:
         weekday = ((local // 86400) + 3) % 7  # 1970-01-01 was a Thursday (3)
         weekly = np.where(weekday == 6, 0.7, np.where(weekday == 5, 0.85, 1.0))
         index = starts // int(self.capture_period.total_seconds())
-        noise = 1.0 + 0.1 * (_uniform(self.seed, index, 0) - 0.5)
-        shape = (
-            0.55
-            + 0.35 * np.exp(-(((hour - 11.0) / 3.0) ** 2))
-            + 0.45 * np.exp(-(((hour - 19.5) / 2.0) ** 2))
-        ) / 0.78
+        noise = np.clip(1.0 + ar1_noise(self.seed, index, hours), 0.5, None)
+        shape = _shape(hour) / self._norm
         load = self.mean_kw * shape * weekly * noise * hours
         scale = 1.0 + self.faults.divergence_pct / 100.0
         if self.generator:
             sun = np.clip(np.sin((hour - 6.0) / 12.0 * np.pi), 0.0, None)
-            export = self.mean_kw * 2.2 * sun * (0.8 + 0.4 * _uniform(self.seed, index, 1)) * hours
+            # sin⁺ of the day averages 1/π: π × mean_kw makes the long-run export mean_kw.
+            cloud = 0.8 + 0.4 * _uniform(self.seed, index, 1)
+            export = self.mean_kw * np.pi * sun * cloud * hours
             aux = 0.03 * load
             active_import, active_export = np.where(sun > 0, 0.0, aux), export
         else:
@@ -214,6 +253,24 @@ class SimulatedMeter:
             Channel.REACTIVE_EXPORT: (active_import + active_export) * 0.02,
         }
         return {ch: np.round(v * scale, RESOLUTION) for ch, v in values.items()}
+
+    @property
+    def peak_kw(self) -> float:
+        """The highest mean power of any interval this meter can show (for sizing CTs)."""
+        if self.generator:
+            return self.mean_kw * np.pi * 1.2
+        hours = np.arange(0, 24, 0.25)
+        return self.mean_kw * float(_shape(hours).max()) / self._norm * (1 + 5 * AR_STD)
+
+    @staticmethod
+    def _mean_shape(capture_period: timedelta) -> float:
+        """Mean of the daily × weekly shape over a week of intervals (its long-run mean)."""
+        hours = capture_period.total_seconds() / 3600.0
+        starts = np.arange(0, 7 * 86400, int(capture_period.total_seconds()))
+        hour = (starts % 86400) / 3600.0 + hours / 2
+        weekday = starts // 86400
+        weekly = np.where(weekday == 6, 0.7, np.where(weekday == 5, 0.85, 1.0))
+        return float(np.mean(_shape(hour) * weekly))
 
     # --- memory --------------------------------------------------------------------------
 

@@ -251,7 +251,12 @@ async def _read_steps(
             f"meter at {session.endpoint} reports serial {outcome.identity.serial!r}{source}, "
             f"registry says {target.serial!r}"
         )
-    outcome.clock = await session.read_clock()
+    try:
+        outcome.clock = await session.read_clock()
+    except NotSupported:
+        # Meters without a clock over their protocol (most Modbus meters): registers are
+        # stamped with the CGM's clock and differenced into hours; nothing to correct.
+        outcome.clock = None
     end = now.replace(minute=0, second=0, microsecond=0)
     try:
         config = await session.read_profile_config()

@@ -486,3 +486,13 @@ def test_simulator_does_not_import_the_driver_register_map_code() -> None:
     for path in [*root.glob("modbus/*.py"), root / "meter.py", root / "fleet.py"]:
         text = path.read_text(encoding="utf-8")
         assert "drivers.modbus" not in text, path
+
+
+async def test_register_max_is_accepted_for_the_cgm_and_checked(
+    simulator: Serve, connect: Connect
+) -> None:
+    sim = await simulator({1: SimulatedMeter("MB1")}, map="sim-basic")
+    session = await connect(sim, map="sim-basic", register_max=42_949_672.96)
+    assert (await session.read_registers())[0].value > 0
+    with pytest.raises(ValueError, match="register_max"):
+        await connect(sim, map="sim-basic", register_max=-1)

@@ -68,9 +68,7 @@ async def test_packet_cap_after_login_is_announced_and_enforced() -> None:
     cap = 2 * MAX_CONNECT_PACKET
     v5 = aiomqtt.ProtocolVersion.V5
     async with Broker(users={"cgm": "pw"}, max_packet_size=cap) as broker:
-        async with aiomqtt.Client(
-            *broker.address, username="cgm", password="pw", protocol=v5
-        ) as c:
+        async with aiomqtt.Client(*broker.address, username="cgm", password="pw", protocol=v5) as c:
             await c.subscribe("t/#", qos=1)
             await c.publish("t/small", b"x" * (cap - 100), qos=1)
             async with asyncio.timeout(3):
@@ -80,9 +78,12 @@ async def test_packet_cap_after_login_is_announced_and_enforced() -> None:
         reader, writer = await asyncio.open_connection(*broker.address)
         body = (
             b"\x00\x04MQTT\x05\xc2\x00\x0a\x00"  # v5, username+password+clean start, ka 10
-            + struct.pack("!H", 3) + b"c-1"
-            + struct.pack("!H", 3) + b"cgm"
-            + struct.pack("!H", 2) + b"pw"
+            + struct.pack("!H", 3)
+            + b"c-1"
+            + struct.pack("!H", 3)
+            + b"cgm"
+            + struct.pack("!H", 2)
+            + b"pw"
         )
         writer.write(bytes([0x10]) + _varint(len(body)) + body)
         await writer.drain()
