@@ -58,9 +58,11 @@ from drivers.modbus.registermap import (
     to_meter_epoch,
 )
 
-# ``register_max`` is not the driver's: the CGM derives intervals from register snapshots
-# with it (where the counter rolls over). Accepted so that a registry entry may carry it.
-PARAMS = ("map", "device_id", "byte_order", "word_order", "register_max")
+# Not the driver's, accepted so that a registry entry may carry them: ``register_max`` (where
+# the counters roll over, for snapshot differencing) and the meter ratings the CGM's
+# plausibility guard reads (``cgm/collection/plausibility.py``).
+CGM_PARAMS = ("register_max", "max_current_a", "rated_current_a", "nominal_voltage_v")
+PARAMS = ("map", "device_id", "byte_order", "word_order", *CGM_PARAMS)
 Span = tuple[str, int, int]  # (function, address, registers)
 
 
@@ -490,11 +492,12 @@ class ModbusDriver(Driver):
             or not 0 <= device_id <= 255
         ):
             raise ValueError(f"modbus: device_id {device_id!r} is not a unit id 0..255")
-        limit = params.get("register_max")
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0
-        ):
-            raise ValueError(f"modbus: register_max {limit!r} is not a positive number")
+        for key in CGM_PARAMS:
+            limit = params.get(key)
+            if limit is not None and (
+                isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0
+            ):
+                raise ValueError(f"modbus: {key} {limit!r} is not a positive number")
         if "byte_order" in params and "word_order" in params:
             raise ValueError("modbus: give byte_order or word_order, not both")
         order = regmap.order

@@ -17,6 +17,7 @@ from cgm.collection.engine import Collector, EngineConfig, current_cycle
 from cgm.collection.session import SessionPolicy
 from cgm.config import Settings
 from cgm.migrate import upgrade
+from cgm.registry.model import parse_ratio
 from cgm.security import secret_box
 from cgm.storage import Quality
 from drivers.base import Channel
@@ -161,12 +162,17 @@ async def test_a_capture_period_that_does_not_divide_the_hour_fails_only_that_me
 
 
 async def test_energy_beyond_the_registered_capacity_is_refused_before_vee(env: Env) -> None:
-    # The simulated meters give about the frontier's primary energy on the secondary side
-    # (CT 200/5 x VT 13200/120 = 4400): with a capacity registered, the guard refuses it.
+    # Register a capacity far below what the frontier really draws (a fifth of its mean
+    # power): the guard must refuse the hours beyond it, on the secondary side.
+    site: dict[str, float] = {}
+
     def capacity(inv: dict) -> None:
         for f in inv["frontiers"]:
             if f["code"] == "Frt87002":
-                f["installed_capacity_mva"] = 1.0
+                site["mva"] = round(f["monthly_energy_mwh"] / 730 / 5, 3)
+                f["installed_capacity_mva"] = site["mva"]
+                meter = f["meters"][0]
+                site["factor"] = parse_ratio(meter["ct_ratio"]) * parse_ratio(meter["vt_ratio"])
 
     env.import_(capacity)
     summary = await Collector(env.url, env.box, FAST).run_cycle()
@@ -174,11 +180,11 @@ async def test_energy_beyond_the_registered_capacity_is_refused_before_vee(env: 
     for serial in ("P87002", "B87002"):
         m = env.meter_id(serial)
         stored = env.rows("SELECT max(value) FROM reading WHERE meter_id = %s", m)[0][0]
-        # 1 MVA x 1.2 / 4400 = 0.2727 kWh an hour on the secondary side at most.
-        assert stored is None or stored <= 1000 * 1.2 / 4400
+        # capacity × 1 h × 1.2 margin, brought to the secondary side by CT × VT.
+        assert stored is None or stored <= site["mva"] * 1000 * 1.2 / site["factor"]
         reasons = env.rows("SELECT DISTINCT reason FROM reading_refused WHERE meter_id = %s", m)
         assert reasons and all(r[0].startswith("implausible") for r in reasons)
-        assert "1 MVA" in reasons[0][0]
+        assert f"{site['mva']:g} MVA" in reasons[0][0]
     # The other frontier, without a registered capacity, is stored whole.
     assert (
         env.rows("SELECT count(*) FROM reading WHERE meter_id = %s", env.meter_id("P87001"))[0][0]

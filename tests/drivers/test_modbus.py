@@ -492,7 +492,9 @@ async def test_register_max_is_accepted_for_the_cgm_and_checked(
     simulator: Serve, connect: Connect
 ) -> None:
     sim = await simulator({1: SimulatedMeter("MB1")}, map="sim-basic")
-    session = await connect(sim, map="sim-basic", register_max=42_949_672.96)
+    session = await connect(
+        sim, map="sim-basic", register_max=42_949_672.96, max_current_a=10, nominal_voltage_v=120
+    )
     assert (await session.read_registers())[0].value > 0
     with pytest.raises(ValueError, match="register_max"):
         await connect(sim, map="sim-basic", register_max=-1)
