@@ -185,7 +185,7 @@ def differences(
             if t1 - t0 != period:
                 out.events.append(Event(GAP, t1, v0, v1))
                 continue
-            value = round(v1 - v0, 9)
+            value = round(v1 - v0, 6)
             if max_advance is not None and value > max_advance:
                 out.events.append(Event(IMPLAUSIBLE, t1, v0, v1))
                 continue
@@ -301,7 +301,7 @@ def profile_entries(
             parts = [advances[k].get(row.end) for k in columns]
             if any(p is None for p in parts):
                 continue
-            value = round(sum(p.value for p in parts), 9)  # type: ignore[union-attr]
+            value = round(sum(p.value for p in parts), 6)  # type: ignore[union-attr]
             limit = (max_advance or {}).get(channel)
             if limit is not None and value > limit:
                 events.append(Event(IMPLAUSIBLE, row.end, None, value, channel))

@@ -342,3 +342,35 @@ class SimulatedMeter:
         _, closed, running = self._register_cache
         share = (now - current).total_seconds() / step
         return {ch: round(base + closed[ch] + running[ch] * share, RESOLUTION) for ch in closed}
+
+    def registers_at(
+        self,
+        ends: list[datetime],
+        weights: Callable[[np.ndarray], np.ndarray] | None = None,
+        share: float = 1.0,
+    ) -> dict[Channel, list[float]]:
+        """Cumulative registers at the interval boundaries ``ends``, as :meth:`registers`
+        would have read them then (what a profile of cumulative registers captures).
+
+        A tariff register counts only some intervals (``weights(starts)`` gives 0 or 1 each)
+        from ``share`` of the initial reading. The register keeps counting through holes in
+        the profile memory, as a meter's does.
+        """
+        if not ends:
+            return {ch: [] for ch in ALL_CHANNELS}
+        reset = self.faults.register_reset_at
+        step = int(self.capture_period.total_seconds())
+        first = int(self._first_recorded().timestamp())
+        last = max(int(t.timestamp()) for t in ends)
+        starts = np.arange(first, max(first, last), step, dtype=np.int64)
+        values = self.interval_values(starts)
+        mask = weights(starts) if weights is not None else np.ones(len(starts))
+        sums = {ch: np.concatenate([[0.0], np.cumsum(v * mask)]) for ch, v in values.items()}
+        out: dict[Channel, list[float]] = {ch: [] for ch in values}
+        for t in ends:
+            index = min(max(0, (int(t.timestamp()) - first) // step), len(starts))
+            start = round(self.initial_register * share, RESOLUTION)  # whole Wh per register
+            base = 0.0 if reset is not None and reset <= t else start
+            for ch in values:
+                out[ch].append(round(base + float(sums[ch][index]), RESOLUTION))
+        return out

@@ -21,7 +21,7 @@ import hmac
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from dlms_cosem import dlms_data
 from dlms_cosem import enumerations as en
@@ -35,6 +35,8 @@ from drivers.dlms.transport import WrapperError, read_frame, wrap
 from simulators.meter import FaultAction, SimulatedMeter
 
 from . import hdlc
+from . import objects as ob
+from .objects import DlmsVariant, Layout
 from .security import MECHANISM_IDS, MeterSecurity, aes128_ecb, hls_key
 
 DEFAULT_MAX_PDU = 1024  # what small meters offer; large profile reads need blocks
@@ -70,6 +72,7 @@ class _Association:
     blocks: list[bytes] = field(default_factory=list)
     block_sent: int = 0
     block_invoke: int = 0
+    endless: bool = False  # the meter's variant: blocks that never end
 
 
 @dataclass
@@ -91,6 +94,7 @@ class DlmsServer:
         framing: str = "wrapper",
         hdlc_lower: int | None = None,
         hdlc_address_size: int = 1,
+        variants: Mapping[int, DlmsVariant] | None = None,
     ) -> None:
         if framing not in ("wrapper", "hdlc"):
             raise ValueError(f"framing {framing!r}: wrapper or hdlc")
@@ -100,10 +104,9 @@ class DlmsServer:
         self.hdlc_lower = hdlc_lower
         self.hdlc_address_size = hdlc_address_size
         self.meters = dict(meters)
+        self._variants = {id(self.meters[port]): v for port, v in (variants or {}).items()}
         # Per served meter (keyed by the meter object, found from its wPort).
-        self._security = {
-            id(self.meters[port]): sec for port, sec in (security or {}).items()
-        }
+        self._security = {id(self.meters[port]): sec for port, sec in (security or {}).items()}
         self.max_pdu_size = max_pdu_size
         self.stats = ServerStats()
         self._server: asyncio.Server | None = None
@@ -112,6 +115,8 @@ class DlmsServer:
         self._tables: dict[
             int, tuple[SimulatedMeter, dict[bytes, tuple[int, dict[int, Getter]]]]
         ] = {}
+        self._layouts: dict[int, Layout] = {}
+        self._endless = False  # set per request from the meter's variant
 
     def security_of(self, meter: SimulatedMeter) -> MeterSecurity:
         """The meter's mechanisms (LLS at both levels unless ``serve(security=...)`` says)."""
@@ -205,9 +210,7 @@ class DlmsServer:
 
         def accepts(upper: int, lower: int | None, size: int) -> bool:
             return (
-                upper in self.meters
-                and size == self.hdlc_address_size
-                and lower == self.hdlc_lower
+                upper in self.meters and size == self.hdlc_address_size and lower == self.hdlc_lower
             )
 
         async def answer(upper: int, client: int, apdu: bytes) -> bytes | None:
@@ -239,6 +242,7 @@ class DlmsServer:
     def _answer(
         self, association: _Association, meter: SimulatedMeter, client: int, apdu: bytes
     ) -> bytes:
+        self._endless = self.variant_of(meter).endless_blocks
         try:
             request = XDlmsApduFactory.apdu_from_bytes(apdu)
         except Exception:  # noqa: BLE001 - anything unparseable gets an exception response
@@ -436,6 +440,17 @@ class DlmsServer:
                 body += bytes([1, exc.result])
             else:
                 body += b"\x00" + data
+        misbehaviour = self.variant_of(meter).list_answer
+        if misbehaviour == "refused":
+            return _exception(
+                en.StateException.SERVICE_NOT_ALLOWED, en.ServiceException.SERVICE_NOT_SUPPORTED
+            )
+        if misbehaviour == "malformed":
+            # As a field meter answered: the item count, then too few two-byte refusals, so a
+            # strict parser runs out of bytes (IndexError('pop from empty bytearray')).
+            body = bytearray(bytes([len(items)]) + b"\x01\x01" * (len(items) // 2))
+        elif misbehaviour == "partial":  # well-formed, one result short
+            body = bytearray(bytes([len(items) - 1]) + b"\x01\x01" * (len(items) - 1))
         # hand-encoded like GET-normal: C4 03 invoke-id, then the list.
         apdu = bytes([0xC4, 0x03, raw[2]]) + body
         return self._fit(association, request.invoke_id_and_priority, apdu, bytes(body))
@@ -457,15 +472,21 @@ class DlmsServer:
             ).to_bytes()
         size = limit - _BLOCK_OVERHEAD
         association.blocks = [data[i : i + size] for i in range(0, len(data), size)]
+        association.endless = self._endless
         association.block_sent = 0
         association.block_invoke = apdu[2]
         return self._send_block(association, invoke)
 
     def _send_block(self, association: _Association, invoke: xdlms.InvokeIdAndPriority) -> bytes:
         number = association.block_sent + 1
-        chunk = association.blocks[number - 1]
         association.block_sent = number
         self.stats.blocks_sent += 1
+        if association.endless:  # a faulty meter: the last block never comes
+            chunk = association.blocks[0]
+            return xdlms.GetResponseWithBlock(
+                data=chunk, block_number=number, invoke_id_and_priority=invoke
+            ).to_bytes()
+        chunk = association.blocks[number - 1]
         if number == len(association.blocks):
             association.blocks = []
             return xdlms.GetResponseLastBlock(
@@ -505,17 +526,26 @@ class DlmsServer:
         elif selective:
             if (class_id, attribute) != (en.CosemInterface.PROFILE_GENERIC, 2):
                 raise _AccessError(en.DataAccessResult.OTHER_REASON)
-            return _profile_buffer(meter, _range(raw)).to_bytes()
+            return self._layout(meter).buffer(*_range(raw))
         else:
             answer = attributes[attribute]()
             return answer if isinstance(answer, bytes) else answer.to_bytes()
         return value.to_bytes()
 
+    def variant_of(self, meter: SimulatedMeter) -> DlmsVariant:
+        """The meter's layout and misbehaviours (``serve(variant=...)``; default: interval)."""
+        return self._variants.setdefault(id(meter), DlmsVariant())
+
+    def _layout(self, meter: SimulatedMeter) -> Layout:
+        self._table(meter)
+        return self._layouts[id(meter)]
+
     def _table(self, meter: SimulatedMeter) -> dict[bytes, tuple[int, dict[int, Getter]]]:
         """The meter's object table, built once per meter object (its getters read live)."""
         entry = self._tables.get(id(meter))
         if entry is None or entry[0] is not meter:
-            entry = self._tables[id(meter)] = (meter, _objects(meter))
+            layout = self._layouts[id(meter)] = Layout(meter, self.variant_of(meter))
+            entry = self._tables[id(meter)] = (meter, _objects(meter, layout))
         return entry[1]
 
     # --- SET ----------------------------------------------------------------------------
@@ -565,40 +595,18 @@ def _exception(state: en.StateException, service: en.ServiceException) -> bytes:
 Getter = Callable[[], dlms_data.AbstractDlmsData | bytes]
 
 
-def _scaler_unit(channel: Channel) -> dlms_data.DataStructure:
-    # Values in Wh / varh with scaler 0: the meter's 1 Wh resolution, as real meters report.
-    return dlms_data.DataStructure(
-        [dlms_data.IntegerData(0), dlms_data.EnumData(cosem.CHANNEL_UNIT[channel])]
-    )
-
-
-_SCALER_UNIT_BYTES = {ch: _scaler_unit(ch).to_bytes() for ch in Channel}
-
-
-def _wh(kwh: float) -> int:
-    return round(kwh * 1000)
-
-
-def _profile_columns() -> list[cosem.CaptureObject]:
-    return [
-        cosem.CLOCK_CAPTURE,
-        *(
-            cosem.CaptureObject(en.CosemInterface.REGISTER, o, 2)
-            for o in cosem.INTERVAL_ENERGY.values()
-        ),
-        cosem.CaptureObject(en.CosemInterface.DATA, cosem.PROFILE_STATUS, 2),
-    ]
-
-
-def _objects(meter: SimulatedMeter) -> dict[bytes, tuple[int, dict[int, Getter]]]:
-    """OBIS -> (class id, attribute getters). Attribute 1 (logical name) is generic.
+def _objects(meter: SimulatedMeter, layout: Layout) -> dict[bytes, tuple[int, dict[int, Getter]]]:
+    """OBIS -> (class id, attribute getters), from the Blue Book table in ``objects.py``.
 
     Getters read the meter when called (identity, period and depth may change under a test);
-    only values that cannot change are encoded here once.
+    only values that cannot change are encoded here once. Attribute 1 (logical name) is
+    generic.
     """
-    columns = dlms_data.DataArray([c.encode() for c in _profile_columns()]).to_bytes()
+    variant = layout.variant
+    columns = layout.capture_objects()
     status = dlms_data.UnsignedIntegerData(0).to_bytes()
-    time_zone = dlms_data.LongData(300).to_bytes()
+    time_zone = dlms_data.LongData(300).to_bytes()  # same sign as the deviation: UTC−5 -> +300
+    ldn = (variant.logical_device_name or f"CGM{meter.identity.serial}").encode()
 
     def last_interval(channel: Channel) -> dlms_data.AbstractDlmsData:
         now = meter.real_now()
@@ -609,108 +617,93 @@ def _objects(meter: SimulatedMeter) -> dict[bytes, tuple[int, dict[int, Getter]]
             return dlms_data.NullData(None)
         return dlms_data.DoubleLongUnsignedData(_wh(entries[-1].values[channel]))
 
+    def in_memory() -> int:
+        now = meter.real_now()
+        return len(meter.profile(now - meter.capture_period * (meter.depth + 1), now))
+
     objects: dict[bytes, tuple[int, dict[int, Getter]]] = {
-        cosem.SERIAL: (1, {2: lambda: dlms_data.OctetStringData(meter.identity.serial.encode())}),
-        cosem.MANUFACTURER: (
-            1,
+        ob.LOGICAL_DEVICE_NAME: (ob.DATA, {2: lambda: dlms_data.OctetStringData(ldn)}),
+        ob.MANUFACTURER: (
+            ob.DATA,
             {2: lambda: dlms_data.VisibleStringData(meter.identity.manufacturer)},
         ),
-        cosem.MODEL: (1, {2: lambda: dlms_data.VisibleStringData(meter.identity.model)}),
-        cosem.FIRMWARE: (1, {2: lambda: dlms_data.VisibleStringData(meter.identity.firmware)}),
-        cosem.PROFILE_STATUS: (1, {2: lambda: status}),
-        cosem.CLOCK: (
-            en.CosemInterface.CLOCK,
+        ob.MODEL: (ob.DATA, {2: lambda: dlms_data.VisibleStringData(meter.identity.model)}),
+        ob.FIRMWARE: (ob.DATA, {2: lambda: dlms_data.VisibleStringData(meter.identity.firmware)}),
+        ob.STATUS: (ob.DATA, {2: lambda: status}),
+        ob.CLOCK: (
+            ob.CLOCK_CLASS,
             {
-                2: lambda: dlms_data.OctetStringData(cosem.encode_datetime(meter.clock())),
-                # time_zone, same sign convention as the deviation: UTC−5 -> +300.
+                2: lambda: dlms_data.OctetStringData(ob.encode_datetime(meter.clock())),
                 3: lambda: time_zone,
             },
         ),
-        cosem.LOAD_PROFILE: (
-            en.CosemInterface.PROFILE_GENERIC,
+        ob.LOAD_PROFILE: (
+            ob.PROFILE_GENERIC,
             {
-                2: lambda: _profile_buffer(meter, None),
+                2: lambda: layout.buffer(None, None),
                 3: lambda: columns,
                 4: lambda: dlms_data.DoubleLongUnsignedData(
                     int(meter.capture_period.total_seconds())
                 ),
                 5: lambda: dlms_data.EnumData(1),  # sort method: FIFO
-                7: lambda: dlms_data.DoubleLongUnsignedData(len(_in_memory(meter))),
+                7: lambda: dlms_data.DoubleLongUnsignedData(in_memory()),
                 8: lambda: dlms_data.DoubleLongUnsignedData(meter.depth),
             },
         ),
+        ob.DEMAND: (ob.DEMAND_REGISTER, {4: lambda: ob.scaler_unit(0, ob.W)}),
+        ob.VOLTAGE_L1: (ob.REGISTER, {3: lambda: ob.scaler_unit(-1, ob.V)}),
     }
-    for channel, obis in cosem.TOTAL_ENERGY.items():
-        objects[obis] = (
-            en.CosemInterface.REGISTER,
+    if variant.serial_object:
+        objects[ob.SERIAL] = (
+            ob.DATA,
+            {2: lambda: dlms_data.OctetStringData(meter.identity.serial.encode())},
+        )
+    for channel in ob.C_OF:
+        # Wh / varh with scaler 0: the meter's 1 Wh resolution, as real meters report.
+        def unit(ch: Channel = channel) -> bytes:
+            return ob.scaler_unit(0, ob.UNIT_OF[ch])
+
+        objects[ob.energy(channel, 8)] = (
+            ob.REGISTER,
             {
                 2: lambda ch=channel: dlms_data.UnsignedLong64Data(_wh(meter.registers()[ch])),
-                3: lambda ch=channel: _SCALER_UNIT_BYTES[ch],
+                3: unit,
             },
         )
-    for channel, obis in cosem.INTERVAL_ENERGY.items():
-        objects[obis] = (
-            en.CosemInterface.REGISTER,
-            {
-                2: lambda ch=channel: last_interval(ch),
-                3: lambda ch=channel: _SCALER_UNIT_BYTES[ch],
-            },
+        for tariff in range(1, variant.tariffs + 1):
+            objects[ob.energy(channel, 8, tariff)] = (ob.REGISTER, {3: unit})
+        objects[ob.energy(channel, 29)] = (
+            ob.REGISTER,
+            {2: lambda ch=channel: last_interval(ch), 3: unit},
         )
     return objects
 
 
-def _in_memory(meter: SimulatedMeter) -> list:
-    now = meter.real_now()
-    return meter.profile(now - meter.capture_period * (meter.depth + 1), now)
+def _wh(kwh: float) -> int:
+    return round(kwh * 1000)
 
 
 def _range(raw: bytes) -> tuple[datetime, datetime]:
     """[from, to] (inclusive, aware UTC) of a RangeDescriptor on the profile clock.
 
-    Parsed from the raw request rather than dlms-cosem's RangeDescriptor, whose datetimes
-    are naive when the client sends deviation 0 or "unspecified".
+    Parsed from the raw request with dlms-cosem's data parser and date-time decoder (not the
+    driver's), checking the restricting object is the clock's time attribute.
     """
     if raw[13] != 1:  # only the range descriptor (entry descriptor not implemented)
         raise _AccessError(en.DataAccessResult.OTHER_REASON)
     try:
-        restricting, start, end, _selected = cosem.parse_data(raw[14:]).value
-        column = cosem.CaptureObject.decode(restricting)
-        if column != cosem.CLOCK_CAPTURE:
+        parser = dlms_data.DlmsDataParser()
+        restricting, start, end, _selected = parser.parse(bytes(raw[14:]), limit=1)[0].value
+        class_id, obis, attribute, _index = restricting.to_python()
+        if (class_id, bytes(obis), attribute) != (ob.CLOCK_CLASS, ob.CLOCK, 2):
             raise _AccessError(en.DataAccessResult.OTHER_REASON)
-        low, _ = cosem.decode_datetime(bytes(start.value), cosem.COLOMBIA)
-        high, _ = cosem.decode_datetime(bytes(end.value), cosem.COLOMBIA)
+        low = ob.decode_datetime(bytes(start.value))
+        high = ob.decode_datetime(bytes(end.value))
     except _AccessError:
         raise
     except Exception as exc:  # noqa: BLE001 - malformed selector
         raise _AccessError(en.DataAccessResult.TYPE_UNMATCHED) from exc
     return low, high
-
-
-def _profile_buffer(
-    meter: SimulatedMeter, selection: tuple[datetime, datetime] | None
-) -> dlms_data.DataArray:
-    """Rows stamped with the interval END in Colombian time, energies in Wh/varh."""
-    period = meter.capture_period
-    if selection is None:
-        entries = _in_memory(meter)
-    else:
-        low, high = selection
-        entries = meter.profile(low - period, high - period + timedelta(microseconds=1))
-    rows = []
-    for entry in entries:
-        rows.append(
-            dlms_data.DataStructure(
-                [
-                    dlms_data.OctetStringData(cosem.encode_datetime(entry.end)),
-                    *(
-                        dlms_data.DoubleLongUnsignedData(_wh(entry.values[ch]))
-                        for ch in cosem.INTERVAL_ENERGY
-                    ),
-                    dlms_data.UnsignedIntegerData(int(entry.status)),
-                ]
-            )
-        )
-    return dlms_data.DataArray(rows)
 
 
 async def serve(
@@ -723,6 +716,7 @@ async def serve(
     framing: str = "wrapper",
     hdlc_lower: int | None = None,
     hdlc_address_size: int = 1,
+    variant: Mapping[int, DlmsVariant] | DlmsVariant | None = None,
 ) -> DlmsServer:
     """Start serving ``meters`` (server wPort -> meter; a bare meter is served at wPort 1).
 
@@ -730,13 +724,17 @@ async def serve(
     mechanism of each level per wPort (a bare :class:`MeterSecurity` applies to wPort 1).
     ``framing="hdlc"`` serves HDLC instead of the wrapper: the wPort becomes the HDLC upper
     address, ``hdlc_lower``/``hdlc_address_size`` the device's lower address and its size.
+    ``variant`` gives each meter's object layout and misbehaviours (:class:`DlmsVariant`; a
+    bare one applies to every meter served).
     """
     if isinstance(meters, SimulatedMeter):
         meters = {cosem.MANAGEMENT_LOGICAL_DEVICE: meters}
     if isinstance(security, MeterSecurity):
         security = {cosem.MANAGEMENT_LOGICAL_DEVICE: security}
+    if isinstance(variant, DlmsVariant):
+        variant = dict.fromkeys(meters, variant)
     server = DlmsServer(
-        meters, max_pdu_size, security, framing, hdlc_lower, hdlc_address_size
+        meters, max_pdu_size, security, framing, hdlc_lower, hdlc_address_size, variant
     )
     await server.start(host, port)
     return server

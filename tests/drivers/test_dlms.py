@@ -101,7 +101,7 @@ async def test_timezone_param_applies_when_deviation_unspecified(
 
     import simulators.dlms.server as sim
 
-    monkeypatch.setattr(sim.cosem, "encode_datetime", unspecified)
+    monkeypatch.setattr(sim.ob, "encode_datetime", unspecified)
     async with await connect(server) as session:
         colombian = await session.read_clock()
     async with await connect(server, timezone="+00:00") as session:
@@ -468,7 +468,12 @@ async def test_changed_scaler_applies_in_the_next_session(
     tens = dlms_data.DataStructure(
         [dlms_data.IntegerData(1), dlms_data.EnumData(cosem.UNIT_WH)]
     ).to_bytes()
-    monkeypatch.setitem(sim._SCALER_UNIT_BYTES, Channel.ACTIVE_IMPORT, tens)
+    real = sim.ob.scaler_unit
+
+    def reprogrammed(scaler: int, unit: int) -> bytes:
+        return tens if unit == cosem.UNIT_WH else real(scaler, unit)
+
+    monkeypatch.setattr(sim.ob, "scaler_unit", reprogrammed)
     _, after = await _hourly_session(server)
     assert after["requests"] == 6  # the columns did not change: the hint held
 
