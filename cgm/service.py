@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from cgm.config import Settings
 from cgm.db import database_url
 from cgm.migrate import upgrade
+from drivers import close_shared
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Service:
                 self.scheduler.shutdown(wait=False)
             for hook in reversed(self.on_stop):
                 await hook(self)
+            await close_shared()
             if self._broker is not None:
                 await self._broker.stop()
             log.info("cgm stopped")

@@ -6,6 +6,7 @@ lazily so that a deployment without, say, MQTT meters never imports aiomqtt.
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
 
 from drivers.base import (
@@ -44,6 +45,14 @@ def get_driver(protocol: str) -> Driver:
     return module.DRIVER
 
 
+async def close_shared() -> None:
+    """Close what drivers share across sessions (MQTT broker connections); call it before
+    the event loop ends. Loads no protocol module that was not used."""
+    mqtt = sys.modules.get("drivers.mqtt")
+    if mqtt is not None:
+        await mqtt.DRIVER.close_all()
+
+
 __all__ = [
     "ALL_CHANNELS",
     "PROTOCOLS",
@@ -68,5 +77,6 @@ __all__ = [
     "ProtocolError",
     "RegisterValue",
     "SessionEvent",
+    "close_shared",
     "get_driver",
 ]

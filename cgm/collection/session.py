@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from tenacity import (
     AsyncRetrying,
@@ -134,6 +135,7 @@ async def _open(
     params = dict(target.params)
     if target.protocol == "mqtt":
         params.setdefault("serial", target.serial)  # the meter's topic id defaults to its serial
+        params["broker_login"] = mqtt_login(target)
     for name, endpoint in zip(("primary", "backup"), target.endpoints, strict=False):
         try:
             async for attempt in AsyncRetrying(
@@ -156,6 +158,24 @@ async def _open(
             last = ConnectionFailed(str(exc))
     assert last is not None, "a meter target has at least one endpoint"
     raise last
+
+
+def mqtt_login(target: MeterConfig) -> Any:
+    """The driver's broker login for an MQTT meter: the registry's encrypted account (or
+    client key) and the meter's TLS params. Imported here so that a fleet without MQTT
+    meters never loads the MQTT client."""
+    from drivers.mqtt import BrokerLogin
+
+    account = target.broker
+    params = target.params
+    return BrokerLogin(
+        username=account.username if account else None,
+        password=account.password if account else None,
+        tls=bool(params.get("tls", False)),
+        ca_file=params.get("ca_file"),
+        client_cert=params.get("client_cert"),
+        client_key=account.client_key if account else None,
+    )
 
 
 def _check_config(config: ProfileConfig) -> list[str]:

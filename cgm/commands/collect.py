@@ -12,6 +12,7 @@ from cgm.collection.session import SessionPolicy
 from cgm.config import get_settings
 from cgm.db import current_url
 from cgm.security import secret_box
+from drivers import close_shared
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,9 +52,15 @@ def _collect(args: argparse.Namespace) -> int:
     config = EngineConfig(max_sessions=args.concurrency, policy=SessionPolicy(timeout=args.timeout))
     collector = Collector(url, secret_box(settings), config)
     # On demand for one frontier: the operator asked, so ignore the failure backoff.
-    summary = asyncio.run(
-        collector.run_cycle(frontier=args.frontier, force=args.frontier is not None)
-    )
+    async def once() -> CycleSummary:
+        try:
+            return await collector.run_cycle(
+                frontier=args.frontier, force=args.frontier is not None
+            )
+        finally:
+            await close_shared()
+
+    summary = asyncio.run(once())
     if args.frontier and summary.meters == 0:
         raise CommandError(f"no active meters for frontier {args.frontier}")
     if args.json:

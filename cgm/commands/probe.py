@@ -16,7 +16,15 @@ from typing import Any
 
 from cgm.cli import CommandError, secret_from_env
 from cgm.localtime import COLOMBIA
-from drivers import PROTOCOLS, AccessLevel, Credentials, DriverError, Endpoint, get_driver
+from drivers import (
+    PROTOCOLS,
+    AccessLevel,
+    Credentials,
+    DriverError,
+    Endpoint,
+    close_shared,
+    get_driver,
+)
 from drivers.base import NotSupported
 
 
@@ -68,6 +76,13 @@ def _secret(args: argparse.Namespace) -> str:
     if args.secret_env:
         return secret_from_env(args.secret_env, "--secret-env")
     return args.secret or ""
+
+
+async def _probe_and_close(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return await probe(args)
+    finally:
+        await close_shared()
 
 
 async def probe(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,7 +165,7 @@ def _print_text(out: dict[str, Any]) -> None:
 
 def _probe(args: argparse.Namespace) -> int:
     try:
-        out = asyncio.run(probe(args))
+        out = asyncio.run(_probe_and_close(args))
     except DriverError as exc:
         raise CommandError(f"{exc.reason}: {exc}") from exc
     if args.json:

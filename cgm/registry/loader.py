@@ -401,6 +401,16 @@ def _validate(
                         )
                     )
             inv.meter_lines[meter.serial] = mline
+            broker = meter.credentials.broker
+            if broker is not None and meter.protocol != "mqtt":
+                issues.append(
+                    Issue(file, mline, mwhere, "credentials.broker is for MQTT meters only")
+                )
+            if broker is not None and not broker.from_env:
+                inv.warnings.append(
+                    f"{file}:{mline}: {fr.code} meter {meter.serial}: broker secret is inline "
+                    "in the file; prefer env:VARNAME"
+                )
             for level, cred in meter.credentials.by_level().items():
                 if not cred.from_env:
                     inv.warnings.append(

@@ -7,6 +7,7 @@ values, an undeterminable point type). What is well-formed but breaks the Códig
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -135,9 +136,73 @@ class CredentialSpec(_Strict):
         return self._env is not None
 
 
+def _resolve_secret(value: SecretStr | None, what: str) -> tuple[SecretStr | None, str | None]:
+    """(secret, env var name) for a secret given inline or as ``env:VARNAME``."""
+    if value is None:
+        return None, None
+    raw = value.get_secret_value()
+    if not raw.startswith(ENV_PREFIX):
+        if not raw:
+            raise ValueError(f"{what} is empty")
+        return value, None
+    name = raw[len(ENV_PREFIX) :].strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"{what} 'env:' reference needs a variable name, e.g. env:MQTT_PW")
+    found = os.environ.get(name)
+    if not found:
+        raise ValueError(f"environment variable {name} ({what} reference) is not set")
+    return SecretStr(found), name
+
+
+class BrokerLoginSpec(_Strict):
+    """The CGM's login to an MQTT meter's broker: an account (``username`` + ``password``)
+    and/or a TLS client certificate (``client_key``: the PEM private key; the certificate
+    file, which is public, is the meter's ``params.client_cert``). Secrets as in
+    :class:`CredentialSpec`: inline or ``env:VARNAME``; stored encrypted."""
+
+    username: str | None = None
+    password: SecretStr | None = None
+    client_key: SecretStr | None = None
+    _env: list[str] = PrivateAttr(default_factory=list)
+
+    @field_validator("password", "client_key", mode="before")
+    @classmethod
+    def _string_only(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, str | SecretStr):
+            raise ValueError("must be a quoted string or 'env:VARNAME'")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve_env(self) -> BrokerLoginSpec:
+        if self.username is None and self.password is None and self.client_key is None:
+            raise ValueError("broker login needs a username (and password) or a client_key")
+        if self.password is not None and self.username is None:
+            raise ValueError("a broker password needs its username")
+        self.password, pw_env = _resolve_secret(self.password, "password")
+        self.client_key, key_env = _resolve_secret(self.client_key, "client_key")
+        self._env = [n for n in (pw_env, key_env) if n]
+        return self
+
+    @property
+    def from_env(self) -> bool:
+        inline = [s for s in (self.password, self.client_key) if s is not None]
+        return len(self._env) == len(inline)
+
+    def sealed(self) -> str:
+        """The secret part as one string, for encryption at rest."""
+        return json.dumps(
+            {
+                "password": self.password.get_secret_value() if self.password else None,
+                "client_key": self.client_key.get_secret_value() if self.client_key else None,
+            },
+            sort_keys=True,
+        )
+
+
 class CredentialsSpec(_Strict):
     level1: CredentialSpec | None = None  # reads (art. 17 level 1)
     level2: CredentialSpec | None = None  # also sets clock/parameters (level 2)
+    broker: BrokerLoginSpec | None = None  # MQTT: the CGM's login to the meter's broker
 
     def by_level(self) -> dict[AccessLevel, CredentialSpec]:
         found = {AccessLevel.READ: self.level1, AccessLevel.CONFIGURE: self.level2}

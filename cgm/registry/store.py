@@ -27,6 +27,21 @@ from cgm.security import SecretBox, SecretKeyError
 from drivers.base import AccessLevel, Channel, Credentials, Endpoint
 
 IMPORT_LOCK = 0x43474D5F524547  # "CGM_REG"
+BROKER_LEVEL = 0  # meter_credential.level of an MQTT meter's broker login (migration 0080)
+
+
+@dataclass(frozen=True)
+class BrokerAccount:
+    """The CGM's decrypted login to an MQTT meter's broker; secrets stay out of the repr."""
+
+    username: str | None
+    password: str | None = field(default=None, repr=False)
+    client_key: str | None = field(default=None, repr=False)  # PEM private key
+
+
+def _broker_account(client: str | None, sealed: str) -> BrokerAccount:
+    data = json.loads(sealed)
+    return BrokerAccount(client, data.get("password"), data.get("client_key"))
 
 
 @dataclass
@@ -134,12 +149,17 @@ def _sync_credentials(
             (meter_id,),
         )
     }
-    wanted = meter.credentials.by_level()
+    wanted: dict[int, tuple[str | None, str]] = {
+        int(level): (spec.client, spec.secret.get_secret_value())
+        for level, spec in meter.credentials.by_level().items()
+    }
+    if meter.credentials.broker is not None:
+        broker = meter.credentials.broker
+        wanted[BROKER_LEVEL] = (broker.username, broker.sealed())
     changed = 0
-    for level, spec in wanted.items():
-        secret = spec.secret.get_secret_value()
-        old = existing.get(int(level))
-        if old is not None and old[0] == spec.client:
+    for level, (client, secret) in wanted.items():
+        old = existing.get(level)
+        if old is not None and old[0] == client:
             try:
                 if box.decrypt(old[1]) == secret:
                     continue
@@ -151,10 +171,10 @@ def _sync_credentials(
                ON CONFLICT (meter_id, level) DO UPDATE
                SET client = EXCLUDED.client, secret_enc = EXCLUDED.secret_enc,
                    updated_at = now()""",
-            (meter_id, int(level), spec.client, box.encrypt(secret)),
+            (meter_id, level, client, box.encrypt(secret)),
         )
         changed += 1
-    for level in existing.keys() - {int(lv) for lv in wanted}:
+    for level in existing.keys() - wanted.keys():
         conn.execute(
             "DELETE FROM meter_credential WHERE meter_id = %s AND level = %s", (meter_id, level)
         )
@@ -350,6 +370,7 @@ class MeterConfig:
     adjustment_factor: float
     credentials: Mapping[AccessLevel, Credentials] = field(repr=False)
     installed_capacity_mva: float | None = None  # the frontier's, for the plausibility guard
+    broker: BrokerAccount | None = field(default=None, repr=False)  # MQTT broker login
 
     def credential(self, level: AccessLevel) -> Credentials | None:
         return self.credentials.get(level)
@@ -372,7 +393,11 @@ def _meter_configs(
     rows: list[tuple[Any, ...]], creds: list[tuple[Any, ...]], box: SecretBox
 ) -> list[MeterConfig]:
     by_meter: dict[int, dict[AccessLevel, Credentials]] = {}
+    brokers: dict[int, BrokerAccount] = {}
     for meter_id, level, client, enc in creds:
+        if level == BROKER_LEVEL:
+            brokers[meter_id] = _broker_account(client, box.decrypt(bytes(enc)))
+            continue
         lv = AccessLevel(level)
         by_meter.setdefault(meter_id, {})[lv] = Credentials(lv, box.decrypt(bytes(enc)), client)
     out = []
@@ -397,6 +422,7 @@ def _meter_configs(
                 adjustment_factor=factor,
                 credentials=by_meter.get(mid, {}),
                 installed_capacity_mva=capacity,
+                broker=brokers.get(mid),
             )
         )
     return out

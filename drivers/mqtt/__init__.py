@@ -3,13 +3,23 @@
 See ``drivers/mqtt/README.md`` for the topic layout, payloads and access levels.
 """
 
-from drivers.mqtt.driver import MqttDriver, MqttSession, ProfileSubscription, subscribe_profiles
-from drivers.mqtt.protocol import SCHEMA
-
-DRIVER = MqttDriver()
+from drivers.mqtt.driver import (
+    DRIVER,
+    BrokerConnection,
+    BrokerLogin,
+    MqttDriver,
+    MqttSession,
+    ProfileSubscription,
+    subscribe_profiles,
+)
+from drivers.mqtt.protocol import AUTH_BROKER_ACL, AUTH_SIGNATURE, SCHEMA
 
 __all__ = [
+    "AUTH_BROKER_ACL",
+    "AUTH_SIGNATURE",
     "DRIVER",
+    "BrokerConnection",
+    "BrokerLogin",
     "SCHEMA",
     "MqttDriver",
     "MqttSession",

@@ -1,26 +1,38 @@
-"""The MQTT driver: MQTT 5 request/response for commands, a subscription for pushed entries.
+"""The MQTT driver: MQTT 5 request/response for commands, pushed entries on the same link.
 
-A session is one aiomqtt connection with a private response topic. Each command is a PUBLISH
-to the meter's command topic with Response Topic and Correlation Data properties; the
-answer is matched by correlation data, so any number of sessions (and meters) share a
-broker without crosstalk. Commands carry an HMAC of the request made with the art. 17
-level's secret; the secret itself never leaves the CGM.
+One broker connection per (broker, account, TLS settings) is shared by every session of the
+process (see :class:`BrokerConnection`): a session is a private state (serial, secret,
+pending requests) on that connection, not a connection of its own. Each command is a
+PUBLISH to the meter's command topic with Response Topic ``…/clients/{id}/res/{serial}``
+and Correlation Data; the answer is matched by correlation data.
+
+Commands carry an HMAC of the request made with the art. 17 level's secret. Answers are
+accepted only when authenticated: signed with the same secret over the request's nonce
+(``answer_auth: signature``, the default), or arriving on the meter's own response topic
+where the broker's ACL lets only that meter's account publish (``answer_auth: broker_acl``).
+An unauthenticated answer is logged and dropped; the request keeps waiting for the real one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
+import os
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Self
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from drivers.base import (
     AccessDenied,
@@ -33,6 +45,7 @@ from drivers.base import (
     Endpoint,
     MeterIdentity,
     MeterSession,
+    MeterTimeout,
     NotSupported,
     ProfileConfig,
     ProfileEntry,
@@ -45,6 +58,50 @@ from drivers.mqtt import protocol as p
 log = logging.getLogger(__name__)
 
 _BAD_BROKER_CREDENTIALS = {0x86, 0x87, 4, 5}  # MQTT 5 bad user/password, not authorised; 3.1.1
+_INFLIGHT = 1000  # QoS-1 publishes in flight on the shared connection (paho's default is 20)
+IDLE_CLOSE = 30.0  # seconds a shared connection stays open with no session or subscriber
+
+
+@dataclass(frozen=True)
+class BrokerLogin:
+    """How the CGM logs in to a broker: an account and/or a client certificate, and TLS.
+
+    ``password`` and ``client_key`` (PEM text) are secrets: they never appear in a repr.
+    ``tls`` is implied by a CA file or a client certificate.
+    """
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: str | None = None
+    client_cert: str | None = None  # PEM certificate file (public)
+    client_key: str | None = field(default=None, repr=False)  # PEM private key text
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or bool(self.ca_file or self.client_cert)
+
+    def key(self) -> tuple[Any, ...]:
+        """Identity of a connection: sessions with equal keys share one."""
+        secret = hashlib.sha256(f"{self.password}\0{self.client_key}".encode()).hexdigest()
+        return (self.username, secret, self.uses_tls, self.ca_file, self.client_cert)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.uses_tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.client_cert:
+            if not self.client_key:
+                raise ValueError("a client certificate needs its private key")
+            # ssl loads keys only from files: a private temporary file, removed at once.
+            fd, path = tempfile.mkstemp(prefix="cgm-mqtt-", suffix=".key")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(self.client_key)
+                ctx.load_cert_chain(self.client_cert, path)
+            finally:
+                os.unlink(path)
+        return ctx
 
 
 def _broker_error(exc: Exception, endpoint: Endpoint, what: str) -> DriverError:
@@ -52,130 +109,376 @@ def _broker_error(exc: Exception, endpoint: Endpoint, what: str) -> DriverError:
     code = getattr(rc, "value", rc)
     if code in _BAD_BROKER_CREDENTIALS:
         return AuthenticationFailed(f"broker {endpoint} refused the credentials", endpoint=endpoint)
+    if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+        return ConnectionFailed(f"TLS with broker {endpoint} failed: {exc}", endpoint=endpoint)
     return ConnectionFailed(f"{what} broker {endpoint}: {exc}", endpoint=endpoint)
 
 
-def _client(
-    endpoint: Endpoint,
-    *,
-    identifier: str,
-    username: str | None,
-    password: str | None,
-    timeout: float,
-    properties: Properties | None = None,
-    clean_start: bool = True,
-) -> aiomqtt.Client:
-    return aiomqtt.Client(
-        endpoint.host,
-        endpoint.port,
-        username=username,
-        password=password,
-        identifier=identifier,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        timeout=timeout,
-        keepalive=30,
-        clean_start=clean_start,
-        properties=properties,
-    )
+# --- the shared connection ---------------------------------------------------------------
 
 
-class MqttSession(MeterSession):
-    """One CGM-to-meter session over a broker; see the module docstring."""
+@dataclass
+class _Pending:
+    """One request waiting for its authenticated answer."""
+
+    future: asyncio.Future[tuple[dict[str, Any], datetime]]
+    serial: str
+    command: str
+    level: int
+    nonce: str
+    secret: str
+    auth_mode: str
+    grace: float = 5.0  # how long an unverifiable refusal waits for an authenticated answer
+    fallback_armed: bool = False
+
+
+Listener = Callable[[str, str, aiomqtt.Message], None]  # (prefix, serial, message)
+
+
+class BrokerConnection:
+    """One MQTT 5 connection shared by all sessions and profile subscribers on it."""
 
     def __init__(
         self,
         endpoint: Endpoint,
-        credentials: Credentials,
-        timeout: float,
+        login: BrokerLogin,
         *,
-        serial: str,
-        prefix: str,
-        username: str | None,
-        password: str | None,
+        timeout: float,
+        client_id: str | None = None,
+        session_expiry: int | None = None,
     ) -> None:
-        super().__init__(endpoint, credentials, timeout)
-        self.serial = serial
-        self.prefix = prefix
-        self.client_id = f"cgm-{secrets.token_hex(6)}"
-        self._username = username
-        self._password = password
-        self._cmd_topic = p.command_topic(prefix, serial)
-        self._status_topic = p.status_topic(prefix, serial)
-        self._res_topic = p.response_topic(prefix, self.client_id)
-        self._pending: dict[bytes, asyncio.Future[tuple[bytes, datetime]]] = {}
-        self._failed: DriverError | None = None
-        self._stack = contextlib.AsyncExitStack()
-        self._client: aiomqtt.Client | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self.meter_level: int | None = None  # level the meter granted at hello
-
-    async def _open(self) -> None:
-        client = _client(
-            self.endpoint,
+        self.endpoint = endpoint
+        self.login = login
+        self.client_id = client_id or f"cgm-{secrets.token_hex(6)}"
+        props = None
+        if session_expiry:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry
+        self._client = aiomqtt.Client(
+            endpoint.host,
+            endpoint.port,
+            username=login.username,
+            password=login.password,
             identifier=self.client_id,
-            username=self._username,
-            password=self._password,
-            timeout=self.timeout,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=timeout,
+            keepalive=30,
+            # A durable subscriber resumes its session and gets what was queued meanwhile.
+            clean_start=not (client_id and session_expiry),
+            properties=props,
+            tls_context=login.ssl_context(),
+            max_inflight_messages=_INFLIGHT,
         )
-        try:
-            await self._stack.enter_async_context(client)
-            await client.subscribe(self._res_topic, qos=1)
-            await client.subscribe(self._status_topic, qos=1)
-        except (aiomqtt.MqttError, OSError) as exc:
-            await self._stack.aclose()
-            raise _broker_error(exc, self.endpoint, "cannot reach") from exc
-        self._client = client
-        self._reader_task = asyncio.create_task(self._read_loop(client))
+        self._client.pending_calls_threshold = _INFLIGHT
+        self._pending: dict[bytes, _Pending] = {}
+        self._prefixes: dict[str, asyncio.Future[None]] = {}
+        self._listeners: dict[str, list[Listener]] = {}  # prefix -> profile listeners
+        self._reader: asyncio.Task[None] | None = None
+        self.failed: DriverError | None = None
+        self.users = 0
+        self.rejected = 0  # unauthenticated answers dropped (each one logged)
+        self._idle: asyncio.TimerHandle | None = None
 
-    async def _read_loop(self, client: aiomqtt.Client) -> None:
+    async def open(self) -> None:
         try:
-            async for msg in client.messages:
-                self._dispatch(msg)
+            await self._client.__aenter__()
+        except (aiomqtt.MqttError, OSError) as exc:
+            raise _broker_error(exc, self.endpoint, "cannot reach") from exc
+        self._reader = asyncio.create_task(self._read_loop())
+
+    async def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._fail(ConnectionFailed("connection closed", endpoint=self.endpoint))
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait([self._reader], timeout=1.0)
+        with contextlib.suppress(Exception):
+            await self._client.__aexit__(None, None, None)
+
+    async def use_prefix(self, prefix: str) -> None:
+        """Subscribe (once per prefix) to this client's answers and the meters' statuses."""
+        fut = self._prefixes.get(prefix)
+        if fut is None:
+            fut = self._prefixes[prefix] = asyncio.ensure_future(self._subscribe(prefix))
+        try:
+            await asyncio.shield(fut)
+        except BaseException:
+            if fut.done():
+                self._prefixes.pop(prefix, None)
+            raise
+
+    async def _subscribe(self, prefix: str) -> None:
+        try:
+            await self._client.subscribe(p.responses_filter(prefix, self.client_id), qos=1)
+            # Live status changes only: a retained "online" from the past says nothing now.
+            live = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            await self._client.subscribe(p.all_status_filter(prefix), options=live)
+        except aiomqtt.MqttError as exc:
+            raise _broker_error(exc, self.endpoint, "cannot subscribe on") from exc
+
+    async def add_profile_listener(self, prefix: str, listener: Listener) -> None:
+        first = prefix not in self._listeners
+        self._listeners.setdefault(prefix, []).append(listener)
+        if first:
+            try:
+                await self._client.subscribe(p.all_profiles_filter(prefix), qos=1)
+            except aiomqtt.MqttError as exc:
+                self._listeners.pop(prefix, None)
+                raise _broker_error(exc, self.endpoint, "cannot subscribe on") from exc
+
+    def remove_profile_listener(self, prefix: str, listener: Listener) -> None:
+        listeners = self._listeners.get(prefix, [])
+        with contextlib.suppress(ValueError):
+            listeners.remove(listener)
+
+    async def request(
+        self, pending: _Pending, prefix: str, topic: str, body: bytes, timeout: float
+    ) -> tuple[dict[str, Any], datetime]:
+        if self.failed is not None:
+            raise type(self.failed)(str(self.failed), endpoint=self.endpoint)
+        corr = secrets.token_bytes(16)
+        self._pending[corr] = pending
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = p.response_topic(prefix, self.client_id, pending.serial)
+        props.CorrelationData = corr
+        props.ContentType = "application/json"
+        # A request nobody picked up in time is worthless; let the broker drop it.
+        props.MessageExpiryInterval = max(1, math.ceil(timeout))
+        try:
+            try:
+                await self._client.publish(topic, body, qos=1, properties=props)
+            except aiomqtt.MqttError as exc:
+                raise ConnectionFailed(
+                    f"{pending.command}: publish failed: {exc}", endpoint=self.endpoint
+                ) from exc
+            pending.grace = timeout / 2
+            return await pending.future
+        finally:
+            self._pending.pop(corr, None)
+
+    # -- incoming --
+
+    async def _read_loop(self) -> None:
+        try:
+            async for msg in self._client.messages:
+                try:
+                    self._dispatch(msg)
+                except Exception:  # noqa: BLE001 - one bad message must not stop the link
+                    log.exception("MQTT message on %s could not be handled", msg.topic.value)
         except aiomqtt.MqttError as exc:
             self._fail(ConnectionFailed(f"lost broker {self.endpoint}: {exc}"))
 
     def _dispatch(self, msg: aiomqtt.Message) -> None:
         topic = msg.topic.value
-        if topic == self._res_topic:
-            corr = getattr(msg.properties, "CorrelationData", None)
-            fut = self._pending.get(bytes(corr)) if corr else None
-            if fut is not None and not fut.done():
-                fut.set_result((bytes(msg.payload), utcnow()))
-        elif topic == self._status_topic and not msg.retain:
-            # A live "offline" while we wait is the MQTT form of a dropped connection.
-            try:
-                state = p.loads(bytes(msg.payload)).get("state")
-            except p.PayloadError:
-                return
-            if state == "offline":
-                err = ConnectionFailed(f"meter {self.serial} went offline", endpoint=self.endpoint)
-                for fut in self._pending.values():
-                    if not fut.done():
-                        fut.set_exception(err)
+        prefix, _, rest = topic.partition(f"/{p.TOPIC_VERSION}/")
+        if rest.startswith("clients/"):
+            serial = p.response_topic_serial(prefix, self.client_id, topic)
+            if serial is not None:
+                self._answer(serial, msg)
+        elif rest.endswith("/profile"):
+            serial = p.meter_topic_serial(prefix, topic, "profile")
+            if serial is not None:
+                for listener in list(self._listeners.get(prefix, ())):
+                    listener(prefix, serial, msg)
+        elif rest.endswith("/status") and not msg.retain:
+            serial = p.meter_topic_serial(prefix, topic, "status")
+            if serial is not None:
+                self._status(serial, msg)
+
+    def _answer(self, topic_serial: str, msg: aiomqtt.Message) -> None:
+        corr = getattr(msg.properties, "CorrelationData", None)
+        pending = self._pending.get(bytes(corr)) if corr else None
+        if pending is None or pending.future.done():
+            return
+        if topic_serial != pending.serial:
+            self._reject(pending, f"answer for {pending.serial} on {topic_serial}'s topic")
+            return
+        try:
+            answer = p.loads(bytes(msg.payload))
+        except p.PayloadError as exc:
+            err = ProtocolError(f"{pending.command}: {exc}", endpoint=self.endpoint)
+            if pending.auth_mode == p.AUTH_BROKER_ACL:
+                pending.future.set_exception(err)
+            else:
+                self._reject(pending, f"unauthenticated, not JSON: {exc}", err)
+            return
+        if pending.auth_mode == p.AUTH_SIGNATURE and not p.verify_answer(
+            answer, pending.secret, pending.level, pending.nonce
+        ):
+            fallback = None
+            error = answer.get("error")
+            if isinstance(error, dict) and error.get("code") == "auth":
+                # A meter refusing our secret signs with its own, which we cannot verify.
+                fallback = AuthenticationFailed(
+                    f"{pending.command} on {pending.serial}: the meter refused the "
+                    "credentials (its answer could not be verified with them)",
+                    endpoint=self.endpoint,
+                )
+            self._reject(pending, "signature missing or does not verify", fallback)
+            return
+        pending.future.set_result((answer, utcnow()))
+
+    def _reject(self, pending: _Pending, why: str, fallback: DriverError | None = None) -> None:
+        """Drop an unauthenticated answer. With a ``fallback`` (a refusal or a corrupt answer
+        that may be the meter's own), fail the request with it unless an authenticated
+        answer comes within the grace period: a forged one must not beat the real meter."""
+        if fallback is not None and not pending.fallback_armed:
+            pending.fallback_armed = True
+
+            def expire() -> None:
+                if not pending.future.done():
+                    pending.future.set_exception(fallback)
+
+            asyncio.get_running_loop().call_later(pending.grace, expire)
+        self.rejected += 1
+        log.warning(
+            "refused an unauthenticated answer to %s for meter %s: %s",
+            pending.command,
+            pending.serial,
+            why,
+        )
+
+    def _status(self, serial: str, msg: aiomqtt.Message) -> None:
+        # A live "offline" while we wait is the MQTT form of a dropped connection.
+        try:
+            state = p.loads(bytes(msg.payload)).get("state")
+        except p.PayloadError:
+            return
+        if state != "offline":
+            return
+        err = ConnectionFailed(f"meter {serial} went offline", endpoint=self.endpoint)
+        for pending in self._pending.values():
+            if pending.serial == serial and not pending.future.done():
+                pending.future.set_exception(err)
 
     def _fail(self, err: DriverError) -> None:
         err.endpoint = self.endpoint
-        self._failed = err
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(err)
+        self.failed = err
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(err)
+
+
+class _Pool:
+    """Shared connections of one event loop, by broker, login and client id."""
+
+    def __init__(self) -> None:
+        self._conns: dict[tuple[Any, ...], BrokerConnection] = {}
+        self._opening: dict[tuple[Any, ...], asyncio.Future[BrokerConnection]] = {}
+
+    async def acquire(
+        self,
+        endpoint: Endpoint,
+        login: BrokerLogin,
+        *,
+        timeout: float,
+        client_id: str | None = None,
+        session_expiry: int | None = None,
+    ) -> BrokerConnection:
+        key = (endpoint.host, endpoint.port, login.key(), client_id)
+        while True:
+            conn = self._conns.get(key)
+            if conn is not None and conn.failed is None:
+                conn.users += 1
+                if conn._idle is not None:
+                    conn._idle.cancel()
+                    conn._idle = None
+                return conn
+            if conn is not None:  # failed: replace it
+                self._conns.pop(key, None)
+                asyncio.ensure_future(conn.close())
+            opening = self._opening.get(key)
+            if opening is None:
+                opening = self._opening[key] = asyncio.ensure_future(
+                    self._open(key, endpoint, login, timeout, client_id, session_expiry)
+                )
+            try:
+                await asyncio.shield(opening)
+            finally:
+                if opening.done():
+                    self._opening.pop(key, None)
+
+    async def _open(
+        self,
+        key: tuple[Any, ...],
+        endpoint: Endpoint,
+        login: BrokerLogin,
+        timeout: float,
+        client_id: str | None,
+        session_expiry: int | None,
+    ) -> BrokerConnection:
+        conn = BrokerConnection(
+            endpoint, login, timeout=timeout, client_id=client_id, session_expiry=session_expiry
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                await conn.open()
+        except TimeoutError as exc:
+            await conn.close()
+            raise ConnectionFailed(f"broker {endpoint} did not answer", endpoint=endpoint) from exc
+        self._conns[key] = conn
+        return conn
+
+    def release(self, conn: BrokerConnection, idle_close: float = IDLE_CLOSE) -> None:
+        conn.users -= 1
+        if conn.users > 0:
+            return
+        if conn.failed is not None:
+            idle_close = 0
+        conn._idle = asyncio.get_running_loop().call_later(
+            idle_close, lambda: asyncio.ensure_future(self._close_idle(conn))
+        )
+
+    async def _close_idle(self, conn: BrokerConnection) -> None:
+        if conn.users > 0:
+            return
+        for key, c in list(self._conns.items()):
+            if c is conn:
+                del self._conns[key]
+        await conn.close()
+
+    async def close_all(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+    def connections(self) -> list[BrokerConnection]:
+        return list(self._conns.values())
+
+
+# --- sessions ----------------------------------------------------------------------------
+
+
+class MqttSession(MeterSession):
+    """One CGM-to-meter session on a shared broker connection; see the module docstring."""
+
+    def __init__(
+        self,
+        conn: BrokerConnection,
+        pool: _Pool,
+        credentials: Credentials,
+        timeout: float,
+        *,
+        serial: str,
+        prefix: str,
+        auth_mode: str,
+    ) -> None:
+        super().__init__(conn.endpoint, credentials, timeout)
+        self.serial = serial
+        self.prefix = prefix
+        self.auth_mode = auth_mode
+        self.connection = conn
+        self._pool = pool
+        self._cmd_topic = p.command_topic(prefix, serial)
+        self._closed = False
+        self.meter_level: int | None = None  # level the meter granted at hello
 
     async def _request(
         self, command: str, args: Mapping[str, Any] | None = None
     ) -> tuple[dict[str, Any], datetime, datetime]:
         """Send one signed command; return (result, sent_at, received_at) or raise."""
-        if self._failed is not None:
-            raise type(self._failed)(str(self._failed), endpoint=self.endpoint)
-        assert self._client is not None
-        corr = secrets.token_bytes(16)
-        fut: asyncio.Future[tuple[bytes, datetime]] = asyncio.get_running_loop().create_future()
-        self._pending[corr] = fut
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self._res_topic
-        props.CorrelationData = corr
-        props.ContentType = "application/json"
-        # A request nobody picked up in time is worthless; let the broker drop it.
-        props.MessageExpiryInterval = max(1, math.ceil(self.timeout))
+        if self._closed:
+            raise ConnectionFailed("session closed", endpoint=self.endpoint)
         sent_at = utcnow()
         body = p.build_request(
             self.serial,
@@ -186,18 +489,20 @@ class MqttSession(MeterSession):
             self.credentials.client,
             sent_at,
         )
+        pending = _Pending(
+            asyncio.get_running_loop().create_future(),
+            self.serial,
+            command,
+            int(self.credentials.level),
+            body["auth"]["nonce"],
+            self.credentials.secret,
+            self.auth_mode,
+        )
+        answer, received_at = await self.connection.request(
+            pending, self.prefix, self._cmd_topic, p.dumps(body), self.timeout
+        )
         try:
-            try:
-                await self._client.publish(self._cmd_topic, p.dumps(body), qos=1, properties=props)
-            except aiomqtt.MqttError as exc:
-                raise ConnectionFailed(
-                    f"{command}: publish failed: {exc}", endpoint=self.endpoint
-                ) from exc
-            payload, received_at = await fut
-        finally:
-            self._pending.pop(corr, None)
-        try:
-            result = p.parse_response(payload, self.serial, command)
+            result = p.parse_response(answer, self.serial, command)
         except p.MeterError as exc:
             raise self._meter_error(command, exc) from exc
         except p.PayloadError as exc:
@@ -257,19 +562,50 @@ class MqttSession(MeterSession):
         return [RegisterValue(ch, value, unit, received_at) for ch, value, unit in regs]
 
     async def _close(self) -> None:
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            await asyncio.wait([self._reader_task], timeout=1.0)
-        self._fail(ConnectionFailed("session closed"))
-        with contextlib.suppress(Exception):
-            await self._stack.aclose()
+        if not self._closed:
+            self._closed = True
+            self._pool.release(self.connection)
+
+
+def login_from_params(params: Mapping[str, Any]) -> BrokerLogin:
+    """The broker login of a meter: ``params['broker_login']`` (a :class:`BrokerLogin`, as
+    the CGM builds it from its encrypted credentials), else the plain ``username`` /
+    ``password`` / ``tls`` / ``ca_file`` params (tests and ``cgm probe``)."""
+    login = params.get("broker_login")
+    if isinstance(login, BrokerLogin):
+        return login
+    return BrokerLogin(
+        username=params.get("username"),
+        password=params.get("password"),
+        tls=bool(params.get("tls", False)),
+        ca_file=params.get("ca_file"),
+        client_cert=params.get("client_cert"),
+        client_key=params.get("client_key"),
+    )
 
 
 class MqttDriver(Driver):
     """``protocol = "mqtt"``. Params: ``serial`` (required), ``topic_prefix`` (``"cgm"``),
-    ``username`` / ``password`` (broker account, optional)."""
+    ``answer_auth`` (``signature`` | ``broker_acl``), ``tls``, ``ca_file``, ``client_cert``
+    and the broker login (``broker_login``, or ``username`` / ``password``)."""
 
     protocol = "mqtt"
+
+    def __init__(self) -> None:
+        self._pools: dict[asyncio.AbstractEventLoop, _Pool] = {}
+
+    def pool(self) -> _Pool:
+        loop = asyncio.get_running_loop()
+        for other in [lp for lp in self._pools if lp.is_closed()]:
+            del self._pools[other]
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = self._pools[loop] = _Pool()
+        return pool
+
+    async def close_all(self) -> None:
+        """Close this loop's shared connections (at service shutdown)."""
+        await self.pool().close_all()
 
     async def connect(
         self,
@@ -282,133 +618,180 @@ class MqttDriver(Driver):
         serial = params.get("serial")
         if not isinstance(serial, str) or not serial:
             raise ValueError("the mqtt driver needs params['serial']")
+        auth_mode = params.get("answer_auth") or p.AUTH_SIGNATURE
+        if auth_mode not in p.ANSWER_AUTH_MODES:
+            raise ValueError(f"answer_auth must be one of {', '.join(p.ANSWER_AUTH_MODES)}")
+        prefix = params.get("topic_prefix") or p.DEFAULT_PREFIX
+        pool = self.pool()
+        conn = await pool.acquire(endpoint, login_from_params(params), timeout=timeout)
         session = MqttSession(
-            endpoint,
-            credentials,
-            timeout,
-            serial=serial,
-            prefix=params.get("topic_prefix") or p.DEFAULT_PREFIX,
-            username=params.get("username"),
-            password=params.get("password"),
+            conn, pool, credentials, timeout, serial=serial, prefix=prefix, auth_mode=auth_mode
         )
         try:
-            await asyncio.wait_for(session._open(), timeout)
-        except TimeoutError as exc:
-            raise ConnectionFailed(f"broker {endpoint} did not answer", endpoint=endpoint) from exc
-        try:
+            async with asyncio.timeout(timeout):
+                await conn.use_prefix(prefix)
             # Authenticate now, as other drivers do at association: a wrong secret fails here.
             await session._call("connect", session._hello)
+        except TimeoutError as exc:
+            await session.close()
+            raise MeterTimeout(f"broker {endpoint} did not answer", endpoint=endpoint) from exc
         except BaseException:
             await session.close()
             raise
         return session
 
 
+DRIVER = MqttDriver()
+
+
 # --- pushed profile entries ----------------------------------------------------------------
+
+# What a subscriber knows of a meter to authenticate its pushes: its level-1 secret, or
+# AUTH_BROKER_ACL when the broker's ACL vouches for the topic; None: not a meter we know.
+PushAuth = Callable[[str], str | None]
 
 
 class ProfileSubscription:
-    """Pushed hourly entries as ``(serial, ProfileEntry)``; see :func:`subscribe_profiles`."""
+    """Authenticated pushed entries as ``(serial, ProfileEntry)``; see
+    :func:`subscribe_profiles`."""
 
     def __init__(
         self,
         endpoint: Endpoint,
+        login: BrokerLogin,
         *,
         prefix: str,
         serials: Iterable[str] | None,
-        username: str | None,
-        password: str | None,
+        auth: PushAuth,
         client_id: str | None,
         session_expiry: int | None,
         timeout: float,
+        max_queued: int = 100_000,
     ) -> None:
         self.endpoint = endpoint
         self.prefix = prefix
-        self.serials = None if serials is None else list(serials)
+        self.serials = None if serials is None else set(serials)
+        self._login = login
+        self._auth = auth
+        self._client_id = client_id
+        self._session_expiry = session_expiry
         self._timeout = timeout
-        props = None
-        if session_expiry:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = session_expiry
-        self._client = _client(
-            endpoint,
-            identifier=client_id or f"cgm-profiles-{secrets.token_hex(6)}",
-            username=username,
-            password=password,
-            timeout=timeout,
-            properties=props,
-            # A durable subscriber resumes its session and gets what was queued meanwhile.
-            clean_start=not (client_id and session_expiry),
+        self._queue: asyncio.Queue[tuple[str, list[ProfileEntry]] | DriverError] = asyncio.Queue(
+            max_queued
         )
+        self._conn: BrokerConnection | None = None
+        self._pool: _Pool | None = None
         self.skipped = 0  # malformed messages dropped (logged)
+        self.rejected = 0  # unauthenticated messages dropped (logged)
 
     async def __aenter__(self) -> Self:
+        self._pool = DRIVER.pool()
+        self._conn = await self._pool.acquire(
+            self.endpoint,
+            self._login,
+            timeout=self._timeout,
+            client_id=self._client_id,
+            session_expiry=self._session_expiry,
+        )
         try:
-            await self._client.__aenter__()
-            if self.serials is None:
-                await self._client.subscribe(p.all_profiles_filter(self.prefix), qos=1)
-            else:
-                for serial in self.serials:
-                    await self._client.subscribe(p.profile_topic(self.prefix, serial), qos=1)
-        except (aiomqtt.MqttError, OSError) as exc:
-            with contextlib.suppress(Exception):
-                await self._client.__aexit__(None, None, None)
-            raise _broker_error(exc, self.endpoint, "cannot reach") from exc
+            await self._conn.add_profile_listener(self.prefix, self._on_message)
+        except BaseException:
+            self._pool.release(self._conn)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            await self._client.__aexit__(None, None, None)
+        if self._conn is not None and self._pool is not None:
+            self._conn.remove_profile_listener(self.prefix, self._on_message)
+            # A durable subscriber closes at once so that the broker queues for it.
+            self._pool.release(self._conn, 0 if self._client_id else IDLE_CLOSE)
+            self._conn = None
+
+    def _on_message(self, prefix: str, serial: str, msg: aiomqtt.Message) -> None:
+        if self.serials is not None and serial not in self.serials:
+            return
+        try:
+            body = p.loads(bytes(msg.payload))
+            if body.get("serial") != serial:
+                raise p.PayloadError(f"serial {body.get('serial')!r} on {serial}'s topic")
+        except p.PayloadError as exc:
+            self.skipped += 1
+            log.warning("skipping bad profile message from %s: %s", serial, exc)
+            return
+        secret = self._auth(serial)
+        if secret is None or (
+            secret != p.AUTH_BROKER_ACL and not p.verify_push(body, secret)
+        ):
+            self.rejected += 1
+            log.warning(
+                "refused unauthenticated profile entries for meter %s (%s)",
+                serial,
+                "unknown meter" if secret is None else "signature missing or does not verify",
+            )
+            return
+        try:
+            entries = p.decode_entries(body)
+        except p.PayloadError as exc:
+            self.skipped += 1
+            log.warning("skipping bad profile message from %s: %s", serial, exc)
+            return
+        try:
+            self._queue.put_nowait((serial, entries))
+        except asyncio.QueueFull:
+            self.skipped += 1
+            log.warning("profile queue full: entries of %s dropped (read_profile fills it)", serial)
 
     def __aiter__(self) -> AsyncIterator[tuple[str, ProfileEntry]]:
         return self._iterate()
 
+    async def batches(self) -> AsyncIterator[tuple[str, list[ProfileEntry]]]:
+        """Each authenticated message's entries, as they arrive."""
+        while True:
+            conn = self._conn
+            if conn is not None and conn.failed is not None and self._queue.empty():
+                raise ConnectionFailed(f"lost broker {self.endpoint}: {conn.failed}")
+            try:
+                async with asyncio.timeout(1.0):
+                    item = await self._queue.get()
+            except TimeoutError:
+                continue
+            if isinstance(item, DriverError):
+                raise item
+            yield item
+
     async def _iterate(self) -> AsyncIterator[tuple[str, ProfileEntry]]:
-        try:
-            async for msg in self._client.messages:
-                serial = p.meter_topic_serial(self.prefix, msg.topic.value, "profile")
-                if serial is None:
-                    continue
-                try:
-                    body = p.loads(bytes(msg.payload))
-                    if body.get("serial") != serial:
-                        raise p.PayloadError(f"serial {body.get('serial')!r} on {serial}'s topic")
-                    entries = p.decode_entries(body)
-                except p.PayloadError as exc:
-                    self.skipped += 1
-                    log.warning("skipping bad profile message from %s: %s", serial, exc)
-                    continue
-                for entry in entries:
-                    yield serial, entry
-        except aiomqtt.MqttError as exc:
-            raise ConnectionFailed(f"lost broker {self.endpoint}: {exc}") from exc
+        async for serial, entries in self.batches():
+            for entry in entries:
+                yield serial, entry
 
 
 def subscribe_profiles(
     host: str,
     port: int,
     *,
+    auth: PushAuth,
     prefix: str = p.DEFAULT_PREFIX,
     serials: Iterable[str] | None = None,
-    username: str | None = None,
-    password: str | None = None,
+    login: BrokerLogin | None = None,
     client_id: str | None = None,
     session_expiry: int | None = None,
     timeout: float = 10.0,
 ) -> ProfileSubscription:
-    """Receive pushed profile entries: ``async with subscribe_profiles(h, p) as sub:
-    async for serial, entry in sub: ...``.
+    """Receive authenticated pushed entries: ``async with subscribe_profiles(h, p,
+    auth=secrets.get) as sub: async for serial, entry in sub: ...``.
 
-    Subscribed (QoS 1) once the ``async with`` is entered. With a fixed ``client_id`` and a
-    ``session_expiry`` (seconds) the broker keeps the subscription and queues entries while
-    the collector is away. Push is the fast path; gaps are filled by ``read_profile``.
+    ``auth(serial)`` gives the meter's level-1 secret (the push is signed with it), or
+    :data:`protocol.AUTH_BROKER_ACL`, or None for a meter this CGM does not read; anything
+    unauthenticated is logged and dropped. Rides on the process's shared connection to the
+    broker; with a fixed ``client_id`` and a ``session_expiry`` (seconds) it has a durable
+    connection of its own, and the broker queues QoS 1 entries while the collector is away.
     """
     return ProfileSubscription(
         Endpoint(host, port),
+        login or BrokerLogin(),
         prefix=prefix,
         serials=serials,
-        username=username,
-        password=password,
+        auth=auth,
         client_id=client_id,
         session_expiry=session_expiry,
         timeout=timeout,

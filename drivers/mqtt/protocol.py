@@ -1,7 +1,10 @@
-"""The cgm-meter/1 MQTT contract, shared by the driver and the simulator.
+"""The cgm-meter/1 MQTT contract, the CGM's side of it.
 
-One module so that the two sides cannot drift apart; the published contract is
-``drivers/mqtt/README.md`` and the JSON Schemas in ``drivers/mqtt/schema/v1/``. The version
+The published contract is ``drivers/mqtt/README.md``, the JSON Schemas in
+``drivers/mqtt/schema/v1/`` and the signed examples in ``schema/v1/examples/``. The simulator
+has its own encoder (``simulators/mqtt/wire.py``) written from that contract, so that a
+mistake here cannot hide behind the same mistake there; the examples are checked against
+both. The version
 is both in the topics (``{prefix}/v1/...``) and in every payload (``"schema": "cgm-meter/1"``)
 so that a v2 can run side by side on one broker.
 
@@ -26,6 +29,13 @@ SCHEMA = "cgm-meter/1"
 TOPIC_VERSION = "v1"
 DEFAULT_PREFIX = "cgm"
 SIGNATURE_ALG = "HMAC-SHA256"
+
+# How a meter's answers and pushed entries are authenticated (registry param ``answer_auth``):
+# a signature with the meter's secret (the default), or the broker's per-meter ACL, which
+# lets only the meter's own account publish on the topics that carry its serial.
+AUTH_SIGNATURE = "signature"
+AUTH_BROKER_ACL = "broker_acl"
+ANSWER_AUTH_MODES = (AUTH_SIGNATURE, AUTH_BROKER_ACL)
 
 # Commands and the art. 17 level each needs.
 COMMAND_LEVEL: dict[str, AccessLevel] = {
@@ -72,8 +82,25 @@ def status_topic(prefix: str, serial: str) -> str:
     return f"{prefix}/{TOPIC_VERSION}/meters/{_check_level('serial', serial)}/status"
 
 
-def response_topic(prefix: str, client_id: str) -> str:
-    return f"{prefix}/{TOPIC_VERSION}/clients/{_check_level('client id', client_id)}/res"
+def response_topic(prefix: str, client_id: str, serial: str) -> str:
+    """Where meter ``serial`` answers this client: the serial is in the topic so that a
+    broker ACL can let only that meter's account publish there."""
+    client = _check_level("client id", client_id)
+    return f"{prefix}/{TOPIC_VERSION}/clients/{client}/res/{_check_level('serial', serial)}"
+
+
+def responses_filter(prefix: str, client_id: str) -> str:
+    return f"{prefix}/{TOPIC_VERSION}/clients/{_check_level('client id', client_id)}/res/+"
+
+
+def all_status_filter(prefix: str) -> str:
+    return f"{prefix}/{TOPIC_VERSION}/meters/+/status"
+
+
+def response_topic_serial(prefix: str, client_id: str, topic: str) -> str | None:
+    head = f"{prefix}/{TOPIC_VERSION}/clients/{client_id}/res/"
+    serial = topic[len(head) :] if topic.startswith(head) else ""
+    return serial if serial and "/" not in serial else None
 
 
 def meter_topic_serial(prefix: str, topic: str, leaf: str) -> str | None:
@@ -215,6 +242,34 @@ def parse_request(payload: bytes) -> dict[str, Any]:
 # --- responses -----------------------------------------------------------------------------
 
 
+def answer_signed_fields(answer: Mapping[str, Any], level: int, nonce: str) -> dict[str, Any]:
+    """What an answer's HMAC covers: the answer less ``auth``, the level of the request it
+    answers and that request's nonce (so an old answer cannot be replayed to a new request)."""
+    fields = {k: v for k, v in answer.items() if k != "auth"}
+    fields["level"] = level
+    fields["nonce"] = nonce
+    return fields
+
+
+def sign_answer(answer: Mapping[str, Any], secret: str, level: int, nonce: str) -> dict[str, Any]:
+    signed = dict(answer)
+    sig = sign(secret, answer_signed_fields(answer, level, nonce))
+    signed["auth"] = {"alg": SIGNATURE_ALG, "level": level, "nonce": nonce, "sig": sig}
+    return signed
+
+
+def verify_answer(answer: Mapping[str, Any], secret: str, level: int, nonce: str) -> bool:
+    """True when the answer carries a valid signature made with ``secret`` for the request
+    of ``level`` and ``nonce``."""
+    auth = answer.get("auth")
+    if not isinstance(auth, dict) or auth.get("alg") != SIGNATURE_ALG:
+        return False
+    if auth.get("level") != level or auth.get("nonce") != nonce:
+        return False
+    expected = sign(secret, answer_signed_fields(answer, level, nonce))
+    return hmac.compare_digest(expected, str(auth.get("sig", "")))
+
+
 def result_response(serial: str, command: str, result: Mapping[str, Any]) -> dict[str, Any]:
     return {"schema": SCHEMA, "serial": serial, "command": command, "result": dict(result)}
 
@@ -229,9 +284,9 @@ def error_response(serial: str, command: str, code: str, message: str) -> dict[s
     }
 
 
-def parse_response(payload: bytes, serial: str, command: str) -> dict[str, Any]:
+def parse_response(payload: bytes | Mapping[str, Any], serial: str, command: str) -> dict[str, Any]:
     """The ``result`` object, or raise :class:`MeterError` for an ``error`` answer."""
-    res = loads(payload)
+    res = loads(payload) if isinstance(payload, bytes | bytearray) else dict(payload)
     if res.get("serial") != serial or res.get("command") != command:
         raise PayloadError(
             f"answer for {res.get('serial')!r}/{res.get('command')!r}, "
@@ -299,6 +354,29 @@ def decode_entries(result: Mapping[str, Any]) -> list[ProfileEntry]:
 
 def profile_message(serial: str, entries: list[ProfileEntry]) -> dict[str, Any]:
     return {"schema": SCHEMA, "serial": serial, "entries": [encode_entry(e) for e in entries]}
+
+
+def push_signed_fields(message: Mapping[str, Any], auth: Mapping[str, Any]) -> dict[str, Any]:
+    """What a pushed message's HMAC (level-1 secret) covers: everything but ``auth.sig``."""
+    fields = {k: v for k, v in message.items() if k != "auth"}
+    fields.update(level=auth.get("level"), ts=auth.get("ts"), nonce=auth.get("nonce"))
+    return fields
+
+
+def sign_push(message: Mapping[str, Any], secret: str, now: datetime) -> dict[str, Any]:
+    auth: dict[str, Any] = {
+        "alg": SIGNATURE_ALG, "level": 1, "ts": iso(now), "nonce": secrets.token_hex(16)
+    }  # fmt: skip
+    auth["sig"] = sign(secret, push_signed_fields(message, auth))
+    return {**message, "auth": auth}
+
+
+def verify_push(message: Mapping[str, Any], secret: str) -> bool:
+    auth = message.get("auth")
+    if not isinstance(auth, dict) or auth.get("alg") != SIGNATURE_ALG or auth.get("level") != 1:
+        return False
+    expected = sign(secret, push_signed_fields(message, auth))
+    return hmac.compare_digest(expected, str(auth.get("sig", "")))
 
 
 def status_message(serial: str, state: str, at: datetime) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """Serve :class:`SimulatedMeter` objects as cgm-meter/1 MQTT meters over one broker client.
 
+The payloads are encoded and signed by :mod:`simulators.mqtt.wire`, written from the published
+contract, never by the driver's ``protocol`` module. Answers are signed with the secret of
+the request's level over the request's nonce; pushes with the level-1 secret.
+
 One client stands for a gateway that hosts many meters (as a data concentrator does): it
 subscribes to each meter's command topic, answers signed requests on their response topic
 with the request's correlation data, and pushes each meter's entry after every capture
@@ -25,9 +29,9 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from drivers.base import AccessLevel, ProfileEntry
-from drivers.mqtt import protocol as p
+from drivers.base import ProfileEntry
 from simulators.meter import FaultAction, SimulatedMeter
+from simulators.mqtt import wire as w
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +64,24 @@ class MqttMeterSimulator:
         host: str,
         port: int,
         *,
-        prefix: str = p.DEFAULT_PREFIX,
+        prefix: str = w.DEFAULT_PREFIX,
         username: str | None = None,
         password: str | None = None,
         push_hourly: bool = True,
         replay_window: timedelta = timedelta(hours=24),
+        tls_context: Any = None,
+        sign: bool = True,
     ) -> None:
         self.meters = {m.serial: m for m in meters}
         self.host, self.port, self.prefix = host, port, prefix
         self.push_hourly = push_hourly
         self.replay_window = replay_window
+        self.sign = sign  # False: a meter that does not sign (refused unless the ACL vouches)
         self.client_id = f"cgm-sim-{secrets.token_hex(6)}"
-        self.gateway_status_topic = f"{prefix}/{p.TOPIC_VERSION}/gateways/{self.client_id}/status"
+        self.gateway_status_topic = w.gateway_status_topic(prefix, self.client_id)
         will = aiomqtt.Will(
             self.gateway_status_topic,
-            p.dumps({"schema": p.SCHEMA, "state": "offline"}),
+            w.dumps({"schema": w.SCHEMA, "state": "offline"}),
             qos=1,
             retain=True,
         )
@@ -90,6 +97,7 @@ class MqttMeterSimulator:
             # One client answers for every meter of the gateway: paho's default window of 20
             # unacknowledged QoS-1 answers queued the rest behind it (and warned per answer).
             max_inflight_messages=_INFLIGHT,
+            tls_context=tls_context,
         )
         self._client.pending_calls_threshold = _INFLIGHT
         self._answered: dict[tuple[str, str], int] = {}  # (serial, response topic) -> answers
@@ -104,11 +112,11 @@ class MqttMeterSimulator:
     async def start(self) -> Self:
         await self._client.__aenter__()
         for serial in self.meters:
-            await self._client.subscribe(p.command_topic(self.prefix, serial), qos=1)
+            await self._client.subscribe(w.meter_topic(self.prefix, serial, "cmd"), qos=1)
             await self._set_status(serial, "online")
         await self._client.publish(
             self.gateway_status_topic,
-            p.dumps({"schema": p.SCHEMA, "state": "online"}),
+            w.dumps({"schema": w.SCHEMA, "state": "online"}),
             qos=1,
             retain=True,
         )
@@ -124,13 +132,13 @@ class MqttMeterSimulator:
         with contextlib.suppress(aiomqtt.MqttError):
             for serial in self.meters:
                 if clear_retained:
-                    topic = p.status_topic(self.prefix, serial)
+                    topic = w.meter_topic(self.prefix, serial, "status")
                     await self._client.publish(topic, b"", qos=1, retain=True)
                 else:
                     await self._set_status(serial, "offline")
             await self._client.publish(
                 self.gateway_status_topic,
-                b"" if clear_retained else p.dumps({"schema": p.SCHEMA, "state": "offline"}),
+                b"" if clear_retained else w.dumps({"schema": w.SCHEMA, "state": "offline"}),
                 qos=1,
                 retain=True,
             )
@@ -161,10 +169,15 @@ class MqttMeterSimulator:
     ) -> list[ProfileEntry]:
         entries = meter.profile(start, end)
         if entries:  # a hole in memory is pushed as nothing, never as zeros
+            body = {
+                "schema": w.SCHEMA,
+                "serial": meter.serial,
+                "entries": [_entry(e) for e in entries],
+            }
+            if self.sign:
+                body = w.sign_push(body, meter.secrets.level1, meter.clock())
             await self._client.publish(
-                p.profile_topic(self.prefix, meter.serial),
-                p.dumps(p.profile_message(meter.serial, entries)),
-                qos=1,
+                w.meter_topic(self.prefix, meter.serial, "profile"), w.dumps(body), qos=1
             )
         return entries
 
@@ -190,8 +203,8 @@ class MqttMeterSimulator:
     async def _set_status(self, serial: str, state: str) -> None:
         now = self.meters[serial].real_now()
         await self._client.publish(
-            p.status_topic(self.prefix, serial),
-            p.dumps(p.status_message(serial, state, now)),
+            w.meter_topic(self.prefix, serial, "status"),
+            w.dumps(w.status(serial, state, now)),
             qos=1,
             retain=True,
         )
@@ -202,7 +215,7 @@ class MqttMeterSimulator:
 
     async def _serve_requests(self) -> None:
         async for msg in self._client.messages:
-            serial = p.meter_topic_serial(self.prefix, msg.topic.value, "cmd")
+            serial = w.serial_of_command_topic(self.prefix, msg.topic.value)
             meter = self.meters.get(serial or "")
             if meter is None:
                 continue
@@ -226,7 +239,7 @@ class MqttMeterSimulator:
             return
         if meter.serial in self._offline:
             await self._set_status(meter.serial, "online")
-        response = p.dumps(self._answer(meter, bytes(msg.payload)))
+        response = w.dumps(self._answer(meter, bytes(msg.payload)))
         if action is FaultAction.CORRUPT:
             response = response[: len(response) // 2]
         props = Properties(PacketTypes.PUBLISH)
@@ -238,29 +251,35 @@ class MqttMeterSimulator:
 
     def _answer(self, meter: SimulatedMeter, payload: bytes) -> dict[str, Any]:
         try:
-            req = p.parse_request(payload)
-        except p.PayloadError as exc:
-            return p.error_response(meter.serial, "?", "bad_request", str(exc))
+            req = w.parse_request(payload)
+        except w.BadRequest as exc:
+            return w.answer(meter.serial, "?", error=("bad_request", str(exc)))
         command = req["command"]
+        level = req["auth"]["level"]
+        secret = meter.secrets.level2 if level == 2 else meter.secrets.level1
         if req["serial"] != meter.serial:
-            return p.error_response(meter.serial, command, "bad_request", "serial mismatch")
-        denied = self._check_auth(meter, req)
-        if denied is not None:
-            return p.error_response(meter.serial, command, *denied)
-        try:
-            return p.result_response(meter.serial, command, self._execute(meter, req))
-        except _Unsupported:
-            return p.error_response(meter.serial, command, "unsupported", "unknown command")
-        except p.PayloadError as exc:
-            return p.error_response(meter.serial, command, "bad_request", str(exc))
+            body = w.answer(meter.serial, command, error=("bad_request", "serial mismatch"))
+        elif (denied := self._check_auth(meter, req, secret)) is not None:
+            body = w.answer(meter.serial, command, error=denied)
+        else:
+            try:
+                body = w.answer(meter.serial, command, result=self._execute(meter, req))
+            except _Unsupported:
+                body = w.answer(meter.serial, command, error=("unsupported", "unknown command"))
+            except w.BadRequest as exc:
+                body = w.answer(meter.serial, command, error=("bad_request", str(exc)))
+        if not self.sign:
+            return body
+        return w.sign_answer(body, secret, level, req["auth"]["nonce"])
 
-    def _check_auth(self, meter: SimulatedMeter, req: dict[str, Any]) -> tuple[str, str] | None:
+    def _check_auth(
+        self, meter: SimulatedMeter, req: dict[str, Any], secret: str
+    ) -> tuple[str, str] | None:
         auth = req["auth"]
-        level = AccessLevel(auth["level"])
-        secret = meter.secrets.level2 if level is AccessLevel.CONFIGURE else meter.secrets.level1
-        if not p.verify_request(req, secret):
-            return "auth", f"signature does not verify for level {int(level)}"
-        ts = p.parse_time(auth["ts"])
+        level = auth["level"]
+        if not w.request_signature_ok(req, secret):
+            return "auth", f"signature does not verify for level {level}"
+        ts = w.parse_time_text(auth["ts"], "auth.ts")
         now = meter.clock()
         if abs(ts - now) > self.replay_window:
             return "auth", "request timestamp outside the replay window"
@@ -271,15 +290,15 @@ class MqttMeterSimulator:
         if auth["nonce"] in seen:
             return "auth", "replayed nonce"
         seen[auth["nonce"]] = ts
-        needed = p.COMMAND_LEVEL.get(req["command"])
+        needed = w.NEEDS_LEVEL.get(req["command"])
         if needed is None:
             return None  # unknown command: answered as unsupported by _execute
         if level < needed:
-            return "access_denied", f"{req['command']} needs level {int(needed)}"
+            return "access_denied", f"{req['command']} needs level {needed}"
         return None
 
     def _execute(self, meter: SimulatedMeter, req: dict[str, Any]) -> dict[str, Any]:
-        command, args = req["command"], req.get("args", {})
+        command, args = req["command"], req["args"]
         if command == "hello":
             return {"level": int(req["auth"]["level"])}
         if command == "identify":
@@ -291,28 +310,38 @@ class MqttMeterSimulator:
                 "firmware": ident.firmware,
             }
         if command == "read_clock":
-            return {"time": p.iso(meter.clock()), "status": 0}
+            return {"time": w.time_text(meter.clock()), "status": 0}
         if command == "set_clock":
-            meter.set_clock(p.parse_time(args.get("time"), "args.time"))
+            meter.set_clock(w.parse_time_text(args.get("time"), "args.time"))
             return {}
         if command == "read_profile_config":
-            return p.encode_profile_config(meter.profile_config())
+            cfg = meter.profile_config()
+            return {
+                "capture_period_s": int(cfg.capture_period.total_seconds()),
+                "depth": cfg.depth,
+                "channels": [str(ch) for ch in cfg.channels],
+            }
         if command == "read_profile":
-            start = p.parse_time(args.get("from"), "args.from")
-            end = p.parse_time(args.get("to"), "args.to")
-            return {"entries": [p.encode_entry(e) for e in meter.profile(start, end)]}
+            start = w.parse_time_text(args.get("from"), "args.from")
+            end = w.parse_time_text(args.get("to"), "args.to")
+            return {"entries": [_entry(e) for e in meter.profile(start, end)]}
         if command == "read_registers":
             regs = meter.registers()
             return {
                 "registers": [
-                    {"channel": ch.value, "value": v, "unit": ch.unit} for ch, v in regs.items()
+                    {"channel": str(ch), "value": float(v), "unit": w.UNITS[str(ch)]}
+                    for ch, v in regs.items()
                 ],
-                "at": p.iso(meter.clock()),
+                "at": w.time_text(meter.clock()),
             }
         raise _Unsupported(command)
 
 
-class _Unsupported(p.PayloadError):
+def _entry(e: ProfileEntry) -> dict[str, Any]:
+    return w.entry(e.start, e.end, e.status, {str(ch): v for ch, v in e.values.items()})
+
+
+class _Unsupported(w.BadRequest):
     pass
 
 
@@ -320,11 +349,13 @@ async def serve(
     meters: Iterable[SimulatedMeter],
     host: str,
     port: int,
-    prefix: str = p.DEFAULT_PREFIX,
+    prefix: str = w.DEFAULT_PREFIX,
     *,
     username: str | None = None,
     password: str | None = None,
     push_hourly: bool = True,
+    tls_context: Any = None,
+    sign: bool = True,
 ) -> MqttMeterSimulator:
     """Connect to the broker and serve ``meters``; ``await handle.stop()`` to end
     (or ``async with await serve(...) as sim:``, which also clears the retained statuses)."""
@@ -336,5 +367,7 @@ async def serve(
         username=username,
         password=password,
         push_hourly=push_hourly,
+        tls_context=tls_context,
+        sign=sign,
     )
     return await sim.start()

@@ -313,7 +313,9 @@ async def test_pushed_entries_reach_the_subscriber(
 ) -> None:
     meters = [SimulatedMeter("MQ-PUSH-1", seed=1), SimulatedMeter("MQ-PUSH-2", seed=2)]
     async with (
-        subscribe_profiles(*mqtt_broker, prefix=mqtt_prefix) as sub,
+        subscribe_profiles(
+            *mqtt_broker, prefix=mqtt_prefix, auth=lambda serial: "reader-1"
+        ) as sub,
         simulated(mqtt_broker, mqtt_prefix, meters, push_hourly=False) as sim,
     ):
         published = await sim.publish_profile_now()
@@ -334,7 +336,9 @@ async def test_hourly_push_after_the_hour(mqtt_broker: tuple[str, int], mqtt_pre
     meter = SimulatedMeter("MQ-HOURLY", now=lambda: datetime.now(UTC) + shift)
     closing_hour = _hour_floor(meter.real_now())
     async with (
-        subscribe_profiles(*mqtt_broker, prefix=mqtt_prefix, serials=["MQ-HOURLY"]) as sub,
+        subscribe_profiles(
+            *mqtt_broker, prefix=mqtt_prefix, serials=["MQ-HOURLY"], auth=lambda s: "reader-1"
+        ) as sub,
         simulated(mqtt_broker, mqtt_prefix, [meter]),
     ):
         async with asyncio.timeout(8):
@@ -380,7 +384,9 @@ async def test_schema_invalid_answer_is_protocol_error(
                 result = {"entries": [entry]}
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = msg.properties.CorrelationData  # type: ignore[union-attr]
-            body = p.dumps(p.result_response("MQ-FAKE", req["command"], result))
+            answer = p.result_response("MQ-FAKE", req["command"], result)
+            signed = p.sign_answer(answer, "reader-1", 1, req["auth"]["nonce"])
+            body = p.dumps(signed)
             await client.publish(msg.properties.ResponseTopic, body, 1, properties=props)  # type: ignore[union-attr]
 
     async with aiomqtt.Client(*mqtt_broker, protocol=aiomqtt.ProtocolVersion.V5) as c:
