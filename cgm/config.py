@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # below the 2-year minimum.
     retention_years: float | None = None
     compress_after_days: int = Field(default=30, ge=1)  # TimescaleDB only
+    # Roles created by `cgm db upgrade` (cluster-wide): the owner of every cgm object, and
+    # the least-privileged role the service connects as (cgm.migrate.apply_privileges).
+    db_owner_role: str = Field(default="cgm_owner", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    db_service_role: str = Field(default="cgm_service", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
     # MQTT broker for MQTT meters. No URL: an in-process MQTT 5 broker listens on
     # ``mqtt_listen`` (meters then publish to this address).

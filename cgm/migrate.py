@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+from psycopg import sql
 
 from cgm.config import Settings
 
@@ -195,6 +196,7 @@ def upgrade(url: str, settings: Settings) -> UpgradeResult:
                 applied.append(label)
                 log.info("applied migration %s", label)
             apply_policies(conn, settings, timescale)
+            apply_privileges(conn, settings)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
             conn.commit()
@@ -204,16 +206,160 @@ def upgrade(url: str, settings: Settings) -> UpgradeResult:
 def apply_policies(conn: psycopg.Connection, settings: Settings, timescale: bool) -> None:
     """Retention follows configuration, so it is set at every upgrade, not in a migration.
 
-    Only TimescaleDB drops old chunks; on plain PostgreSQL nothing is ever deleted.
+    Only TimescaleDB drops old chunks, through the ``cgm_retention`` job (migration 0043),
+    which records every chunk it drops in the audit log; TimescaleDB's own retention policy
+    (used before) is removed. On plain PostgreSQL nothing is ever deleted.
     """
     if not timescale:
         return
     with conn.transaction():
         for table in ("reading", "settled_reading"):
             conn.execute("SELECT remove_retention_policy(%s, if_exists => true)", (table,))
+            conn.execute(
+                "SELECT delete_job(job_id) FROM timescaledb_information.jobs"
+                " WHERE proc_name = 'cgm_retention' AND config ->> 'hypertable' = %s",
+                (table,),
+            )
             if settings.retention_years is not None:
                 days = int(settings.retention_years * 366)
                 conn.execute(
-                    "SELECT add_retention_policy(%s, drop_after => %s::interval)",
+                    "SELECT add_job('cgm_retention', interval '1 day',"
+                    " config => jsonb_build_object('hypertable', %s::text,"
+                    " 'drop_after', %s::text))",
                     (table, f"{days} days"),
                 )
+
+
+# Tables the service may read and append to but never change or delete rows of.
+_APPEND_ONLY = ("audit_log", "audit_chain", "schema_migration")
+_NO_DELETE = ("reading", "settled_reading", "ingest_batch")
+
+
+def apply_privileges(conn: psycopg.Connection, settings: Settings) -> None:
+    """Create the owner and service roles and (re)apply ownership and grants.
+
+    Roles are cluster-wide while the schema is per database, so this is idempotent and safe
+    when many databases on one server upgrade at once. The owner role owns every
+    cgm object (LOGIN, for TimescaleDB's jobs, but it is not what the service connects as);
+    the service role (what ``cgm run`` connects as) gets row privileges only:
+    no TRUNCATE, no ownership (so no ALTER, no trigger control, no ``drop_chunks``), no
+    write on the audit tables, no DELETE of readings. ``session_replication_role`` needs a
+    superuser. Run at every upgrade so objects of later migrations are covered too.
+    """
+    owner, service = settings.db_owner_role, settings.db_service_role
+    with conn.transaction():
+        # LOGIN: TimescaleDB runs a hypertable's background jobs (compression, continuous
+        # aggregates) as its owner. Neither role gets a password here: set one (ALTER ROLE
+        # ... PASSWORD) for the role the service logs in as.
+        _ensure_role(conn, owner, login=True)
+        _ensure_role(conn, service, login=True)
+        super_, member = conn.execute(
+            "SELECT rolsuper, pg_has_role(current_user, %s, 'MEMBER') FROM pg_roles"
+            " WHERE rolname = current_user",
+            (owner,),
+        ).fetchone()  # type: ignore[misc]
+        if not super_ and not member:
+            conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(owner)))
+        o, s = sql.Identifier(owner), sql.Identifier(service)
+        objects = conn.execute(
+            """SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                     WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+                      c.relname
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+                 AND c.relowner <> %s::regrole
+                 AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                 AND d.objid = c.oid AND d.deptype IN ('e', 'i', 'a'))
+               ORDER BY c.relkind = 'S', c.relname""",
+            (owner,),
+        ).fetchall()
+        caggs = _continuous_aggregates(conn)
+        for kind, name in objects:
+            if name in caggs:
+                kind = "MATERIALIZED VIEW"  # TimescaleDB refuses ALTER VIEW on these
+            conn.execute(
+                sql.SQL("ALTER {} {} OWNER TO {}").format(
+                    sql.SQL(kind), sql.Identifier(name), o
+                )
+            )
+        functions = conn.execute(
+            """SELECT p.oid::regprocedure::text FROM pg_proc p
+               JOIN pg_namespace n ON n.oid = p.pronamespace
+               WHERE n.nspname = current_schema() AND p.proowner <> %s::regrole
+                 AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                                 AND d.objid = p.oid AND d.deptype = 'e')""",
+            (owner,),
+        ).fetchall()
+        procedures = _procedures(conn)
+        for (signature,) in functions:
+            kind = "PROCEDURE" if signature in procedures else "FUNCTION"
+            conn.execute(
+                sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(kind), sql.SQL(signature), o)
+            )
+        db = sql.Identifier(conn.info.dbname)
+        for statement in (
+            "GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {s}",
+            "GRANT USAGE ON SCHEMA public TO {s}",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {s}",
+            "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {s}",
+            "REVOKE TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA public FROM {s}",
+        ):
+            conn.execute(sql.SQL(statement).format(db=db, s=s))
+        for table in _APPEND_ONLY:
+            conn.execute(
+                sql.SQL("REVOKE INSERT, UPDATE, DELETE ON {} FROM {}").format(
+                    sql.Identifier(table), s
+                )
+            )
+        for table in _NO_DELETE:
+            conn.execute(
+                sql.SQL("REVOKE DELETE ON {} FROM {}").format(sql.Identifier(table), s)
+            )
+
+
+def _continuous_aggregates(conn: psycopg.Connection) -> set[str]:
+    if not conn.execute(
+        "SELECT to_regclass('timescaledb_information.continuous_aggregates')"
+    ).fetchone()[0]:  # type: ignore[index]
+        return set()
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT view_name FROM timescaledb_information.continuous_aggregates"
+            " WHERE view_schema = current_schema()"
+        )
+    }
+
+
+def _procedures(conn: psycopg.Connection) -> set[str]:
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT oid::regprocedure::text FROM pg_proc WHERE prokind = 'p'"
+            " AND pronamespace = current_schema()::regnamespace"
+        )
+    }
+
+
+def _ensure_role(conn: psycopg.Connection, name: str, *, login: bool) -> None:
+    """CREATE ROLE unless it exists; a concurrent creator elsewhere on the server is fine."""
+    found = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+    if found:
+        if login and not found[0]:
+            conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(name)))
+        return
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("CREATE ROLE {} {}").format(
+                    sql.Identifier(name), sql.SQL("LOGIN" if login else "NOLOGIN")
+                )
+            )
+    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+        pass
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise MigrationError(
+            f"role {name} does not exist and this user cannot create it ({exc}); "
+            f"create it (CREATE ROLE {name} {'LOGIN' if login else 'NOLOGIN'}) or run "
+            "`cgm db upgrade` as a user with CREATEROLE"
+        ) from None

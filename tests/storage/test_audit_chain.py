@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from cgm.cli import main
-from cgm.config import Settings
+from cgm.config import Settings, get_settings
 from cgm.migrate import upgrade
 from cgm.storage import Reading, SettledValue, write_readings, write_settled
 from cgm.storage.audit import Anchor, verify
@@ -203,6 +203,7 @@ async def test_cli_verify_exit_status(
     chained: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("CGM_DATABASE_URL", chained)
+    get_settings.cache_clear()
     assert main(["audit", "verify"]) == 0
     out = capsys.readouterr().out
     assert "audit_log:" in out and "ok" in out and "head audit_log:" in out
@@ -212,4 +213,5 @@ async def test_cli_verify_exit_status(
         "DELETE FROM ingest_batch WHERE chain_seq = 1",
     )
     assert main(["audit", "verify"]) == 1
+    get_settings.cache_clear()
     assert "ingest_batch: " in capsys.readouterr().out

@@ -1,0 +1,87 @@
+"""Retention leaves no silent holes: on TimescaleDB every chunk the retention job drops is
+recorded in the (chained) audit log with its range, row count, time and job; nothing under
+two years is ever dropped. Plain PostgreSQL never drops readings at all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from cgm.config import Settings
+from cgm.migrate import upgrade
+from cgm.storage import Reading, write_readings
+from cgm.storage.audit import verify
+from tests.storage.conftest import make_frontiers
+
+NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+OLD = NOW - timedelta(days=3 * 366)
+RECENT = NOW - timedelta(days=400)
+
+
+async def _seed(url: str) -> int:
+    (_, mid), = await make_frontiers(url, 1)
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        rows = [Reading(mid, 1, t + timedelta(hours=h), 1.0, 0, NOW)
+                for t in (OLD, RECENT) for h in range(24)]
+        await write_readings(conn, rows, source="test", actor="t")
+    return mid
+
+
+def _count(url: str, mid: int, before: datetime) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM reading WHERE meter_id = %s AND interval_start < %s",
+            (mid, before),
+        ).fetchone()[0]
+
+
+async def test_retention_drops_are_recorded(new_database: Callable[[], str]) -> None:
+    url = new_database()
+    result = upgrade(url, Settings(database_url=url, retention_years=2))
+    mid = await _seed(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        if not result.timescale:
+            # Plain PostgreSQL: no job, nothing dropped, nothing to record.
+            assert conn.execute(
+                "SELECT to_regclass('timescaledb_information.jobs')"
+            ).fetchone() == (None,)
+            assert _count(url, mid, RECENT) == 24
+            assert conn.execute("SELECT count(*) FROM retention_drop").fetchone() == (0,)
+            return
+        jobs = conn.execute(
+            "SELECT job_id, config FROM timescaledb_information.jobs"
+            " WHERE proc_name = 'cgm_retention' ORDER BY config ->> 'hypertable'"
+        ).fetchall()
+        assert [c["hypertable"] for _, c in jobs] == ["reading", "settled_reading"]
+        assert not conn.execute(
+            "SELECT 1 FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'"
+        ).fetchone()
+        job = next(j for j, c in jobs if c["hypertable"] == "reading")
+        conn.execute("CALL run_job(%s)", (job,))
+        drops = conn.execute(
+            "SELECT table_name, range_start, range_end, row_count, policy FROM retention_drop"
+        ).fetchall()
+    assert _count(url, mid, RECENT) == 0  # the 3-year-old day is gone
+    assert _count(url, mid, NOW) == 24  # the 400-day-old day stays
+    assert len(drops) == 1
+    table, start, end, rows, policy = drops[0]
+    assert table == "reading" and start <= OLD and OLD + timedelta(hours=23) < end
+    assert end <= NOW - timedelta(days=2 * 366)
+    assert rows == 24
+    assert policy == f"retention job {job}: drop_after {2 * 366} days"
+    assert verify(url).ok
+
+
+@pytest.mark.parametrize("drop_after", ["1 year", "729 days", "-1 day"])
+def test_retention_job_refuses_less_than_two_years(db_url: str, drop_after: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn, pytest.raises(
+        psycopg.errors.RaiseException, match="below the 2-year minimum"
+    ):
+        conn.execute(
+            "CALL cgm_retention(0, jsonb_build_object('hypertable', 'reading',"
+            " 'drop_after', %s::text))",
+            (drop_after,),
+        )
