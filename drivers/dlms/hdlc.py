@@ -185,9 +185,8 @@ class HdlcTransport:
             event = self._link.next_event()
             # dlms-cosem looks for the closing flag by searching for 7E; a 7E inside the
             # information field makes it try a short frame first: let it search further.
-            while (
-                event is hdlc_state.NEED_DATA
-                and self._link.buffer_search_position < len(self._link.buffer)
+            while event is hdlc_state.NEED_DATA and self._link.buffer_search_position < len(
+                self._link.buffer
             ):
                 event = self._link.next_event()
         except Exception as exc:  # noqa: BLE001 - sequence numbers or state out of step

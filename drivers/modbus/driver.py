@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -63,6 +64,7 @@ from drivers.modbus.registermap import (
 # plausibility guard reads (``cgm/collection/plausibility.py``).
 CGM_PARAMS = ("register_max", "max_current_a", "rated_current_a", "nominal_voltage_v")
 PARAMS = ("map", "device_id", "byte_order", "word_order", *CGM_PARAMS)
+log = logging.getLogger(__name__)
 Span = tuple[str, int, int]  # (function, address, registers)
 
 
@@ -443,12 +445,18 @@ class ModbusSession(MeterSession):
 
     async def _read_registers(self) -> list[RegisterValue]:
         items = [item for _, item in self.map.registers]
-        values = await self._read_items(items)
+        regs = await self._read_spans([(i.function, i.address, i.size) for i in items])
         read_at = utcnow()
-        return [
-            RegisterValue(ch, float(values[item]), item.unit or ch.unit, read_at)
-            for ch, item in self.map.registers
-        ]
+        out = []
+        for ch, item in self.map.registers:
+            raw = regs[(item.function, item.address, item.size)]
+            if item.unavailable(raw, self.order):
+                # The meter says it has no value: the channel is absent, never a number.
+                log.warning("%s unit %s: %s not available", self.endpoint, self.device_id, ch)
+                continue
+            value = float(item.decode(raw, self.order))
+            out.append(RegisterValue(ch, value, item.unit or ch.unit, read_at))
+        return out
 
 
 class ModbusDriver(Driver):

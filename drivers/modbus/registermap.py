@@ -87,6 +87,7 @@ class Item:
     scaler: float = 1.0
     unit: str | None = None
     order: Order | None = None  # None: the map (or connection) default
+    not_available: int | None = None  # raw bit pattern the meter sends for "no value"
 
     @property
     def size(self) -> int:
@@ -95,6 +96,13 @@ class Item:
     @property
     def end(self) -> int:
         return self.address + self.size
+
+    def unavailable(self, regs: list[int], order: Order) -> bool:
+        """True when the registers hold the meter's "not available" pattern (ABB: all ones)."""
+        if self.not_available is None:
+            return False
+        raw = b"".join(r.to_bytes(2, "big") for r in to_big_endian(regs, self.order or order))
+        return int.from_bytes(raw, "big") == self.not_available
 
     def decode(self, regs: list[int], order: Order) -> float | int | str:
         """Registers → value, scaler applied (strings lose trailing NULs and blanks)."""
@@ -317,6 +325,7 @@ class _Parser:
                 "unit",
                 "word_order",
                 "byte_order",
+                "not_available",
                 "name",
             ),
         )
@@ -332,6 +341,12 @@ class _Parser:
         if isinstance(scaler, bool) or not isinstance(scaler, int | float) or scaler == 0:
             raise self.fail(f"{where}.scaler", f"expected a non-zero number, got {scaler!r}")
         order = self.byte_order(spec, where, None)
+        not_available = spec.get("not_available")
+        if not_available is not None:
+            bits = 16 * (TYPES[dtype].value[1] if dtype != "string" else 0)
+            if dtype == "string" or isinstance(not_available, bool):
+                raise self.fail(f"{where}.not_available", "only numbers have a not-available value")
+            self.integer(not_available, f"{where}.not_available", 0, (1 << bits) - 1)
         function = self.choice(
             spec.get("function", self.function), f"{where}.function", FUNCTION_CODES
         )
@@ -344,6 +359,7 @@ class _Parser:
             float(scaler),  # type: ignore[arg-type]
             spec.get("unit"),
             order,
+            not_available,
         )
         if item.end > 65536:
             raise self.fail(where, "runs past register 65535")
