@@ -30,7 +30,6 @@ from drivers.base import (
     ALL_CHANNELS,
     AccessLevel,
     Channel,
-    EntryStatus,
     MeterIdentity,
     ProfileConfig,
     ProfileEntry,
@@ -41,6 +40,10 @@ RESOLUTION = 3  # decimals of kWh kept by the meter (1 Wh)
 AR_PHI_HOURLY = 0.9  # correlation of the load noise from one hour to the next
 AR_STD = 0.05  # standard deviation of the load noise (fraction of the load)
 AR_TAIL = 1e-4  # innovations older than the weight φ^k < AR_TAIL are dropped
+# Profile status bit for an interval in which the clock was set: bit 5 of the DLMS "AMR
+# profile status" byte (Blue Book), written from the standard rather than taken from the
+# drivers, so that a wrong bit in a driver does not pass unnoticed.
+STATUS_CLOCK_ADJUSTED = 0x20
 
 
 class FaultAction(StrEnum):
@@ -305,7 +308,7 @@ class SimulatedMeter:
             t = datetime.fromtimestamp(ts, UTC)
             if any(a <= t < b for a, b in self.faults.missing):
                 continue
-            status = EntryStatus.CLOCK_ADJUSTED if ts in adjusted else 0
+            status = STATUS_CLOCK_ADJUSTED if ts in adjusted else 0
             out.append(
                 ProfileEntry(
                     t, self.capture_period, {ch: float(v[i]) for ch, v in values.items()}, status
