@@ -116,6 +116,17 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
                 "depth": config.depth,
                 "memory_days": round(config.memory_span.total_seconds() / 86400, 1),
                 "channels": [str(c) for c in config.channels],
+                "columns": [
+                    {
+                        "source": c.source,
+                        "use": c.use,
+                        "channel": None if c.channel is None else str(c.channel),
+                        "scaler": c.scaler,
+                        "unit": c.unit,
+                        "note": c.note,
+                    }
+                    for c in config.columns
+                ],
             }
             entries = await session.read_profile(start, end)
             out["profile"] = [
@@ -131,6 +142,7 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
             {"channel": str(r.channel), "value": r.value, "unit": r.unit}
             for r in await session.read_registers()
         ]
+        out["events"] = [{"kind": e.kind, "detail": e.detail} for e in session.events]
     return out
 
 
@@ -153,6 +165,8 @@ def _print_text(out: dict[str, Any]) -> None:
             f"profile   every {cfg['capture_period_s']} s, {cfg['depth']} entries "
             f"({cfg['memory_days']} days)"
         )
+        for column in cfg.get("columns", []):
+            print(f"  column  {_column_text(column)}")
         for e in out["profile"]:
             values = "  ".join(
                 f"{k}={v:.3f}" for k, v in e.items() if k not in ("start", "end", "status")
@@ -161,6 +175,21 @@ def _print_text(out: dict[str, Any]) -> None:
             print(f"  {e['start']}  {values}{flag}")
     for r in out["registers"]:
         print(f"register  {r['channel']:<16} {r['value']:>16.3f} {r['unit']}")
+    for e in out.get("events", []):
+        print(f"handled   {e['kind']}: {e['detail']}")
+
+
+_USE = {"cumulative": "cumulative → differenced", "interval": "interval"}
+
+
+def _column_text(c: dict[str, Any]) -> str:
+    """One profile column: where it is, its scale, and what the CGM does with it."""
+    scale = f"scaler {c['scaler']} {c['unit']}" if c["scaler"] is not None else ""
+    use = _USE.get(c["use"], c["use"])
+    if c["channel"]:
+        use += f" → {c['channel']}"
+    note = f"  ({c['note']})" if c["note"] else ""
+    return f"{c['source']:<34} {scale:<16} {use}{note}"
 
 
 def _probe(args: argparse.Namespace) -> int:

@@ -143,7 +143,7 @@ class DlmsParams:
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any] | None) -> DlmsParams:
         params = dict(params or {})
-        unknown = set(params) - cls._KEYS - ACCESS_KEYS
+        unknown = set(params) - cls._KEYS - ACCESS_KEYS - _CGM_PARAMS
         if unknown:
             raise ValueError(f"unknown DLMS parameters: {sorted(unknown)}")
         client = params.get("client_address")
@@ -193,6 +193,9 @@ class _ProfileLayout:
 
 
 _ENERGY = (cosem.Use.INTERVAL, cosem.Use.CUMULATIVE)
+# Not the driver's, accepted so that a registry entry may carry them: the meter ratings the
+# CGM's plausibility guard reads (cgm/collection/plausibility.py).
+_CGM_PARAMS = frozenset({"max_current_a", "rated_current_a", "nominal_voltage_v"})
 # Unsigned counter widths by A-XDR tag: where a cumulative register wraps by default.
 _COUNTER_BITS = {17: 8, 18: 16, 6: 32, 21: 64, 15: 7, 16: 15, 5: 31, 20: 63}
 # Caps on a GET-with-block reassembly (see _blocks). A profile read is capped by its depth.
