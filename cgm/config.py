@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     # table in the TOML file (or CGM_VEE as JSON). Checked at start; unknown keys refused.
     vee: dict[str, Any] = Field(default_factory=dict)
 
+    # Collection. A collector whose heartbeat is older than this is taken for dead and its
+    # open claims are read by the others. Wrong passwords: at most this many refused
+    # authentications per meter and access level in 24 h (meters commonly lock an access
+    # level after 3 to 5 wrong passwords); a new secret in the registry starts afresh.
+    collect_stale_after_s: float = Field(default=90.0, gt=0)
+    collect_max_wrong_passwords_per_day: int = Field(default=3, ge=1)
+
     # HTTP: Prometheus metrics and the API (0 disables).
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     api_host: str = "127.0.0.1"

@@ -44,8 +44,7 @@ def current_url(settings: Settings) -> str:
     waiting = pending(url)
     if waiting:
         raise SchemaBehind(
-            f"the database schema is behind (pending: {', '.join(waiting)}); "
-            "run `cgm db upgrade`"
+            f"the database schema is behind (pending: {', '.join(waiting)}); run `cgm db upgrade`"
         )
     return url
 

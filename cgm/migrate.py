@@ -78,11 +78,7 @@ def pending(url: str) -> list[str]:
             if exists and exists[0]
             else set()
         )
-    return [
-        f"{m.version:04d}_{m.name}"
-        for m in migrations()
-        if m.version not in done
-    ]
+    return [f"{m.version:04d}_{m.name}" for m in migrations() if m.version not in done]
 
 
 def _preloaded(setting: str) -> bool:
@@ -99,13 +95,14 @@ def _timescale_available(url: str) -> tuple[bool, str | None]:
     go on (with plain tables) on a connection that is still alive.
     """
     with psycopg.connect(url, autocommit=True) as conn:
-        if conn.execute(
-            "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
-        ).fetchone():
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
             return True, None
-        if conn.execute(
-            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
-        ).fetchone() is None:
+        if (
+            conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+            ).fetchone()
+            is None
+        ):
             return False, None
         preload = conn.execute("SHOW shared_preload_libraries").fetchone()
         if not _preloaded(preload[0] if preload else ""):
@@ -119,8 +116,7 @@ def _timescale_available(url: str) -> tuple[bool, str | None]:
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except psycopg.Error as exc:
         return False, (
-            f"timescaledb is installed but cannot be enabled ({exc}); "
-            "using plain PostgreSQL tables"
+            f"timescaledb is installed but cannot be enabled ({exc}); using plain PostgreSQL tables"
         )
     return True, None
 

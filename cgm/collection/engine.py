@@ -14,7 +14,7 @@ zero for a failure (a failure is a row in ``collection_session``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -30,6 +30,7 @@ from cgm import metrics
 from cgm.collection import claims
 from cgm.collection.derive import Snapshot, derive_intervals
 from cgm.collection.hourly import to_hourly
+from cgm.collection.link import CONNECT_OPTIONS, Link, retrying
 from cgm.collection.plausibility import HourlyLimit, hourly_limit
 from cgm.collection.session import MeterOutcome, SessionPolicy, interrogate
 from cgm.frontier_log import ALARM, CLOCK_SYNC, CONFIG_VIOLATION, LEVEL2_ACCESS, clock_corrections
@@ -59,6 +60,13 @@ class EngineConfig:
     # in a row, wait 2^(n - backoff_after) hours (capped) before the next attempt.
     backoff_after: int = 3
     max_backoff: timedelta = timedelta(hours=24)
+    # Refused authentications a meter may see per access level in 24 h (lockout counters).
+    max_wrong_passwords: int = 3
+    # How long a cycle waits out a database outage (reconnecting) before it gives up on
+    # what it could not store; the meters keep those intervals for the next cycle.
+    db_outage: timedelta = timedelta(minutes=10)
+    # Whole-session bound, over the per-call timeouts of the policy.
+    session_deadline: timedelta = timedelta(minutes=10)
 
 
 @dataclass
@@ -68,11 +76,16 @@ class CycleSummary:
     ok: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     skipped_backoff: int = 0
+    skipped_auth: int = 0  # level-1 secret refused too often in 24 h: not presented again
+    auth_refused: int = 0
     intervals_stored: int = 0  # reading values (meter, channel, hour) inserted or superseded
     intervals_refused: int = 0  # values set aside before storage, with a reason
     clocks_corrected: int = 0
     clock_corrections_failed: int = 0
     config_findings: int = 0
+    unstored: int = 0  # outcomes that could not be stored (their claims are released)
+    claims_released: int = 0
+    errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
@@ -82,11 +95,16 @@ class CycleSummary:
             "ok": self.ok,
             "failed": dict(self.failed),
             "skipped_backoff": self.skipped_backoff,
+            "skipped_auth": self.skipped_auth,
+            "auth_refused": self.auth_refused,
             "intervals_stored": self.intervals_stored,
             "intervals_refused": self.intervals_refused,
             "clocks_corrected": self.clocks_corrected,
             "clock_corrections_failed": self.clock_corrections_failed,
             "config_findings": self.config_findings,
+            "unstored": self.unstored,
+            "claims_released": self.claims_released,
+            "errors": self.errors,
             "seconds": round(self.seconds, 3),
         }
 
@@ -112,8 +130,8 @@ class Collector:
         self.config = config or EngineConfig()
         self.id = collector_id or claims.new_collector_id()
         self._endpoint_locks: dict[tuple[str, int] | tuple[str, str], asyncio.Semaphore] = {}
-        # The heartbeat and the claims share one connection; one statement at a time.
-        self._claim_conn_lock = asyncio.Lock()
+        self._active: set[datetime] = set()  # cycles running now in this collector
+        self._locked: dict[int, set[int]] = {}  # meter -> access levels not to present now
 
     async def run_cycle(
         self,
@@ -125,7 +143,9 @@ class Collector:
     ) -> CycleSummary:
         """Collect every due meter of the fleet (or of ``frontier``) once for ``cycle``.
 
-        ``force`` ignores the failure backoff (on-demand collection).
+        ``force`` ignores the failure backoff (on-demand collection). Never raises for a
+        failure on the way (a database outage, a bug): the summary's ``errors`` say what
+        went wrong, and what was stored before it stays stored for the next stages.
         """
         t0 = time.perf_counter()
         if cycle is None:
@@ -134,19 +154,50 @@ class Collector:
             moment = now or datetime.now(UTC)
             cycle = moment.replace(microsecond=0) if force else current_cycle(moment)
         summary = CycleSummary(cycle)
-        async with await psycopg.AsyncConnection.connect(self.db_url) as conn:
-            await claims.register(conn, self.id)
-            targets = await active_meters_async(conn, self.box, frontier=frontier)
-            due = await self._due(conn, targets, force, summary)
-            by_id = {t.meter_id: t for t in due}
-            since = await self._since(conn, list(by_id))
-        summary.meters = len(by_id)
-        if by_id:
-            await self._collect(cycle, by_id, since, summary, now)
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.db_url, **CONNECT_OPTIONS
+            ) as conn:
+                await claims.register(conn, self.id)
+                await self._release_earlier(conn)
+                targets = await active_meters_async(conn, self.box, frontier=frontier)
+                due = await self._due(conn, targets, force, summary)
+                self._locked = await _auth_locked(
+                    conn, [t.meter_id for t in due], self.config.max_wrong_passwords
+                )
+                # Level 1 refused too often: not even a forced run presents it again.
+                locked_out = [t for t in due if 1 in self._locked.get(t.meter_id, ())]
+                summary.skipped_auth = len(locked_out)
+                by_id = {t.meter_id: t for t in due if t not in locked_out}
+                since = await self._since(conn, list(by_id))
+            summary.meters = len(by_id)
+            if by_id:
+                self._active.add(cycle)
+                try:
+                    await self._collect(cycle, by_id, since, summary, now)
+                finally:
+                    self._active.discard(cycle)
+        except Exception as exc:  # noqa: BLE001 - reported in the summary, never swallowed
+            (log.error if isinstance(exc, psycopg.Error) else log.exception)(
+                "collection cycle %s failed: %s", cycle.isoformat(), exc
+            )
+            summary.errors.append(f"{type(exc).__name__}: {exc}")
         summary.seconds = time.perf_counter() - t0
         metrics.CYCLE_SECONDS.set(summary.seconds)
         metrics.METERS_BACKED_OFF.set(summary.skipped_backoff)
         return summary
+
+    async def _release_earlier(self, conn: psycopg.AsyncConnection) -> None:
+        """Release this collector's unfinished claims of cycles it no longer runs (a cycle
+        that ended while the database was away could not release them then)."""
+        cur = await conn.execute(
+            """DELETE FROM collection_claim
+               WHERE collector = %s AND done_at IS NULL AND NOT cycle = ANY(%s)""",
+            (self.id, list(self._active)),
+        )
+        await conn.commit()
+        if cur.rowcount:
+            log.warning("released %d unfinished claims of earlier cycles", cur.rowcount)
 
     async def _due(
         self,
@@ -179,71 +230,146 @@ class Collector:
         summary: CycleSummary,
         now: datetime | None,
     ) -> None:
-        queue: asyncio.Queue[MeterOutcome | None] = asyncio.Queue()
+        """Claim, interrogate and store, as structured tasks: whatever happens, every
+        session task is awaited or cancelled, the writer drains what the sessions produced,
+        the heartbeat stops, and the cycle's unfinished claims are released."""
+        queue: asyncio.Queue[MeterOutcome | None] = asyncio.Queue(
+            maxsize=2 * self.config.write_batch
+        )
         sessions = asyncio.Semaphore(self.config.max_sessions)
-        async with (
-            await psycopg.AsyncConnection.connect(self.db_url) as claim_conn,
-            await psycopg.AsyncConnection.connect(self.db_url) as write_conn,
-        ):
-            beat = asyncio.create_task(self._heartbeat(claim_conn))
-            writer = asyncio.create_task(self._writer(write_conn, cycle, queue, summary))
-            try:
-                ids = list(by_id)
-                tasks: set[asyncio.Task[None]] = set()
-                while True:
-                    async with self._claim_conn_lock:
-                        mine = await claims.claim(
-                            claim_conn,
-                            self.id,
-                            cycle,
-                            ids,
-                            limit=self.config.claim_batch,
-                            stale_after=self.config.stale_after,
-                        )
-                    for meter_id in mine:
-                        task = asyncio.create_task(
-                            self._one(by_id[meter_id], since.get(meter_id), sessions, queue, now)
-                        )
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                    if mine:
-                        continue
-                    if tasks:
-                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                        continue
-                    if not await self._others_open(claim_conn, cycle, ids):
-                        break
-                    await asyncio.sleep(min(5.0, self.config.stale_after.total_seconds() / 6))
-            finally:
-                await queue.put(None)
-                await writer
-                beat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beat
+        claim_link, write_link = Link(self.db_url), Link(self.db_url)
+        tasks: set[asyncio.Task[None]] = set()
+        beat = asyncio.create_task(self._heartbeat(claim_link))
+        writer = asyncio.create_task(self._writer(write_link, cycle, queue, summary))
+        try:
+            await self._claim_and_run(
+                claim_link, cycle, by_id, since, sessions, queue, now, tasks, writer, summary
+            )
+        finally:
+            for task in tasks:
+                task.cancel()
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, BaseException) and not isinstance(
+                    result, asyncio.CancelledError
+                ):
+                    summary.errors.append(f"session: {type(result).__name__}: {result}")
+            if not writer.done():
+                await queue.put(None)  # the writer stores what is queued, then stops
+            (result,) = await asyncio.gather(writer, return_exceptions=True)
+            if isinstance(result, BaseException):
+                summary.errors.append(f"writer: {type(result).__name__}: {result}")
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            await self._release(claim_link, cycle, summary)
+            await claim_link.close()
+            await write_link.close()
 
-    async def _heartbeat(self, conn: psycopg.AsyncConnection) -> None:
+    async def _claim_and_run(
+        self,
+        link: Link,
+        cycle: datetime,
+        by_id: dict[int, MeterConfig],
+        since: dict[int, datetime],
+        sessions: asyncio.Semaphore,
+        queue: asyncio.Queue[MeterOutcome | None],
+        now: datetime | None,
+        tasks: set[asyncio.Task[None]],
+        writer: asyncio.Task[None],
+        summary: CycleSummary,
+    ) -> None:
+        ids = list(by_id)
+        within = self.config.db_outage.total_seconds()
+        while True:
+            if writer.done():
+                writer.result()  # raises what stopped it; no session may wait on it forever
+                raise RuntimeError("the writer stopped before the cycle ended")
+            mine = await retrying(
+                "claiming meters",
+                link,
+                lambda c: claims.claim(
+                    c,
+                    self.id,
+                    cycle,
+                    ids,
+                    limit=self.config.claim_batch,
+                    stale_after=self.config.stale_after,
+                ),
+                within=within,
+            )
+            for meter_id in mine:
+                task = asyncio.create_task(
+                    self._one(by_id[meter_id], since.get(meter_id), sessions, queue, now)
+                )
+                tasks.add(task)
+                task.add_done_callback(functools.partial(self._session_done, tasks, summary))
+            if mine:
+                continue
+            if tasks:
+                await asyncio.wait({*tasks, writer}, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if not await retrying(
+                "checking claims", link, lambda c: self._others_open(c, cycle, ids), within=within
+            ):
+                break
+            await asyncio.sleep(min(5.0, self.config.stale_after.total_seconds() / 6))
+
+    @staticmethod
+    def _session_done(
+        tasks: set[asyncio.Task[None]], summary: CycleSummary, task: asyncio.Task[None]
+    ) -> None:
+        """Forget a finished session task, retrieving its exception (its claim stays open
+        and is released at the end of the cycle)."""
+        tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("session task failed: %r", exc)
+            summary.errors.append(f"session: {type(exc).__name__}: {exc}")
+
+    async def _release(self, link: Link, cycle: datetime, summary: CycleSummary) -> None:
+        """Give back the cycle's claims this collector did not finish (sessions cancelled,
+        outcomes not stored), so another run of the cycle reads those meters."""
+
+        async def release(conn: psycopg.AsyncConnection) -> int:
+            cur = await conn.execute(
+                """DELETE FROM collection_claim
+                   WHERE cycle = %s AND collector = %s AND done_at IS NULL""",
+                (cycle, self.id),
+            )
+            await conn.commit()
+            return cur.rowcount
+
+        try:
+            released = await retrying(
+                "releasing claims", link, release, within=self.config.db_outage.total_seconds()
+            )
+        except psycopg.Error as exc:  # still down: the claims go stale with our heartbeat
+            summary.errors.append(f"claims not released: {exc}")
+            log.error("cycle %s: claims not released: %s", cycle.isoformat(), exc)
+            return
+        summary.claims_released = released
+        if released:
+            log.warning("cycle %s: %d unfinished claims released", cycle.isoformat(), released)
+
+    async def _heartbeat(self, link: Link) -> None:
         interval = self.config.stale_after.total_seconds() / 3
         while True:
             await asyncio.sleep(interval)
             try:
-                async with self._claim_conn_lock:
-                    await claims.heartbeat(conn, self.id)
-            except psycopg.Error as exc:  # a database restart: the next beat retries
+                await link.run(lambda c: claims.heartbeat(c, self.id))
+            except psycopg.Error as exc:  # a database restart: the next beat reconnects
                 log.warning("heartbeat failed: %s", exc)
 
     async def _others_open(
         self, conn: psycopg.AsyncConnection, cycle: datetime, ids: list[int]
     ) -> bool:
         """Whether other collectors still hold open claims on our targets this cycle."""
-        async with self._claim_conn_lock:
-            cur = await conn.execute(
-                """SELECT count(*) FROM collection_claim
-                   WHERE cycle = %s AND done_at IS NULL AND meter_id = ANY(%s)
-                     AND collector <> %s""",
-                (cycle, ids, self.id),
-            )
-            row = await cur.fetchone()
-            await conn.commit()
+        cur = await conn.execute(
+            """SELECT count(*) FROM collection_claim
+               WHERE cycle = %s AND done_at IS NULL AND meter_id = ANY(%s)
+                 AND collector <> %s""",
+            (cycle, ids, self.id),
+        )
+        row = await cur.fetchone()
+        await conn.commit()
         return bool(row and row[0])
 
     def _endpoint_lock(self, target: MeterConfig) -> asyncio.Semaphore:
@@ -265,38 +391,83 @@ class Collector:
         now: datetime | None,
     ) -> None:
         async with sessions, self._endpoint_lock(target):
-            outcome = await interrogate(
-                get_driver(target.protocol),
-                target,
-                since=since,
-                policy=self.config.policy,
-                now=now,
-            )
+            started = datetime.now(UTC)
+            limit = self.config.session_deadline.total_seconds()
+            try:
+                async with asyncio.timeout(limit):
+                    outcome = await interrogate(
+                        get_driver(target.protocol),
+                        target,
+                        since=since,
+                        policy=self.config.policy,
+                        now=now,
+                        level2_allowed=2 not in self._locked.get(target.meter_id, ()),
+                    )
+            except TimeoutError:
+                # A meter that keeps answering slowly must not hold the cycle: its data stays
+                # in its memory and the next cycle resumes where the store stops.
+                outcome = MeterOutcome(
+                    target=target,
+                    started_at=started,
+                    finished_at=datetime.now(UTC),
+                    result="timeout",
+                    error=f"timeout: session exceeded {limit:g} s",
+                    duration_s=limit,
+                )
         metrics.SESSIONS.labels(target.protocol, outcome.result).inc()
         metrics.SESSION_SECONDS.labels(target.protocol).observe(outcome.duration_s)
         await queue.put(outcome)
 
     async def _writer(
         self,
-        conn: psycopg.AsyncConnection,
+        link: Link,
         cycle: datetime,
         queue: asyncio.Queue[MeterOutcome | None],
         summary: CycleSummary,
     ) -> None:
+        """Store outcomes in batches until the end marker. Never stops on a batch's failure:
+        a database outage is waited out (for ``db_outage``), anything else is stored outcome
+        by outcome so only the outcome at fault is dropped (its claim is then released)."""
         done = False
         while not done:
-            batch: list[MeterOutcome] = []
             item = await queue.get()
             if item is None:
                 break
-            batch.append(item)
+            batch = [item]
             while len(batch) < self.config.write_batch and not queue.empty():
                 item = queue.get_nowait()
                 if item is None:
                     done = True
                     break
                 batch.append(item)
-            await store_outcomes(conn, batch, cycle, self.id, self.config, summary)
+            await self._store(link, batch, cycle, summary)
+
+    async def _store(
+        self, link: Link, batch: list[MeterOutcome], cycle: datetime, summary: CycleSummary
+    ) -> None:
+        try:
+            await retrying(
+                "storing outcomes",
+                link,
+                lambda c: store_outcomes(c, batch, cycle, self.id, self.config, summary),
+                within=self.config.db_outage.total_seconds(),
+            )
+        except psycopg.OperationalError as exc:
+            # The database stayed away: the meters still hold these intervals, and the next
+            # cycle reads them again from where the store stops.
+            summary.unstored += len(batch)
+            summary.errors.append(f"{len(batch)} outcomes not stored: {exc}")
+            log.error("%d outcomes not stored (database unavailable): %s", len(batch), exc)
+        except Exception as exc:  # noqa: BLE001 - the writer must outlive any one outcome
+            if len(batch) > 1:
+                log.warning("storing a batch failed (%s); storing its outcomes one by one", exc)
+                for o in batch:
+                    await self._store(link, [o], cycle, summary)
+                return
+            log.exception("%s: outcome not stored", batch[0].target.serial)
+            summary.unstored += 1
+            summary.failed["store_error"] += 1
+            summary.errors.append(f"{batch[0].target.serial}: {type(exc).__name__}: {exc}")
 
 
 # --- storing outcomes ------------------------------------------------------------------
@@ -359,6 +530,7 @@ async def store_outcomes(
         await _refused_rows(conn, stored, cycle)
         await _snapshots(conn, batch)
         await _session_log(conn, batch, cycle, collector, stored)
+        await _auth_refusals(conn, batch, config, summary)
         await _health(conn, batch, config, now)
         await _hoja_de_vida(conn, batch, config, summary)
         await conn.execute(
@@ -723,7 +895,16 @@ async def _health(
         """INSERT INTO meter_health AS h
              (meter_id, consecutive_failures, last_result, last_attempt, last_success,
               next_attempt_at, clock_offset_s)
-           SELECT m, CASE WHEN ok THEN 0 ELSE 1 END, r, %(now)s,
+           SELECT m, CASE WHEN ok THEN 0 ELSE 1 END,
+                  -- read, but its level-2 secret refused lately: not healthy
+                  CASE WHEN ok AND EXISTS (
+                      SELECT 1 FROM auth_refusal a
+                      LEFT JOIN meter_credential c ON c.meter_id = a.meter_id AND c.level = 2
+                      WHERE a.meter_id = m AND a.level = 2
+                        AND a.at > now() - interval '24 hours'
+                        AND (c.updated_at IS NULL OR a.at >= c.updated_at))
+                       THEN 'auth_level2' ELSE r END,
+                  %(now)s,
                   CASE WHEN ok THEN %(now)s::timestamptz END, NULL, off
            FROM unnest(%(m)s::bigint[], %(ok)s::boolean[], %(r)s::text[], %(off)s::float8[])
                 AS u(m, ok, r, off)
@@ -750,6 +931,69 @@ async def _health(
             "cap": config.max_backoff,
         },
     )
+
+
+async def _auth_locked(
+    conn: psycopg.AsyncConnection, meter_ids: list[int], limit: int
+) -> dict[int, set[int]]:
+    """Access levels each meter refused ``limit`` times in 24 h with the secret registered
+    now (refusals before the secret last changed do not count)."""
+    if not meter_ids:
+        return {}
+    cur = await conn.execute(
+        """SELECT r.meter_id, r.level FROM auth_refusal r
+           LEFT JOIN meter_credential c ON c.meter_id = r.meter_id AND c.level = r.level
+           WHERE r.meter_id = ANY(%s) AND r.at > now() - interval '24 hours'
+             AND (c.updated_at IS NULL OR r.at >= c.updated_at)
+           GROUP BY r.meter_id, r.level HAVING count(*) >= %s""",
+        (meter_ids, limit),
+    )
+    out: dict[int, set[int]] = {}
+    for meter_id, level in await cur.fetchall():
+        out.setdefault(meter_id, set()).add(level)
+    return out
+
+
+async def _auth_refusals(
+    conn: psycopg.AsyncConnection,
+    batch: Sequence[MeterOutcome],
+    config: EngineConfig,
+    summary: CycleSummary,
+) -> None:
+    """Every refused authentication counts against the meter's daily budget and raises an
+    alarm (level 2's alarm is the failed clock correction's)."""
+    rows = [(o, level) for o in batch for level in o.auth_refused]
+    if not rows:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO auth_refusal (meter_id, level, error) VALUES (%s, %s, %s)",
+            [(o.target.meter_id, level, o.error if level == 1 else None) for o, level in rows],
+        )
+        await cur.executemany(
+            """INSERT INTO frontier_log (frontier_id, meter_id, actor, kind, purpose, activities)
+               VALUES (%s, %s, %s, %s, 'level-1 authentication refused', %s)""",
+            [
+                (
+                    o.target.frontier_id,
+                    o.target.meter_id,
+                    config.actor,
+                    ALARM,
+                    Jsonb(
+                        {
+                            "level": 1,
+                            "error": o.error,
+                            "max_wrong_passwords_per_day": config.max_wrong_passwords,
+                        }
+                    ),
+                )
+                for o, level in rows
+                if level == 1
+            ],
+        )
+    for _, level in rows:
+        summary.auth_refused += 1
+        metrics.AUTH_REFUSALS.labels(str(level)).inc()
 
 
 async def _hoja_de_vida(
@@ -787,6 +1031,9 @@ async def _hoja_de_vida(
                     f"meter answering ({c.after.meter_time.isoformat()})",
                 )
             )
+        elif c is not None and not c.attempted:
+            summary.clock_corrections_failed += 1
+            metrics.CLOCK_CORRECTIONS.labels("not_attempted").inc()
         elif c is not None:
             summary.clock_corrections_failed += 1
             metrics.CLOCK_CORRECTIONS.labels("failed").inc()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from apscheduler.triggers.cron import CronTrigger
@@ -32,7 +32,11 @@ AfterCycle = Callable[[CycleSummary], Awaitable[None]]
 class CollectionJob:
     def __init__(self, service: Service, config: EngineConfig | None = None) -> None:
         self.service = service
-        self.config = config or EngineConfig()
+        settings = service.settings
+        self.config = config or EngineConfig(
+            stale_after=timedelta(seconds=settings.collect_stale_after_s),
+            max_wrong_passwords=settings.collect_max_wrong_passwords_per_day,
+        )
         self.collector: Collector | None = None
         self.after_cycle: list[AfterCycle] = []
         self._leader_conn: psycopg.AsyncConnection | None = None
@@ -72,24 +76,28 @@ class CollectionJob:
 
     async def run(self) -> None:
         assert self.collector is not None
-        try:
-            summary = await self.collector.run_cycle()
-        except psycopg.Error as exc:  # database down: this cycle fails, the next retries
-            log.error("collection cycle failed: %s", exc)
-            return
+        # run_cycle reports failures in the summary rather than raising: the later stages
+        # always run for what was stored, even when the cycle ended early.
+        summary = await self.collector.run_cycle()
         self.last = summary
         log.info(
-            "cycle %s: %d meters, %d ok, %d failed, %d intervals, %d clocks corrected in %.1f s",
+            "cycle %s: %d meters, %d ok, %d failed, %d readings stored, %d refused, "
+            "%d clocks corrected in %.1f s%s",
             summary.cycle.isoformat(),
             summary.meters,
             summary.ok,
             sum(summary.failed.values()),
             summary.intervals_stored,
+            summary.intervals_refused,
             summary.clocks_corrected,
             summary.seconds,
+            f"; errors: {'; '.join(summary.errors)}" if summary.errors else "",
         )
-        if await self.is_leader():
-            await self._overdue()
+        try:
+            if await self.is_leader():
+                await self._overdue()
+        except psycopg.Error as exc:
+            log.warning("overdue count skipped: %s", exc)
         for hook in self.after_cycle:
             try:
                 await hook(summary)

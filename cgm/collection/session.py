@@ -74,6 +74,7 @@ class ClockCorrection:
     after: ClockReading | None
     set_to: datetime | None
     error: str | None = None  # reason when the correction could not be made
+    attempted: bool = True  # False: not tried (level 2 refused too often: lockout guard)
 
     @property
     def ok(self) -> bool:
@@ -101,6 +102,8 @@ class MeterOutcome:
     read_from: datetime | None = None
     read_to: datetime | None = None
     duration_s: float = 0.0
+    auth_refused: list[int] = field(default_factory=list)  # access levels the meter refused
+    level2_locked: bool = False  # level 2 not tried: refused too often with this secret
 
     @property
     def succeeded(self) -> bool:
@@ -210,11 +213,15 @@ async def interrogate(
     since: datetime | None,
     policy: SessionPolicy | None = None,
     now: datetime | None = None,
+    level2_allowed: bool = True,
 ) -> MeterOutcome:
-    """Run the full session sequence for one meter; never raises for a meter's failure."""
+    """Run the full session sequence for one meter; never raises for a meter's failure.
+
+    ``level2_allowed=False`` (the meter refused the level-2 secret too often lately) skips
+    the clock correction rather than present a wrong password once more."""
     policy = policy or SessionPolicy()
     now = now or utcnow()
-    outcome = MeterOutcome(target=target, started_at=utcnow())
+    outcome = MeterOutcome(target=target, started_at=utcnow(), level2_locked=not level2_allowed)
     t0 = time.perf_counter()
     try:
         await _read_session(driver, target, since, now, policy, outcome)
@@ -244,7 +251,11 @@ async def _read_session(
     credentials = target.credential(AccessLevel.READ) or target.credential(AccessLevel.CONFIGURE)
     if credentials is None:
         raise MissingCredentials(f"no credentials registered for meter {target.serial}")
-    session = await _open(driver, target, credentials, policy, outcome)
+    try:
+        session = await _open(driver, target, credentials, policy, outcome)
+    except AuthenticationFailed:
+        outcome.auth_refused.append(int(credentials.level))
+        raise
     try:
         async with session:
             await _read_steps(session, target, since, now, outcome)
@@ -302,9 +313,18 @@ async def _correct_clock(
     credentials = target.credential(AccessLevel.CONFIGURE)
     if credentials is None:
         return ClockCorrection(before, None, None, "no level-2 credentials registered")
+    if outcome.level2_locked:
+        return ClockCorrection(
+            before,
+            None,
+            None,
+            "not attempted: the level-2 secret was refused too often in 24 h",
+            attempted=False,
+        )
     try:
         session = await _open(driver, target, credentials, policy, outcome)
     except AuthenticationFailed as exc:
+        outcome.auth_refused.append(int(AccessLevel.CONFIGURE))
         return ClockCorrection(before, None, None, f"auth: {exc}")
     except DriverError as exc:
         return ClockCorrection(before, None, None, f"{exc.reason}: {exc}")

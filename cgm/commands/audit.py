@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     asub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     v = asub.add_parser("verify", help="recompute the hash chains; report the first break")
     v.add_argument(
-        "--anchor", action="append", default=[], metavar="CHAIN:SEQ:HEX",
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="CHAIN:SEQ:HEX",
         help="a head recorded earlier that must still be in the chain (repeatable)",
     )
     v.add_argument("--json", action="store_true")
@@ -37,14 +40,24 @@ def _verify(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     report = verify(current_url(get_settings()), anchors)
     if args.json:
-        print(json.dumps({
-            "ok": report.ok,
-            "chains": [
-                {"chain": c.chain, "rows": c.rows, "ok": c.ok, "problem": c.problem,
-                 "head": str(c.head) if c.head else None}
-                for c in report.chains
-            ],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "chains": [
+                        {
+                            "chain": c.chain,
+                            "rows": c.rows,
+                            "ok": c.ok,
+                            "problem": c.problem,
+                            "head": str(c.head) if c.head else None,
+                        }
+                        for c in report.chains
+                    ],
+                },
+                indent=2,
+            )
+        )
     else:
         for c in report.chains:
             state = "ok" if c.ok else f"BROKEN: {c.problem}"

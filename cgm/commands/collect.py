@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from datetime import timedelta
 
 from cgm.cli import CommandError
 from cgm.collection.engine import Collector, CycleSummary, EngineConfig
@@ -37,19 +38,26 @@ def print_summary(s: CycleSummary) -> None:
     print(f"  failed       {sum(s.failed.values())} ({failed})")
     if s.skipped_backoff:
         print(f"  backed off   {s.skipped_backoff} (failing repeatedly; --frontier forces)")
-    print(f"  intervals    {s.intervals_stored} stored")
+    print(f"  readings     {s.intervals_stored} stored, {s.intervals_refused} refused")
     print(
         f"  clocks       {s.clocks_corrected} corrected, "
         f"{s.clock_corrections_failed} corrections failed"
     )
     if s.config_findings:
         print(f"  config       {s.config_findings} new findings (see the hoja de vida)")
+    for error in s.errors:
+        print(f"  error        {error}")
 
 
 def _collect(args: argparse.Namespace) -> int:
     settings = get_settings()
     url = current_url(settings)
-    config = EngineConfig(max_sessions=args.concurrency, policy=SessionPolicy(timeout=args.timeout))
+    config = EngineConfig(
+        max_sessions=args.concurrency,
+        policy=SessionPolicy(timeout=args.timeout),
+        stale_after=timedelta(seconds=settings.collect_stale_after_s),
+        max_wrong_passwords=settings.collect_max_wrong_passwords_per_day,
+    )
     collector = Collector(url, secret_box(settings), config)
     # On demand for one frontier: the operator asked, so ignore the failure backoff.
     async def once() -> CycleSummary:
@@ -67,4 +75,4 @@ def _collect(args: argparse.Namespace) -> int:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
         print_summary(summary)
-    return 0 if not summary.failed else 1
+    return 0 if not (summary.failed or summary.errors) else 1

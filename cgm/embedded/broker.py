@@ -521,9 +521,7 @@ class Broker:
 
     async def start(self) -> tuple[str, int]:
         """Listen (port 0 picks a free one) and return the bound (host, port)."""
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, ssl=self.tls
-        )
+        self._server = await asyncio.start_server(self._accept, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("embedded MQTT 5 broker on %s:%d", self.host, self.port)
         return self.address

@@ -103,9 +103,7 @@ def verify(url: str, anchors: Iterable[Anchor] = ()) -> VerifyReport:
 
 def _verify_chain(conn: psycopg.Connection, chain: str, anchors: list[Anchor]) -> ChainReport:
     rep = ChainReport(chain)
-    head = conn.execute(
-        "SELECT seq, hash FROM audit_chain WHERE chain = %s", (chain,)
-    ).fetchone()
+    head = conn.execute("SELECT seq, hash FROM audit_chain WHERE chain = %s", (chain,)).fetchone()
     table = sql.Identifier(chain)
     (rep.unchained,) = conn.execute(  # type: ignore[misc]
         sql.SQL("SELECT count(*) FROM {} WHERE hash IS NULL").format(table)
@@ -155,8 +153,7 @@ def _verify_chain(conn: psycopg.Connection, chain: str, anchors: list[Anchor]) -
             rep.problem = f"recorded anchor seq {seq} is beyond the chain (ends at {last_seq})"
         elif rep.unchained:
             rep.problem = (
-                f"{rep.unchained} row(s) carry no hash: written with the chain trigger "
-                "switched off"
+                f"{rep.unchained} row(s) carry no hash: written with the chain trigger switched off"
             )
     if last_seq:
         rep.head = Anchor(chain, last_seq, prev)

@@ -211,3 +211,71 @@ async def test_the_session_log_the_summary_and_the_metric_count_the_same_values(
         current_cycle(datetime.now(UTC)) + timedelta(minutes=1)
     )
     assert again.intervals_stored == 0
+
+
+def _server_of(env: Env, serial: str):  # noqa: ANN202
+    port = env.fleet.placements[serial].port
+    return next(s for s in env.fleet.servers if s.port == port)
+
+
+def _secret(inv: dict, serial: str, level: str, secret: str) -> None:
+    for f in inv["frontiers"]:
+        f["monthly_energy_mwh"] = 20_000  # type 1: a 30 s clock limit
+        for m in f["meters"]:
+            if m["serial"] == serial:
+                m["credentials"][level]["secret"] = secret
+
+
+async def test_a_wrong_level2_secret_reaches_the_meter_at_most_3_times_a_day(env: Env) -> None:
+    env.import_(lambda inv: _secret(inv, "P87001", "level2", "not-the-secret"))
+    meter = env.fleet.meter("P87001")
+    meter.set_clock(datetime.now(UTC) + timedelta(seconds=45))  # beyond the limit: level 2
+    server = _server_of(env, "P87001")
+    refused_before = server.stats.rejected
+    metric_before = _metric("cgm_auth_refusals_total", level="2")
+    collector = Collector(env.url, env.box, FAST)
+    base = current_cycle()
+    for i in range(6):  # six hourly cycles: without the guard, six wrong passwords
+        s = await collector.run_cycle(base + timedelta(minutes=i))
+        assert s.ok == 4  # the meter is still read at level 1 every cycle
+    assert server.stats.rejected - refused_before == 3
+    assert _metric("cgm_auth_refusals_total", level="2") - metric_before == 3
+    p = env.meter_id("P87001")
+    assert env.rows("SELECT count(*) FROM auth_refusal WHERE meter_id = %s", p)[0][0] == 3
+    alarms = env.rows(
+        "SELECT activities->>'error' FROM frontier_log WHERE meter_id = %s AND kind = 'alarm'", p
+    )
+    assert len(alarms) == 3 and all(a[0].startswith("auth") for a in alarms)
+    (health,) = env.rows("SELECT last_result FROM meter_health WHERE meter_id = %s", p)[0]
+    assert health == "auth_level2"  # read fine, but not healthy
+    # The operator registers the right secret: the budget starts afresh and the clock is set.
+    env.import_()
+    s = await collector.run_cycle(base + timedelta(minutes=10))
+    assert s.clocks_corrected == 1 and abs(meter.clock_offset) < 2
+    (health,) = env.rows("SELECT last_result FROM meter_health WHERE meter_id = %s", p)[0]
+    assert health == "ok"
+
+
+async def test_a_wrong_level1_secret_is_not_presented_again_after_3_refusals(env: Env) -> None:
+    env.import_(lambda inv: _secret(inv, "B87002", "level1", "not-the-secret"))
+    server = _server_of(env, "B87002")
+    refused_before = server.stats.rejected
+    collector = Collector(env.url, env.box, FAST)
+    base = current_cycle()
+    skipped = []
+    for i in range(5):
+        # Forced (on demand, past the failure backoff): the lockout guard still holds.
+        s = await collector.run_cycle(base + timedelta(minutes=i), force=True)
+        assert s.ok == 3
+        skipped.append(s.skipped_auth)
+    assert server.stats.rejected - refused_before == 3
+    assert skipped == [0, 0, 0, 1, 1]
+    b = env.meter_id("B87002")
+    (n,) = env.rows(
+        "SELECT count(*) FROM frontier_log WHERE meter_id = %s AND kind = 'alarm' "
+        "AND purpose = 'level-1 authentication refused'",
+        b,
+    )[0]
+    assert n == 3
+    (health,) = env.rows("SELECT last_result FROM meter_health WHERE meter_id = %s", b)[0]
+    assert health == "auth"
