@@ -1,7 +1,13 @@
 """Settled hourly series per frontier: the same idempotent, versioned write as readings.
 
-Volumes are small (a frontier has 24 × 4 values a day), so rows go through psycopg's COPY
-into a staging table and one upsert; no direct path.
+A local day of a large fleet is about a million values, almost all of them plain measured
+values (a principal's or backup's reading with its meter, reading version, secondary value
+and factor), so they get the readings path's treatment: a numpy array
+(:data:`MEASURED_DTYPE`, built with :func:`measured_array`), validated column-wise, sent by
+binary COPY (cgm.storage.pgbinary) into a staging table, and their ``detail`` built by the
+server. The other values (estimates, flagged or manual ones, with a free-form ``detail``)
+are few and come as :class:`SettledValue` objects through a text COPY. Both meet in one
+set-based upsert.
 
 The manual rule, which VEE relies on: a stored value whose source is ``manual`` is only
 superseded by another ``manual`` write. Automatic writes (principal, backup, estimate) over
@@ -13,13 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
+from cgm.storage import pgbinary
 from cgm.storage.common import (
     CHANNELS_BY_ID,
     HOUR,
@@ -27,6 +34,8 @@ from cgm.storage.common import (
     UnknownKeys,
     WriteResult,
     channel_id,
+    examples,
+    from_us,
     missing_ids,
     set_audit_context,
     to_utc_us,
@@ -36,7 +45,40 @@ from drivers.base import Channel
 
 SOURCES = ("principal", "backup", "estimate", "manual")
 _STAGE = "cgm_settled_stage"
+_MEASURED_STAGE = "cgm_settled_measured_stage"
 _COLS = "frontier_id, channel, interval_start, value, source, method, flags, detail"
+
+MEASURED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("frontier_id", "i8"),
+    ("channel", "i2"),
+    ("interval_start", "M8[us]"),
+    ("value", "f8"),
+    ("source", "i2"),  # 1 principal, 2 backup
+    ("flags", "i4"),
+    ("meter_id", "i8"),
+    ("reading_version", "i4"),
+    ("secondary", "f8"),
+    ("factor", "f8"),
+)
+MEASURED_DTYPE = np.dtype([(n, k) for n, k in MEASURED_COLUMNS])
+"""A plain measured settled value: stored with source principal/backup, no method, and
+``detail`` = {meter_id, reading_version, secondary, factor}."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def measured_array(**columns: Any) -> np.ndarray:
+    """A :data:`MEASURED_DTYPE` array from equal-length columns (scalars broadcast);
+    ``interval_start`` as ``datetime64[us]`` (UTC) or POSIX microseconds."""
+    missing = set(MEASURED_DTYPE.names) - set(columns)
+    if missing:
+        raise InvalidRows("measured settled values", [f"missing column(s) {sorted(missing)}"])
+    shaped = np.broadcast_arrays(*(np.asarray(columns[n]) for n in MEASURED_DTYPE.names))
+    out = np.empty(shaped[0].shape[0] if shaped[0].ndim else 1, dtype=MEASURED_DTYPE)
+    for name, col in zip(MEASURED_DTYPE.names, shaped, strict=True):
+        if name == "interval_start" and col.dtype.kind != "M":
+            col = col.astype("i8").view("M8[us]")
+        out[name] = col
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,81 +114,194 @@ class StoredSettled:
     reason: str | None
 
 
-def _check(rows: list[SettledValue], interval: timedelta) -> list[tuple]:
-    """Validated rows as tuples in key order, identical duplicates collapsed."""
+def _objects(rows: list[SettledValue]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """SettledValue objects as a key/value array (for the shared numpy checks) and their
+    free-form parts (source, method, detail); a row that cannot be read at all is an
+    error for the whole batch."""
+    arr = np.zeros(len(rows), dtype=MEASURED_DTYPE)
+    rest: list[tuple[Any, ...]] = []
     problems: list[str] = []
-    out: dict[tuple, tuple] = {}
-    step = interval / timedelta(microseconds=1)
+    step = timedelta(microseconds=1)
     for i, r in enumerate(rows):
         try:
             if not isinstance(r, SettledValue):
                 raise ValueError("not a SettledValue")
             if isinstance(r.frontier_id, bool) or not isinstance(r.frontier_id, int):
                 raise ValueError(f"frontier_id {r.frontier_id!r} is not an integer")
-            if r.frontier_id < 1:
-                raise ValueError(f"frontier_id {r.frontier_id} must be >= 1")
-            ch = channel_id(r.channel)
-            t = to_utc_us(r.interval_start, "interval_start")
-            if t.astype("i8") % step:
-                raise ValueError(f"interval_start {t} not on a {interval} boundary")
-            v = float(r.value)
-            if not np.isfinite(v) or v < 0:
-                raise ValueError(f"value {r.value!r} is not a finite non-negative number")
+            t = r.interval_start
+            if not isinstance(t, datetime):
+                raise ValueError(f"interval_start {t!r} is not a datetime")
+            if t.tzinfo is None or t.utcoffset() is None:
+                raise ValueError(f"interval_start {t.isoformat()} is naive (needs a time zone)")
             if r.source not in SOURCES:
                 raise ValueError(f"source {r.source!r} not one of {SOURCES}")
             if (r.source == "estimate") != (r.method is not None):
                 raise ValueError("method is required for, and only for, source 'estimate'")
-            if r.flags < 0 or r.flags & ~KNOWN_MASK:
-                raise ValueError(f"flags {r.flags:#x} has undefined bits")
-        except (ValueError, TypeError) as exc:
-            problems.append(f"row {i}: {exc}")
-            continue
-        key = (r.frontier_id, ch, r.interval_start)
-        row = (r.frontier_id, ch, r.interval_start, v, r.source, r.method, r.flags, r.detail)
-        if key in out and out[key][3:] != row[3:]:
-            problems.append(
-                f"row {i}: same (frontier, channel, interval) as an earlier row "
-                "with a different value"
+            arr[i] = (
+                r.frontier_id,
+                channel_id(r.channel),
+                np.datetime64((t - _EPOCH) // step, "us"),
+                float(r.value),
+                SOURCES.index(r.source) + 1,
+                int(r.flags),
+                0,
+                0,
+                0.0,
+                1.0,
             )
-        out.setdefault(key, row)
+        except (ValueError, TypeError, OverflowError) as exc:
+            problems.append(f"row {i}: {exc}")
+            rest.append(())
+            continue
+        rest.append((r.source, r.method, r.detail))
     if problems:
-        shown = problems[:5] + ([f"… {len(problems) - 5} more"] if len(problems) > 5 else [])
-        raise InvalidRows(f"{len(rows)} settled values", shown)
-    return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1], to_utc_us(k[2], "")))]
+        _reject(len(rows), problems)
+    return arr, rest
+
+
+def _reject(n: int, problems: list[str]) -> None:
+    shown = problems[:5] + ([f"… {len(problems) - 5} more"] if len(problems) > 5 else [])
+    raise InvalidRows(f"{n} settled values", shown)
+
+
+def _check(arr: np.ndarray, interval: timedelta, *, measured: bool) -> list[str]:
+    """Column-wise checks of a MEASURED_DTYPE array; problems, one line per check."""
+    out = []
+    step = interval // timedelta(microseconds=1)
+    t = arr["interval_start"].view("i8")
+
+    def bad(mask: np.ndarray, what: str, describe) -> None:  # noqa: ANN001
+        if mask.any():
+            out.append(f"{what}: " + examples(mask, describe))
+
+    bad(arr["frontier_id"] < 1, "frontier_id must be >= 1", lambda i: arr["frontier_id"][i])
+    bad(
+        ~np.isin(arr["channel"], list(CHANNELS_BY_ID)),
+        "unknown channel",
+        lambda i: arr["channel"][i],
+    )
+    bad(t == np.iinfo("i8").min, "interval_start missing", lambda i: "NaT")
+    bad(
+        t % step != 0,
+        f"interval_start not on a {interval} boundary",
+        lambda i: from_us(arr["interval_start"][i]).isoformat(),
+    )
+    v = arr["value"]
+    bad(~np.isfinite(v) | (v < 0), "value not a finite non-negative number", lambda i: v[i])
+    f = arr["flags"]
+    bad((f < 0) | (f & ~KNOWN_MASK != 0), "flags with undefined bits", lambda i: hex(f[i]))
+    if measured:
+        bad(
+            ~np.isin(arr["source"], (1, 2)),
+            "source not principal (1) or backup (2)",
+            lambda i: arr["source"][i],
+        )
+        bad(arr["meter_id"] < 1, "meter_id must be >= 1", lambda i: arr["meter_id"][i])
+        for name in ("secondary", "factor"):
+            col = arr[name]
+            bad(
+                ~np.isfinite(col) | (col < 0),
+                f"{name} not a finite non-negative number",
+                lambda i, col=col: col[i],
+            )
+    return out
+
+
+def _key_order(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices in key order, and a mask of rows whose key repeats the previous one."""
+    t = arr["interval_start"].view("i8")
+    order = np.lexsort((t, arr["channel"], arr["frontier_id"]))
+    k = arr[order]
+    kt = t[order]
+    dup = np.zeros(len(arr), dtype=bool)
+    if len(arr) > 1:
+        dup[1:] = (
+            (k["frontier_id"][1:] == k["frontier_id"][:-1])
+            & (k["channel"][1:] == k["channel"][:-1])
+            & (kt[1:] == kt[:-1])
+        )
+    return order, dup
+
+
+def _collapse(
+    obj: np.ndarray, rest: list[tuple[Any, ...]], measured: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Indices of the object rows and measured rows to write, in-batch duplicates with
+    identical content collapsed; problems for duplicates that disagree."""
+    n_obj = len(obj)
+    both = np.concatenate([obj, measured])
+    order, dup = _key_order(both)
+    keep = np.ones(len(both), dtype=bool)
+    problems = []
+    for pos in np.flatnonzero(dup):
+        i, j = int(order[pos - 1]), int(order[pos])
+        same = both[i] == both[j]
+        if i < n_obj and j < n_obj:
+            same = same and rest[i] == rest[j]
+        elif (i < n_obj) != (j < n_obj):
+            same = False
+        if same:
+            keep[j] = False
+        else:
+            problems.append(
+                f"row {j if j < n_obj else j - n_obj}{'' if j < n_obj else ' (measured)'}: "
+                "same (frontier, channel, interval) as an earlier row with a different value"
+            )
+    return np.flatnonzero(keep[:n_obj]), np.flatnonzero(keep[n_obj:]), problems
 
 
 async def write_settled(
     conn: psycopg.AsyncConnection,
-    rows: Iterable[SettledValue],
+    rows: Iterable[SettledValue] = (),
     *,
+    measured: np.ndarray | None = None,
     actor: str,
     reason: str | None = None,
     interval: timedelta = HOUR,
 ) -> WriteResult:
     """Store settled values idempotently in one transaction (see the module docstring).
 
-    Equal values are left alone; a different value (or source, method, flags, detail)
-    becomes version + 1 with the old image in the audit log, unless the stored value is
-    manual and the new one is not. ``actor`` and ``reason`` are stored on the rows written
-    and in the audit log. Raises :class:`InvalidRows` before writing anything.
+    ``rows``: SettledValue objects; ``measured``: plain measured values as a
+    :data:`MEASURED_DTYPE` array (the bulk of a VEE run). Equal values are left alone; a
+    different value (or source, method, flags, detail) becomes version + 1 with the old
+    image in the audit log, unless the stored value is manual and the new one is not.
+    ``actor`` and ``reason`` are stored on the rows written and in the audit log. Raises
+    :class:`InvalidRows` before writing anything.
     """
     items = list(rows)
-    checked = _check(items, interval)
+    obj, rest = _objects(items)
+    if measured is None:
+        measured = np.zeros(0, dtype=MEASURED_DTYPE)
+    if measured.dtype != MEASURED_DTYPE:
+        raise InvalidRows("measured settled values", ["array is not of MEASURED_DTYPE"])
+    problems = _check(obj, interval, measured=False) + _check(measured, interval, measured=True)
+    if problems:
+        _reject(len(items) + len(measured), problems)
+    keep_obj, keep_meas, problems = _collapse(obj, rest, measured)
+    if problems:
+        _reject(len(items) + len(measured), problems)
     if not actor:
         raise InvalidRows("settled values", ["actor is required"])
-    if any(r[4] == "manual" for r in checked) and not reason:
+    sources = {rest[i][0] for i in keep_obj} | {
+        SOURCES[int(c) - 1] for c in np.unique(measured["source"][keep_meas])
+    }
+    if "manual" in sources and not reason:
         raise InvalidRows("settled values", ["a manual value needs a reason"])
+    received = len(items) + len(measured)
+    checked = len(keep_obj) + len(keep_meas)
     if not checked:
         return WriteResult(None, 0, 0, 0, 0)
+    meas = measured[keep_meas]
     async with conn.transaction():
-        unknown = await missing_ids(conn, "frontier", np.unique([r[0] for r in checked]))
+        fids = np.unique(np.concatenate([obj["frontier_id"][keep_obj], meas["frontier_id"]]))
+        unknown = await missing_ids(conn, "frontier", fids)
         if unknown:
             raise UnknownKeys("settled values", [f"unknown frontier id(s) {unknown[:20]}"])
         cur = await conn.execute(
             """INSERT INTO ingest_batch (actor, source, received, inserted, unchanged,
                                          superseded, target)
                VALUES (%s, %s, %s, 0, 0, 0, 'settled_reading') RETURNING id""",
-            (actor, ",".join(sorted({r[4] for r in checked})), len(items)),
+            (actor, ",".join(sorted(sources)), received),
         )
         (batch_id,) = await cur.fetchone()  # type: ignore[misc]
         await set_audit_context(
@@ -158,14 +313,50 @@ async def write_settled(
                     value double precision, source text, method text, flags integer,
                     detail jsonb)"""
         )
-        await conn.execute(f"TRUNCATE {_STAGE}")
-        async with conn.cursor() as c, c.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
-            for r in checked:
-                await copy.write_row((*r[:7], Jsonb(dict(r[7]))))
+        await conn.execute(
+            f"""CREATE TEMP TABLE IF NOT EXISTS {_MEASURED_STAGE} (
+                    frontier_id bigint, channel smallint, interval_start timestamptz,
+                    value double precision, source smallint, flags integer, meter_id bigint,
+                    reading_version integer, secondary double precision,
+                    factor double precision)"""
+        )
+        await conn.execute(f"TRUNCATE {_STAGE}, {_MEASURED_STAGE}")
+        if len(keep_obj):
+            async with conn.cursor() as c, c.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
+                for i in keep_obj:
+                    r = obj[i]
+                    source, method, detail = rest[i]
+                    await copy.write_row(
+                        (
+                            int(r["frontier_id"]),
+                            int(r["channel"]),
+                            items[i].interval_start,
+                            float(r["value"]),
+                            source,
+                            method,
+                            int(r["flags"]),
+                            Jsonb(dict(detail)),
+                        )
+                    )
+        if len(meas):
+            names = ", ".join(MEASURED_DTYPE.names)
+            async with (
+                conn.cursor() as c,
+                c.copy(f"COPY {_MEASURED_STAGE} ({names}) FROM STDIN (FORMAT BINARY)") as copy,
+            ):
+                await copy.write(pgbinary.encode(MEASURED_COLUMNS, meas))
         cur = await conn.execute(
             f"""WITH up AS (
                   INSERT INTO settled_reading AS t ({_COLS}, actor, reason)
-                  SELECT {_COLS}, %(actor)s, %(reason)s FROM {_STAGE}
+                  SELECT {_COLS}, %(actor)s, %(reason)s FROM (
+                    SELECT {_COLS} FROM {_STAGE}
+                    UNION ALL
+                    SELECT frontier_id, channel, interval_start, value,
+                           CASE source WHEN 1 THEN 'principal' ELSE 'backup' END, NULL,
+                           flags, jsonb_build_object('meter_id', meter_id,
+                             'reading_version', reading_version, 'secondary', secondary,
+                             'factor', factor)
+                    FROM {_MEASURED_STAGE}) x
                   ORDER BY frontier_id, channel, interval_start
                   ON CONFLICT (frontier_id, channel, interval_start) DO UPDATE
                     SET value = excluded.value, source = excluded.source,
@@ -183,21 +374,28 @@ async def write_settled(
             {"actor": actor, "reason": reason},
         )
         inserted, superseded = await cur.fetchone()  # type: ignore[misc]
-        # After the upsert: stage rows that were refused because a manual value stands.
-        cur = await conn.execute(
-            f"""SELECT count(*) FROM {_STAGE} s JOIN settled_reading t
-                  USING (frontier_id, channel, interval_start)
-                WHERE t.source = 'manual' AND s.source <> 'manual'"""
-        )
-        (kept,) = await cur.fetchone()  # type: ignore[misc]
-        await conn.execute(f"TRUNCATE {_STAGE}")
-        unchanged = len(checked) - inserted - superseded - kept
+        kept = 0
+        if inserted + superseded < checked:
+            # Some rows were not applied: equal to what is stored, or refused because a
+            # manual value stands. Only then is the (costly) comparison worth making.
+            cur = await conn.execute(
+                f"""SELECT count(*) FROM (
+                      SELECT frontier_id, channel, interval_start FROM {_STAGE}
+                       WHERE source <> 'manual'
+                      UNION ALL
+                      SELECT frontier_id, channel, interval_start FROM {_MEASURED_STAGE}) s
+                    JOIN settled_reading t USING (frontier_id, channel, interval_start)
+                    WHERE t.source = 'manual'"""
+            )
+            (kept,) = await cur.fetchone()  # type: ignore[misc]
+        await conn.execute(f"TRUNCATE {_STAGE}, {_MEASURED_STAGE}")
+        unchanged = checked - inserted - superseded - kept
         await conn.execute(
             """UPDATE ingest_batch SET inserted = %s, unchanged = %s, superseded = %s,
                                       kept_manual = %s WHERE id = %s""",
             (inserted, unchanged, superseded, kept, batch_id),
         )
-    return WriteResult(batch_id, len(items), inserted, unchanged, superseded, kept_manual=kept)
+    return WriteResult(batch_id, received, inserted, unchanged, superseded, kept_manual=kept)
 
 
 async def read_settled(

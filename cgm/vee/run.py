@@ -25,6 +25,7 @@ from cgm.frontier_log import ALARM
 from cgm.localtime import HOUR, day_bounds, local_day
 from cgm.storage import Quality, SettledValue, write_settled
 from cgm.storage.common import CHANNELS_BY_ID
+from cgm.storage.settled import measured_array
 from cgm.vee import estimate as est
 from cgm.vee.config import ALL_RULES, VeeConfig
 from cgm.vee.daytype import day_type, same_type_days
@@ -374,7 +375,28 @@ async def _run_day(
             summary.by_source[name] += n_same
     summary.values += int(same.sum())
     todo = settle & ~same
-    for s, j in zip(*np.nonzero(todo), strict=True):
+    # Plain measured values that changed (or are new) go to storage as one array; only
+    # estimates, flagged and manual-covered values are built one by one.
+    bulk = todo & plain & ~manual
+    for code, name in ((1, "principal"), (2, "backup")):
+        n_bulk = int((bulk & (src == code)).sum())
+        if n_bulk:
+            summary.by_source[name] += n_bulk
+    summary.values += int(bulk.sum())
+    bs, bj = np.nonzero(bulk)
+    measured = measured_array(
+        frontier_id=series.frontier_id[bs],
+        channel=series.channel[bs],
+        interval_start=int(w0.timestamp()) * 1_000_000 + bj * 3_600_000_000,
+        value=chosen[bs, bj],
+        source=src[bs, bj],
+        flags=flags_m[bs, bj],
+        meter_id=meter_of[bs, bj],
+        reading_version=ver[bs, bj],
+        secondary=raw[bs, bj],
+        factor=fac[bs, bj],
+    )
+    for s, j in zip(*np.nonzero(todo & ~bulk), strict=True):
         s, j = int(s), int(j)
         fid, ch = int(series.frontier_id[s]), int(series.channel[s])
         ests = estimates.get(s, {})
@@ -418,12 +440,18 @@ async def _run_day(
         changed.append(SettledValue(fid, ch, starts[j], value, source_name, method, flags, detail))
     timer.lap("build rows")
 
-    if changed:
-        result = await write_settled(conn, changed, actor=config.actor, reason=f"vee {day}")
+    if changed or len(measured):
+        result = await write_settled(
+            conn, changed, measured=measured, actor=config.actor, reason=f"vee {day}"
+        )
         summary.written = result.inserted + result.superseded
         summary.kept_manual += result.kept_manual
-        for source, n in Counter(v.source for v in changed).items():
-            metrics.VEE_VALUES_WRITTEN.labels(source).inc(n)
+        written = Counter(v.source for v in changed)
+        for code, name in ((1, "principal"), (2, "backup")):
+            written[name] += int((measured["source"] == code).sum())
+        for source, n in written.items():
+            if n:
+                metrics.VEE_VALUES_WRITTEN.labels(source).inc(n)
     timer.lap("write")
 
     summary.alarms = await _prolonged_estimation(conn, series, day, now, config)

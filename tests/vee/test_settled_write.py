@@ -1,0 +1,110 @@
+"""The settled write path's bulk form: plain measured values as a numpy array, validated
+column-wise and sent by binary COPY, stored exactly as the object form stores them."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pytest
+
+from cgm.localtime import hour_starts
+from cgm.storage import InvalidRows, SettledValue, write_settled
+from cgm.storage.settled import measured_array
+from tests.vee.conftest import make_frontier, settled
+
+DAY = date(2026, 5, 12)
+
+
+def _day(fid: int, meter: int, values: np.ndarray) -> np.ndarray:
+    starts = np.array([t.timestamp() for t in hour_starts(DAY)], dtype=np.int64) * 1_000_000
+    return measured_array(
+        frontier_id=fid,
+        channel=1,
+        interval_start=starts,
+        value=values * 40.0,
+        source=1,
+        flags=0,
+        meter_id=meter,
+        reading_version=1,
+        secondary=values,
+        factor=40.0,
+    )
+
+
+async def test_measured_array_is_stored_like_objects_and_rewrites_nothing(conn) -> None:
+    f = await make_frontier(conn)
+    values = 0.1 + np.arange(24) * 0.123456789  # values a text round trip could alter
+    arr = _day(f.id, f.principal, values)
+    t = hour_starts(DAY)
+    est = SettledValue(f.id, 1, t[5], 3.0, "estimate", "typical_curve", 256, {"x": 1})
+    arr = arr[np.arange(24) != 5]
+    first = await write_settled(conn, [est], measured=arr, actor="vee", reason="test")
+    await conn.commit()
+    assert (first.inserted, first.unchanged) == (24, 0)
+    rows = await settled(conn, f, DAY)
+    assert rows[0][:4] == (values[0] * 40.0, "principal", None, 0)
+    assert rows[0][4] == {
+        "meter_id": f.principal,
+        "reading_version": 1,
+        "secondary": values[0],
+        "factor": 40.0,
+    }
+    assert rows[7][4]["secondary"] == values[7]  # bit-exact through jsonb
+    assert rows[5][1:3] == ("estimate", "typical_curve")
+    # The same detail written through the object form is equal: nothing changes.
+    same = [
+        SettledValue(f.id, 1, t[i], values[i] * 40.0, "principal", None, 0, rows[i][4])
+        for i in range(24)
+        if i != 5
+    ]
+    again = await write_settled(conn, same, actor="vee")
+    again2 = await write_settled(conn, [est], measured=arr, actor="vee")
+    await conn.commit()
+    assert (again.unchanged, again.superseded) == (23, 0)
+    assert (again2.unchanged, again2.superseded, again2.inserted) == (24, 0, 0)
+    # A manual value stands against a measured array.
+    manual = SettledValue(f.id, 1, t[3], 1.0, "manual", None, 0, {})
+    await write_settled(conn, [manual], actor="op", reason="meter swapped")
+    arr2 = arr.copy()
+    arr2["value"][3] = 99.0
+    kept = await write_settled(conn, measured=arr2, actor="vee")
+    await conn.commit()
+    assert kept.kept_manual == 1 and (await settled(conn, f, DAY))[3][1] == "manual"
+
+
+@pytest.mark.parametrize(
+    ("column", "bad", "message"),
+    [
+        ("value", np.nan, "value not a finite"),
+        ("value", -1.0, "value not a finite"),
+        ("source", 3, "source not principal"),
+        ("channel", 9, "unknown channel"),
+        ("flags", 1 << 30, "undefined bits"),
+        ("meter_id", 0, "meter_id"),
+        ("interval_start", np.datetime64("2026-05-12T05:30", "us"), "boundary"),
+    ],
+)
+async def test_bad_measured_rows_reject_the_batch(conn, column, bad, message) -> None:
+    f = await make_frontier(conn)
+    arr = _day(f.id, f.principal, np.ones(24))
+    arr[column][4] = bad
+    with pytest.raises(InvalidRows, match=message):
+        await write_settled(conn, measured=arr, actor="vee")
+    assert await settled(conn, f, DAY) == []
+
+
+async def test_duplicates_collapse_when_equal_and_reject_when_not(conn) -> None:
+    f = await make_frontier(conn)
+    arr = _day(f.id, f.principal, np.ones(24))
+    twice = np.concatenate([arr, arr[:3]])
+    r = await write_settled(conn, measured=twice, actor="vee")
+    await conn.commit()
+    assert (r.received, r.inserted) == (27, 24)
+    clash = np.concatenate([arr, arr[:1]])
+    clash["value"][-1] = 7.0
+    with pytest.raises(InvalidRows, match="different value"):
+        await write_settled(conn, measured=clash, actor="vee")
+    obj = SettledValue(f.id, 1, hour_starts(DAY)[0], 40.0, "backup")
+    with pytest.raises(InvalidRows, match="different value"):
+        await write_settled(conn, [obj], measured=arr, actor="vee")
