@@ -316,6 +316,35 @@ class SimulatedMeter:
             )
         return out
 
+    def register_values(self, ends: list[datetime]) -> dict[Channel, list[float]]:
+        """The cumulative registers at interval boundaries ``ends`` (what a meter captures
+        in a cumulative-register profile): the same running sum as :meth:`registers`."""
+        if not ends:
+            return {}
+        step = int(self.capture_period.total_seconds())
+        installed = int(self.installed_at.timestamp())
+        last = max(int(max(ends).timestamp()), installed)
+        values = self.interval_values(np.arange(installed, last, step, dtype=np.int64))
+        reset = self.faults.register_reset_at
+        reset_n = (
+            None
+            if reset is None
+            else max(0, (int(self._floor(reset).timestamp()) - installed) // step)
+        )
+        out: dict[Channel, list[float]] = {}
+        for ch, v in values.items():
+            running = np.concatenate(([0.0], np.cumsum(v)))
+            column = []
+            for end in ends:
+                n = min(max(0, (int(end.timestamp()) - installed) // step), len(running) - 1)
+                if reset is not None and reset_n is not None and reset <= end:
+                    total = float(running[n] - running[min(reset_n, n)])  # counts from zero
+                else:
+                    total = self.initial_register + float(running[n])
+                column.append(round(total, RESOLUTION))
+            out[ch] = column
+        return out
+
     def registers(self) -> dict[Channel, float]:
         """Cumulative registers now: every whole interval since installation (or the last
         reset), plus the elapsed share of the current one."""

@@ -28,6 +28,7 @@ from pymodbus.pdu import DecodePDU, ModbusPDU
 from drivers.base import (
     AccessDenied,
     AuthenticationFailed,
+    Channel,
     ClockReading,
     ConnectionFailed,
     Credentials,
@@ -42,8 +43,10 @@ from drivers.base import (
     ProfileEntry,
     ProtocolError,
     RegisterValue,
+    SessionEvent,
     utcnow,
 )
+from drivers.cumulative import CumulativeRow, profile_entries, rollover_value
 from drivers.modbus.registermap import (
     FUNCTION_CODES,
     WORD_ORDERS,
@@ -99,6 +102,7 @@ class ModbusSession(MeterSession):
         self.map = regmap
         self.device_id = device_id
         self.order: Order = order
+        self.register_max: float | None = None
         self.level: int | None = None  # what the meter says it granted
         self._decoder = DecodePDU(False)
         self._expect: tuple[int, int] | None = None  # (function code, registers) in flight
@@ -401,10 +405,41 @@ class ModbusSession(MeterSession):
         if self._capture_period is None:
             await self._read_profile_config()
         period = cast(timedelta, self._capture_period)
+        if p.values == "interval":
+            return [
+                ProfileEntry(at, period, values, status)
+                for at, values, status in await self._read_records(p, period, start, end)
+            ]
+        # Cumulative records: one more record before the range opens its first interval.
+        records = await self._read_records(p, period, start - period, end)
+        rows = [CumulativeRow(at + period, values, status) for at, values, status in records]
+        limits = {ch: self._register_max(item) for ch, item in p.channels}
+        entries, events = profile_entries(rows, period=period, register_max=limits)
+        for event in events:
+            self._event(str(event.kind), str(event))
+        return [e for e in entries if start <= e.start < end]
+
+    def _register_max(self, item: Item) -> float | None:
+        """Where a cumulative field wraps: the ``register_max`` parameter, else its width."""
+        if self.register_max is not None:
+            return self.register_max
+        if item.type.startswith(("float", "int")):
+            return None  # floats do not wrap; signed counters: unknown, no rollover assumed
+        return rollover_value(bits=16 * item.size, factor=item.scaler)
+
+    def _event(self, kind: str, detail: str) -> None:
+        """Record (for cgm to count) and log something this session handled."""
+        self.events.append(SessionEvent(kind, detail))
+        log.warning("Modbus %s unit %s: %s: %s", self.endpoint, self.device_id, kind, detail)
+
+    async def _read_records(
+        self, p: ProfileSpec, period: timedelta, start: datetime, end: datetime
+    ) -> list[tuple[datetime, dict[Channel, float], int]]:
+        """(interval start, field values, status) of the records starting in [start, end)."""
         tz = self._clock().tz
         shift = period if p.stamp == "end" else timedelta(0)
         selector = to_meter_epoch(start + shift, tz)  # first record starting at or after start
-        entries: list[ProfileEntry] = []
+        out: list[tuple[datetime, dict[Channel, float], int]] = []
         last_stamp = -1
         while True:
             await self._write(p.selector.address, p.selector.encode(selector, self.order))
@@ -429,18 +464,17 @@ class ModbusSession(MeterSession):
                 records += 1
                 entry_start = from_meter_epoch(stamp, tz) - shift
                 if entry_start >= end:
-                    return entries
+                    return out
                 if entry_start >= start:
-                    entries.append(
-                        ProfileEntry(
+                    out.append(
+                        (
                             entry_start,
-                            period,
                             {ch: float(field(item)) for ch, item in p.channels},
                             int(field(p.status)) if p.status else 0,  # type: ignore[arg-type]
                         )
                     )
             if records < p.records:
-                return entries  # the meter has nothing newer
+                return out  # the meter has nothing newer
             selector = last_stamp + 1
 
     async def _read_registers(self) -> list[RegisterValue]:
@@ -519,6 +553,8 @@ class ModbusDriver(Driver):
                 except ValueError as exc:
                     raise ValueError(f"modbus: {key} {exc}") from exc
         session = ModbusSession(endpoint, credentials, timeout, regmap, device_id, order)
+        if params.get("register_max") is not None:
+            session.register_max = float(params["register_max"])
         try:
             await asyncio.wait_for(session._open(), timeout)
         except TimeoutError as exc:

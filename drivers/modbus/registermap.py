@@ -189,6 +189,9 @@ class ProfileSpec:
     channels: tuple[tuple[Channel, Item], ...]
     record_size: int
     stamp: Literal["end", "start"] = "end"
+    # ``interval``: each record holds its interval's energy; ``cumulative``: each record holds
+    # the energy registers at its capture, and intervals are their differences.
+    values: Literal["interval", "cumulative"] = "interval"
 
     @property
     def window_size(self) -> int:
@@ -535,7 +538,8 @@ class _Parser:
         if selector.function != "holding" or selector.type not in ("uint32", "uint64"):
             raise self.fail("profile.selector", "must be a uint32/uint64 holding register")
         window = self.mapping(self.require(spec, "window", "profile"), "profile.window")
-        self.known(window, "profile.window", ("address", "function", "records", "stamp", "fields"))
+        keys = ("address", "function", "records", "stamp", "values", "fields")
+        self.known(window, "profile.window", keys)
         address = self.integer(
             self.require(window, "address", "profile.window"), "profile.window.address", 0, 65535
         )
@@ -546,6 +550,11 @@ class _Parser:
             self.require(window, "records", "profile.window"), "profile.window.records", 1, MAX_READ
         )
         stamp = self.choice(window.get("stamp", "end"), "profile.window.stamp", ("end", "start"))
+        values = self.choice(
+            window.get("values", "interval"), "profile.window.values", ("interval", "cumulative")
+        )
+        if values == "cumulative" and stamp != "end":
+            raise self.fail("profile.window.stamp", "cumulative records are stamped at the end")
         fields = self.require(window, "fields", "profile.window")
         if not isinstance(fields, list) or not fields:
             raise self.fail("profile.window.fields", "expected a non-empty list")
@@ -594,8 +603,9 @@ class _Parser:
             status,
             tuple(channels),
             offset,
-            stamp,
-        )  # type: ignore[arg-type]
+            stamp,  # type: ignore[arg-type]
+            values,  # type: ignore[arg-type]
+        )
 
     def no_overlap(self, items: list[Item]) -> None:
         for function in FUNCTION_CODES:

@@ -719,9 +719,7 @@ class ProfileSubscription:
             log.warning("skipping bad profile message from %s: %s", serial, exc)
             return
         secret = self._auth(serial)
-        if secret is None or (
-            secret != p.AUTH_BROKER_ACL and not p.verify_push(body, secret)
-        ):
+        if secret is None or (secret != p.AUTH_BROKER_ACL and not p.verify_push(body, secret)):
             self.rejected += 1
             log.warning(
                 "refused unauthenticated profile entries for meter %s (%s)",

@@ -103,6 +103,11 @@ class Field:
         raw: float | int = scaled if self.type.startswith("float") else int(round(scaled))
         return to_registers(wire_bytes(raw, self.type, self.order))
 
+    def wrap(self, value: float) -> float:
+        """A counter's value as an unsigned register of this width holds it (it rolls over)."""
+        span = float(1 << (16 * self.size)) * self.scaler
+        return value % span if self.type.startswith("uint") else value
+
     def decode(self, regs: list[int]) -> float | int | str:
         data = from_registers(regs)
         if self.type == "string":
@@ -149,6 +154,7 @@ class Profile:
     records: int
     stamp: str
     fields: tuple[Field, ...]  # offset-relative addresses
+    values: str = "interval"  # or "cumulative": records hold the registers at capture
 
     @property
     def record_size(self) -> int:
@@ -269,6 +275,7 @@ def read_map(ref: str | Path) -> SimMap:
             int(window["records"]),
             window.get("stamp", "end"),
             tuple(fields),
+            window.get("values", "interval"),
         )
     return SimMap(
         r.order,

@@ -344,6 +344,7 @@ class ModbusSimulator:
                     break
                 span *= 4
             entries = entries[: p.records]
+        totals = meter.register_values([e.end for e in entries]) if p.values != "interval" else {}
         image: dict[int, int] = {}
         for k in range(p.records):
             base = p.address + k * p.record_size
@@ -352,9 +353,13 @@ class ModbusSimulator:
                 e = entries[k]
                 stamp = e.end if p.stamp == "end" else e.start
                 values = {"timestamp": meter_seconds(stamp, tz), "status": int(e.status)}
-                values.update({ch.value: v for ch, v in e.values.items()})
+                if totals:  # the registers at capture, as a counter of the field's width
+                    values.update({ch.value: v[k] for ch, v in totals.items()})
+                else:
+                    values.update({ch.value: v for ch, v in e.values.items()})
             for f in p.fields:
-                _put(image, f, values.get(f.name, 0), base)
+                value = values.get(f.name, 0)
+                _put(image, f, f.wrap(value) if totals and f.name in values else value, base)
         return image
 
 

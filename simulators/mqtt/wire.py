@@ -62,7 +62,7 @@ def serial_of_command_topic(prefix: str, topic: str) -> str | None:
     parts = topic.split("/")
     head = prefix.split("/")
     n = len(head)
-    if parts[:n] != head or parts[n:n + 2] != [VERSION, "meters"] or len(parts) != n + 4:
+    if parts[:n] != head or parts[n : n + 2] != [VERSION, "meters"] or len(parts) != n + 4:
         return None
     return parts[n + 2] if parts[n + 3] == "cmd" and parts[n + 2] else None
 

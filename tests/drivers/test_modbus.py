@@ -498,3 +498,76 @@ async def test_register_max_is_accepted_for_the_cgm_and_checked(
     assert (await session.read_registers())[0].value > 0
     with pytest.raises(ValueError, match="register_max"):
         await connect(sim, map="sim-basic", register_max=-1)
+
+
+# --- cumulative-register profiles --------------------------------------------------------
+
+
+async def test_cumulative_profile_is_differenced_into_the_meters_own_intervals(
+    simulator: Serve, connect: Connect
+) -> None:
+    meter = SimulatedMeter("MB1", now=fixed_clock(FIXED_NOW))
+    session = await connect(await simulator({1: meter}, map="sim-cumulative"), map="sim-cumulative")
+    start, end = datetime(2026, 3, 9, 3, tzinfo=UTC), datetime(2026, 3, 10, 3, tzinfo=UTC)
+    entries = await session.read_profile(start, end)
+    truth = meter.profile(start, end)
+    assert [e.start for e in entries] == [e.start for e in truth]  # the first one included
+    for got, want in zip(entries, truth, strict=True):
+        for ch in Channel:
+            assert got.values[ch] == pytest.approx(want.values[ch], abs=1e-6)
+        assert max(got.values.values()) < 1_000  # an hour's energy, never the register
+    assert not session.events
+
+
+async def test_cumulative_profile_after_a_hole_does_not_invent_the_first_interval(
+    simulator: Serve, connect: Connect
+) -> None:
+    hole = (datetime(2026, 3, 9, 5, tzinfo=UTC), datetime(2026, 3, 9, 7, tzinfo=UTC))
+    meter = SimulatedMeter("MB1", now=fixed_clock(FIXED_NOW), faults=Faults(missing=[hole]))
+    session = await connect(await simulator({1: meter}, map="sim-cumulative"), map="sim-cumulative")
+    start = datetime(2026, 3, 9, 3, tzinfo=UTC)
+    entries = await session.read_profile(start, start + timedelta(hours=8))
+    hours = [e.start.hour for e in entries]
+    # 05:00 and 06:00 are missing; 07:00 closes at 08:00 but has no reading at 07:00 to open it.
+    assert hours == [3, 4, 8, 9, 10]
+    assert any(e.kind == "gap" for e in session.events)
+
+
+async def test_cumulative_profile_across_a_counter_rollover_is_correct_and_flagged(
+    simulator: Serve, connect: Connect
+) -> None:
+    top = 4_294_967.296  # uint32 at 1 Wh
+    meter = SimulatedMeter("MB1", now=fixed_clock(FIXED_NOW), initial_register=0.0)
+    start = datetime(2026, 3, 9, 3, tzinfo=UTC)
+    (before,) = meter.register_values([start])[Channel.ACTIVE_IMPORT]
+    meter.initial_register = top - (before - 0.0) - 250.0  # wraps a couple of hours in
+    session = await connect(await simulator({1: meter}, map="sim-cumulative"), map="sim-cumulative")
+    entries = await session.read_profile(start, start + timedelta(hours=6))
+    truth = meter.profile(start, start + timedelta(hours=6))
+    assert len(entries) == 6
+    for got, want in zip(entries, truth, strict=True):
+        assert got.values[Channel.ACTIVE_IMPORT] == pytest.approx(
+            want.values[Channel.ACTIVE_IMPORT], abs=1e-6
+        )
+    assert sum(Channel.ACTIVE_IMPORT in e.rollover for e in entries) == 1
+    assert [e.kind for e in session.events] == ["rollover"]
+
+
+async def test_cumulative_profile_of_a_replaced_meter_starts_from_its_own_memory(
+    simulator: Serve, connect: Connect
+) -> None:
+    """A meter replaced at 06:30 (registers from zero, memory from then): nothing before
+    its first capture is invented, and no interval is ever negative or a register value."""
+    reset = datetime(2026, 3, 9, 6, 30, tzinfo=UTC)
+    meter = SimulatedMeter(
+        "MB1", now=fixed_clock(FIXED_NOW), faults=Faults(register_reset_at=reset)
+    )
+    session = await connect(await simulator({1: meter}, map="sim-cumulative"), map="sim-cumulative")
+    start = datetime(2026, 3, 9, 3, tzinfo=UTC)
+    entries = await session.read_profile(start, start + timedelta(hours=8))
+    truth = {e.start: e for e in meter.profile(start, start + timedelta(hours=8))}
+    assert [e.start.hour for e in entries] == [7, 8, 9, 10]  # the 07:00 capture only opens
+    for e in entries:
+        assert e.values[Channel.ACTIVE_IMPORT] == pytest.approx(
+            truth[e.start].values[Channel.ACTIVE_IMPORT], abs=1e-6
+        )
