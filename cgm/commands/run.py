@@ -18,8 +18,8 @@ from cgm.config import get_settings
 from cgm.reporting.schedule import register_jobs as register_asic_jobs
 from cgm.security import secret_box
 from cgm.service import Service
-from cgm.vee import vee_after_collection
 from cgm.vee.config import vee_config
+from cgm.vee.worker import VeeWorker, log_summary
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,25 @@ def build_service(simulate: int = 0) -> Service:
     except ValueError as exc:  # a bad [vee] setting stops the start, with one clear line
         raise CommandError(f"[vee] settings: {exc}") from None
 
-    async def settle(summary: CycleSummary) -> None:
-        # Validation follows collection: settle the days this cycle read (idempotent).
-        await vee_after_collection(service.db_url, summary.cycle, config=vee)
+    worker = VeeWorker("", vee)
 
+    async def start_vee(svc: Service) -> None:
+        worker.db_url = svc.db_url
+        worker.start()
+
+    async def settle(summary: CycleSummary) -> None:
+        # Validation follows collection: settle the days this cycle read (idempotent), on
+        # the VEE worker's thread and connection, so the loop goes on serving the API and
+        # collecting; runs queue one after another.
+        worker.after_collection(summary.cycle).add_done_callback(log_summary)
+
+    async def stop_vee(svc: Service) -> None:
+        await worker.stop()
+
+    service.on_start.append(start_vee)
+    service.on_stop.append(stop_vee)
     job.after_cycle.append(settle)
+    service.vee = worker  # type: ignore[attr-defined]
     register_asic_jobs(service)  # scheduled only when CGM_ASIC_BASE_URL is set
     install_api(service)  # HTTP API on api_host:api_port (0: none)
     if simulate:
