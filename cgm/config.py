@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # larger bodies: 413
 
     # --- ASIC: automatic daily report of readings (cgm.reporting) ------------------------
     # Every deadline and window below is configuration, not a constant; each has a note of

@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cgm import registry
+from cgm.api.guard import API, Authenticator, Refused, RequestGuard, client_of, refusal_headers
 from cgm.config import Settings
 from cgm.localtime import day_bounds, local_day, period_of
 from cgm.reporting import holds
@@ -41,10 +42,20 @@ from drivers.base import Channel
 
 log = logging.getLogger(__name__)
 
-API = "/api/v1"
 MAX_READING_SPAN = timedelta(days=31)  # one request stays a bounded amount of work
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_AUTH_HEADERS = {"WWW-Authenticate": 'Basic realm="cgm", charset="UTF-8"'}
+MAX_BODY_BYTES = 64 * 1024  # default cap; the only bodies are short reasons
+# Days and instants outside these bounds are refused as input (422): nothing is stored
+# there, and near year 9999 the arithmetic of a day's bounds overflows.
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2199, 12, 31)
+
+
+def _instant_in_range(value: datetime) -> datetime:
+    if not FIRST_DAY <= value.astimezone(UTC).date() <= LAST_DAY:
+        raise ValueError(f"must be between {FIRST_DAY} and {LAST_DAY}")
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_instant_in_range)]
 
 _basic = HTTPBasic(auto_error=False, realm="cgm")
 
@@ -57,24 +68,19 @@ def _pool(request: Request) -> AsyncConnectionPool:
 
 
 async def current_user(
-    request: Request, creds: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+    request: Request, _: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
 ) -> users.User:
-    """Level 1 or more: any active user with the right password."""
-    if creds is None:
-        raise HTTPException(401, "authentication required (HTTP Basic)", headers=_AUTH_HEADERS)
-    async with _pool(request).connection() as conn:
-        try:
-            user = await users.authenticate(conn, creds.username, creds.password)
-        except users.AuthFailed as exc:
-            client = request.client.host if request.client else "?"
-            log.warning("API authentication refused from %s: %s", client, exc.why)
-            raise HTTPException(
-                401,
-                "invalid credentials, or the account is disabled or locked",
-                headers=_AUTH_HEADERS,
-            ) from None
-    request.state.user = user
-    return user
+    """Level 1 or more: any active user with the right password (``_`` documents HTTP Basic
+    in the OpenAPI description; the header is read by the authenticator itself)."""
+    auth: Authenticator = request.app.state.auth
+    try:
+        return await auth.user(request.scope, request.headers.get("authorization"))
+    except Refused as exc:
+        raise HTTPException(
+            exc.status,
+            exc.message,
+            headers={k.decode(): v.decode() for k, v in refusal_headers(exc)},
+        ) from None
 
 
 async def level2_user(
@@ -91,10 +97,11 @@ Writer = Annotated[users.User, Depends(level2_user)]
 
 
 async def _record_access(
-    conn: psycopg.AsyncConnection, request: Request, status: int, detail: dict[str, Any]
+    conn: psycopg.AsyncConnection, scope: dict[str, Any], status: int, detail: dict[str, Any]
 ) -> None:
     """One api_access row: who, when (the insert), what, on which frontier, why, outcome."""
-    user: users.User | None = getattr(request.state, "user", None)
+    state = scope.get("state", {})
+    user: users.User | None = state.get("user")
     await conn.execute(
         """INSERT INTO api_access (username, user_level, method, path, frontier, reason,
                                    status, client, detail)
@@ -102,18 +109,29 @@ async def _record_access(
         (
             user.username if user else None,
             user.level if user else None,
-            request.method,
-            request.url.path,
-            getattr(request.state, "frontier", None),
-            getattr(request.state, "reason", None),
+            _printable(scope.get("method")),
+            _printable(scope.get("path")),
+            _printable(state.get("frontier")),
+            _printable(state.get("reason")),
             status,
-            request.client.host if request.client else None,
+            client_of(scope) if scope.get("client") else None,
             Jsonb(detail),
         ),
     )
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _printable(text: str | None, limit: int = 2000) -> str | None:
+    """A client-supplied string fit for the log: control characters escaped, length bounded
+    (a refused request is logged as it came, and PostgreSQL text cannot hold NUL)."""
+    if text is None:
+        return None
+    text = text[:limit]
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        text = "".join(c if 0x20 <= ord(c) != 0x7F else f"\\x{ord(c):02x}" for c in text)
+    return text
 
 
 async def _frontier_id(conn: psycopg.AsyncConnection, code: str) -> int:
@@ -153,6 +171,8 @@ class ReasonBody(BaseModel):
     def _not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("reason must not be blank")
+        if any((ord(c) < 0x20 and c not in "\t\n\r") or ord(c) == 0x7F for c in v):
+            raise ValueError("reason must not contain control characters")
         return v.strip()
 
 
@@ -179,8 +199,8 @@ async def readings(
     code: str,
     request: Request,
     _: Reader,
-    start: Annotated[AwareDatetime, Query(description="inclusive, with a UTC offset")],
-    end: Annotated[AwareDatetime, Query(description="exclusive, with a UTC offset")],
+    start: Annotated[Instant, Query(description="inclusive, with a UTC offset")],
+    end: Annotated[Instant, Query(description="exclusive, with a UTC offset")],
     channel: Annotated[Channel | None, Query(description="one channel (default: all)")] = None,
 ) -> dict[str, Any]:
     if end <= start:
@@ -228,7 +248,9 @@ async def settled(
     code: str,
     request: Request,
     _: Reader,
-    day: Annotated[date, Query(description="Colombian local day, YYYY-MM-DD")],
+    day: Annotated[
+        date, Query(description="Colombian local day, YYYY-MM-DD", ge=FIRST_DAY, le=LAST_DAY)
+    ],
     channel: Annotated[Channel | None, Query(description="one channel (default: all)")] = None,
 ) -> dict[str, Any]:
     start, end = day_bounds(day)
@@ -345,7 +367,12 @@ async def asic_status(
     request: Request,
     _: Reader,
     day: Annotated[
-        date | None, Query(description="Colombian local day, YYYY-MM-DD (default: yesterday)")
+        date | None,
+        Query(
+            description="Colombian local day, YYYY-MM-DD (default: yesterday)",
+            ge=FIRST_DAY,
+            le=LAST_DAY,
+        ),
     ] = None,
 ) -> dict[str, Any]:
     day = day or _yesterday()
@@ -394,7 +421,7 @@ async def _hold_action(
                 proof,
             ),
         )
-        await _record_access(conn, request, 200, {"action": action, "changed": changed})
+        await _record_access(conn, request.scope, 200, {"action": action, "changed": changed})
     request.state.access_logged = True
     return {
         "frontier": code,
@@ -445,6 +472,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.db_url, app.state.pool, app.state.settings = db_url, pool, settings
+    app.state.auth = Authenticator(pool)
     app.include_router(router)
 
     @app.get("/healthz", summary="Liveness: database reachable, scheduler running (no auth)")
@@ -475,26 +503,15 @@ def create_app(
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
 
-    @app.middleware("http")
-    async def _guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """No traceback ever reaches a client; every write request is recorded."""
-        try:
-            response = await call_next(request)
-        except Exception:
-            log.exception("API error on %s %s", request.method, request.url.path)
-            response = JSONResponse({"error": "internal error"}, status_code=500)
-        if (
-            request.method not in SAFE_METHODS
-            and request.url.path.startswith(API)
-            and not getattr(request.state, "access_logged", False)
-        ):
-            try:
-                async with pool.connection() as conn:
-                    await _record_access(conn, request, response.status_code, {})
-            except Exception:
-                log.exception("could not record an API write request in api_access")
-        return response
+    async def record(scope: dict[str, Any], status: int, detail: dict[str, Any]) -> None:
+        async with pool.connection() as conn:
+            await _record_access(conn, scope, status, detail)
 
+    app.add_middleware(
+        RequestGuard,
+        pool=pool,
+        auth=app.state.auth,
+        max_body_bytes=settings.api_max_body_bytes if settings else MAX_BODY_BYTES,
+        record_access=record,
+    )
     return app

@@ -42,6 +42,18 @@ def _bind(host: str, port: int) -> socket.socket:
         ) from None
 
 
+def make_pool(db_url: str) -> AsyncConnectionPool:
+    """The API's own pool (autocommit: a failed login is counted though the request fails)."""
+    return AsyncConnectionPool(
+        db_url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True},
+        check=AsyncConnectionPool.check_connection,
+    )
+
+
 def install(service: Service) -> None:
     """Serve the API on ``api_host:api_port`` while the service runs (port 0: no API)."""
     settings = service.settings
@@ -51,14 +63,7 @@ def install(service: Service) -> None:
 
     async def start(svc: Service) -> None:
         sock = _bind(settings.api_host, settings.api_port)
-        pool = AsyncConnectionPool(
-            svc.db_url,
-            min_size=1,
-            max_size=4,
-            open=False,
-            kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection,
-        )
+        pool = make_pool(svc.db_url)
         try:
             await pool.open(wait=True, timeout=30)
         except BaseException:

@@ -17,7 +17,6 @@ import asyncio
 import getpass
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import psycopg
@@ -46,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=_add)
 
     pw = usub.add_parser(
-        "passwd", help="set a user's password (and clear a lockout)", allow_abbrev=False
+        "passwd", help="set a user's password", allow_abbrev=False
     )
     pw.add_argument("name")
     pw.add_argument("--password-env", metavar="VAR", help="take the password from $VAR")
@@ -124,8 +123,6 @@ def _list(args: argparse.Namespace) -> int:
     print(f"{'user':<24} {'level':>5} {'state':<9} {'last login':<25} failures")
     for u in rows:
         state = "active" if u.active else "disabled"
-        if u.active and u.locked_until is not None and u.locked_until > datetime.now(UTC):
-            state = "locked"
         last = u.last_login_at.isoformat(timespec="seconds") if u.last_login_at else "-"
         print(f"{u.username:<24} {u.level:>5} {state:<9} {last:<25} {u.failed_logins}")
     return 0

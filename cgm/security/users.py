@@ -5,26 +5,31 @@ an argon2id hash is stored (``app_user_password``, kept apart from ``app_user`` 
 trigger on ``app_user`` never copies a hash into ``audit_log``). A hash made with older
 parameters is replaced on the next successful login, so raising the cost needs no migration.
 
-Repeated failures lock the account for a while (backoff doubling per further failure), so a
-password cannot be guessed at argon2's speed through the API. Nothing here logs a password or
+Failed logins never lock an account (that would let anyone keep a user out): the API slows
+down whoever fails, per client and user (``cgm.security.throttle``). Nothing here logs a password or
 a hash; the reason an authentication failed is for the server log, never for the client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import re
 import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import TypeVar
 
 import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from psycopg_pool import AsyncConnectionPool
 
 from cgm.storage.common import set_audit_context
 
@@ -33,9 +38,10 @@ log = logging.getLogger(__name__)
 HASHER = PasswordHasher()  # argon2id, RFC 9106 low-memory profile (argon2-cffi defaults)
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024  # argon2 is happy with more; a bound keeps requests cheap
-LOCK_AFTER = 5  # consecutive failures before the account locks
-LOCK_BASE = timedelta(seconds=30)  # first lock; doubles with each further failure
-LOCK_MAX = timedelta(hours=1)
+# argon2 runs on its own threads, as many as the machine has cores: a flood of logins
+# waits there instead of taking the threads and connections everything else uses.
+_HASHING = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="argon2")
+T = TypeVar("T")
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 # HTTP Basic sends the password with every request and argon2 costs a quarter of a second:
@@ -115,7 +121,7 @@ async def add_user(
         )
     _check_level(level)
     check_password(password, username)
-    hashed = await asyncio.to_thread(HASHER.hash, password)
+    hashed = await _hashing(HASHER.hash, password)
     async with conn.transaction():
         await set_audit_context(conn, actor, f"user add (level {level})")
         cur = await conn.execute(
@@ -137,7 +143,7 @@ async def set_password(
 ) -> None:
     """Replace a user's password and clear any lockout (audited, without the hash)."""
     check_password(password, username)
-    hashed = await asyncio.to_thread(HASHER.hash, password)
+    hashed = await _hashing(HASHER.hash, password)
     async with conn.transaction():
         await set_audit_context(conn, actor, "user passwd")
         uid = await _touch(conn, username, "password_changed_at = now()")
@@ -196,56 +202,77 @@ def _verify(hashed: str, password: str) -> bool:
         return False
 
 
-async def authenticate(conn: psycopg.AsyncConnection, username: str, password: str) -> User:
+async def _hashing(fn: Callable[..., T], *args: object) -> T:
+    """Run an argon2 call on the hashing threads: a flood of logins queues there, and
+    never takes the threads or the connections that everything else uses."""
+    return await asyncio.get_running_loop().run_in_executor(_HASHING, fn, *args)
+
+
+ConnectionSource = psycopg.AsyncConnection | AsyncConnectionPool
+
+
+@contextlib.asynccontextmanager
+async def _connection(source: ConnectionSource) -> AsyncIterator[psycopg.AsyncConnection]:
+    if isinstance(source, AsyncConnectionPool):
+        async with source.connection() as conn:
+            yield conn
+    else:
+        yield source
+
+
+async def authenticate(source: ConnectionSource, username: str, password: str) -> User:
     """The active user with this password, or :class:`AuthFailed`.
 
-    Failures are counted; after ``LOCK_AFTER`` in a row the account is locked for
-    ``LOCK_BASE`` × 2^(extra failures), at most ``LOCK_MAX``, and while locked even the right
-    password is refused. A success resets the count and rehashes an outdated hash.
+    ``source`` is a connection or a pool; with a pool, a connection is taken only for the
+    short queries before and after the password check, never while argon2 runs (so a flood
+    of logins cannot exhaust the pool). Failures are counted on the user's row for the
+    operator to see, but never lock the account: whoever fails is slowed down instead
+    (``cgm.security.throttle``, applied by the API per client). A success resets the count
+    and rehashes an outdated hash.
     """
     if not password or len(password) > MAX_PASSWORD_LENGTH:
         raise AuthFailed("empty or oversized password")
-    cur = await conn.execute(
-        """SELECT u.id, u.level, u.active, p.hash, p.locked_until > now()
-           FROM app_user u JOIN app_user_password p ON p.user_id = u.id
-           WHERE u.username = %s""",
-        (username,),
-    )
-    row = await cur.fetchone()
+    if not USERNAME.match(username):
+        await _hashing(_verify, _DUMMY_HASH, password)
+        raise AuthFailed("malformed user name")
+    async with _connection(source) as conn:
+        cur = await conn.execute(
+            """SELECT u.id, u.level, u.active, p.hash
+               FROM app_user u JOIN app_user_password p ON p.user_id = u.id
+               WHERE u.username = %s""",
+            (username,),
+        )
+        row = await cur.fetchone()
     if row is None:
-        await asyncio.to_thread(_verify, _DUMMY_HASH, password)
+        await _hashing(_verify, _DUMMY_HASH, password)
         raise AuthFailed(f"unknown user {username!r}")
-    uid, level, active, hashed, locked = row
-    if locked:
-        raise AuthFailed(f"user {username!r} is locked after repeated failures")
+    uid, level, active, hashed = row
     key = _verified_key(hashed, password)
     if active and _verified.get(key, 0.0) > time.monotonic():
         return User(uid, username, level, active)
-    ok = await asyncio.to_thread(_verify, hashed, password)
+    ok = await _hashing(_verify, hashed, password)
     if not ok:
-        await conn.execute(
-            """UPDATE app_user_password
-               SET failed_logins = failed_logins + 1, last_failed_at = now(),
-                   locked_until = CASE WHEN failed_logins + 1 >= %(after)s
-                       THEN now() + least(%(base)s * power(2, failed_logins + 1 - %(after)s),
-                                          %(max)s)
-                       ELSE locked_until END
-               WHERE user_id = %(uid)s""",
-            {"after": LOCK_AFTER, "base": LOCK_BASE, "max": LOCK_MAX, "uid": uid},
-        )
+        async with _connection(source) as conn:
+            await conn.execute(
+                """UPDATE app_user_password
+                   SET failed_logins = failed_logins + 1, last_failed_at = now()
+                   WHERE user_id = %s""",
+                (uid,),
+            )
         raise AuthFailed(f"wrong password for {username!r}")
     if not active:
         raise AuthFailed(f"user {username!r} is disabled")
     new_hash = None
     if HASHER.check_needs_rehash(hashed):
-        new_hash = await asyncio.to_thread(HASHER.hash, password)
-    await conn.execute(
-        """UPDATE app_user_password
-           SET failed_logins = 0, locked_until = NULL, last_login_at = now(),
-               hash = coalesce(%s, hash)
-           WHERE user_id = %s""",
-        (new_hash, uid),
-    )
+        new_hash = await _hashing(HASHER.hash, password)
+    async with _connection(source) as conn:
+        await conn.execute(
+            """UPDATE app_user_password
+               SET failed_logins = 0, locked_until = NULL, last_login_at = now(),
+                   hash = coalesce(%s, hash)
+               WHERE user_id = %s""",
+            (new_hash, uid),
+        )
     if len(_verified) >= _VERIFIED_MAX:
         _verified.clear()
     _verified[_verified_key(new_hash or hashed, password)] = time.monotonic() + VERIFIED_TTL_S

@@ -212,8 +212,9 @@ async def test_a_bug_is_a_plain_500_and_the_write_is_logged(
 
     app.add_api_route("/api/v1/boom", boom, methods=["POST"])
     transport = httpx.ASGITransport(app=app)
+    auth = await make_user(db_url, 2)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-        r = await c.post("/api/v1/boom")
+        r = await c.post("/api/v1/boom", auth=auth)
     assert r.status_code == 500 and r.json() == {"error": "internal error"}
     assert await _rows(db_url, "SELECT status FROM api_access WHERE path = '/api/v1/boom'") == [
         (500,)
