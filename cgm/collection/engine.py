@@ -36,11 +36,12 @@ from cgm.collection.session import MeterOutcome, SessionPolicy, interrogate
 from cgm.frontier_log import ALARM, CLOCK_SYNC, CONFIG_VIOLATION, LEVEL2_ACCESS, clock_corrections
 from cgm.registry import MeterConfig, active_meters_async
 from cgm.security import SecretBox
+from cgm.security.counters import PgInvocationCounterStore
 from cgm.storage import InvalidRows, Quality, last_interval, readings_array, write_readings
 from cgm.storage.common import channel_id, from_us
 from cgm.storage.readings import READING_DTYPE, row_problems
 from drivers import get_driver
-from drivers.base import ProfileEntry
+from drivers.base import Driver, ProfileEntry
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +383,15 @@ class Collector:
             lock = self._endpoint_locks[key] = asyncio.Semaphore(self.config.per_endpoint)
         return lock
 
+    def _driver(self, protocol: str) -> Driver:
+        """The protocol's driver; DLMS gets this database's HLS-GMAC counter store."""
+        driver = get_driver(protocol)
+        if protocol == "dlms":
+            store = getattr(driver, "counter_store", None)
+            if getattr(store, "db_url", None) != self.db_url:
+                driver.counter_store = PgInvocationCounterStore(self.db_url)  # type: ignore[attr-defined]
+        return driver
+
     async def _one(
         self,
         target: MeterConfig,
@@ -396,7 +406,7 @@ class Collector:
             try:
                 async with asyncio.timeout(limit):
                     outcome = await interrogate(
-                        get_driver(target.protocol),
+                        self._driver(target.protocol),
                         target,
                         since=since,
                         policy=self.config.policy,

@@ -93,8 +93,37 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
     if start >= end:
         raise CommandError("--from must be before --to")
     out: dict[str, Any] = {"endpoint": f"{args.host}:{args.port}", "protocol": args.protocol}
+    params = _params(args.param)
+    if args.protocol == "dlms" and "hls-gmac" in (
+        str(params.get("level1_auth", "")).lower(),
+        str(params.get("level2_auth", "")).lower(),
+    ):
+        # HLS-GMAC counters must never repeat, also across probes and collectors: they come
+        # from the database, like the collector's.
+        from cgm.config import get_settings
+        from cgm.db import current_url
+        from cgm.security.counters import PgInvocationCounterStore
+
+        store = PgInvocationCounterStore(current_url(get_settings()))
+        driver.counter_store = store  # type: ignore[attr-defined]
+        try:
+            return await _interrogate(driver, args, credentials, params, start, end, out)
+        finally:
+            await store.close()
+    return await _interrogate(driver, args, credentials, params, start, end, out)
+
+
+async def _interrogate(
+    driver: Any,
+    args: argparse.Namespace,
+    credentials: Credentials,
+    params: dict[str, Any],
+    start: datetime,
+    end: datetime,
+    out: dict[str, Any],
+) -> dict[str, Any]:
     session = await driver.connect(
-        Endpoint(args.host, args.port), credentials, _params(args.param), timeout=args.timeout
+        Endpoint(args.host, args.port), credentials, params, timeout=args.timeout
     )
     async with session:
         out["identity"] = asdict(await session.identify())

@@ -239,6 +239,20 @@ class MeterSpec(_Strict):
             raise ValueError("channels are listed more than once")
         return sorted(v, key=list(Channel).index)
 
+    @model_validator(mode="after")
+    def _dlms_access(self) -> MeterSpec:
+        """DLMS framing and authentication params, and secrets that fit each mechanism."""
+        if self.protocol == "dlms":
+            from drivers.dlms.access import AccessParams, check_secret
+
+            access = AccessParams.from_mapping(self.params)
+            for level, spec in self.credentials.by_level().items():
+                try:
+                    check_secret(access.mechanism(level), spec.secret.get_secret_value())
+                except ValueError as exc:
+                    raise ValueError(f"credentials.level{int(level)}: {exc}") from None
+        return self
+
     def credentials_for_driver(self) -> dict[AccessLevel, Credentials]:
         return {
             level: Credentials(level, spec.secret.get_secret_value(), spec.client)

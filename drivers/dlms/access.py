@@ -107,6 +107,19 @@ class AccessParams:
         )
 
 
+def check_secret(mechanism: str, secret: str) -> None:
+    """Raise ValueError if ``secret`` cannot serve ``mechanism`` (the message never shows it)."""
+    if mechanism == "hls-gmac":
+        security.GmacKeys.parse(secret)
+    elif mechanism == "hls":
+        try:
+            key = security.parse_secret(secret)
+        except ValueError:
+            raise ValueError("an HLS key given as hex: is not valid hex") from None
+        if not 1 <= len(key) <= 16:
+            raise ValueError("an HLS mechanism 2 key has 1 to 16 bytes")
+
+
 @dataclass
 class Association:
     """The sans-I/O DLMS connection and the transport of one session, set up for one level."""

@@ -28,6 +28,7 @@ from dlms_cosem import enumerations as en
 from dlms_cosem.connection import XDlmsApduFactory
 from dlms_cosem.protocol import acse, xdlms
 from dlms_cosem.protocol.xdlms.conformance import Conformance
+from dlms_cosem.security import SecurityControlField
 
 from drivers.base import AccessLevel, Channel
 from drivers.dlms import cosem
@@ -37,7 +38,20 @@ from simulators.meter import FaultAction, SimulatedMeter
 from . import hdlc
 from . import objects as ob
 from .objects import DlmsVariant, Layout
-from .security import MECHANISM_IDS, MeterSecurity, aes128_ecb, hls_key
+from .security import (
+    MECHANISM_IDS,
+    SC_AUTH_ENC,
+    GmacKeys,
+    MeterSecurity,
+    aes128_ecb,
+    general_glo_ciphering,
+    gmac_keys,
+    gmac_proof,
+    hls_key,
+    open_sealed,
+    parse_general_glo_ciphering,
+    seal,
+)
 
 DEFAULT_MAX_PDU = 1024  # what small meters offer; large profile reads need blocks
 
@@ -67,6 +81,8 @@ class _Association:
     mechanism: str = "lls"
     server_challenge: bytes = b""
     client_challenge: bytes = b""
+    keys: GmacKeys | None = None  # HLS-GMAC: every APDU after the AARQ is ciphered
+    client_title: bytes = b""
     client_max_pdu: int = 0xFFFF
     conformance: Conformance = field(default_factory=Conformance)
     blocks: list[bytes] = field(default_factory=list)
@@ -81,6 +97,7 @@ class ServerStats:
     rejected: int = 0
     blocks_sent: int = 0
     requests: int = 0
+    invocation_counters: list[int] = field(default_factory=list)  # clients', as received
 
 
 class DlmsServer:
@@ -242,7 +259,41 @@ class DlmsServer:
     def _answer(
         self, association: _Association, meter: SimulatedMeter, client: int, apdu: bytes
     ) -> bytes:
+        """The answer to one APDU; under HLS-GMAC, deciphered and ciphered around it."""
         self._endless = self.variant_of(meter).endless_blocks
+        keys = association.keys
+        if keys is None or not apdu or apdu[0] != 0xDB:
+            if keys is not None and apdu[:1] not in (b"\x60", b"\x62"):  # AARQ, RLRQ
+                return _exception(
+                    en.StateException.SERVICE_NOT_ALLOWED, en.ServiceException.OTHER_REASON
+                )
+            return self._answer_plain(association, meter, client, apdu)
+        security = self.security_of(meter)
+        try:
+            title, control, counter, sealed = parse_general_glo_ciphering(apdu)
+            if title != association.client_title or control != SC_AUTH_ENC:
+                raise ValueError("wrong system title or security control")
+            if counter <= security.client_counters.get(title, 0):
+                raise ValueError(f"invocation counter {counter} replayed")  # never reused
+            plain = open_sealed(keys, title, counter, sealed)
+        except Exception:  # noqa: BLE001 - a forged, replayed or damaged APDU is refused
+            self.stats.rejected += 1
+            return _exception(
+                en.StateException.SERVICE_NOT_ALLOWED, en.ServiceException.DECIPHERING_ERROR
+            )
+        security.client_counters[title] = counter
+        self.stats.invocation_counters.append(counter)
+        answer = self._answer_plain(association, meter, client, plain)
+        if association.keys is None:
+            return answer
+        ours = security.next_counter()
+        return general_glo_ciphering(
+            security.system_title, ours, seal(keys, security.system_title, ours, answer)
+        )
+
+    def _answer_plain(
+        self, association: _Association, meter: SimulatedMeter, client: int, apdu: bytes
+    ) -> bytes:
         try:
             request = XDlmsApduFactory.apdu_from_bytes(apdu)
         except Exception:  # noqa: BLE001 - anything unparseable gets an exception response
@@ -250,7 +301,7 @@ class DlmsServer:
         if isinstance(request, acse.ApplicationAssociationRequest):
             return self._associate(association, meter, client, request)
         if isinstance(request, acse.ReleaseRequest):
-            association.level = association.pending = None
+            association.level = association.pending = association.keys = None
             association.blocks = []
             return acse.ReleaseResponse(reason=en.ReleaseResponseReason.NORMAL).to_bytes()
         if association.level is None and association.pending is not None:
@@ -281,14 +332,15 @@ class DlmsServer:
         client: int,
         aarq: acse.ApplicationAssociationRequest,
     ) -> bytes:
-        association.level = association.pending = None
+        association.level = association.pending = association.keys = None
         diagnostic = en.AcseServiceUserDiagnostics.NULL
         level = CLIENT_LEVELS.get(client)
         security = self.security_of(meter)
         association.mechanism = security.mechanism(level) if level is not None else "lls"
         mechanism = MECHANISM_IDS[association.mechanism]
         initiate = aarq.user_information.content if aarq.user_information else None
-        if aarq.ciphered:
+        gmac = association.mechanism == "hls-gmac"
+        if aarq.ciphered != gmac:  # ciphered context exactly when the level is HLS-GMAC
             diagnostic = en.AcseServiceUserDiagnostics.APPLICATION_CONTEXT_NAME_NOT_SUPPORTED
         elif level is None:
             diagnostic = en.AcseServiceUserDiagnostics.CALLING_AP_TITLE_NOT_RECOGNIZED
@@ -296,9 +348,11 @@ class DlmsServer:
             diagnostic = en.AcseServiceUserDiagnostics.AUTHENTICATION_MECHANISM_NAME_REQUIRED
         elif aarq.authentication != mechanism:
             diagnostic = en.AcseServiceUserDiagnostics.AUTHENTICATION_MECHANISM_NAME_NOT_RECOGNIZED
-        elif association.mechanism == "hls":
-            challenge = bytes(aarq.authentication_value or b"")
-            if not 8 <= len(challenge) <= 64:  # Blue Book: a challenge is 8 to 64 bytes
+        elif association.mechanism in ("hls", "hls-gmac"):
+            challenge = bytes(aarq.authentication_value or b"")  # Blue Book: 8 to 64 bytes
+            if gmac:  # keys that do not decipher, or a replayed counter: not authenticated
+                initiate = self._decipher_initiate(association, meter, level, aarq)
+            if not 8 <= len(challenge) <= 64 or (gmac and initiate is None):
                 diagnostic = en.AcseServiceUserDiagnostics.AUTHENTICATION_FAILED
             elif not isinstance(initiate, xdlms.InitiateRequest):
                 diagnostic = en.AcseServiceUserDiagnostics.NO_REASON_GIVEN
@@ -312,6 +366,7 @@ class DlmsServer:
             elif not isinstance(initiate, xdlms.InitiateRequest):
                 diagnostic = en.AcseServiceUserDiagnostics.NO_REASON_GIVEN
         if diagnostic != en.AcseServiceUserDiagnostics.NULL:
+            association.keys = None
             self.stats.rejected += 1
             return acse.ApplicationAssociationResponse(
                 result=en.AssociationResult.REJECTED_PERMANENT,
@@ -328,7 +383,7 @@ class DlmsServer:
         )
         association.client_max_pdu = initiate.client_max_receive_pdu_size or 0xFFFF
         challenge = None
-        if association.mechanism == "hls":
+        if association.mechanism in ("hls", "hls-gmac"):
             # HLS pass 2: accept pending the client's proof; the association is not usable
             # until reply_to_HLS_authentication (pass 3) checks out.
             association.pending = level
@@ -345,13 +400,57 @@ class DlmsServer:
             ),
             authentication=mechanism,
             authentication_value=challenge,
+            ciphered=gmac,
+            system_title=security.system_title if gmac else None,
             user_information=acse.UserInformation(
-                content=xdlms.InitiateResponse(
-                    negotiated_conformance=association.conformance,
-                    server_max_receive_pdu_size=self.max_pdu_size,
-                )
+                content=self._initiate_response(association, security)
             ),
         ).to_bytes()
+
+    def _decipher_initiate(
+        self,
+        association: _Association,
+        meter: SimulatedMeter,
+        level: AccessLevel,
+        aarq: acse.ApplicationAssociationRequest,
+    ) -> xdlms.InitiateRequest | None:
+        """The glo-initiate-request of an HLS-GMAC AARQ, deciphered; None if it does not
+        decipher (wrong keys) or replays an invocation counter."""
+        content = aarq.user_information.content if aarq.user_information else None
+        title = bytes(aarq.system_title or b"")
+        if not isinstance(content, xdlms.GlobalCipherInitiateRequest) or len(title) != 8:
+            return None
+        security = self.security_of(meter)
+        try:
+            keys = gmac_keys(meter, level)
+            if content.invocation_counter <= security.client_counters.get(title, 0):
+                return None
+            plain = open_sealed(keys, title, content.invocation_counter, content.ciphered_text)
+            initiate = xdlms.InitiateRequest.from_bytes(plain)
+        except Exception:  # noqa: BLE001 - wrong keys or a damaged request: not associated
+            return None
+        security.client_counters[title] = content.invocation_counter
+        self.stats.invocation_counters.append(content.invocation_counter)
+        association.keys, association.client_title = keys, title
+        return initiate
+
+    def _initiate_response(
+        self, association: _Association, security: MeterSecurity
+    ) -> xdlms.InitiateResponse | xdlms.GlobalCipherInitiateResponse:
+        response = xdlms.InitiateResponse(
+            negotiated_conformance=association.conformance,
+            server_max_receive_pdu_size=self.max_pdu_size,
+        )
+        if association.keys is None:
+            return response
+        counter = security.next_counter()
+        return xdlms.GlobalCipherInitiateResponse(
+            security_control=SecurityControlField(0, authenticated=True, encrypted=True),
+            invocation_counter=counter,
+            ciphered_text=seal(
+                association.keys, security.system_title, counter, response.to_bytes()
+            ),
+        )
 
     def _hls_pass(
         self, association: _Association, meter: SimulatedMeter, request: xdlms.ActionRequestNormal
@@ -369,11 +468,17 @@ class DlmsServer:
             )
         level = association.pending
         assert level is not None
-        key = hls_key(meter, level)
         data = bytes(request.data or b"")
         octet_string = len(data) >= 2 and data[0] == 0x09 and data[1] == len(data) - 2
         answer = data[2:] if octet_string else b""
-        expected = aes128_ecb(key, association.server_challenge)
+        keys = association.keys
+        if keys is not None:  # HLS-GMAC: SC ‖ IC ‖ GMAC(SC ‖ AK ‖ StoC) under the client's title
+            counter = int.from_bytes(answer[1:5], "big") if len(answer) == 17 else 0
+            expected = gmac_proof(
+                keys, association.client_title, counter, association.server_challenge
+            )
+        else:
+            expected = aes128_ecb(hls_key(meter, level), association.server_challenge)
         association.pending = None
         if not hmac.compare_digest(answer, expected):
             self.stats.rejected += 1
@@ -382,7 +487,13 @@ class DlmsServer:
             ).to_bytes()
         association.level = level
         self.stats.associations += 1
-        proof = aes128_ecb(key, association.client_challenge)
+        if keys is not None:
+            security = self.security_of(meter)
+            proof = gmac_proof(
+                keys, security.system_title, security.next_counter(), association.client_challenge
+            )
+        else:
+            proof = aes128_ecb(hls_key(meter, level), association.client_challenge)
         return xdlms.ActionResponseNormalWithData(
             status=en.ActionResultStatus.SUCCESS,
             data=bytes([0x09, len(proof)]) + proof,

@@ -241,3 +241,36 @@ async def test_a_failing_meter_is_backed_off_not_hammered(env: Env) -> None:
     assert s.skipped_backoff == 1 and s.meters == 3  # not tried again this cycle
     forced = await collector.run_cycle(base + timedelta(hours=3), force=True)
     assert forced.meters == 4  # on demand, the operator can still force it
+
+
+async def test_hls_gmac_level2_counters_survive_a_collector_restart(env: Env) -> None:
+    """Level 2 by HLS-GMAC: keys from the encrypted store, counters from the database."""
+    secret = "ek=000102030405060708090a0b0c0d0e0f;ak=d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    meter = env.fleet.meter("P88001")
+    meter.secrets.level2 = secret
+    (server,) = [s for s in env.fleet.servers if meter in getattr(s, "meters", {}).values()]
+    server.security_of(meter).level2 = "hls-gmac"
+
+    def gmac(inv: dict) -> None:
+        _set_energy(inv, "Frt88001", 20_000)
+        for f in inv["frontiers"]:
+            for m in f["meters"]:
+                if m["serial"] == "P88001":
+                    m["credentials"]["level2"]["secret"] = secret
+                    m.setdefault("params", {})["level2_auth"] = "hls-gmac"
+
+    env.import_(gmac)
+    try:
+        for _ in range(2):  # two collector processes, one after the other
+            meter.set_clock(datetime.now(UTC) + timedelta(seconds=45))
+            summary = await Collector(env.url, env.box, FAST).run_cycle(force=True)
+            assert summary.clock_corrections_failed == 0
+            assert abs(meter.clock_offset) < 2
+        seen = server.stats.invocation_counters
+        assert len(seen) > 4 and seen == sorted(set(seen))  # never reused, across processes
+        ((stored,),) = env.rows("SELECT max(next_value) FROM dlms_invocation_counter")
+        assert stored > max(seen)
+        assert secret.split(";")[0][3:] not in str(env.rows("SELECT * FROM meter_credential"))
+    finally:
+        server.security_of(meter).level2 = "lls"
+        meter.secrets.level2 = "config-2"

@@ -235,3 +235,80 @@ async def test_gurux_client_reads_the_simulator_over_hdlc() -> None:
         hls_meter(), framing="hdlc", hdlc_lower=1234, hdlc_address_size=4
     ) as srv:
         assert await asyncio.to_thread(_gurux_hdlc, srv.port) == "HLS-1"
+
+
+# --- HLS-GMAC (mechanism 5) with global ciphering --------------------------------------------
+
+EK = "000102030405060708090a0b0c0d0e0f"
+AK = "d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+GMAC_SECRET = f"ek={EK};ak={AK}"
+GMAC = {"level2_auth": "hls-gmac"}
+
+
+def gmac_meter() -> SimulatedMeter:
+    return SimulatedMeter("GMAC-1", seed=5, secrets=Secrets("reader-1", GMAC_SECRET))
+
+
+@pytest.mark.parametrize("framing", ["wrapper", "hdlc"])
+async def test_gmac_level2_ciphers_every_apdu(framing: str) -> None:
+    from drivers.dlms import DlmsDriver
+    from drivers.dlms.security import MemoryCounterStore
+
+    meter = gmac_meter()
+    meter.set_clock(meter.real_now() + timedelta(seconds=-40))
+    meter.clock_adjustments.clear()
+    driver = DlmsDriver(counter_store=MemoryCounterStore())
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    creds = Credentials(AccessLevel.CONFIGURE, GMAC_SECRET)
+    params = {**GMAC, "framing": framing}
+    # A 512-byte PDU: ciphered blocks longer than 255 bytes need the long A-XDR length.
+    async with await serve(
+        meter, security=MeterSecurity(level2="hls-gmac"), framing=framing, max_pdu_size=512
+    ) as srv:
+        endpoint = Endpoint("127.0.0.1", srv.port)
+        async with await driver.connect(endpoint, creds, params) as session:
+            entries = await session.read_profile(now - timedelta(hours=48), now)
+            assert (await session.read_clock()).offset == pytest.approx(-40, abs=1.0)
+            await session.set_clock(datetime.now(UTC))
+        async with await driver.connect(endpoint, creds, params) as session:
+            assert (await session.read_clock()).offset == pytest.approx(0, abs=1.0)
+    expected = meter.profile(now - timedelta(hours=48), now)
+    assert [e.values for e in entries] == [pytest.approx(e.values) for e in expected]
+    assert srv.stats.blocks_sent >= 2 and srv.stats.associations == 2
+    seen = srv.stats.invocation_counters
+    assert seen == sorted(set(seen)) and seen[0] >= 1  # strictly increasing, never reused
+    assert len(meter.clock_adjustments) == 1
+
+
+async def test_gmac_wrong_keys_and_missing_store() -> None:
+    from drivers.dlms import DlmsDriver
+    from drivers.dlms.security import MemoryCounterStore
+
+    wrong = f"ek={AK};ak={EK}"
+    async with await serve(gmac_meter(), security=MeterSecurity(level2="hls-gmac")) as srv:
+        endpoint = Endpoint("127.0.0.1", srv.port)
+        driver = DlmsDriver(counter_store=MemoryCounterStore())
+        with pytest.raises(AuthenticationFailed):
+            await driver.connect(endpoint, Credentials(AccessLevel.CONFIGURE, wrong), GMAC)
+        with pytest.raises(ValueError, match="counter store"):
+            await DlmsDriver().connect(
+                endpoint, Credentials(AccessLevel.CONFIGURE, GMAC_SECRET), GMAC
+            )
+        with pytest.raises(ValueError, match="ek="):
+            await driver.connect(endpoint, Credentials(AccessLevel.CONFIGURE, "password"), GMAC)
+    assert srv.stats.associations == 0
+
+
+async def test_gmac_counters_that_restart_are_refused_by_the_meter() -> None:
+    """Why counters are persisted: a collector that forgot them is refused, never obeyed."""
+    from drivers.dlms import DlmsDriver
+    from drivers.dlms.security import MemoryCounterStore
+
+    creds = Credentials(AccessLevel.CONFIGURE, GMAC_SECRET)
+    async with await serve(gmac_meter(), security=MeterSecurity(level2="hls-gmac")) as srv:
+        endpoint = Endpoint("127.0.0.1", srv.port)
+        async with await DlmsDriver(MemoryCounterStore()).connect(endpoint, creds, GMAC) as s:
+            await s.read_clock()
+        with pytest.raises(AuthenticationFailed):  # same counters again: replay refused
+            await DlmsDriver(MemoryCounterStore()).connect(endpoint, creds, GMAC)
+    assert srv.stats.associations == 1 and srv.stats.rejected == 1
