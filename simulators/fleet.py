@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from simulators.meter import Faults, Secrets, SimulatedMeter
@@ -135,6 +136,7 @@ class Placement:
 class Fleet:
     frontiers: list[SimFrontier]
     placements: dict[str, Placement] = field(default_factory=dict)  # by serial
+    dlms_variants: dict[str, Any] = field(default_factory=dict)  # serial -> DlmsVariant
     servers: list[Any] = field(default_factory=list)
 
     def meters(self) -> list[tuple[SimFrontier, SimulatedMeter]]:
@@ -153,9 +155,18 @@ class Fleet:
 
 
 def build_fleet(
-    n: int, *, seed: int = 0, mix: Mapping[str, float] | None = None, first_code: int = 10001
+    n: int,
+    *,
+    seed: int = 0,
+    mix: Mapping[str, float] | None = None,
+    first_code: int = 10001,
+    dlms_variants: bool = False,
 ) -> Fleet:
-    """N frontiers with principal and backup meters; deterministic for a given seed."""
+    """N frontiers with principal and backup meters; deterministic for a given seed.
+
+    ``dlms_variants``: DLMS frontiers cycle through the layouts met in the field
+    (:func:`dlms_variant`) instead of all serving an interval profile with a status column.
+    """
     if n < 1:
         raise ValueError("a fleet needs at least one frontier")
     mix = mix or {"dlms": 0.5, "modbus": 0.3, "mqtt": 0.2}
@@ -163,6 +174,7 @@ def build_fleet(
     protocols = list(mix)
     weights = [mix[p] for p in protocols]
     frontiers = []
+    variants: dict[str, Any] = {}
     for i in range(n):
         code_num = first_code + i
         protocol = rng.choices(protocols, weights)[0]
@@ -174,7 +186,12 @@ def build_fleet(
         peak = SimulatedMeter("sizing", mean_kw=primary_kw, generator=generator).peak_kw
         site = installation_for(peak)
         mean_kw = primary_kw / (site.ct_ratio * site.vt_ratio)  # what the meters see
-        common = dict(seed=load_seed, mean_kw=mean_kw, generator=generator)
+        common: dict[str, Any] = dict(seed=load_seed, mean_kw=mean_kw, generator=generator)
+        variant_of: Callable[[str], Any] | None = None
+        if dlms_variants and protocol == "dlms":
+            variant_of, quarter = dlms_variant(code_num)
+            if quarter:
+                common.update(capture_period=timedelta(minutes=15), depth=96 * 35)
         principal = SimulatedMeter(
             f"P{code_num}",
             clock_offset=rng.uniform(-20, 20),
@@ -193,7 +210,34 @@ def build_fleet(
         frontiers.append(
             SimFrontier(f"Frt{code_num}", kind, monthly, protocol, principal, backup, site)
         )
-    return Fleet(frontiers)
+        if variant_of is not None:
+            variants.update({m.serial: variant_of(m.serial) for m in (principal, backup)})
+    return Fleet(frontiers, dlms_variants=variants)
+
+
+def dlms_variant(number: int) -> tuple[Callable[[str], Any], bool]:
+    """(serial -> DlmsVariant, 15-minute period?) for frontier ``number``, in a cycle of four:
+    interval with status; cumulative totals; cumulative tariff registers with demand and
+    voltage columns and the logical device name only (equal to the serial, as registered);
+    15-minute interval energies without a status column."""
+    from simulators.dlms import DlmsVariant
+
+    kind = number % 4
+    if kind == 1:
+        return (lambda serial: DlmsVariant(profile="cumulative")), False
+    if kind == 2:
+        return (
+            lambda serial: DlmsVariant(
+                profile="cumulative",
+                tariffs=2,
+                extra_columns=True,
+                serial_object=False,
+                logical_device_name=serial,
+            )
+        ), False
+    if kind == 3:
+        return (lambda serial: DlmsVariant(status_column=False, extra_columns=True)), True
+    return (lambda serial: DlmsVariant()), False
 
 
 async def start_fleet(
@@ -216,7 +260,12 @@ async def start_fleet(
         by_protocol[frontier.protocol].append(meter)
 
     for group in _chunks(by_protocol["dlms"], per_port):
-        server = await serve_dlms({i + 1: m for i, m in enumerate(group)}, host, 0)
+        variant = {
+            i + 1: fleet.dlms_variants[m.serial]
+            for i, m in enumerate(group)
+            if m.serial in fleet.dlms_variants
+        }
+        server = await serve_dlms({i + 1: m for i, m in enumerate(group)}, host, 0, variant=variant)
         fleet.servers.append(server)
         for i, m in enumerate(group):
             fleet.placements[m.serial] = Placement(host, server.port, {"server_address": i + 1})

@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address the simulators listen on")
     p.add_argument("--per-port", type=int, default=1, help="meters sharing one port")
     p.add_argument(
+        "--dlms-variants",
+        action="store_true",
+        help="DLMS meters cycle through field layouts: cumulative-register profiles, tariff "
+        "registers, logical device name only, 15-minute periods",
+    )
+    p.add_argument(
         "--mqtt-url", help="broker for MQTT meters (default: CGM_MQTT_URL or an in-process broker)"
     )
     p.set_defaults(func=_simulate)
@@ -37,7 +43,7 @@ async def run_simulation(args: argparse.Namespace, stop: asyncio.Event) -> None:
         mix = parse_mix(args.mix)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    fleet = build_fleet(args.frontiers, seed=args.seed, mix=mix)
+    fleet = build_fleet(args.frontiers, seed=args.seed, mix=mix, dlms_variants=args.dlms_variants)
     broker = None
     url = args.mqtt_url or get_settings().mqtt_url
     mqtt = None
