@@ -33,6 +33,7 @@ from cgm.collection.hourly import to_hourly
 from cgm.collection.link import CONNECT_OPTIONS, Link, retrying
 from cgm.collection.plausibility import HourlyLimit, hourly_limit
 from cgm.collection.session import MeterOutcome, SessionPolicy, interrogate
+from cgm.collection.steady import pushed_recently
 from cgm.frontier_log import ALARM, CLOCK_SYNC, CONFIG_VIOLATION, LEVEL2_ACCESS, clock_corrections
 from cgm.registry import MeterConfig, active_meters_async
 from cgm.security import SecretBox
@@ -79,6 +80,7 @@ class CycleSummary:
     skipped_backoff: int = 0
     skipped_auth: int = 0  # level-1 secret refused too often in 24 h: not presented again
     auth_refused: int = 0
+    skipped_pushed: int = 0  # MQTT meters kept current by their pushes (no session needed)
     intervals_stored: int = 0  # reading values (meter, channel, hour) inserted or superseded
     intervals_refused: int = 0  # values set aside before storage, with a reason
     clocks_corrected: int = 0
@@ -98,6 +100,7 @@ class CycleSummary:
             "skipped_backoff": self.skipped_backoff,
             "skipped_auth": self.skipped_auth,
             "auth_refused": self.auth_refused,
+            "skipped_pushed": self.skipped_pushed,
             "intervals_stored": self.intervals_stored,
             "intervals_refused": self.intervals_refused,
             "clocks_corrected": self.clocks_corrected,
@@ -216,7 +219,10 @@ class Collector:
         )
         waiting = {r[0] for r in await cur.fetchall()}
         summary.skipped_backoff = len(waiting)
-        return [t for t in targets if t.meter_id not in waiting]
+        # MQTT meters kept current by their pushes need no session this hour.
+        current = await pushed_recently(conn, targets)
+        summary.skipped_pushed = len(current - waiting)
+        return [t for t in targets if t.meter_id not in waiting | current]
 
     async def _since(self, conn: psycopg.AsyncConnection, ids: list[int]) -> dict[int, datetime]:
         """Where each meter's catch-up starts: the interval after the last one stored."""
@@ -695,13 +701,14 @@ async def _write_isolated(
     collector: str,
     config: EngineConfig,
     stored: Stored,
+    source: str | None = None,
 ) -> None:
     """Write the screened rows; should the batch still be refused, write meter by meter so
     only the meter at fault loses its rows (each write is a savepoint of the caller's
     transaction). A lost connection is not bad data: it propagates."""
     if not len(rows):
         return
-    source = f"collector:{collector}"
+    source = source or f"collector:{collector}"
     try:
         result = await write_readings(conn, rows, source=source, actor=config.actor)
         stored.values.update(result.stored_by_meter or {})

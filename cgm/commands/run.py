@@ -12,7 +12,7 @@ import yaml
 from cgm import registry
 from cgm.api import install as install_api
 from cgm.cli import CommandError
-from cgm.collection import schedule
+from cgm.collection import push, schedule
 from cgm.collection.engine import CycleSummary
 from cgm.config import get_settings
 from cgm.reporting.schedule import register_jobs as register_asic_jobs
@@ -49,6 +49,7 @@ def _import_fleet(service: Service, inventory: dict) -> None:
 def build_service(simulate: int = 0) -> Service:
     service = Service(get_settings())
     job = schedule.install(service)
+    push.install(service, job)  # MQTT meters' pushed entries, stored as they arrive
 
     try:
         vee = vee_config(service.settings.vee)

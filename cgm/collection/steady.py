@@ -1,0 +1,51 @@
+"""Which MQTT meters the hourly cycle may skip because their pushes keep them current.
+
+See :mod:`cgm.collection.push`. Apart from it so that the engine can ask without importing
+the consumer (which builds on the engine's storing functions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from cgm.registry import MeterConfig
+
+HOUR = timedelta(hours=1)
+FULL_SESSION_HOURS = 24.0  # default of params.full_session_hours
+
+
+def pushes(target: MeterConfig) -> bool:
+    """An MQTT meter whose pushes are consumed (``params.push`` not false)."""
+    return target.protocol == "mqtt" and target.params.get("push", True) is not False
+
+
+async def pushed_recently(
+    conn: psycopg.AsyncConnection, targets: Sequence[MeterConfig], now: datetime | None = None
+) -> set[int]:
+    """MQTT meters the hourly cycle may skip: their previous hour is stored and their last
+    full session is younger than ``params.full_session_hours``."""
+    candidates = {t.meter_id: t for t in targets if pushes(t)}
+    if not candidates:
+        return set()
+    now = now or datetime.now(UTC)
+    previous = now.replace(minute=0, second=0, microsecond=0) - HOUR
+    cur = await conn.execute(
+        """SELECT m.id,
+                  (SELECT max(interval_start) FROM reading r WHERE r.meter_id = m.id
+                     AND r.interval_start >= %(previous)s),
+                  (SELECT s.started_at FROM collection_session s WHERE s.meter_id = m.id
+                     AND s.result = 'ok' ORDER BY s.started_at DESC LIMIT 1)
+           FROM unnest(%(ids)s::bigint[]) AS m(id)""",
+        {"ids": list(candidates), "previous": previous},
+    )
+    skip = set()
+    for meter_id, last_hour, last_full in await cur.fetchall():
+        hours = float(candidates[meter_id].params.get("full_session_hours", FULL_SESSION_HOURS))
+        if last_hour is None or last_full is None:
+            continue
+        if last_hour >= previous and now - last_full < timedelta(hours=hours):
+            skip.add(meter_id)
+    return skip
