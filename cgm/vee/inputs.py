@@ -315,15 +315,24 @@ _HISTORY_RECORD = np.dtype(
 
 
 async def load_history(
-    conn: psycopg.AsyncConnection, series: Series, days: list[date]
+    conn: psycopg.AsyncConnection,
+    series: Series,
+    days: list[date],
+    *,
+    whole_fleet: bool = False,
+    only: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Settled values of ``days`` over their windows (the neighbour hours too, which the
-    anchored estimate needs): ((S, D, W) values, (S, D) day had an estimate in 1..24)."""
+    anchored estimate needs): ((S, D, W) values, (S, D) day had an estimate in 1..24).
+    ``only``: series indices to read (the others stay NaN); ``whole_fleet``: the series
+    are every frontier's, so no frontier filter is needed."""
     S, D = len(series), len(days)
     values = np.full((S, D, W), np.nan)
     estimated = np.zeros((S, D), dtype=bool)
     if not D or not S:
         return values, estimated
+    chosen = series.frontier_id if only is None else series.frontier_id[only]
+    fids = None if whole_fleet and only is None else sorted({int(f) for f in chosen})
     starts = [window(d)[0] for d in days]
     arr = await packed(
         conn,
@@ -332,8 +341,8 @@ async def load_history(
         + ") || float8send(r.value) || int2send((r.source = 'estimate')::int::int2)",
         "FROM unnest(%(s)s::timestamptz[]) WITH ORDINALITY AS d(s, i) JOIN settled_reading r"
         " ON r.interval_start >= d.s AND r.interval_start < d.s + %(w)s * interval '1 hour'"
-        " WHERE r.frontier_id = ANY(%(f)s)",
-        {"s": starts, "w": W, "f": sorted({int(f) for f in series.frontier_id})},
+        " WHERE %(f)s::bigint[] IS NULL OR r.frontier_id = ANY(%(f)s)",
+        {"s": starts, "w": W, "f": fids},
         _HISTORY_RECORD,
     )
     if not len(arr):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -221,6 +222,7 @@ def _widen(core_mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=1024)  # a fleet has a handful of class combinations, met 40,000 times
 def meter_error_pct(
     meter_class: str | None, ct: str | None, vt: str | None, default: float
 ) -> float:

@@ -240,7 +240,7 @@ async def _run_day(
     timer.lap("load readings")
 
     hist_days = same_type_days(day, config.typical_weeks)
-    history, hist_est = await load_history(conn, series, hist_days)
+    history, hist_est = await _history(conn, series, hist_days, config, frontier_ids is None)
     timer.lap("load history")
     typical, hist_ok = typical_curves(
         history,
@@ -462,6 +462,31 @@ async def _run_day(
     for rule, n in summary.flagged.items():
         metrics.VEE_FLAGS.labels(rule).inc(n)
     return summary
+
+
+async def _history(
+    conn: psycopg.AsyncConnection,
+    series: Series,
+    days: list[date],
+    config: VeeConfig,
+    whole_fleet: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """History for the typical curves: the ``typical_max_days`` most recent candidate days
+    first, and the older ones only for the series that lack usable days among those (a
+    failure reaches further back), so a normal run reads max_days days, not four weeks."""
+    first = days[: config.typical_max_days]
+    history, estimated = await load_history(conn, series, first, whole_fleet=whole_fleet)
+    rest = days[len(first) :]
+    if not rest:
+        return history, estimated
+    usable = (~estimated & ~np.isnan(history[:, :, CORE]).any(axis=2)).sum(axis=1)
+    short = np.flatnonzero(usable < config.typical_max_days)
+    more = np.full((len(series), len(rest), W), np.nan)
+    more_est = np.zeros((len(series), len(rest)), dtype=bool)
+    if len(short):
+        h2, e2 = await load_history(conn, series, rest, only=short)
+        more[short], more_est[short] = h2[short], e2[short]
+    return np.concatenate([history, more], axis=1), np.concatenate([estimated, more_est], axis=1)
 
 
 def _stored_matrix(rows: np.ndarray, series: Series, w0: datetime) -> dict[str, np.ndarray]:

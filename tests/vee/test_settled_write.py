@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date
 
 import numpy as np
+import psycopg
 import pytest
 
 from cgm.localtime import hour_starts
@@ -108,3 +109,36 @@ async def test_duplicates_collapse_when_equal_and_reject_when_not(conn) -> None:
     obj = SettledValue(f.id, 1, hour_starts(DAY)[0], 40.0, "backup")
     with pytest.raises(InvalidRows, match="different value"):
         await write_settled(conn, [obj], measured=arr, actor="vee")
+
+
+async def test_frontier_ids_are_checked_once_per_batch_and_deletes_refused(conn) -> None:
+    """Migration 0050 replaced the per-row foreign keys: the same refusals hold."""
+    from cgm.storage import UnknownKeys
+
+    cur = await conn.execute(
+        """INSERT INTO frontier (code, name, kind, voltage_level, point_type)
+           VALUES ('Frt9900501', 'x', 'commercialisation', 2, 1),
+                  ('Frt9900502', 'y', 'commercialisation', 2, 1) RETURNING id"""
+    )
+    (with_values,), (without,) = await cur.fetchall()
+    await conn.commit()
+    arr = _day(with_values, 1, np.ones(24))
+    await write_settled(conn, measured=arr, actor="vee")
+    await conn.commit()
+    with pytest.raises(UnknownKeys, match="unknown frontier"):
+        await write_settled(
+            conn, measured=_day(with_values + 10_000_000, 1, np.ones(24)), actor="vee"
+        )
+    await conn.rollback()
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="has settled values"):
+        await conn.execute("DELETE FROM frontier WHERE id = %s", (with_values,))
+    await conn.rollback()
+    await conn.execute("DELETE FROM frontier WHERE id = %s", (without,))
+    await conn.commit()
+    with pytest.raises(psycopg.errors.CheckViolation):
+        await conn.execute(
+            """INSERT INTO settled_reading (frontier_id, channel, interval_start, value, source)
+               VALUES (%s, 5, now(), 1, 'principal')""",
+            (with_values,),
+        )
+    await conn.rollback()
