@@ -15,6 +15,7 @@ MQTT meters all use the broker.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Callable, Mapping
@@ -247,8 +248,14 @@ async def start_fleet(
     mqtt: tuple[str, int] | None = None,
     per_port: int = 1,
     modbus_map: str = "sim-4q",
+    dlms_access: str = "lls",
 ) -> Fleet:
-    """Serve every meter; MQTT meters need ``mqtt`` = (broker host, port)."""
+    """Serve every meter; MQTT meters need ``mqtt`` = (broker host, port).
+
+    ``dlms_access="mixed"`` serves DLMS pairs in turn as LLS over the wrapper, HLS
+    mechanism 2 at level 2, HLS-GMAC at level 2, and HLS over HDLC (2-byte addresses), as a
+    real fleet mixes them; the inventory carries each meter's params and keys.
+    """
     from simulators.dlms import serve as serve_dlms
     from simulators.modbus import serve as serve_modbus
     from simulators.mqtt import serve as serve_mqtt
@@ -259,16 +266,37 @@ async def start_fleet(
     for frontier, meter in fleet.meters():
         by_protocol[frontier.protocol].append(meter)
 
-    for group in _chunks(by_protocol["dlms"], per_port):
-        variant = {
-            i + 1: fleet.dlms_variants[m.serial]
-            for i, m in enumerate(group)
-            if m.serial in fleet.dlms_variants
-        }
-        server = await serve_dlms({i + 1: m for i, m in enumerate(group)}, host, 0, variant=variant)
-        fleet.servers.append(server)
-        for i, m in enumerate(group):
-            fleet.placements[m.serial] = Placement(host, server.port, {"server_address": i + 1})
+    if dlms_access not in DLMS_ACCESS:
+        raise ValueError(f"dlms_access must be one of {', '.join(DLMS_ACCESS)}")
+    accesses = DLMS_ACCESS[dlms_access]
+    by_access: dict[int, list[SimulatedMeter]] = {}
+    for n, m in enumerate(by_protocol["dlms"]):
+        # A principal and its backup are adjacent: the pair shares its access.
+        by_access.setdefault(n // 2 % len(accesses), []).append(m)
+    for index, meters in sorted(by_access.items()):
+        access = accesses[index]
+        for group in _chunks(meters, per_port):
+            for m in group:
+                if access.level2 == "hls-gmac":
+                    m.secrets.level2 = _gmac_secret(m.serial)
+            layouts = {
+                i + 1: fleet.dlms_variants[m.serial]
+                for i, m in enumerate(group)
+                if m.serial in fleet.dlms_variants
+            }
+            server = await serve_dlms(
+                {i + 1: m for i, m in enumerate(group)},
+                host,
+                0,
+                variant=layouts,
+                security={i + 1: access.security() for i in range(len(group))},
+                **access.serve_kwargs(),
+            )
+            fleet.servers.append(server)
+            for i, m in enumerate(group):
+                fleet.placements[m.serial] = Placement(
+                    host, server.port, {"server_address": i + 1, **access.params()}
+                )
     for group in _chunks(by_protocol["modbus"], min(per_port, 247)):
         server = await serve_modbus({i + 1: m for i, m in enumerate(group)}, host, 0, modbus_map)
         fleet.servers.append(server)
@@ -284,6 +312,57 @@ async def start_fleet(
         for m in by_protocol["mqtt"]:
             fleet.placements[m.serial] = Placement(mqtt[0], mqtt[1], {"serial": m.serial})
     return fleet
+
+
+@dataclass(frozen=True)
+class DlmsAccess:
+    """How one group of simulated DLMS meters is reached and authenticated."""
+
+    level2: str = "lls"
+    framing: str = "wrapper"
+    hdlc_lower: int | None = None
+    hdlc_address_size: int = 1
+
+    def security(self) -> Any:
+        from simulators.dlms.security import MeterSecurity
+
+        return MeterSecurity(level2=self.level2)
+
+    def serve_kwargs(self) -> dict[str, Any]:
+        if self.framing == "wrapper":
+            return {}
+        return {
+            "framing": "hdlc",
+            "hdlc_lower": self.hdlc_lower,
+            "hdlc_address_size": self.hdlc_address_size,
+        }
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.level2 != "lls":
+            out["level2_auth"] = self.level2
+        if self.framing == "hdlc":
+            out |= {"framing": "hdlc", "hdlc_address_size": self.hdlc_address_size}
+            if self.hdlc_lower is not None:
+                out["hdlc_server_lower"] = self.hdlc_lower
+        return out
+
+
+DLMS_ACCESS: dict[str, tuple[DlmsAccess, ...]] = {
+    "lls": (DlmsAccess(),),
+    "mixed": (
+        DlmsAccess(),
+        DlmsAccess(level2="hls"),
+        DlmsAccess(level2="hls-gmac"),
+        DlmsAccess(level2="hls", framing="hdlc", hdlc_lower=17, hdlc_address_size=2),
+    ),
+}
+
+
+def _gmac_secret(serial: str) -> str:
+    """Per-meter HLS-GMAC keys, derived from the serial (simulated meters only)."""
+    digest = hashlib.sha256(b"cgm-simulated-gmac:" + serial.encode()).hexdigest()
+    return f"ek={digest[:32]};ak={digest[32:]}"
 
 
 def _chunks(items: list[SimulatedMeter], size: int) -> list[list[SimulatedMeter]]:

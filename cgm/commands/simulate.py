@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "registers, logical device name only, 15-minute periods",
     )
     p.add_argument(
+        "--dlms-access",
+        choices=("lls", "mixed"),
+        default="lls",
+        help="mixed: DLMS meters in turn LLS, HLS, HLS-GMAC and HLS over HDLC at level 2",
+    )
+    p.add_argument(
         "--mqtt-url", help="broker for MQTT meters (default: CGM_MQTT_URL or an in-process broker)"
     )
     p.set_defaults(func=_simulate)
@@ -60,7 +66,13 @@ async def run_simulation(args: argparse.Namespace, stop: asyncio.Event) -> None:
             mqtt = await broker.start()
             log.info("in-process MQTT 5 broker on %s:%d", *mqtt)
     try:
-        await start_fleet(fleet, host=args.host, mqtt=mqtt, per_port=args.per_port)
+        await start_fleet(
+            fleet,
+            host=args.host,
+            mqtt=mqtt,
+            per_port=args.per_port,
+            dlms_access=getattr(args, "dlms_access", "lls"),
+        )
         args.out.write_text(
             "# Simulated fleet written by cgm simulate; load with cgm registry import\n"
             + yaml.safe_dump(inventory(fleet), sort_keys=False)

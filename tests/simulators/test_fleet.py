@@ -69,3 +69,46 @@ async def test_fleet_inventory_imports_and_every_meter_answers(
         assert getattr(info.value, "reason", None) == "auth"
     finally:
         await fleet.stop()
+
+
+async def test_mixed_dlms_access_fleet_imports_and_answers_at_level2(
+    new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """LLS, HLS, HLS-GMAC and HDLC meters side by side, through the registry and back."""
+    from datetime import UTC, datetime
+
+    from cgm.security.counters import PgInvocationCounterStore
+    from drivers.dlms import DlmsDriver
+
+    db_url = new_database()
+    upgrade(db_url, Settings(database_url=db_url))
+    fleet = build_fleet(4, seed=3, mix={"dlms": 1.0}, first_code=76001)
+    await start_fleet(fleet, per_port=2, dlms_access="mixed")
+    store = PgInvocationCounterStore(db_url)
+    try:
+        path = tmp_path / "fleet.yaml"
+        path.write_text(yaml.safe_dump(inventory(fleet)))
+        box = secret_box(Settings(database_url=db_url, data_dir=tmp_path))
+        with psycopg.connect(db_url) as conn:
+            registry.import_inventory(conn, registry.load(path), box, actor="pytest")
+            meters = registry.active_meters(conn, box)
+        kinds = {
+            (m.params.get("level2_auth", "lls"), m.params.get("framing", "wrapper")) for m in meters
+        }
+        assert kinds == {
+            ("lls", "wrapper"),
+            ("hls", "wrapper"),
+            ("hls-gmac", "wrapper"),
+            ("hls", "hdlc"),
+        }
+        driver = DlmsDriver(counter_store=store)
+        for m in meters:
+            cred = m.credential(AccessLevel.CONFIGURE)
+            assert cred is not None
+            async with await driver.connect(m.endpoints[0], cred, m.params, 5.0) as session:
+                await session.set_clock(datetime.now(UTC))
+                assert abs((await session.read_clock()).offset) < 2
+                assert (await session.identify()).serial == m.serial
+    finally:
+        await store.close()
+        await fleet.stop()
