@@ -74,7 +74,8 @@ async def test_fleet_inventory_imports_and_every_meter_answers(
 async def test_mixed_dlms_access_fleet_imports_and_answers_at_level2(
     new_database: Callable[[], str], tmp_path: Path
 ) -> None:
-    """LLS, HLS, HLS-GMAC and HDLC meters side by side, through the registry and back."""
+    """LLS, HLS, HLS-GMAC and HDLC meters side by side (and the field layouts with them),
+    through the registry and back."""
     from datetime import UTC, datetime
 
     from cgm.security.counters import PgInvocationCounterStore
@@ -82,7 +83,7 @@ async def test_mixed_dlms_access_fleet_imports_and_answers_at_level2(
 
     db_url = new_database()
     upgrade(db_url, Settings(database_url=db_url))
-    fleet = build_fleet(4, seed=3, mix={"dlms": 1.0}, first_code=76001)
+    fleet = build_fleet(4, seed=3, mix={"dlms": 1.0}, first_code=76001, dlms_variants=True)
     await start_fleet(fleet, per_port=2, dlms_access="mixed")
     store = PgInvocationCounterStore(db_url)
     try:
