@@ -243,8 +243,13 @@ class MeterSpec(_Strict):
     def _dlms_access(self) -> MeterSpec:
         """DLMS framing and authentication params, and secrets that fit each mechanism."""
         if self.protocol == "dlms":
+            from drivers.dlms import DlmsParams
             from drivers.dlms.access import AccessParams, check_secret
 
+            # Values of every known DLMS param (identity, register_*, …); unknown keys are
+            # the loader's to report.
+            known = DlmsParams.known_keys()
+            DlmsParams.from_mapping({k: v for k, v in self.params.items() if k in known})
             access = AccessParams.from_mapping(self.params)
             for level, spec in self.credentials.by_level().items():
                 try:

@@ -141,6 +141,10 @@ class DlmsParams:
     )
 
     @classmethod
+    def known_keys(cls) -> frozenset[str]:
+        return cls._KEYS | ACCESS_KEYS | _CGM_PARAMS
+
+    @classmethod
     def from_mapping(cls, params: Mapping[str, Any] | None) -> DlmsParams:
         params = dict(params or {})
         unknown = set(params) - cls._KEYS - ACCESS_KEYS - _CGM_PARAMS
