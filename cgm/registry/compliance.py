@@ -5,8 +5,10 @@ them in ``frontier_violation`` so an operator can register a non-compliant front
 what is wrong with it (``cgm registry list``), and fix it. Errors (malformed data) are the
 loader's business and refuse the whole import.
 
-Checks use the frontier's stored point type (the explicit one when given); an explicit type
-less strict than Table 1 is itself a violation (``point_type_understated``).
+Checks use the frontier's governing point type: the stricter of the declared one and the
+one Table 1 computes. A declared type that differs from Table 1 is itself a finding:
+``point_type_understated`` when it is less strict (Table 1's governs), ``point_type_differs``
+when it is stricter (the declared one governs).
 """
 
 from __future__ import annotations
@@ -110,13 +112,23 @@ def check(frontier: FrontierSpec) -> list[Finding]:
     found: list[Finding] = []
     point_type = frontier.effective_point_type
     table1 = frontier.table1_type
-    if frontier.point_type is not None and table1 is not None and frontier.point_type > table1:
+    declared = frontier.point_type
+    if declared is not None and table1 is not None and declared > table1:
         found.append(
             Finding(
                 "point_type_understated",
                 ART_TABLE1,
-                f"explicit point type {frontier.point_type} is less strict than type {table1} "
-                "given by Table 1 for the declared energy/capacity",
+                f"declared point type {declared} is less strict than type {table1} given by "
+                f"Table 1 for the declared energy/capacity; type {table1} governs",
+            )
+        )
+    elif declared is not None and table1 is not None and declared < table1:
+        found.append(
+            Finding(
+                "point_type_differs",
+                ART_TABLE1,
+                f"declared point type {declared} is stricter than type {table1} given by "
+                f"Table 1 for the declared energy/capacity; the declared type {declared} governs",
             )
         )
     principal = frontier.meter("principal")

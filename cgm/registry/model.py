@@ -296,12 +296,12 @@ class FrontierSpec(_Strict):
 
     @property
     def effective_point_type(self) -> int:
-        """The explicit type when given (kept even if less strict; see compliance)."""
-        if self.point_type is not None:
-            return self.point_type
-        t = self.table1_type
-        assert t is not None  # guaranteed by _consistent
-        return t
+        """The stricter (lower) of the declared type and the one Table 1 computes (art.
+        9.1.1.5): an understated declaration never loosens the clock limit, the backup
+        requirement or the accuracy classes. A difference is a compliance finding."""
+        found = [t for t in (self.point_type, self.table1_type) if t is not None]
+        assert found  # guaranteed by _consistent
+        return min(found)
 
     @property
     def clock_limit_s(self) -> float:

@@ -322,6 +322,7 @@ def list_registry(conn: psycopg.Connection, code: str | None = None) -> list[dic
     for row in conn.execute(_LIST_SQL, {"code": code}):
         (fid, code_, name, kind, stn, vlevel, cap, energy, factor, ptype, explicit,
          target, attrs, meters, violations) = row  # fmt: skip
+        ptype = governing_type(ptype, energy, cap)
         out.append(
             {
                 "code": code_,
@@ -376,10 +377,18 @@ class MeterConfig:
         return self.credentials.get(level)
 
 
+def governing_type(stored: int, energy: float | None, capacity: float | None) -> int:
+    """The stricter of the stored type and Table 1's, so that rows stored before the
+    stricter type governed (art. 9.1.1.5) never loosen a limit."""
+    table1 = rules.table1_type(energy, capacity)
+    return stored if table1 is None else min(stored, table1)
+
+
 _METERS_SQL = """
 SELECT m.id, m.serial, m.role, m.protocol, m.primary_host, m.primary_port, m.backup_host,
        m.backup_port, m.params, m.ct_ratio, m.vt_ratio, m.channels, f.id, f.code,
-       f.point_type, f.clock_target_s, f.adjustment_factor, f.installed_capacity_mva
+       f.point_type, f.clock_target_s, f.adjustment_factor, f.installed_capacity_mva,
+       f.monthly_energy_mwh
 FROM meter m JOIN frontier f ON f.id = m.frontier_id
 WHERE m.active AND (%(code)s::text IS NULL OR f.code = %(code)s)
 ORDER BY f.code, m.role DESC, m.serial
@@ -402,7 +411,8 @@ def _meter_configs(
         by_meter.setdefault(meter_id, {})[lv] = Credentials(lv, box.decrypt(bytes(enc)), client)
     out = []
     for (mid, serial, role, protocol, host, port, bhost, bport, params, ct, vt, channels,
-         fid, code, ptype, target, factor, capacity) in rows:  # fmt: skip
+         fid, code, ptype, target, factor, capacity, energy) in rows:  # fmt: skip
+        ptype = governing_type(ptype, energy, capacity)
         endpoints = (Endpoint(host, port),) + ((Endpoint(bhost, bport),) if bhost else ())
         out.append(
             MeterConfig(

@@ -99,24 +99,46 @@ def test_equal_ratios_written_differently_are_not_a_mismatch() -> None:
     assert _rules(fr) == set()
 
 
-def test_explicit_type_less_strict_is_kept_and_flagged() -> None:
+def test_understated_type_loses_to_table1_and_is_flagged() -> None:
+    """A 20,000 MWh/month frontier declared as type 3 is type 1: 30 s limit, backup required,
+    type 1 accuracy classes."""
     spec = FrontierSpec.model_validate(
-        frontier("Frt7", monthly_energy_mwh=100, point_type=4, meters=[meter("P")])
+        frontier(
+            "Frt7",
+            monthly_energy_mwh=20000,
+            point_type=3,
+            meters=[meter("P", accuracy_active="0.5S")],
+        )
     )
-    assert spec.effective_point_type == 4
-    assert spec.table1_type == 3
-    assert spec.clock_limit_s == 60
-    assert ("point_type_understated", "") in {(f.rule, f.subject) for f in compliance.check(spec)}
+    assert spec.table1_type == 1
+    assert spec.effective_point_type == 1
+    assert spec.clock_limit_s == 30
+    found = {f.rule: f for f in compliance.check(spec)}
+    assert "type 1 governs" in found["point_type_understated"].message
+    assert "backup_missing" in found
+    assert "accuracy_active_below" in found
 
 
-def test_explicit_stricter_type_is_not_flagged() -> None:
+def test_declared_stricter_type_governs_and_is_shown() -> None:
     spec = FrontierSpec.model_validate(
         frontier("Frt8", monthly_energy_mwh=100, point_type=2, meters=[meter("P")])
     )
+    assert spec.effective_point_type == 2
     assert spec.clock_limit_s == 30
-    rules = {f.rule for f in compliance.check(spec)}
-    assert "point_type_understated" not in rules
-    assert "backup_missing" in rules  # type 2 requires one
+    found = {f.rule: f for f in compliance.check(spec)}
+    assert "point_type_understated" not in found
+    assert "declared type 2 governs" in found["point_type_differs"].message
+    assert "backup_missing" in found  # type 2 requires one
+
+
+def test_declared_type_equal_to_table1_is_not_a_finding() -> None:
+    spec = FrontierSpec.model_validate(
+        frontier("Frt8", monthly_energy_mwh=100, point_type=3, meters=[meter("P")])
+    )
+    assert not {f.rule for f in compliance.check(spec)} & {
+        "point_type_understated",
+        "point_type_differs",
+    }
 
 
 def test_principal_missing() -> None:

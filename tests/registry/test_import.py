@@ -264,3 +264,20 @@ def test_dry_run_rolls_back(
     )
     assert report.frontiers_inserted == 1 and report.dry_run
     assert registry.list_registry(conn, code) == []
+
+
+def test_understated_type_governs_nowhere_even_in_older_rows(
+    conn: psycopg.Connection, box: SecretBox, write_yaml: Callable[..., Path]
+) -> None:
+    """Declared type 3 at 20,000 MWh/month: stored, listed and collected as type 1 (30 s);
+    a row written before the stricter type governed is read back as type 1 too."""
+    code = new_code()
+    creds = _creds("P", "pw-l1-aaaa", "pw-l2-bbbb")
+    path = write_yaml(frontier(code, point_type=3, meters=[meter(f"{code}-P", credentials=creds)]))
+    report = _import(conn, path, box)
+    assert "point_type_understated" in {f.rule for f in report.violations[code]}
+    conn.execute("UPDATE frontier SET point_type = 3 WHERE code = %s", (code,))  # older row
+    [fr] = registry.list_registry(conn, code)
+    assert (fr["point_type"], fr["clock_limit_s"], fr["backup_required"]) == (1, 30, True)
+    [target] = registry.active_meters(conn, box, frontier=code)
+    assert (target.point_type, target.clock_limit_s) == (1, 30)
