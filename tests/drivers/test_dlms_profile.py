@@ -17,6 +17,7 @@ from drivers.base import (
     Channel,
     Credentials,
     Endpoint,
+    EntryStatus,
     NotSupported,
     ProtocolError,
 )
@@ -85,16 +86,18 @@ async def test_every_layout_gives_the_meters_interval_energy(
     assert ("0-0:96.10.1.255" in uses) == variant.status_column
 
 
-async def test_status_column_reaches_the_entry() -> None:
+@pytest.mark.parametrize("profile", ["interval", "cumulative"])
+@pytest.mark.parametrize("status_column", [True, False])
+async def test_status_column_reaches_the_entry_it_closes(profile: str, status_column: bool) -> None:
     meter = SimulatedMeter("STATUS-1", seed=4)
     end = floor_hour(meter.real_now())
-    async with await serve(meter, variant=DlmsVariant(profile="cumulative")) as srv:
-        async with await connect(srv) as session:
-            await session.read_clock()
-        meter.set_clock(meter.clock() + timedelta(seconds=90))  # flags the current interval
-        async with await connect(srv) as session:
-            entries = await session.read_profile(end - 3 * HOUR, end + HOUR)
-    assert [e.status for e in entries][:3] == [0, 0, 0]
+    # The clock was set 10 minutes into the hour before last: that entry says so (0x20).
+    meter.clock_adjustments.append((end - 2 * HOUR + timedelta(minutes=10), 30.0))
+    variant = DlmsVariant(profile=profile, status_column=status_column)
+    async with await serve(meter, variant=variant) as srv, await connect(srv) as session:
+        entries = await session.read_profile(end - 3 * HOUR, end)
+    flagged = EntryStatus.CLOCK_ADJUSTED if status_column else 0
+    assert [e.status for e in entries] == [0, flagged, 0]
 
 
 async def test_cumulative_read_asks_for_one_entry_before_the_range() -> None:
