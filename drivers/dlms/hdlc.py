@@ -3,8 +3,9 @@
 The frames, FCS/HCS, addresses, sequence numbers and the link state machine are dlms-cosem's
 sans-I/O ``dlms_cosem.hdlc`` (``HdlcConnection`` and its frame classes). dlms-cosem's own
 ``HdlcTransport`` is blocking, so this module drives the same objects on asyncio streams, as
-the wrapper transport does. Link parameters are the defaults of IEC 62056-46 (the SNRM
-carries no information field): window 1, 128-byte information fields, both ways.
+the wrapper transport does. The SNRM proposes nothing, so the defaults of IEC 62056-46 apply
+(window 1, 128-byte information fields) unless the meter's UA names a smaller information
+field it can receive, which is then the most we send.
 
 Server addresses come in 1, 2 or 4 bytes (upper = logical device, lower = physical device);
 the client address is one byte (the client SAP).
@@ -98,6 +99,10 @@ class HdlcTransport:
         ua = await self._receive()
         if not isinstance(ua, frames.UnNumberedAcknowledgmentFrame):
             raise HdlcError(f"SNRM answered with {type(ua).__name__}, not UA")
+        # A meter with smaller buffers says so in the UA: never send more than it takes.
+        receive = link_parameters(bytes(ua.payload or b"")).get(0x06)
+        if receive is not None and 0 < receive < self.max_info:
+            self.max_info = receive
 
     async def request(self, apdu: bytes) -> bytes:
         """Send one APDU (segmented as needed) and return the APDU that answers it."""
@@ -197,6 +202,24 @@ class HdlcTransport:
             raise HdlcError(f"HDLC frame does not parse: {raw[:12].hex()}…")
         self.frames_received += 1
         return event
+
+
+def link_parameters(info: bytes) -> dict[int, int]:
+    """HDLC parameter negotiation field (81 80 len, then id len value …), by parameter id:
+    0x05 max information field the meter sends, 0x06 the largest it receives, 0x07/0x08
+    window sizes. Empty or malformed: no parameters (the defaults apply)."""
+    if len(info) < 3 or info[0] != 0x81 or info[1] != 0x80:
+        return {}
+    out: dict[int, int] = {}
+    body, at = info[3 : 3 + info[2]], 0
+    while at + 2 <= len(body):
+        pid, size = body[at], body[at + 1]
+        value = body[at + 2 : at + 2 + size]
+        if len(value) != size:
+            return {}
+        out[pid] = int.from_bytes(value, "big")
+        at += 2 + size
+    return out
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes:

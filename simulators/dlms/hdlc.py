@@ -126,8 +126,11 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes:
 class HdlcLink:
     """One HDLC link of one TCP connection: sequence numbers and segment reassembly."""
 
-    def __init__(self, accepts: Callable[[int, int | None, int], bool]) -> None:
+    def __init__(
+        self, accepts: Callable[[int, int | None, int], bool], max_receive: int = MAX_INFO
+    ) -> None:
         self.accepts = accepts  # (upper, lower, size) -> is this one of our devices?
+        self.max_receive = max_receive  # announced in the UA; longer I-frames are discarded
         self.connected = False
         self.vs = 0  # next send sequence number
         self.vr = 0  # next expected receive sequence number
@@ -155,7 +158,7 @@ class HdlcLink:
             if control == SNRM:
                 self.connected, self.vs, self.vr = True, 0, 0
                 self.inbound.clear()
-                await self._send(writer, UA | PF, _link_parameters())
+                await self._send(writer, UA | PF, _link_parameters(self.max_receive))
             elif control == DISC:
                 was = self.connected
                 self.connected = False
@@ -163,6 +166,8 @@ class HdlcLink:
             elif not self.connected:
                 await self._send(writer, DM | PF, b"")
             elif frame.control & 1 == 0:  # I-frame
+                if len(frame.info) > self.max_receive:
+                    continue  # longer than announced: a small meter's buffer overflows
                 if (frame.control >> 1) & 7 != self.vr:
                     continue  # out of sequence: a real meter would send RR/REJ; ignore
                 self.vr = (self.vr + 1) % 8
@@ -202,8 +207,8 @@ class HdlcLink:
             await writer.drain()
 
 
-def _link_parameters() -> bytes:
-    """UA information field: max info length TX/RX 128, window TX/RX 1."""
-    body = bytes([0x05, 0x01, MAX_INFO, 0x06, 0x01, MAX_INFO])
+def _link_parameters(max_receive: int) -> bytes:
+    """UA information field: max info length TX 128 and RX ``max_receive``, window 1."""
+    body = bytes([0x05, 0x01, MAX_INFO, 0x06, 0x01, max_receive])
     body += bytes([0x07, 0x04, 0, 0, 0, 1, 0x08, 0x04, 0, 0, 0, 1])
     return bytes([0x81, 0x80, len(body)]) + body

@@ -120,6 +120,7 @@ class DlmsServer:
         # the lower (physical) address and the address size are the device's.
         self.hdlc_lower = hdlc_lower
         self.hdlc_address_size = hdlc_address_size
+        self.hdlc_max_receive = hdlc.MAX_INFO  # a test may announce a smaller buffer
         self.meters = dict(meters)
         self._variants = {id(self.meters[port]): v for port, v in (variants or {}).items()}
         # Per served meter (keyed by the meter object, found from its wPort).
@@ -246,7 +247,7 @@ class DlmsServer:
             return reply
 
         try:
-            await hdlc.HdlcLink(accepts).serve(reader, writer, answer)
+            await hdlc.HdlcLink(accepts, self.hdlc_max_receive).serve(reader, writer, answer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:

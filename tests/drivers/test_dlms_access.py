@@ -312,3 +312,17 @@ async def test_gmac_counters_that_restart_are_refused_by_the_meter() -> None:
         with pytest.raises(AuthenticationFailed):  # same counters again: replay refused
             await DlmsDriver(MemoryCounterStore()).connect(endpoint, creds, GMAC)
     assert srv.stats.associations == 1 and srv.stats.rejected == 1
+
+
+async def test_hdlc_meter_with_small_buffers_gets_short_segments() -> None:
+    """The meter's UA says it receives 40-byte information fields: the driver obeys."""
+    async with await serve(hls_meter(), framing="hdlc") as srv:
+        srv.hdlc_max_receive = 40  # the simulator discards anything longer
+        async with await DRIVER.connect(
+            Endpoint("127.0.0.1", srv.port),
+            Credentials(AccessLevel.READ, "reader-1"),
+            {"framing": "hdlc"},
+            timeout=3,
+        ) as session:
+            assert (await session.identify()).serial == "HLS-1"
+            assert session._transport.max_info == 40
