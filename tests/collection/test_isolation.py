@@ -4,6 +4,7 @@ values, and counters that agree — real simulators, real sockets, a real databa
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,12 +14,16 @@ import yaml
 from prometheus_client import REGISTRY
 
 from cgm import registry
-from cgm.collection.engine import Collector, EngineConfig, current_cycle
-from cgm.collection.session import SessionPolicy
+from cgm.collection.engine import Collector, CycleSummary, EngineConfig, current_cycle
+from cgm.collection.link import Link
+from cgm.collection.schedule import CollectionJob
+from cgm.collection.session import MeterOutcome, SessionPolicy
 from cgm.config import Settings
 from cgm.migrate import upgrade
+from cgm.registry import active_meters_async
 from cgm.registry.model import parse_ratio
 from cgm.security import secret_box
+from cgm.service import Service
 from cgm.storage import Quality
 from drivers.base import Channel
 from simulators.fleet import build_fleet, inventory, start_fleet
@@ -279,3 +284,53 @@ async def test_a_wrong_level1_secret_is_not_presented_again_after_3_refusals(env
     assert n == 3
     (health,) = env.rows("SELECT last_result FROM meter_health WHERE meter_id = %s", b)[0]
     assert health == "auth"
+
+
+async def test_an_outcome_that_cannot_be_stored_fails_alone_and_the_writer_goes_on(
+    env: Env,
+) -> None:
+    env.import_()
+    collector = Collector(env.url, env.box, FAST)
+    good = await collector.run_cycle()  # the outcomes of a normal cycle, to store again
+    assert good.ok == 4
+    targets = await _targets(env)
+    # A meter removed from the registry between its session and the write: nothing about it
+    # can be stored (every table refers to the meter).
+    ghost = replace(targets[0], meter_id=10**12)
+    now = datetime.now(UTC)
+    batch = [
+        MeterOutcome(target=t, started_at=now, finished_at=now)
+        for t in (targets[1], ghost, targets[2])
+    ]
+    cycle = current_cycle() + timedelta(minutes=30)
+    summary = CycleSummary(cycle)
+    link = Link(env.url)
+    try:
+        await collector._store(link, batch, cycle, summary)  # noqa: SLF001
+    finally:
+        await link.close()
+    assert summary.ok == 2 and summary.unstored == 1
+    assert summary.failed == {"store_error": 1}
+    stored = env.rows("SELECT meter_id FROM collection_session WHERE cycle = %s", cycle)
+    assert sorted(r[0] for r in stored) == sorted([targets[1].meter_id, targets[2].meter_id])
+
+
+async def _targets(env: Env) -> list:
+    async with await psycopg.AsyncConnection.connect(env.url) as conn:
+        return await active_meters_async(conn, env.box)
+
+
+async def test_a_failed_cycle_still_runs_the_next_stages(tmp_path: Path) -> None:
+    # The database is unreachable: the cycle fails, VEE (an after-cycle hook) still runs.
+    url = "postgresql://127.0.0.1:9/nothing?connect_timeout=2"
+    settings = Settings(database_url=url, data_dir=tmp_path)
+    job = CollectionJob(Service(settings, db_url=url))
+    job.collector = Collector(url, secret_box(settings), FAST)
+    seen: list[CycleSummary] = []
+
+    async def hook(summary: CycleSummary) -> None:
+        seen.append(summary)
+
+    job.after_cycle.append(hook)
+    await job.run()
+    assert len(seen) == 1 and seen[0].errors and seen[0].intervals_stored == 0
