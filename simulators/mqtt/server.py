@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
@@ -111,6 +112,12 @@ class MqttMeterSimulator:
 
     async def start(self) -> Self:
         await self._client.__aenter__()
+        # Nagle off, as a meter's modem stack would answer: paho leaves it on, and each small
+        # answer then waited for the broker's delayed ACK.
+        sock = self._client._client.socket()  # noqa: SLF001 - no public accessor
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for serial in self.meters:
             await self._client.subscribe(w.meter_topic(self.prefix, serial, "cmd"), qos=1)
             await self._set_status(serial, "online")
