@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/ingest.py [URL] [--meters 1000] [--hours 250] [--repeat 3]
 
-URL (or CGM_DATABASE_URL, else postgresql://127.0.0.1:5432/test) names a server where a
-scratch database is created, migrated, used and dropped. Every run that loads the full set
+URL (or --database-url, or CGM_DATABASE_URL, else postgresql://127.0.0.1:5432/test) names a
+server where a scratch database is created, migrated, used and dropped; on a server that
+preloads TimescaleDB the tables are hypertables, as deployed. Every run that loads the full set
 starts from an empty ``reading`` table (TRUNCATE + CHECKPOINT), so each measures the same work.
 """
 
@@ -49,8 +50,48 @@ def make_rows(meters: int, hours: int, seed: int = 7) -> np.ndarray:
 
 
 async def reset(conn: psycopg.AsyncConnection) -> None:
-    await conn.execute("TRUNCATE reading, ingest_batch")
+    # ingest_batch is append-only and chained (it refuses TRUNCATE); it only grows by a row
+    # per batch, so it is left as it is.
+    await conn.execute("TRUNCATE reading")
+    await conn.commit()
     await conn.execute("CHECKPOINT")
+    await conn.commit()  # idle: each write_readings commits its own batch, as in service
+
+
+async def chain_cost(conn: psycopg.AsyncConnection, rows: np.ndarray, meters: int) -> None:
+    """The hash chains (migration 0041) with their triggers on, then off: small hourly
+    batches (one chained ingest_batch row each) and a late batch of changed values (one
+    chained audit row per superseded reading)."""
+    per = meters * 4
+    hourly = np.sort(rows, order=["interval_start", "meter_id", "channel"])[: 48 * per]
+    late = hourly[::4][:10_000].copy()
+    late["value"] += 1.0
+    late["collected_at"] += np.timedelta64(1, "D")
+    small = 40
+    print(f"audit hash chain cost (trigger on vs off; the table holds {len(hourly):,} rows):")
+    for state in ("ENABLE", "DISABLE"):
+        await conn.execute(f"ALTER TABLE ingest_batch {state} TRIGGER ingest_batch_chain")
+        await conn.execute(f"ALTER TABLE audit_log {state} TRIGGER audit_log_chain")
+        await conn.commit()
+        await reset(conn)
+        await write_readings(conn, hourly, source="bench", actor="bench")
+        batch = hourly[-small:].copy()
+        batch["value"] += 0.5
+        t = time.perf_counter()
+        for _ in range(500):  # 500 batches of 40 changed values: 40 chained audit rows each
+            batch["value"] += 1.0
+            await write_readings(conn, batch, source="bench", actor="bench")
+        s_small = time.perf_counter() - t
+        late["value"] += 1.0
+        s_late, out = await timed(lambda: write_readings(conn, late, source="bench",
+                                                         actor="bench"))
+        assert out.superseded == len(late), out
+        print(f"  chain {state.lower()[:-1]}ed: 500 batches of {small} changed values "
+              f"{s_small / 500 * 1000:6.2f} ms/batch;"
+              f" {len(late):,} changed values in one batch {fmt(len(late), s_late)}")
+    await conn.execute("ALTER TABLE ingest_batch ENABLE TRIGGER ingest_batch_chain")
+    await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_chain")
+    await conn.commit()
 
 
 async def timed(fn: Callable[[], Awaitable[object]]) -> tuple[float, object]:
@@ -92,7 +133,10 @@ async def bench(url: str, meters: int, hours: int, repeat: int) -> None:
     )
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
         (ver,) = await (await c.execute("SHOW server_version")).fetchone()
-    print(f"server: PostgreSQL {ver}")
+        ts = await (await c.execute(
+            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+        )).fetchone()
+    print(f"server: PostgreSQL {ver}, " + (f"TimescaleDB {ts[0]}" if ts else "plain tables"))
     print(f"rows: {n:,} ({meters} meters x 4 channels x {hours} h, random arrival order)\n")
 
     t = time.perf_counter()
@@ -183,7 +227,8 @@ async def bench(url: str, meters: int, hours: int, repeat: int) -> None:
         for i in range(0, n, per):
             await write_readings(conn, hourly[i : i + per], source="bench", actor="bench")
         s = time.perf_counter() - t
-        print(f"{hours} hourly batches of {per:,} (table growing)         {fmt(n, s)}")
+        print(f"{hours} hourly batches of {per:,} (table growing)         {fmt(n, s)}\n")
+        await chain_cost(conn, rows, meters)
 
 
 async def main() -> None:
@@ -192,7 +237,9 @@ async def main() -> None:
     ap.add_argument("--meters", type=int, default=1000)
     ap.add_argument("--hours", type=int, default=250)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--database-url", dest="url_option", help="same as URL")
     a = ap.parse_args()
+    a.url = a.url_option or a.url
     name = f"cgm_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(a.url, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')

@@ -302,7 +302,9 @@ def main() -> None:
     ap.add_argument("--accuracy-start", type=int, default=None, help="first day (index in 2014)")
     ap.add_argument("--accuracy-weeks", type=int, default=8)
     ap.add_argument("--accuracy-every", type=int, default=1, help="a gap every N hours")
+    ap.add_argument("--database-url", dest="url_option", help="same as URL (e.g. TimescaleDB)")
     args = ap.parse_args()
+    args.url = args.url_option or args.url
     print(f"machine: {platform.machine()} {os.cpu_count()} CPU, Python {platform.python_version()}")
     if not args.accuracy_only:
         name = f"cgm_bench_{uuid.uuid4().hex[:8]}"
@@ -313,7 +315,8 @@ def main() -> None:
         params["dbname"] = name
         url = make_conninfo(**params)
         try:
-            upgrade(url, Settings(database_url=url))
+            ts = upgrade(url, Settings(database_url=url)).timescale
+            print("tables:", "TimescaleDB hypertables" if ts else "plain PostgreSQL")
             asyncio.run(speed(url, args.frontiers, args.history_days, args.profile))
         finally:
             with psycopg.connect(args.url, autocommit=True) as c:

@@ -143,6 +143,8 @@ def _verify_chain(conn: psycopg.Connection, chain: str, anchors: list[Anchor]) -
     if rep.problem is None:
         if head is None:
             rep.problem = "the chain head (audit_chain) is missing"
+        elif head[0] < last_seq:
+            rep.problem = f"the chain head (seq {head[0]}) is behind the rows (seq {last_seq})"
         elif head[0] != last_seq or bytes(head[1]) != (prev if last_seq else GENESIS):
             rep.problem = (
                 f"the chain head is at seq {head[0]} but the rows end at seq {last_seq}: "
