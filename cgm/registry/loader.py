@@ -39,6 +39,10 @@ _RAW_TAGS = {
     "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool",
 }  # fmt: skip
 _SECRET_LIKE = re.compile(r"pass(word|wd)?|secret|token", re.IGNORECASE)
+YAML_VALUES_PER_BYTE = 4  # budget of values built per byte of YAML (see _yaml_tree)
+# NUL and other control characters (C0, DEL, C1) are refused in every text of a file: they
+# cannot be stored (PostgreSQL text refuses NUL) and are never part of a real name or code.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,38 @@ def _text_field(path: Path_) -> bool:
     return False
 
 
+def _reader_issue(text: str, file: str, exc: yaml.reader.ReaderError) -> Issue:
+    line = text.count("\n", 0, exc.position) + 1
+    what = (
+        f"control character U+{exc.character:04X} is not allowed"
+        if isinstance(exc.character, int)
+        else "the file is not valid UTF-8 text"
+    )
+    return Issue(file, line, "", what)
+
+
+class _TooLarge(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 def _yaml_tree(text: str, file: str) -> tuple[Any, dict[Path_, int], list[Issue]]:
     lines: dict[Path_, int] = {(): 1}
     issues: list[Issue] = []
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:  # a raw control character in the stream
+        raise InventoryError([_reader_issue(text, file, exc)]) from None
+    # Aliases let a few bytes name a tree of billions of values (an "alias bomb": 303 bytes
+    # once took 2.8 GB). The tree is built here node by node, so every value built counts
+    # against a budget proportional to the file; a real inventory (anchors for shared meter
+    # settings, merge keys) stays far below it.
+    budget = [YAML_VALUES_PER_BYTE * len(text) + 10_000]
 
     def build(node: yaml.Node, path: Path_) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _TooLarge(node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             loader.flatten_mapping(node)  # YAML merge keys (<<)
             out: dict[Any, Any] = {}
@@ -136,8 +166,17 @@ def _yaml_tree(text: str, file: str) -> tuple[Any, dict[Path_, int], list[Issue]
         # problem/context only: str(exc) would quote the offending source line.
         what = exc.problem or exc.context or "invalid YAML"
         raise InventoryError([Issue(file, line, "", f"YAML syntax error: {what}")]) from None
+    except yaml.reader.ReaderError as exc:
+        raise InventoryError([_reader_issue(text, file, exc)]) from None
     except yaml.YAMLError:
         raise InventoryError([Issue(file, None, "", "YAML syntax error")]) from None
+    except _TooLarge as exc:
+        raise InventoryError(
+            [Issue(file, exc.line, "", "YAML aliases expand to far more values than the file "
+                   "holds (an alias bomb?); write the values out or use fewer aliases")]
+        ) from None  # fmt: skip
+    except RecursionError:
+        raise InventoryError([Issue(file, None, "", "YAML nested too deeply")]) from None
     finally:
         loader.dispose()
     return data, lines, issues
@@ -195,6 +234,8 @@ def _csv_tree(text: str, file: str) -> tuple[Any, dict[Path_, int], list[Issue]]
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         return {"frontiers": []}, lines, issues
+    except csv.Error as exc:
+        raise InventoryError([Issue(file, reader.line_num, "", f"CSV error: {exc}")]) from None
     known = set(CSV_FRONTIER_COLUMNS) | set(CSV_METER_COLUMNS) | set(CSV_CREDENTIAL_COLUMNS)
     for col in header:
         if col in known or (
@@ -213,14 +254,33 @@ def _csv_tree(text: str, file: str) -> tuple[Any, dict[Path_, int], list[Issue]]
     frontiers: list[dict[str, Any]] = []
     by_code: dict[str, int] = {}
     line = 1
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            issues.append(Issue(file, reader.line_num, "", f"CSV error: {exc}"))
+            break
         line, start = reader.line_num, line + 1
         cells = {col: (row[i].strip() if i < len(row) else "") for i, col in enumerate(header)}
+        if not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
+            continue  # blank or comment row
         if len(row) > len(header):
             issues.append(Issue(file, start, "", "more cells than header columns"))
             continue
-        if not any(cells.values()) or row[0].lstrip().startswith("#"):
-            continue  # blank or comment row
+        if len(row) < len(header):
+            issues.append(
+                Issue(
+                    file,
+                    start,
+                    "",
+                    f"{len(row)} cells, but the header has {len(header)} columns "
+                    "(a short row would leave fields such as credentials empty)",
+                )
+            )
+            continue
         code = cells["frontier_code"]
         if code not in by_code:
             by_code[code] = len(frontiers)
@@ -430,6 +490,38 @@ def _validate(
     return inv
 
 
+def _control_characters(
+    tree: Any, lines: dict[Path_, int], file: str, where: Callable[[dict, Path_], str]
+) -> list[Issue]:
+    """Every text (key or value) holding a control character, at its line."""
+    issues: list[Issue] = []
+
+    def visit(value: Any, path: Path_) -> None:
+        if isinstance(value, str):
+            bad = _CONTROL.search(value)
+            if bad:
+                issues.append(
+                    Issue(
+                        file,
+                        _line_for(lines, path),
+                        _CONTROL.sub(
+                            "?", where(tree, path) if isinstance(tree, dict) else _dotted(path)
+                        ),
+                        f"control character U+{ord(bad.group()):04X} is not allowed",
+                    )
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(key, path + (key,))
+                visit(item, path + (key,))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                visit(item, path + (i,))
+
+    visit(tree, ())
+    return issues
+
+
 def parse(text: str, file: str, fmt: str) -> Inventory:
     """Validate inventory ``text`` in format ``yaml`` or ``csv``; ``file`` names it in errors."""
     if fmt == "yaml":
@@ -440,6 +532,9 @@ def parse(text: str, file: str, fmt: str) -> Inventory:
         where = _csv_where
     else:
         raise ValueError(f"unknown inventory format {fmt!r}")
+    control = _control_characters(tree, lines, file, where)
+    if control:
+        raise InventoryError(issues + control)
     try:
         inv = _validate(tree, lines, file, where)
     except InventoryError as exc:

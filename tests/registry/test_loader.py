@@ -198,3 +198,92 @@ def test_examples_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     csv_inv = registry.load(root / "inventory.csv")
     assert [f.code for f in yaml_inv.frontiers] == ["Frt10001", "Frt20002"]
     assert [f.code for f in csv_inv.frontiers] == ["Frt10001", "Frt30003"]
+
+
+# --- hostile files ----------------------------------------------------------------------
+
+BOMB = "".join(
+    f"{k}: &{k} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['lol'] * 9)}]\n"
+    for p, k in zip(["", "a", "b", "c", "d", "e", "f", "g", "h"], "abcdefghi", strict=True)
+)
+
+
+def test_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path: Path) -> None:
+    import resource
+    import time
+
+    p = tmp_path / "bomb.yaml"
+    p.write_text(BOMB)
+    assert len(BOMB) < 400  # a few hundred bytes naming 9^9 (387 million) values
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    [issue] = _raw(p)
+    assert "alias" in issue.message and issue.line is not None
+    # Refused early: expanding it took gigabytes and minutes.
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100 and time.monotonic() - t0 < 30
+
+
+def test_yaml_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    p = tmp_path / "inv.yaml"
+    p.write_text(
+        "defaults: &m {protocol: dlms, ct_ratio: 40, vt_ratio: 1}\n"
+        "frontiers:\n"
+        "  - {code: Frt1, name: A, kind: distribution, voltage_level: 2,"
+        " monthly_energy_mwh: 100, meters: [{<<: *m, serial: P1, role: principal,"
+        " endpoint: 'h:1'}, {<<: *m, serial: B1, role: backup, endpoint: 'h:2'}]}\n"
+    )
+    # Only the top-level "defaults" key is refused: the meters built from the anchor
+    # through merge keys are valid.
+    assert [i.where for i in _raw(p)] == ["defaults"]
+
+
+def test_deeply_nested_yaml_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    p = tmp_path / "deep.yaml"
+    p.write_text("[" * 20000 + "]" * 20000)
+    [issue] = _raw(p)
+    assert "nested too deeply" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('frontiers:\n  - code: "Frt1\\0"\n    name: A\n', 2),  # escaped NUL in a value
+        ("frontiers:\n  - code: Frt1\n    name: \"A\\x07b\"\n", 3),  # BEL in a name
+        ("frontiers:\n  - code: Frt1\x00\n", 2),  # a raw NUL byte in the file
+    ],
+)
+def test_yaml_control_characters_are_refused_with_file_and_line(
+    tmp_path: Path, text: str, line: int
+) -> None:
+    p = tmp_path / "ctl.yaml"
+    p.write_text(text)
+    issues = _raw(p)
+    assert any(i.line == line and "control character" in i.message for i in issues), issues
+    assert all("\x00" not in str(i) and "\x07" not in str(i) for i in issues)
+    assert str(p) in str(issues[0])
+
+
+def test_csv_nul_in_a_cell_is_refused_with_file_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "inv.csv"
+    p.write_text(
+        "frontier_code,frontier_name,kind,voltage_level,monthly_energy_mwh,serial,role,protocol,endpoint\n"
+        "Frt1,A,distribution,2,100,P1,principal,dlms,h:1\n"
+        "Frt1,A,distribution,2,100,B\x001,backup,dlms,h:2\n"
+    )
+    [issue] = _raw(p)
+    assert issue.line == 3 and "U+0000" in issue.message and issue.where == "column serial"
+
+
+def test_csv_row_shorter_than_its_header_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "inv.csv"
+    p.write_text(
+        "frontier_code,frontier_name,kind,voltage_level,monthly_energy_mwh,serial,role,protocol,"
+        "endpoint,level1_secret\n"
+        "Frt1,A,distribution,2,100,P1,principal,dlms,h:1,a-level-1-secret\n"
+        "Frt1,A,distribution,2,100,B1,backup,dlms,h:2\n"  # no credentials cell at all
+        "\n"
+        "# a comment row is fine\n"
+    )
+    [issue] = _raw(p)
+    assert issue.line == 3 and "9 cells" in issue.message and "10 columns" in issue.message
