@@ -29,12 +29,17 @@ import argparse
 import asyncio
 import cProfile
 import io
+import json
 import os
 import platform
 import pstats
+import signal
+import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -227,6 +232,151 @@ def report(what: str, wall: float, s: object) -> None:
     print("  timings " + ", ".join(f"{k} {v:.2f}" for k, v in d["timings"].items()))
 
 
+# --- part 1b: the service under a VEE run ---------------------------------------------
+
+_PROBE = """
+import json, sys, time, httpx
+url, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+out, end = [], time.monotonic() + seconds
+with httpx.Client(timeout=30) as c:
+    while time.monotonic() < end:
+        t = time.monotonic()
+        c.get(url)  # 503 without a scheduler: still a full answer with a DB query
+        out.append(time.monotonic() - t)
+        time.sleep(max(0.0, 1 / rate - (time.monotonic() - t)))
+print(json.dumps(out))
+"""
+
+
+async def api_latencies(url: str, seconds: float, rate: float = 20.0) -> np.ndarray:
+    """Request ``url`` from another process at ``rate``/s for ``seconds``: latencies (s)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PROBE, url, str(seconds), str(rate), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    return np.array(json.loads(out))
+
+
+def _scratch(url: str, suffix: str) -> str:
+    """A new database named after ``url``'s plus ``suffix``, on the same server."""
+    params = conninfo_to_dict(url)
+    name = f"{params['dbname']}_{suffix}"
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        c.execute(f'CREATE DATABASE "{name}"')
+    params["dbname"] = name
+    return make_conninfo(**params)
+
+
+def _drop(url: str, suffix: str) -> None:
+    name = f"{conninfo_to_dict(url)['dbname']}_{suffix}"
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def under_load(url: str, sim_frontiers: int) -> None:
+    """API p99 (GET /healthz, which queries the database) and a collection cycle's
+    throughput over simulated meters, idle and while a first settle of the 10,000-frontier
+    day runs on the VEE worker — all in this process, as in ``cgm run``."""
+    from collect import seed, start_simulators  # benchmarks/collect.py
+
+    from cgm import registry
+    from cgm.api import install as install_api
+    from cgm.collection.engine import Collector, EngineConfig, current_cycle
+    from cgm.collection.session import SessionPolicy
+    from cgm.security import secret_box
+    from cgm.service import Service
+    from cgm.vee.worker import VeeWorker
+
+    work = Path(tempfile.mkdtemp(prefix="cgm-bench-vee-"))
+    sim = start_simulators(sim_frontiers, 50, work / "fleet.yaml", None, "embedded")
+    port = 18000 + os.getpid() % 1000
+    settings = Settings(database_url=url, api_host="127.0.0.1", api_port=port, data_dir=work)
+    svc = Service(settings)
+    svc.db_url = url
+    install_api(svc)
+    worker = VeeWorker(url)
+    try:
+        # The collector's fleet in its own database on the same server, so that a cycle
+        # reads only the simulated meters.
+        col_url = _scratch(url, "col")
+        upgrade(col_url, Settings(database_url=col_url))
+        box = secret_box(settings)
+        with psycopg.connect(col_url) as conn:
+            registry.import_inventory(conn, registry.load(work / "fleet.yaml"), box, actor="b")
+            sim_meters = [r[0] for r in conn.execute("SELECT id FROM meter")]
+        config = EngineConfig(max_sessions=256, per_endpoint=8, policy=SessionPolicy(30.0, 2))
+
+        async def cycle() -> tuple[float, int]:
+            # Steady state: every meter's last reading two hours ago (readings after it
+            # removed), so each cycle reads the same amount.
+            with psycopg.connect(col_url) as conn:
+                conn.execute("DELETE FROM reading WHERE meter_id = ANY(%s)", (sim_meters,))
+            await seed(col_url, sim_meters, current_cycle(datetime.now(UTC)) - timedelta(hours=2))
+            t0 = time.perf_counter()
+            summary = await Collector(col_url, box, config).run_cycle(force=True)
+            if summary.failed or summary.errors:
+                print(f"  cycle: failed {dict(summary.failed)} errors {summary.errors[:3]}")
+            return time.perf_counter() - t0, summary.ok
+
+        for hook in svc.on_start:
+            await hook(svc)
+        health = f"http://127.0.0.1:{port}/healthz"
+        await cycle()  # warm-up: first contact, identities
+        idle_api = await api_latencies(health, 15)
+        idle_cycle, ok0 = await cycle()
+        # The day's settled values removed (row triggers off in this scratch database, so
+        # no audit rows), so the run below is a first settle again.
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+            await c.execute("ALTER TABLE settled_reading DISABLE TRIGGER USER")
+            start, end = day_bounds(DAY)
+            await c.execute(
+                "DELETE FROM settled_reading WHERE interval_start >= %s AND interval_start < %s",
+                (start, end),
+            )
+            await c.execute("ALTER TABLE settled_reading ENABLE TRIGGER USER")
+        worker.start()
+        run = worker.submit(lambda conn: run_vee(conn, DAY, config=VeeConfig(), now=NOW))
+
+        async def probe_while_running() -> np.ndarray:
+            chunks = []
+            while not run.done():
+                chunks.append(await api_latencies(health, 5))
+            return np.concatenate(chunks) if chunks else np.zeros(0)
+
+        probe = asyncio.create_task(probe_while_running())
+        busy_cycles = []
+        while not run.done():
+            busy_cycles.append(await cycle())
+        summary = await run
+        busy_api = await probe
+        # Cycles that overlapped the run only (the last may have ended after it).
+        busy_cycle = float(np.mean([c[0] for c in busy_cycles]))
+        ok1 = min(c[1] for c in busy_cycles)
+    finally:
+        for hook in reversed(svc.on_stop):
+            await hook(svc)
+        await worker.stop()
+        sim.send_signal(signal.SIGINT)
+        sim.wait(30)
+        _drop(url, "col")
+    n = len(sim_meters)
+    print(f"\nservice under a VEE run ({sim_frontiers} simulated frontiers = {n} meters):")
+    print(
+        f"  VEE first settle on the worker: {summary.seconds:.1f} s, {summary.written} values"
+        f" written; {len(busy_cycles)} collection cycles and {len(busy_api)} API requests"
+        " during it"
+    )
+    print("  its timings " + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()))
+    for name, lat in (("idle", idle_api), ("during VEE", busy_api)):
+        print(
+            f"  API /healthz {name}: {len(lat)} requests, p50 {1e3 * np.median(lat):.1f} ms, "
+            f"p99 {1e3 * np.quantile(lat, 0.99):.1f} ms"
+        )
+    for name, secs, ok in (("idle", idle_cycle, ok0), ("during VEE", busy_cycle, ok1)):
+        print(f"  collection cycle {name}: {secs:.1f} s (mean), {ok} ok, {n / secs:.0f} meters/s")
+
+
 # --- part 2: accuracy ------------------------------------------------------------------
 
 ACCURACY_CONFIGS = {
@@ -266,7 +416,7 @@ def accuracy_simulated(frontiers: int, weeks: int, every: int, seed: int = 3) ->
     """The simulator's load (daily shape, weekly factor, AR(1) noise), Colombian days."""
     rng = np.random.default_rng(seed)
     first = date(2026, 1, 5)  # a Monday
-    n_days = (5 + weeks) * 7 + 1
+    n_days = (5 + weeks) * 7 + 2
     days = [first + timedelta(days=i) for i in range(n_days)]
     starts = np.array([int(t.timestamp()) for d in days for t in hour_starts(d)], dtype=np.int64)
     results = []
@@ -299,6 +449,14 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--accuracy-only", action="store_true")
     ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument(
+        "--under-load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the speed runs: API p99 and a collection cycle of N simulated frontiers, "
+        "idle and during a first settle on the VEE worker",
+    )
     ap.add_argument("--accuracy-start", type=int, default=None, help="first day (index in 2014)")
     ap.add_argument("--accuracy-weeks", type=int, default=8)
     ap.add_argument("--accuracy-every", type=int, default=1, help="a gap every N hours")
@@ -318,6 +476,8 @@ def main() -> None:
             ts = upgrade(url, Settings(database_url=url)).timescale
             print("tables:", "TimescaleDB hypertables" if ts else "plain PostgreSQL")
             asyncio.run(speed(url, args.frontiers, args.history_days, args.profile))
+            if args.under_load:
+                asyncio.run(under_load(url, args.under_load))
         finally:
             with psycopg.connect(args.url, autocommit=True) as c:
                 c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -98,11 +98,12 @@ def settle_gap(
 
 def evaluation_days(load: Load, start: int | None, weeks: int) -> range:
     """``weeks`` weeks of days from index ``start`` (default: the last ``weeks`` weeks
-    before the final day, leaving 5 weeks of history and a day after)."""
+    that leave two days after: a gap from the last day runs into the next, whose window
+    needs the hour after it), with 5 weeks of history before."""
     if start is None:
-        start = len(load.values) - 1 - weeks * 7
-    if start < 35 or start + weeks * 7 >= len(load.values):
-        raise ValueError("the evaluation needs 5 weeks of history before and one day after")
+        start = len(load.values) - 2 - weeks * 7
+    if start < 35 or start + weeks * 7 + 2 > len(load.values):
+        raise ValueError("the evaluation needs 5 weeks of history before and two days after")
     return range(start, start + weeks * 7)
 
 
