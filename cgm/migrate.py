@@ -81,6 +81,17 @@ def pending(url: str) -> list[str]:
     return [f"{m.version:04d}_{m.name}" for m in migrations() if m.version not in done]
 
 
+def _may_change_schema(conn: psycopg.Connection) -> bool:
+    """A superuser, or a member of the role that owns the schema (any role on a new one)."""
+    row = conn.execute(
+        """SELECT r.rolsuper OR c.oid IS NULL OR pg_has_role(current_user, c.relowner, 'MEMBER')
+           FROM pg_roles r LEFT JOIN pg_class c ON c.oid = to_regclass('schema_migration')
+           WHERE r.rolname = current_user"""
+    ).fetchone()
+    conn.rollback()
+    return bool(row and row[0])
+
+
 def _preloaded(setting: str) -> bool:
     """Whether ``shared_preload_libraries`` names timescaledb (quoted or not, any path)."""
     names = (part.strip().strip('"').rsplit("/", 1)[-1] for part in setting.split(","))
@@ -129,10 +140,28 @@ def _set_variables(conn: psycopg.Connection, settings: Settings) -> None:
 
 
 def upgrade(url: str, settings: Settings) -> UpgradeResult:
-    """Bring the schema at ``url`` up to date; safe to run any number of times."""
+    """Bring the schema at ``url`` up to date; safe to run any number of times.
+
+    Connected as a role without schema rights (the service role), it only checks: nothing
+    pending is fine (``cgm run`` starts), anything pending is a MigrationError.
+    """
     applied: list[str] = []
     skipped: list[str] = []
     with psycopg.connect(url) as conn:
+        if not _may_change_schema(conn):
+            conn.close()
+            waiting = pending(url)
+            if waiting:
+                raise MigrationError(
+                    f"the database schema is behind (pending: {', '.join(waiting)}) and this "
+                    "role may not change it; run `cgm db upgrade` as the schema owner or an "
+                    "administrator"
+                )
+            with psycopg.connect(url) as check:
+                timescale = check.execute(
+                    "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
+                ).fetchone() is not None
+            return UpgradeResult([], [], timescale)
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         conn.commit()
         try:

@@ -81,6 +81,19 @@ async def test_service_role_writes_and_its_changes_are_audited(db_url: str) -> N
     assert verify(url).ok
 
 
+def test_service_role_start_checks_the_schema_without_changing_it(db_url: str) -> None:
+    """`cgm run` upgrades at start; as the service role that is a check, not a change."""
+    from cgm.migrate import upgrade
+
+    with psycopg.connect(db_url) as conn:
+        before = conn.execute("SELECT version, applied_at FROM schema_migration").fetchall()
+    result = upgrade(as_service(db_url), Settings(database_url=as_service(db_url)))
+    assert result.applied == [] and result.timescale == timescale(db_url)
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT version, applied_at FROM schema_migration").fetchall() \
+            == before
+
+
 FORBIDDEN = [
     ("TRUNCATE audit_log", "permission denied"),
     ("TRUNCATE reading", "permission denied"),
@@ -126,3 +139,14 @@ def test_service_role_cannot_drop_chunks(db_url: str) -> None:
                 with pytest.raises(psycopg.errors.UndefinedFunction):
                     conn.execute("SELECT drop_chunks(%s, older_than => %s)", (table, older))
             conn.rollback()
+
+
+def test_service_role_refuses_a_schema_that_is_behind(new_database) -> None:  # noqa: ANN001
+    from cgm.migrate import MigrationError, upgrade
+
+    url = new_database()
+    upgrade(url, Settings(database_url=url))
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM schema_migration WHERE version = 44")
+    with pytest.raises(MigrationError, match="pending: 0044_audit_chain_linear.*may not change"):
+        upgrade(as_service(url), Settings(database_url=as_service(url)))
