@@ -27,7 +27,7 @@ import ssl
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Self
 
 import aiomqtt
@@ -52,8 +52,10 @@ from drivers.base import (
     ProfileEntry,
     ProtocolError,
     RegisterValue,
+    SessionEvent,
     utcnow,
 )
+from drivers.cumulative import CumulativeRow, profile_entries
 from drivers.mqtt import protocol as p
 
 log = logging.getLogger(__name__)
@@ -474,6 +476,7 @@ class MqttSession(MeterSession):
         serial: str,
         prefix: str,
         auth_mode: str,
+        register_max: float | None = None,
     ) -> None:
         super().__init__(conn.endpoint, credentials, timeout)
         self.serial = serial
@@ -484,6 +487,9 @@ class MqttSession(MeterSession):
         self._cmd_topic = p.command_topic(prefix, serial)
         self._closed = False
         self.meter_level: int | None = None  # level the meter granted at hello
+        self._values: str | None = None  # interval | cumulative, from read_profile_config
+        self._period: timedelta | None = None
+        self._reg_max = register_max  # where the meter's registers wrap, if known
 
     async def _request(
         self, command: str, args: Mapping[str, Any] | None = None
@@ -560,12 +566,42 @@ class MqttSession(MeterSession):
 
     async def _read_profile_config(self) -> ProfileConfig:
         result, _, _ = await self._request("read_profile_config")
-        return self._decode("read_profile_config", p.decode_profile_config, result)
+        config: ProfileConfig = self._decode(
+            "read_profile_config", p.decode_profile_config, result
+        )
+        self._values = self._decode("read_profile_config", p.values_kind, result)
+        self._period = config.capture_period
+        return config
 
     async def _read_profile(self, start: datetime, end: datetime) -> list[ProfileEntry]:
-        result, _, _ = await self._request("read_profile", {"from": p.iso(start), "to": p.iso(end)})
+        if self._values is None:
+            await self._read_profile_config()
+        period = self._period
+        ask_from = start - period if self._values == p.VALUES_CUMULATIVE and period else start
+        result, _, _ = await self._request(
+            "read_profile", {"from": p.iso(ask_from), "to": p.iso(end)}
+        )
+        kind = self._decode("read_profile", p.values_kind, result)
         entries: list[ProfileEntry] = self._decode("read_profile", p.decode_entries, result)
+        if kind == p.VALUES_CUMULATIVE:
+            entries = self._differenced(entries, period)
         entries = sorted((e for e in entries if start <= e.start < end), key=lambda e: e.start)
+        return entries
+
+    def _differenced(
+        self, rows: list[ProfileEntry], period: timedelta | None
+    ) -> list[ProfileEntry]:
+        """Register readings (one per entry, at its end) to interval energies: the one
+        cumulative-to-interval path of all drivers (drivers.cumulative)."""
+        if period is None:
+            if not rows:
+                return []
+            period = rows[0].period
+        cumulative = [CumulativeRow(e.end, dict(e.values), e.status) for e in rows]
+        entries, events = profile_entries(cumulative, period=period, register_max=self._reg_max)
+        for event in events:
+            self.events.append(SessionEvent(str(event.kind), str(event)))
+            log.warning("MQTT meter %s: %s: %s", self.serial, event.kind, event)
         return entries
 
     async def _read_registers(self) -> list[RegisterValue]:
@@ -636,9 +672,11 @@ class MqttDriver(Driver):
         prefix = params.get("topic_prefix") or p.DEFAULT_PREFIX
         pool = self.pool()
         conn = await pool.acquire(endpoint, login_from_params(params), timeout=timeout)
+        reg_max = params.get("register_max")
         session = MqttSession(
-            conn, pool, credentials, timeout, serial=serial, prefix=prefix, auth_mode=auth_mode
-        )
+            conn, pool, credentials, timeout, serial=serial, prefix=prefix, auth_mode=auth_mode,
+            register_max=float(reg_max) if reg_max is not None else None,
+        )  # fmt: skip
         try:
             async with asyncio.timeout(timeout):
                 await conn.use_prefix(prefix)
@@ -695,6 +733,7 @@ class ProfileSubscription:
         self._pool: _Pool | None = None
         self.skipped = 0  # malformed messages dropped (logged)
         self.rejected = 0  # unauthenticated messages dropped (logged)
+        self.cumulative = 0  # pushes of register readings, left to the cycle
 
     async def __aenter__(self) -> Self:
         self._pool = DRIVER.pool()
@@ -740,6 +779,11 @@ class ProfileSubscription:
             )
             return
         try:
+            if p.values_kind(body) == p.VALUES_CUMULATIVE:
+                # A register reading is not an interval: the cycle's read_profile, which
+                # asks for the reading before, makes intervals of them.
+                self.cumulative += 1
+                return
             entries = p.decode_entries(body)
         except p.PayloadError as exc:
             self.skipped += 1

@@ -345,6 +345,18 @@ def decode_entry(obj: object) -> ProfileEntry:
     return ProfileEntry(start, end - start, values, status)
 
 
+VALUES_INTERVAL = "interval"  # each entry's values are the energy of its interval
+VALUES_CUMULATIVE = "cumulative"  # the registers' readings at each entry's end
+
+
+def values_kind(obj: Mapping[str, Any]) -> str:
+    """What a profile answer's, push's or profile configuration's values are."""
+    kind = obj.get("values", VALUES_INTERVAL)
+    if kind not in (VALUES_INTERVAL, VALUES_CUMULATIVE):
+        raise PayloadError(f"values must be {VALUES_INTERVAL!r} or {VALUES_CUMULATIVE!r}")
+    return str(kind)
+
+
 def decode_entries(result: Mapping[str, Any]) -> list[ProfileEntry]:
     entries = result.get("entries")
     if not isinstance(entries, list):

@@ -72,12 +72,15 @@ class MqttMeterSimulator:
         replay_window: timedelta = timedelta(hours=24),
         tls_context: Any = None,
         sign: bool = True,
+        cumulative: Iterable[str] = (),
     ) -> None:
         self.meters = {m.serial: m for m in meters}
         self.host, self.port, self.prefix = host, port, prefix
         self.push_hourly = push_hourly
         self.replay_window = replay_window
         self.sign = sign  # False: a meter that does not sign (refused unless the ACL vouches)
+        # Meters whose profile captures their cumulative registers instead of interval energy.
+        self.cumulative = set(cumulative)
         self.client_id = f"cgm-sim-{secrets.token_hex(6)}"
         self.gateway_status_topic = w.gateway_status_topic(prefix, self.client_id)
         will = aiomqtt.Will(
@@ -176,11 +179,7 @@ class MqttMeterSimulator:
     ) -> list[ProfileEntry]:
         entries = meter.profile(start, end)
         if entries:  # a hole in memory is pushed as nothing, never as zeros
-            body = {
-                "schema": w.SCHEMA,
-                "serial": meter.serial,
-                "entries": [_entry(e) for e in entries],
-            }
+            body = {"schema": w.SCHEMA, "serial": meter.serial, **self._profile(meter, entries)}
             if self.sign:
                 body = w.sign_push(body, meter.secrets.level1, meter.clock())
             await self._client.publish(
@@ -323,15 +322,18 @@ class MqttMeterSimulator:
             return {}
         if command == "read_profile_config":
             cfg = meter.profile_config()
-            return {
+            config = {
                 "capture_period_s": int(cfg.capture_period.total_seconds()),
                 "depth": cfg.depth,
                 "channels": [str(ch) for ch in cfg.channels],
             }
+            if meter.serial in self.cumulative:
+                config["values"] = "cumulative"
+            return config
         if command == "read_profile":
             start = w.parse_time_text(args.get("from"), "args.from")
             end = w.parse_time_text(args.get("to"), "args.to")
-            return {"entries": [_entry(e) for e in meter.profile(start, end)]}
+            return self._profile(meter, meter.profile(start, end))
         if command == "read_registers":
             regs = meter.registers()
             return {
@@ -342,6 +344,18 @@ class MqttMeterSimulator:
                 "at": w.time_text(meter.clock()),
             }
         raise _Unsupported(command)
+
+    def _profile(self, meter: SimulatedMeter, entries: list[ProfileEntry]) -> dict[str, Any]:
+        """``{entries}``; for a cumulative meter the registers at each entry's end instead
+        of its energy (README: ``values: cumulative``), for the same entries (holes too)."""
+        if meter.serial not in self.cumulative:
+            return {"entries": [_entry(e) for e in entries]}
+        regs = meter.register_values([e.end for e in entries])
+        rows = [
+            w.entry(e.start, e.end, e.status, {str(ch): col[i] for ch, col in regs.items()})
+            for i, e in enumerate(entries)
+        ]
+        return {"values": "cumulative", "entries": rows}
 
 
 def _entry(e: ProfileEntry) -> dict[str, Any]:
@@ -363,6 +377,7 @@ async def serve(
     push_hourly: bool = True,
     tls_context: Any = None,
     sign: bool = True,
+    cumulative: Iterable[str] = (),
 ) -> MqttMeterSimulator:
     """Connect to the broker and serve ``meters``; ``await handle.stop()`` to end
     (or ``async with await serve(...) as sim:``, which also clears the retained statuses)."""
@@ -376,5 +391,6 @@ async def serve(
         push_hourly=push_hourly,
         tls_context=tls_context,
         sign=sign,
+        cumulative=cumulative,
     )
     return await sim.start()

@@ -378,6 +378,8 @@ async def test_schema_invalid_answer_is_protocol_error(
             req = json.loads(msg.payload)
             if req["command"] == "hello":
                 result: dict[str, object] = {"level": 1}
+            elif req["command"] == "read_profile_config":
+                result = {"capture_period_s": 3600, "depth": 1000, "channels": ["active_import"]}
             else:
                 entry = {"start": "2024-01-01T05:00:00Z", "end": "2024-01-01T06:00:00Z",
                          "values": {"active_import": {"value": "12.5", "unit": "kWh"}}}  # fmt: skip

@@ -301,3 +301,44 @@ async def test_tls_client_certificate_login(tmp_path: Path) -> None:
                     b.address, "cgm", "MQ-TLS-2", timeout=2.0,
                     broker_login=BrokerLogin(ca_file=str(ca.cert)),
                 )  # fmt: skip
+
+
+# --- meters whose profile captures cumulative registers ------------------------------------
+
+
+async def test_cumulative_meter_is_read_as_interval_energy(
+    mqtt_broker: tuple[str, int], mqtt_prefix: str
+) -> None:
+    """Register readings become interval energies through drivers.cumulative: the reading
+    before the range opens the first interval, and a hole in memory is never bridged."""
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start = hour - timedelta(hours=6)
+    hole = (start + timedelta(hours=2), start + timedelta(hours=3))
+    meter = SimulatedMeter("MQ-CUM-1", faults=Faults(missing=[hole]))
+    async with simulated(mqtt_broker, mqtt_prefix, [meter], cumulative=["MQ-CUM-1"]):
+        async with await session(mqtt_broker, mqtt_prefix, "MQ-CUM-1") as s:
+            entries = await s.read_profile(start, hour)
+            events = list(s.events)
+    truth = {e.start: e for e in meter.profile(start, hour)}
+    got = {e.start: e for e in entries}
+    # The hole's interval and the one after it (no reading at its start) are absent.
+    assert set(got) == set(truth) - {hole[0] + timedelta(hours=1)}
+    assert hole[0] not in got
+    for t, e in got.items():
+        for ch, v in e.values.items():
+            assert v == pytest.approx(truth[t].values[ch], abs=1e-3)
+    assert any(ev.kind == "gap" for ev in events)
+
+
+async def test_cumulative_pushes_are_left_to_the_cycle(
+    mqtt_broker: tuple[str, int], mqtt_prefix: str
+) -> None:
+    meter = SimulatedMeter("MQ-CUM-2")
+    async with (
+        subscribe_profiles(*mqtt_broker, prefix=mqtt_prefix, auth=lambda s: "reader-1") as sub,
+        simulated(mqtt_broker, mqtt_prefix, [meter], push_hourly=False,
+                  cumulative=["MQ-CUM-2"]) as sim,  # fmt: skip
+    ):
+        await sim.publish_profile_now()
+        await asyncio.sleep(1.0)  # delivered on loopback in milliseconds
+    assert sub.cumulative == 1 and sub.rejected == 0
