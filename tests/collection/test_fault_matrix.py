@@ -279,7 +279,8 @@ async def test_a_meter_that_hangs_fails_alone_within_its_timeouts(env: Env) -> N
     assert env.open_claims() == 0 and _collector_tasks() == []
     hung.faults.no_answer = False
     again = await collector.run_cycle(current_cycle() + timedelta(minutes=1))
-    assert again.ok == 6 and env.holes() == {}
+    # MQTT meters kept current by their pushes may be skipped; the hung meter is read again.
+    assert again.ok == again.meters and not again.failed and env.holes() == {}
 
 
 async def test_kill_9_of_the_service_and_a_restart_lose_nothing(env: Env, tmp_path: Path) -> None:
