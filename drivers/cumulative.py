@@ -19,10 +19,16 @@ API
 ``interpolated(readings, *, step=1 h, register_max=None, max_gap=2 h) -> Differenced``
     Readings at arbitrary times (snapshots) give advances between ``step`` boundaries,
     interpolating linearly between readings at most ``max_gap`` apart.
-``profile_entries(rows, *, period, register_max=None, channels=None) -> (entries, events)``
+``profile_entries(rows, *, period, register_max=None, channels=None, max_advance=None)
+-> (entries, events)``
     Rows of cumulative values (``CumulativeRow(end, values, status)``) become interval
     :class:`~drivers.base.ProfileEntry` objects, per channel; several columns of one channel
-    (tariff registers) are differenced one by one and summed.
+    (tariff registers) are differenced one by one and summed. ``register_max`` is one value
+    or one per column; ``channels`` maps column keys to channels (default: the keys are
+    channels); ``max_advance`` is per channel. An entry's ``rollover`` names the channels
+    that wrapped; its ``status`` is the status of the row that closes it.
+``Event(kind, at, before, after, key)``, ``EventKind``: ``rollover``, ``reset``, ``gap``,
+``invalid``, ``implausible``; ``str(event)`` is a log line.
 
 Rules (each one a test in ``tests/drivers/test_cumulative.py``)
 ---------------------------------------------------------------
@@ -36,7 +42,7 @@ Rules (each one a test in ``tests/drivers/test_cumulative.py``)
 * A value below zero, or at or above ``register_max``, is not a register reading
   (:data:`INVALID`): dropped, so the neighbouring intervals become gaps.
 * ``max_advance`` (optional): an advance above it is refused (:data:`IMPLAUSIBLE`).
-* No advance is ever negative.
+* No advance is ever negative. Advances are rounded to 6 decimals (1 mWh in kWh units).
 
 Events are returned, not logged: the caller logs them with the meter's name and counts them.
 """
