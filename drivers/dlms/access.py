@@ -154,7 +154,7 @@ class Association:
                     "(DlmsDriver(counter_store=...)): counters must never be reused"
                 )
             keys = security.GmacKeys.parse(credentials.secret)
-            auth = security.gmac(access.client_system_title)
+            auth = security.gmac()
         conn = DlmsConnection(
             authentication=auth,
             client_system_title=access.client_system_title,

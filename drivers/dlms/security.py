@@ -154,5 +154,6 @@ def lls(secret: str) -> LowLevelSecurityAuthentication:
     return LowLevelSecurityAuthentication(secret=parse_secret(secret))
 
 
-def gmac(client_system_title: bytes) -> HighLevelSecurityGmacAuthentication:
+def gmac() -> HighLevelSecurityGmacAuthentication:
+    """dlms-cosem's mechanism 5; keys and system titles live on the connection."""
     return HighLevelSecurityGmacAuthentication(challenge_length=CHALLENGE_BYTES)
