@@ -151,3 +151,22 @@ def _read_length(data: bytes, at: int) -> tuple[int, int]:
         return first, at + 1
     size = first & 0x7F
     return int.from_bytes(data[at + 1 : at + 1 + size], "big"), at + 1 + size
+
+
+# Service-specific global ciphering (glo-get/set/action): request tag -> response tag. The
+# sender's system title is the one from the AARQ.
+GLO_RESPONSE = {0xC8: 0xCC, 0xC9: 0xCD, 0xCB: 0xCF}
+
+
+def parse_glo_service(apdu: bytes) -> tuple[int, int, bytes]:
+    """(security control, invocation counter, sealed) of a glo-get/set/action request."""
+    length, at = _read_length(apdu, 1)
+    content = apdu[at : at + length]
+    if len(content) != length or length < 5 + TAG_BYTES:
+        raise ValueError("glo-ciphered APDU length does not match")
+    return content[0], int.from_bytes(content[1:5], "big"), bytes(content[5:])
+
+
+def glo_service(tag: int, counter: int, sealed: bytes) -> bytes:
+    content = bytes([SC_AUTH_ENC]) + counter.to_bytes(4, "big") + sealed
+    return bytes([tag]) + length_prefix(len(content)) + content

@@ -39,17 +39,20 @@ from . import hdlc
 from . import objects as ob
 from .objects import DlmsVariant, Layout
 from .security import (
+    GLO_RESPONSE,
     MECHANISM_IDS,
     SC_AUTH_ENC,
     GmacKeys,
     MeterSecurity,
     aes128_ecb,
     general_glo_ciphering,
+    glo_service,
     gmac_keys,
     gmac_proof,
     hls_key,
     open_sealed,
     parse_general_glo_ciphering,
+    parse_glo_service,
     seal,
 )
 
@@ -263,7 +266,9 @@ class DlmsServer:
         """The answer to one APDU; under HLS-GMAC, deciphered and ciphered around it."""
         self._endless = self.variant_of(meter).endless_blocks
         keys = association.keys
-        if keys is None or not apdu or apdu[0] != 0xDB:
+        general = bool(apdu) and apdu[0] == 0xDB  # general-glo-ciphering (dlms-cosem)
+        service = bool(apdu) and apdu[0] in GLO_RESPONSE  # glo-get/set/action (Gurux)
+        if keys is None or not (general or service):
             if keys is not None and apdu[:1] not in (b"\x60", b"\x62"):  # AARQ, RLRQ
                 return _exception(
                     en.StateException.SERVICE_NOT_ALLOWED, en.ServiceException.OTHER_REASON
@@ -271,7 +276,11 @@ class DlmsServer:
             return self._answer_plain(association, meter, client, apdu)
         security = self.security_of(meter)
         try:
-            title, control, counter, sealed = parse_general_glo_ciphering(apdu)
+            if general:
+                title, control, counter, sealed = parse_general_glo_ciphering(apdu)
+            else:
+                title = association.client_title
+                control, counter, sealed = parse_glo_service(apdu)
             if title != association.client_title or control != SC_AUTH_ENC:
                 raise ValueError("wrong system title or security control")
             if counter <= security.client_counters.get(title, 0):
@@ -288,9 +297,10 @@ class DlmsServer:
         if association.keys is None:
             return answer
         ours = security.next_counter()
-        return general_glo_ciphering(
-            security.system_title, ours, seal(keys, security.system_title, ours, answer)
-        )
+        sealed = seal(keys, security.system_title, ours, answer)
+        if service:  # answered in the same style it was asked
+            return glo_service(GLO_RESPONSE[apdu[0]], ours, sealed)
+        return general_glo_ciphering(security.system_title, ours, sealed)
 
     def _answer_plain(
         self, association: _Association, meter: SimulatedMeter, client: int, apdu: bytes

@@ -326,3 +326,49 @@ async def test_hdlc_meter_with_small_buffers_gets_short_segments() -> None:
         ) as session:
             assert (await session.identify()).serial == "HLS-1"
             assert session._transport.max_info == 40
+
+
+def _gurux_gmac(port: int, ek: str, title: str = "4752580000000001") -> str:
+    """Gurux's client with HLS-GMAC and its own GCM: glo-initiate, pass 3/4, a ciphered GET."""
+    from gurux_dlms import GXByteBuffer, GXReplyData
+    from gurux_dlms.enums import Authentication, InterfaceType, Security
+    from gurux_dlms.objects import GXDLMSData
+    from gurux_dlms.secure import GXDLMSSecureClient
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client = GXDLMSSecureClient(True, 1, 1, Authentication.HIGH_GMAC, None, InterfaceType.WRAPPER)
+    cipher = client.settings.cipher
+    cipher.security = Security.AUTHENTICATION_ENCRYPTION
+    cipher.systemTitle = bytes.fromhex(title)
+    cipher.blockCipherKey, cipher.authenticationKey = bytes.fromhex(ek), bytes.fromhex(AK)
+    cipher.invocationCounter = 100
+
+    def exchange(frame: object) -> GXReplyData:
+        sock.sendall(bytes(frame[0] if isinstance(frame, list) else frame))
+        reply, notify, received = GXReplyData(), GXReplyData(), GXByteBuffer()
+        while not client.getData(received, reply, notify):
+            chunk = sock.recv(4096)
+            assert chunk, "simulator closed the connection"
+            received.set(chunk)
+        return reply
+
+    try:
+        client.parseAareResponse(exchange(client.aarqRequest()).data)
+        client.parseApplicationAssociationResponse(
+            exchange(client.getApplicationAssociationRequest()).data
+        )
+        serial = GXDLMSData("0.0.96.1.0.255")
+        client.updateValue(serial, 2, exchange(client.read(serial, 2)).value)
+        return bytes(serial.value).decode()
+    finally:
+        sock.close()
+
+
+async def test_gurux_client_passes_the_simulators_gmac() -> None:
+    """An independent GCM and HLS-GMAC implementation agrees with the simulator's."""
+    async with await serve(gmac_meter(), security=MeterSecurity(level2="hls-gmac")) as srv:
+        assert await asyncio.to_thread(_gurux_gmac, srv.port, EK) == "GMAC-1"
+        with pytest.raises(Exception):  # noqa: B017 - Gurux raises its own exception types
+            # Wrong encryption key, from another system title (so not refused as a replay).
+            await asyncio.to_thread(_gurux_gmac, srv.port, AK, "4752580000000002")
+    assert srv.stats.associations == 1 and srv.stats.rejected == 1
