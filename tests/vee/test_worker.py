@@ -98,3 +98,26 @@ async def test_worker_runs_are_serial_and_survive_a_failed_one(db_url: str, conn
         await worker.stop()
     assert order == ["slow start", "slow end", "fails", "fast"]
     assert summary.written == 24
+
+
+async def test_cgm_run_hands_each_cycle_to_the_worker(db_url: str, conn, monkeypatch) -> None:
+    """The after-cycle hook of ``cgm run`` returns at once; the worker settles the cycle."""
+    from cgm.collection.engine import CycleSummary
+    from cgm.commands.run import build_service
+
+    monkeypatch.setenv("CGM_DATABASE_URL", db_url)
+    monkeypatch.setenv("CGM_API_PORT", "0")
+    svc = build_service()
+    svc.db_url = db_url
+    worker = svc.vee  # type: ignore[attr-defined]
+    assert isinstance(worker, VeeWorker)
+    start_vee = next(h for h in svc.on_start if h.__name__ == "start_vee")
+    await start_vee(svc)
+    try:
+        hook = svc.collection.after_cycle[-1]  # type: ignore[attr-defined]
+        await hook(CycleSummary(datetime(2026, 5, 20, 13, tzinfo=UTC)))  # returns at once
+        # The hook's run is queued on the worker; a run after it finishes after it.
+        done = await worker.submit(lambda c: asyncio.sleep(0, result="after"))
+        assert done == "after"
+    finally:
+        await worker.stop()
