@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     # Zip limits of XM's reading service, as public clients use it (DESIGN.md).
     asic_max_documents_per_zip: int = Field(default=5, ge=1)
     asic_max_zip_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # The message sent: "xm_xml" (XM's published ArrayOfReadingReportItem, many frontiers per
+    # request) or "json_zip" (the earlier LecturaDiaria JSON documents in zips; no public
+    # source, kept only for a CGM whose agreement with XM uses it).
+    asic_format: Literal["xm_xml", "json_zip"] = "xm_xml"
+    asic_max_items_per_message: int = Field(default=5000, ge=1)
     asic_timeout_s: float = Field(default=30.0, gt=0)
     asic_poll_interval_s: float = Field(default=120.0, gt=0)
     asic_retry_attempts: int = Field(default=4, ge=1)

@@ -7,6 +7,11 @@
 * ``GET /lecturas/{mensajeId}`` → ``{mensajeId, estado, detalles}``, ``estado`` one of
   ``EnEspera``, ``Exitoso``, ``ExitosoConAdvertencia``, ``Error``
 
+The file is either a zip of ``LecturaDiaria`` JSON documents (the legacy format) or one XML
+``ArrayOfReadingReportItem`` (XM's published message, many frontiers in one file; parsed
+here with ElementTree independently of the CGM's writer). XML items are answered one by one,
+``archivo`` naming the item ``{BorderCode}_{P|R}_{yyyymmdd|yyyymm}``.
+
 Documents are checked after the upload answers, as the real service does: structure,
 24 periods per series, known frontier codes. Declared estimated periods give a warning.
 
@@ -32,8 +37,10 @@ import itertools
 import json
 import secrets
 import time
+import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
@@ -244,6 +251,8 @@ class AsicSimulator:
         zip_name, payload = fields["archivo"]
         if len(payload) > self.max_bytes:
             return 400, {"mensaje": f"el zip excede {self.max_bytes} bytes"}
+        if payload.lstrip().startswith(b"<"):
+            return self._upload_xml(code, zip_name or "", payload)
         try:
             with zipfile.ZipFile(io.BytesIO(payload)) as zf:
                 names = zf.namelist()
@@ -268,10 +277,45 @@ class AsicSimulator:
         task.add_done_callback(self._tasks.discard)
         return 202, {"mensajeId": mid}
 
-    async def _process(self, msg: Message, raw: dict[str, bytes]) -> None:
+    def _upload_xml(self, code: str, name: str, payload: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            root = ET.fromstring(payload)
+        except ET.ParseError as exc:
+            return 400, {"mensaje": f"XML mal formado: {exc}"}
+        if root.tag != "ArrayOfReadingReportItem":
+            return 400, {"mensaje": f"se espera ArrayOfReadingReportItem, no {root.tag}"}
+        docs: dict[str, dict[str, Any]] = {}
+        for n, el in enumerate(root, 1):
+            item = _xml_item(el)
+            key = item.get("_name") or f"item{n}"
+            docs[key] = item
+        mid = f"MSG{self._prefix}{next(self._ids):06d}"
+        message = Message(mid, code, name, docs)
+        self.messages[mid] = message
+        task = asyncio.get_running_loop().create_task(
+            self._process(message, dict.fromkeys(docs, b""), xml=True)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return 202, {"mensajeId": mid}
+
+    def check_item(self, name: str, item: dict[str, Any]) -> dict[str, str]:
+        """The verdict on one ReadingReportItem."""
+        if item.get("_error"):
+            return {"archivo": name, "estado": "Error", "mensaje": item["_error"]}
+        if item["BorderCode"] not in self.known_frontiers:
+            return {"archivo": name, "estado": "Error",
+                    "mensaje": f"frontera desconocida {item['BorderCode']}"}  # fmt: skip
+        if item["BorderCode"] in self.reject or name in self.reject:
+            return {"archivo": name, "estado": "Error",
+                    "mensaje": "documento rechazado (falla inyectada)"}  # fmt: skip
+        return {"archivo": name, "estado": "Exitoso", "mensaje": ""}
+
+    async def _process(self, msg: Message, raw: dict[str, bytes], xml: bool = False) -> None:
         if self.processing_s:
             await asyncio.sleep(self.processing_s)
-        details = [self.check(name, msg.documents[name]) for name in raw]
+        check = self.check_item if xml else self.check
+        details = [check(name, msg.documents[name]) for name in raw]
         states = {d["estado"] for d in details}
         msg.details = details
         if "Error" in states:
@@ -313,6 +357,52 @@ class AsicSimulator:
             return {"archivo": name, "estado": "ExitosoConAdvertencia",
                     "mensaje": "contiene periodos estimados"}  # fmt: skip
         return {"archivo": name, "estado": "Exitoso", "mensaje": ""}
+
+
+_ITEM_FIELDS = ("BorderCode", "IsBackup", "StartDate", "ReadingInterval", "ReadingCount",
+                "Readings")  # fmt: skip
+
+
+def _xml_item(el: ET.Element) -> dict[str, Any]:
+    """One ReadingReportItem as a dict, or ``{"_error": why}``; the rules of XM's example:
+    the six fields in order, IsBackup a boolean, a local day start, 60-minute interval, 24
+    (daily-hourly) or 1 (monthly) readings, each a non-negative ``<double>``."""
+    if el.tag != "ReadingReportItem":
+        return {"_error": f"elemento inesperado {el.tag}"}
+    kids = list(el)
+    tags = tuple(k.tag for k in kids)
+    if tags != _ITEM_FIELDS:
+        return {"_error": f"campos {tags}"}
+    f = dict(zip(tags, kids, strict=True))
+    code = (f["BorderCode"].text or "").strip()
+    backup = f["IsBackup"].text
+    start = f["StartDate"].text or ""
+    if backup not in ("true", "false"):
+        return {"_error": f"IsBackup inválido {backup!r}"}
+    try:
+        day = datetime.strptime(start, "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return {"_error": f"StartDate inválida {start!r}"}
+    if day.time() != datetime.min.time():
+        return {"_error": "StartDate debe ser el inicio del día"}
+    if f["ReadingInterval"].text != "60":
+        return {"_error": "ReadingInterval debe ser 60"}
+    values = []
+    for d in f["Readings"]:
+        if d.tag != "double":
+            return {"_error": f"lectura {d.tag} no es double"}
+        try:
+            values.append(float(d.text or ""))
+        except ValueError:
+            return {"_error": f"lectura no numérica {d.text!r}"}
+    count = f["ReadingCount"].text
+    if count not in ("24", "1") or int(count) != len(values):
+        return {"_error": f"ReadingCount {count} con {len(values)} lecturas"}
+    if any(v < 0 or v != v for v in values):
+        return {"_error": "lectura negativa o no numérica"}
+    stamp = f"{day:%Y%m%d}" if count == "24" else f"{day:%Y%m}"
+    return {"_name": f"{code}_{'R' if backup == 'true' else 'P'}_{stamp}", "BorderCode": code,
+            "IsBackup": backup == "true", "StartDate": start, "Readings": values}  # fmt: skip
 
 
 async def main() -> None:  # pragma: no cover - manual use

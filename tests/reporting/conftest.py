@@ -115,6 +115,7 @@ async def asic() -> AsyncIterator[tuple[AsicSimulator, str]]:
 
 
 def settings(db: str, url: str, **kw: object) -> Settings:
+    kw.setdefault("asic_format", "json_zip")  # the XM XML message has tests of its own
     return Settings(
         database_url=db,
         cgm_code="CGM0042",

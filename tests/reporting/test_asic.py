@@ -39,7 +39,7 @@ async def test_documents_principal_settled_backup_own_readings(db, asic, make_re
     sim, _ = asic
     fr = await make_frontier(db)
     await settle(db, fr, estimate={3: "typical_curve", 4: "typical_curve"})
-    await backup_readings(db, fr, skip=(10,))
+    await backup_readings(db, fr)
     build = await make_reporter().build(DAY, [fr.code])
     docs = {d.role: d for d in build.documents}
     p, b = docs["principal"].content, docs["backup"].content
@@ -59,13 +59,11 @@ async def test_documents_principal_settled_backup_own_readings(db, asic, make_re
     assert {"serie": "lecturas", "periodos": [3, 4], "metodo": "typical_curve"} in p[
         "periodosEstimados"
     ]
-    # Backup: its own readings in primary units; the hour it lacks is the settled value,
-    # flagged as estimated.
+    # Backup: only its own readings in primary units, never settled values.
     assert abs(b["lecturas"][0]["valor"] - value(1, 1) * 1.01) < 1e-6
-    assert b["lecturas"][9]["valor"] == value(1, 10)
-    assert {"serie": "lecturas", "periodos": [10], "metodo": "serie_liquidada:principal"} in b[
-        "periodosEstimados"
-    ]
+    assert abs(b["lecturas"][9]["valor"] - value(1, 10) * 1.01) < 1e-6
+    assert b["periodosEstimados"] == [] and "periodosRespaldo" not in b
+    assert p["periodosRespaldo"] == []
     assert BACKUP_CT * ADJUSTMENT == 30.0  # the factor the backup values went through
     report = build.estimation_report()
     assert {(e["frontier"], tuple(e["periodos"])) for e in report} == {(fr.code, (3, 4))}
@@ -129,6 +127,7 @@ def test_pack_respects_bytes_limit() -> None:
             series={1: [float(i * 7919 + p) for p in range(24)]},
             estimated={},
             settled_version=1,
+            fmt="json_zip",
         )  # fmt: skip
         for i in range(4)
     ]

@@ -57,8 +57,11 @@ def test_dry_run_send_status_hold(cli_env, sim_thread, tmp_path, capsys) -> None
     out = tmp_path / "out"
     assert main(["report", "asic", "--day", "2026-03-01", "--dry-run", "--out", str(out)]) == 0
     files = sorted(p.name for p in out.iterdir())
-    assert f"{fr.principal}_20260301.json" in files and "estimacion_20260301.json" in files
-    assert any(f.endswith(".zip") for f in files)
+    # The default XM message: one XML for every frontier; the stored record of each item
+    # (with its estimated hours, which the XML cannot carry) beside it.
+    assert f"{fr.code}_P_20260301.json" in files and "estimacion_20260301.json" in files
+    (xml,) = [f for f in files if f.endswith(".xml")]
+    assert b"<BorderCode>" + fr.code.encode() in (out / xml).read_bytes()
     est = json.loads((out / "estimacion_20260301.json").read_text())["estimated"]
     assert est == [
         {"frontier": fr.code, "day": "2026-03-01", "serie": serie, "periodos": [7],
@@ -84,7 +87,7 @@ def test_dry_run_send_status_hold(cli_env, sim_thread, tmp_path, capsys) -> None
     status = {s["frontier"]: s for s in json.loads(capsys.readouterr().out)}
     docs = status[fr.code]["documents"]
     assert {(d["role"], d["state"]) for d in docs} == {
-        ("principal", "success_warning"),
+        ("principal", "success"),  # XM's XML has no field for estimated hours
         ("backup", "success"),
     }
     assert all(d["message_id"] and d["sent_at"] for d in docs)

@@ -31,6 +31,7 @@ from cgm import metrics
 from cgm.config import Settings
 from cgm.localtime import COLOMBIA, local_day
 from cgm.reporting import holds
+from cgm.reporting.asic import xm_xml
 from cgm.reporting.asic.format import DayBuild, Document, build_day, pack
 from cgm.reporting.asic.transport import (
     FINAL,
@@ -100,6 +101,7 @@ class DayResult:
             "rejected": self.rejected,
             "not_ready": self.build.not_ready,
             "held": self.build.held,
+            "backup_waiting": self.build.partial,
             "estimated": self.build.estimation_report(),
         }
 
@@ -129,8 +131,9 @@ class AsicReporter:
         async with await self._connect() as conn:
             held = {c: h.reason for c, h in (await holds.current(conn)).items()}
             return await build_day(
-                conn, day, self.settings.cgm_code, frontiers=frontiers, held=held
-            )
+                conn, day, self.settings.cgm_code, frontiers=frontiers, held=held,
+                fmt=self.settings.asic_format,
+            )  # fmt: skip
 
     async def dry_run(
         self, day: date, out: Path, frontiers: Sequence[str] | None = None
@@ -169,6 +172,12 @@ class AsicReporter:
         return result
 
     def _pack(self, docs: list[Document]) -> list[tuple[bytes, list[Document]]]:
+        if self.settings.asic_format == "xm_xml":
+            return xm_xml.pack(  # type: ignore[return-value]
+                [(d.item, d) for d in docs],
+                max_items=self.settings.asic_max_items_per_message,
+                max_bytes=self.settings.asic_max_zip_bytes,
+            )
         return pack(
             docs,
             max_documents=self.settings.asic_max_documents_per_zip,
@@ -177,7 +186,8 @@ class AsicReporter:
 
     def _zip_name(self, day: date, n: int) -> str:
         stamp = self.now().astimezone(COLOMBIA).strftime("%Y%m%d%H%M%S")
-        return f"{self.settings.cgm_code}_{day:%Y%m%d}_{stamp}_{n}.zip"
+        ext = "xml" if self.settings.asic_format == "xm_xml" else "zip"
+        return f"{self.settings.cgm_code}_{day:%Y%m%d}_{stamp}_{n}.{ext}"
 
     def in_window(self, day: date) -> bool:
         today = local_day(self.now())
@@ -413,7 +423,8 @@ def write_dry_run(out: Path, build: DayBuild, zips: list[tuple[str, bytes]]) -> 
     """Documents, zips and the day's estimation report, as files for an operator to read."""
     out.mkdir(parents=True, exist_ok=True)
     for doc in build.documents:
-        (out / doc.file_name).write_bytes(doc.body)
+        (out / f"{doc.file_name}.json" if doc.fmt == "xm_xml" else out / doc.file_name
+         ).write_bytes(doc.body)  # fmt: skip
     for name, payload in zips:
         (out / name).write_bytes(payload)
     report = {
@@ -421,6 +432,7 @@ def write_dry_run(out: Path, build: DayBuild, zips: list[tuple[str, bytes]]) -> 
         "estimated": build.estimation_report(),
         "not_ready": build.not_ready,
         "held": build.held,
+        "backup_waiting": build.partial,
     }
     (out / f"estimacion_{build.day:%Y%m%d}.json").write_text(
         json.dumps(report, ensure_ascii=False, indent=2)

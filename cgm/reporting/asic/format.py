@@ -5,10 +5,12 @@ What each role's document holds (README, "ASIC reporting"):
 * principal: the frontier's settled series from validation, hour by hour, whatever its
   source; hours whose settled value is an estimate are listed in ``periodosEstimados`` with
   their method (sent as estimated, never passed off as measured);
-* backup: the backup meter's own readings in primary units (secondary × CT × VT × the
-  frontier's adjustment factor, cgm/energy.py); an hour without a usable backup reading
-  (missing, suspect, marked invalid by the meter) carries the settled value and is listed as
-  estimated with method ``serie_liquidada:<source>``.
+  hours whose settled value came from the backup meter are listed in ``periodosRespaldo``;
+* backup: only the backup meter's own validated readings in primary units (secondary × CT ×
+  VT × the frontier's adjustment factor, cgm/energy.py). Its document is built only when
+  the backup has a usable reading (not missing, suspect, estimated or marked invalid by the
+  meter) for every hour; otherwise the day's backup document waits (``DayBuild.partial``)
+  rather than borrowing settled values that may come from the principal.
 
 A frontier-day is reported only when its settled series is complete (24 periods for every
 channel it has): a partial day is "not ready", never padded with zeros.
@@ -29,6 +31,7 @@ import psycopg
 
 from cgm.energy import primary_factor
 from cgm.localtime import COLOMBIA, PERIODS, day_bounds, period_of
+from cgm.reporting.asic import xm_xml
 from cgm.storage.quality import Quality
 
 REPORT_TYPE = "LecturaDiaria"
@@ -67,14 +70,30 @@ class Document:
     content: dict[str, Any]
     settled_version: int
     estimated: list[dict[str, Any]]
+    fmt: str = "xm_xml"  # or "json_zip", the legacy format (README)
 
     @property
     def file_name(self) -> str:
+        if self.fmt == "xm_xml":
+            return self.item.name
         return document_name(self.meter_serial, self.day)
 
     @property
     def body(self) -> bytes:
+        """The stored record's canonical bytes (JSON): in the XM format they hold the
+        item's readings and what the XML cannot say (estimated and backup-sourced hours)."""
         return encode(self.content)
+
+    @property
+    def item(self) -> xm_xml.ReportItem:
+        """The XM ``ReadingReportItem``: active energy in kWh (import, else export)."""
+        key = "lecturas" if "lecturas" in self.content else "lecturasExportacion"
+        return xm_xml.ReportItem(
+            self.frontier_code,
+            self.role == "backup",
+            self.day,
+            tuple(e["valor"] for e in self.content[key]),
+        )
 
     @property
     def content_hash(self) -> str:
@@ -89,6 +108,7 @@ class DayBuild:
     documents: list[Document] = field(default_factory=list)
     not_ready: dict[str, str] = field(default_factory=dict)  # frontier code → reason
     held: dict[str, str] = field(default_factory=dict)  # frontier code → hold reason
+    partial: dict[str, str] = field(default_factory=dict)  # code → why no backup document
 
     def estimation_report(self) -> list[dict[str, Any]]:
         """Per frontier: the estimated hours and the method, from the principal documents."""
@@ -125,9 +145,12 @@ def make_document(
     series: dict[int, list[float]],
     estimated: dict[int, dict[int, str]],
     settled_version: int,
+    from_backup: dict[int, list[int]] | None = None,
+    fmt: str = "xm_xml",
 ) -> Document:
     """A document from complete series: channel → 24 values (period order) in primary units;
-    ``estimated``: channel → {period: method}."""
+    ``estimated``: channel → {period: method}; ``from_backup``: channel → periods whose
+    settled value came from the backup meter (principal documents)."""
     start, end = day_bounds(day)
     content: dict[str, Any] = {
         "tipoReporte": REPORT_TYPE,
@@ -156,10 +179,16 @@ def make_document(
             for method, periods in by_method.items():
                 est_out.append({"serie": key, "periodos": periods, "metodo": method})
     content["periodosEstimados"] = est_out
+    if role == "principal":
+        content["periodosRespaldo"] = [
+            {"serie": SERIES_KEYS[ch][0], "periodos": sorted(ps)}
+            for ch, ps in sorted((from_backup or {}).items())
+            if ps
+        ]
     content["version"] = settled_version
     return Document(
         frontier_id, frontier_code, meter_id, meter_serial, role, day, content,
-        settled_version, est_out,
+        settled_version, est_out, fmt,
     )  # fmt: skip
 
 
@@ -170,6 +199,7 @@ async def build_day(
     *,
     frontiers: Sequence[str] | None = None,
     held: dict[str, str] | None = None,
+    fmt: str = "xm_xml",
 ) -> DayBuild:
     """Documents of ``day`` for every frontier (or ``frontiers``) that is not held."""
     out = DayBuild(day)
@@ -207,8 +237,18 @@ async def build_day(
                     ch: {p: r[2] for p, r in rows.items() if r[1] == "estimate"}
                     for ch, rows in settled.items()
                 }
+                from_backup = {
+                    ch: [p for p, r in rows.items() if r[1] == "backup"]
+                    for ch, rows in settled.items()
+                }
             else:
-                series, est = await _backup_series(conn, mid, settled, start, end, ct, vt, adj)
+                series, missing = await _backup_series(
+                    conn, mid, list(settled), start, end, ct, vt, adj
+                )
+                if missing:
+                    out.partial[code] = f"backup meter {serial}: " + missing
+                    continue
+                est, from_backup = {}, {}
             out.documents.append(
                 make_document(
                     cgm_code=cgm_code,
@@ -221,6 +261,8 @@ async def build_day(
                     series=series,
                     estimated=est,
                     settled_version=version,
+                    from_backup=from_backup,
+                    fmt=fmt,
                 )
             )
     return out
@@ -258,13 +300,15 @@ def _incomplete(settled: dict[int, dict[int, Any]]) -> str | None:
 async def _backup_series(
     conn: psycopg.AsyncConnection,
     meter_id: int,
-    settled: dict[int, dict[int, tuple[float, str, str, int]]],
+    channels: list[int],
     start: datetime,
     end: datetime,
     ct: float,
     vt: float,
     adjustment: float,
-) -> tuple[dict[int, list[float]], dict[int, dict[int, str]]]:
+) -> tuple[dict[int, list[float]], str]:
+    """The backup meter's own usable readings in primary units, and what is missing
+    ("" when every hour of every channel is there)."""
     factor = primary_factor(ct, vt, adjustment)
     cur = await conn.execute(
         """SELECT channel, interval_start, value, quality FROM reading
@@ -276,18 +320,14 @@ async def _backup_series(
         if not quality & UNUSABLE:
             own[(ch, period_of(at)[1])] = value * factor
     series: dict[int, list[float]] = {}
-    est: dict[int, dict[int, str]] = {}
-    for ch, rows in settled.items():
-        values = []
-        for p in range(1, PERIODS + 1):
-            if (ch, p) in own:
-                values.append(own[(ch, p)])
-            else:
-                value, source, _, _ = rows[p]
-                values.append(value)
-                est.setdefault(ch, {})[p] = f"serie_liquidada:{source}"
-        series[ch] = values
-    return series, est
+    missing = []
+    for ch in sorted(channels):
+        have = [p for p in range(1, PERIODS + 1) if (ch, p) in own]
+        if len(have) != PERIODS:
+            missing.append(f"{SERIES_KEYS[ch][0]} {len(have)}/{PERIODS} own validated readings")
+            continue
+        series[ch] = [own[(ch, p)] for p in range(1, PERIODS + 1)]
+    return series, ", ".join(missing)
 
 
 def pack(

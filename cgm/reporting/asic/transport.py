@@ -107,6 +107,10 @@ class AsicTransport(ABC):
         """Release connections."""
 
 
+def _content_type(name: str) -> str:
+    return "application/xml" if name.endswith(".xml") else "application/zip"
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -178,7 +182,7 @@ class HttpTransport(AsicTransport):
                 sha256(payload),
                 record,
                 data={"codigoCGM": self.cgm_code},
-                files={"archivo": (zip_name, payload, "application/zip")},
+                files={"archivo": (zip_name, payload, _content_type(zip_name))},
             )
 
         resp = await self._retrying(call)
