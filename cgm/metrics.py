@@ -52,7 +52,8 @@ CYCLE_SECONDS = Gauge("cgm_cycle_duration_seconds", "Duration of the last collec
 DRIVER_EVENTS = Counter(
     "cgm_driver_events_total",
     "Anomalies a driver handled in a session: list_fallback (GET-with-list abandoned for a "
-    "meter), rollover, reset, gap (cumulative registers), ...",
+    "meter), rollover, reset, gap (cumulative registers), unauthenticated_answer (MQTT: an "
+    "answer refused, logged with its meter), ...",
     ["protocol", "kind"],
 )
 CONFIG_VIOLATIONS = Counter(

@@ -143,6 +143,7 @@ class _Pending:
     auth_mode: str
     grace: float = 5.0  # how long an unverifiable refusal waits for an authenticated answer
     fallback_armed: bool = False
+    events: list[SessionEvent] | None = None  # the session's, to count refused answers
 
 
 Listener = Callable[[str, str, aiomqtt.Message], None]  # (prefix, serial, message)
@@ -346,6 +347,8 @@ class BrokerConnection:
 
             asyncio.get_running_loop().call_later(pending.grace, expire)
         self.rejected += 1
+        if pending.events is not None:
+            pending.events.append(SessionEvent("unauthenticated_answer", why))
         log.warning(
             "refused an unauthenticated answer to %s for meter %s: %s",
             pending.command,
@@ -515,6 +518,7 @@ class MqttSession(MeterSession):
             body["auth"]["nonce"],
             self.credentials.secret,
             self.auth_mode,
+            events=self.events,
         )
         answer, received_at = await self.connection.request(
             pending, self.prefix, self._cmd_topic, p.dumps(body), self.timeout

@@ -114,11 +114,13 @@ async def test_rogue_answers_are_refused_and_the_meters_own_are_used(
             clock = await s.read_clock()
             entries = await s.read_profile(start, start + timedelta(hours=3))
             rejected = s.connection.rejected - rejected_before
+            events = [e.kind for e in s.events]
     assert seen, "the rogue client did answer"
     assert abs(clock.offset) < 5  # the meter's clock, not the rogue's +3 h
     assert entries == meter.profile(start, start + timedelta(hours=3))
     assert all(e.values[Channel.ACTIVE_IMPORT] != ROGUE_KWH for e in entries)
     assert rejected >= 2
+    assert events.count("unauthenticated_answer") >= 2  # counted by cgm per meter
     assert "refused an unauthenticated answer to read_clock for meter MQ-ROGUE-1" in caplog.text
 
 
