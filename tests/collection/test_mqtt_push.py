@@ -13,7 +13,7 @@ import psycopg
 import yaml
 
 from cgm import registry
-from cgm.collection.engine import Collector, EngineConfig, current_cycle
+from cgm.collection.engine import Collector, EngineConfig
 from cgm.collection.push import PushConsumer
 from cgm.collection.session import SessionPolicy
 from cgm.config import Settings
@@ -71,6 +71,14 @@ async def test_pushed_entries_are_stored_and_the_cycle_skips_current_meters(
             await rogue.publish(
                 p.profile_topic("cgm", principal.serial), json.dumps(forged).encode(), 1
             )
+        # A full session first (as the cycle of the hour before would have made it)...
+        first = await Collector(url, box, CONFIG).run_cycle(now=hour)
+        assert first.ok == 2 and first.skipped_pushed == 0
+        assert _rows(
+            url, "SELECT count(*) FROM reading WHERE meter_id = %s AND interval_start >= %s",
+            pid, hour,
+        ) == [(0,)]  # fmt: skip
+        # ... then the meters push the hour that just closed: stored as it arrives.
         published = await _publish(fleet)
         rows = await _wait_for(
             url, "SELECT count(*) FROM reading WHERE meter_id = %s AND interval_start = %s",
@@ -85,17 +93,16 @@ async def test_pushed_entries_are_stored_and_the_cycle_skips_current_meters(
         assert value == published[principal.serial][0].values[Channel.ACTIVE_IMPORT]
         assert value != 55555.0
         sources = {s for (s,) in _rows(url, "SELECT source FROM ingest_batch")}
-        assert sources == {"mqtt-push:pytest-push"}
-
-        # No full session yet: the cycle reads the meters (clock, registers, older hours).
-        first = await Collector(url, box, CONFIG).run_cycle()
-        assert first.ok == 2 and first.skipped_pushed == 0
-        # Their last hour is stored and the full session is fresh: the next hour's cycle
+        assert "mqtt-push:pytest-push" in sources
+        # Their last hour came by push and the full session is fresh: this hour's cycle
         # sends them nothing.
         requests = _requests(fleet)
-        later = await Collector(url, box, CONFIG).run_cycle(current_cycle() + timedelta(hours=1))
+        later = await Collector(url, box, CONFIG).run_cycle()
         assert later.skipped_pushed == 2 and later.meters == 0
         assert _requests(fleet) == requests
+        # On demand (forced) they are read as usual.
+        forced = await Collector(url, box, CONFIG).run_cycle(force=True)
+        assert forced.ok == 2 and _requests(fleet) > requests
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
