@@ -8,9 +8,9 @@ for audit), with the source ``mqtt-push:{collector}``. Only hourly entries are s
 push: a sub-hourly meter's hour is complete only in its profile, which the cycle reads.
 
 So in the steady state an MQTT meter that pushes needs no request: the hourly cycle skips it
-while its previous hour is stored and its last full session (clock check, registers, gaps)
-is younger than ``params.full_session_hours`` (default 24). A missed push is read back by the
-next full session, from where the store stops.
+while its previous hour arrived by push after its last full session (clock check, registers,
+gaps) and that session is younger than ``params.full_session_hours`` (default 24). A missed
+push is read back by the next full session, from where the store stops.
 """
 
 from __future__ import annotations
