@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "cgm.commands.report",
     "cgm.commands.user",
     "cgm.commands.audit",
+    "cgm.commands.failure",
 ]
 
 

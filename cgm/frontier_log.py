@@ -15,6 +15,7 @@ LEVEL2_ACCESS = "level2_access"
 ALARM = "alarm"
 CONFIG_VIOLATION = "config_violation"
 MANUAL_EDIT = "manual_edit"
+FAILURE = "failure"  # a failure or theft opened or closed (cgm/failures.py)
 CLOCK_SYNC = "clock synchronisation"  # purpose of a level-2 clock correction
 
 
