@@ -38,6 +38,8 @@ def print_summary(s: CycleSummary) -> None:
     print(f"  failed       {sum(s.failed.values())} ({failed})")
     if s.skipped_backoff:
         print(f"  backed off   {s.skipped_backoff} (failing repeatedly; --frontier forces)")
+    if s.skipped_auth:
+        print(f"  locked out   {s.skipped_auth} (level-1 secret refused too often; fix it)")
     print(f"  readings     {s.intervals_stored} stored, {s.intervals_refused} refused")
     print(
         f"  clocks       {s.clocks_corrected} corrected, "
