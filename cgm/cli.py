@@ -9,7 +9,11 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from importlib import import_module
+from importlib import import_module, metadata
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 COMMAND_MODULES = [
     "cgm.commands.db",
@@ -26,8 +30,26 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other user error (``cgm: error: …``,
+    exit 2) instead of a usage block; sub-command parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("cgm").strip()
+        hint = f" (see `{self.prog} --help`)"
+        self.exit(2, f"cgm: error: {where + ': ' if where else ''}{message}{hint}\n")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("cgm")
+    except metadata.PackageNotFoundError:  # running from a source tree, not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cgm", description="Centro de Gestión de Medidas")
+    parser = _Parser(prog="cgm", description="Centro de Gestión de Medidas")
+    parser.add_argument("--version", action="version", version=f"cgm {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -43,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     import psycopg
+    from pydantic import ValidationError
 
     from cgm.db import SchemaBehind
     from cgm.migrate import MigrationError
@@ -50,11 +73,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CommandError, SchemaBehind, MigrationError) as exc:
+        # Kept as written: an inventory's problems are one `file:line: …` line each.
         print(f"cgm: error: {exc}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as exc:  # server unreachable, restarted, refused
-        print(f"cgm: error: database: {str(exc).strip()}", file=sys.stderr)
-        return 2
+        return _fail(f"database: {_one_line(str(exc))}")
+    except ValidationError as exc:  # settings: CGM_* variables or the TOML file
+        return _fail(f"settings: {settings_problems(exc)}")
+    except KeyboardInterrupt:
+        print("cgm: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fail(message: str) -> int:
+    print(f"cgm: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """Which setting is wrong and why, never its value (a database URL holds a password)."""
+    return "; ".join(
+        f"{'CGM_' + '_'.join(str(p) for p in e['loc']).upper() if e['loc'] else 'settings'}: "
+        f"{str(e['msg']).removeprefix('Value error, ')}"
+        for e in exc.errors(include_input=False, include_url=False)
+    )
 
 
 class CommandError(Exception):
@@ -76,4 +122,8 @@ def secret_from_env(name: str, flag: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As ``python -m cgm.cli`` this file is ``__main__``, a second copy of the module whose
+    # CommandError is not the one the commands raise: run the imported module's main.
+    from cgm.cli import main as _main
+
+    sys.exit(_main())

@@ -100,6 +100,23 @@ class Settings(BaseSettings):
     asic_poll_interval_s: float = Field(default=120.0, gt=0)
     asic_retry_attempts: int = Field(default=4, ge=1)
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_parses(cls, v: str | None) -> str | None:
+        # Checked here so a typo is one clear line at start, not a driver traceback later;
+        # the message never repeats the URL (it may hold a password).
+        if v:
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                conninfo_to_dict(v)
+            except Exception:
+                raise ValueError(
+                    "not a PostgreSQL URL or connection string "
+                    "(postgresql://user:password@host:port/database)"
+                ) from None
+        return v
+
     @field_validator("retention_years")
     @classmethod
     def _retention_at_least_two_years(cls, v: float | None) -> float | None:

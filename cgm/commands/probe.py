@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="interrogate one meter and print what it answers")
     p.add_argument("--protocol", choices=PROTOCOLS, required=True)
     p.add_argument("--host", required=True)
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=_port, required=True)
     p.add_argument("--level", type=int, choices=(1, 2), default=1, help="access level")
     secret = p.add_mutually_exclusive_group()
     secret.add_argument(
@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_probe)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text!r}")
+    return int(text)
 
 
 def _instant(text: str) -> datetime:
@@ -226,6 +232,8 @@ def _probe(args: argparse.Namespace) -> int:
         out = asyncio.run(_probe_and_close(args))
     except DriverError as exc:
         raise CommandError(f"{exc.reason}: {exc}") from exc
+    except ValueError as exc:  # the driver refused a parameter (e.g. no map, no serial)
+        raise CommandError(f"{exc} (give it with --param KEY=VALUE)") from None
     if args.json:
         print(json.dumps(out, indent=2))
     else:

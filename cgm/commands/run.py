@@ -28,12 +28,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the CGM service until stopped")
     run.add_argument(
         "--simulate",
-        type=int,
+        type=count,
         default=0,
         metavar="N",
         help="demo: also run N simulated frontiers in-process and register them",
     )
     run.set_defaults(func=_run)
+
+
+def count(text: str) -> int:
+    """A whole number ≥ 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _import_fleet(service: Service, inventory: dict) -> None:
