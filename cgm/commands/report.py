@@ -55,6 +55,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--wait", type=float, default=60.0, help="seconds to follow the ASIC's answer (0: not)"
     )
     a.add_argument("--json", action="store_true")
+    a.add_argument(
+        "--resend",
+        action="store_true",
+        help="send the day's documents again whatever the ASIC answered before "
+        "(level 2: needs --user and --reason)",
+    )
+    a.add_argument("--user", help="level-2 user authorising --resend (password prompted)")
+    a.add_argument("--password-env", metavar="VAR", help="take --user's password from $VAR")
+    a.add_argument("--reason", help="why the documents are sent again (kept in the log)")
     a.set_defaults(func=_asic)
 
     s = rsub.add_parser("status", help="what was sent for a day and what the ASIC answered")
@@ -96,9 +105,16 @@ def _asic(args: argparse.Namespace) -> int:
     except NotConfigured as exc:
         raise CommandError(str(exc)) from None
 
+    resend_actor = _resend_actor(url, args) if args.resend else None
+
     async def run() -> tuple[dict, int]:
         reporter = AsicReporter(url, settings, transport)
         try:
+            if resend_actor is not None:
+                marked = await reporter.mark_for_resend(
+                    day, args.frontier, actor=resend_actor, reason=args.reason
+                )
+                print(f"{day}: {len(marked)} documents marked for re-send by {resend_actor}")
             result = await reporter.report_day(day, args.frontier)
             open_ = 0
             if args.wait > 0:
@@ -124,6 +140,35 @@ def _asic(args: argparse.Namespace) -> int:
         if open_:
             print(f"  {open_} message(s) still processing: see `cgm report status --day {day}`")
     return 1 if summary["failed"] or summary["rejected"] else 0
+
+
+def _resend_actor(url: str, args: argparse.Namespace) -> str:
+    """The level-2 user who authorises a re-send (as ``cgm vee edit``), as an actor name."""
+    from cgm.cli import secret_from_env
+    from cgm.security.users import AuthFailed, authenticate
+
+    if not args.day:
+        raise CommandError("--resend needs --day (the day to send again)")
+    if not args.user or not args.reason or not args.reason.strip():
+        raise CommandError("--resend needs --user NAME and --reason TEXT")
+    if args.password_env:
+        password = secret_from_env(args.password_env, "--password-env")
+    else:
+        password = getpass.getpass(f"password for {args.user}: ")
+
+    async def check() -> str:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            try:
+                user = await authenticate(conn, args.user, password)
+            except AuthFailed:
+                raise CommandError(
+                    f"user {args.user}: wrong password, unknown or disabled"
+                ) from None
+        if user.level < 2:
+            raise CommandError(f"user {args.user} is level {user.level}; --resend needs level 2")
+        return f"cli:{user.username}"
+
+    return asyncio.run(check())
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -99,7 +99,7 @@ def test_hold_unknown_frontier_is_an_error(cli_env, capsys) -> None:
 
 
 def test_secret_not_in_settings_repr() -> None:
-    s = Settings(database_url="x", asic_client_secret="very-secret-value")
+    s = Settings(database_url="postgresql://db/cgm", asic_client_secret="very-secret-value")
     assert "very-secret-value" not in repr(s) and "very-secret-value" not in str(s)
 
 
@@ -130,3 +130,70 @@ async def test_register_jobs_without_url_schedules_nothing(db: str) -> None:
     for hook in service.on_start:
         await hook(service)
     assert service.scheduler.get_jobs() == []
+
+
+def test_refused_token_leaves_documents_pending_until_the_secret_is_fixed(
+    cli_env, sim_thread, monkeypatch, capsys
+) -> None:
+    db = cli_env
+    sim = sim_thread[0]
+    fr = _frontier(db, sim)
+    monkeypatch.setenv("CGM_ASIC_CLIENT_SECRET", "a-wrong-secret")
+    get_settings.cache_clear()
+    assert main(["report", "asic", "--day", "2026-03-01", "--frontier", fr.code,
+                 "--wait", "0"]) == 1  # fmt: skip
+    assert "token refused" in capsys.readouterr().out
+    states = asyncio.run(rows(
+        db, "SELECT state FROM asic_document d JOIN frontier f ON f.id = d.frontier_id "
+            "WHERE f.code = %s", fr.code,
+    ))  # fmt: skip
+    assert states == [("pending",), ("pending",)] and sim.messages == {}
+    # The operator fixes the secret: the next run sends them (it used to say "sent 0,
+    # unchanged 2", the documents marked failed for good).
+    monkeypatch.setenv("CGM_ASIC_CLIENT_SECRET", "cli-s3cret")
+    get_settings.cache_clear()
+    assert main(["report", "asic", "--day", "2026-03-01", "--frontier", fr.code,
+                 "--wait", "20", "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert len(summary["sent"]) == 2 and summary["unchanged"] == []
+
+
+def test_operator_forces_a_resend_as_a_level2_user(cli_env, sim_thread, monkeypatch, capsys):
+    from cgm.security import users
+
+    db = cli_env
+    sim = sim_thread[0]
+    fr = _frontier(db, sim)
+    day = ["report", "asic", "--day", "2026-03-01", "--frontier", fr.code, "--wait", "20"]
+    assert main(day) == 0
+    assert len(sim.messages) == 1
+    assert main(day) == 0 and len(sim.messages) == 1  # unchanged: not sent again
+
+    async def add(name: str, level: int) -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as c:
+            await users.add_user(c, name, "resend password long", level, actor="test")
+
+    asyncio.run(add("ana-resend", 2))
+    asyncio.run(add("luis-resend", 1))
+    monkeypatch.setenv("RESEND_PW", "resend password long")
+    capsys.readouterr()
+    resend = [*day, "--resend", "--password-env", "RESEND_PW", "--reason", "ASIC asked again"]
+    assert main([*resend, "--user", "luis-resend"]) == 2
+    assert "needs level 2" in capsys.readouterr().err and len(sim.messages) == 1
+    assert main(day + ["--resend", "--user", "ana-resend", "--password-env", "RESEND_PW"]) == 2
+    assert "--reason" in capsys.readouterr().err
+    assert main([*resend, "--user", "ana-resend"]) == 0
+    out = capsys.readouterr().out
+    assert "2 documents marked for re-send by cli:ana-resend" in out
+    assert len(sim.messages) == 2  # uploaded again
+    log = asyncio.run(rows(
+        db, "SELECT l.actor, l.purpose FROM frontier_log l JOIN frontier f "
+            "ON f.id = l.frontier_id WHERE f.code = %s AND l.kind = 'level2_access'", fr.code,
+    ))  # fmt: skip
+    assert log == [("cli:ana-resend", "ASIC asked again")]
+    detail = asyncio.run(rows(db, "SELECT d.detail->'resend'->>'previous_state' FROM "
+                                  "asic_document d JOIN frontier f ON f.id = d.frontier_id "
+                                  "WHERE f.code = %s", fr.code))  # fmt: skip
+    assert {d for (d,) in detail} == {"success", "success_warning"}

@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from cgm import metrics
 from cgm.config import Settings
+from cgm.frontier_log import LEVEL2_ACCESS
 from cgm.localtime import COLOMBIA, local_day
 from cgm.reporting import holds
 from cgm.reporting.asic import xm_xml
@@ -39,6 +40,7 @@ from cgm.reporting.asic.transport import (
     Exchange,
     HttpTransport,
     Rejected,
+    TokenRefused,
     TransportError,
     sha256,
 )
@@ -121,6 +123,9 @@ class AsicReporter:
         self.settings = settings
         self.transport = transport
         self.now = now
+        # Set when the ASIC refuses our token: the rest of the run is not attempted (each
+        # attempt would be one more refused login); its documents stay pending too.
+        self._token_refused: TokenRefused | None = None
 
     async def _connect(self) -> psycopg.AsyncConnection:
         return await psycopg.AsyncConnection.connect(self.db_url, autocommit=True)
@@ -153,6 +158,7 @@ class AsicReporter:
             raise NotConfigured("no transport to the ASIC")
         build = await self.build(day, frontiers)
         result = DayResult(day, build)
+        self._token_refused = None
         async with await self._connect() as conn:
             to_send: list[tuple[int, Document]] = []
             for doc in build.documents:
@@ -170,6 +176,49 @@ class AsicReporter:
                 await self._send_zip(conn, self._zip_name(day, i), payload, docs, ids, result)
         await self.update_metrics()
         return result
+
+    async def mark_for_resend(
+        self, day: date, frontiers: Sequence[str] | None, *, actor: str, reason: str
+    ) -> list[str]:
+        """Set the day's current documents back to pending so the next send uploads them
+        again, whatever the ASIC answered before (an operator's decision: a level-2 user,
+        who and why kept on each document and in each frontier's hoja de vida)."""
+        async with await self._connect() as conn, conn.transaction():
+            cur = await conn.execute(
+                """UPDATE asic_document d
+                   SET state = 'pending',
+                       detail = d.detail || jsonb_build_object('resend', jsonb_build_object(
+                           'actor', %(actor)s::text, 'reason', %(reason)s::text,
+                           'at', now(), 'previous_state', d.state,
+                           'previous_submission', d.submission_id))
+                   FROM frontier f
+                   WHERE f.id = d.frontier_id AND d.day = %(day)s
+                     AND d.state IN ('waiting', 'success', 'success_warning', 'error')
+                     AND (%(codes)s::text[] IS NULL OR f.code = ANY(%(codes)s))
+                   RETURNING f.id, d.file_name""",
+                {"actor": actor, "reason": reason, "day": day,
+                 "codes": list(frontiers) if frontiers else None},
+            )  # fmt: skip
+            marked = await cur.fetchall()
+            by_frontier: dict[int, list[str]] = {}
+            for fid, name in marked:
+                by_frontier.setdefault(fid, []).append(name)
+            for fid, names in by_frontier.items():
+                await conn.execute(
+                    """INSERT INTO frontier_log (frontier_id, actor, kind, purpose, activities,
+                                                 proof)
+                       VALUES (%s, %s, %s, %s, %s, %s)""",
+                    (
+                        fid,
+                        actor,
+                        LEVEL2_ACCESS,
+                        reason,
+                        Jsonb({"activities": [f"ASIC re-send of {day}"], "documents": names}),
+                        "documents set back to pending for the next upload",
+                    ),
+                )
+        log.info("%s marked %d ASIC documents of %s for re-send", actor, len(marked), day)
+        return sorted(name for _, name in marked)
 
     def _pack(self, docs: list[Document]) -> list[tuple[bytes, list[Document]]]:
         if self.settings.asic_format == "xm_xml":
@@ -253,8 +302,12 @@ class AsicReporter:
         (sub_id,) = await cur.fetchone()  # type: ignore[misc]
         exchanges: list[Exchange] = []
         try:
+            if self._token_refused is not None:
+                raise self._token_refused
             message_id = await self.transport.upload(zip_name, payload, exchanges.append)
         except TransportError as exc:
+            if isinstance(exc, TokenRefused):
+                self._token_refused = exc
             await self._store_exchanges(conn, sub_id, exchanges)
             await conn.execute(
                 "UPDATE asic_submission SET state = 'failed', detail = %s WHERE id = %s",
@@ -277,7 +330,8 @@ class AsicReporter:
                 (Jsonb({"error": str(exc)}), now, sub_id),
             )
             await conn.execute(
-                """UPDATE asic_document SET state = 'error', submission_id = %s, detail = %s,
+                """UPDATE asic_document SET state = 'error', submission_id = %s,
+                                           detail = detail || %s,
                                            final_at = %s WHERE id = ANY(%s)""",
                 (sub_id, Jsonb({"mensaje": exc.message}), now, ids),
             )
@@ -378,7 +432,9 @@ class AsicReporter:
                 f = files.get(name)
                 state = f.state if f else status.state
                 await conn.execute(
-                    "UPDATE asic_document SET state = %s, final_at = %s, detail = %s WHERE id = %s",
+                    # Merged, so a re-send's record (who, why) stays beside the answer.
+                    "UPDATE asic_document SET state = %s, final_at = %s, detail = detail || %s "
+                    "WHERE id = %s",
                     (state, now, Jsonb({"mensaje": f.message if f else status.message}), doc_id),
                 )
                 metrics.ASIC_DOCUMENTS.labels(_RESULT[state]).inc()

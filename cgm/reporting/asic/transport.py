@@ -78,6 +78,14 @@ class TransportError(Exception):
     """The ASIC could not be reached or answered with a server error (worth retrying)."""
 
 
+class TokenRefused(TransportError):
+    """The token endpoint refused our client id or secret (or a fresh token was refused).
+
+    A transport failure, not a verdict on the documents: they stay pending and go out on
+    the next run once the credentials are fixed. Not retried within a run (each retry would
+    be one more refused login)."""
+
+
 class Rejected(Exception):
     """The ASIC refused the request itself (4xx other than an expired token): not retried."""
 
@@ -123,7 +131,7 @@ def map_state(raw: str) -> str:
 
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, TransportError)
+    return isinstance(exc, TransportError) and not isinstance(exc, TokenRefused)
 
 
 class HttpTransport(AsicTransport):
@@ -247,7 +255,7 @@ class HttpTransport(AsicTransport):
             if resp.status_code != 401:
                 return _checked(resp)
             self._token = None
-        raise Rejected(401, "token refused after renewal")
+        raise TokenRefused("HTTP 401: a freshly issued token was refused")
 
     async def _valid_token(self, record: Recorder, *, force: bool = False) -> str:
         if not force and self._token and time.monotonic() < self._expires - self.renew_margin_s:
@@ -266,7 +274,10 @@ class HttpTransport(AsicTransport):
             redact=True,
         )
         if resp.status_code in (400, 401, 403):
-            raise Rejected(resp.status_code, "token refused: check the client id and secret")
+            raise TokenRefused(
+                f"HTTP {resp.status_code}: token refused: check CGM_ASIC_CLIENT_ID and "
+                "CGM_ASIC_CLIENT_SECRET"
+            )
         body = _json(_checked(resp))
         token = body.get("access_token")
         if not token:
