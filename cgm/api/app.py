@@ -13,14 +13,15 @@ detail for bugs (the traceback goes to the server log only).
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
 import psycopg
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -30,19 +31,22 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cgm import registry
+from cgm.api import encode
 from cgm.api.guard import API, Authenticator, Refused, RequestGuard, client_of, refusal_headers
 from cgm.config import Settings
 from cgm.localtime import day_bounds, local_day, period_of
 from cgm.reporting import holds
 from cgm.reporting.asic.status import day_status
 from cgm.security import users
-from cgm.storage import Quality, read_readings, read_settled
-from cgm.storage.common import CHANNELS_BY_ID, from_us, set_audit_context
+from cgm.storage import read_settled
+from cgm.storage.common import CHANNELS_BY_ID, channel_id, set_audit_context
 from drivers.base import Channel
 
 log = logging.getLogger(__name__)
 
 MAX_READING_SPAN = timedelta(days=31)  # one request stays a bounded amount of work
+MAX_COMPACT_SPAN = timedelta(days=366)  # the compact formats: a year in one request
+JSON = "application/json"
 MAX_BODY_BYTES = 64 * 1024  # default cap; the only bodies are short reasons
 # Days and instants outside these bounds are refused as input (422): nothing is stored
 # there, and near year 9999 the arithmetic of a day's bounds overflows.
@@ -147,13 +151,21 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _flags(bits: int) -> list[str]:
-    return [f.name or str(int(f)) for f in Quality if f & bits]
+    return list(encode.flag_names(bits))
 
 
-def _registry(url: str, code: str | None) -> list[dict[str, Any]]:
-    # list_registry is synchronous; a short-lived connection in a thread keeps it as is.
-    with psycopg.connect(url) as conn:
-        return registry.list_registry(conn, code)
+def _json(body: object) -> Response:
+    """Encode once with the standard library (the framework's generic walk over a large
+    registry costs more than the query)."""
+    return Response(json.dumps(body, separators=(",", ":"), default=_plain), media_type=JSON)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
 
 
 def _yesterday() -> date:
@@ -182,19 +194,26 @@ router = APIRouter(prefix=API)
 
 
 @router.get("/frontiers", summary="The registry: every frontier, its meters and violations")
-async def frontiers(request: Request, _: Reader) -> list[dict[str, Any]]:
-    return await asyncio.to_thread(_registry, request.app.state.db_url, None)
+async def frontiers(request: Request, _: Reader) -> Response:
+    async with _pool(request).connection() as conn:
+        found = await registry.list_registry_async(conn)
+    return _json(found)
 
 
 @router.get("/frontiers/{code}", summary="One frontier of the registry (never secrets)")
-async def frontier(code: str, request: Request, _: Reader) -> dict[str, Any]:
-    found = await asyncio.to_thread(_registry, request.app.state.db_url, code)
+async def frontier(code: str, request: Request, _: Reader) -> Response:
+    async with _pool(request).connection() as conn:
+        found = await registry.list_registry_async(conn, code)
     if not found:
         raise HTTPException(404, f"unknown frontier {code}")
-    return found[0]
+    return _json(found[0])
 
 
-@router.get("/frontiers/{code}/readings", summary="Raw readings per meter, as stored")
+@router.get(
+    "/frontiers/{code}/readings",
+    summary="Raw readings per meter, as stored (rows, columns or CSV)",
+    response_model=None,
+)
 async def readings(
     code: str,
     request: Request,
@@ -202,11 +221,23 @@ async def readings(
     start: Annotated[Instant, Query(description="inclusive, with a UTC offset")],
     end: Annotated[Instant, Query(description="exclusive, with a UTC offset")],
     channel: Annotated[Channel | None, Query(description="one channel (default: all)")] = None,
-) -> dict[str, Any]:
+    format: Annotated[  # noqa: A002 - the query parameter's name
+        Literal["rows", "columns", "csv"],
+        Query(
+            description="rows: an object per reading (at most 31 days); columns: parallel "
+            "arrays per meter and channel, csv: a line per reading (at most 366 days each)"
+        ),
+    ] = "rows",
+) -> Response:
     if end <= start:
         raise HTTPException(422, "end must be after start")
-    if end - start > MAX_READING_SPAN:
-        raise HTTPException(422, f"at most {MAX_READING_SPAN.days} days per request")
+    span = MAX_READING_SPAN if format == "rows" else MAX_COMPACT_SPAN
+    if end - start > span:
+        raise HTTPException(
+            422,
+            f"at most {span.days} days per request"
+            + (" (format=columns or csv allow a year)" if format == "rows" else ""),
+        )
     async with _pool(request).connection() as conn:
         fid = await _frontier_id(conn, code)
         cur = await conn.execute(
@@ -215,35 +246,25 @@ async def readings(
             (fid,),
         )
         meters = await cur.fetchall()
-        arr = await read_readings(
-            conn, [m[0] for m in meters], start, end, channels=[channel] if channel else None
-        )
-    out: dict[int, list[dict[str, Any]]] = {m[0]: [] for m in meters}
-    for r in arr:
-        out[int(r["meter_id"])].append(
-            {
-                "channel": CHANNELS_BY_ID[int(r["channel"])].value,
-                "interval_start": from_us(r["interval_start"]).isoformat(),
-                "value": float(r["value"]),
-                "quality": int(r["quality"]),
-                "flags": _flags(int(r["quality"])),
-                "version": int(r["version"]),
-                "collected_at": from_us(r["collected_at"]).isoformat(),
-            }
-        )
-    return {
+        chans = [channel_id(channel)] if channel else sorted(CHANNELS_BY_ID)
+        arr = await encode.load(conn, [m[0] for m in meters], start, end, chans)
+    if format == "csv":
+        return Response(encode.csv_body(meters, arr), media_type="text/csv; charset=utf-8")
+    head = {
         "frontier": code,
         "start": start.isoformat(),
         "end": end.isoformat(),
         "units": "secondary (as read: kWh, kvarh)",
-        "meters": [
-            {"serial": s, "role": role, "active": act, "readings": out[mid]}
-            for mid, s, role, act in meters
-        ],
     }
+    body = (encode.rows_body if format == "rows" else encode.columns_body)(head, meters, arr)
+    return Response(body, media_type="application/json")
 
 
-@router.get("/frontiers/{code}/settled", summary="Settled hourly series of a Colombian day")
+@router.get(
+    "/frontiers/{code}/settled",
+    summary="Settled hourly series of a Colombian day",
+    response_model=None,
+)
 async def settled(
     code: str,
     request: Request,
@@ -252,32 +273,34 @@ async def settled(
         date, Query(description="Colombian local day, YYYY-MM-DD", ge=FIRST_DAY, le=LAST_DAY)
     ],
     channel: Annotated[Channel | None, Query(description="one channel (default: all)")] = None,
-) -> dict[str, Any]:
+) -> Response:
     start, end = day_bounds(day)
     async with _pool(request).connection() as conn:
         fid = await _frontier_id(conn, code)
         rows = await read_settled(conn, [fid], start, end, channels=[channel] if channel else None)
-    return {
-        "frontier": code,
-        "day": day.isoformat(),
-        "units": "primary (kWh, kvarh)",
-        "values": [
-            {
-                "channel": CHANNELS_BY_ID[r.channel].value,
-                "period": period_of(r.interval_start)[1],
-                "interval_start": r.interval_start.isoformat(),
-                "value": r.value,
-                "source": r.source,
-                "method": r.method,
-                "flags": _flags(r.flags),
-                "version": r.version,
-                "settled_at": r.settled_at.isoformat(),
-                "actor": r.actor,
-                "reason": r.reason,
-            }
-            for r in rows
-        ],
-    }
+    return _json(
+        {
+            "frontier": code,
+            "day": day.isoformat(),
+            "units": "primary (kWh, kvarh)",
+            "values": [
+                {
+                    "channel": CHANNELS_BY_ID[r.channel].value,
+                    "period": period_of(r.interval_start)[1],
+                    "interval_start": r.interval_start.isoformat(),
+                    "value": r.value,
+                    "source": r.source,
+                    "method": r.method,
+                    "flags": _flags(r.flags),
+                    "version": r.version,
+                    "settled_at": r.settled_at.isoformat(),
+                    "actor": r.actor,
+                    "reason": r.reason,
+                }
+                for r in rows
+            ],
+        }
+    )
 
 
 @router.get("/frontiers/{code}/log", summary="The frontier's hoja de vida, newest first")
@@ -286,7 +309,7 @@ async def frontier_log(
     request: Request,
     _: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+) -> Response:
     async with _pool(request).connection() as conn:
         fid = await _frontier_id(conn, code)
         cur = await conn.execute(
@@ -300,7 +323,7 @@ async def frontier_log(
     entries = [dict(zip(keys, r, strict=True)) for r in rows]
     for e in entries:
         e["at"] = _iso(e["at"])
-    return {"frontier": code, "entries": entries}
+    return _json({"frontier": code, "entries": entries})
 
 
 @router.get("/collection/sessions", summary="Latest sessions with meters, newest first")
@@ -309,7 +332,7 @@ async def collection_sessions(
     _: Reader,
     frontier: Annotated[str | None, Query(description="only this frontier's meters")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
+) -> Response:
     async with _pool(request).connection() as conn:
         fid = await _frontier_id(conn, frontier) if frontier else None
         cur = await conn.execute(
@@ -329,7 +352,7 @@ async def collection_sessions(
         "result", "error", "channel_used", "attempts", "entries_read", "intervals_stored",
         "clock_offset_s", "clock_corrected", "read_from", "read_to",
     )  # fmt: skip
-    return {"sessions": [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]}
+    return _json({"sessions": [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]})
 
 
 @router.get("/meters/health", summary="Per-meter health: failures, backoff, clock offset")
@@ -337,7 +360,7 @@ async def meters_health(
     request: Request,
     _: Reader,
     frontier: Annotated[str | None, Query(description="only this frontier's meters")] = None,
-) -> dict[str, Any]:
+) -> Response:
     async with _pool(request).connection() as conn:
         fid = await _frontier_id(conn, frontier) if frontier else None
         cur = await conn.execute(
@@ -355,7 +378,7 @@ async def meters_health(
         "frontier", "meter", "role", "active", "consecutive_failures", "last_result",
         "last_attempt", "last_success", "next_attempt_at", "clock_offset_s", "config_findings",
     )  # fmt: skip
-    return {"meters": [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]}
+    return _json({"meters": [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]})
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -374,7 +397,7 @@ async def asic_status(
             le=LAST_DAY,
         ),
     ] = None,
-) -> dict[str, Any]:
+) -> Response:
     day = day or _yesterday()
     async with _pool(request).connection() as conn:
         status = await day_status(conn, day)
@@ -385,7 +408,7 @@ async def asic_status(
 
         out["deadline"] = deadline(settings, day).isoformat()
     out["frontiers"] = [s.as_dict() for s in status]
-    return out
+    return _json(out)
 
 
 async def _hold_action(

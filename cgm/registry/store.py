@@ -315,36 +315,44 @@ ORDER BY f.code
 """
 
 
+def _registry_entry(row: tuple[Any, ...]) -> dict[str, Any]:
+    (fid, code, name, kind, stn, vlevel, cap, energy, factor, ptype, explicit,
+     target, attrs, meters, violations) = row  # fmt: skip
+    ptype = governing_type(ptype, energy, cap)
+    return {
+        "code": code,
+        "name": name,
+        "kind": kind,
+        "stn": stn,
+        "voltage_level": vlevel,
+        "installed_capacity_mva": cap,
+        "monthly_energy_mwh": energy,
+        "adjustment_factor": factor,
+        "point_type": ptype,
+        "point_type_explicit": explicit,
+        "table1_type": rules.table1_type(energy, cap),
+        "clock_target_s": target,
+        "clock_limit_s": rules.clock_limit(ptype, target),
+        "backup_required": rules.backup_required(ptype, kind, stn),
+        "attributes": attrs,
+        "meters": meters,
+        "violations": violations,
+    }
+
+
 def list_registry(conn: psycopg.Connection, code: str | None = None) -> list[dict[str, Any]]:
     """The registry as JSON-ready dicts. Credentials appear as levels and clients only:
     this function never reads ``secret_enc``."""
-    out = []
-    for row in conn.execute(_LIST_SQL, {"code": code}):
-        (fid, code_, name, kind, stn, vlevel, cap, energy, factor, ptype, explicit,
-         target, attrs, meters, violations) = row  # fmt: skip
-        ptype = governing_type(ptype, energy, cap)
-        out.append(
-            {
-                "code": code_,
-                "name": name,
-                "kind": kind,
-                "stn": stn,
-                "voltage_level": vlevel,
-                "installed_capacity_mva": cap,
-                "monthly_energy_mwh": energy,
-                "adjustment_factor": factor,
-                "point_type": ptype,
-                "point_type_explicit": explicit,
-                "table1_type": rules.table1_type(energy, cap),
-                "clock_target_s": target,
-                "clock_limit_s": rules.clock_limit(ptype, target),
-                "backup_required": rules.backup_required(ptype, kind, stn),
-                "attributes": attrs,
-                "meters": meters,
-                "violations": violations,
-            }
-        )
-    return out
+    return [_registry_entry(row) for row in conn.execute(_LIST_SQL, {"code": code})]
+
+
+async def list_registry_async(
+    conn: psycopg.AsyncConnection, code: str | None = None
+) -> list[dict[str, Any]]:
+    """:func:`list_registry` on an async connection (the API's pool: no thread, no new
+    connection per request)."""
+    cur = await conn.execute(_LIST_SQL, {"code": code})
+    return [_registry_entry(row) for row in await cur.fetchall()]
 
 
 @dataclass(frozen=True)

@@ -390,3 +390,39 @@ async def test_openapi_is_served(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/openapi.json")
     paths = r.json()["paths"]
     assert "/api/v1/frontiers/{code}/hold" in paths and "/api/v1/reports/asic/status" in paths
+
+
+async def test_readings_in_columns_and_csv_match_the_rows_and_allow_a_year(
+    client: httpx.AsyncClient, db_url: str
+) -> None:
+    fr = await make_frontier(db_url)
+    auth = await make_user(db_url, 1)
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    rows = [
+        Reading(fr.principal_id, 1, T0 + timedelta(hours=h), 1.25 * h, 0, now) for h in range(5)
+    ]
+    rows.append(Reading(fr.backup_id, 3, T0, 0.5, int(Quality.BACKUP_CHANNEL), now))
+    async with await psycopg.AsyncConnection.connect(db_url) as c:
+        await write_readings(c, rows, source="test", actor="test")
+    url = f"/api/v1/frontiers/{fr.code}/readings"
+    year = {"start": "2025-03-02T00:00:00-05:00", "end": "2026-03-02T00:00:00-05:00"}
+    r = await client.get(url, params=year, auth=auth)
+    assert r.status_code == 422 and "format=columns" in r.text  # rows: 31 days at most
+    cols = (await client.get(url, params={**year, "format": "columns"}, auth=auth)).json()
+    by_serial = {m["serial"]: m["channels"] for m in cols["meters"]}
+    principal = by_serial[fr.principal]["active_import"]
+    assert principal["value"] == [0.0, 1.25, 2.5, 3.75, 5.0]
+    assert principal["interval_start"][0] == "2026-03-01T05:00:00Z"
+    assert principal["version"] == [1] * 5
+    assert by_serial[fr.backup]["reactive_import"]["quality"] == [int(Quality.BACKUP_CHANNEL)]
+    assert cols["flags"] == {str(int(Quality.BACKUP_CHANNEL)): ["BACKUP_CHANNEL"]}
+    r = await client.get(url, params={**year, "format": "csv"}, auth=auth)
+    assert r.headers["content-type"].startswith("text/csv")
+    lines = r.text.splitlines()
+    assert lines[0].startswith("meter,role,channel,interval_start,value,quality,flags")
+    assert len(lines) == 1 + 6
+    assert any(line.startswith(f"{fr.backup},backup,reactive_import,2026-03-01T05:00:00Z,0.5,")
+               and "BACKUP_CHANNEL" in line for line in lines)  # fmt: skip
+    too_long = {"start": "2024-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"}
+    r = await client.get(url, params={**too_long, "format": "csv"}, auth=auth)
+    assert r.status_code == 422 and "366 days" in r.text

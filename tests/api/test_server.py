@@ -1,4 +1,4 @@
-"""The API as ``cgm run`` serves it: uvicorn inside the service's loop, over a real socket,
+"""The API as ``cgm run`` serves it: uvicorn on its own thread and loop, over a real socket,
 started and stopped by the service's hooks."""
 
 from __future__ import annotations

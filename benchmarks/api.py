@@ -1,0 +1,332 @@
+"""HTTP API latency: every read endpoint, idle and while a collection cycle and VEE run.
+
+    .venv/bin/python benchmarks/api.py [--frontiers 500] [--requests 200]
+        [--database-url postgresql://127.0.0.1:5432/test] [--no-load]
+
+A scratch database gets the inventory of ``cgm simulate --frontiers N`` (another process,
+real DLMS/Modbus/MQTT simulators on loopback), and one frontier of it a year of hourly
+readings (principal and backup, 4 channels: 70,080 rows) and a year of settled values. The
+API is served the way ``cgm run`` serves it: uvicorn on this process's event loop, over a
+real socket, with the service's pool. A client in another process (so its own CPU does not
+count in the server's loop) asks each endpoint ``--requests`` times in turn, over one
+keep-alive connection, as a level-1 user, and reports p50/p99 and the body size.
+
+Then the same again while this process runs collection cycles over the fleet (forced, so
+every cycle interrogates every meter) followed by VEE over the last two local days for every
+frontier, in a loop, on the same event loop as the API — as ``cgm run`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from collect import drop_db, engine_config, scratch_db, seed, start_simulators  # noqa: E402
+
+from cgm import registry  # noqa: E402
+from cgm.collection.engine import Collector, current_cycle  # noqa: E402
+from cgm.config import Settings  # noqa: E402
+from cgm.localtime import local_day  # noqa: E402
+from cgm.migrate import upgrade  # noqa: E402
+from cgm.security import secret_box, users  # noqa: E402
+from cgm.storage import readings_array, write_readings  # noqa: E402
+
+PASSWORD = "benchmark password long enough"
+YEAR_HOURS = 365 * 24
+
+
+def endpoints(code: str, other: str, now: datetime) -> list[tuple[str, str]]:
+    """(label, path) for every read endpoint."""
+    end = now.replace(minute=0, second=0, microsecond=0)
+    m31 = quote((end - timedelta(days=31)).isoformat())
+    y = quote((end - timedelta(days=365)).isoformat())
+    e = quote(end.isoformat())
+    day = (local_day(now) - timedelta(days=2)).isoformat()
+    q = "&"
+    return [
+        ("healthz (no auth)", "/healthz"),
+        ("registry entry", f"/api/v1/frontiers/{other}"),
+        ("registry, all frontiers", "/api/v1/frontiers"),
+        ("settled day", f"/api/v1/frontiers/{code}/settled?day={day}"),
+        ("readings 31 days JSON", f"/api/v1/frontiers/{code}/readings?start={m31}{q}end={e}"),
+        (
+            "readings 31 days columnar",
+            f"/api/v1/frontiers/{code}/readings?start={m31}{q}end={e}{q}format=columns",
+        ),
+        (
+            "readings 1 year columnar",
+            f"/api/v1/frontiers/{code}/readings?start={y}{q}end={e}{q}format=columns",
+        ),
+        (
+            "readings 1 year CSV",
+            f"/api/v1/frontiers/{code}/readings?start={y}{q}end={e}{q}format=csv",
+        ),
+        ("hoja de vida", f"/api/v1/frontiers/{other}/log"),
+        ("collection sessions", "/api/v1/collection/sessions"),
+        ("meter health, one frontier", f"/api/v1/meters/health?frontier={other}"),
+        ("meter health, all", "/api/v1/meters/health"),
+        ("ASIC status", "/api/v1/reports/asic/status"),
+    ]
+
+
+# --- the client (another process) ------------------------------------------------------
+
+
+def client(base: str, user: str, n: int, paths: list[tuple[str, str]]) -> None:
+    import httpx
+
+    out = []
+    with httpx.Client(base_url=base, auth=(user, PASSWORD), timeout=60) as c:
+        for label, path in paths:
+            r = c.get(path)  # warm-up (and the one argon2 verify of the session)
+            if r.status_code >= 400:
+                out.append({"endpoint": label, "status": r.status_code, "error": r.text[:200]})
+                continue
+            times = []
+            size = len(r.content)
+            for _ in range(n):
+                t0 = time.perf_counter()
+                r = c.get(path)
+                times.append(time.perf_counter() - t0)
+                assert r.status_code < 400, (label, r.status_code)
+            ms = np.array(times) * 1000
+            out.append(
+                {
+                    "endpoint": label,
+                    "p50_ms": round(float(np.percentile(ms, 50)), 1),
+                    "p99_ms": round(float(np.percentile(ms, 99)), 1),
+                    "max_ms": round(float(ms.max()), 1),
+                    "bytes": size,
+                }
+            )
+    print(json.dumps(out))
+
+
+async def run_client(base: str, user: str, n: int, paths: list[tuple[str, str]]) -> list[dict]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--client",
+        base,
+        user,
+        str(n),
+        json.dumps(paths),
+        stdout=subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+# --- the server side --------------------------------------------------------------------
+
+
+async def year_of_data(url: str, code: str, now: datetime) -> None:
+    """A year of hourly readings for both meters of ``code``, and its settled series."""
+    end = np.datetime64(current_cycle(now).replace(tzinfo=None), "us")
+    t = end - np.arange(1, YEAR_HOURS + 1)[::-1] * np.timedelta64(3600, "s")
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(
+            """SELECT m.id, f.id FROM meter m JOIN frontier f ON f.id = m.frontier_id
+               WHERE f.code = %s ORDER BY m.role DESC""",
+            (code,),
+        )
+        meters = await cur.fetchall()
+        fid = meters[0][1]
+        hours = (t.astype("M8[h]").astype(np.int64) % 24).astype(float)
+        load = 1.0 + 0.5 * np.sin(hours / 24 * 2 * np.pi)
+        for mid, _ in meters:
+            for ch in range(1, 5):
+                rows = readings_array(
+                    np.full(len(t), mid), np.full(len(t), ch), t, np.round(load * ch, 3), 0, end
+                )
+                await write_readings(conn, rows, source="benchmark", actor="benchmark")
+        await conn.execute(
+            """INSERT INTO settled_reading (frontier_id, channel, interval_start, value, source)
+               SELECT %s, c, t, 100 + c, 'principal'
+               FROM generate_series(%s::timestamptz - interval '365 days',
+                                    %s::timestamptz - interval '1 hour', '1 hour') t,
+                    generate_series(1, 4) c""",
+            (fid, current_cycle(now), current_cycle(now)),
+        )
+        await conn.commit()
+
+
+async def load_loop(url: str, box: object, stop: asyncio.Event, stats: dict) -> None:
+    """Collection cycles, each followed by VEE over the last two local days, as ``cgm run``
+    does it: on the VEE worker thread where there is one, else on this loop."""
+    from cgm.vee import run_vee
+
+    try:
+        from cgm.vee.worker import VeeWorker
+    except ImportError:  # before VEE had its own thread
+        worker = None
+    else:
+        worker = VeeWorker(url)
+        worker.start()
+    stats["vee_on"] = "worker thread" if worker else "event loop"
+    collector = Collector(url, box, engine_config(256, 8))
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        summary = await collector.run_cycle(force=True)
+        stats["cycles"] += 1
+        stats["cycle_s"].append(round(time.perf_counter() - t0, 1))
+        stats["meters"] = summary.meters
+        today = local_day(datetime.now(UTC))
+        for day in (today - timedelta(days=1), today):
+            if stop.is_set():
+                break
+            t0 = time.perf_counter()
+            if worker is None:
+                await run_vee(url, day)
+            else:
+                await worker.submit(lambda conn, d=day: run_vee(conn, d))
+            stats["vee_s"].append(round(time.perf_counter() - t0, 1))
+    if worker is not None:
+        await worker.stop()
+
+
+async def serve_and_measure(args: argparse.Namespace) -> dict:
+    import socket
+
+    import uvicorn
+    from psycopg_pool import AsyncConnectionPool
+
+    from cgm.api import create_app
+    from cgm.api.server import _Server
+
+    work = Path(tempfile.mkdtemp(prefix="cgm-bench-api-"))
+    name, url = scratch_db(args.database_url)
+    sim = None
+    result: dict = {"frontiers": args.frontiers, "requests": args.requests}
+    try:
+        settings = Settings(database_url=url, data_dir=work)
+        upgrade(url, settings)
+        sim = start_simulators(args.frontiers, 100, work / "fleet.yaml", None, "embedded")
+        box = secret_box(settings)
+        with psycopg.connect(url) as conn:
+            registry.import_inventory(conn, registry.load(work / "fleet.yaml"), box, actor="b")
+            ids = [r[0] for r in conn.execute("SELECT id FROM meter")]
+            codes = [r[0] for r in conn.execute("SELECT code FROM frontier ORDER BY code")]
+        now = datetime.now(UTC)
+        code, other = codes[0], codes[len(codes) // 2]
+        await seed(url, ids, current_cycle(now) - timedelta(hours=2))
+        await year_of_data(url, code, now)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await users.add_user(conn, "bench", PASSWORD, 1, actor="benchmark")
+            await conn.execute("VACUUM ANALYZE")
+        sock = socket.create_server(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        try:  # as cgm run serves it now: its own thread and event loop
+            from cgm.api.server import ApiThread
+        except ImportError:  # before: on the service's loop, beside the collector
+            pool = AsyncConnectionPool(
+                url,
+                min_size=1,
+                max_size=4,
+                open=False,
+                kwargs={"autocommit": True},
+                check=AsyncConnectionPool.check_connection,
+            )
+            await pool.open(wait=True, timeout=30)
+            app = create_app(url, pool, settings=settings, scheduler_running=lambda: True)
+            server = _Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+            task = asyncio.create_task(server.serve(sockets=[sock]))
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
+                await asyncio.sleep(0.05)
+
+            async def stop_api() -> None:
+                server.should_exit = True
+                await task
+                await pool.close()
+
+            result["api_on"] = "service loop"
+        else:
+            api = ApiThread(url, settings, sock, lambda: True)
+            await api.start()
+            stop_api = api.stop
+            result["api_on"] = "own thread"
+        base = f"http://127.0.0.1:{port}"
+        paths = endpoints(code, other, now)
+        # One cycle first, so sessions, health and the hoja de vida have rows to show.
+        first = Collector(url, box, engine_config(256, 8))
+        s = await first.run_cycle()
+        result["first_cycle"] = {"meters": s.meters, "ok": s.ok}
+        result["load_before"] = round(os.getloadavg()[0], 2)
+        result["idle"] = await run_client(base, "bench", args.requests, paths)
+        print(table(result["idle"], "idle"), file=sys.stderr, flush=True)
+        if not args.no_load:
+            stop = asyncio.Event()
+            stats: dict = {"cycles": 0, "cycle_s": [], "vee_s": [], "meters": 0}
+            loader = asyncio.create_task(load_loop(url, box, stop, stats))
+            await asyncio.sleep(2)
+            result["load_before_loaded"] = round(os.getloadavg()[0], 2)
+            result["loaded"] = await run_client(base, "bench", args.requests, paths)
+            print(table(result["loaded"], "loaded"), file=sys.stderr, flush=True)
+            stop.set()
+            await loader
+            result["load"] = stats
+        await stop_api()
+        return result
+    finally:
+        if sim is not None:
+            sim.terminate()
+            try:
+                sim.wait(30)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+        drop_db(args.database_url, name)
+
+
+def table(rows: list[dict], title: str) -> str:
+    lines = [
+        f"\n{title}",
+        "| endpoint | p50 ms | p99 ms | max ms | body |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['endpoint']} | {r['status']} | | | {r['error'][:60]} |")
+        else:
+            lines.append(
+                f"| {r['endpoint']} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} "
+                f"| {r['bytes']:,} B |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        _, _, base, user, n, paths = sys.argv
+        client(base, user, int(n), [tuple(p) for p in json.loads(paths)])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frontiers", type=int, default=500)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument(
+        "--database-url",
+        default=os.environ.get("CGM_DATABASE_URL", "postgresql://127.0.0.1:5432/test"),
+    )
+    ap.add_argument("--no-load", action="store_true")
+    args = ap.parse_args()
+    result = asyncio.run(serve_and_measure(args))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("idle", "loaded")}))
+    print(table(result["idle"], "idle"))
+    if "loaded" in result:
+        print(table(result["loaded"], "during collection cycles + VEE"))
+
+
+if __name__ == "__main__":
+    main()
