@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "cgm.commands.user",
     "cgm.commands.audit",
     "cgm.commands.failure",
+    "cgm.commands.hoja",
 ]
 
 

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.set_defaults(func=_notice)
 
 
-async def _level2(conn: psycopg.AsyncConnection, args: argparse.Namespace) -> str:
+async def level2_actor(conn: psycopg.AsyncConnection, args: argparse.Namespace) -> str:
     password = (
         secret_from_env(args.password_env, "--password-env")
         if args.password_env
@@ -82,7 +82,7 @@ def _open(args: argparse.Namespace) -> int:
 
     async def go() -> tuple[int, failures.Count]:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            actor = await _level2(conn, args)
+            actor = await level2_actor(conn, args)
             return await failures.open_event(
                 conn, frontier=args.frontier, element=args.element, kind=args.kind,
                 started_at=args.at, description=args.description, actor=actor,
@@ -98,7 +98,7 @@ def _close(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            actor = await _level2(conn, args)
+            actor = await level2_actor(conn, args)
             await failures.close_event(
                 conn, args.event, ended_at=args.at, note=args.note, actor=actor
             )

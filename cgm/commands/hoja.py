@@ -1,0 +1,122 @@
+"""``cgm hoja add|show|export``: the hoja de vida of a frontier (art. 9.1.1.29).
+
+``add`` authenticates a level-2 cgm user; the entry records ``cli:<user>``. Data is given as
+``--set key=value`` pairs (numbers are read as numbers) or ``--data JSON``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from cgm import hoja_de_vida as hv
+from cgm.cli import CommandError
+from cgm.commands.failure import level2_actor
+from cgm.config import get_settings
+from cgm.db import current_url
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("hoja", help="the hoja de vida of a frontier (art. 9.1.1.29)")
+    hsub = p.add_subparsers(dest="hoja_command", metavar="ACTION", required=True)
+    a = hsub.add_parser("add", help="add a dated entry (level 2)")
+    a.add_argument("section", choices=list(hv.SECTIONS))
+    a.add_argument("--frontier", required=True, metavar="CODE")
+    a.add_argument("--date", required=True, type=date.fromisoformat, help="date of the fact")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    a.add_argument("--data", help="the entry as a JSON object")
+    a.add_argument("--user", required=True, help="a cgm user of level 2")
+    a.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
+    a.set_defaults(func=_add)
+    s = hsub.add_parser("show", help="the whole record (JSON)")
+    s.add_argument("--frontier", required=True, metavar="CODE")
+    s.add_argument("--section", choices=[*hv.SECTIONS, "level2_log", "maintenance_due"])
+    s.set_defaults(func=_show)
+    e = hsub.add_parser("export", help="write the record as JSON and/or PDF")
+    e.add_argument("--frontier", required=True, metavar="CODE")
+    e.add_argument("--json", type=Path, dest="json_out")
+    e.add_argument("--pdf", type=Path, dest="pdf_out")
+    e.set_defaults(func=_export)
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text) if text[:1] in "-0123456789[{" or text in ("true", "false") \
+            else text
+    except ValueError:
+        return text
+
+
+def _data(args: argparse.Namespace) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if args.data:
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            raise CommandError(f"--data is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise CommandError("--data must be a JSON object")
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--set {pair!r}: expected KEY=VALUE")
+        data[key] = _value(value)
+    return data
+
+
+def _add(args: argparse.Namespace) -> int:
+    data = _data(args)
+    url = current_url(get_settings())
+
+    async def go() -> int:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            actor = await level2_actor(conn, args)
+            return await hv.add_entry(conn, frontier=args.frontier, section=args.section,
+                                      entry_date=args.date, data=data, actor=actor)  # fmt: skip
+
+    try:
+        eid = asyncio.run(go())
+    except hv.EntryError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"{args.frontier}: {args.section} entry {eid} added")
+    return 0
+
+
+def _record(code: str) -> dict[str, Any]:
+    url = current_url(get_settings())
+
+    async def go() -> dict[str, Any]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await hv.record(conn, code)
+
+    try:
+        return asyncio.run(go())
+    except hv.EntryError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _show(args: argparse.Namespace) -> int:
+    rec = _record(args.frontier)
+    print(json.dumps(rec[args.section] if args.section else rec, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    if not (args.json_out or args.pdf_out):
+        raise CommandError("give --json FILE and/or --pdf FILE")
+    rec = _record(args.frontier)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rec, ensure_ascii=False, indent=2))
+        print(f"{args.json_out} written")
+    if args.pdf_out:
+        from cgm.hoja_pdf import render
+
+        args.pdf_out.write_bytes(render(rec))
+        print(f"{args.pdf_out} written")
+    return 0
