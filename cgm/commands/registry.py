@@ -19,6 +19,7 @@ from cgm import registry
 from cgm.cli import CommandError
 from cgm.config import get_settings
 from cgm.db import current_url
+from cgm.progress import Progress
 from cgm.registry import compliance
 from cgm.security import SecretKeyError, secret_box
 
@@ -90,9 +91,11 @@ def _import(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     with psycopg.connect(current_url(settings)) as conn:
         try:
-            report = registry.import_inventory(
-                conn, inv, box, actor=_actor(args), dry_run=args.dry_run
-            )
+            with Progress("importing frontiers", len(inv.frontiers)) as bar:
+                report = registry.import_inventory(
+                    conn, inv, box, actor=_actor(args), dry_run=args.dry_run,
+                    progress=bar.advance,
+                )  # fmt: skip
         except registry.InventoryError as exc:
             raise CommandError(f"{args.file}: nothing imported\n{exc}") from None
     for w in report.warnings:

@@ -15,7 +15,7 @@ import argparse
 import asyncio
 import getpass
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -29,6 +29,12 @@ from cgm.security.users import AuthFailed, authenticate
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vee", help="validation, estimation and editing of settled series")
     p.add_argument("--day", type=date.fromisoformat, help="local day to settle (YYYY-MM-DD)")
+    p.add_argument(
+        "--to",
+        type=date.fromisoformat,
+        metavar="DAY",
+        help="settle every day from --day through this one (progress shown on a terminal)",
+    )
     p.add_argument("--frontier", dest="run_frontier", metavar="CODE", help="only this frontier")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run)
@@ -61,6 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.day is None:
         raise CommandError("--day is required (or an action: edit, import-power)")
     url = current_url(get_settings())
+    if args.to is not None:
+        return _run_days(url, args)
     try:
         config = vee_config(get_settings().vee)
         s = asyncio.run(run_vee(url, args.day, args.run_frontier, config=config))
@@ -80,6 +88,38 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  unsettled  {s.unsettled} (no method could estimate them)")
     if s.alarms:
         print(f"  alarms     {s.alarms} prolonged estimation (see the hoja de vida)")
+    return 0
+
+
+def _run_days(url: str, args: argparse.Namespace) -> int:
+    """``--day`` through ``--to``, one run per day, in order."""
+    from cgm.progress import Progress
+    from cgm.vee import run_vee
+    from cgm.vee.config import vee_config
+
+    if args.to < args.day:
+        raise CommandError("--to must not be before --day")
+    days = [args.day + timedelta(days=i) for i in range((args.to - args.day).days + 1)]
+    config = vee_config(get_settings().vee)
+
+    async def go() -> list[tuple[date, object]]:
+        out = []
+        with Progress("settling days", len(days)) as bar:
+            for day in days:
+                out.append((day, await run_vee(url, day, args.run_frontier, config=config)))
+                bar.advance()
+        return out
+
+    try:
+        done = asyncio.run(go())
+    except LookupError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print(json.dumps({d.isoformat(): s.as_dict() for d, s in done}, indent=2))
+        return 0
+    for d, s in done:
+        print(f"VEE {d}: {s.frontiers} frontiers, {s.values} values, written {s.written}, "
+              f"unsettled {s.unsettled}")  # fmt: skip
     return 0
 
 

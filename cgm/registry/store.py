@@ -13,7 +13,7 @@ the file are left alone, so an inventory may cover part of the registry.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,9 +211,11 @@ def import_inventory(
     *,
     actor: str,
     dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Upsert ``inventory`` in one transaction; raise InventoryError and write nothing when a
-    frontier or meter conflicts with the registry. ``dry_run`` rolls back at the end."""
+    frontier or meter conflicts with the registry. ``dry_run`` rolls back at the end.
+    ``progress(1)`` is called after each frontier (the CLI shows it on a terminal)."""
     report = ImportReport(warnings=list(inventory.warnings), dry_run=dry_run)
     try:
         with conn.transaction():
@@ -223,7 +225,7 @@ def import_inventory(
                 "SELECT set_config('cgm.reason', %s, true)",
                 (f"registry import {inventory.source}",),
             )
-            _apply(conn, inventory, box, report)
+            _apply(conn, inventory, box, report, progress)
             if dry_run:
                 raise _DryRun
     except _DryRun:
@@ -231,9 +233,17 @@ def import_inventory(
     return report
 
 
-def _apply(conn: psycopg.Connection, inv: Inventory, box: SecretBox, report: ImportReport) -> None:
+def _apply(
+    conn: psycopg.Connection,
+    inv: Inventory,
+    box: SecretBox,
+    report: ImportReport,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     ids: dict[str, int] = {}
     for fr in inv.frontiers:
+        if progress is not None:
+            progress(1)
         fid, outcome = _upsert(conn, _FRONTIER_UPSERT, _frontier_values(fr), "frontier", "code")
         ids[fr.code] = fid
         setattr(report, f"frontiers_{outcome}", getattr(report, f"frontiers_{outcome}") + 1)
