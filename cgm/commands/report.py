@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 
 from cgm.cli import CommandError
+from cgm.commands import report_annual
 from cgm.config import get_settings
 from cgm.db import current_url
 from cgm.localtime import COLOMBIA, local_day
@@ -45,6 +46,7 @@ def _yesterday() -> date:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="reports to the ASIC: send, status, holds")
     rsub = p.add_subparsers(dest="report_command", required=True, metavar="WHAT")
+    report_annual.register(rsub)
 
     a = rsub.add_parser("asic", help="build (and send) one day's documents to the ASIC")
     a.add_argument("--day", type=_day, help="Colombian local day (default: yesterday)")
