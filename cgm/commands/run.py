@@ -49,6 +49,7 @@ def count(text: str) -> int:
 
 def _import_fleet(service: Service, inventory: dict) -> None:
     path = service.settings.data_dir / "simulated-fleet.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)  # absent when the database is external
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
     with psycopg.connect(service.db_url) as conn:
         report = registry.import_inventory(
