@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "cgm.commands.audit",
     "cgm.commands.failure",
     "cgm.commands.hoja",
+    "cgm.commands.portal",
 ]
 
 

@@ -1,0 +1,161 @@
+"""``cgm portal``: the consumption portal's inventory.
+
+    cgm portal import units.yaml --user ADMIN [--password-env VAR]
+    cgm portal list [--json]
+    cgm portal change-owner --company C --client-number N --to UNIT --reason "..." --user ADMIN
+    cgm portal add-unit-user NAME --unit CODE --user ADMIN   (password from --new-password-env)
+
+Writes authenticate as a level-2 user of the service, as ``cgm vee edit`` does. An import is
+all or nothing and reports every problem at its ``file:line``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from cgm.cli import CommandError, secret_from_env
+from cgm.config import get_settings
+from cgm.db import current_url
+from cgm.security.users import AuthFailed, User, authenticate
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("portal", help="consumption portal: buildings, units, shared meters")
+    psub = p.add_subparsers(dest="portal_command", required=True, metavar="ACTION")
+
+    def writer(name: str, help_: str) -> argparse.ArgumentParser:
+        w = psub.add_parser(name, help=help_)
+        w.add_argument("--user", required=True, help="a cgm user of level 2")
+        w.add_argument("--password-env", metavar="VAR", help="password from $VAR, not a prompt")
+        return w
+
+    imp = writer("import", "load a portal inventory YAML (all or nothing)")
+    imp.add_argument("file")
+    imp.set_defaults(func=_import)
+
+    lst = psub.add_parser("list", help="units with their buildings and meters")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=_list)
+
+    own = writer("change-owner", "give a client number and its meters to another unit")
+    own.add_argument("--company", required=True)
+    own.add_argument("--client-number", required=True)
+    own.add_argument("--to", required=True, metavar="UNIT")
+    own.add_argument("--reason", required=True)
+    own.set_defaults(func=_change_owner)
+
+    uu = writer("add-unit-user", "a level-1 user that reads for one unit only (the portal)")
+    uu.add_argument("name")
+    uu.add_argument("--unit", required=True)
+    uu.add_argument("--new-password-env", required=True, metavar="VAR")
+    uu.set_defaults(func=_add_unit_user)
+
+
+def _as_level2(
+    args: argparse.Namespace, work: Callable[[psycopg.AsyncConnection, User], Awaitable[Any]]
+) -> Any:
+    url = current_url(get_settings())
+    password = (
+        secret_from_env(args.password_env, "--password-env")
+        if args.password_env
+        else getpass.getpass(f"password for {args.user}: ")
+    )
+
+    async def go() -> Any:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            try:
+                user = await authenticate(conn, args.user, password)
+            except AuthFailed:
+                await conn.commit()  # keep the failed-login count
+                raise CommandError(
+                    f"user {args.user}: wrong password, unknown or disabled"
+                ) from None
+            await conn.commit()
+            if user.level < 2:
+                raise CommandError(f"user {args.user} is level {user.level}; this needs level 2")
+            return await work(conn, user)
+
+    return asyncio.run(go())
+
+
+def _import(args: argparse.Namespace) -> int:
+    from cgm.portal import loader, store
+    from cgm.registry.loader import InventoryError
+
+    try:
+        inv = loader.load(args.file)
+        res = _as_level2(
+            args, lambda conn, u: store.import_inventory(conn, inv, f"cli:{u.username}")
+        )
+    except InventoryError as exc:
+        raise CommandError(f"nothing imported:\n{exc}") from None
+    print(
+        f"{res.units} units ({res.buildings} new buildings), {res.client_numbers} client "
+        f"numbers, {res.meters} meters, {res.associations} associations"
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from cgm.portal import store
+
+    url = current_url(get_settings())
+
+    async def go() -> list[dict[str, Any]]:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            return await store.list_units(conn)
+
+    units = asyncio.run(go())
+    if args.json:
+        print(json.dumps(units, indent=2, default=str))
+        return 0
+    for u in units:
+        print(
+            f"{u['code']}  {u['institution']} / {u['service']} / {u['name']}  "
+            f"{u['street']} {u['street_number']}, {u['commune']}, {u['region']}  "
+            f"meters owned {u['meters_owned']}, associated {u['meters_associated']}"
+        )
+    return 0
+
+
+def _change_owner(args: argparse.Namespace) -> int:
+    from cgm.portal import store
+
+    try:
+        _as_level2(
+            args,
+            lambda conn, u: store.change_owner(
+                conn, args.company, args.client_number, args.to,
+                actor=f"cli:{u.username}", level=u.level, reason=args.reason,
+            ),
+        )  # fmt: skip
+    except store.PortalError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"{args.company} {args.client_number}: owner is now {args.to}")
+    return 0
+
+
+def _add_unit_user(args: argparse.Namespace) -> int:
+    from cgm.portal import access
+    from cgm.portal.store import PortalError
+    from cgm.security.users import UserError
+
+    new_password = secret_from_env(args.new_password_env, "--new-password-env")
+    try:
+        _as_level2(
+            args,
+            lambda conn, u: access.add_unit_user(
+                conn, args.name, new_password, args.unit, actor=f"cli:{u.username}"
+            ),
+        )
+    except (PortalError, UserError) as exc:
+        raise CommandError(str(exc)) from None
+    print(f"user {args.name} reads for unit {args.unit}")
+    return 0
