@@ -1,4 +1,7 @@
-"""``cgm audit verify``: recompute the audit hash chains and report the first break.
+"""``cgm audit [check] [--json] [--frontier CODE]``: every frontier against what the CGM can
+check, pass or fail with evidence (cgm/compliance_audit.py), plus the audit chains; exit 1
+when anything fails. ``cgm audit verify``: recompute the audit hash chains and report the
+first break.
 
     cgm audit verify [--anchor CHAIN:SEQ:HEX ...] [--json]
 
@@ -19,8 +22,15 @@ from cgm.storage.audit import Anchor, verify
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("audit", help="audit trail integrity")
-    asub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    p = sub.add_parser("audit", help="compliance of every frontier; audit trail integrity")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--frontier", action="append", metavar="CODE", help="only these frontiers")
+    p.set_defaults(func=_check)
+    asub = p.add_subparsers(dest="audit_command", metavar="ACTION")
+    c = asub.add_parser("check", help="the compliance report (the default action)")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--frontier", action="append", metavar="CODE", help="only these frontiers")
+    c.set_defaults(func=_check)
     v = asub.add_parser("verify", help="recompute the hash chains; report the first break")
     v.add_argument(
         "--anchor",
@@ -31,6 +41,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_verify)
+
+
+def _check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import psycopg
+
+    from cgm.compliance_audit import CHECKS, audit
+
+    url = current_url(get_settings())
+
+    async def go() -> list:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            return await audit(conn, frontiers=args.frontier)
+
+    results = asyncio.run(go())
+    if args.frontier:
+        known = {r.code for r in results}
+        unknown = [c for c in args.frontier if c not in known]
+        if unknown:
+            raise CommandError(f"unknown frontier {', '.join(unknown)}")
+    chains = verify(url, [])
+    failed = [r for r in results if not r.ok]
+    if args.json:
+        print(json.dumps({
+            "ok": not failed and chains.ok,
+            "frontiers": len(results),
+            "failed": len(failed),
+            "audit_chain": {"ok": chains.ok, "chains": [
+                {"chain": c.chain, "rows": c.rows, "ok": c.ok, "problem": c.problem}
+                for c in chains.chains]},
+            "results": [r.as_dict() for r in results],
+        }, indent=2, ensure_ascii=False))  # fmt: skip
+    else:
+        for r in results:
+            print(f"{r.code}  {'PASS' if r.ok else 'FAIL'}")
+            for check in CHECKS:
+                for evidence in r.failures.get(check, []):
+                    print(f"  FAIL {check}: {evidence}")
+        problems = [f"{c.chain}: {c.problem}" for c in chains.chains if not c.ok]
+        print(f"audit chain  {'PASS' if chains.ok else 'FAIL ' + '; '.join(problems)}")
+        print(f"{len(results) - len(failed)} of {len(results)} frontiers pass")
+    return 0 if not failed and chains.ok else 1
 
 
 def _verify(args: argparse.Namespace) -> int:

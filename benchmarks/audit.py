@@ -1,0 +1,116 @@
+"""``cgm audit`` over a large fleet: how long the compliance report takes.
+
+    .venv/bin/python benchmarks/audit.py [--frontiers 10000] [--repeat 3]
+        [--database-url postgresql://127.0.0.1:5432/test]
+
+A scratch database gets N frontiers (principal and backup meters, health, both credentials,
+CT/VT and calibration entries, a maintenance, 7 days of accepted ASIC items, 48 settled hours
+and a failure each), seeded set-based; then ``audit()`` runs ``--repeat`` times and the
+wall time of each run is printed. The database is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from collect import drop_db, scratch_db  # noqa: E402
+
+from cgm.compliance_audit import audit  # noqa: E402
+from cgm.config import Settings  # noqa: E402
+from cgm.localtime import day_bounds, local_day  # noqa: E402
+from cgm.migrate import upgrade  # noqa: E402
+
+SEED = """
+INSERT INTO frontier (code, name, kind, voltage_level, point_type, operation_start)
+SELECT 'Frt' || g, 'bench', 'generation', 2, 1 + g %% 5, current_date - 400 - g %% 2000
+FROM generate_series(1, %(n)s) g;
+INSERT INTO meter (frontier_id, serial, role, protocol, primary_host, primary_port,
+                   accuracy_active, accuracy_reactive)
+SELECT f.id, r.role || f.id, r.role, 'dlms', 'h', 1,
+       CASE WHEN f.id %% 97 = 0 THEN '1' ELSE '0.2S' END, '2'
+FROM frontier f CROSS JOIN (VALUES ('principal'), ('backup')) r(role);
+INSERT INTO meter_health (meter_id, clock_offset_s, last_success, config_findings)
+SELECT id, (id %% 50) - 20, now() - interval '1 hour',
+       CASE WHEN id %% 113 = 0 THEN ARRAY['capture period 900 s'] ELSE '{}' END FROM meter;
+INSERT INTO meter_credential (meter_id, level, secret_enc)
+SELECT m.id, l, decode(md5(m.id || '-' || l), 'hex') FROM meter m, generate_series(1, 2) l;
+INSERT INTO hoja_entry (frontier_id, section, entry_date, data, actor)
+SELECT f.id, 'equipment', current_date - 30,
+       jsonb_build_object('kind', k, 'serial', k || f.id || p, 'phase', p,
+                          'accuracy_class', '0.2S', 'action', 'installed'), 'bench'
+FROM frontier f, (VALUES ('ct'), ('vt')) kinds(k), (VALUES ('A'), ('B'), ('C')) ph(p);
+INSERT INTO hoja_entry (frontier_id, section, entry_date, data, actor)
+SELECT f.id, 'calibration', current_date - 30,
+       jsonb_build_object('element_serial', k || f.id || p, 'laboratory', 'L',
+                          'certificate', 'C', 'result', 'ok'), 'bench'
+FROM frontier f, (VALUES ('ct'), ('vt')) kinds(k), (VALUES ('A'), ('B'), ('C')) ph(p)
+WHERE f.id %% 89 <> 0;
+INSERT INTO hoja_entry (frontier_id, section, entry_date, data, actor)
+SELECT id, 'maintenance', current_date - 300 - (id %% 1500)::int,
+       '{"status": "done", "description": "x"}', 'bench' FROM frontier;
+INSERT INTO asic_document (frontier_id, meter_id, role, day, file_name, kind, content,
+                           content_hash, settled_version, state)
+SELECT m.frontier_id, m.id, m.role, %(today)s::date - d, 'x', 'original', '{}',
+       m.id || '-' || d, 1, 'success'
+FROM meter m, generate_series(1, 7) d WHERE NOT (m.frontier_id %% 61 = 0 AND d = 3);
+INSERT INTO settled_reading (frontier_id, channel, interval_start, value, source, method)
+SELECT f.id, 1, %(start)s + h * interval '1 hour', 1,
+       CASE WHEN h %% 2 = 0 THEN 'estimate' ELSE 'principal' END,
+       CASE WHEN h %% 2 = 0 THEN 'x' END
+FROM frontier f, generate_series(0, 47) h;
+INSERT INTO failure_event (frontier_id, element, kind, started_at, ended_at, description,
+                           opened_by, closed_by)
+SELECT f.id, 'ct', 'failure', now() - (f.id %% 300) * interval '1 day',
+       now() - (f.id %% 300) * interval '1 day' + interval '2 hours', 'x', 'bench', 'bench'
+FROM frontier f;
+ANALYZE;
+"""
+
+
+async def run(url: str, n: int, repeat: int) -> list[float]:
+    now = datetime.now(UTC)
+    today = local_day(now)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+        t0 = time.perf_counter()
+        for stmt in SEED.split(";\n"):
+            if stmt.strip():
+                start = day_bounds(today - timedelta(days=2))[0]
+                await c.execute(stmt, {"n": n, "today": today, "start": start})
+        print(f"seeded {n} frontiers in {time.perf_counter() - t0:.1f} s")
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            results = await audit(c, now=now)
+            times.append(time.perf_counter() - t0)
+            failed = sum(not r.ok for r in results)
+            print(f"audit of {len(results)} frontiers: {times[-1]:.2f} s ({failed} failing)")
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frontiers", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--database-url",
+                    default=os.environ.get("CGM_DATABASE_URL", "postgresql://127.0.0.1:5432/test"))
+    args = ap.parse_args()
+    name, url = scratch_db(args.database_url)
+    try:
+        upgrade(url, Settings(database_url=url))
+        times = asyncio.run(run(url, args.frontiers, args.repeat))
+        print(f"best {min(times):.2f} s, worst {max(times):.2f} s")
+    finally:
+        drop_db(args.database_url, name)
+
+
+if __name__ == "__main__":
+    main()

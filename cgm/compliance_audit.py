@@ -1,0 +1,201 @@
+"""``cgm audit``: every frontier checked against what the CGM can verify, pass or fail with
+evidence. One grouped query per check for the whole fleet (never one per frontier), so the
+report over 10,000 frontiers takes seconds (benchmarks/README.md).
+
+Checks (README, "cgm audit"): backup meter present where required; Table 2 classes of the
+meters and of the CTs/VTs recorded in the hoja de vida; clock offset inside its Table 3 limit
+as last read within the last day; capture period and memory depth (the configuration
+findings collection records); both access levels configured and distinct; maintenance
+(Table 4) and calibration due; failures against Table 5; days unreported or estimated for too
+long; and, fleet-wide, the audit hash chains.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from cgm.failures import fleet_counts
+from cgm.hoja_de_vida import maintenance_due
+from cgm.localtime import day_bounds, local_day
+from cgm.registry import rules
+
+CHECKS = ("backup_meter", "table2_classes", "clock", "capture_and_memory", "access_levels",
+          "maintenance_calibration", "table5_failures", "reporting")  # fmt: skip
+UNREPORTED_LOOKBACK_DAYS = 7
+ESTIMATED_HOURS_LIMIT = 72  # estimated hours of the last week before it is "too long"
+
+
+@dataclass
+class FrontierAudit:
+    code: str
+    failures: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    notes: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def fail(self, check: str, evidence: str) -> None:
+        self.failures[check].append(evidence)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "frontier": self.code,
+            "ok": self.ok,
+            "checks": {c: {"ok": c not in self.failures, "evidence": self.failures.get(c, []),
+                           **({"notes": self.notes[c]} if self.notes.get(c) else {})}
+                       for c in CHECKS},  # fmt: skip
+        }
+
+
+async def _rows(conn: psycopg.AsyncConnection, sql: str, params: dict[str, Any]) -> list[tuple]:
+    return await (await conn.execute(sql, params)).fetchall()
+
+
+_SCOPE = "(%(codes)s::text[] IS NULL OR f.code = ANY(%(codes)s))"
+
+
+async def audit(
+    conn: psycopg.AsyncConnection,
+    *,
+    now: datetime | None = None,
+    frontiers: list[str] | None = None,
+) -> list[FrontierAudit]:
+    now = now or datetime.now(UTC)
+    today = local_day(now)
+    p: dict[str, Any] = {"codes": frontiers, "now": now, "day_ago": now - timedelta(days=1)}
+    base = await _rows(conn, f"""
+        SELECT f.code, f.point_type, f.kind, f.stn, f.clock_target_s,
+               coalesce(f.operation_start, (f.created_at AT TIME ZONE 'UTC')::date)
+        FROM frontier f WHERE {_SCOPE} ORDER BY f.code""", p)  # fmt: skip
+    out = {code: FrontierAudit(code) for code, *_ in base}
+    info = {code: rest for code, *rest in base}
+
+    # Meters: backup presence, classes, clock, capture/memory findings, credentials.
+    meters = await _rows(conn, f"""
+        SELECT f.code, m.serial, m.role, m.accuracy_active, m.accuracy_reactive,
+               h.clock_offset_s, h.last_success, h.config_findings,
+               (SELECT array_agg(c.level ORDER BY c.level) FROM meter_credential c
+                 WHERE c.meter_id = m.id),
+               (SELECT count(DISTINCT c.secret_enc) FROM meter_credential c
+                 WHERE c.meter_id = m.id)
+        FROM frontier f JOIN meter m ON m.frontier_id = f.id AND m.active
+        LEFT JOIN meter_health h ON h.meter_id = m.id
+        WHERE {_SCOPE}""", p)  # fmt: skip
+    roles: dict[str, set[str]] = defaultdict(set)
+    for code, serial, role, acc_a, acc_r, offset, last_ok, findings, levels, distinct in meters:
+        a = out[code]
+        pt, _, _, target, _ = info[code]
+        roles[code].add(role)
+        req = rules.TABLE2_ACCURACY[pt]
+        for what, actual, required in (("active", acc_a, req.active),
+                                       ("reactive", acc_r, req.reactive)):  # fmt: skip
+            if actual is None:
+                a.fail("table2_classes", f"{serial}: {what} class not declared (type {pt} "
+                       f"requires {required})")  # fmt: skip
+            elif not rules.meets(actual, required):
+                a.fail("table2_classes", f"{serial}: {what} class {actual} below {required}")
+        limit = rules.clock_limit(pt, target)
+        if last_ok is None or last_ok < p["day_ago"] or offset is None:
+            a.fail("clock", f"{serial}: clock not read in the last day (last read {last_ok})")
+        elif abs(offset) > limit:
+            a.fail("clock", f"{serial}: offset {offset:+.1f} s beyond the {limit:.0f} s limit")
+        for finding in findings or []:
+            a.fail("capture_and_memory", f"{serial}: {finding}")
+        if levels != [1, 2]:
+            a.fail("access_levels", f"{serial}: credentials for levels {levels or []}, "
+                   "need 1 and 2")  # fmt: skip
+        elif distinct != 2:
+            a.fail("access_levels", f"{serial}: level-1 and level-2 secrets are identical")
+        if last_ok is None or last_ok < p["day_ago"]:
+            a.fail("access_levels", f"{serial}: no successful level-1 read in the last day")
+    for code, (pt, kind, stn, _, _) in info.items():
+        if "principal" not in roles[code]:
+            out[code].fail("backup_meter", "no active principal meter")
+        if rules.backup_required(pt, kind, stn) and "backup" not in roles[code]:
+            out[code].fail("backup_meter", f"type {pt} {kind}{' STN' if stn else ''} frontier "
+                           "requires a backup meter; none active")  # fmt: skip
+
+    # CT/VT classes and calibrations from the hoja de vida (the latest entry per serial).
+    equipment = await _rows(conn, f"""
+        SELECT DISTINCT ON (f.code, e.data->>'serial') f.code, e.data->>'kind',
+               e.data->>'serial', e.data->>'accuracy_class', e.data->>'action',
+               (SELECT max(c.entry_date) FROM hoja_entry c WHERE c.frontier_id = f.id
+                 AND c.section = 'calibration'
+                 AND c.data->>'element_serial' = e.data->>'serial')
+        FROM frontier f JOIN hoja_entry e ON e.frontier_id = f.id AND e.section = 'equipment'
+         AND e.data->>'kind' IN ('ct', 'vt', 'meter')
+        WHERE {_SCOPE}
+        ORDER BY f.code, e.data->>'serial', e.entry_date DESC, e.id DESC""", p)  # fmt: skip
+    has_ct_vt: set[str] = set()
+    for code, kind, serial, cls, action, calibrated in equipment:
+        if action == "removed":
+            continue
+        a, pt = out[code], info[code][0]
+        if kind in ("ct", "vt"):
+            has_ct_vt.add(code)
+            required = getattr(rules.TABLE2_ACCURACY[pt], kind)
+            if required and cls is None:
+                a.fail("table2_classes", f"{kind.upper()} {serial}: class not recorded")
+            elif required and not rules.meets(cls, required):
+                a.fail("table2_classes", f"{kind.upper()} {serial}: class {cls} below {required}")
+        if calibrated is None:
+            a.fail("maintenance_calibration", f"{kind} {serial}: no calibration certificate")
+    for code in out:
+        if info[code][0] <= 4 and code not in has_ct_vt:
+            out[code].notes["table2_classes"].append("no CT/VT recorded in the hoja de vida")
+
+    # Maintenance under Table 4.
+    done = dict(await _rows(conn, f"""
+        SELECT f.code, max(e.entry_date) FROM frontier f JOIN hoja_entry e
+          ON e.frontier_id = f.id AND e.section = 'maintenance' AND e.data->>'status' = 'done'
+        WHERE {_SCOPE} GROUP BY f.code""", p))  # fmt: skip
+    for code, (pt, _, _, _, since) in info.items():
+        due = maintenance_due(pt, done.get(code), since, today)
+        if due["notice"] == "overdue":
+            out[code].fail("maintenance_calibration",
+                           f"maintenance overdue since {due['next_due']} (Table 4: every "
+                           f"{due['interval_years']} years)")  # fmt: skip
+        elif due["notice"]:
+            out[code].notes["maintenance_calibration"].append(
+                f"maintenance due {due['next_due']} ({due['notice']} notice)")
+
+    # Table 5.
+    for code, c in (await fleet_counts(conn, now, frontiers=frontiers)).items():
+        if c.status == "exceeded":
+            out[code].fail("table5_failures", f"{c.count} failures in 12 months, Table 5 limit "
+                           f"{c.limit} (year {c.year}): events {list(c.groups)}")  # fmt: skip
+        elif c.status == "warning":
+            out[code].notes["table5_failures"].append(f"{c.count} of {c.limit} failures")
+
+    # Reporting: days not accepted by the ASIC, estimation too long.
+    first = today - timedelta(days=UNREPORTED_LOOKBACK_DAYS)
+    p.update(first=first, yesterday=today - timedelta(days=1),
+             start=day_bounds(first)[0], end=day_bounds(today)[0])  # fmt: skip
+    reported = await _rows(conn, f"""
+        SELECT f.code, array_agg(DISTINCT d.day) FROM frontier f JOIN asic_document d
+          ON d.frontier_id = f.id AND d.role = 'principal' AND d.day BETWEEN %(first)s
+         AND %(yesterday)s AND d.state IN ('success', 'success_warning')
+        WHERE {_SCOPE} GROUP BY f.code""", p)  # fmt: skip
+    ok_days = {code: set(days) for code, days in reported}
+    wanted = {first + timedelta(days=n) for n in range(UNREPORTED_LOOKBACK_DAYS)}
+    for code, a in out.items():
+        missing = sorted(wanted - ok_days.get(code, set()))
+        if missing:
+            days = ", ".join(map(date.isoformat, missing))
+            a.fail("reporting", f"{len(missing)} of the last {UNREPORTED_LOOKBACK_DAYS} days "
+                   f"not accepted by the ASIC: {days}")  # fmt: skip
+    estimated = await _rows(conn, f"""
+        SELECT f.code, count(*) FROM frontier f JOIN settled_reading s ON s.frontier_id = f.id
+         AND s.channel = 1 AND s.source = 'estimate'
+         AND s.interval_start >= %(start)s AND s.interval_start < %(end)s
+        WHERE {_SCOPE} GROUP BY f.code HAVING count(*) > {ESTIMATED_HOURS_LIMIT}""", p)  # fmt: skip
+    for code, n in estimated:
+        out[code].fail("reporting", f"{n} estimated hours in the last {UNREPORTED_LOOKBACK_DAYS}"
+                       f" days (limit {ESTIMATED_HOURS_LIMIT})")  # fmt: skip
+    return list(out.values())

@@ -1,0 +1,135 @@
+"""``cgm audit``: a fleet with one planted violation per frontier, each found with its
+evidence, and a compliant frontier that passes every check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+
+from cgm import failures, hoja_de_vida
+from cgm.cli import main
+from cgm.compliance_audit import audit
+from cgm.localtime import hour_starts, local_day
+
+from .test_table5 import cli_db  # noqa: F401 - the fixture
+
+NOW = datetime.now(UTC)
+TODAY = local_day(NOW)
+
+
+async def _frontier(c: psycopg.AsyncConnection, code: str, **over: object) -> None:
+    """A compliant type-3 frontier; ``over`` plants one violation."""
+    cur = await c.execute(
+        """INSERT INTO frontier (code, name, kind, voltage_level, point_type, operation_start)
+           VALUES (%s, 't', 'commercialisation', 2, %s, %s) RETURNING id""",
+        (code, over.get("point_type", 3), over.get("since", TODAY - timedelta(days=400))),
+    )
+    (fid,) = await cur.fetchone()
+    cur = await c.execute(
+        """INSERT INTO meter (frontier_id, serial, role, protocol, primary_host, primary_port,
+                              accuracy_active, accuracy_reactive)
+           VALUES (%s, %s, 'principal', 'dlms', 'h', 1, %s, '2') RETURNING id""",
+        (fid, f"M{code}", over.get("accuracy", "0.5S")),
+    )
+    (mid,) = await cur.fetchone()
+    await c.execute(
+        """INSERT INTO meter_health (meter_id, clock_offset_s, last_success, config_findings)
+           VALUES (%s, %s, %s, %s)""",
+        (mid, over.get("offset", 1.5), NOW - timedelta(hours=1), over.get("findings", [])),
+    )
+    for level in over.get("levels", (1, 2)):
+        await c.execute("INSERT INTO meter_credential (meter_id, level, secret_enc) "
+                        "VALUES (%s, %s, %s)", (mid, level, bytes([level]) * 16))  # fmt: skip
+    add = hoja_de_vida.add_entry
+    for kind, cls in (("ct", over.get("ct_class", "0.5S")), ("vt", "0.5")):
+        serial = f"{kind}{code}"
+        await add(c, frontier=code, section="equipment", entry_date=TODAY,
+                  data={"kind": kind, "serial": serial, "phase": "A", "accuracy_class": cls},
+                  actor="t")  # fmt: skip
+        if not (kind == "ct" and over.get("uncalibrated")):
+            await add(c, frontier=code, section="calibration", entry_date=TODAY,
+                      data={"element_serial": serial, "laboratory": "L", "certificate": "C",
+                            "result": "ok"}, actor="t")  # fmt: skip
+    await add(c, frontier=code, section="calibration", entry_date=TODAY,
+              data={"element_serial": f"M{code}", "laboratory": "L", "certificate": "C",
+                    "result": "ok"}, actor="t")  # fmt: skip
+    if not over.get("no_maintenance"):
+        await add(c, frontier=code, section="maintenance", entry_date=TODAY - timedelta(days=30),
+                  data={"status": "done", "description": "x"}, actor="t")  # fmt: skip
+    for n in range(1, 8):
+        day = TODAY - timedelta(days=n)
+        if day == over.get("unreported"):
+            continue
+        await c.execute(
+            """INSERT INTO asic_document (frontier_id, meter_id, role, day, file_name, kind,
+                   content, content_hash, settled_version, state)
+               VALUES (%s, %s, 'principal', %s, 'x', 'original', '{}', %s, 1, 'success')""",
+            (fid, mid, day, f"{code}{day}"),
+        )
+    for k in range(over.get("estimated", 0)):
+        day = TODAY - timedelta(days=1 + k // 24)
+        await c.execute(
+            """INSERT INTO settled_reading (frontier_id, channel, interval_start, value, source,
+                                            method) VALUES (%s, 1, %s, 1, 'estimate', 'x')""",
+            (fid, hour_starts(day)[k % 24]),
+        )
+    for k in range(over.get("failures", 0)):
+        at = NOW - timedelta(days=10 * (k + 1))
+        eid, _ = await failures.open_event(c, frontier=code, element="ct", kind="failure",
+                                           started_at=at, description="x", actor="t")  # fmt: skip
+        await failures.close_event(c, eid, ended_at=at + timedelta(hours=1), note="x", actor="t")
+
+
+PLANTED: dict[str, tuple[dict[str, object], str, str]] = {
+    # code: (violation, check that must fail, text its evidence must contain)
+    "Frt100": ({"point_type": 2, "accuracy": "0.2S"}, "backup_meter", "requires a backup"),
+    "Frt101": ({"accuracy": "1"}, "table2_classes", "active class 1 below 0.5S"),
+    "Frt102": ({"ct_class": "1"}, "table2_classes", "CT ctFrt102: class 1 below 0.5S"),
+    "Frt103": ({"offset": -75.0}, "clock", "offset -75.0 s beyond the 60 s limit"),
+    "Frt104": ({"findings": ["capture period 900 s, expected 3600 s"]}, "capture_and_memory",
+               "capture period 900 s"),
+    "Frt105": ({"levels": (1,)}, "access_levels", "levels [1], need 1 and 2"),
+    "Frt106": ({"since": date(2015, 1, 1), "no_maintenance": True}, "maintenance_calibration",
+               "maintenance overdue since 2019-01-01"),
+    "Frt107": ({"uncalibrated": True}, "maintenance_calibration",
+               "ct ctFrt107: no calibration certificate"),
+    "Frt108": ({"since": date(2015, 1, 1), "failures": 3}, "table5_failures",
+               "3 failures in 12 months, Table 5 limit 2"),
+    "Frt109": ({"unreported": TODAY - timedelta(days=3)}, "reporting",
+               f"1 of the last 7 days not accepted by the ASIC: {TODAY - timedelta(days=3)}"),
+    "Frt110": ({"estimated": 80}, "reporting", "80 estimated hours in the last 7 days"),
+}
+
+
+def test_audit_finds_every_planted_violation(cli_db: str, capsys) -> None:  # noqa: F811
+    async def build() -> list:
+        async with await psycopg.AsyncConnection.connect(cli_db, autocommit=True) as c:
+            await _frontier(c, "Frt1")
+            for code, (over, _, _) in PLANTED.items():
+                await _frontier(c, code, **over)
+            return await audit(c, now=NOW)
+
+    results = {r.code: r for r in asyncio.run(build())}
+    good = results["Frt1"]
+    assert good.ok, dict(good.failures)
+    for code, (_, check, evidence) in PLANTED.items():
+        r = results[code]
+        assert set(r.failures) == {check}, (code, dict(r.failures))
+        assert any(evidence in e for e in r.failures[check]), (code, r.failures[check])
+
+    assert main(["audit", "--json"]) == 1  # something fails: exit 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["frontiers"] == 12 and report["failed"] == 11
+    assert report["audit_chain"]["ok"] is True
+    by = {r["frontier"]: r for r in report["results"]}
+    assert by["Frt103"]["checks"]["clock"] == {
+        "ok": False, "evidence": ["MFrt103: offset -75.0 s beyond the 60 s limit"]}  # fmt: skip
+    assert main(["audit", "check", "--frontier", "Frt1"]) == 0
+    text = capsys.readouterr().out
+    assert "Frt1  PASS" in text and "audit chain  PASS" in text
+    assert main(["audit", "--frontier", "Frt105"]) == 1
+    assert "FAIL access_levels: MFrt105: credentials for levels [1]" in capsys.readouterr().out
+    assert main(["audit", "--frontier", "Frt999"]) == 2  # unknown: a clear error
