@@ -78,13 +78,17 @@ async def current_user(
     in the OpenAPI description; the header is read by the authenticator itself)."""
     auth: Authenticator = request.app.state.auth
     try:
-        return await auth.user(request.scope, request.headers.get("authorization"))
+        user = await auth.user(request.scope, request.headers.get("authorization"))
     except Refused as exc:
         raise HTTPException(
             exc.status,
             exc.message,
             headers={k.decode(): v.decode() for k, v in refusal_headers(exc)},
         ) from None
+    from cgm.api.portal import refuse_outside_portal  # the portal router imports this module
+
+    await refuse_outside_portal(request, user)
+    return user
 
 
 async def level2_user(
@@ -497,6 +501,9 @@ def create_app(
     app.state.db_url, app.state.pool, app.state.settings = db_url, pool, settings
     app.state.auth = Authenticator(pool)
     app.include_router(router)
+    from cgm.api.portal import router as portal_router
+
+    app.include_router(portal_router)
 
     @app.get("/healthz", summary="Liveness: database reachable, scheduler running (no auth)")
     async def healthz() -> JSONResponse:
