@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=0, le=65535)
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # larger bodies: 413
 
+    # --- Consumption portal: where validated daily consumption is pushed (cgm.portal) ---
+    # No URL: nothing is pushed (``cgm portal push`` says so).
+    portal_push_url: str | None = None
+    portal_push_token: SecretStr | None = Field(default=None, repr=False)  # Bearer, optional
+    portal_push_attempts: int = Field(default=5, ge=1, le=20)
+    portal_push_timeout_s: float = Field(default=10.0, gt=0)
+
     # --- ASIC: automatic daily report of readings (cgm.reporting) ------------------------
     # Every deadline and window below is configuration, not a constant; each has a note of
     # its source. Defaults marked "to confirm" are operating choices awaiting the exact

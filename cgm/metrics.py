@@ -103,3 +103,18 @@ VEE_PROLONGED_ALARMS = Counter(
     "cgm_vee_prolonged_estimation_alarms_total",
     "Channels estimated for longer than the configured limit (alarm in the hoja de vida)",
 )
+PORTAL_PUSHES = Counter(
+    "cgm_portal_pushes_total",
+    "Daily consumption pushes to the consumption portal, by outcome "
+    "(delivered, rejected, pending = not delivered after the retries)",
+    ["result"],
+)
+PORTAL_PUSH_FAILURES = Counter(
+    "cgm_portal_push_failures_total",
+    "Failed push attempts to the consumption portal: transient (retried) or rejected",
+    ["kind"],
+)
+PORTAL_PUSH_LAG = Gauge(
+    "cgm_portal_push_lag_seconds",
+    "Seconds from the end of the last day delivered to the portal until its delivery",
+)

@@ -4,6 +4,7 @@
     cgm portal list [--json]
     cgm portal change-owner --company C --client-number N --to UNIT --reason "..." --user ADMIN
     cgm portal add-unit-user NAME --unit CODE --user ADMIN   (password from --new-password-env)
+    cgm portal push --day 2026-11-20 [--meter N]; cgm portal deliveries --day 2026-11-20
 
 Writes authenticate as a level-2 user of the service, as ``cgm vee edit`` does. An import is
 all or nothing and reports every problem at its ``file:line``.
@@ -16,6 +17,7 @@ import asyncio
 import getpass
 import json
 from collections.abc import Awaitable, Callable
+from datetime import date
 from typing import Any
 
 import psycopg
@@ -50,6 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     own.add_argument("--to", required=True, metavar="UNIT")
     own.add_argument("--reason", required=True)
     own.set_defaults(func=_change_owner)
+
+    push = psub.add_parser("push", help="push a day's validated consumption to the portal")
+    push.add_argument("--day", required=True, type=date.fromisoformat, help="local day")
+    push.add_argument("--meter", help="only this portal meter")
+    push.set_defaults(func=_push)
+
+    dl = psub.add_parser("deliveries", help="what was pushed for a day and what the portal said")
+    dl.add_argument("--day", required=True, type=date.fromisoformat)
+    dl.add_argument("--meter")
+    dl.set_defaults(func=_deliveries)
 
     uu = writer("add-unit-user", "a level-1 user that reads for one unit only (the portal)")
     uu.add_argument("name")
@@ -158,4 +170,48 @@ def _add_unit_user(args: argparse.Namespace) -> int:
     except (PortalError, UserError) as exc:
         raise CommandError(str(exc)) from None
     print(f"user {args.name} reads for unit {args.unit}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from cgm.portal.push import push_day
+
+    settings = get_settings()
+    if not settings.portal_push_url:
+        raise CommandError("set CGM_PORTAL_PUSH_URL (the portal's endpoint for daily pushes)")
+    token = settings.portal_push_token.get_secret_value() if settings.portal_push_token else None
+
+    async def go() -> Any:
+        async with await psycopg.AsyncConnection.connect(current_url(settings)) as conn:
+            return await push_day(
+                conn, settings.portal_push_url, args.day, meter=args.meter,
+                attempts=settings.portal_push_attempts,
+                timeout_s=settings.portal_push_timeout_s, token=token,
+            )  # fmt: skip
+
+    s = asyncio.run(go())
+    print(
+        f"portal push {s.day}: {s.delivered} delivered, {s.unchanged} unchanged, "
+        f"{len(s.incomplete)} incomplete, {len(s.failed)} not delivered (retried next run), "
+        f"{len(s.rejected)} rejected"
+    )
+    for what, meters in (("incomplete", s.incomplete), ("not delivered", s.failed),
+                         ("rejected", s.rejected)):  # fmt: skip
+        if meters:
+            print(f"  {what}: {', '.join(meters)}")
+    return 1 if s.failed or s.rejected else 0
+
+
+def _deliveries(args: argparse.Namespace) -> int:
+    from cgm.portal.push import delivery_log
+
+    async def go() -> Any:
+        async with await psycopg.AsyncConnection.connect(current_url(get_settings())) as conn:
+            return await delivery_log(conn, args.day, args.meter)
+
+    for e in asyncio.run(go()):
+        print(
+            f"{e['meter']} v{e['version']} {e['state']} attempts {e['attempts']} "
+            f"last HTTP {e['last_status']} {e['last_error'] or ''} key {e['idempotency_key']}"
+        )
     return 0
