@@ -18,6 +18,7 @@ from cgm.api.guard import API
 from cgm.portal import store
 from cgm.portal.access import unit_of
 from cgm.portal.consumption import MAX_DAYS, Resolution, consumption, find_meter
+from cgm.portal.status import status_report
 from cgm.security import users
 
 PREFIX = f"{API}/portal"
@@ -89,3 +90,13 @@ async def meter_consumption(
             return await consumption(conn, meter, start, end, resolution)
         except LookupError as exc:
             raise HTTPException(409, str(exc)) from None
+
+
+@router.get("/status", summary="Units reporting or not (with justification), the indicator set")
+async def status(request: Request, user: Reader, start: Day, end: Day) -> dict[str, Any]:
+    if end < start:
+        raise HTTPException(422, "end must not be before start")
+    async with request.app.state.pool.connection() as conn:
+        if await unit_of(conn, user) is not None:
+            raise HTTPException(403, "the status report is for the service's users, not a unit's")
+        return await status_report(conn, start, end)

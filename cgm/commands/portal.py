@@ -63,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     dl.add_argument("--meter")
     dl.set_defaults(func=_deliveries)
 
+    st = psub.add_parser("status", help="units reporting or not, totals, the indicator set")
+    st.add_argument("--start", required=True, type=date.fromisoformat, help="first local day")
+    st.add_argument("--end", required=True, type=date.fromisoformat, help="last local day")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_status)
+
     uu = writer("add-unit-user", "a level-1 user that reads for one unit only (the portal)")
     uu.add_argument("name")
     uu.add_argument("--unit", required=True)
@@ -214,4 +220,26 @@ def _deliveries(args: argparse.Namespace) -> int:
             f"{e['meter']} v{e['version']} {e['state']} attempts {e['attempts']} "
             f"last HTTP {e['last_status']} {e['last_error'] or ''} key {e['idempotency_key']}"
         )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cgm.portal.status import status_report
+
+    async def go() -> dict[str, Any]:
+        async with await psycopg.AsyncConnection.connect(current_url(get_settings())) as conn:
+            return await status_report(conn, args.start, args.end)
+
+    r = asyncio.run(go())
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    t = r["totals"]
+    print(
+        f"{r['first_day']}..{r['last_day']}: {t['units_loaded']} units loaded, "
+        f"{t['units_reporting']} reporting, {t['units_not_reporting']} not reporting "
+        f"({t['not_reporting_justified']} justified), indicator set {t['indicator_set']}"
+    )
+    for n in r["not_reporting"]:
+        print(f"  {n['unit']} {n['institution']} / {n['service']}: {n['will_report']}")
     return 0
