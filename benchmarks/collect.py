@@ -64,13 +64,23 @@ def drop_db(server: str, name: str) -> None:
 
 
 def start_simulators(
-    n: int, per_port: int, out: Path, mix: str | None, mqtt_url: str
+    n: int,
+    per_port: int,
+    out: Path,
+    mix: str | None,
+    mqtt_url: str,
+    latency: tuple[float, float] = (0.0, 0.0),
 ) -> subprocess.Popen:
     log_path = out.with_suffix(".log")
     log = log_path.open("w")
     proc = subprocess.Popen(
         [
             sys.executable,
+            *(
+                ["-m", "cProfile", "-o", os.environ["CGM_BENCH_SIM_PROFILE"]]
+                if os.environ.get("CGM_BENCH_SIM_PROFILE")
+                else []
+            ),
             "-m",
             "cgm.cli",
             "simulate",
@@ -83,6 +93,7 @@ def start_simulators(
             "--out",
             str(out),
             *(["--mix", mix] if mix else []),
+            *(["--latency", str(latency[0]), "--jitter", str(latency[1])] if any(latency) else []),
             *([] if mqtt_url == "embedded" else ["--mqtt-url", mqtt_url]),
         ],
         cwd=out.parent,
@@ -183,6 +194,7 @@ async def measure(
     mix: str | None = None,
     mqtt_url: str = "embedded",
     since_hours: int = 2,
+    latency: tuple[float, float] = (0.0, 0.0),
 ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="cgm-bench-"))
     name, url = scratch_db(server)
@@ -190,7 +202,7 @@ async def measure(
     try:
         upgrade(url, Settings(database_url=url))
         t0 = time.perf_counter()
-        sim = start_simulators(n, per_port, work / "fleet.yaml", mix, mqtt_url)
+        sim = start_simulators(n, per_port, work / "fleet.yaml", mix, mqtt_url, latency)
         started = time.perf_counter() - t0
         box = secret_box(Settings(database_url=url, data_dir=work))
         with psycopg.connect(url) as conn:
@@ -297,6 +309,15 @@ def main() -> None:
         help="each meter's store stops this many hours ago: 2 is the steady state (one new "
         "hour); 720 is a 30-day catch-up",
     )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds each simulated meter waits before every answer (cgm simulate --latency)",
+    )
+    parser.add_argument(
+        "--jitter", type=float, default=0.0, help="up to this much more, at random, per answer"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("URL", "DATA_DIR"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--database-url",
@@ -326,6 +347,7 @@ def main() -> None:
                 args.mix,
                 args.mqtt_url,
                 args.since_hours,
+                (args.latency, args.jitter),
             )
         )
         print(" ".join(f"{k}={v}" for k, v in result.items()), flush=True)

@@ -296,7 +296,8 @@ class MeterSession(ABC):
     async def close(self) -> None:
         """Release the association and close the connection; never raises."""
         try:
-            await asyncio.wait_for(self._close(), self.timeout)
+            async with asyncio.timeout(self.timeout):  # no task per close, as in _call
+                await self._close()
         except Exception:  # noqa: BLE001 - closing must not mask the real outcome
             pass
 

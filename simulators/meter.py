@@ -19,6 +19,7 @@ interval's value still depends only on (seed, interval) and never on what was as
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,9 @@ class Faults:
     """Faults injected into one meter. Mutable so that tests can change them live."""
 
     latency: float = 0.0  # seconds added before every answer
+    # Up to this many seconds more, uniformly at random per answer: a GPRS/4G link's round
+    # trip varies (0.3-2 s is latency=0.3, jitter=1.7).
+    jitter: float = 0.0
     no_answer: bool = False
     drop_after_requests: int | None = None  # drop the connection after N answered requests
     corrupt_next: int = 0  # damage the next N answers
@@ -69,8 +73,8 @@ class Faults:
 
     async def before_answer(self, answered_in_session: int) -> FaultAction:
         """Apply latency and decide the fate of the next answer (consumes ``corrupt_next``)."""
-        if self.latency:
-            await asyncio.sleep(self.latency)
+        if self.latency or self.jitter:
+            await asyncio.sleep(self.latency + self.jitter * random.random())
         if self.no_answer:
             return FaultAction.SILENT
         if self.drop_after_requests is not None and answered_in_session >= self.drop_after_requests:

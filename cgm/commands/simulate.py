@@ -39,6 +39,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="mixed: DLMS meters in turn LLS, HLS, HLS-GMAC and HLS over HDLC at level 2",
     )
     p.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="seconds every meter waits before each answer (a GPRS/4G round trip)",
+    )
+    p.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="up to this many seconds more per answer, at random (--latency .3 --jitter 1.7: "
+        "0.3-2 s round trips)",
+    )
+    p.add_argument(
         "--mqtt-url", help="broker for MQTT meters (default: CGM_MQTT_URL or an in-process broker)"
     )
     p.set_defaults(func=_simulate)
@@ -50,6 +65,11 @@ async def run_simulation(args: argparse.Namespace, stop: asyncio.Event) -> None:
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     fleet = build_fleet(args.frontiers, seed=args.seed, mix=mix, dlms_variants=args.dlms_variants)
+    latency, jitter = getattr(args, "latency", 0.0), getattr(args, "jitter", 0.0)
+    if latency < 0 or jitter < 0:
+        raise CommandError("--latency and --jitter must be 0 or more seconds")
+    for _, meter in fleet.meters():
+        meter.faults.latency, meter.faults.jitter = latency, jitter
     broker = None
     url = args.mqtt_url or get_settings().mqtt_url
     mqtt = None
