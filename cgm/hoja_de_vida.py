@@ -24,7 +24,7 @@ from cgm.frontier_log import LEVEL2_ACCESS
 
 
 class _Entry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Equipment(_Entry):
@@ -133,6 +133,8 @@ def validate(section: str, data: dict[str, Any]) -> dict[str, Any]:
                          for e in exc.errors())  # fmt: skip
         raise EntryError(f"{section}: {errs}") from None
     out = entry.model_dump(exclude_none=True)
+    if any(isinstance(v, str) and ("\x00" in v or len(v) > 2000) for v in out.values()):
+        raise EntryError(f"{section}: text fields must be under 2000 characters, without NUL")
     if isinstance(entry, CableError):
         out["result"] = cable_error(entry)
     return out

@@ -504,6 +504,9 @@ def create_app(
     from cgm.api.portal import router as portal_router
 
     app.include_router(portal_router)
+    from cgm.api.hoja import router as hoja_router  # imports this module's dependencies
+
+    app.include_router(hoja_router)
 
     @app.get("/healthz", summary="Liveness: database reachable, scheduler running (no auth)")
     async def healthz() -> JSONResponse:
