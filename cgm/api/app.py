@@ -507,6 +507,9 @@ def create_app(
     from cgm.api.hoja import router as hoja_router  # imports this module's dependencies
 
     app.include_router(hoja_router)
+    from cgm.api.portal_page import router as portal_page
+
+    app.include_router(portal_page)
 
     @app.get("/healthz", summary="Liveness: database reachable, scheduler running (no auth)")
     async def healthz() -> JSONResponse:

@@ -364,3 +364,13 @@ async def list_units(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
             "street_number", "surface_m2", "client_numbers", "meters_owned",
             "meters_associated")  # fmt: skip
     return [dict(zip(keys, r, strict=True)) for r in await cur.fetchall()]
+
+
+async def lookup_client_number(
+    conn: psycopg.AsyncConnection, company: str, number: str
+) -> dict[str, Any] | None:
+    """Is this company + client number registered? By which unit, with which meters."""
+    found = await _client(conn, company, number)
+    if found is None:
+        return None
+    return {"owner": found[2], "meters": await _client_meters(conn, found[0])}

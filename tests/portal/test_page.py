@@ -1,0 +1,113 @@
+"""The portal page: server-rendered HTML (no JavaScript), checked over HTTP and end to end in
+headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium) with
+screenshots kept under ``tests/artifacts/portal/``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cgm.api.server import ApiThread, _bind
+from cgm.config import Settings
+from tests.api.conftest import PASSWORD, client, make_user, pool  # noqa: F401
+from tests.portal.test_api import DAY, _setup
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "portal"
+
+
+async def test_page_over_http(
+    db_url: str,
+    client: httpx.AsyncClient,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    s = await _setup(db_url, tmp_path)
+    q = {"view": "day", "day": DAY.isoformat()}
+    r = await client.get("/api/v1/portal/page", params=q, auth=(s["names"]["other"], PASSWORD))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert "<script" not in html
+    assert s["m1"] in html and "associated" in html and s["m2"] not in html
+    assert html.count('class="estimated"') == 1 and html.count('class="measured"') == 23
+    assert "estimated 1 h" in html and 'id="status-totals"' not in html
+    # Another unit's meter, or another unit's page: 403.
+    r = await client.get(
+        "/api/v1/portal/page",
+        params={**q, "meter": s["m2"]},
+        auth=(s["names"]["other"], PASSWORD),
+    )
+    assert r.status_code == 403
+    # The association lookup tells who owns the client number and its meters.
+    cur = s["owner"]["client_numbers"][0]
+    r = await client.get(
+        "/api/v1/portal/page",
+        params={**q, "company": "chilquinta", "client_number": cur["number"]},
+        auth=(s["names"]["stranger"], PASSWORD),
+    )
+    assert f"Already registered by unit {s['owner']['code']}" in r.text and s["m1"] in r.text
+    # A service user sees the status report.
+    name, pw = await make_user(db_url, 1)
+    r = await client.get("/api/v1/portal/page", params=q, auth=(name, pw))
+    assert 'id="status-totals"' in r.text and 'id="units"' in r.text
+
+
+def _browser() -> tuple[str, str]:
+    chrome = shutil.which("chromium")
+    driver = shutil.which("chromedriver")
+    if not (chrome and driver):
+        pytest.fail("install Debian's chromium and chromium-driver for the browser test")
+    return chrome, driver
+
+
+async def test_page_in_headless_chromium(db_url: str, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+    from selenium.webdriver.common.by import By
+
+    chrome, driver_path = _browser()
+    s = await _setup(db_url, tmp_path)
+    api = ApiThread(db_url, Settings(database_url=db_url), _bind("127.0.0.1", 0), None)
+    await api.start()
+    port = api.sock.getsockname()[1]
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1000,1100"):  # fmt: skip
+        opts.add_argument(arg)
+    browser = webdriver.Chrome(service=DriverService(driver_path), options=opts)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        import base64
+
+        token = base64.b64encode(f"{s['names']['owner']}:{PASSWORD}".encode()).decode()
+        browser.execute_cdp_cmd("Network.enable", {})
+        browser.execute_cdp_cmd(
+            "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
+        )
+        base = f"http://127.0.0.1:{port}/api/v1/portal/page"
+        browser.get(f"{base}?view=day&day={DAY.isoformat()}")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#meters tr")
+        assert len(rows) == 3  # header + the two meters the owner has
+        est = browser.find_elements(By.CSS_SELECTOR, "#chart rect.estimated")
+        assert len(est) == 1 and est[0].size["height"] > 0
+        assert "estimated 1 h" in browser.find_element(By.ID, "totals").text
+        browser.save_screenshot(str(ARTIFACTS / "day.png"))
+        # Navigation by link: the month view, days as bars, the estimated part on day 10.
+        browser.find_element(By.LINK_TEXT, "month").click()
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chart rect.estimated")) == 1
+        assert "month of" in browser.find_element(By.CSS_SELECTOR, "h2:nth-of-type(2)").text
+        browser.save_screenshot(str(ARTIFACTS / "month.png"))
+        # The association lookup, through the form.
+        number = s["owner"]["client_numbers"][0]["number"]
+        browser.find_element(By.NAME, "company").send_keys("Chilquinta")
+        browser.find_element(By.NAME, "client_number").send_keys(number)
+        browser.find_element(By.CSS_SELECTOR, "#lookup button").click()
+        text = browser.find_element(By.ID, "lookup-result").text
+        assert f"Already registered by unit {s['owner']['code']}" in text
+        browser.save_screenshot(str(ARTIFACTS / "lookup.png"))
+    finally:
+        browser.quit()
+        await api.stop()
+    assert (ARTIFACTS / "day.png").stat().st_size > 1000
