@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     # level after 3 to 5 wrong passwords); a new secret in the registry starts afresh.
     collect_stale_after_s: float = Field(default=90.0, gt=0)
     collect_max_wrong_passwords_per_day: int = Field(default=3, ge=1)
+    # Clock synchronisation (art. 16). The level-2 user accountable for the collector's
+    # automatic clock sets (an active level-2 user of `cgm user`); unset, no clock is set
+    # and a clock past its target raises an alarm instead.
+    collect_accountable_user: str | None = None
+    # Correct past this fraction of the limit, and only count a set whose re-read is inside.
+    clock_target_fraction: float = Field(default=1 / 3, gt=0, le=1)
+    # Official time: NTP servers ("host" or "host:port") the host is checked against before
+    # any meter is set, and the largest host offset accepted. Set these to the INM's
+    # (Colombia's legal time) or your own stratum-1/2 servers.
+    clock_reference_servers: list[str] = Field(default_factory=lambda: ["co.pool.ntp.org"])
+    clock_reference_max_offset_s: float = Field(default=0.5, gt=0)
+    clock_reference_timeout_s: float = Field(default=2.0, gt=0)
 
     # HTTP: Prometheus metrics and the API (0 disables).
     metrics_port: int = Field(default=9464, ge=0, le=65535)

@@ -24,12 +24,20 @@ async def clock_corrections(
     meter_ids: Sequence[int],
     start: datetime,
     end: datetime | None = None,
-) -> list[tuple[int, datetime]]:
-    """(meter_id, when) of clock corrections of these meters in [start, end)."""
+) -> list[tuple[int, datetime, datetime]]:
+    """(meter_id, from, when) of large clock corrections of these meters — a set made on a
+    clock past its limit (art. 16) — whose span [when - |offset before|, when] meets
+    [start, end): the meter stamped every interval in that span with the wrong time."""
     cur = await conn.execute(
-        """SELECT meter_id, at FROM frontier_log
-           WHERE kind = %s AND purpose = %s AND meter_id = ANY(%s)
-             AND at >= %s AND (%s::timestamptz IS NULL OR at < %s)""",
+        """SELECT meter_id, at - make_interval(secs => abs(off)), at
+           FROM (SELECT meter_id, at,
+                        coalesce((activities->>'offset_before_s')::float8, 0) AS off,
+                        (activities->>'limit_s')::float8 AS lim,
+                        activities ? 'set_to' AND activities->>'set_to' IS NULL AS unset
+                 FROM frontier_log
+                 WHERE kind = %s AND purpose = %s AND meter_id = ANY(%s) AND at >= %s) c
+           WHERE NOT unset AND (lim IS NULL OR abs(off) > lim)
+             AND (%s::timestamptz IS NULL OR at - make_interval(secs => abs(off)) < %s)""",
         (LEVEL2_ACCESS, CLOCK_SYNC, list(meter_ids), start, end, end),
     )
     return list(await cur.fetchall())

@@ -25,6 +25,10 @@ CLOCK_OFFSET = Gauge(
 CLOCK_CORRECTIONS = Counter(
     "cgm_clock_corrections_total", "Clock corrections attempted, by result", ["result"]
 )
+CLOCK_REFERENCE_OK = Gauge(
+    "cgm_clock_reference_ok",
+    "1 when the CGM's own clock was last shown to be on official time (meters may be set)",
+)
 INTERVALS_STORED = Counter(
     "cgm_intervals_stored_total", "Reading values stored (new or new version)", ["protocol"]
 )

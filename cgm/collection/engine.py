@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -34,6 +35,8 @@ from cgm.collection.link import CONNECT_OPTIONS, Link, retrying
 from cgm.collection.plausibility import HourlyLimit, hourly_limit
 from cgm.collection.session import MeterOutcome, SessionPolicy, interrogate
 from cgm.collection.steady import pushed_recently
+from cgm.collection.timeref import ReferenceConfig, check_reference_async
+from cgm.config import Settings
 from cgm.frontier_log import ALARM, CLOCK_SYNC, CONFIG_VIOLATION, LEVEL2_ACCESS, clock_corrections
 from cgm.registry import MeterConfig, active_meters_async
 from cgm.security import SecretBox
@@ -57,7 +60,19 @@ class EngineConfig:
     stale_after: timedelta = timedelta(seconds=90)
     claim_batch: int = 512
     write_batch: int = 256
-    actor: str = "collector"
+    actor: str = "collector"  # names the collector in alarms and findings it records
+    # The service user accountable for automatic level-2 accesses (art. 17: every level-2
+    # access names who is responsible). None: no automatic level-2 access at all — a clock
+    # past its target raises an alarm instead of being set.
+    accountable: str | None = None
+    # A clock is corrected once |offset| passes this fraction of its limit, and a correction
+    # counts only when the re-read offset is inside it (art. 16: never reach the limit).
+    clock_target_fraction: float = 1 / 3
+    # The CGM's own clock against official time before any meter is set (None: not checked,
+    # for tools and tests that set no clocks against the real world).
+    reference: ReferenceConfig | None = None
+    # A meter in failure backoff is still attempted (a clock check) this often.
+    clock_check_every: timedelta = timedelta(days=1)
     # Backoff across cycles for a meter that keeps failing: after ``backoff_after`` failures
     # in a row, wait 2^(n - backoff_after) hours (capped) before the next attempt.
     backoff_after: int = 3
@@ -85,6 +100,7 @@ class CycleSummary:
     intervals_refused: int = 0  # values set aside before storage, with a reason
     clocks_corrected: int = 0
     clock_corrections_failed: int = 0
+    clock_reference: str | None = None  # why clocks may not be set this cycle (None: they may)
     config_findings: int = 0
     unstored: int = 0  # outcomes that could not be stored (their claims are released)
     claims_released: int = 0
@@ -105,12 +121,26 @@ class CycleSummary:
             "intervals_refused": self.intervals_refused,
             "clocks_corrected": self.clocks_corrected,
             "clock_corrections_failed": self.clock_corrections_failed,
+            "clock_reference": self.clock_reference,
             "config_findings": self.config_findings,
             "unstored": self.unstored,
             "claims_released": self.claims_released,
             "errors": self.errors,
             "seconds": round(self.seconds, 3),
         }
+
+
+def clock_options(settings: Settings) -> dict[str, Any]:
+    """EngineConfig's clock fields from the service settings (run and collect share it)."""
+    return {
+        "accountable": settings.collect_accountable_user,
+        "clock_target_fraction": settings.clock_target_fraction,
+        "reference": ReferenceConfig(
+            servers=tuple(settings.clock_reference_servers),
+            max_offset_s=settings.clock_reference_max_offset_s,
+            timeout_s=settings.clock_reference_timeout_s,
+        ),
+    }
 
 
 def current_cycle(now: datetime | None = None) -> datetime:
@@ -136,6 +166,7 @@ class Collector:
         self._endpoint_locks: dict[tuple[str, int] | tuple[str, str], asyncio.Semaphore] = {}
         self._active: set[datetime] = set()  # cycles running now in this collector
         self._locked: dict[int, set[int]] = {}  # meter -> access levels not to present now
+        self._clock_block: str | None = None  # why no clock may be set in this cycle
 
     async def run_cycle(
         self,
@@ -174,6 +205,9 @@ class Collector:
                 summary.skipped_auth = len(locked_out)
                 by_id = {t.meter_id: t for t in due if t not in locked_out}
                 since = await self._since(conn, list(by_id))
+                if by_id:
+                    self._clock_block = await self._clock_block_reason(conn)
+                    summary.clock_reference = self._clock_block
             summary.meters = len(by_id)
             if by_id:
                 self._active.add(cycle)
@@ -190,6 +224,32 @@ class Collector:
         metrics.CYCLE_SECONDS.set(summary.seconds)
         metrics.METERS_BACKED_OFF.set(summary.skipped_backoff)
         return summary
+
+    async def _clock_block_reason(self, conn: psycopg.AsyncConnection) -> str | None:
+        """Why no meter clock may be set this cycle: nobody accountable for the level-2
+        access (unset, unknown, disabled or level 1), or the CGM's own clock not shown to
+        be on official time."""
+        who = self.config.accountable
+        if who is None:
+            return (
+                "no accountable user configured for automatic level-2 access "
+                "(CGM_COLLECT_ACCOUNTABLE_USER)"
+            )
+        cur = await conn.execute("SELECT level, active FROM app_user WHERE username = %s", (who,))
+        row = await cur.fetchone()
+        await conn.commit()
+        if row is None or row != (2, True):
+            return f"accountable user {who!r} is not an active level-2 user"
+        if self.config.reference is None:
+            return None
+        check = await check_reference_async(self.config.reference)
+        if check.ok:
+            log.info("clock reference: %s", check.detail)
+            metrics.CLOCK_REFERENCE_OK.set(1)
+            return None
+        log.error("meter clocks will not be set: %s", check.detail)
+        metrics.CLOCK_REFERENCE_OK.set(0)
+        return f"CGM clock not on official time: {check.detail}"
 
     async def _release_earlier(self, conn: psycopg.AsyncConnection) -> None:
         """Release this collector's unfinished claims of cycles it no longer runs (a cycle
@@ -212,10 +272,16 @@ class Collector:
     ) -> list[MeterConfig]:
         if force or not targets:
             return targets
+        # Backoff never keeps a meter unread (its clock unchecked) past clock_check_every;
+        # an hour less, so the hourly cycle that reaches it is not the one after.
         cur = await conn.execute(
             """SELECT meter_id FROM meter_health
-               WHERE meter_id = ANY(%s) AND next_attempt_at > now()""",
-            ([t.meter_id for t in targets],),
+               WHERE meter_id = ANY(%s) AND next_attempt_at > now()
+                 AND last_attempt > now() - %s""",
+            (
+                [t.meter_id for t in targets],
+                max(HOUR, self.config.clock_check_every - HOUR),
+            ),
         )
         waiting = {r[0] for r in await cur.fetchall()}
         summary.skipped_backoff = len(waiting)
@@ -418,6 +484,8 @@ class Collector:
                         policy=self.config.policy,
                         now=now,
                         level2_allowed=2 not in self._locked.get(target.meter_id, ()),
+                        clock_target_fraction=self.config.clock_target_fraction,
+                        clock_block=self._clock_block,
                     )
             except TimeoutError:
                 # A meter that keeps answering slowly must not hold the cycle: its data stays
@@ -662,7 +730,10 @@ async def _reading_rows(
             )
         for v in hourly.values:
             q = base | Quality(v.quality)
-            if any(v.start <= t < v.start + HOUR for t in corrections.get(meter_id, ())):
+            if any(
+                since < v.start + HOUR and v.start <= at
+                for since, at in corrections.get(meter_id, ())
+            ):
                 q |= Quality.LARGE_CLOCK_CORRECTION
             rows.add(meter_id, channel_id(v.channel), v.start, v.value, q, at)
     await _derived_rows(conn, batch, rows)
@@ -814,15 +885,23 @@ async def _refused_rows(conn: psycopg.AsyncConnection, stored: Stored, cycle: da
 
 async def _corrections(
     conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]
-) -> dict[int, list[datetime]]:
-    """Times of large clock corrections of these meters over the intervals being stored."""
+) -> dict[int, list[tuple[datetime, datetime]]]:
+    """Spans [from, at] of large clock corrections (past the limit) of these meters over
+    the intervals being stored: logged ones, and the batch's own (made after its read)."""
     ids = [o.target.meter_id for o in batch if o.entries]
     if not ids:
         return {}
     oldest = min(o.entries[0].start for o in batch if o.entries)
-    out: dict[int, list[datetime]] = {}
-    for meter_id, at in await clock_corrections(conn, ids, oldest):
-        out.setdefault(meter_id, []).append(at)
+    out: dict[int, list[tuple[datetime, datetime]]] = {}
+    for meter_id, since, at in await clock_corrections(conn, ids, oldest):
+        out.setdefault(meter_id, []).append((since, at))
+    for o in batch:
+        c = o.correction
+        if o.entries and c is not None and c.set_to is not None:
+            if abs(c.before.offset) > o.target.clock_limit_s:
+                at = o.finished_at or c.set_to
+                span = (at - timedelta(seconds=abs(c.before.offset)), at)
+                out.setdefault(o.target.meter_id, []).append(span)
     return out
 
 
@@ -1048,51 +1127,65 @@ async def _hoja_de_vida(
     rows = []
     for o in batch:
         t, c = o.target, o.correction
-        if c is not None and c.ok:
-            assert c.after is not None
+        if c is None:
+            continue
+        if c.ok:
             summary.clocks_corrected += 1
             metrics.CLOCK_CORRECTIONS.labels("ok").inc()
+        elif not c.attempted:
+            summary.clock_corrections_failed += 1
+            metrics.CLOCK_CORRECTIONS.labels("not_attempted").inc()
+            continue  # the refused level-2 secret already raised its alarm
+        else:
+            summary.clock_corrections_failed += 1
+            metrics.CLOCK_CORRECTIONS.labels("refused" if c.blocked else "failed").inc()
+        detail = {
+            "offset_before_s": round(c.before.offset, 3),
+            "offset_after_s": round(c.after.offset, 3) if c.after else None,
+            "target_s": round(c.target_s, 3),
+            "limit_s": t.clock_limit_s,
+        }
+        if c.accessed:
+            # Art. 17: the level-2 access itself, done or not, naming who is accountable.
+            assert config.accountable is not None
+            activities = ["read clock", "set clock", "re-read clock"]
+            proof = (
+                f"clock re-read after setting: offset {c.after.offset:+.3f} s, "
+                f"meter answering ({c.after.meter_time.isoformat()})"
+                if c.after
+                else None
+            )
             rows.append(
                 (
                     t.frontier_id,
                     t.meter_id,
-                    config.actor,
+                    config.accountable,
                     LEVEL2_ACCESS,
                     CLOCK_SYNC,
                     Jsonb(
                         {
-                            "activities": ["read clock", "set clock", "re-read clock"],
-                            "offset_before_s": round(c.before.offset, 3),
-                            "offset_after_s": round(c.after.offset, 3),
+                            "activities": activities,
+                            "result": "done" if c.ok else "failed",
+                            **detail,
                             "set_to": c.set_to.isoformat() if c.set_to else None,
-                            "limit_s": t.clock_limit_s,
+                            "error": c.error,
                             "channel": o.channel_used,
+                            "automatic": True,
                         }
                     ),
-                    f"clock re-read after setting: offset {c.after.offset:+.3f} s, "
-                    f"meter answering ({c.after.meter_time.isoformat()})",
+                    proof if c.ok or proof is None else f"{proof}; outside the target",
                 )
             )
-        elif c is not None and not c.attempted:
-            summary.clock_corrections_failed += 1
-            metrics.CLOCK_CORRECTIONS.labels("not_attempted").inc()
-        elif c is not None:
-            summary.clock_corrections_failed += 1
-            metrics.CLOCK_CORRECTIONS.labels("failed").inc()
+        if not c.ok:
+            purpose = "clock correction refused" if c.blocked else "clock correction failed"
             rows.append(
                 (
                     t.frontier_id,
                     t.meter_id,
                     config.actor,
                     ALARM,
-                    "clock correction failed",
-                    Jsonb(
-                        {
-                            "offset_s": round(c.before.offset, 3),
-                            "limit_s": t.clock_limit_s,
-                            "error": c.error,
-                        }
-                    ),
+                    purpose,
+                    Jsonb({"offset_s": detail["offset_before_s"], **detail, "error": c.error}),
                     None,
                 )
             )

@@ -20,7 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from cgm import metrics
 from cgm.collection import claims
-from cgm.collection.engine import Collector, CycleSummary, EngineConfig
+from cgm.collection.engine import Collector, CycleSummary, EngineConfig, clock_options
 from cgm.security import secret_box
 from cgm.service import Service
 
@@ -36,6 +36,7 @@ class CollectionJob:
         self.config = config or EngineConfig(
             stale_after=timedelta(seconds=settings.collect_stale_after_s),
             max_wrong_passwords=settings.collect_max_wrong_passwords_per_day,
+            **clock_options(settings),
         )
         self.collector: Collector | None = None
         self.after_cycle: list[AfterCycle] = []

@@ -10,9 +10,13 @@ Sequence (never two sessions to one meter at once):
    identify (the serial must match the registry), read the clock, read the profile
    configuration, read the profile from where the store stops (bounded by the meter's
    memory) in day-sized chunks, read the cumulative registers; close.
-2. only if the offset exceeds the frontier's limit: a level-2 session that sets the clock,
-   re-reads it to prove the meter was left working, and closes. A refused level-2 secret
-   leaves the drift, raises an alarm, and does not undo what step 1 read.
+2. only if the offset passes the correction target (a fraction of the frontier's limit,
+   default a third, so the clock never reaches the limit between two hourly reads): a
+   level-2 session that sets the clock, re-reads it, and closes. The correction is done only
+   when the re-read offset is inside the target; anything else is a failed correction (an
+   alarm). A refused level-2 secret leaves the drift, raises an alarm, and does not undo
+   what step 1 read. ``clock_block`` (the CGM's own clock not on official time, or no
+   accountable user for automatic level-2 access) refuses the set with its reason.
 """
 
 from __future__ import annotations
@@ -73,12 +77,19 @@ class ClockCorrection:
     before: ClockReading
     after: ClockReading | None
     set_to: datetime | None
-    error: str | None = None  # reason when the correction could not be made
+    error: str | None = None  # reason when the correction could not be made or failed
     attempted: bool = True  # False: not tried (level 2 refused too often: lockout guard)
+    target_s: float = 0.0  # the re-read offset must be inside this for the set to count
+    blocked: bool = False  # refused before any access: no official time / no accountable
+    accessed: bool = False  # a level-2 session was opened (an access to log, ok or not)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.after is not None
+        return (
+            self.error is None
+            and self.after is not None
+            and abs(self.after.offset) <= self.target_s
+        )
 
 
 @dataclass
@@ -214,11 +225,15 @@ async def interrogate(
     policy: SessionPolicy | None = None,
     now: datetime | None = None,
     level2_allowed: bool = True,
+    clock_target_fraction: float = 1 / 3,
+    clock_block: str | None = None,
 ) -> MeterOutcome:
     """Run the full session sequence for one meter; never raises for a meter's failure.
 
     ``level2_allowed=False`` (the meter refused the level-2 secret too often lately) skips
-    the clock correction rather than present a wrong password once more."""
+    the clock correction rather than present a wrong password once more. The clock is
+    corrected past ``clock_target_fraction`` of its limit; ``clock_block`` is a reason the
+    clock must not be set now (it then raises an alarm instead)."""
     policy = policy or SessionPolicy()
     now = now or utcnow()
     outcome = MeterOutcome(target=target, started_at=utcnow(), level2_locked=not level2_allowed)
@@ -233,8 +248,14 @@ async def interrogate(
         log.exception("%s: unexpected error", target.serial)
         outcome.result = "error"
         outcome.error = f"{type(exc).__name__}: {exc}"
-    if outcome.clock is not None and abs(outcome.clock.offset) > target.clock_limit_s:
-        outcome.correction = await _correct_clock(driver, target, policy, outcome)
+    goal = correction_target(target.clock_limit_s, clock_target_fraction)
+    if outcome.clock is not None and abs(outcome.clock.offset) > goal:
+        if clock_block is not None:
+            outcome.correction = ClockCorrection(
+                outcome.clock, None, None, clock_block, target_s=goal, blocked=True
+            )
+        else:
+            outcome.correction = await _correct_clock(driver, target, policy, outcome, goal)
     outcome.finished_at = utcnow()
     outcome.duration_s = time.perf_counter() - t0
     return outcome
@@ -248,9 +269,11 @@ async def _read_session(
     policy: SessionPolicy,
     outcome: MeterOutcome,
 ) -> None:
-    credentials = target.credential(AccessLevel.READ) or target.credential(AccessLevel.CONFIGURE)
+    # Reading is level 1 only: the level-2 secret is never used to read (art. 17), so a
+    # meter without a level-1 secret is not read, and its registry violation says why.
+    credentials = target.credential(AccessLevel.READ)
     if credentials is None:
-        raise MissingCredentials(f"no credentials registered for meter {target.serial}")
+        raise MissingCredentials(f"no level-1 secret registered for meter {target.serial}")
     try:
         session = await _open(driver, target, credentials, policy, outcome)
     except AuthenticationFailed:
@@ -304,15 +327,29 @@ async def _read_steps(
     outcome.registers = await session.read_registers()
 
 
+def correction_target(limit_s: float, fraction: float) -> float:
+    """Offset past which a clock is corrected, and inside which a correction must leave it:
+    well inside the limit, so that drift between two reads never reaches the limit."""
+    if not 0 < fraction <= 1:
+        raise ValueError("the clock correction target is a fraction of the limit in (0, 1]")
+    return limit_s * fraction
+
+
 async def _correct_clock(
-    driver: Driver, target: MeterConfig, policy: SessionPolicy, outcome: MeterOutcome
+    driver: Driver,
+    target: MeterConfig,
+    policy: SessionPolicy,
+    outcome: MeterOutcome,
+    goal: float,
 ) -> ClockCorrection:
-    """Set the clock with level-2 credentials and re-read it as proof."""
+    """Set the clock with level-2 credentials and re-read it: done only inside ``goal``."""
     before = outcome.clock
     assert before is not None
     credentials = target.credential(AccessLevel.CONFIGURE)
     if credentials is None:
-        return ClockCorrection(before, None, None, "no level-2 credentials registered")
+        return ClockCorrection(
+            before, None, None, "no level-2 credentials registered", target_s=goal
+        )
     if outcome.level2_locked:
         return ClockCorrection(
             before,
@@ -320,21 +357,29 @@ async def _correct_clock(
             None,
             "not attempted: the level-2 secret was refused too often in 24 h",
             attempted=False,
+            target_s=goal,
         )
     try:
         session = await _open(driver, target, credentials, policy, outcome)
     except AuthenticationFailed as exc:
         outcome.auth_refused.append(int(AccessLevel.CONFIGURE))
-        return ClockCorrection(before, None, None, f"auth: {exc}")
+        return ClockCorrection(before, None, None, f"auth: {exc}", target_s=goal)
     except DriverError as exc:
-        return ClockCorrection(before, None, None, f"{exc.reason}: {exc}")
+        return ClockCorrection(before, None, None, f"{exc.reason}: {exc}", target_s=goal)
+    sent: datetime | None = None
     async with session:
         try:
             probe = await session.read_clock()
             # Aim at the CGM's time when the request arrives: half a round trip from now.
             set_to = utcnow() + timedelta(seconds=probe.round_trip / 2)
             await session.set_clock(set_to)
+            sent = set_to
             after = await session.read_clock()
         except DriverError as exc:
-            return ClockCorrection(before, None, None, f"{exc.reason}: {exc}")
-    return ClockCorrection(before, after, set_to)
+            return ClockCorrection(
+                before, None, sent, f"{exc.reason}: {exc}", target_s=goal, accessed=True
+            )
+    error = None
+    if abs(after.offset) > goal:
+        error = f"offset after setting {after.offset:+.3f} s is outside the target {goal:g} s"
+    return ClockCorrection(before, after, sent, error, target_s=goal, accessed=True)

@@ -282,8 +282,8 @@ def snapshot_near(
 
 async def load_clock_corrections(
     conn: psycopg.AsyncConnection, meter_ids: list[int], day: date
-) -> list[tuple[int, datetime]]:
-    """Clock synchronisations recorded in the hoja de vida during the window."""
+) -> list[tuple[int, datetime, datetime]]:
+    """Large clock corrections recorded in the hoja de vida whose span meets the window."""
     w0, w1 = window(day)
     return await clock_corrections(conn, meter_ids, w0, w1)
 

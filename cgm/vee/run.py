@@ -508,15 +508,17 @@ def _stored_matrix(rows: np.ndarray, series: Series, w0: datetime) -> dict[str, 
 
 
 def _clock_mask(
-    series: Series, role: str, rows: list[tuple[int, datetime]], w0: datetime
+    series: Series, role: str, rows: list[tuple[int, datetime, datetime]], w0: datetime
 ) -> np.ndarray | None:
+    """Intervals each large correction's span [from, at] touches."""
     if not rows:
         return None
     mask = np.zeros((len(series), W), dtype=bool)
-    for meter_id, at in rows:
-        col = int((at - w0) // HOUR)
-        if 0 <= col < W:
-            mask[series.meter[role] == meter_id, col] = True
+    for meter_id, since, at in rows:
+        first = max(0, int((since - w0) // HOUR))
+        last = min(W - 1, int((at - w0) // HOUR))
+        if first <= last:
+            mask[series.meter[role] == meter_id, first : last + 1] = True
     return mask
 
 

@@ -22,11 +22,13 @@ from cgm.storage import Quality
 from simulators.dlms import serve as serve_dlms
 from simulators.fleet import Fleet, build_fleet, inventory, start_fleet
 
+ACCOUNTABLE = "svc-collector"  # the level-2 service user the collector's clock sets name
 # Generous enough that a healthy simulated meter never times out on a loaded CI machine;
 # the one test that expects timeouts uses SILENT_FAST.
 FAST = EngineConfig(
     policy=SessionPolicy(timeout=5.0, attempts=1, backoff=0.01),
     stale_after=timedelta(seconds=10),
+    accountable=ACCOUNTABLE,
 )
 SILENT_FAST = EngineConfig(
     policy=SessionPolicy(timeout=1.0, attempts=1, backoff=0.01),
@@ -64,6 +66,8 @@ async def env(
 ) -> AsyncIterator[Env]:
     url = new_database()
     upgrade(url, Settings(database_url=url))
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO app_user (username, level) VALUES (%s, 2)", (ACCOUNTABLE,))
     fleet = build_fleet(2, seed=5, mix={"dlms": 1.0}, first_code=88001)
     for _, meter in fleet.meters():
         meter._clock_offset = 0.0  # noqa: SLF001 - tests set the starting clock exactly
@@ -115,29 +119,31 @@ async def test_first_cycle_reads_meter_memory_and_catches_up_after_days(env: Env
     assert [r[0] for r in stored] == [e.values["active_import"] for e in truth]
 
 
-async def test_clock_corrected_at_each_frontiers_own_limit(env: Env) -> None:
-    # Frt88001 is type 1 (limit 30 s), Frt88002 type 4 (limit 60 s); all meters 40 s ahead,
-    # and Frt88002's backup 70 s ahead.
+async def test_clock_corrected_at_a_third_of_each_frontiers_own_limit(env: Env) -> None:
+    # Frt88001 is type 1 (limit 30 s: target 10 s), Frt88002 type 4 (limit 60 s: target
+    # 20 s); all meters 15 s ahead — inside both limits — and Frt88002's backup 25 s ahead.
     env.import_(
         lambda inv: (_set_energy(inv, "Frt88001", 20_000), _set_energy(inv, "Frt88002", 10))
     )
     for _, meter in env.fleet.meters():
-        meter.set_clock(datetime.now(UTC) + timedelta(seconds=40))
-    env.fleet.meter("B88002").set_clock(datetime.now(UTC) + timedelta(seconds=70))
+        meter.set_clock(datetime.now(UTC) + timedelta(seconds=15))
+    env.fleet.meter("B88002").set_clock(datetime.now(UTC) + timedelta(seconds=25))
 
     summary = await Collector(env.url, env.box, FAST).run_cycle()
-    assert summary.clocks_corrected == 3  # P88001, B88001 (type 1) and B88002 (70 > 60)
+    assert summary.clocks_corrected == 3  # P88001, B88001 (15 > 10) and B88002 (25 > 20)
     assert abs(env.fleet.meter("P88001").clock_offset) < 2
     assert abs(env.fleet.meter("B88002").clock_offset) < 2
-    assert 38 < env.fleet.meter("P88002").clock_offset < 42  # within type 4's 60 s: left
+    assert 13 < env.fleet.meter("P88002").clock_offset < 17  # inside type 4's 20 s: left
     log = env.rows(
         "SELECT m.serial, l.actor, l.purpose, l.activities, l.proof FROM frontier_log l "
         "JOIN meter m ON m.id = l.meter_id WHERE l.kind = 'level2_access' ORDER BY m.serial"
     )
     assert [r[0] for r in log] == ["B88001", "B88002", "P88001"]
     for _, actor, purpose, activities, proof in log:
-        assert actor and purpose == "clock synchronisation" and "re-read" in proof
-        assert activities["offset_before_s"] > 30 and abs(activities["offset_after_s"]) < 2
+        assert actor == ACCOUNTABLE and purpose == "clock synchronisation" and "re-read" in proof
+        assert activities["result"] == "done"
+        assert activities["offset_before_s"] > 10 and abs(activities["offset_after_s"]) < 2
+        assert activities["target_s"] in (10, 20)
 
 
 async def test_wrong_level2_secret_leaves_drift_raises_alarm_and_keeps_readings(env: Env) -> None:
