@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "cgm.commands.failure",
     "cgm.commands.hoja",
     "cgm.commands.portal",
+    "cgm.commands.handover",
 ]
 
 

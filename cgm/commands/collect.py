@@ -8,7 +8,7 @@ import json
 from datetime import timedelta
 
 from cgm.cli import CommandError
-from cgm.collection.engine import Collector, CycleSummary, EngineConfig
+from cgm.collection.engine import Collector, CycleSummary, EngineConfig, clock_options
 from cgm.collection.session import SessionPolicy
 from cgm.config import get_settings
 from cgm.db import current_url
@@ -59,6 +59,7 @@ def _collect(args: argparse.Namespace) -> int:
         policy=SessionPolicy(timeout=args.timeout),
         stale_after=timedelta(seconds=settings.collect_stale_after_s),
         max_wrong_passwords=settings.collect_max_wrong_passwords_per_day,
+        **clock_options(settings),
     )
     collector = Collector(url, secret_box(settings), config)
     # On demand for one frontier: the operator asked, so ignore the failure backoff.

@@ -8,8 +8,6 @@ only: import still loads them), 2 malformed file (nothing written).
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 import sys
 from typing import Any
 
@@ -17,6 +15,7 @@ import psycopg
 
 from cgm import registry
 from cgm.cli import CommandError
+from cgm.commands.cliauth import add_auth_args, login
 from cgm.config import get_settings
 from cgm.db import current_url
 from cgm.progress import Progress
@@ -30,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     imp = rsub.add_parser("import", help="load a YAML or CSV inventory (upsert, all or nothing)")
     imp.add_argument("file", help="inventory .yaml/.yml or .csv")
-    imp.add_argument("--actor", help="who imports, for the audit log (default: cli:$USER)")
+    add_auth_args(imp)  # the authenticated level-2 user is the actor in the audit log
     imp.add_argument("--dry-run", action="store_true", help="check against the registry, roll back")
     imp.set_defaults(func=_import)
 
@@ -73,15 +72,6 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if violations else 0
 
 
-def _actor(args: argparse.Namespace) -> str:
-    if args.actor:
-        return args.actor
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid{os.getuid()}"
-
-
 def _import(args: argparse.Namespace) -> int:
     inv = _load(args.file)
     settings = get_settings()
@@ -89,11 +79,13 @@ def _import(args: argparse.Namespace) -> int:
         box = secret_box(settings)
     except SecretKeyError as exc:
         raise CommandError(str(exc)) from None
-    with psycopg.connect(current_url(settings)) as conn:
+    url = current_url(settings)
+    user = login(url, args)
+    with psycopg.connect(url) as conn:
         try:
             with Progress("importing frontiers", len(inv.frontiers)) as bar:
                 report = registry.import_inventory(
-                    conn, inv, box, actor=_actor(args), dry_run=args.dry_run,
+                    conn, inv, box, actor=f"cli:{user.username}", dry_run=args.dry_run,
                     progress=bar.advance,
                 )  # fmt: skip
         except registry.InventoryError as exc:

@@ -2,15 +2,14 @@
 
 cgm report asic [--day D] [--frontier CODE ...] [--dry-run --out DIR] [--wait S] [--json]
 cgm report status [--day D] [--json]
-cgm report hold --frontier CODE --reason TEXT [--actor WHO]
-cgm report release --frontier CODE --reason TEXT [--actor WHO]
+cgm report hold --frontier CODE --reason TEXT --user NAME [--password-env VAR]
+cgm report release --frontier CODE --reason TEXT --user NAME [--password-env VAR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ import psycopg
 
 from cgm.cli import CommandError
 from cgm.commands import report_annual
+from cgm.commands.cliauth import add_auth_args, login_async
 from cgm.config import get_settings
 from cgm.db import current_url
 from cgm.localtime import COLOMBIA, local_day
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         h = rsub.add_parser(name, help=helptext)
         h.add_argument("--frontier", required=True, metavar="CODE")
         h.add_argument("--reason", required=True)
-        h.add_argument("--actor", default=f"cli:{getpass.getuser()}")
+        add_auth_args(h)
         h.set_defaults(func=_hold if name == "hold" else _release)
 
 
@@ -226,8 +226,9 @@ def _hold_or_release(args: argparse.Namespace, action, done: str, noop: str) -> 
     url = current_url(get_settings())
 
     async def run() -> bool:
+        user = await login_async(url, args)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            return await action(conn, args.frontier, args.reason, args.actor)
+            return await action(conn, args.frontier, args.reason, f"cli:{user.username}")
 
     try:
         changed = asyncio.run(run())

@@ -21,6 +21,7 @@ from cgm.registry.model import FrontierSpec, MeterSpec
 ART_TABLE1 = "Table 1"
 ART_TABLE2 = "Table 2"
 ART_BACKUP = "art. 13, 15(c)"
+ART_ACCESS = "art. 17"
 
 _RATIO_TOLERANCE = 1e-9
 
@@ -66,6 +67,37 @@ def _accuracy(meter: MeterSpec, point_type: int) -> list[Finding]:
                     ART_TABLE2,
                     f"{what} class {actual} is less accurate than {required} required "
                     f"for point type {point_type}",
+                    meter.serial,
+                )
+            )
+    return out
+
+
+def _access(meter: MeterSpec) -> list[Finding]:
+    """Art. 17: two access levels on every meter, each with its own secret. A meter without
+    a level-1 secret would be read with the level-2 one (never done: it is not read)."""
+    out: list[Finding] = []
+    levels = meter.credentials.by_level()
+    for level in (1, 2):
+        if not any(int(lv) == level for lv in levels):
+            use = "reading" if level == 1 else "clock and parameter setting"
+            out.append(
+                Finding(
+                    f"level{level}_secret_missing",
+                    ART_ACCESS,
+                    f"no level-{level} secret registered ({use} access)",
+                    meter.serial,
+                )
+            )
+    l1, l2 = meter.credentials.level1, meter.credentials.level2
+    if l1 is not None and l2 is not None:
+        if l1.secret.get_secret_value() == l2.secret.get_secret_value():
+            out.append(
+                Finding(
+                    "secrets_not_distinct",
+                    ART_ACCESS,
+                    "the level-1 and level-2 secrets are the same: reading access would also "
+                    "set the clock and parameters",
                     meter.serial,
                 )
             )
@@ -152,6 +184,7 @@ def check(frontier: FrontierSpec) -> list[Finding]:
         )
     for meter in frontier.meters:
         found.extend(_accuracy(meter, point_type))
+        found.extend(_access(meter))
     if principal is not None and backup is not None:
         found.extend(_mismatch(principal, backup))
     return found

@@ -40,6 +40,7 @@ def meter(serial: str, role: str = "principal", **over: Any) -> dict[str, Any]:
         "vt_ratio": "13200/120",
         "accuracy_active": "0.2S",
         "accuracy_reactive": "2",
+        "credentials": {"level1": {"secret": f"r-{serial}"}, "level2": {"secret": f"w-{serial}"}},
     }
     m.update(over)
     return {k: v for k, v in m.items() if v is not None}

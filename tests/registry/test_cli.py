@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from cgm.cli import main
@@ -25,8 +26,18 @@ def cli_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def ops(cli_env: None, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A level-2 user (a fresh name per test: the database is shared) and the CLI arguments
+    that authenticate it."""
+    name = f"ops-{new_code().lower()}"
+    monkeypatch.setenv("CGM_T_OPS_PW", "ops-password-long-enough")
+    assert main(["user", "add", name, "--level", "2", "--password-env", "CGM_T_OPS_PW"]) == 0
+    return ["--user", name, "--password-env", "CGM_T_OPS_PW"]
+
+
 def test_import_then_list_json_without_secrets(
-    cli_env: None,
+    ops: list[str],
     write_yaml: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -46,7 +57,7 @@ def test_import_then_list_json_without_secrets(
         ],
     )
     path = write_yaml(fr)
-    assert main(["registry", "import", str(path), "--actor", "ops:ana"]) == 0
+    assert main(["registry", "import", str(path), *ops]) == 0
     out = capsys.readouterr().out
     assert "frontiers 1 new" in out and "backup_missing" in out
     assert main(["registry", "list", "--json", "--frontier", code]) == 0
@@ -65,15 +76,15 @@ def test_import_then_list_json_without_secrets(
         "10.1.1.1:4059",
         [{"level": 1, "client": "16"}],
     )
-    assert [v["rule"] for v in row["violations"]] == ["backup_missing"]
+    assert [v["rule"] for v in row["violations"]] == ["backup_missing", "level2_secret_missing"]
     assert main(["registry", "list"]) == 0
     assert code in capsys.readouterr().out
 
 
 def test_import_bad_file_exit_2_with_file_and_line(
-    cli_env: None, capsys: pytest.CaptureFixture[str]
+    ops: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["registry", "import", str(DATA / "bad_rows.yaml")]) == 2
+    assert main(["registry", "import", str(DATA / "bad_rows.yaml"), *ops]) == 2
     err = capsys.readouterr().err
     assert f"{DATA / 'bad_rows.yaml'}:22:" in err and "nothing imported" in err
 
@@ -95,3 +106,38 @@ def test_validate_reports_violations_with_status_1(
     assert "accuracy_active_below" in out and "backup_missing" in out
     path = write_yaml(frontier("Frt1"))
     assert main(["registry", "validate", str(path)]) == 0
+
+
+def test_import_needs_an_authenticated_level2_user(
+    ops: list[str],
+    write_yaml: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    db_url: str,
+) -> None:
+    """No self-declared actor: the import names the user who proved their password."""
+    code = new_code()
+    path = write_yaml(frontier(code))
+    monkeypatch.setenv("CGM_T_BAD_PW", "not-the-password-at-all")
+    monkeypatch.setenv("CGM_T_L1_PW", "reader-password-long")
+    reader = f"reader-{code.lower()}"
+    assert main(["user", "add", reader, "--level", "1", "--password-env", "CGM_T_L1_PW"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # --user is required
+        main(["registry", "import", str(path)])
+    assert main(["registry", "import", str(path), "--user", ops[1],
+                 "--password-env", "CGM_T_BAD_PW"]) == 2  # fmt: skip
+    assert "wrong password" in capsys.readouterr().err
+    assert main(["registry", "import", str(path), "--user", reader,
+                 "--password-env", "CGM_T_L1_PW"]) == 2  # fmt: skip
+    assert "needs level 2" in capsys.readouterr().err
+    assert main(["registry", "list", "--json", "--frontier", code]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # nothing imported
+    assert main(["registry", "import", str(path), *ops]) == 0
+    with psycopg.connect(db_url) as conn:
+        actors = conn.execute(
+            "SELECT DISTINCT actor FROM audit_log WHERE table_name = 'frontier' "
+            "AND new_row->>'code' = %s",
+            (code,),
+        ).fetchall()
+    assert actors == [(f"cli:{ops[1]}",)]

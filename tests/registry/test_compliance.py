@@ -143,3 +143,22 @@ def test_declared_type_equal_to_table1_is_not_a_finding() -> None:
 
 def test_principal_missing() -> None:
     assert ("principal_missing", "") in _rules(frontier("Frt9", meters=[meter("B", "backup")]))
+
+
+@pytest.mark.parametrize(
+    ("credentials", "expected"),
+    [
+        ({"level1": {"secret": "r"}, "level2": {"secret": "w"}}, set()),
+        ({"level2": {"secret": "w"}}, {"level1_secret_missing"}),
+        ({"level1": {"secret": "r"}}, {"level2_secret_missing"}),
+        (None, {"level1_secret_missing", "level2_secret_missing"}),
+        ({"level1": {"secret": "same"}, "level2": {"secret": "same"}}, {"secrets_not_distinct"}),
+    ],
+)
+def test_both_access_levels_required_and_distinct(
+    credentials: dict[str, Any] | None, expected: set[str]
+) -> None:
+    """Art. 17: a meter without a level-1 secret (read with the level-2 one before) or with
+    one secret for both levels is a violation, on that meter."""
+    fr = frontier("Frt10", meters=[meter("P"), meter("B", "backup", credentials=credentials)])
+    assert _rules(fr) == {(rule, "B") for rule in expected}

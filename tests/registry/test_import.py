@@ -38,12 +38,12 @@ def test_import_yaml_then_reimport_changes_nothing(
         code,
         meters=[
             meter(f"{code}-P", credentials=_creds("P", "pw-principal-1", "pw-principal-2")),
-            meter(f"{code}-B", "backup", credentials=_creds("B", "pw-backup-1")),
+            meter(f"{code}-B", "backup", credentials=_creds("B", "pw-backup-1", "pw-backup-2")),
         ],
     )
     path = write_yaml(fr)
     first = _import(conn, path, box)
-    assert (first.frontiers_inserted, first.meters_inserted, first.credentials_changed) == (1, 2, 3)
+    assert (first.frontiers_inserted, first.meters_inserted, first.credentials_changed) == (1, 2, 4)
     assert first.violations == {}
 
     before = _audit_count(conn)
@@ -70,8 +70,8 @@ def test_import_csv(conn: psycopg.Connection, box: SecretBox, tmp_path: Path) ->
     )
     report = _import(conn, p, box)
     assert report.frontiers_inserted == 1 and report.meters_inserted == 1
-    # generation → backup required although type 3
-    assert [f.rule for f in report.violations[code]] == ["backup_missing"]
+    # generation → backup required although type 3; the CSV gives no level-2 secret
+    assert [f.rule for f in report.violations[code]] == ["backup_missing", "level2_secret_missing"]
     [fr] = registry.list_registry(conn, code)
     assert (fr["point_type"], fr["clock_limit_s"], fr["kind"]) == (3, 60, "generation")
     [m] = fr["meters"]
@@ -194,10 +194,14 @@ def test_secrets_encrypted_at_rest_and_decrypted_for_collector(
         code,
         meters=[
             meter(f"{code}-P", credentials=_creds("P", secret, "level-two-secret")),
-            meter(f"{code}-B", "backup", endpoint="b:1", backup_endpoint="c:2"),
+            meter(f"{code}-B", "backup", endpoint="b:1", backup_endpoint="c:2", credentials=None),
         ],
     )
-    _import(conn, write_yaml(fr), box)
+    report = _import(conn, write_yaml(fr), box)
+    assert {(f.rule, f.subject) for f in report.violations[code]} == {
+        ("level1_secret_missing", f"{code}-B"),
+        ("level2_secret_missing", f"{code}-B"),
+    }
     rows = conn.execute(
         "SELECT c.secret_enc FROM meter_credential c JOIN meter m ON m.id = c.meter_id "
         "WHERE m.serial = %s",

@@ -38,6 +38,15 @@ def cli_env(db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def ops(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """CLI arguments authenticating a level-2 user (created through ``cgm user add``)."""
+    monkeypatch.setenv("CGM_T_OPS_PW", "ops-password-long-enough")
+    name = f"ops-{id(monkeypatch)}"
+    assert main(["user", "add", name, "--level", "2", "--password-env", "CGM_T_OPS_PW"]) == 0
+    return ["--user", name, "--password-env", "CGM_T_OPS_PW"]
+
+
 def _frontier(db: str, sim: AsicSimulator):
     async def go():
         fr = await make_frontier(db)
@@ -50,7 +59,7 @@ def _frontier(db: str, sim: AsicSimulator):
     return fr
 
 
-def test_dry_run_send_status_hold(cli_env, sim_thread, tmp_path, capsys) -> None:
+def test_dry_run_send_status_hold(cli_env, sim_thread, tmp_path, capsys, ops) -> None:
     db = cli_env
     sim = sim_thread[0]
     fr = _frontier(db, sim)
@@ -71,15 +80,15 @@ def test_dry_run_send_status_hold(cli_env, sim_thread, tmp_path, capsys) -> None
     assert sim.messages == {}  # a dry run sends nothing
     assert asyncio.run(rows(db, "SELECT 1 FROM asic_document")) == []
 
-    assert main(["report", "hold", "--frontier", fr.code, "--reason", "review"]) == 0
+    assert main(["report", "hold", "--frontier", fr.code, "--reason", "review", *ops]) == 0
     capsys.readouterr()
     assert main(["report", "asic", "--day", "2026-03-01", "--wait", "0"]) == 0
     assert "held" in capsys.readouterr().out and sim.messages == {}
     assert main(["report", "status", "--day", "2026-03-01"]) == 0
     assert "HELD: review" in capsys.readouterr().out
 
-    assert main(["report", "release", "--frontier", fr.code, "--reason", "ok"]) == 0
-    assert capsys.readouterr().out == f"{fr.code} released\n"
+    assert main(["report", "release", "--frontier", fr.code, "--reason", "ok", *ops]) == 0
+    assert capsys.readouterr().out.endswith(f"{fr.code} released\n")
     assert main(["report", "asic", "--day", "2026-03-01", "--wait", "20", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert len(summary["sent"]) == 2 and summary["still_processing"] == 0
@@ -93,8 +102,8 @@ def test_dry_run_send_status_hold(cli_env, sim_thread, tmp_path, capsys) -> None
     assert all(d["message_id"] and d["sent_at"] for d in docs)
 
 
-def test_hold_unknown_frontier_is_an_error(cli_env, capsys) -> None:
-    assert main(["report", "hold", "--frontier", "Frt999999999", "--reason", "x"]) == 2
+def test_hold_unknown_frontier_is_an_error(cli_env, capsys, ops) -> None:
+    assert main(["report", "hold", "--frontier", "Frt999999999", "--reason", "x", *ops]) == 2
     assert "unknown frontier" in capsys.readouterr().err
 
 
