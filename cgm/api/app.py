@@ -142,12 +142,40 @@ def _printable(text: str | None, limit: int = 2000) -> str | None:
     return text
 
 
-async def _frontier_id(conn: psycopg.AsyncConnection, code: str) -> int:
+async def _scope(conn: psycopg.AsyncConnection, user: users.User) -> list[int] | None:
+    """Frontier ids a scoped user may see (art. 9.1.1.21: the user, the network operator
+    and the ASIC see their own frontiers); None for an unscoped user (all)."""
+    cur = await conn.execute(
+        """SELECT u.scoped, coalesce(array_agg(s.frontier_id)
+                  FILTER (WHERE s.frontier_id IS NOT NULL), '{}')
+           FROM app_user u LEFT JOIN app_user_frontier s ON s.user_id = u.id
+           WHERE u.id = %s GROUP BY u.scoped""",
+        (user.id,),
+    )
+    row = await cur.fetchone()
+    return None if row is None or not row[0] else list(row[1])
+
+
+async def _frontier_id(
+    conn: psycopg.AsyncConnection, code: str, user: users.User | None = None
+) -> int:
+    """The frontier's id; 404 when unknown or outside the user's scope (the same answer, so
+    a scoped user cannot tell whether another's frontier exists)."""
     cur = await conn.execute("SELECT id FROM frontier WHERE code = %s", (code,))
     row = await cur.fetchone()
-    if row is None:
+    scope = await _scope(conn, user) if user is not None else None
+    if row is None or (scope is not None and row[0] not in scope):
         raise HTTPException(404, f"unknown frontier {code}")
     return row[0]
+
+
+async def _visible_codes(request: Request, user: users.User) -> set[str] | None:
+    async with _pool(request).connection() as conn:
+        scope = await _scope(conn, user)
+        if scope is None:
+            return None
+        cur = await conn.execute("SELECT code FROM frontier WHERE id = ANY(%s)", (scope,))
+        return {r[0] for r in await cur.fetchall()}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -198,17 +226,19 @@ router = APIRouter(prefix=API)
 
 
 @router.get("/frontiers", summary="The registry: every frontier, its meters and violations")
-async def frontiers(request: Request, _: Reader) -> Response:
+async def frontiers(request: Request, user: Reader) -> Response:
+    visible = await _visible_codes(request, user)
     async with _pool(request).connection() as conn:
         found = await registry.list_registry_async(conn)
-    return _json(found)
+    return _json(found if visible is None else [f for f in found if f["code"] in visible])
 
 
 @router.get("/frontiers/{code}", summary="One frontier of the registry (never secrets)")
-async def frontier(code: str, request: Request, _: Reader) -> Response:
+async def frontier(code: str, request: Request, user: Reader) -> Response:
+    visible = await _visible_codes(request, user)
     async with _pool(request).connection() as conn:
         found = await registry.list_registry_async(conn, code)
-    if not found:
+    if not found or (visible is not None and code not in visible):
         raise HTTPException(404, f"unknown frontier {code}")
     return _json(found[0])
 
@@ -221,7 +251,7 @@ async def frontier(code: str, request: Request, _: Reader) -> Response:
 async def readings(
     code: str,
     request: Request,
-    _: Reader,
+    user: Reader,
     start: Annotated[Instant, Query(description="inclusive, with a UTC offset")],
     end: Annotated[Instant, Query(description="exclusive, with a UTC offset")],
     channel: Annotated[Channel | None, Query(description="one channel (default: all)")] = None,
@@ -243,7 +273,7 @@ async def readings(
             + (" (format=columns or csv allow a year)" if format == "rows" else ""),
         )
     async with _pool(request).connection() as conn:
-        fid = await _frontier_id(conn, code)
+        fid = await _frontier_id(conn, code, user)
         cur = await conn.execute(
             """SELECT id, serial, role, active FROM meter WHERE frontier_id = %s
                ORDER BY role DESC, serial""",
@@ -272,7 +302,7 @@ async def readings(
 async def settled(
     code: str,
     request: Request,
-    _: Reader,
+    user: Reader,
     day: Annotated[
         date, Query(description="Colombian local day, YYYY-MM-DD", ge=FIRST_DAY, le=LAST_DAY)
     ],
@@ -280,7 +310,7 @@ async def settled(
 ) -> Response:
     start, end = day_bounds(day)
     async with _pool(request).connection() as conn:
-        fid = await _frontier_id(conn, code)
+        fid = await _frontier_id(conn, code, user)
         rows = await read_settled(conn, [fid], start, end, channels=[channel] if channel else None)
     return _json(
         {
@@ -311,11 +341,11 @@ async def settled(
 async def frontier_log(
     code: str,
     request: Request,
-    _: Reader,
+    user: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     async with _pool(request).connection() as conn:
-        fid = await _frontier_id(conn, code)
+        fid = await _frontier_id(conn, code, user)
         cur = await conn.execute(
             """SELECT l.id, l.at, l.actor, l.kind, l.purpose, l.activities, l.proof, m.serial
                FROM frontier_log l LEFT JOIN meter m ON m.id = l.meter_id
@@ -333,12 +363,13 @@ async def frontier_log(
 @router.get("/collection/sessions", summary="Latest sessions with meters, newest first")
 async def collection_sessions(
     request: Request,
-    _: Reader,
+    user: Reader,
     frontier: Annotated[str | None, Query(description="only this frontier's meters")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     async with _pool(request).connection() as conn:
-        fid = await _frontier_id(conn, frontier) if frontier else None
+        fid = await _frontier_id(conn, frontier, user) if frontier else None
+        scope = await _scope(conn, user)
         cur = await conn.execute(
             """SELECT s.id, f.code, m.serial, m.role, s.cycle, s.collector, s.started_at,
                       s.finished_at, s.result, s.error, s.channel_used, s.attempts,
@@ -346,9 +377,10 @@ async def collection_sessions(
                       s.read_from, s.read_to
                FROM collection_session s
                JOIN meter m ON m.id = s.meter_id JOIN frontier f ON f.id = m.frontier_id
-               WHERE %(fid)s::bigint IS NULL OR m.frontier_id = %(fid)s
+               WHERE (%(fid)s::bigint IS NULL OR m.frontier_id = %(fid)s)
+                 AND (%(scope)s::bigint[] IS NULL OR m.frontier_id = ANY(%(scope)s))
                ORDER BY s.started_at DESC, s.id DESC LIMIT %(limit)s""",
-            {"fid": fid, "limit": limit},
+            {"fid": fid, "limit": limit, "scope": scope},
         )
         rows = await cur.fetchall()
     keys = (
@@ -362,20 +394,22 @@ async def collection_sessions(
 @router.get("/meters/health", summary="Per-meter health: failures, backoff, clock offset")
 async def meters_health(
     request: Request,
-    _: Reader,
+    user: Reader,
     frontier: Annotated[str | None, Query(description="only this frontier's meters")] = None,
 ) -> Response:
     async with _pool(request).connection() as conn:
-        fid = await _frontier_id(conn, frontier) if frontier else None
+        fid = await _frontier_id(conn, frontier, user) if frontier else None
+        scope = await _scope(conn, user)
         cur = await conn.execute(
             """SELECT f.code, m.serial, m.role, m.active, h.consecutive_failures,
                       h.last_result, h.last_attempt, h.last_success, h.next_attempt_at,
                       h.clock_offset_s, h.config_findings
                FROM meter m JOIN frontier f ON f.id = m.frontier_id
                LEFT JOIN meter_health h ON h.meter_id = m.id
-               WHERE %(fid)s::bigint IS NULL OR m.frontier_id = %(fid)s
+               WHERE (%(fid)s::bigint IS NULL OR m.frontier_id = %(fid)s)
+                 AND (%(scope)s::bigint[] IS NULL OR m.frontier_id = ANY(%(scope)s))
                ORDER BY f.code, m.role DESC, m.serial""",
-            {"fid": fid},
+            {"fid": fid, "scope": scope},
         )
         rows = await cur.fetchall()
     keys = (
@@ -392,7 +426,7 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 @router.get("/reports/asic/status", summary="Per frontier: what was sent for a day and when")
 async def asic_status(
     request: Request,
-    _: Reader,
+    user: Reader,
     day: Annotated[
         date | None,
         Query(
@@ -411,7 +445,8 @@ async def asic_status(
         from cgm.reporting.asic.delivery import deadline
 
         out["deadline"] = deadline(settings, day).isoformat()
-    out["frontiers"] = [s.as_dict() for s in status]
+    visible = await _visible_codes(request, user)
+    out["frontiers"] = [s.as_dict() for s in status if visible is None or s.frontier in visible]
     return _json(out)
 
 
@@ -422,7 +457,7 @@ async def _hold_action(
     request.state.frontier, request.state.reason = code, reason
     actor = f"api:{user.username}"
     async with _pool(request).connection() as conn, conn.transaction():
-        fid = await _frontier_id(conn, code)
+        fid = await _frontier_id(conn, code, user)
         await set_audit_context(conn, actor, reason)
         change = holds.hold if action == "hold" else holds.release
         changed = await change(conn, code, reason, actor)

@@ -18,7 +18,7 @@ import psycopg
 
 from cgm.cli import CommandError
 from cgm.commands import report_annual
-from cgm.commands.cliauth import add_auth_args, login_async
+from cgm.commands.cliauth import add_auth_args, login, login_async
 from cgm.config import get_settings
 from cgm.db import current_url
 from cgm.localtime import COLOMBIA, local_day
@@ -146,31 +146,11 @@ def _asic(args: argparse.Namespace) -> int:
 
 def _resend_actor(url: str, args: argparse.Namespace) -> str:
     """The level-2 user who authorises a re-send (as ``cgm vee edit``), as an actor name."""
-    from cgm.cli import secret_from_env
-    from cgm.security.users import AuthFailed, authenticate
-
     if not args.day:
         raise CommandError("--resend needs --day (the day to send again)")
     if not args.user or not args.reason or not args.reason.strip():
         raise CommandError("--resend needs --user NAME and --reason TEXT")
-    if args.password_env:
-        password = secret_from_env(args.password_env, "--password-env")
-    else:
-        password = getpass.getpass(f"password for {args.user}: ")
-
-    async def check() -> str:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            try:
-                user = await authenticate(conn, args.user, password)
-            except AuthFailed:
-                raise CommandError(
-                    f"user {args.user}: wrong password, unknown or disabled"
-                ) from None
-        if user.level < 2:
-            raise CommandError(f"user {args.user} is level {user.level}; --resend needs level 2")
-        return f"cli:{user.username}"
-
-    return asyncio.run(check())
+    return f"cli:{login(url, args).username}"
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """``cgm user``: the service's own users (two access levels, art. 17).
 
 cgm user add NAME --level {1,2} [--password-env VAR] [--actor WHO]
+cgm user scope NAME --frontier CODE ... | --all | --show
 cgm user passwd NAME [--password-env VAR] [--actor WHO]
 cgm user disable NAME [--actor WHO]   /   cgm user enable NAME [--actor WHO]
 cgm user list [--json]
@@ -58,6 +59,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         d.add_argument("--actor", default=actor)
         d.set_defaults(func=_disable if name == "disable" else _enable)
 
+    sc = usub.add_parser(
+        "scope", help="limit a user to frontiers (their user, network operator, ASIC)"
+    )
+    sc.add_argument("name")
+    which = sc.add_mutually_exclusive_group(required=True)
+    which.add_argument("--frontier", nargs="*", metavar="CODE", help="exactly these (none: none)")
+    which.add_argument("--all", action="store_true", help="lift the scope: every frontier")
+    which.add_argument("--show", action="store_true", help="print the user's scope")
+    sc.add_argument("--actor", default=actor)
+    sc.set_defaults(func=_scope)
+
     ls = usub.add_parser("list", help="users, levels, state, last login")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_list)
@@ -108,6 +120,17 @@ def _disable(args: argparse.Namespace) -> int:
 def _enable(args: argparse.Namespace) -> int:
     changed = _db(lambda c: users.set_active(c, args.name, True, args.actor))
     print(f"user {args.name} {'enabled' if changed else 'was already enabled'}")
+    return 0
+
+
+def _scope(args: argparse.Namespace) -> int:
+    from cgm.security.scope import scope_of, set_scope
+
+    if not args.show:
+        codes = None if args.all else list(args.frontier)
+        _db(lambda c: set_scope(c, args.name, codes, args.actor))
+    codes = _db(lambda c: scope_of(c, args.name))
+    print(f"{args.name}: " + ("every frontier" if codes is None else " ".join(codes) or "none"))
     return 0
 
 

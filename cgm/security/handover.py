@@ -118,10 +118,15 @@ FROM app_user u LEFT JOIN app_user_password p ON p.user_id = u.id ORDER BY u.use
 """
 _METERS_SQL = """
 SELECT f.code, m.serial, m.role, m.active,
-       coalesce(array_agg(c.level ORDER BY c.level) FILTER (WHERE c.level IN (1, 2)), '{}')
+       coalesce((SELECT array_agg(c.level ORDER BY c.level) FROM meter_credential c
+                 WHERE c.meter_id = m.id AND c.level IN (1, 2)), '{}'),
+       coalesce((SELECT json_agg(json_build_object('username', u.username, 'level', u.level)
+                                 ORDER BY u.username)
+                 FROM app_user u WHERE u.active AND (NOT u.scoped OR EXISTS (
+                     SELECT 1 FROM app_user_frontier s
+                     WHERE s.user_id = u.id AND s.frontier_id = f.id))), '[]')
 FROM meter m JOIN frontier f ON f.id = m.frontier_id
-LEFT JOIN meter_credential c ON c.meter_id = m.id
-GROUP BY f.code, m.serial, m.role, m.active ORDER BY f.code, m.serial
+ORDER BY f.code, m.serial
 """
 _LOG_SQL = """
 SELECT f.code, m.serial, l.at, l.actor, l.purpose, l.activities, l.proof
@@ -155,7 +160,6 @@ def build(
         }
         for name, level, active, created, last in conn.execute(_USERS_SQL)
     ]
-    people = [{"username": u["username"], "level": u["level"]} for u in users if u["active"]]
     meter_access = [
         {
             "frontier": code,
@@ -163,11 +167,11 @@ def build(
             "role": role,
             "active": active,
             "secrets_registered": list(levels),
-            # Users are not scoped to frontiers here: every active user reaches every meter
-            # through the CGM at their own level.
+            # Who reaches the meter through the CGM, at which level: active users, unscoped
+            # or scoped to its frontier (cgm user scope).
             "people": people,
         }
-        for code, serial, role, active, levels in conn.execute(_METERS_SQL)
+        for code, serial, role, active, levels, people in conn.execute(_METERS_SQL)
     ]
     log = [
         {

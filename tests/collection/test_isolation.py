@@ -31,6 +31,7 @@ from simulators.fleet import build_fleet, inventory, start_fleet
 FAST = EngineConfig(
     policy=SessionPolicy(timeout=5.0, attempts=1, backoff=0.01),
     stale_after=timedelta(seconds=10),
+    accountable="svc-collector",  # the level-2 user the clock sets name (created below)
 )
 QUARTER = timedelta(minutes=15)
 
@@ -62,6 +63,8 @@ async def env(
 ) -> AsyncIterator[Env]:
     url = new_database()
     upgrade(url, Settings(database_url=url))
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO app_user (username, level) VALUES ('svc-collector', 2)")
     fleet = build_fleet(2, seed=5, mix={"dlms": 1.0}, first_code=87001)
     for _, meter in fleet.meters():
         meter._clock_offset = 0.0  # noqa: SLF001 - clocks exact: no correction in these tests

@@ -15,11 +15,32 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cgm import registry
 from cgm.cli import main
-from cgm.config import get_settings
+from cgm.config import Settings, get_settings
+from cgm.migrate import upgrade
 from cgm.security import secret_box
 from cgm.security.handover import HandoverError, decrypt
 from tests.registry.conftest import frontier, meter, new_code
-from tests.registry.test_cli import cli_env, ops  # noqa: F401
+
+
+@pytest.fixture
+def own_db(new_database: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A database of its own: the handover decrypts every stored credential, so none may be
+    encrypted with another test's key."""
+    url = new_database()
+    upgrade(url, Settings(database_url=url))
+    monkeypatch.setenv("CGM_DATABASE_URL", url)
+    monkeypatch.setenv("CGM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("CGM_SECRET_KEY", raising=False)
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def ops(own_db: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.setenv("CGM_T_OPS_PW", "ops-password-long-enough")
+    assert main(["user", "add", "ops-ana", "--level", "2", "--password-env", "CGM_T_OPS_PW"]) == 0
+    return ["--user", "ops-ana", "--password-env", "CGM_T_OPS_PW"]
 
 
 def _keypair(tmp_path: Path, name: str) -> tuple[Path, Path]:
@@ -42,8 +63,8 @@ def _keypair(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
 
 def test_export_then_decrypt_gives_back_every_credential(
-    ops: list[str],  # noqa: F811
-    db_url: str,
+    ops: list[str],
+    own_db: str,
     write_yaml: Callable[..., Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -62,7 +83,7 @@ def test_export_then_decrypt_gives_back_every_credential(
         ],
     )
     box = secret_box(get_settings())
-    with psycopg.connect(db_url) as conn:
+    with psycopg.connect(own_db) as conn:
         registry.import_inventory(conn, registry.load(write_yaml(fr)), box, actor="pytest")
         conn.execute(
             """INSERT INTO frontier_log (frontier_id, actor, kind, purpose)
@@ -99,7 +120,7 @@ def test_export_then_decrypt_gives_back_every_credential(
     assert got == want
 
     # The export itself is a level-2 access in every frontier's hoja de vida.
-    with psycopg.connect(db_url) as conn:
+    with psycopg.connect(own_db) as conn:
         (n,) = conn.execute(
             """SELECT count(*) FROM frontier_log l JOIN frontier f ON f.id = l.frontier_id
                WHERE f.code = %s AND l.kind = 'level2_access' AND l.actor = %s""",
@@ -120,7 +141,7 @@ def test_export_then_decrypt_gives_back_every_credential(
 
 
 def test_export_refuses_a_weak_or_missing_key(
-    ops: list[str],  # noqa: F811
+    ops: list[str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
