@@ -136,6 +136,11 @@ class Settings(BaseSettings):
                 ) from None
         return v
 
+    @field_validator("collect_accountable_user")
+    @classmethod
+    def _blank_is_none(cls, v: str | None) -> str | None:
+        return v.strip() or None if v is not None else None
+
     @field_validator("retention_years")
     @classmethod
     def _retention_at_least_two_years(cls, v: float | None) -> float | None:
