@@ -45,6 +45,8 @@ def print_summary(s: CycleSummary) -> None:
         f"  clocks       {s.clocks_corrected} corrected, "
         f"{s.clock_corrections_failed} corrections failed"
     )
+    if s.clock_reference:
+        print(f"  no clock set {s.clock_reference}")
     if s.config_findings:
         print(f"  config       {s.config_findings} new findings (see the hoja de vida)")
     for error in s.errors:
