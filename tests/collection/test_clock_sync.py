@@ -155,3 +155,24 @@ async def test_large_correction_spans_reach_back_for_validation(env: Env) -> Non
         found = await clock_corrections(conn, [p, b], day_before, day_before + timedelta(hours=1))
         assert found == [(p, at - timedelta(days=2), at)]
         assert await clock_corrections(conn, [p], at + timedelta(hours=1)) == []
+
+
+async def test_meter_without_level1_secret_is_not_read_with_level2(env: Env) -> None:
+    """Art. 17: reading is level 1 only; the missing secret is a registry violation."""
+
+    def drop_level1(inv: dict) -> None:
+        for f in inv["frontiers"]:
+            for m in f["meters"]:
+                if m["serial"] == "P88001":
+                    del m["credentials"]["level1"]
+
+    env.import_(drop_level1)
+    summary = await Collector(env.url, env.box, FAST).run_cycle()
+    assert summary.ok == 3 and summary.failed == {"auth": 1}
+    ((n,),) = env.rows("SELECT count(*) FROM reading WHERE meter_id = %s", env.meter_id("P88001"))
+    assert n == 0
+    (rule,) = env.rows(
+        "SELECT rule FROM frontier_violation WHERE subject = 'P88001' "
+        "AND rule IN ('level1_secret_missing', 'level2_secret_missing')"
+    )
+    assert rule == ("level1_secret_missing",)
