@@ -41,7 +41,8 @@ _QUERIES: dict[str, str] = {
         GROUP BY f.code, e.kind, e.element""",
     "log": """
         SELECT f.code, count(*) FILTER (WHERE l.kind = %(l2)s),
-               count(*) FILTER (WHERE l.kind = %(l2)s AND l.purpose = %(clock)s)
+               count(*) FILTER (WHERE l.kind = %(l2)s AND l.purpose = %(clock)s
+                                  AND l.activities->>'result' IS DISTINCT FROM 'failed')
         FROM frontier f JOIN frontier_log l ON l.frontier_id = f.id
          AND l.at >= %(start)s AND l.at < %(end)s
         GROUP BY f.code""",

@@ -49,9 +49,14 @@ def test_registry_import_prints_no_progress_when_stderr_is_not_a_terminal(
     inv.write_text(yaml.safe_dump({"frontiers": frontiers}))
     monkeypatch.setenv("CGM_DATABASE_URL", db_url)
     monkeypatch.setenv("CGM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CGM_T_PROGRESS_PW", "progress-password-long")
     get_settings.cache_clear()
+    name = f"ops-{new_code().lower()}"  # imports authenticate a level-2 user
     try:
-        assert main(["registry", "import", str(inv)]) == 0
+        auth = ["--user", name, "--password-env", "CGM_T_PROGRESS_PW"]
+        assert main(["user", "add", name, "--level", "2", *auth[2:]]) == 0
+        capsys.readouterr()
+        assert main(["registry", "import", str(inv), *auth]) == 0
     finally:
         get_settings.cache_clear()
     captured = capsys.readouterr()
