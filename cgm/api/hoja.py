@@ -14,8 +14,9 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from cgm import hoja_de_vida as hv
-from cgm.api.app import JSON, Reader, Writer, _pool, _record_access
+from cgm.api.app import JSON, Reader, Writer, _frontier_id, _pool, _record_access
 from cgm.api.guard import API
+from cgm.security import users
 
 router = APIRouter(prefix=API)
 Section = Literal["equipment", "seal", "calibration", "verification", "maintenance",
@@ -28,8 +29,9 @@ class EntryBody(BaseModel):
     data: dict[str, Any]
 
 
-async def _record(request: Request, code: str) -> dict[str, Any]:
+async def _record(request: Request, code: str, user: users.User) -> dict[str, Any]:
     async with _pool(request).connection() as conn:
+        await _frontier_id(conn, code, user)  # 404 outside a scoped user's frontiers
         try:
             return await hv.record(conn, code)
         except hv.EntryError as exc:
@@ -37,16 +39,16 @@ async def _record(request: Request, code: str) -> dict[str, Any]:
 
 
 @router.get("/frontiers/{code}/hoja-de-vida", summary="The frontier's hoja de vida (JSON)")
-async def read(code: str, request: Request, _: Reader) -> Response:
-    rec = await _record(request, code)
+async def read(code: str, request: Request, user: Reader) -> Response:
+    rec = await _record(request, code, user)
     return Response(json.dumps(rec, ensure_ascii=False, default=str), media_type=JSON)
 
 
 @router.get("/frontiers/{code}/hoja-de-vida.pdf", summary="The frontier's hoja de vida (PDF)")
-async def pdf(code: str, request: Request, _: Reader) -> Response:
+async def pdf(code: str, request: Request, user: Reader) -> Response:
     from cgm.hoja_pdf import render
 
-    return Response(render(await _record(request, code)), media_type="application/pdf")
+    return Response(render(await _record(request, code, user)), media_type="application/pdf")
 
 
 @router.post("/frontiers/{code}/hoja-de-vida/{section}",
@@ -57,6 +59,7 @@ async def add(
     request.state.frontier = code
     actor = f"api:{user.username}"
     async with _pool(request).connection() as conn, conn.transaction():
+        await _frontier_id(conn, code, user)  # 404 outside a scoped user's frontiers
         try:
             eid = await hv.add_entry(conn, frontier=code, section=section,
                                      entry_date=body.date, data=body.data, actor=actor)  # fmt: skip

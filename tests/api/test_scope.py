@@ -27,7 +27,7 @@ async def test_scoped_user_sees_only_its_frontiers(
 
     listed = (await client.get("/api/v1/frontiers", auth=auth)).json()
     assert [f["code"] for f in listed] == [mine.code]
-    for path in ("", "/log", "/settled?day=2026-03-01",
+    for path in ("", "/log", "/settled?day=2026-03-01", "/hoja-de-vida",
                  "/readings?start=2026-03-01T00:00:00Z&end=2026-03-02T00:00:00Z"):  # fmt: skip
         ok = await client.get(f"/api/v1/frontiers/{mine.code}{path}", auth=auth)
         assert ok.status_code == 200, (path, ok.text)
@@ -59,6 +59,11 @@ async def test_scoped_level2_user_cannot_hold_another_frontier(
     await _scope(db_url, name, [mine.code])
     body = {"reason": "review"}
     r = await client.post(f"/api/v1/frontiers/{other.code}/hold", json=body, auth=(name, pw))
+    assert r.status_code == 404
+    note = {"date": "2026-03-01", "data": {"text": "visit"}}
+    r = await client.post(
+        f"/api/v1/frontiers/{other.code}/hoja-de-vida/note", json=note, auth=(name, pw)
+    )
     assert r.status_code == 404
     r = await client.post(f"/api/v1/frontiers/{mine.code}/hold", json=body, auth=(name, pw))
     assert r.status_code == 200
