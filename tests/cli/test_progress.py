@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pty
+import select
+import time
 from pathlib import Path
 
 import yaml
@@ -15,6 +17,7 @@ from cgm.progress import Progress
 
 def test_progress_is_drawn_on_a_terminal_only(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
+    drawn = ""
     with os.fdopen(follower, "w") as tty, (tmp_path / "log").open("w+") as log:
         for stream in (tty, log):
             with Progress("importing frontiers", 3, stream=stream, interval_s=0) as bar:
@@ -22,15 +25,13 @@ def test_progress_is_drawn_on_a_terminal_only(tmp_path: Path) -> None:
                     bar.advance()
         log.seek(0)
         assert log.read() == ""  # not a terminal: nothing at all
-    drawn = ""
-    while "3/3" not in drawn:  # a terminal hands its output over in pieces
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the writing side is closed and everything was read
-            break
-        if not chunk:
-            break
-        drawn += chunk.decode()
+        # Read while the terminal is still open: once its writing side closes, Linux may
+        # answer EIO before handing over what is still buffered.
+        deadline = time.monotonic() + 10
+        while "\n" not in drawn and time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                drawn += os.read(leader, 4096).decode()
     os.close(leader)
     assert "importing frontiers: 3/3 (100 %)" in drawn and "\r" in drawn
 
