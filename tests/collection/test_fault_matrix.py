@@ -285,7 +285,10 @@ async def test_a_meter_that_hangs_fails_alone_within_its_timeouts(env: Env) -> N
 
 async def test_kill_9_of_the_service_and_a_restart_lose_nothing(env: Env, tmp_path: Path) -> None:
     env.import_()
-    _slow(env, 0.1)  # a cycle long enough to be killed in the middle
+    _slow(env, 0.1)
+    # One meter far slower than the rest, so that the cycle is surely still running when the
+    # others' sessions are stored: the kill lands mid-cycle however loaded the host is.
+    env.fleet.meter("P86001").faults.latency = 2.0
     settings_env = {
         **os.environ,
         "CGM_DATABASE_URL": env.url,
@@ -305,7 +308,12 @@ async def test_kill_9_of_the_service_and_a_restart_lose_nothing(env: Env, tmp_pa
 
     first = start()
     try:
-        await _when(env, "SELECT count(*) FROM collection_session", timeout=90)
+        await _when(
+            env,
+            "SELECT count(*) FROM collection_session WHERE EXISTS "
+            "(SELECT 1 FROM collection_claim WHERE done_at IS NULL)",
+            timeout=90,
+        )
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
