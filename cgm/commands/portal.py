@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 from collections.abc import Awaitable, Callable
 from datetime import date
@@ -23,9 +22,10 @@ from typing import Any
 import psycopg
 
 from cgm.cli import CommandError, secret_from_env
+from cgm.commands.cliauth import login_async
 from cgm.config import get_settings
 from cgm.db import current_url
-from cgm.security.users import AuthFailed, User, authenticate
+from cgm.security.users import User
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,25 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _as_level2(
     args: argparse.Namespace, work: Callable[[psycopg.AsyncConnection, User], Awaitable[Any]]
 ) -> Any:
+    """Run ``work`` as the authenticated level-2 user (the CLI's one login helper)."""
     url = current_url(get_settings())
-    password = (
-        secret_from_env(args.password_env, "--password-env")
-        if args.password_env
-        else getpass.getpass(f"password for {args.user}: ")
-    )
 
     async def go() -> Any:
+        user = await login_async(url, args, level=2)
         async with await psycopg.AsyncConnection.connect(url) as conn:
-            try:
-                user = await authenticate(conn, args.user, password)
-            except AuthFailed:
-                await conn.commit()  # keep the failed-login count
-                raise CommandError(
-                    f"user {args.user}: wrong password, unknown or disabled"
-                ) from None
-            await conn.commit()
-            if user.level < 2:
-                raise CommandError(f"user {args.user} is level {user.level}; this needs level 2")
             return await work(conn, user)
 
     return asyncio.run(go())
