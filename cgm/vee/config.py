@@ -23,6 +23,8 @@ ALL_RULES = (
     "capacity",  # above what the installed capacity allows in an hour
     "register_mismatch",  # interval sum against the register advance
     "clock_correction",  # interval touched by a large clock correction
+    "partial",  # the hour's sub-hourly entries did not cover it (Quality.PARTIAL)
+    "register_rollover",  # a cumulative register wrapped inside the hour
     "backup_divergence",  # principal against backup beyond the accuracy tolerance
 )
 
@@ -42,6 +44,7 @@ DEFAULT_REJECT = frozenset(
         "zero_run",
         "frozen",
         "capacity",
+        "partial",
     }
 )
 

@@ -162,6 +162,22 @@ def check_meter(
                 present & clk,
                 lambda s, w: "interval touched by a large clock correction (art. 16)",
             )
+        if on("partial"):
+            # An incomplete hour understates the energy: rejected by default, so the backup
+            # or an estimate stands in for it.
+            checks.add(
+                "partial",
+                present & ((quality & int(Quality.PARTIAL)) != 0),
+                lambda s, w: "incomplete hour: the sub-hourly entries did not cover the interval",
+            )
+        if on("register_rollover"):
+            # The advance is computed across the wrap: right if one wrap, so kept, but
+            # marked for review.
+            checks.add(
+                "register_rollover",
+                present & ((quality & int(Quality.REGISTER_ROLLOVER)) != 0),
+                lambda s, w: "a cumulative register wrapped past its maximum in the interval",
+            )
 
         c = v[:, CORE]
         if on("spike_day"):

@@ -56,6 +56,8 @@ _CARRIED = int(
     | Quality.CLOCK_CORRECTED
     | Quality.LARGE_CLOCK_CORRECTION
     | Quality.DERIVED_FROM_REGISTERS
+    | Quality.PARTIAL
+    | Quality.REGISTER_ROLLOVER
 )
 
 

@@ -75,6 +75,8 @@ def test_rules_fire_where_they_should(values, kwargs, expected) -> None:
         (Quality.METER_CRITICAL_ERROR, "meter_status"),
         (Quality.LARGE_CLOCK_CORRECTION, "clock_correction"),
         (Quality.METER_POWER_DOWN, None),
+        (Quality.PARTIAL, "partial"),
+        (Quality.REGISTER_ROLLOVER, "register_rollover"),
     ],
 )
 def test_status_bits(status: Quality, rule: str | None) -> None:

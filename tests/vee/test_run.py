@@ -387,3 +387,62 @@ async def test_all_channels_are_settled(conn) -> None:
     assert s.series == 4 and s.by_source == {"principal": 96}
     # Export is zero all day on a load: a run of zeros is not an error without history.
     assert "zero_run" not in s.flagged
+
+
+async def test_partial_hour_is_not_settled_as_measured(conn) -> None:
+    """An incomplete hour (PARTIAL) understates the energy: the backup stands in for it,
+    and where the backup is partial too the hour is estimated; the reason is kept."""
+    f = await make_frontier(conn)
+    raw = load(f, DAY)
+    cut = raw.copy()
+    cut[[6, 15]] *= 0.5  # half the hour's entries
+    await put(conn, f.principal, DAY, cut, quality={6: Quality.PARTIAL, 15: Quality.PARTIAL})
+    backup = raw.copy()
+    backup[15] = cut[15]
+    await put(conn, f.backup, DAY, backup, quality={15: Quality.PARTIAL})
+    s = await vee(conn, f)
+    rows = await settled(conn, f, DAY)
+    assert [r[1] for r in rows] == ["principal"] * 6 + ["backup"] + ["principal"] * 8 + [
+        "estimate"
+    ] + ["principal"] * 8
+    assert rows[6][0] == pytest.approx(raw[6])
+    assert "incomplete hour" in rows[6][4]["checks"]["principal"]["partial"]
+    assert set(rows[15][4]["checks"]) == {"principal", "backup"}
+    assert rows[15][3] & Quality.ESTIMATED and not rows[15][3] & Quality.PARTIAL
+    assert rows[15][0] > 0.8 * raw[15]  # not the half hour that was read
+    assert s.flagged["partial"] == 3
+    assert not any(r[3] & Quality.PARTIAL for r in rows)
+
+
+async def test_partial_hour_kept_when_the_rule_only_flags(conn) -> None:
+    f = await make_frontier(conn)
+    raw = load(f, DAY)
+    await put(conn, f.principal, DAY, raw, quality={9: Quality.PARTIAL})
+    await vee(conn, f, reject=VeeConfig().reject - {"partial"})
+    rows = await settled(conn, f, DAY)
+    assert rows[9][1] == "principal"
+    assert rows[9][3] & Quality.PARTIAL and rows[9][3] & Quality.SUSPECT
+    assert [i for i, r in enumerate(rows) if r[3]] == [9]
+
+
+async def test_register_rollover_carried_to_the_settled_value_and_reported(conn) -> None:
+    from cgm.api.encode import flag_names
+    from cgm.storage.settled import read_settled
+
+    f = await make_frontier(conn)
+    raw = load(f, DAY)
+    await put(conn, f.principal, DAY, raw, quality={11: Quality.REGISTER_ROLLOVER})
+    await put(conn, f.backup, DAY, raw)
+    s = await vee(conn, f)
+    rows = await settled(conn, f, DAY)
+    assert [r[1] for r in rows] == ["principal"] * 24  # the value across the wrap is kept
+    assert rows[11][0] == pytest.approx(raw[11])
+    assert rows[11][3] & Quality.REGISTER_ROLLOVER and rows[11][3] & Quality.SUSPECT
+    assert "wrapped" in rows[11][4]["checks"]["principal"]["register_rollover"]
+    assert [i for i, r in enumerate(rows) if r[3]] == [11]
+    assert s.flagged["register_rollover"] == 1 and s.as_dict()["flagged"]["register_rollover"]
+    start = hour_starts(DAY)[0]
+    api_rows = await read_settled(conn, [f.id], start, start + timedelta(days=1))
+    assert "REGISTER_ROLLOVER" in list(flag_names(api_rows[11].flags))  # what the API shows
+    again = await vee(conn, f)
+    assert again.written == 0
