@@ -36,13 +36,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _binary(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
-    if found is None:
-        pytest.fail(f"{name} is not installed (apt-get install mosquitto); .ci/run installs it")
-    return found
-
-
 @dataclass
 class Deployed:
     port: int
@@ -55,13 +48,16 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+def mosquitto(
+    tmp_path_factory: pytest.TempPathFactory, mosquitto_programs: tuple[str, str]
+) -> Iterator[Deployed]:
+    broker_bin, passwd_bin = mosquitto_programs
     tmp = tmp_path_factory.mktemp("mosquitto")
     ca = ScratchCA(tmp)
     broker = ca.issue("broker", server=True)
     for user, password in ACCOUNTS.items():
         subprocess.run(
-            [_binary("mosquitto_passwd"), "-b", *([] if (tmp / "passwd").exists() else ["-c"]),
+            [passwd_bin, "-b", *([] if (tmp / "passwd").exists() else ["-c"]),
              str(tmp / "passwd"), user, password],
             check=True, capture_output=True,
         )  # fmt: skip
@@ -88,7 +84,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     (tmp / "data").mkdir()
     (tmp / "mosquitto.conf").write_text(conf + "\nuser root\n")  # the test runs as root
     proc = subprocess.Popen(
-        [_binary("mosquitto"), "-c", str(tmp / "mosquitto.conf")],
+        [broker_bin, "-c", str(tmp / "mosquitto.conf")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -4,11 +4,9 @@ screenshots kept under ``tests/artifacts/portal/``."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import httpx
-import pytest
 
 from cgm.api.server import ApiThread, _bind
 from cgm.config import Settings
@@ -53,20 +51,14 @@ async def test_page_over_http(
     assert 'id="status-totals"' in r.text and 'id="units"' in r.text
 
 
-def _browser() -> tuple[str, str]:
-    chrome = shutil.which("chromium")
-    driver = shutil.which("chromedriver")
-    if not (chrome and driver):
-        pytest.fail("install Debian's chromium and chromium-driver for the browser test")
-    return chrome, driver
-
-
-async def test_page_in_headless_chromium(db_url: str, tmp_path: Path) -> None:
+async def test_page_in_headless_chromium(
+    db_url: str, tmp_path: Path, chromium_programs: tuple[str, str]
+) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
     from selenium.webdriver.common.by import By
 
-    chrome, driver_path = _browser()
+    chrome, driver_path = chromium_programs
     s = await _setup(db_url, tmp_path)
     api = ApiThread(db_url, Settings(database_url=db_url), _bind("127.0.0.1", 0), None)
     await api.start()
