@@ -166,7 +166,7 @@ async def year_of_data(url: str, code: str, now: datetime) -> None:
 
 async def load_loop(url: str, box: object, stop: asyncio.Event, stats: dict) -> None:
     """Collection cycles, each followed by VEE over the last two local days, as ``cgm run``
-    does it: on the VEE worker thread where there is one, else on this loop."""
+    does it: in the VEE process where there is one, else on this loop."""
     from cgm.vee import run_vee
 
     try:
@@ -175,8 +175,8 @@ async def load_loop(url: str, box: object, stop: asyncio.Event, stats: dict) -> 
         worker = None
     else:
         worker = VeeWorker(url)
-        worker.start()
-    stats["vee_on"] = "worker thread" if worker else "event loop"
+        await worker.start()
+    stats["vee_on"] = "VEE process" if worker else "event loop"
     collector = Collector(url, box, engine_config(256, 8))
     while not stop.is_set():
         t0 = time.perf_counter()
@@ -192,7 +192,7 @@ async def load_loop(url: str, box: object, stop: asyncio.Event, stats: dict) -> 
             if worker is None:
                 await run_vee(url, day)
             else:
-                await worker.submit(lambda conn, d=day: run_vee(conn, d))
+                await worker.run_day(day)
             stats["vee_s"].append(round(time.perf_counter() - t0, 1))
     if worker is not None:
         await worker.stop()

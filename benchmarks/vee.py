@@ -34,6 +34,7 @@ import os
 import platform
 import pstats
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -290,7 +291,9 @@ async def under_load(url: str, sim_frontiers: int) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cgm-bench-vee-"))
     sim = start_simulators(sim_frontiers, 50, work / "fleet.yaml", None, "embedded")
-    port = 18000 + os.getpid() % 1000
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     settings = Settings(database_url=url, api_host="127.0.0.1", api_port=port, data_dir=work)
     svc = Service(settings)
     svc.db_url = url
@@ -335,8 +338,8 @@ async def under_load(url: str, sim_frontiers: int) -> None:
                 (start, end),
             )
             await c.execute("ALTER TABLE settled_reading ENABLE TRIGGER USER")
-        worker.start()
-        run = worker.submit(lambda conn: run_vee(conn, DAY, config=VeeConfig(), now=NOW))
+        await worker.start()
+        run = worker.run_day(DAY, now=NOW)
 
         async def probe_while_running() -> np.ndarray:
             chunks = []

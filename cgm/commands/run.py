@@ -72,12 +72,12 @@ def build_service(simulate: int = 0) -> Service:
 
     async def start_vee(svc: Service) -> None:
         worker.db_url = svc.db_url
-        worker.start()
+        await worker.start()
 
     async def settle(summary: CycleSummary) -> None:
-        # Validation follows collection: settle the days this cycle read (idempotent), on
-        # the VEE worker's thread and connection, so the loop goes on serving the API and
-        # collecting; runs queue one after another.
+        # Validation follows collection: settle the days this cycle read (idempotent), in
+        # the VEE process (cgm.vee.worker), so the loop goes on serving the API and
+        # collecting; runs queue one after another; the outcome goes to the log.
         worker.after_collection(summary.cycle).add_done_callback(log_summary)
 
     async def stop_vee(svc: Service) -> None:
