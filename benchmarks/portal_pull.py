@@ -8,6 +8,12 @@ estimated), a portal unit owning a meter linked to it, and a unit user. The API 
 ``cgm run`` serves it (uvicorn on its own thread and loop, real socket, the service's pool);
 the client (httpx, one keep-alive connection) runs in this process's main thread, so it
 competes with the server for the interpreter: the figures are pessimistic.
+
+Besides wall-clock percentiles (meaningless on a loaded host without the load average, which
+is printed), it reports CPU time per request, which survives load: this process (API server
+and client) from ``time.process_time``, and PostgreSQL from the scheduler's run time
+(``/proc/PID/schedstat``) of the backends connected to the scratch database, when the server
+runs on this host.
 """
 
 from __future__ import annotations
@@ -90,6 +96,20 @@ async def seed(url: str) -> None:
         await conn.commit()
 
 
+def _backend_cpu(server: str, name: str) -> float | None:
+    """Seconds of CPU the scratch database's backends have used (None when not local)."""
+    with psycopg.connect(server, autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))]  # fmt: skip
+    total = 0.0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return None
+    return total
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200)
@@ -105,6 +125,7 @@ async def main() -> None:
         port = api.sock.getsockname()[1]
         base = f"http://127.0.0.1:{port}/api/v1/portal/meters/MBENCH/consumption"
         last = FIRST + timedelta(days=364)
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         try:
             for resolution in ("hourly", "daily", "monthly"):
                 q = {"start": FIRST.isoformat(), "end": last.isoformat(), "resolution": resolution}
@@ -121,12 +142,19 @@ async def main() -> None:
                             times.append(time.perf_counter() - t0)
                         return len(r.content)
 
+                pg0, cpu0 = _backend_cpu(args.database_url, name), time.process_time()
                 size = await asyncio.to_thread(run)
+                n = args.requests + 1
+                cpu = (time.process_time() - cpu0) / n * 1000
+                pg1 = _backend_cpu(args.database_url, name)
+                pg = f"{(pg1 - pg0) / n * 1000:.1f} ms" if None not in (pg0, pg1) else "n/a"
                 times.sort()
                 p99 = times[int(0.99 * (len(times) - 1))]
                 print(f"{resolution:8s} year, {args.requests} requests: p50 "
                       f"{statistics.median(times) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
-                      f"body {size / 1024:.0f} KiB")  # fmt: skip
+                      f"body {size / 1024:.0f} KiB; CPU per request: this process "
+                      f"{cpu:.1f} ms, PostgreSQL {pg}")  # fmt: skip
+            print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         finally:
             await api.stop()
     finally:

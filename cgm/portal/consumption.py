@@ -4,18 +4,26 @@ Every value keeps where it came from (measured by the principal or the backup me
 estimated with its method, or entered by hand), and every period says how much of it is
 estimated. A missing hour is never a zero: a period with hours missing says so
 (``missing_hours``) and its total covers only the hours present.
+
+Why it is built in SQL: a year of hourly values is 8,760 rows, and turning each into Python
+objects (timestamps, the ``detail`` JSON, a dict per hour, the framework's generic encoder)
+cost about a second a request. PostgreSQL groups the daily and monthly periods itself
+(``width_bucket`` over period starts computed by :mod:`cgm.localtime`, so local days still
+come from there only) and writes the hourly array as JSON text, which passes through
+untouched; only the few-hundred-row summaries are assembled here. Figures:
+``benchmarks/README.md`` (portal pull).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
 
-from cgm.localtime import day_bounds, local_day, period_of
-from cgm.storage import read_settled
+from cgm.localtime import HOUR, day_bounds
 
 Resolution = Literal["hourly", "daily", "monthly"]
 MAX_DAYS = 366  # a year of hourly values per request
@@ -43,27 +51,124 @@ async def find_meter(conn: psycopg.AsyncConnection, number: str) -> PortalMeter 
     return PortalMeter(*row) if row else None
 
 
-def _hours(first: date, last: date) -> dict[date, int]:
-    """Hours in each local day (always 24: Colombia keeps no daylight saving)."""
-    out, d = {}, first
+def _periods(first: date, last: date, resolution: Resolution) -> tuple[list[datetime], list[str]]:
+    """Period starts in UTC plus the range's end (``len(keys) + 1`` edges), and each
+    period's key: local days for hourly and daily, ``YYYY-MM`` months for monthly."""
+    edges: list[datetime] = []
+    keys: list[str] = []
+    d = first
     while d <= last:
-        start, end = day_bounds(d)
-        out[d] = int((end - start).total_seconds() // 3600)
+        key = d.strftime("%Y-%m") if resolution == "monthly" else d.isoformat()
+        if not keys or keys[-1] != key:
+            keys.append(key)
+            edges.append(day_bounds(d)[0])
         d += timedelta(days=1)
-    return out
+    edges.append(day_bounds(last)[1])
+    return edges, keys
 
 
-def _new_period(key: str, expected: int) -> dict[str, Any]:
+_WHERE = """frontier_id = %(f)s AND channel = %(c)s
+            AND interval_start >= (%(e)s::timestamptz[])[1]
+            AND interval_start < (%(e)s::timestamptz[])[array_length(%(e)s::timestamptz[], 1)]"""
+
+_GROUPED = f"""SELECT width_bucket(interval_start, %(e)s::timestamptz[]), source, method,
+                      count(*), sum(value)
+               FROM settled_reading WHERE {_WHERE}
+               GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
+
+# One JSON object per hour, in time order, written as text: json_build_object costs four
+# times as much per row (benchmarks/README.md). The day and hour period (1..24: hours since
+# the local day's start) come from the day starts passed in; the instant's text is Python's
+# isoformat of a UTC datetime. Sources are a closed set (CHECK) and values finite (refused on
+# write), so only the method needs JSON quoting.
+_HOURLY = f"""SELECT coalesce('[' || string_agg(concat(
+                  '{{"interval_start":"',
+                  replace((r.interval_start AT TIME ZONE 'UTC')::text, ' ', 'T'),
+                  '+00:00","day":"', to_char((%(k)s::date[])[b], 'YYYY-MM-DD'),
+                  '","hour_period":',
+                  date_part('epoch', r.interval_start - (%(e)s::timestamptz[])[b])::int / 3600 + 1,
+                  ',"value":', r.value, ',"source":"', r.source,
+                  '","method":', coalesce(to_json(r.method)::text, 'null'),
+                  ',"estimated":', (r.source = 'estimate')::text,
+                  ',"version":', r.version, '}}'),
+                  ',' ORDER BY r.interval_start) || ']', '[]'),
+              count(*), coalesce(sum(r.value), 0),
+              count(*) FILTER (WHERE r.source = 'estimate'),
+              coalesce(sum(r.value) FILTER (WHERE r.source = 'estimate'), 0)
+              FROM (SELECT interval_start, value, source, method, version,
+                           width_bucket(interval_start, %(e)s::timestamptz[]) AS b
+                    FROM settled_reading WHERE {_WHERE}) r"""
+
+
+def _totals(expected: int, hours: int, value: float, est_hours: int, est_value: float) -> dict:
     return {
-        "period": key,
-        "value": 0.0,
-        "hours": 0,
+        "value": value,
+        "hours": hours,
         "expected_hours": expected,
-        "missing_hours": expected,
-        "estimated_hours": 0,
-        "estimated_value": 0.0,
-        "by_source": {},
+        "missing_hours": expected - hours,
+        "estimated_hours": est_hours,
+        "estimated_value": est_value,
+        "estimated_share": (est_value / value) if value else None,
     }
+
+
+async def consumption_json(
+    conn: psycopg.AsyncConnection,
+    meter: PortalMeter,
+    first: date,
+    last: date,
+    resolution: Resolution,
+) -> bytes:
+    """The consumption of ``meter`` over local days ``first``..``last`` (inclusive), as the
+    JSON document the pull API answers."""
+    if meter.frontier_id is None or meter.channel is None:
+        raise LookupError(f"meter {meter.number} is not linked to a CGM meter")
+    edges, keys = _periods(first, last, resolution)
+    expected = int((edges[-1] - edges[0]) / HOUR)
+    params: dict[str, Any] = {"f": meter.frontier_id, "c": meter.channel, "e": edges}
+    head: dict[str, Any] = {
+        "meter": meter.number,
+        "frontier": meter.frontier,
+        "channel": meter.channel_name,
+        "units": f"{meter.unit} (primary)",
+        "first_day": first.isoformat(),
+        "last_day": last.isoformat(),
+        "resolution": resolution,
+    }
+    if resolution == "hourly":
+        params["k"] = [date.fromisoformat(k) for k in keys]
+        cur = await conn.execute(_HOURLY, params)
+        values, n, total, n_est, est = await cur.fetchone()  # type: ignore[misc]
+        head["totals"] = _totals(expected, n, total, n_est, est)
+        text = json.dumps(head, separators=(",", ":"))
+        return f'{text[:-1]},"values":{values}}}'.encode()
+    periods = []
+    for i, key in enumerate(keys):
+        n = int((edges[i + 1] - edges[i]) / HOUR)
+        periods.append({
+            "period": key, "value": 0.0, "hours": 0, "expected_hours": n, "missing_hours": n,
+            "estimated_hours": 0, "estimated_value": 0.0, "by_source": {},
+        })  # fmt: skip
+    cur = await conn.execute(_GROUPED, params)
+    for bucket, source, method, count, value in await cur.fetchall():
+        p = periods[bucket - 1]
+        p["value"] += value
+        p["hours"] += count
+        p["missing_hours"] -= count
+        name = f"estimate:{method}" if source == "estimate" else source
+        p["by_source"][name] = p["by_source"].get(name, 0) + count
+        if source == "estimate":
+            p["estimated_hours"] += count
+            p["estimated_value"] += value
+    head["totals"] = _totals(
+        expected,
+        sum(p["hours"] for p in periods),
+        sum(p["value"] for p in periods),
+        sum(p["estimated_hours"] for p in periods),
+        sum(p["estimated_value"] for p in periods),
+    )
+    head["values"] = periods
+    return json.dumps(head, separators=(",", ":")).encode()
 
 
 async def consumption(
@@ -73,69 +178,5 @@ async def consumption(
     last: date,
     resolution: Resolution,
 ) -> dict[str, Any]:
-    """The consumption of ``meter`` over local days ``first``..``last`` (inclusive)."""
-    if meter.frontier_id is None or meter.channel is None:
-        raise LookupError(f"meter {meter.number} is not linked to a CGM meter")
-    start, _ = day_bounds(first)
-    _, end = day_bounds(last)
-    rows = await read_settled(conn, [meter.frontier_id], start, end, channels=[meter.channel])
-    days = _hours(first, last)
-    hourly: list[dict[str, Any]] = []
-    periods: dict[str, dict[str, Any]] = {}
-    if resolution != "hourly":
-        for d, n in days.items():
-            key = d.isoformat() if resolution == "daily" else d.strftime("%Y-%m")
-            p = periods.get(key) or periods.setdefault(key, _new_period(key, 0))
-            p["expected_hours"] += n
-            p["missing_hours"] += n
-    for r in rows:
-        estimated = r.source == "estimate"
-        source = f"estimate:{r.method}" if estimated else r.source
-        if resolution == "hourly":
-            d, period = period_of(r.interval_start)
-            hourly.append(
-                {
-                    "interval_start": r.interval_start.isoformat(),
-                    "day": d.isoformat(),
-                    "hour_period": period,
-                    "value": r.value,
-                    "source": r.source,
-                    "method": r.method,
-                    "estimated": estimated,
-                    "version": r.version,
-                }
-            )
-            continue
-        d = local_day(r.interval_start)
-        key = d.isoformat() if resolution == "daily" else d.strftime("%Y-%m")
-        p = periods[key]
-        p["value"] += r.value
-        p["hours"] += 1
-        p["missing_hours"] -= 1
-        p["by_source"][source] = p["by_source"].get(source, 0) + 1
-        if estimated:
-            p["estimated_hours"] += 1
-            p["estimated_value"] += r.value
-    expected = sum(days.values())
-    total = sum(r.value for r in rows)
-    est = [r for r in rows if r.source == "estimate"]
-    out: dict[str, Any] = {
-        "meter": meter.number,
-        "frontier": meter.frontier,
-        "channel": meter.channel_name,
-        "units": f"{meter.unit} (primary)",
-        "first_day": first.isoformat(),
-        "last_day": last.isoformat(),
-        "resolution": resolution,
-        "totals": {
-            "value": total,
-            "hours": len(rows),
-            "expected_hours": expected,
-            "missing_hours": expected - len(rows),
-            "estimated_hours": len(est),
-            "estimated_value": sum(r.value for r in est),
-            "estimated_share": (sum(r.value for r in est) / total) if total else None,
-        },
-    }
-    out["values"] = hourly if resolution == "hourly" else list(periods.values())
-    return out
+    """:func:`consumption_json` as Python values (for the page: a day, month or year)."""
+    return json.loads(await consumption_json(conn, meter, first, last, resolution))
