@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     portal_push_token: SecretStr | None = Field(default=None, repr=False)  # Bearer, optional
     portal_push_attempts: int = Field(default=5, ge=1, le=20)
     portal_push_timeout_s: float = Field(default=10.0, gt=0)
+    # `cgm run` pushes automatically when a URL is set: every day at this local (Colombian)
+    # time, the last `portal_push_days` days (yesterday included), so a day corrected after
+    # its first push goes again as a new version; unchanged days are skipped. A positive
+    # interval also runs the same job every that many seconds (`--simulate` uses 60).
+    portal_push_time: str = Field(default="07:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$")
+    portal_push_days: int = Field(default=7, ge=1, le=62)
+    portal_push_interval_s: float = Field(default=0.0, ge=0)
 
     # --- ASIC: automatic daily report of readings (cgm.reporting) ------------------------
     # Every deadline and window below is configuration, not a constant; each has a note of

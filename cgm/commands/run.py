@@ -15,6 +15,7 @@ from cgm.cli import CommandError
 from cgm.collection import push, schedule
 from cgm.collection.engine import CycleSummary
 from cgm.config import get_settings
+from cgm.portal.schedule import register_jobs as register_portal_jobs
 from cgm.reporting.schedule import register_jobs as register_asic_jobs
 from cgm.security import secret_box
 from cgm.service import Service
@@ -58,8 +59,63 @@ def _import_fleet(service: Service, inventory: dict) -> None:
     log.info("simulated fleet registered from %s (%d meters new)", path, report.meters_inserted)
 
 
+def demo_portal_inventory(frontiers: list[str]) -> dict:
+    """The demo's consumption portal: a unit owning a client number whose meters read the
+    first simulated frontiers, and a second unit associated with the first (shared) meter."""
+    meters = [
+        {"number": f"SIM-{code}", "smart": True, "shared": i == 0, "invoice_access": True,
+         "cgm": {"frontier": code, "channel": "active_import"}}
+        for i, code in enumerate(frontiers[:2])
+    ]  # fmt: skip
+
+    def unit(code: str, street: str, **more: object) -> dict:
+        return {
+            "code": code,
+            "building": {"region": "Metropolitana de Santiago", "province": "Santiago",
+                         "commune": "Santiago", "street": street, "number": "1"},
+            "institution": "Demo institution", "service": "Demo service",
+            "name": f"Demo unit {code}", "use_type": "office", "floors": "1",
+            "surface_m2": 500, "property_type": "own", "roll_numbers": ["100-1"],
+            "staff_count": 10, "reports_pmg": True, "invoice": {"access": "yes"},
+            "energy_sources": {"electricity": True}, **more,
+        }  # fmt: skip
+
+    owner = unit("SIM-OWNER", "Demo street", client_numbers=[
+        {"company": "Demo Distribution", "number": "SIM-1", "tariff_type": "BT-1",
+         "meters": meters}])  # fmt: skip
+    shared = unit("SIM-SHARED", "Demo street", associate=[
+        {"company": "Demo Distribution", "number": "SIM-1",
+         "meters": [meters[0]["number"]]}])  # fmt: skip
+    return {"units": [owner, shared]}
+
+
+async def _import_demo_portal(service: Service, frontiers: list[str]) -> None:
+    from cgm.portal import loader, store
+
+    path = service.settings.data_dir / "simulated-portal.yaml"
+    path.write_text(yaml.safe_dump(demo_portal_inventory(frontiers), sort_keys=False))
+    async with await psycopg.AsyncConnection.connect(service.db_url) as conn:
+        await store.import_inventory(conn, loader.load(path), "cgm run --simulate")
+        await conn.commit()
+    log.info("simulated portal inventory registered from %s", path)
+
+
 def build_service(simulate: int = 0) -> Service:
-    service = Service(get_settings())
+    settings = get_settings()
+    if simulate:
+        # The demo pushes to a portal simulator, never to a configured portal, and often
+        # enough to watch the pushes land (a copy: the cached settings stay as configured).
+        from simulators.portal import PortalSimulator
+
+        portal = PortalSimulator(0)
+        settings = settings.model_copy(
+            update={
+                "portal_push_url": portal.url,
+                "portal_push_token": None,
+                "portal_push_interval_s": settings.portal_push_interval_s or 60.0,
+            }
+        )
+    service = Service(settings)
     job = schedule.install(service)
     push.install(service, job)  # MQTT meters' pushed entries, stored as they arrive
 
@@ -88,6 +144,9 @@ def build_service(simulate: int = 0) -> Service:
     job.after_cycle.append(settle)
     service.vee = worker  # type: ignore[attr-defined]
     register_asic_jobs(service)  # scheduled only when CGM_ASIC_BASE_URL is set
+    if simulate:
+        service.portal_simulator = portal  # type: ignore[attr-defined]
+    service.portal_push = register_portal_jobs(service)  # type: ignore[attr-defined]
     install_api(service)  # HTTP API on api_host:api_port (0: none)
     if simulate:
         from simulators.fleet import build_fleet, inventory, start_fleet
@@ -95,11 +154,15 @@ def build_service(simulate: int = 0) -> Service:
         fleet = build_fleet(simulate, seed=0)
 
         async def start(svc: Service) -> None:
+            portal.__enter__()
+            log.info("portal simulator receiving pushes at %s", portal.url)
             await start_fleet(fleet, mqtt=svc.mqtt)
             await asyncio.to_thread(_import_fleet, svc, inventory(fleet))
+            await _import_demo_portal(svc, [f.code for f in fleet.frontiers])
 
         async def stop(svc: Service) -> None:
             await fleet.stop()
+            portal.__exit__()
 
         # Before the collection job starts, so the first cycle finds the fleet.
         service.on_start.insert(0, start)
