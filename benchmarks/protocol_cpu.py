@@ -1,6 +1,6 @@
 """CPU per meter session, by protocol: the driver's side and the simulator's side.
 
-    .venv/bin/python benchmarks/protocol_cpu.py [--meters 200] [--concurrency 16]
+    .venv/bin/python benchmarks/protocol_cpu.py [--meters 200] [--concurrency 64]
         [--rounds 3] [--protocols dlms modbus mqtt] [--mqtt-url mqtt://127.0.0.1:1883]
         [--profile-driver /tmp/d.prof] [--profile-sim /tmp/s.prof]
 
@@ -209,7 +209,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--meters", type=int, default=200, help="per protocol")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--protocols", nargs="+", default=["dlms", "modbus", "mqtt"])
     parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")

@@ -45,6 +45,7 @@ AR_TAIL = 1e-4  # innovations older than the weight φ^k < AR_TAIL are dropped
 # profile status" byte (Blue Book), written from the standard rather than taken from the
 # drivers, so that a wrong bit in a driver does not pass unnoticed.
 STATUS_CLOCK_ADJUSTED = 0x20
+_ROW_CACHE = 256  # intervals remembered per meter (see SimulatedMeter._rows)
 
 
 class FaultAction(StrEnum):
@@ -73,8 +74,19 @@ class Faults:
 
     async def before_answer(self, answered_in_session: int) -> FaultAction:
         """Apply latency and decide the fate of the next answer (consumes ``corrupt_next``)."""
+        delay = self.delay()
+        if delay:
+            await asyncio.sleep(delay)
+        return self.decide(answered_in_session)
+
+    def delay(self) -> float:
+        """Seconds to wait before the next answer (latency plus this answer's jitter)."""
         if self.latency or self.jitter:
-            await asyncio.sleep(self.latency + self.jitter * random.random())
+            return self.latency + self.jitter * random.random()
+        return 0.0
+
+    def decide(self, answered_in_session: int) -> FaultAction:
+        """The fate of the next answer, without the latency (consumes ``corrupt_next``)."""
         if self.no_answer:
             return FaultAction.SILENT
         if self.drop_after_requests is not None and answered_in_session >= self.drop_after_requests:
@@ -185,6 +197,8 @@ class SimulatedMeter:
         self._clock_ref = self._now()
         self._clock_offset = clock_offset
         self.clock_adjustments: list[tuple[datetime, float]] = []  # (real time, seconds moved)
+        self._rows_key: tuple[object, ...] | None = None
+        self._row_cache: dict[int, dict[Channel, float]] = {}
         self._register_cache: (
             tuple[tuple[object, ...], dict[Channel, float], dict[Channel, float]] | None
         ) = None
@@ -304,21 +318,41 @@ class SimulatedMeter:
         first = int(self._floor(lo).timestamp())
         if first < int(lo.timestamp()):
             first += step
-        starts = np.arange(first, int(hi.timestamp()), step, dtype=np.int64)
-        values = self.interval_values(starts)
+        starts = range(first, int(hi.timestamp()), step)
+        rows = self._rows(starts)
         adjusted = {int(self._floor(t).timestamp()) for t, moved in self.clock_adjustments if moved}
         out: list[ProfileEntry] = []
-        for i, ts in enumerate(starts.tolist()):
+        for ts, row in zip(starts, rows, strict=True):
             t = datetime.fromtimestamp(ts, UTC)
             if any(a <= t < b for a, b in self.faults.missing):
                 continue
             status = STATUS_CLOCK_ADJUSTED if ts in adjusted else 0
-            out.append(
-                ProfileEntry(
-                    t, self.capture_period, {ch: float(v[i]) for ch, v in values.items()}, status
-                )
-            )
+            out.append(ProfileEntry(t, self.capture_period, dict(row), status))
         return out
+
+    def _rows(self, starts: range) -> list[dict[Channel, float]]:
+        """Each interval's values, as :meth:`interval_values` gives them.
+
+        Short windows (the steady state's last hour or two) are remembered per interval, so
+        a meter read every hour computes each interval once instead of once per read: the
+        numpy set-up of a one-interval call was most of a simulated session's CPU. The memory
+        is dropped when anything the values depend on changes (divergence, load, seed).
+        """
+        if len(starts) > _ROW_CACHE // 4:
+            values = self.interval_values(np.asarray(starts, dtype=np.int64))
+            columns = {ch: v.tolist() for ch, v in values.items()}
+            return [{ch: c[i] for ch, c in columns.items()} for i in range(len(starts))]
+        key = (self.faults.divergence_pct, self.mean_kw, self.generator, self.seed, starts.step)
+        if key != self._rows_key or len(self._row_cache) > _ROW_CACHE:
+            self._rows_key, self._row_cache = key, {}
+        cache = self._row_cache
+        missing = [t for t in starts if t not in cache]
+        if missing:
+            values = self.interval_values(np.asarray(missing, dtype=np.int64))
+            columns = {ch: v.tolist() for ch, v in values.items()}
+            for i, t in enumerate(missing):
+                cache[t] = {ch: c[i] for ch, c in columns.items()}
+        return [cache[t] for t in starts]
 
     def register_values(self, ends: list[datetime]) -> dict[Channel, list[float]]:
         """The cumulative registers at interval boundaries ``ends`` (what a meter captures

@@ -14,6 +14,7 @@ misbehaviours seen on real meters (a malformed GET-with-list answer, endless blo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -26,6 +27,12 @@ from drivers.base import Channel
 from simulators.meter import COLOMBIA_OFFSET, SimulatedMeter
 
 COLOMBIA = timezone(COLOMBIA_OFFSET)
+
+# Client SAPs and the server's logical device (Blue Book / IDIS conventions): the wrapper's
+# source and destination wPorts.
+MANAGEMENT_CLIENT = 0x01  # level 2
+READING_CLIENT = 0x20  # level 1
+MANAGEMENT_LOGICAL_DEVICE = 0x01
 
 # Interface classes (Blue Book 4.1 / 4.3).
 DATA, REGISTER, DEMAND_REGISTER, PROFILE_GENERIC, CLOCK_CLASS = 1, 3, 5, 7, 8
@@ -41,6 +48,7 @@ MODEL = bytes([0, 0, 96, 1, 2, 255])
 FIRMWARE = bytes([1, 0, 0, 2, 0, 255])
 STATUS = bytes([0, 0, 96, 10, 1, 255])
 LOAD_PROFILE = bytes([1, 0, 99, 1, 0, 255])
+ASSOCIATION_LN = bytes([0, 0, 40, 0, 0, 255])  # the current association
 DEMAND = bytes([1, 0, 1, 5, 0, 255])  # active import, last average demand
 VOLTAGE_L1 = bytes([1, 0, 32, 7, 0, 255])  # instantaneous voltage L1
 # Value group C of each energy direction: 1/2 active +/−, 3/4 reactive +/−.
@@ -192,6 +200,7 @@ def _wh(kwh: float) -> int:
     return round(kwh * 1000)
 
 
+@functools.lru_cache(maxsize=256)
 def scaler_unit(scaler: int, unit: int) -> bytes:
     return dlms_data.DataStructure(
         [dlms_data.IntegerData(scaler), dlms_data.EnumData(unit)]

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from dlms_cosem import dlms_data
 from dlms_cosem import enumerations as en
@@ -31,8 +33,6 @@ from dlms_cosem.protocol.xdlms.conformance import Conformance
 from dlms_cosem.security import SecurityControlField
 
 from drivers.base import AccessLevel, Channel
-from drivers.dlms import cosem
-from drivers.dlms.transport import WrapperError, read_frame, wrap
 from simulators.meter import FaultAction, SimulatedMeter
 
 from . import hdlc
@@ -55,6 +55,7 @@ from .security import (
     parse_glo_service,
     seal,
 )
+from .wrapper import WrapperError, unwrap, wrap
 
 DEFAULT_MAX_PDU = 1024  # what small meters offer; large profile reads need blocks
 
@@ -68,8 +69,8 @@ SUPPORTED = Conformance(
 )
 
 CLIENT_LEVELS = {
-    cosem.READING_CLIENT: AccessLevel.READ,
-    cosem.MANAGEMENT_CLIENT: AccessLevel.CONFIGURE,
+    ob.READING_CLIENT: AccessLevel.READ,
+    ob.MANAGEMENT_CLIENT: AccessLevel.CONFIGURE,
 }
 
 _BLOCK_OVERHEAD = 12  # C4 02 iid last block-number(4) choice length(≤4)
@@ -131,7 +132,8 @@ class DlmsServer:
         self.max_pdu_size = max_pdu_size
         self.stats = ServerStats()
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
+        # Open connections: stream writers (HDLC) or transports (wrapper); both close().
+        self._connections: set[asyncio.StreamWriter | asyncio.BaseTransport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._tables: dict[
             int, tuple[SimulatedMeter, dict[bytes, tuple[int, dict[int, Getter]]]]
@@ -154,8 +156,11 @@ class DlmsServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self, host: str, port: int) -> None:
-        handler = self._handle_hdlc if self.framing == "hdlc" else self._handle
-        self._server = await asyncio.start_server(handler, host, port)
+        if self.framing == "hdlc":
+            self._server = await asyncio.start_server(self._handle_hdlc, host, port)
+        else:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(self._wrapper_connection, host, port)
 
     async def stop(self) -> None:
         """Stop listening, close every open connection and wait for the handlers to end."""
@@ -179,44 +184,8 @@ class DlmsServer:
 
     # --- connection loop ----------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._connections.add(writer)
-        association = _Association()
-        answered = 0
-        try:
-            while True:
-                try:
-                    source, destination, apdu = await read_frame(reader)
-                except (asyncio.IncompleteReadError, ConnectionError, WrapperError):
-                    return
-                meter = self.meters.get(destination)
-                if meter is None:
-                    return  # no such logical device: IEC 62056-47 discards; we hang up
-                self.stats.requests += 1
-                answer = self._answer(association, meter, source, apdu)
-                action = await meter.faults.before_answer(answered)
-                if action is FaultAction.SILENT:
-                    continue
-                if action is FaultAction.DROP:
-                    return
-                if action is FaultAction.CORRUPT:
-                    # A damaged APDU inside a well-formed wrapper (length consistent), so the
-                    # client can tell a corrupt frame from a link that stalls.
-                    answer = b"\xff" + bytes(b ^ 0x5A for b in answer[1 : max(2, len(answer) // 2)])
-                writer.write(wrap(destination, source, answer))
-                await writer.drain()
-                answered += 1
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            self._connections.discard(writer)
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def _wrapper_connection(self) -> asyncio.Protocol:
+        return _WrapperConnection(self)
 
     async def _handle_hdlc(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -305,8 +274,9 @@ class DlmsServer:
     def _answer_plain(
         self, association: _Association, meter: SimulatedMeter, client: int, apdu: bytes
     ) -> bytes:
+        _REQUESTS[0] += 1
         try:
-            request = XDlmsApduFactory.apdu_from_bytes(apdu)
+            request = _parse(apdu)
         except Exception:  # noqa: BLE001 - anything unparseable gets an exception response
             return _exception(en.StateException.SERVICE_UNKNOWN, en.ServiceException.OTHER_REASON)
         if isinstance(request, acse.ApplicationAssociationRequest):
@@ -314,7 +284,7 @@ class DlmsServer:
         if isinstance(request, acse.ReleaseRequest):
             association.level = association.pending = association.keys = None
             association.blocks = []
-            return acse.ReleaseResponse(reason=en.ReleaseResponseReason.NORMAL).to_bytes()
+            return _RLRE
         if association.level is None and association.pending is not None:
             if isinstance(request, xdlms.ActionRequestNormal):
                 return self._hls_pass(association, meter, request)
@@ -385,13 +355,9 @@ class DlmsServer:
                 authentication=mechanism,
             ).to_bytes()
         assert isinstance(initiate, xdlms.InitiateRequest) and level is not None
-        proposed = initiate.proposed_conformance
-        association.conformance = Conformance(
-            **{
-                name: getattr(proposed, name) and getattr(SUPPORTED, name)
-                for name in Conformance.conformance_bit_position
-            }
-        )
+        # What this server implements (read each time: a test may narrow it).
+        proposed = (_bits(initiate.proposed_conformance), _bits(SUPPORTED))
+        association.conformance = _granted(*proposed)
         association.client_max_pdu = initiate.client_max_receive_pdu_size or 0xFFFF
         challenge = None
         if association.mechanism in ("hls", "hls-gmac"):
@@ -402,6 +368,8 @@ class DlmsServer:
         else:
             association.level = level
             self.stats.associations += 1
+            # LLS: the same AARE for every association with the same outcome (encoded once).
+            return _lls_aare(mechanism, *proposed, self.max_pdu_size)
         return acse.ApplicationAssociationResponse(
             result=en.AssociationResult.ACCEPTED,
             result_source_diagnostics=(
@@ -471,7 +439,7 @@ class DlmsServer:
         invoke = request.invoke_id_and_priority
         if (int(method.interface), method.instance.to_bytes(), method.method) != (
             en.CosemInterface.ASSOCIATION_LN,
-            cosem.ASSOCIATION_LN,
+            ob.ASSOCIATION_LN,
             1,
         ):
             return _exception(
@@ -656,7 +624,10 @@ class DlmsServer:
 
     def variant_of(self, meter: SimulatedMeter) -> DlmsVariant:
         """The meter's layout and misbehaviours (``serve(variant=...)``; default: interval)."""
-        return self._variants.setdefault(id(meter), DlmsVariant())
+        variant = self._variants.get(id(meter))
+        if variant is None:
+            variant = self._variants[id(meter)] = DlmsVariant()
+        return variant
 
     def _layout(self, meter: SimulatedMeter) -> Layout:
         self._table(meter)
@@ -681,7 +652,7 @@ class DlmsServer:
             result = en.DataAccessResult.READ_WRITE_DENIED  # art. 17: level 1 only reads
         elif (int(target.interface), target.instance.to_bytes(), target.attribute) != (
             en.CosemInterface.CLOCK,
-            cosem.CLOCK,
+            ob.CLOCK,
             2,
         ):
             result = en.DataAccessResult.READ_WRITE_DENIED
@@ -691,8 +662,8 @@ class DlmsServer:
                 result = en.DataAccessResult.TYPE_UNMATCHED
             else:
                 try:
-                    when, _ = cosem.decode_datetime(data[2:], cosem.COLOMBIA)
-                except ValueError:
+                    when = ob.decode_datetime(data[2:])
+                except Exception:  # noqa: BLE001 - not a date-time the clock can take
                     result = en.DataAccessResult.TYPE_UNMATCHED
                 else:
                     meter.set_clock(when)
@@ -701,10 +672,170 @@ class DlmsServer:
         ).to_bytes()
 
 
+# --- encoded once -----------------------------------------------------------------------
+
+_REQUESTS = [0]  # requests answered by this process: "the same request" for live values
+_RLRE = acse.ReleaseResponse(reason=en.ReleaseResponseReason.NORMAL).to_bytes()
+_PARSED: dict[bytes, object] = {}
+_PARSED_LIMIT = 4096
+
+
+def _parse(apdu: bytes) -> object:
+    """dlms-cosem's parse of a request, remembered by its bytes.
+
+    A fleet's clients send the same requests session after session (the AARQ of a level,
+    the identity list, the clock, the registers; the profile range changes once an hour),
+    and the library's attrs-based parse was about half of the simulator's CPU per session.
+    The parsed requests are only read, never changed. Bounded: cleared when full.
+    """
+    key = bytes(apdu)
+    request = _PARSED.get(key)
+    if request is None:
+        request = XDlmsApduFactory.apdu_from_bytes(key)
+        if len(_PARSED) >= _PARSED_LIMIT:
+            _PARSED.clear()
+        _PARSED[key] = request
+    return request
+
+
+def _bits(conformance: Conformance) -> tuple[bool, ...]:
+    return tuple(getattr(conformance, n) for n in Conformance.conformance_bit_position)
+
+
+@functools.lru_cache(maxsize=64)
+def _granted(proposed: tuple[bool, ...], supported: tuple[bool, ...]) -> Conformance:
+    """The conformance granted: the client's proposal ∩ what this server implements.
+    Shared between associations, so never changed."""
+    names = Conformance.conformance_bit_position
+    return Conformance(**{n: p and s for n, p, s in zip(names, proposed, supported, strict=True)})
+
+
+@functools.lru_cache(maxsize=64)
+def _lls_aare(
+    mechanism: object, proposed: tuple[bool, ...], supported: tuple[bool, ...], max_pdu: int
+) -> bytes:
+    conformance = _granted(proposed, supported)
+    return acse.ApplicationAssociationResponse(
+        result=en.AssociationResult.ACCEPTED,
+        result_source_diagnostics=en.AcseServiceUserDiagnostics.NULL,
+        authentication=mechanism,
+        authentication_value=None,
+        ciphered=False,
+        system_title=None,
+        user_information=acse.UserInformation(
+            content=xdlms.InitiateResponse(
+                negotiated_conformance=conformance, server_max_receive_pdu_size=max_pdu
+            )
+        ),
+    ).to_bytes()
+
+
 class _AccessError(Exception):
     def __init__(self, result: en.DataAccessResult) -> None:
         super().__init__(result.name)
         self.result = result
+
+
+class _WrapperConnection(asyncio.Protocol):
+    """One client connection over the wrapper.
+
+    Frames are cut from the byte stream as they arrive and answered at once, in order, on
+    the event loop's callback: no task and no stream reader per request (the simulator
+    shares the CPU with the collector it serves). An answer that must wait (latency or
+    jitter) goes, with every request after it, through a task that answers them in turn.
+    """
+
+    def __init__(self, server: DlmsServer) -> None:
+        self.server = server
+        self.association = _Association()
+        self.answered = 0
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.backlog: list[tuple[int, int, bytes]] | None = None  # while answers wait
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server._connections.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.server._connections.discard(self.transport)
+        if self.task is not None:
+            self.task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while len(buffer) >= 8:
+            length = int.from_bytes(buffer[6:8], "big")
+            if len(buffer) < 8 + length:
+                return
+            try:
+                source, destination, apdu = unwrap(bytes(buffer[: 8 + length]))
+            except WrapperError:
+                self._close()
+                return
+            del buffer[: 8 + length]
+            if self.backlog is not None:
+                self.backlog.append((source, destination, apdu))
+            elif not self._request(source, destination, apdu):
+                return
+
+    def _request(self, source: int, destination: int, apdu: bytes) -> bool:
+        """Answer one request now, or start the backlog if its answer must wait."""
+        meter = self.server.meters.get(destination)
+        if meter is None:
+            self._close()  # no such logical device: IEC 62056-47 discards; we hang up
+            return False
+        if meter.faults.latency or meter.faults.jitter:
+            self.backlog = [(source, destination, apdu)]
+            self.task = asyncio.get_running_loop().create_task(self._drain_backlog())
+            self.server._tasks.add(self.task)
+            return False
+        self.server.stats.requests += 1
+        answer = self.server._answer(self.association, meter, source, apdu)
+        return self._deliver(meter.faults.decide(self.answered), source, destination, answer)
+
+    async def _drain_backlog(self) -> None:
+        assert self.backlog is not None
+        try:
+            while self.backlog:
+                source, destination, apdu = self.backlog.pop(0)
+                meter = self.server.meters.get(destination)
+                if meter is None:
+                    self._close()
+                    return
+                self.server.stats.requests += 1
+                answer = self.server._answer(self.association, meter, source, apdu)
+                action = await meter.faults.before_answer(self.answered)
+                if not self._deliver(action, source, destination, answer):
+                    return
+        finally:
+            if self.task is not None:
+                self.server._tasks.discard(self.task)
+            self.backlog = None
+            self.task = None
+
+    def _deliver(self, action: FaultAction, source: int, destination: int, answer: bytes) -> bool:
+        if action is FaultAction.SILENT:
+            return True
+        if action is FaultAction.DROP:
+            self._close()
+            return False
+        if action is FaultAction.CORRUPT:
+            # A damaged APDU inside a well-formed wrapper (length consistent), so the client
+            # can tell a corrupt frame from a link that stalls.
+            answer = b"\xff" + bytes(b ^ 0x5A for b in answer[1 : max(2, len(answer) // 2)])
+        assert self.transport is not None
+        self.transport.write(wrap(destination, source, answer))
+        self.answered += 1
+        return True
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.buffer.clear()
 
 
 def _exception(state: en.StateException, service: en.ServiceException) -> bytes:
@@ -738,6 +869,14 @@ def _objects(meter: SimulatedMeter, layout: Layout) -> dict[bytes, tuple[int, di
         if not entries:
             return dlms_data.NullData(None)
         return dlms_data.DoubleLongUnsignedData(_wh(entries[-1].values[channel]))
+
+    last_registers: list[Any] = [-1, None]  # (request number, values)
+
+    def registers_now() -> dict[Channel, float]:
+        """The registers, read once for all four channels of one request."""
+        if last_registers[0] != _REQUESTS[0]:
+            last_registers[:] = [_REQUESTS[0], meter.registers()]
+        return last_registers[1]
 
     def in_memory() -> int:
         now = meter.real_now()
@@ -788,7 +927,7 @@ def _objects(meter: SimulatedMeter, layout: Layout) -> dict[bytes, tuple[int, di
         objects[ob.energy(channel, 8)] = (
             ob.REGISTER,
             {
-                2: lambda ch=channel: dlms_data.UnsignedLong64Data(_wh(meter.registers()[ch])),
+                2: lambda ch=channel: dlms_data.UnsignedLong64Data(_wh(registers_now()[ch])),
                 3: unit,
             },
         )
@@ -805,12 +944,27 @@ def _wh(kwh: float) -> int:
     return round(kwh * 1000)
 
 
+_RANGES: dict[bytes, tuple[datetime, datetime]] = {}
+
+
 def _range(raw: bytes) -> tuple[datetime, datetime]:
     """[from, to] (inclusive, aware UTC) of a RangeDescriptor on the profile clock.
 
     Parsed from the raw request with dlms-cosem's data parser and date-time decoder (not the
-    driver's), checking the restricting object is the clock's time attribute.
+    driver's), checking the restricting object is the clock's time attribute. Remembered by
+    the request's bytes, as requests are (:func:`_parse`): every meter is asked the same hour.
     """
+    key = bytes(raw)
+    found = _RANGES.get(key)
+    if found is None:
+        found = _parse_range(key)
+        if len(_RANGES) >= _PARSED_LIMIT:
+            _RANGES.clear()
+        _RANGES[key] = found
+    return found
+
+
+def _parse_range(raw: bytes) -> tuple[datetime, datetime]:
     if raw[13] != 1:  # only the range descriptor (entry descriptor not implemented)
         raise _AccessError(en.DataAccessResult.OTHER_REASON)
     try:
@@ -850,9 +1004,9 @@ async def serve(
     bare one applies to every meter served).
     """
     if isinstance(meters, SimulatedMeter):
-        meters = {cosem.MANAGEMENT_LOGICAL_DEVICE: meters}
+        meters = {ob.MANAGEMENT_LOGICAL_DEVICE: meters}
     if isinstance(security, MeterSecurity):
-        security = {cosem.MANAGEMENT_LOGICAL_DEVICE: security}
+        security = {ob.MANAGEMENT_LOGICAL_DEVICE: security}
     if isinstance(variant, DlmsVariant):
         variant = dict.fromkeys(meters, variant)
     server = DlmsServer(
