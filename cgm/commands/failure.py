@@ -1,14 +1,13 @@
 """``cgm failure open|close|list|notice``: failures and thefts against Table 5 (art. 36).
 
-Writes authenticate a level-2 cgm user (``--user`` with ``--password-env`` or a prompt);
-the actor recorded is ``cli:<user>``.
+Writes log a level-2 cgm user in (``--user`` with ``--password-env`` or a prompt, through
+cgm/commands/cliauth.py); the actor recorded is ``cli:<user>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -16,15 +15,10 @@ from typing import Any
 import psycopg
 
 from cgm import failures
-from cgm.cli import CommandError, secret_from_env
+from cgm.cli import CommandError
+from cgm.commands.cliauth import add_auth_args, login_async
 from cgm.config import get_settings
 from cgm.db import current_url
-from cgm.security.users import AuthFailed, authenticate
-
-
-def _auth_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--user", required=True, help="a cgm user of level 2 (cgm user add)")
-    p.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,13 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--kind", default="failure", choices=failures.KINDS)
     o.add_argument("--at", required=True, type=datetime.fromisoformat, help="ISO, with zone")
     o.add_argument("--description", required=True)
-    _auth_args(o)
+    add_auth_args(o)
     o.set_defaults(func=_open)
     c = fsub.add_parser("close", help="close a failure or theft (level 2)")
     c.add_argument("event", type=int)
     c.add_argument("--at", required=True, type=datetime.fromisoformat, help="ISO, with zone")
     c.add_argument("--note", required=True)
-    _auth_args(c)
+    add_auth_args(c)
     c.set_defaults(func=_close)
     ls = fsub.add_parser("list", help="Table 5 count per frontier over the previous 12 months")
     ls.add_argument("--frontier", action="append", metavar="CODE")
@@ -51,23 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     n = fsub.add_parser("notice", help="the notice of one event for the ASIC (JSON)")
     n.add_argument("event", type=int)
     n.set_defaults(func=_notice)
-
-
-async def level2_actor(conn: psycopg.AsyncConnection, args: argparse.Namespace) -> str:
-    password = (
-        secret_from_env(args.password_env, "--password-env")
-        if args.password_env
-        else getpass.getpass(f"password for {args.user}: ")
-    )
-    try:
-        user = await authenticate(conn, args.user, password)
-    except AuthFailed:
-        await conn.commit()  # keep the failed-login count
-        raise CommandError(f"user {args.user}: wrong password, unknown or disabled") from None
-    await conn.commit()
-    if user.level != 2:
-        raise CommandError(f"user {args.user} is level {user.level}; failures need level 2")
-    return f"cli:{user.username}"
 
 
 def _run(go: Any) -> Any:
@@ -81,8 +58,8 @@ def _open(args: argparse.Namespace) -> int:
     url = current_url(get_settings())
 
     async def go() -> tuple[int, failures.Count]:
+        actor = f"cli:{(await login_async(url, args)).username}"
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            actor = await level2_actor(conn, args)
             return await failures.open_event(
                 conn, frontier=args.frontier, element=args.element, kind=args.kind,
                 started_at=args.at, description=args.description, actor=actor,
@@ -97,8 +74,8 @@ def _close(args: argparse.Namespace) -> int:
     url = current_url(get_settings())
 
     async def go() -> None:
+        actor = f"cli:{(await login_async(url, args)).username}"
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            actor = await level2_actor(conn, args)
             await failures.close_event(
                 conn, args.event, ended_at=args.at, note=args.note, actor=actor
             )

@@ -17,7 +17,7 @@ import psycopg
 
 from cgm import hoja_de_vida as hv
 from cgm.cli import CommandError
-from cgm.commands.failure import level2_actor
+from cgm.commands.cliauth import add_auth_args, login_async
 from cgm.config import get_settings
 from cgm.db import current_url
 
@@ -31,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--date", required=True, type=date.fromisoformat, help="date of the fact")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a.add_argument("--data", help="the entry as a JSON object")
-    a.add_argument("--user", required=True, help="a cgm user of level 2")
-    a.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
+    add_auth_args(a)
     a.set_defaults(func=_add)
     s = hsub.add_parser("show", help="the whole record (JSON)")
     s.add_argument("--frontier", required=True, metavar="CODE")
@@ -75,8 +74,8 @@ def _add(args: argparse.Namespace) -> int:
     url = current_url(get_settings())
 
     async def go() -> int:
+        actor = f"cli:{(await login_async(url, args)).username}"
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            actor = await level2_actor(conn, args)
             return await hv.add_entry(conn, frontier=args.frontier, section=args.section,
                                       entry_date=args.date, data=data, actor=actor)  # fmt: skip
 

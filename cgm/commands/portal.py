@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from cgm.cli import CommandError, secret_from_env
-from cgm.commands.cliauth import login_async
+from cgm.commands.cliauth import add_auth_args, login_async
 from cgm.config import get_settings
 from cgm.db import current_url
 from cgm.security.users import User
@@ -34,8 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def writer(name: str, help_: str) -> argparse.ArgumentParser:
         w = psub.add_parser(name, help=help_)
-        w.add_argument("--user", required=True, help="a cgm user of level 2")
-        w.add_argument("--password-env", metavar="VAR", help="password from $VAR, not a prompt")
+        add_auth_args(w)
         return w
 
     imp = writer("import", "load a portal inventory YAML (all or nothing)")

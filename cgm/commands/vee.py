@@ -2,28 +2,27 @@
 
     cgm vee --day 2026-11-20 [--frontier Frt10001] [--json]
     cgm vee edit --frontier Frt10001 --channel active_import \\
-        --period-start 2026-11-20T05:00:00+00:00 --value 12.5 --reason "..." --actor NAME
+        --period-start 2026-11-20T05:00:00+00:00 --value 12.5 --reason "..." --user NAME
     cgm vee import-power samples.csv
 
-``edit`` takes the actor and level from the command line until the service has its own
-users: the API/CLI layer will supply the authenticated user and their level instead.
+``edit`` logs the level-2 user in as every CLI write does (cgm/commands/cliauth.py) and
+records the edit as ``cli:<user>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 
-from cgm.cli import CommandError, secret_from_env
+from cgm.cli import CommandError
+from cgm.commands.cliauth import add_auth_args, login_async
 from cgm.config import get_settings
 from cgm.db import current_url
-from cgm.security.users import AuthFailed, authenticate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,10 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--value", required=True, type=float, help="primary kWh/kvarh")
     e.add_argument("--reason", required=True)
-    e.add_argument("--user", required=True, help="a cgm user of level 2 (cgm user add)")
-    e.add_argument(
-        "--password-env", metavar="VAR", help="read the password from $VAR instead of a prompt"
-    )
+    add_auth_args(e)
     e.set_defaults(func=_edit)
 
     i = vsub.add_parser("import-power", help="import SCADA active-power samples (CSV)")
@@ -129,18 +125,10 @@ def _edit(args: argparse.Namespace) -> int:
     if args.period_start.tzinfo is None:
         raise CommandError("--period-start needs a time zone (e.g. +00:00 or -05:00)")
     url = current_url(get_settings())
-    password = _password(args)
 
     async def go() -> object:
+        user = await login_async(url, args)
         async with await psycopg.AsyncConnection.connect(url) as conn:
-            try:
-                user = await authenticate(conn, args.user, password)
-            except AuthFailed:
-                await conn.commit()  # keep the failed-login count
-                raise CommandError(
-                    f"user {args.user}: wrong password, unknown or disabled"
-                ) from None
-            await conn.commit()
             return await edit_settled(
                 conn,
                 frontier=args.frontier,
@@ -161,12 +149,6 @@ def _edit(args: argparse.Namespace) -> int:
         f"{stored.value} (manual, version {stored.version})"
     )  # type: ignore[attr-defined]
     return 0
-
-
-def _password(args: argparse.Namespace) -> str:
-    if args.password_env:
-        return secret_from_env(args.password_env, "--password-env")
-    return getpass.getpass(f"password for {args.user}: ")
 
 
 def _import_power(args: argparse.Namespace) -> int:
