@@ -7,7 +7,6 @@ level 1 and HLS mechanism 2 at level 2, and long answers in blocks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,41 +18,27 @@ from drivers.base import (
     Credentials,
     Endpoint,
 )
-from drivers.dlms import DRIVER, DlmsSession
-from tests.fixtures.gurux_server import GuruxDlmsServer, GuruxMeter
+from drivers.dlms import DRIVER
+from tests.fixtures.gurux_server import (
+    LEVEL1,
+    LEVEL2,
+    GuruxDlmsServer,
+    GuruxMeter,
+    connect,
+)
 
 HOUR = timedelta(hours=1)
-LEVEL1 = Credentials(AccessLevel.READ, "gurux-l1", client="32")
-LEVEL2 = Credentials(AccessLevel.CONFIGURE, "gurux-hls-key-16", client="1")
 HLS = {"level2_auth": "hls"}
 
 
-@pytest.fixture
-async def meter() -> GuruxMeter:
-    return GuruxMeter.with_history(72)
-
-
-@pytest.fixture
-async def gurux(meter: GuruxMeter) -> AsyncIterator[GuruxDlmsServer]:
-    async with GuruxDlmsServer(meter) as srv:
-        yield srv
-    assert srv.errors == [], "the Gurux server raised inside a request:\n" + "\n".join(srv.errors)
-
-
-async def connect(
-    srv: GuruxDlmsServer, creds: Credentials = LEVEL1, **params: object
-) -> DlmsSession:
-    return await DRIVER.connect(Endpoint("127.0.0.1", srv.port), creds, params or None, timeout=5.0)
-
-
 async def test_lls_level1_reads_clock_and_registers(
-    gurux: GuruxDlmsServer, meter: GuruxMeter
+    gurux: GuruxDlmsServer, gurux_meter: GuruxMeter
 ) -> None:
     async with await connect(gurux) as session:
         clock = await session.read_clock()
         registers = {r.channel: r.value for r in await session.read_registers()}
     assert abs(clock.offset) < 2.0  # Gurux's +300 deviation read as UTC−5
-    last = meter.rows[-1][1]
+    last = gurux_meter.rows[-1][1]
     assert registers == {
         Channel.ACTIVE_IMPORT: last[0] / 1000,
         Channel.ACTIVE_EXPORT: last[1] / 1000,
@@ -68,9 +53,9 @@ async def test_wrong_lls_password_is_authentication_failed(gurux: GuruxDlmsServe
 
 
 async def test_long_profile_answer_comes_in_blocks(
-    gurux: GuruxDlmsServer, meter: GuruxMeter
+    gurux: GuruxDlmsServer, gurux_meter: GuruxMeter
 ) -> None:
-    end = meter.rows[-1][0]
+    end = gurux_meter.rows[-1][0]
     start = end - 48 * HOUR
     async with await connect(gurux) as session:
         config = await session.read_profile_config()
@@ -85,15 +70,15 @@ async def test_long_profile_answer_comes_in_blocks(
 # --- level 2: HLS mechanism 2 -----------------------------------------------------------------
 
 
-async def test_hls_level2_sets_the_clock(gurux: GuruxDlmsServer, meter: GuruxMeter) -> None:
-    meter.clock_offset = timedelta(seconds=-90)
+async def test_hls_level2_sets_the_clock(gurux: GuruxDlmsServer, gurux_meter: GuruxMeter) -> None:
+    gurux_meter.clock_offset = timedelta(seconds=-90)
     async with await connect(gurux, LEVEL2, **HLS) as session:
         before = await session.read_clock()
         await session.set_clock(datetime.now(UTC))
         after = await session.read_clock()
     assert before.offset == pytest.approx(-90, abs=2.0)
     assert after.offset == pytest.approx(0, abs=2.0)
-    assert len(meter.clock_sets) == 1
+    assert len(gurux_meter.clock_sets) == 1
 
 
 async def test_hls_key_never_crosses_the_link(gurux: GuruxDlmsServer) -> None:
@@ -127,14 +112,14 @@ async def test_hls_refusals_are_authentication_failed(
     [(1, None, 1), (2, 17, 1 << 7 | 17), (4, 300, 1 << 14 | 300)],
 )
 async def test_hdlc_addresses_segments_and_blocks(
-    meter: GuruxMeter, size: int, lower: int | None, gurux_address: int
+    gurux_meter: GuruxMeter, size: int, lower: int | None, gurux_address: int
 ) -> None:
     """Gurux decodes our 1-, 2- and 4-byte server addresses; long answers come segmented."""
     params: dict[str, object] = {"framing": "hdlc", "hdlc_address_size": size}
     if lower is not None:
         params["hdlc_server_lower"] = lower
-    end = meter.rows[-1][0]
-    async with GuruxDlmsServer(meter, "hdlc", server_address=gurux_address) as srv:
+    end = gurux_meter.rows[-1][0]
+    async with GuruxDlmsServer(gurux_meter, "hdlc", server_address=gurux_address) as srv:
         async with await connect(srv, **params) as session:
             clock = await session.read_clock()
             entries = await session.read_profile(end - 30 * HOUR, end)
@@ -149,10 +134,10 @@ async def test_hdlc_addresses_segments_and_blocks(
     assert {t for t in srv.targets} == {(gurux_address, 32), (gurux_address, 1)}
 
 
-async def test_hdlc_wrong_server_address_is_a_timeout(meter: GuruxMeter) -> None:
+async def test_hdlc_wrong_server_address_is_a_timeout(gurux_meter: GuruxMeter) -> None:
     from drivers.base import MeterTimeout
 
-    async with GuruxDlmsServer(meter, "hdlc", server_address=1 << 7 | 17) as srv:
+    async with GuruxDlmsServer(gurux_meter, "hdlc", server_address=1 << 7 | 17) as srv:
         with pytest.raises(MeterTimeout):
             await DRIVER.connect(
                 Endpoint("127.0.0.1", srv.port),

@@ -1,4 +1,4 @@
-"""Profile semantics, identity and GET-with-list fallback against a Gurux-served meter.
+"""Profile semantics, identity and GET-with-list fallback against a Gurux-served gurux_meter.
 
 The meter is served by gurux-dlms (``tests/fixtures/gurux_server.py``), an implementation
 independent of the driver's: its profile captures the cumulative registers, it identifies
@@ -8,40 +8,25 @@ it lacks with a malformed list (issue 10's ``IndexError('pop from empty bytearra
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
-from drivers.base import AccessLevel, Channel, Credentials, Endpoint
-from drivers.dlms import DRIVER, DlmsDriver, DlmsSession
-from tests.fixtures.gurux_server import GuruxDlmsServer, GuruxMeter
+from drivers.base import Channel
+from drivers.dlms import DlmsDriver
+from tests.fixtures.gurux_server import (
+    GuruxDlmsServer,
+    GuruxMeter,
+    connect,
+)
 
 HOUR = timedelta(hours=1)
-LEVEL1 = Credentials(AccessLevel.READ, "gurux-l1", client="32")
-
-
-@pytest.fixture
-async def meter() -> GuruxMeter:
-    return GuruxMeter.with_history(72)
-
-
-@pytest.fixture
-async def gurux(meter: GuruxMeter) -> AsyncIterator[GuruxDlmsServer]:
-    async with GuruxDlmsServer(meter) as srv:
-        yield srv
-
-
-async def connect(
-    srv: GuruxDlmsServer, driver: DlmsDriver = DRIVER, **params: object
-) -> DlmsSession:
-    return await driver.connect(Endpoint("127.0.0.1", srv.port), LEVEL1, params or None, timeout=5)
 
 
 async def test_cumulative_profile_becomes_interval_energy(
-    gurux: GuruxDlmsServer, meter: GuruxMeter
+    gurux: GuruxDlmsServer, gurux_meter: GuruxMeter
 ) -> None:
-    end = meter.rows[-1][0]
+    end = gurux_meter.rows[-1][0]
     start = end - 24 * HOUR
     async with await connect(gurux) as session:
         config = await session.read_profile_config()
@@ -49,7 +34,7 @@ async def test_cumulative_profile_becomes_interval_energy(
     # Issue 10: 16316.312 kWh was stored for every hour; an hour is ~0.3 kWh.
     assert [e.start for e in entries] == [start + i * HOUR for i in range(24)]
     for e in entries:
-        wh = meter.interval(e.end)
+        wh = gurux_meter.interval(e.end)
         assert e.values == {
             Channel.ACTIVE_IMPORT: wh[0] / 1000,
             Channel.ACTIVE_EXPORT: wh[1] / 1000,
@@ -68,12 +53,12 @@ async def test_cumulative_profile_becomes_interval_energy(
 
 
 async def test_first_hour_after_a_gap_in_the_buffer_is_not_invented(
-    meter: GuruxMeter,
+    gurux_meter: GuruxMeter,
 ) -> None:
-    end = meter.rows[-1][0]
+    end = gurux_meter.rows[-1][0]
     hole = end - 10 * HOUR
-    meter.rows = [r for r in meter.rows if r[0] != hole]  # the meter lost one entry
-    async with GuruxDlmsServer(meter) as srv, await connect(srv) as session:
+    gurux_meter.rows = [r for r in gurux_meter.rows if r[0] != hole]  # the meter lost one entry
+    async with GuruxDlmsServer(gurux_meter) as srv, await connect(srv) as session:
         entries = await session.read_profile(end - 24 * HOUR, end)
         events = [e.kind for e in session.events]
     starts = {e.start for e in entries}
@@ -83,42 +68,45 @@ async def test_first_hour_after_a_gap_in_the_buffer_is_not_invented(
     assert events == ["gap"]
 
 
-async def test_rollover_from_the_register_digits(meter: GuruxMeter) -> None:
-    end = meter.rows[-1][0]
+async def test_rollover_from_the_register_digits(gurux_meter: GuruxMeter) -> None:
+    end = gurux_meter.rows[-1][0]
     # An 8-digit Wh counter: move the import register so that it wraps 5 hours before end.
     wrap_at = end - 5 * HOUR
     top = 100_000_000
-    shift = top - dict(meter.rows)[wrap_at][0] + 150  # the row at wrap_at reads 150 Wh past 0
-    meter.rows = [
+    shift = top - dict(gurux_meter.rows)[wrap_at][0] + 150  # the row at wrap_at reads 150 Wh past 0
+    gurux_meter.rows = [
         (t, ((v[0] + shift) % top, *v[1:]))
-        for t, v in meter.rows  # type: ignore[misc]
+        for t, v in gurux_meter.rows  # type: ignore[misc]
     ]
-    async with GuruxDlmsServer(meter) as srv, await connect(srv, register_digits=8) as session:
+    async with (
+        GuruxDlmsServer(gurux_meter) as srv,
+        await connect(srv, register_digits=8) as session,
+    ):
         entries = await session.read_profile(end - 12 * HOUR, end)
         events = [e.kind for e in session.events]
     by_start = {e.start: e for e in entries}
     wrapped = by_start[wrap_at - HOUR]
-    assert wrapped.values[Channel.ACTIVE_IMPORT] == (meter.interval(wrap_at)[0] % top) / 1000
+    assert wrapped.values[Channel.ACTIVE_IMPORT] == (gurux_meter.interval(wrap_at)[0] % top) / 1000
     assert wrapped.rollover == frozenset({Channel.ACTIVE_IMPORT})
     assert all(0 <= e.values[Channel.ACTIVE_IMPORT] < 1 for e in entries)
     assert len(entries) == 12 and events == ["rollover"]
 
 
 async def test_without_register_digits_a_wrap_is_a_reset_never_a_huge_value(
-    meter: GuruxMeter,
+    gurux_meter: GuruxMeter,
 ) -> None:
-    end = meter.rows[-1][0]
+    end = gurux_meter.rows[-1][0]
     reset_at = end - 5 * HOUR
-    meter.rows = [  # meter cleared: registers restart near zero at reset_at
+    gurux_meter.rows = [  # meter cleared: registers restart near zero at reset_at
         (
             t,
-            tuple(x - dict(meter.rows)[reset_at][i] + 7 for i, x in enumerate(v))
+            tuple(x - dict(gurux_meter.rows)[reset_at][i] + 7 for i, x in enumerate(v))
             if t >= reset_at
             else v,
         )
-        for t, v in meter.rows
+        for t, v in gurux_meter.rows
     ]
-    async with GuruxDlmsServer(meter) as srv, await connect(srv) as session:
+    async with GuruxDlmsServer(gurux_meter) as srv, await connect(srv) as session:
         entries = await session.read_profile(end - 12 * HOUR, end)
         events = [e.kind for e in session.events]
     assert reset_at - HOUR not in {e.start for e in entries}
@@ -139,7 +127,7 @@ async def test_malformed_list_answer_falls_back_and_is_remembered(
     gurux: GuruxDlmsServer,
 ) -> None:
     driver = DlmsDriver()  # its own memory of meters that fail GET-with-list
-    async with await connect(gurux, driver) as session:
+    async with await connect(gurux, driver=driver) as session:
         identity = await session.identify()  # a list naming objects Gurux lacks
         clock = await session.read_clock()  # the session goes on
         events = [e.kind for e in session.events]
@@ -147,7 +135,7 @@ async def test_malformed_list_answer_falls_back_and_is_remembered(
     assert identity.serial == "GRX0000000012345"
     assert abs(clock.offset) < 2
     assert events == ["list_fallback"]
-    async with await connect(gurux, driver) as session:
+    async with await connect(gurux, driver=driver) as session:
         await session.identify()
         assert session.events == []  # remembered: straight to single GETs
         # AARQ + 5 single GETs; the first session also sent the failed list and the clock.
@@ -157,6 +145,6 @@ async def test_malformed_list_answer_falls_back_and_is_remembered(
 async def test_serial_object_required_when_the_registry_says_so(gurux: GuruxDlmsServer) -> None:
     from drivers.base import NotSupported
 
-    async with await connect(gurux, DlmsDriver(), identity="serial") as session:
+    async with await connect(gurux, driver=DlmsDriver(), identity="serial") as session:
         with pytest.raises(NotSupported, match="96.1.0.255"):
             await session.identify()
