@@ -70,12 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import psycopg
     from pydantic import ValidationError
 
+    from cgm.config import PortTaken
     from cgm.db import SchemaBehind
     from cgm.migrate import MigrationError
 
     try:
         return int(args.func(args) or 0)
-    except (CommandError, SchemaBehind, MigrationError) as exc:
+    except (CommandError, SchemaBehind, MigrationError, PortTaken) as exc:
         # Kept as written: an inventory's problems are one `file:line: …` line each.
         print(f"cgm: error: {exc}", file=sys.stderr)
         return 2

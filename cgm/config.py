@@ -23,6 +23,10 @@ from pydantic_settings import (
 MIN_RETENTION_YEARS = 2  # art. 18: the CGM keeps readings at least 2 years
 
 
+class PortTaken(RuntimeError):
+    """A port the settings name is in use; the message says which setting to change."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CGM_", extra="forbid")
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import start_http_server
 
-from cgm.config import Settings
+from cgm.config import PortTaken, Settings
 from cgm.db import database_url
 from cgm.migrate import upgrade
 from drivers import close_shared
@@ -48,7 +48,14 @@ class Service:
             "enabled" if result.timescale else "not available",
         )
         if self.settings.metrics_port:
-            start_http_server(self.settings.metrics_port, addr=self.settings.api_host)
+            try:
+                start_http_server(self.settings.metrics_port, addr=self.settings.api_host)
+            except OSError as exc:
+                raise PortTaken(
+                    f"metrics cannot listen on {self.settings.api_host}:"
+                    f"{self.settings.metrics_port} ({exc.strerror or exc}); "
+                    "set CGM_METRICS_PORT (0 disables metrics)"
+                ) from None
             log.info(
                 "metrics on http://%s:%d/metrics",
                 self.settings.api_host,

@@ -18,7 +18,7 @@ import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
 from cgm.api.app import create_app
-from cgm.config import Settings
+from cgm.config import PortTaken, Settings
 from cgm.service import Service
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=128)
     except OSError as exc:
-        raise RuntimeError(
+        raise PortTaken(
             f"the API cannot listen on {host}:{port} ({exc.strerror or exc}); "
             "set CGM_API_PORT (0 disables the API)"
         ) from None
