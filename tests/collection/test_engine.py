@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest_asyncio
-import yaml
 
-from cgm import registry
 from cgm.collection.engine import Collector, EngineConfig, current_cycle
 from cgm.collection.session import SessionPolicy
-from cgm.config import Settings
-from cgm.migrate import upgrade
-from cgm.security import SecretBox, secret_box
 from cgm.storage import Quality
 from simulators.dlms import serve as serve_dlms
-from simulators.fleet import Fleet, build_fleet, inventory, start_fleet
+from simulators.fleet import build_fleet, start_fleet
+from tests.fixtures.fleet import FleetEnv, exact_clocks, migrated_database
 
 ACCOUNTABLE = "svc-collector"  # the level-2 service user the collector's clock sets name
 # Generous enough that a healthy simulated meter never times out on a loaded CI machine;
@@ -36,44 +31,18 @@ SILENT_FAST = EngineConfig(
 )
 
 
-@dataclass
-class Env:
-    url: str
-    box: SecretBox
-    fleet: Fleet
-    tmp: Path
-
-    def import_(self, edit: Callable[[dict], None] | None = None) -> None:
-        inv = inventory(self.fleet)
-        if edit:
-            edit(inv)
-        path = self.tmp / "fleet.yaml"
-        path.write_text(yaml.safe_dump(inv))
-        with psycopg.connect(self.url) as conn:
-            registry.import_inventory(conn, registry.load(path), self.box, actor="pytest")
-
-    def rows(self, sql: str, *params: object) -> list[tuple]:
-        with psycopg.connect(self.url) as conn:
-            return conn.execute(sql, params).fetchall()
-
-    def meter_id(self, serial: str) -> int:
-        return self.rows("SELECT id FROM meter WHERE serial = %s", serial)[0][0]
+Env = FleetEnv
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def env(
     new_database: Callable[[], str], tmp_path: Path, mqtt_broker: tuple[str, int]
 ) -> AsyncIterator[Env]:
-    url = new_database()
-    upgrade(url, Settings(database_url=url))
-    with psycopg.connect(url) as conn:
-        conn.execute("INSERT INTO app_user (username, level) VALUES (%s, 2)", (ACCOUNTABLE,))
+    url = migrated_database(new_database, ACCOUNTABLE)
     fleet = build_fleet(2, seed=5, mix={"dlms": 1.0}, first_code=88001)
-    for _, meter in fleet.meters():
-        meter._clock_offset = 0.0  # noqa: SLF001 - tests set the starting clock exactly
-        meter.drift_ppm = 0.0
+    exact_clocks(fleet)
     await start_fleet(fleet, mqtt=mqtt_broker)
-    yield Env(url, secret_box(Settings(database_url=url, data_dir=tmp_path)), fleet, tmp_path)
+    yield Env(url, fleet, tmp_path)
     await fleet.stop()
 
 

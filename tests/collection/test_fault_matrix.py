@@ -16,19 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 import pytest_asyncio
-import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from cgm import registry
 from cgm.collection.engine import Collector, EngineConfig, current_cycle
 from cgm.collection.session import SessionPolicy
-from cgm.config import Settings
-from cgm.migrate import upgrade
-from cgm.security import secret_box
-from simulators.fleet import Fleet, build_fleet, inventory, start_fleet
+from simulators.fleet import Fleet, build_fleet, start_fleet
+from tests.fixtures.fleet import FleetEnv, exact_clocks, migrated_database
 
 DEPTH = 48  # hours of meter memory: short cycles, still a real catch-up
 
@@ -89,24 +84,12 @@ class Proxy:
         await asyncio.gather(*self._pumps, return_exceptions=True)
 
 
-class Env:
-    def __init__(self, url: str, proxied_url: str, fleet: Fleet, tmp: Path, box) -> None:  # noqa: ANN001
-        self.url, self.proxied_url, self.fleet, self.tmp, self.box = (
-            url, proxied_url, fleet, tmp, box,
-        )  # fmt: skip
+class Env(FleetEnv):
+    """The fleet's database, also reachable through a proxy the test cuts."""
 
-    def import_(self, edit: Callable[[dict], None] | None = None) -> None:
-        inv = inventory(self.fleet)
-        if edit:
-            edit(inv)
-        path = self.tmp / "fleet.yaml"
-        path.write_text(yaml.safe_dump(inv))
-        with psycopg.connect(self.url) as conn:
-            registry.import_inventory(conn, registry.load(path), self.box, actor="pytest")
-
-    def rows(self, sql: str, *params: object) -> list[tuple]:
-        with psycopg.connect(self.url) as conn:
-            return conn.execute(sql, params).fetchall()
+    def __init__(self, url: str, proxied_url: str, fleet: Fleet, tmp: Path, db_proxy: Proxy):
+        super().__init__(url, fleet, tmp)
+        self.proxied_url, self.db_proxy = proxied_url, db_proxy
 
     def open_claims(self) -> int:
         return self.rows("SELECT count(*) FROM collection_claim WHERE done_at IS NULL")[0][0]
@@ -150,23 +133,15 @@ async def _pg_connect(params: dict) -> tuple:
 async def env(
     new_database: Callable[[], str], tmp_path: Path, mqtt_broker: tuple[str, int]
 ) -> AsyncIterator[Env]:
-    url = new_database()
-    upgrade(url, Settings(database_url=url))
+    url = migrated_database(new_database)
     params = conninfo_to_dict(url)
     db_proxy = await Proxy(lambda: _pg_connect(params)).start()
     proxied = make_conninfo(url, host="127.0.0.1", port=str(db_proxy.port))
     fleet = build_fleet(3, seed=11, mix={"dlms": 1.0}, first_code=86001)
     fleet.frontiers[2].protocol = "mqtt"  # one frontier's meters speak MQTT
-    for _, meter in fleet.meters():
-        meter._clock_offset = 0.0  # noqa: SLF001 - no clock corrections in these tests
-        meter.drift_ppm = 0.0
-        meter.depth = DEPTH
+    exact_clocks(fleet, depth=DEPTH)
     await start_fleet(fleet, mqtt=mqtt_broker)
-    e = Env(
-        url, proxied, fleet, tmp_path, secret_box(Settings(database_url=url, data_dir=tmp_path))
-    )
-    e.db_proxy = db_proxy  # type: ignore[attr-defined]
-    yield e
+    yield Env(url, proxied, fleet, tmp_path, db_proxy)
     await fleet.stop()
     await db_proxy.stop()
 
@@ -200,7 +175,7 @@ async def test_the_database_stopping_and_starting_mid_cycle_loses_nothing(
     caplog.set_level(logging.WARNING, "cgm.collection")
     env.import_()
     _slow(env, 0.05)
-    proxy: Proxy = env.db_proxy  # type: ignore[attr-defined]
+    proxy = env.db_proxy
     collector = Collector(env.proxied_url, env.box, _config(db_outage=timedelta(seconds=60)))
     cycle = asyncio.create_task(collector.run_cycle())
     await _when(env, "SELECT count(*) FROM collection_session")  # mid-cycle: one stored
@@ -224,7 +199,7 @@ async def test_an_outage_longer_than_the_cycle_waits_is_caught_up_by_the_next_cy
 ) -> None:
     env.import_()
     _slow(env, 0.05)
-    proxy: Proxy = env.db_proxy  # type: ignore[attr-defined]
+    proxy = env.db_proxy
     collector = Collector(env.proxied_url, env.box, _config(db_outage=timedelta(seconds=1)))
     cycle = asyncio.create_task(collector.run_cycle())
     await _when(env, "SELECT count(*) FROM collection_session")

@@ -10,23 +10,21 @@ from pathlib import Path
 
 import psycopg
 import pytest_asyncio
-import yaml
 from prometheus_client import REGISTRY
 
-from cgm import registry
 from cgm.collection.engine import Collector, CycleSummary, EngineConfig, current_cycle
 from cgm.collection.link import Link
 from cgm.collection.schedule import CollectionJob
 from cgm.collection.session import MeterOutcome, SessionPolicy
 from cgm.config import Settings
-from cgm.migrate import upgrade
 from cgm.registry import active_meters_async
 from cgm.registry.model import parse_ratio
 from cgm.security import secret_box
 from cgm.service import Service
 from cgm.storage import Quality
 from drivers.base import Channel
-from simulators.fleet import build_fleet, inventory, start_fleet
+from simulators.fleet import build_fleet, start_fleet
+from tests.fixtures.fleet import FleetEnv, exact_clocks, migrated_database
 
 FAST = EngineConfig(
     policy=SessionPolicy(timeout=5.0, attempts=1, backoff=0.01),
@@ -36,42 +34,18 @@ FAST = EngineConfig(
 QUARTER = timedelta(minutes=15)
 
 
-class Env:
-    def __init__(self, url: str, box, fleet, tmp: Path) -> None:  # noqa: ANN001
-        self.url, self.box, self.fleet, self.tmp = url, box, fleet, tmp
-
-    def import_(self, edit: Callable[[dict], None] | None = None) -> None:
-        inv = inventory(self.fleet)
-        if edit:
-            edit(inv)
-        path = self.tmp / "fleet.yaml"
-        path.write_text(yaml.safe_dump(inv))
-        with psycopg.connect(self.url) as conn:
-            registry.import_inventory(conn, registry.load(path), self.box, actor="pytest")
-
-    def rows(self, sql: str, *params: object) -> list[tuple]:
-        with psycopg.connect(self.url) as conn:
-            return conn.execute(sql, params).fetchall()
-
-    def meter_id(self, serial: str) -> int:
-        return self.rows("SELECT id FROM meter WHERE serial = %s", serial)[0][0]
+Env = FleetEnv
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def env(
     new_database: Callable[[], str], tmp_path: Path, mqtt_broker: tuple[str, int]
 ) -> AsyncIterator[Env]:
-    url = new_database()
-    upgrade(url, Settings(database_url=url))
-    with psycopg.connect(url) as conn:
-        conn.execute("INSERT INTO app_user (username, level) VALUES ('svc-collector', 2)")
+    url = migrated_database(new_database, "svc-collector")
     fleet = build_fleet(2, seed=5, mix={"dlms": 1.0}, first_code=87001)
-    for _, meter in fleet.meters():
-        meter._clock_offset = 0.0  # noqa: SLF001 - clocks exact: no correction in these tests
-        meter.drift_ppm = 0.0
-        meter.depth = 24 * 3  # three days of memory keeps the cycles short
+    exact_clocks(fleet, depth=24 * 3)  # three days of memory keeps the cycles short
     await start_fleet(fleet, mqtt=mqtt_broker)
-    yield Env(url, secret_box(Settings(database_url=url, data_dir=tmp_path)), fleet, tmp_path)
+    yield Env(url, fleet, tmp_path)
     await fleet.stop()
 
 

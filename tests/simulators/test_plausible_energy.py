@@ -16,19 +16,15 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-import yaml
 
-from cgm import registry
 from cgm.collection.engine import Collector, EngineConfig, current_cycle
 from cgm.collection.session import SessionPolicy
-from cgm.config import Settings
 from cgm.localtime import day_bounds, local_day
-from cgm.migrate import upgrade
-from cgm.security import secret_box
 from cgm.vee import vee_after_collection
 from drivers.base import Channel
-from simulators.fleet import HOURS_PER_MONTH, build_fleet, installation_for, inventory, start_fleet
+from simulators.fleet import HOURS_PER_MONTH, build_fleet, installation_for, start_fleet
 from simulators.meter import SimulatedMeter, ar1_noise
+from tests.fixtures.fleet import FleetEnv, exact_clocks, migrated_database
 
 FAST = EngineConfig(policy=SessionPolicy(timeout=10.0, attempts=1, backoff=0.01))
 TOLERANCE = 0.05  # settled monthly equivalent within 5 % of the declared energy
@@ -37,24 +33,18 @@ TOLERANCE = 0.05  # settled monthly equivalent within 5 % of the declared energy
 async def test_simulated_frontiers_settle_to_their_declared_monthly_energy(
     new_database: Callable[[], str], tmp_path: Path
 ) -> None:
-    url = new_database()
-    upgrade(url, Settings(database_url=url))
+    url = migrated_database(new_database)
     fleet = build_fleet(4, seed=3, mix={"modbus": 1.0}, first_code=88001)
     levels = {f.installation.voltage_level for f in fleet.frontiers}
     assert len(levels) >= 2, levels  # low voltage and behind CTs/VTs both exercised
-    for _, meter in fleet.meters():
-        meter._clock_offset = 0.0  # noqa: SLF001 - no clock corrections in this test
-        meter.drift_ppm = 0.0
+    exact_clocks(fleet)
     now = datetime.now(UTC)
     await start_fleet(fleet, per_port=8)
     try:
-        box = secret_box(Settings(database_url=url, data_dir=tmp_path))
-        path = tmp_path / "fleet.yaml"
-        path.write_text(yaml.safe_dump(inventory(fleet)))
-        with psycopg.connect(url) as conn:
-            registry.import_inventory(conn, registry.load(path), box, actor="pytest")
+        env = FleetEnv(url, fleet, tmp_path)
+        env.import_()
         cycle = current_cycle(now)
-        summary = await Collector(url, box, FAST).run_cycle(cycle)
+        summary = await Collector(url, env.box, FAST).run_cycle(cycle)
         assert summary.ok == 8
     finally:
         await fleet.stop()

@@ -12,19 +12,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
-import yaml
 
-from cgm import registry
 from cgm.collection.engine import Collector, EngineConfig, current_cycle
 from cgm.collection.session import SessionPolicy
-from cgm.config import Settings
 from cgm.localtime import day_bounds, local_day
-from cgm.migrate import upgrade
-from cgm.security import secret_box
 from cgm.storage import Quality
 from cgm.vee import affected_days, vee_after_collection
-from simulators.fleet import build_fleet, inventory, start_fleet
+from simulators.fleet import build_fleet, start_fleet
 from simulators.meter import Faults
+from tests.fixtures.fleet import FleetEnv, exact_clocks, migrated_database
 
 FAST = EngineConfig(policy=SessionPolicy(timeout=2.0, attempts=1, backoff=0.01))
 
@@ -32,8 +28,7 @@ FAST = EngineConfig(policy=SessionPolicy(timeout=2.0, attempts=1, backoff=0.01))
 async def test_vee_after_a_collection_cycle_with_faults(
     new_database: Callable[[], str], tmp_path: Path, mqtt_broker: tuple[str, int]
 ) -> None:
-    url = new_database()
-    upgrade(url, Settings(database_url=url))
+    url = migrated_database(new_database)
     fleet = build_fleet(1, seed=9, mix={"dlms": 1.0}, first_code=99101)
     frontier = fleet.frontiers[0]
     now = datetime.now(UTC)
@@ -43,18 +38,13 @@ async def test_vee_after_a_collection_cycle_with_faults(
     hole_5h = (start + timedelta(hours=10), start + timedelta(hours=15))
     frontier.principal.faults = Faults(missing=[hole_1h, hole_5h])
     frontier.backup.faults = Faults(divergence_pct=5.0)
-    for _, meter in fleet.meters():
-        meter._clock_offset = 0.0  # noqa: SLF001 - no clock corrections in this test
-        meter.drift_ppm = 0.0
+    exact_clocks(fleet)
     await start_fleet(fleet, mqtt=mqtt_broker)
     try:
-        box = secret_box(Settings(database_url=url, data_dir=tmp_path))
-        path = tmp_path / "fleet.yaml"
-        path.write_text(yaml.safe_dump(inventory(fleet)))
-        with psycopg.connect(url) as conn:
-            registry.import_inventory(conn, registry.load(path), box, actor="pytest")
+        env = FleetEnv(url, fleet, tmp_path)
+        env.import_()
         cycle = current_cycle(now)
-        summary = await Collector(url, box, FAST).run_cycle(cycle)
+        summary = await Collector(url, env.box, FAST).run_cycle(cycle)
         assert summary.ok == 2
     finally:
         await fleet.stop()
