@@ -189,16 +189,36 @@ async def late_readings(url: str, n: int) -> int:
         )
         ids = [r[0] for r in await cur.fetchall()]
         t = hour_starts(DAY)[10]
-        arr = readings_array(ids, 1, t, 1.234, 0, datetime(2026, 3, 13, tzinfo=UTC))
+        # A new value each time, so a --reuse run finds them late again.
+        late = round(1.0 + time.time() % 1000 / 1000, 3)
+        arr = readings_array(ids, 1, t, late, 0, datetime(2026, 3, 13, tzinfo=UTC))
         await write_readings(conn, arr, source="bench-late", actor="bench")
         return len(ids)
 
 
-async def speed(url: str, n: int, history_days: int, profile: bool) -> None:
-    print(f"setting up {n} frontiers …", flush=True)
-    t0 = time.perf_counter()
-    info = await setup(url, n, history_days)
-    print(f"  setup {time.perf_counter() - t0:.0f} s: {info}")
+async def forget_day(url: str) -> None:
+    """The day's settled values removed (row triggers off: no audit rows), with what VEE
+    recorded of them, so the next run is a first settle again."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+        start, end = day_bounds(DAY)
+        await c.execute("ALTER TABLE settled_reading DISABLE TRIGGER USER")
+        await c.execute(
+            "DELETE FROM settled_reading WHERE interval_start >= %s AND interval_start < %s",
+            (start, end),
+        )
+        await c.execute("ALTER TABLE settled_reading ENABLE TRIGGER USER")
+        for table in ("vee_day_inputs", "settled_day_version"):
+            found = await c.execute("SELECT to_regclass(%s)", (table,))
+            if (await found.fetchone())[0]:  # type: ignore[index]
+                await c.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+
+
+async def speed(url: str, n: int, history_days: int, profile: bool, reuse: bool = False) -> None:
+    if not reuse:
+        print(f"setting up {n} frontiers …", flush=True)
+        t0 = time.perf_counter()
+        info = await setup(url, n, history_days)
+        print(f"  setup {time.perf_counter() - t0:.0f} s: {info}")
     config = VeeConfig()
     prof = cProfile.Profile() if profile else None
     if prof:
@@ -464,26 +484,41 @@ def main() -> None:
     ap.add_argument("--accuracy-weeks", type=int, default=8)
     ap.add_argument("--accuracy-every", type=int, default=1, help="a gap every N hours")
     ap.add_argument("--database-url", dest="url_option", help="same as URL (e.g. TimescaleDB)")
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the scratch database (its name printed)"
+    )
+    ap.add_argument(
+        "--reuse",
+        metavar="DBNAME",
+        help="a database kept by --keep (same --frontiers): skip the set-up; the day's settled "
+        "values and VEE records are removed first, so the first run is a first settle again",
+    )
     args = ap.parse_args()
     args.url = args.url_option or args.url
     print(f"machine: {platform.machine()} {os.cpu_count()} CPU, Python {platform.python_version()}")
     if not args.accuracy_only:
-        name = f"cgm_bench_{uuid.uuid4().hex[:8]}"
+        name = args.reuse or f"cgm_bench_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(args.url, autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-            print("server:", c.execute("SHOW server_version").fetchone()[0])
+            if not args.reuse:
+                c.execute(f'CREATE DATABASE "{name}"')
+            print("server:", c.execute("SHOW server_version").fetchone()[0], "database:", name)
         params = conninfo_to_dict(args.url)
         params["dbname"] = name
         url = make_conninfo(**params)
         try:
             ts = upgrade(url, Settings(database_url=url)).timescale
             print("tables:", "TimescaleDB hypertables" if ts else "plain PostgreSQL")
-            asyncio.run(speed(url, args.frontiers, args.history_days, args.profile))
+            if args.reuse:
+                asyncio.run(forget_day(url))
+            asyncio.run(
+                speed(url, args.frontiers, args.history_days, args.profile, bool(args.reuse))
+            )
             if args.under_load:
                 asyncio.run(under_load(url, args.under_load))
         finally:
-            with psycopg.connect(args.url, autocommit=True) as c:
-                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if not args.keep:
+                with psycopg.connect(args.url, autocommit=True) as c:
+                    c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     if not args.speed_only:
         accuracy_real(args.accuracy_start, args.accuracy_weeks, args.accuracy_every)
         accuracy_simulated(10, 4, max(args.accuracy_every, 3))

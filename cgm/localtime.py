@@ -14,6 +14,13 @@ HOUR = timedelta(hours=1)
 PERIODS = 24
 
 
+def sql_local_day(column: str) -> str:
+    """SQL for the local day of the timestamptz ``column`` (the server's zone setting
+    plays no part)."""
+    offset = int(COLOMBIA.utcoffset(None).total_seconds())
+    return f"(({column} AT TIME ZONE 'UTC') + make_interval(secs => {offset}))::date"
+
+
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     """[start, end) of local day ``day`` in UTC."""
     start = datetime.combine(day, time(0), COLOMBIA).astimezone(UTC)

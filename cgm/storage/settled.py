@@ -26,6 +26,7 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
+from cgm.localtime import sql_local_day
 from cgm.storage import pgbinary
 from cgm.storage.common import (
     CHANNELS_BY_ID,
@@ -374,7 +375,13 @@ async def write_settled(
                       AND (t.value, t.source, t.method, t.flags, t.detail)
                           IS DISTINCT FROM (excluded.value, excluded.source,
                                             excluded.method, excluded.flags, excluded.detail)
-                  RETURNING t.version)
+                  RETURNING t.frontier_id, t.interval_start, t.version),
+                bumped AS (
+                  -- The changed days' counters (migration 0190): what VEE compares
+                  -- instead of re-reading a day's values.
+                  INSERT INTO settled_day_version AS v (frontier_id, day)
+                  SELECT DISTINCT frontier_id, {sql_local_day("interval_start")} FROM up
+                  ON CONFLICT (frontier_id, day) DO UPDATE SET version = v.version + 1)
                 SELECT count(*) FILTER (WHERE version = 1),
                        count(*) FILTER (WHERE version > 1) FROM up""",
             {"actor": actor, "reason": reason},

@@ -70,6 +70,21 @@ class Series:
     def __len__(self) -> int:
         return len(self.frontier_id)
 
+    def take(self, keep: np.ndarray) -> Series:
+        """The series where the boolean ``keep`` is true, in the same order."""
+        out = Series(
+            self.frontier_id[keep],
+            self.channel[keep],
+            [c for c, k in zip(self.code, keep.tolist(), strict=True) if k],
+            {r: a[keep] for r, a in self.meter.items()},
+            {r: a[keep] for r, a in self.factor.items()},
+            self.tolerance_pct[keep],
+            self.capacity_kwh[keep],
+        )
+        pairs = zip(out.frontier_id.tolist(), out.channel.tolist(), strict=True)
+        out.index = {(f, c): i for i, (f, c) in enumerate(pairs)}
+        return out
+
 
 async def load_series(
     conn: psycopg.AsyncConnection,
@@ -429,3 +444,189 @@ def _arrays(
     return {
         k: (np.array([t for t, _ in v]), np.array([x for _, x in v])) for k, v in grouped.items()
     }
+
+
+# --- recorded inputs: skip a frontier-day whose inputs did not change -------------------
+
+DIGEST_FORMAT = b"cgm-vee-inputs-1"  # change when what a run computes from its inputs does
+_XOR = "count(*), coalesce(bit_xor({h}), 0)"
+# One 64-bit hash per row of every column VEE reads; summed up per key by XOR (rows are
+# unique by key, so nothing cancels out) with the row count.
+_READING_HASH = (
+    "hashint8extended(version, hashint8extended("
+    + _US.format(t="interval_start")
+    + " * 8 + channel, hashfloat8extended(value, quality)))"
+)
+_SNAPSHOT_HASH = (
+    "hashint8extended(channel, hashfloat8extended(value, " + _US.format(t="read_at") + "))"
+)
+_POWER_HASH = (
+    "hashint8extended(channel, hashfloat8extended(kw, " + _US.format(t="measured_at") + "))"
+)
+
+
+@dataclass
+class Recorded:
+    digest: bytes
+    uses_day: bool
+    ends_estimated: bool
+
+
+async def input_digests(
+    conn: psycopg.AsyncConnection,
+    series: Series,
+    day: date,
+    history_days: list[date],
+    config: VeeConfig,
+    due_columns: int,
+) -> tuple[dict[int, bytes], dict[int, int]]:
+    """Per frontier, a digest of everything its run of ``day`` reads but the day's own
+    settled values, and the day's ``settled_day_version`` (0: none): ({fid: digest},
+    {fid: version}); :func:`seal` joins them.
+
+    The server hashes the rows (readings and register snapshots per meter, power samples
+    per frontier) so that only a few numbers per meter travel; the history days and the
+    day itself count by their ``settled_day_version`` (bumped by every write that changes
+    a settled value, cgm.storage.write_settled), not by their rows. The registry, the
+    settings and the hours due come from this side.
+    """
+    import hashlib
+
+    w0, w1 = window(day)
+    fids = sorted({int(f) for f in series.frontier_id})
+    meters = sorted({int(m) for r in ROLES for m in series.meter[r] if m})
+    per_meter: dict[int, list[Any]] = {m: [] for m in meters}
+    per_frontier: dict[int, list[Any]] = {f: [] for f in fids}
+
+    async def rows(sql: str, params: dict[str, Any]) -> list[tuple]:
+        cur = await conn.execute(sql, params)
+        return list(await cur.fetchall())
+
+    for mid, n, h in await rows(
+        f"SELECT meter_id, {_XOR.format(h=_READING_HASH)} FROM reading"
+        " WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s AND interval_start < %(b)s"
+        " GROUP BY meter_id",
+        {"m": meters, "a": w0, "b": w1},
+    ):
+        per_meter[mid].append(("r", n, h))
+    skew = config.register_skew
+    for mid, n, h in await rows(
+        f"SELECT meter_id, {_XOR.format(h=_SNAPSHOT_HASH)} FROM register_snapshot"
+        " WHERE meter_id = ANY(%(m)s) AND read_at >= %(a)s AND read_at <= %(b)s"
+        " GROUP BY meter_id",
+        {"m": meters, "a": w0 - skew, "b": w1 + skew},
+    ):
+        per_meter[mid].append(("s", n, h))
+    for mid, since, at in await clock_corrections(conn, meters, w0, w1):
+        per_meter[mid].append(("c", since.timestamp(), at.timestamp()))
+    if config.scada:
+        margin = config.scada_max_sample_gap
+        for fid, n, h in await rows(
+            f"SELECT frontier_id, {_XOR.format(h=_POWER_HASH)} FROM power_sample"
+            " WHERE frontier_id = ANY(%(f)s) AND measured_at >= %(a)s AND measured_at <= %(b)s"
+            " GROUP BY frontier_id",
+            {"f": fids, "a": w0 - margin, "b": w1 + margin},
+        ):
+            per_frontier[fid].append(("p", n, h))
+    near = {d + timedelta(days=k) for d in history_days for k in (-1, 0, 1)} | {day}
+    own: dict[int, int] = {}
+    for fid, n, h, v in await rows(
+        "SELECT frontier_id, count(*) FILTER (WHERE day <> %(d)s),"
+        " coalesce(bit_xor(hashint8extended(version, day - DATE '2000-01-01'))"
+        " FILTER (WHERE day <> %(d)s), 0), max(version) FILTER (WHERE day = %(d)s)"
+        " FROM settled_day_version WHERE frontier_id = ANY(%(f)s) AND day = ANY(%(days)s)"
+        " GROUP BY frontier_id",
+        {"f": fids, "d": day, "days": sorted(near)},
+    ):
+        if n:  # no history row and no row but the day's own: the same input
+            per_frontier[fid].append(("h", n, h))
+        own[fid] = v or 0
+    common = repr((DIGEST_FORMAT, day.isoformat(), due_columns, _settings(config))).encode()
+    by_frontier: dict[int, list[int]] = {}
+    for s, f in enumerate(series.frontier_id.tolist()):
+        by_frontier.setdefault(f, []).append(s)
+    out = {}
+    for fid, idx in by_frontier.items():
+        parts: list[Any] = [per_frontier[fid]]
+        for s in idx:
+            mids = [int(series.meter[r][s]) for r in ROLES]
+            parts.append(
+                (
+                    series.code[s],
+                    int(series.channel[s]),
+                    mids,
+                    [float(series.factor[r][s]) for r in ROLES],
+                    float(series.tolerance_pct[s]),
+                    float(series.capacity_kwh[s]),
+                    [per_meter.get(m, ()) for m in mids],
+                )
+            )
+        h = hashlib.blake2b(common, digest_size=16)
+        h.update(repr(parts).encode())
+        out[fid] = h.digest()
+    return out, {f: own.get(f, 0) for f in out}
+
+
+def seal(base: bytes, day_version: int) -> bytes:
+    """The digest of a frontier-day's inputs with its own settled version."""
+    import hashlib
+
+    return hashlib.blake2b(base + day_version.to_bytes(8, "big"), digest_size=16).digest()
+
+
+async def day_versions(
+    conn: psycopg.AsyncConnection, frontier_ids: list[int], day: date
+) -> dict[int, int]:
+    cur = await conn.execute(
+        "SELECT frontier_id, version FROM settled_day_version"
+        " WHERE day = %s AND frontier_id = ANY(%s)",
+        (day, frontier_ids),
+    )
+    return {f: v for f, v in await cur.fetchall()}
+
+
+def _settings(config: VeeConfig) -> list[tuple[str, str]]:
+    """The settings as text that does not depend on the process (sets sorted)."""
+    from dataclasses import fields as dc_fields
+
+    out = []
+    for f in dc_fields(config):
+        v = getattr(config, f.name)
+        out.append((f.name, repr(sorted(v) if isinstance(v, frozenset) else v)))
+    return out
+
+
+async def recorded_inputs(
+    conn: psycopg.AsyncConnection, frontier_ids: list[int], day: date
+) -> dict[int, Recorded]:
+    cur = await conn.execute(
+        "SELECT frontier_id, digest, uses_day, ends_estimated FROM vee_day_inputs"
+        " WHERE day = %s AND frontier_id = ANY(%s)",
+        (day, frontier_ids),
+    )
+    return {r[0]: Recorded(bytes(r[1]), r[2], r[3]) for r in await cur.fetchall()}
+
+
+async def record_inputs(
+    conn: psycopg.AsyncConnection, day: date, records: dict[int, Recorded]
+) -> None:
+    """Upsert the inputs of the frontier-days just settled (in the run's transaction)."""
+    if not records:
+        return
+    fids = sorted(records)
+    await conn.execute(
+        """INSERT INTO vee_day_inputs AS v (frontier_id, day, digest, uses_day, ends_estimated)
+           SELECT f, %(d)s, g, u, e
+           FROM unnest(%(f)s::bigint[], %(g)s::bytea[], %(u)s::bool[], %(e)s::bool[])
+             AS x(f, g, u, e)
+           ON CONFLICT (frontier_id, day) DO UPDATE
+             SET digest = excluded.digest, uses_day = excluded.uses_day,
+                 ends_estimated = excluded.ends_estimated, settled_at = now()""",
+        {
+            "d": day,
+            "f": fids,
+            "g": [records[f].digest for f in fids],
+            "u": [records[f].uses_day for f in fids],
+            "e": [records[f].ends_estimated for f in fids],
+        },
+    )

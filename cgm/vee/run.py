@@ -32,8 +32,11 @@ from cgm.vee.daytype import day_type, same_type_days
 from cgm.vee.inputs import (
     ROLES,
     SOURCE_CODES,
+    Recorded,
     Series,
     W,
+    day_versions,
+    input_digests,
     load_clock_corrections,
     load_history,
     load_power,
@@ -41,6 +44,9 @@ from cgm.vee.inputs import (
     load_series,
     load_snapshots,
     load_stored,
+    record_inputs,
+    recorded_inputs,
+    seal,
     snapshot_near,
     window,
 )
@@ -74,6 +80,7 @@ class VeeSummary:
     by_method: Counter[str] = field(default_factory=Counter)
     flagged: Counter[str] = field(default_factory=Counter)
     written: int = 0
+    skipped: int = 0  # frontier-days whose inputs had not changed since their last run
     kept_manual: int = 0
     unsettled: int = 0
     alarms: int = 0
@@ -89,6 +96,7 @@ class VeeSummary:
         self.by_method.update(other.by_method)
         self.flagged.update(other.flagged)
         self.written += other.written
+        self.skipped += other.skipped
         self.kept_manual += other.kept_manual
         self.unsettled += other.unsettled
         self.alarms += other.alarms
@@ -106,6 +114,7 @@ class VeeSummary:
             "by_method": dict(self.by_method),
             "flagged": dict(self.flagged),
             "written": self.written,
+            "skipped": self.skipped,
             "kept_manual": self.kept_manual,
             "unsettled": self.unsettled,
             "alarms": self.alarms,
@@ -227,22 +236,45 @@ async def _run_day(
     summary = VeeSummary(days=[day])
     timer = _Timer(summary.timings)
     series = await load_series(conn, config, frontier_ids)
-    S = len(series)
-    summary.series = S
+    summary.series = len(series)
     summary.frontiers = len(set(series.frontier_id.tolist()))
+    if not len(series):
+        return summary
+    w0, _ = window(day)
+    due_cols = [w0 + (j + 1) * HOUR <= now for j in range(W)]
+    hist_days = same_type_days(day, config.typical_weeks)
+    timer.lap("load registry")
+
+    # Frontier-days whose inputs are those of their last run have nothing to do (only
+    # the prolonged-estimation check, for those whose day ends in an estimate).
+    digests, own = await input_digests(conn, series, day, hist_days, config, sum(due_cols))
+    recorded = await recorded_inputs(conn, sorted(digests), day)
+    skip = {f for f, r in recorded.items() if r.digest == seal(digests[f], own[f])}
+    summary.skipped = len(skip)
+    skipped = np.isin(series.frontier_id, sorted(skip))
+    alarm_only = series.take(
+        skipped & np.isin(series.frontier_id, [f for f in skip if recorded[f].ends_estimated])
+    )
+    series = series.take(~skipped)
+    timer.lap("inputs unchanged")
+    S = len(series)
     if not S:
+        summary.alarms, _ = await _prolonged_estimation(conn, alarm_only, day, now, config)
+        await conn.commit()
+        timer.lap("alarms")
+        summary.seconds = time.perf_counter() - t_start
+        metrics.VEE_RUN_SECONDS.set(summary.seconds)
         return summary
     fids = sorted({int(f) for f in series.frontier_id})
     meter_ids = sorted({int(m) for r in ROLES for m in series.meter[r] if m})
-    w0, _ = window(day)
-    due = np.array([w0 + (j + 1) * HOUR <= now for j in range(W)])[None, :].repeat(S, 0)
-    timer.lap("load registry")
+    due = np.array(due_cols)[None, :].repeat(S, 0)
 
     mats = await load_readings(conn, series, day)
     timer.lap("load readings")
 
-    hist_days = same_type_days(day, config.typical_weeks)
-    history, hist_est = await _history(conn, series, hist_days, config, frontier_ids is None)
+    history, hist_est = await _history(
+        conn, series, hist_days, config, frontier_ids is None and not skip
+    )
     timer.lap("load history")
     typical, hist_ok = typical_curves(
         history,
@@ -456,7 +488,28 @@ async def _run_day(
                 metrics.VEE_VALUES_WRITTEN.labels(source).inc(n)
     timer.lap("write")
 
-    summary.alarms = await _prolonged_estimation(conn, series, day, now, config)
+    summary.alarms, ongoing = await _prolonged_estimation(conn, series, day, now, config)
+    more, _ = await _prolonged_estimation(conn, alarm_only, day, now, config)
+    summary.alarms += more
+    # What was settled from what. The day's own settled version is recorded as this run
+    # leaves it (a later change, e.g. a manual edit, is a reason to run again), except for
+    # a frontier with an estimate: that depends on the day's own stored values (the day
+    # before's window ends in this day's first hour), so its record has the version the
+    # run read, and a run that changed them is followed by one more.
+    estimated = {int(f) for f in series.frontier_id[need.any(axis=1)]}
+    after = await day_versions(conn, fids, day)
+    await record_inputs(
+        conn,
+        day,
+        {
+            f: Recorded(
+                seal(digests[f], own[f] if f in estimated else after.get(f, 0)),
+                f in estimated,
+                f in ongoing,
+            )
+            for f in fids
+        },
+    )
     await conn.commit()
     timer.lap("alarms")
     summary.seconds = time.perf_counter() - t_start
@@ -619,10 +672,13 @@ async def _prolonged_estimation(
     day: date,
     now: datetime,
     config: VeeConfig,
-) -> int:
+) -> tuple[int, set[int]]:
     """Alarm (hoja de vida + metric) for each channel estimated without a break for longer
     than ``config.prolonged_estimation`` up to the end of the day. One alarm per streak:
-    the streak's start identifies it, so re-runs do not repeat it."""
+    the streak's start identifies it, so re-runs do not repeat it. Returns the alarms
+    raised and the frontiers with a streak going on."""
+    if not len(series):
+        return 0, set()
     _, end = day_bounds(day)
     end = min(end, now)
     cur = await conn.execute(
@@ -689,7 +745,7 @@ async def _prolonged_estimation(
         )
         alarms += 1
         metrics.VEE_PROLONGED_ALARMS.inc()
-    return alarms
+    return alarms, {int(fid) for fid, _, _, _ in streaks}
 
 
 def _floor_hour(t: datetime) -> datetime:

@@ -307,9 +307,7 @@ async def _serve(db_url: str, config: VeeConfig, read: Any, out: Any) -> None:
             job, args, now = request
             try:
                 if conn is None or conn.closed or conn.broken:
-                    conn = await psycopg.AsyncConnection.connect(
-                        db_url, application_name="cgm vee"
-                    )
+                    conn = await psycopg.AsyncConnection.connect(db_url, application_name="cgm vee")
                 result = await getattr(vee_run, job)(conn, *args, config=config, now=now)
                 answer: tuple = (True, result)
             except Exception as exc:  # reported to the parent, which logs it

@@ -98,9 +98,7 @@ async def test_api_answers_while_the_vee_process_settles(db_url: str, conn) -> N
     assert [r[1] for r in await settled(conn, f, DAY)] == ["principal"] * 24
 
 
-async def test_errors_come_back_logged_and_the_next_run_goes_on(
-    db_url: str, conn, caplog
-) -> None:
+async def test_errors_come_back_logged_and_the_next_run_goes_on(db_url: str, conn, caplog) -> None:
     f = await make_frontier(conn)
     await put(conn, f.principal, DAY, load(f, DAY))
     worker = VeeWorker(db_url)
