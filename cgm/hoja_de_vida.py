@@ -6,6 +6,12 @@ accesses and alarms already logged by collection (``frontier_log``) are read int
 record. Maintenance due dates follow Table 4 by point type; the cable error of art. 9.1.1.8 is
 computed here from the secondary circuit's length, section and burden and kept with its
 inputs.
+
+Entries are add-only (migration 0181 refuses updates and deletes). A level-2 user corrects
+an entry, or voids it, by adding a new entry that references it (:func:`correct_entry`):
+the original stays in the record, marked ``corrected`` or ``voided`` with the id of the
+entry that did it, so an auditor sees both; everything that reads the record for a
+decision (maintenance due, the audit) reads the current version only (:data:`CURRENT`).
 """
 
 from __future__ import annotations
@@ -140,7 +146,13 @@ def validate(section: str, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _add_months(d: date, months: int) -> date:
+# SQL condition: hoja entry ``{e}`` is current (not corrected by a later entry, not a void).
+CURRENT = ("NOT EXISTS (SELECT 1 FROM hoja_entry x WHERE x.corrects = {e}.id) "
+           "AND {e}.correction IS DISTINCT FROM 'void'")  # fmt: skip
+CORRECTIONS = ("correct", "void")
+
+
+def add_months(d: date, months: int) -> date:
     y, m = divmod(d.month - 1 + months, 12)
     year, month = d.year + y, m + 1
     for day in (d.day, 30, 29, 28):
@@ -154,12 +166,12 @@ def _add_months(d: date, months: int) -> date:
 def maintenance_due(point_type: int, last_done: date | None, since: date, today: date) -> dict:
     """Next maintenance under Table 4, and the notice due 6 and 3 months ahead."""
     years = TABLE4_YEARS[point_type]
-    due = _add_months(last_done or since, 12 * years)
+    due = add_months(last_done or since, 12 * years)
     if today >= due:
         notice = "overdue"
-    elif today >= _add_months(due, -NOTICE_MONTHS[1]):
+    elif today >= add_months(due, -NOTICE_MONTHS[1]):
         notice = "3_months"
-    elif today >= _add_months(due, -NOTICE_MONTHS[0]):
+    elif today >= add_months(due, -NOTICE_MONTHS[0]):
         notice = "6_months"
     else:
         notice = None
@@ -192,6 +204,63 @@ async def add_entry(
     return row[0]
 
 
+async def correct_entry(
+    conn: psycopg.AsyncConnection,
+    *,
+    frontier: str,
+    entry_id: int,
+    action: str,
+    reason: str,
+    actor: str,
+    data: dict[str, Any] | None = None,
+    entry_date: date | None = None,
+) -> int:
+    """Correct (new data for the same section, validated as any entry) or void entry
+    ``entry_id`` of ``frontier`` by a new entry that references it; returns its id. The
+    original is left as it was. An entry is corrected once: to change it again, correct
+    the correction."""
+    if action not in CORRECTIONS:
+        raise EntryError(f"action must be one of {', '.join(CORRECTIONS)}")
+    reason = (reason or "").strip()
+    if not reason or len(reason) > 2000 or "\x00" in reason:
+        raise EntryError("a reason (under 2000 characters) is required")
+    cur = await conn.execute(
+        """SELECT e.frontier_id, e.section, e.entry_date, e.correction,
+                  (SELECT x.id FROM hoja_entry x WHERE x.corrects = e.id)
+           FROM hoja_entry e JOIN frontier f ON f.id = e.frontier_id
+           WHERE e.id = %s AND f.code = %s""",
+        (entry_id, frontier),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise EntryError(f"unknown entry {entry_id} of frontier {frontier}")
+    fid, section, original_date, kind, by = row
+    if kind == "void":
+        raise EntryError(f"entry {entry_id} voids another entry; it cannot be corrected")
+    if by is not None:
+        raise EntryError(f"entry {entry_id} was already corrected by entry {by}; "
+                         f"correct {by} instead")  # fmt: skip
+    if action == "correct":
+        if data is None:
+            raise EntryError("a correction needs the corrected data")
+        stored = validate(section, data)
+    elif data:
+        raise EntryError("a void carries a reason only, no data")
+    else:
+        stored = {}
+    try:
+        cur = await conn.execute(
+            """INSERT INTO hoja_entry (frontier_id, section, entry_date, data, actor, corrects,
+                                       correction, reason)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+            (fid, section, entry_date or original_date, Jsonb(stored), actor, entry_id,
+             action, reason),
+        )  # fmt: skip
+    except psycopg.errors.UniqueViolation:
+        raise EntryError(f"entry {entry_id} was corrected meanwhile; reload it") from None
+    return (await cur.fetchone())[0]  # type: ignore[index]
+
+
 async def record(
     conn: psycopg.AsyncConnection, frontier: str, *, today: date | None = None
 ) -> dict[str, Any]:
@@ -209,14 +278,26 @@ async def record(
         raise EntryError(f"unknown frontier {frontier}")
     fid, code, name, point_type, voltage, since, adj = row
     cur = await conn.execute(
-        """SELECT id, section, entry_date, data, actor, recorded_at FROM hoja_entry
-           WHERE frontier_id = %s ORDER BY entry_date, id""",
+        """SELECT e.id, e.section, e.entry_date, e.data, e.actor, e.recorded_at, e.corrects,
+                  e.correction, e.reason, x.id, x.correction
+           FROM hoja_entry e LEFT JOIN hoja_entry x ON x.corrects = e.id
+           WHERE e.frontier_id = %s ORDER BY e.entry_date, e.id""",
         (fid,),
     )
     sections: dict[str, list[dict[str, Any]]] = {s: [] for s in SECTIONS}
-    for eid, section, d, data, actor, at in await cur.fetchall():
-        sections[section].append({"id": eid, "date": d.isoformat(), **data, "recorded_by": actor,
-                                  "recorded_at": at.isoformat()})  # fmt: skip
+    for (eid, section, d, data, actor, at, corrects, correction, reason, by,
+         by_kind) in await cur.fetchall():  # fmt: skip
+        entry: dict[str, Any] = {"id": eid, "date": d.isoformat(), **data}
+        if corrects is not None:
+            entry.update(corrects=corrects, correction=correction, reason=reason)
+        if correction == "void":
+            entry["entry_status"] = "void"
+        elif by is not None:
+            entry.update(entry_status="voided" if by_kind == "void" else "corrected",
+                         superseded_by=by)  # fmt: skip
+        else:
+            entry["entry_status"] = "current"
+        sections[section].append({**entry, "recorded_by": actor, "recorded_at": at.isoformat()})
     cur = await conn.execute(
         """SELECT serial, role, protocol, manufacturer, model, ct_ratio, vt_ratio,
                   accuracy_active, accuracy_reactive, active
@@ -238,7 +319,7 @@ async def record(
         for at, actor, purpose, act, serial in await cur.fetchall()
     ]  # fmt: skip
     done = [date.fromisoformat(e["date"]) for e in sections["maintenance"]
-            if e["status"] == "done"]  # fmt: skip
+            if e["entry_status"] == "current" and e.get("status") == "done"]  # fmt: skip
     return {
         "frontier": {"code": code, "name": name, "point_type": point_type,
                      "voltage_level": voltage, "operation_start": since.isoformat(),

@@ -1,5 +1,9 @@
 """The hoja de vida as a readable PDF (fpdf2): one heading per section, a table per list.
 
+Every entry shows its id and ``entry_status`` (current, corrected, voided, void); a correction
+shows the entry it ``corrects`` and its ``reason``, so the original and its correction read
+side by side, as in the JSON export.
+
 Core fonts only (no font files to ship); text outside Latin-1 is replaced, never dropped
 silently: a ``?`` shows where a character could not be drawn.
 """
@@ -22,7 +26,7 @@ TITLES = {
     "note": "Anotaciones",
     "level2_log": "Accesos de nivel 2",
 }
-_SKIP = {"id", "recorded_at", "activities"}
+_SKIP = {"recorded_at", "activities"}  # ids stay: corrections refer to them
 
 
 def _t(value: Any) -> str:

@@ -50,11 +50,18 @@ def _check(args: argparse.Namespace) -> int:
 
     from cgm.compliance_audit import CHECKS, audit
 
-    url = current_url(get_settings())
+    from cgm.security import SecretKeyError, secret_box
+
+    settings = get_settings()
+    url = current_url(settings)
+    try:
+        box = secret_box(settings)  # to compare the two levels' secrets, in memory only
+    except SecretKeyError:
+        box = None  # the access check then fails, saying the secrets were not compared
 
     async def go() -> list:
         async with await psycopg.AsyncConnection.connect(url) as conn:
-            return await audit(conn, frontiers=args.frontier)
+            return await audit(conn, frontiers=args.frontier, box=box)
 
     results = asyncio.run(go())
     if args.frontier:

@@ -1,6 +1,8 @@
 """``cgm hoja add|show|export``: the hoja de vida of a frontier (art. 9.1.1.29).
 
-``add`` authenticates a level-2 cgm user; the entry records ``cli:<user>``. Data is given as
+``add``, ``correct`` and ``void`` authenticate a level-2 cgm user; the entry records
+``cli:<user>``. Entries are never changed: ``correct`` and ``void`` add an entry that
+references the original, which stays in the record. Data is given as
 ``--set key=value`` pairs (numbers are read as numbers) or ``--data JSON``.
 """
 
@@ -33,6 +35,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--data", help="the entry as a JSON object")
     add_auth_args(a)
     a.set_defaults(func=_add)
+    for action, text in (("correct", "correct an entry by a new one that references it"),
+                         ("void", "void an entry by a new one that references it")):
+        c = hsub.add_parser(action, help=f"{text} (level 2; the original stays)")
+        c.add_argument("entry", type=int, help="the id of the entry (cgm hoja show)")
+        c.add_argument("--frontier", required=True, metavar="CODE")
+        c.add_argument("--reason", required=True, help="why, kept with the new entry")
+        if action == "correct":
+            c.add_argument("--date", type=date.fromisoformat,
+                           help="date of the fact (default: the original's)")
+            c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+            c.add_argument("--data", help="the corrected entry as a JSON object (whole)")
+        c.add_argument("--user", required=True, help="a cgm user of level 2")
+        c.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
+        c.set_defaults(func=_correct, action=action)
     s = hsub.add_parser("show", help="the whole record (JSON)")
     s.add_argument("--frontier", required=True, metavar="CODE")
     s.add_argument("--section", choices=[*hv.SECTIONS, "level2_log", "maintenance_due"])
@@ -84,6 +100,28 @@ def _add(args: argparse.Namespace) -> int:
     except hv.EntryError as exc:
         raise CommandError(str(exc)) from None
     print(f"{args.frontier}: {args.section} entry {eid} added")
+    return 0
+
+
+def _correct(args: argparse.Namespace) -> int:
+    data = _data(args) if args.action == "correct" else None
+    url = current_url(get_settings())
+
+    async def go() -> int:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            actor = await level2_actor(conn, args)
+            return await hv.correct_entry(
+                conn, frontier=args.frontier, entry_id=args.entry, action=args.action,
+                reason=args.reason, actor=actor, data=data,
+                entry_date=getattr(args, "date", None),
+            )  # fmt: skip
+
+    try:
+        eid = asyncio.run(go())
+    except hv.EntryError as exc:
+        raise CommandError(str(exc)) from None
+    done = "corrected" if args.action == "correct" else "voided"
+    print(f"{args.frontier}: entry {args.entry} {done} by entry {eid}")
     return 0
 
 

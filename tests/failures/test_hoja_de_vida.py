@@ -94,20 +94,39 @@ def test_cli_add_show_export_json_and_pdf(cli_db: str, tmp_path: Path, capsys) -
     assert [(s["serial"], s["action"], s["by"]) for s in seals] == [
         ("S-0042", "installed", "J. Pérez"), ("S-0042", "removed", "M. Ruiz")]  # fmt: skip
 
+    # Corrections: a new entry referencing the original (level 2 only); the original stays.
+    (maint,) = _rows(cli_db, "SELECT id FROM hoja_entry WHERE section = 'maintenance'")
+    (note,) = _rows(cli_db, "SELECT id FROM hoja_entry WHERE section = 'note'")
+    fix = ["hoja", "correct", str(maint[0]), "--frontier", code, "--reason", "wrong date",
+           "--date", "2025-07-01", "--set", "status=done", "--set", "description=limpieza"]
+    assert main([*fix, "--user", "lee", "--password-env", "CGM_TEST_PW"]) == 2
+    assert main([*fix, *auth]) == 0
+    assert f"entry {maint[0]} corrected by entry" in capsys.readouterr().out
+    assert main([*fix, *auth]) == 2  # corrected once: correct the correction instead
+    assert "already corrected" in capsys.readouterr().err
+    assert main(["hoja", "void", str(note[0]), "--frontier", code, "--reason",
+                 "written on the wrong frontier", *auth]) == 0  # fmt: skip
+    assert len(_rows(cli_db, "SELECT 1 FROM hoja_entry")) == 14
+
     out_json, out_pdf = tmp_path / "hv.json", tmp_path / "hv.pdf"
     assert main(["hoja", "export", "--frontier", code, "--json", str(out_json),
                  "--pdf", str(out_pdf)]) == 0  # fmt: skip
     rec = json.loads(out_json.read_text())
     assert [e["phase"] for e in rec["equipment"] if e["kind"] == "ct"] == ["A", "B", "C"]
     assert rec["cable_error"][0]["result"]["within_limit"] is True
-    assert rec["maintenance_due"]["last_done"] == "2025-06-01"
-    assert rec["maintenance_due"]["next_due"] == "2029-06-01"  # point type 2: 4 years
+    assert rec["maintenance_due"]["last_done"] == "2025-07-01"  # the corrected date
+    assert rec["maintenance_due"]["next_due"] == "2029-07-01"  # point type 2: 4 years
+    assert [(m["date"], m["entry_status"]) for m in rec["maintenance"]] == [
+        ("2025-06-01", "corrected"), ("2025-07-01", "current")]  # fmt: skip
+    assert [(n["entry_status"], n.get("reason")) for n in rec["note"]] == [
+        ("voided", None), ("void", "written on the wrong frontier")]  # fmt: skip
     assert rec["adjustment_factor"][0]["factor"] == 1.002
     assert len(rec["registry_meters"]) == 2
 
     text = "".join(p.extract_text() for p in PdfReader(out_pdf).pages)
     for expected in (f"Hoja de vida de la frontera {code}", "CT-B1", "S-0042", "M. Ruiz",
-                     "Pérez", "LabMed", "2029-06-01", "estudio de perdidas"):  # fmt: skip
+                     "Pérez", "LabMed", "2029-07-01", "estudio de perdidas", "voided",
+                     "written on the wrong"):  # fmt: skip
         assert expected in text, expected
     page = pypdfium2.PdfDocument(out_pdf)[0].render(scale=60 / 72).to_pil().convert("L")
     inked = sum(page.histogram()[:128]) / (page.width * page.height)
