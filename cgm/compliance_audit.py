@@ -20,12 +20,11 @@ corrected or voided (``hoja_de_vida.correct_entry``) are read as their current v
 
 from __future__ import annotations
 
+import hmac
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-
-import hmac
 
 import psycopg
 

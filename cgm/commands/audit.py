@@ -49,7 +49,6 @@ def _check(args: argparse.Namespace) -> int:
     import psycopg
 
     from cgm.compliance_audit import CHECKS, audit
-
     from cgm.security import SecretKeyError, secret_box
 
     settings = get_settings()
