@@ -4,9 +4,11 @@
         [--database-url postgresql://127.0.0.1:5432/test]
 
 A scratch database gets N frontiers (principal and backup meters, health, both credentials,
-CT/VT and calibration entries, a maintenance, 7 days of accepted ASIC items, 48 settled hours
-and a failure each), seeded set-based; then ``audit()`` runs ``--repeat`` times and the
-wall time of each run is printed. The database is dropped at the end.
+CT/VT and calibration entries, a maintenance, 7 days of accepted ASIC items, 48 settled hours,
+48 hourly collection sessions per meter with clock offsets and a failure each), seeded
+set-based, the meter secrets encrypted with a real key (the audit decrypts all of them to
+compare the levels); then ``audit()`` runs ``--repeat`` times and the wall and CPU time of
+each run is printed. The database is dropped at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+from cryptography.fernet import Fernet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collect import drop_db, scratch_db  # noqa: E402
@@ -28,6 +31,7 @@ from cgm.compliance_audit import audit  # noqa: E402
 from cgm.config import Settings  # noqa: E402
 from cgm.localtime import day_bounds, local_day  # noqa: E402
 from cgm.migrate import upgrade  # noqa: E402
+from cgm.security import SecretBox  # noqa: E402
 
 SEED = """
 INSERT INTO frontier (code, name, kind, voltage_level, point_type, operation_start)
@@ -41,8 +45,13 @@ FROM frontier f CROSS JOIN (VALUES ('principal'), ('backup')) r(role);
 INSERT INTO meter_health (meter_id, clock_offset_s, last_success, config_findings)
 SELECT id, (id %% 50) - 20, now() - interval '1 hour',
        CASE WHEN id %% 113 = 0 THEN ARRAY['capture period 900 s'] ELSE '{}' END FROM meter;
-INSERT INTO meter_credential (meter_id, level, secret_enc)
-SELECT m.id, l, decode(md5(m.id || '-' || l), 'hex') FROM meter m, generate_series(1, 2) l;
+INSERT INTO collection_session (meter_id, cycle, collector, started_at, finished_at, result,
+                                attempts, clock_offset_s)
+SELECT m.id, date_trunc('hour', now()) - h * interval '1 hour', 'bench',
+       date_trunc('hour', now()) - h * interval '1 hour' + interval '1 minute',
+       date_trunc('hour', now()) - h * interval '1 hour' + interval '2 minutes', 'ok', 1,
+       CASE WHEN h = 7 AND m.id %% 101 = 0 THEN 90 ELSE (m.id %% 50) - 20 END
+FROM meter m, generate_series(0, 47) h;
 INSERT INTO hoja_entry (frontier_id, section, entry_date, data, actor)
 SELECT f.id, 'equipment', current_date - 30,
        jsonb_build_object('kind', k, 'serial', k || f.id || p, 'phase', p,
@@ -79,20 +88,33 @@ ANALYZE;
 async def run(url: str, n: int, repeat: int) -> list[float]:
     now = datetime.now(UTC)
     today = local_day(now)
+    box = SecretBox(Fernet.generate_key())
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
         t0 = time.perf_counter()
         for stmt in SEED.split(";\n"):
             if stmt.strip():
                 start = day_bounds(today - timedelta(days=2))[0]
                 await c.execute(stmt, {"n": n, "today": today, "start": start})
+        ids = [r[0] for r in await (await c.execute("SELECT id FROM meter")).fetchall()]
+        async with c.cursor().copy(
+            "COPY meter_credential (meter_id, level, secret_enc) FROM STDIN"
+        ) as copy:
+            for mid in ids:
+                for level in (1, 2):
+                    # every 103rd meter has the same secret at both levels: a violation
+                    secret = f"s{mid}" if mid % 103 == 0 else f"s{mid}-{level}"
+                    await copy.write_row((mid, level, box.encrypt(secret)))
+        await c.execute("ANALYZE")
         print(f"seeded {n} frontiers in {time.perf_counter() - t0:.1f} s")
         times = []
         for _ in range(repeat):
-            t0 = time.perf_counter()
-            results = await audit(c, now=now)
+            t0, c0 = time.perf_counter(), time.process_time()
+            results = await audit(c, now=now, box=box)
             times.append(time.perf_counter() - t0)
+            cpu = time.process_time() - c0
             failed = sum(not r.ok for r in results)
-            print(f"audit of {len(results)} frontiers: {times[-1]:.2f} s ({failed} failing)")
+            print(f"audit of {len(results)} frontiers: {times[-1]:.2f} s wall, {cpu:.2f} s CPU "
+                  f"in this process ({failed} failing)")
     return times
 
 
@@ -107,7 +129,8 @@ def main() -> None:
     try:
         upgrade(url, Settings(database_url=url))
         times = asyncio.run(run(url, args.frontiers, args.repeat))
-        print(f"best {min(times):.2f} s, worst {max(times):.2f} s")
+        print(f"best {min(times):.2f} s, worst {max(times):.2f} s; load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         drop_db(args.database_url, name)
 

@@ -542,6 +542,9 @@ def create_app(
     from cgm.api.hoja import router as hoja_router  # imports this module's dependencies
 
     app.include_router(hoja_router)
+    from cgm.api.failures import router as failures_router
+
+    app.include_router(failures_router)
     from cgm.api.portal_page import router as portal_page
 
     app.include_router(portal_page)
