@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -31,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("file", help="inventory .yaml/.yml or .csv")
     add_auth_args(imp)  # the authenticated level-2 user is the actor in the audit log
     imp.add_argument("--dry-run", action="store_true", help="check against the registry, roll back")
+    imp.add_argument("--market-users", action="store_true",
+                     help="then create/update the network operators' and the ASIC's level-1 "
+                     "users, scoped from the registry (cgm user sync-market)")  # fmt: skip
+    imp.add_argument("--passwords-file", type=Path, metavar="FILE",
+                     help="with --market-users: write new users' passwords here (0600)")
     imp.set_defaults(func=_import)
 
     val = rsub.add_parser("validate", help="check an inventory without a database")
@@ -102,6 +108,10 @@ def _import(args: argparse.Namespace) -> int:
         f"{r.meters_deactivated} deactivated; credentials {r.credentials_changed} changed; "
         f"{sum(len(v) for v in r.violations.values())} violation(s)"
     )
+    if args.market_users and not args.dry_run:
+        from cgm.commands.user import sync_market
+
+        sync_market(url, f"cli:{user.username}", "asic", args.passwords_file)
     return 0
 
 

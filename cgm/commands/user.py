@@ -5,6 +5,7 @@ cgm user scope NAME --frontier CODE ... | --all | --show
 cgm user passwd NAME [--password-env VAR] [--actor WHO]
 cgm user disable NAME [--actor WHO]   /   cgm user enable NAME [--actor WHO]
 cgm user list [--json]
+cgm user sync-market --user ADMIN [--asic-user NAME] [--passwords-file FILE]
 
 Passwords come from a prompt (asked twice) or from an environment variable named with
 ``--password-env``; there is deliberately no ``--password`` argument, because command lines
@@ -17,12 +18,15 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import psycopg
 
 from cgm.cli import CommandError, secret_from_env
+from cgm.commands.cliauth import add_auth_args, login
 from cgm.config import get_settings
 from cgm.db import current_url
 from cgm.security import users
@@ -69,6 +73,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--show", action="store_true", help="print the user's scope")
     sc.add_argument("--actor", default=actor)
     sc.set_defaults(func=_scope)
+
+    sm = usub.add_parser(
+        "sync-market",
+        help="level-1 users for each network operator and the ASIC, scoped from the registry",
+    )
+    sm.add_argument("--asic-user", default="asic", help="the ASIC user's name (default asic)")
+    sm.add_argument("--passwords-file", type=Path, metavar="FILE",
+                    help="write new users' generated passwords here (created 0600) instead "
+                    "of printing them")  # fmt: skip
+    add_auth_args(sm)
+    sm.set_defaults(func=_sync_market)
 
     ls = usub.add_parser("list", help="users, levels, state, last login")
     ls.add_argument("--json", action="store_true")
@@ -148,4 +163,46 @@ def _list(args: argparse.Namespace) -> int:
         state = "active" if u.active else "disabled"
         last = u.last_login_at.isoformat(timespec="seconds") if u.last_login_at else "-"
         print(f"{u.username:<24} {u.level:>5} {state:<9} {last:<25} {u.failed_logins}")
+    return 0
+
+
+def sync_market(url: str, actor: str, asic_user: str, passwords_file: Path | None) -> None:
+    """Run :func:`cgm.security.market.sync_market_users` and tell the operator what changed;
+    a generated password is shown once (or written to ``passwords_file``), never logged."""
+    from cgm.security.market import password_env, sync_market_users
+
+    if passwords_file is not None and passwords_file.exists():
+        raise CommandError(f"{passwords_file} exists; give a new file")
+
+    async def run() -> object:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            try:
+                return await sync_market_users(conn, actor=actor, asic_user=asic_user)
+            except users.UserError as exc:
+                raise CommandError(str(exc)) from None
+
+    result = asyncio.run(run())
+    generated = {n: p for n, p in result.created.items() if p}  # type: ignore[attr-defined]
+    if generated and passwords_file is not None:
+        fd = os.open(passwords_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{name}\t{pw}\n" for name, pw in sorted(generated.items()))
+    for name, pw in sorted(result.created.items()):  # type: ignore[attr-defined]
+        if pw is None:
+            how = f"password from ${password_env(name)}"
+        elif passwords_file is not None:
+            how = f"password written to {passwords_file}"
+        else:
+            how = f"password (shown once, give it to its holder): {pw}"
+        print(f"market user {name} created, level 1; {how}")
+    for name, codes in sorted(result.scopes.items()):  # type: ignore[attr-defined]
+        print(f"{name}: {len(codes)} frontier(s)")
+    for name in result.emptied:  # type: ignore[attr-defined]
+        print(f"{name}: no frontier left in the registry (scope emptied)")
+
+
+def _sync_market(args: argparse.Namespace) -> int:
+    url = current_url(get_settings())
+    user = login(url, args)
+    sync_market(url, f"cli:{user.username}", args.asic_user, args.passwords_file)
     return 0

@@ -29,7 +29,7 @@ from cgm.registry.model import FrontierSpec
 Path_ = tuple[str | int, ...]
 
 # Fields that are text even when they look like numbers (serial 00123, class 1, code).
-_FRONTIER_TEXT = {"code", "name"}
+_FRONTIER_TEXT = {"code", "name", "network_operator"}
 _METER_TEXT = {
     "serial", "manufacturer", "model",
     "accuracy_active", "accuracy_reactive", "ct_accuracy", "vt_accuracy",
@@ -196,6 +196,9 @@ CSV_FRONTIER_COLUMNS = {
     "adjustment_factor": "adjustment_factor",
     "point_type": "point_type",
     "clock_target_s": "clock_target_s",
+    "network_operator": "network_operator",
+    "asic_period": "asic_period",
+    "calibration_interval_years": "calibration_interval_years",
 }
 CSV_METER_COLUMNS = (
     "serial", "role", "protocol", "endpoint", "backup_endpoint", "ct_ratio", "vt_ratio",

@@ -28,6 +28,7 @@ from cgm.registry import rules
 from drivers.base import AccessLevel, Channel, Credentials, Endpoint
 
 FRONTIER_CODE = r"^Frt[0-9]+$"
+NETWORK_OPERATOR = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$"
 ENV_PREFIX = "env:"
 
 Kind = Literal["generation", "commercialisation", "distribution", "international_link"]
@@ -276,6 +277,15 @@ class FrontierSpec(_Strict):
     adjustment_factor: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     point_type: int | None = Field(default=None, ge=1, le=5)
     clock_target_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # The frontier's network operator (OR): its level-1 market user sees this frontier
+    # (art. 9.1.1.21; ``cgm user sync-market``).
+    network_operator: str | None = Field(default=None, pattern=NETWORK_OPERATOR)
+    # 'monthly': reported to the ASIC as one value a month (XM's ReadingCount 1, e.g. an
+    # embedded frontier); 'daily': 24 hourly values each day.
+    asic_period: Literal["daily", "monthly"] = "daily"
+    # Validity of a calibration for ``cgm audit``; None: the Table 4 interval of the type.
+    calibration_interval_years: float | None = Field(default=None, gt=0, le=50,
+                                                     allow_inf_nan=False)  # fmt: skip
     attributes: dict[str, Any] = Field(default_factory=dict)
     meters: list[MeterSpec] = Field(default_factory=list)
 

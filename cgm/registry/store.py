@@ -79,6 +79,7 @@ class _DryRun(Exception):
 _FRONTIER_COLS = (
     "name", "kind", "stn", "voltage_level", "installed_capacity_mva", "monthly_energy_mwh",
     "adjustment_factor", "point_type", "point_type_explicit", "clock_target_s", "attributes",
+    "network_operator", "asic_period", "calibration_interval_years",
 )  # fmt: skip
 _METER_COLS = (
     "frontier_id", "role", "protocol", "primary_host", "primary_port", "backup_host",
@@ -112,6 +113,7 @@ def _frontier_values(fr: FrontierSpec) -> tuple[Any, ...]:
         fr.code, fr.name, fr.kind, fr.stn, fr.voltage_level, fr.installed_capacity_mva,
         fr.monthly_energy_mwh, fr.adjustment_factor, fr.effective_point_type,
         fr.point_type is not None, fr.clock_target_s, Jsonb(fr.attributes),
+        fr.network_operator, fr.asic_period, fr.calibration_interval_years,
     )  # fmt: skip
 
 
@@ -296,7 +298,8 @@ def _apply(
 _LIST_SQL = """
 SELECT f.id, f.code, f.name, f.kind, f.stn, f.voltage_level, f.installed_capacity_mva,
        f.monthly_energy_mwh, f.adjustment_factor, f.point_type, f.point_type_explicit,
-       f.clock_target_s, f.attributes,
+       f.clock_target_s, f.attributes, f.network_operator, f.asic_period,
+       f.calibration_interval_years,
        coalesce((SELECT json_agg(json_build_object(
                     'serial', m.serial, 'role', m.role, 'protocol', m.protocol,
                     'active', m.active,
@@ -327,7 +330,7 @@ ORDER BY f.code
 
 def _registry_entry(row: tuple[Any, ...]) -> dict[str, Any]:
     (fid, code, name, kind, stn, vlevel, cap, energy, factor, ptype, explicit,
-     target, attrs, meters, violations) = row  # fmt: skip
+     target, attrs, operator, period, calibration, meters, violations) = row  # fmt: skip
     ptype = governing_type(ptype, energy, cap)
     return {
         "code": code,
@@ -345,6 +348,9 @@ def _registry_entry(row: tuple[Any, ...]) -> dict[str, Any]:
         "clock_limit_s": rules.clock_limit(ptype, target),
         "backup_required": rules.backup_required(ptype, kind, stn),
         "attributes": attrs,
+        "network_operator": operator,
+        "asic_period": period,
+        "calibration_interval_years": calibration,
         "meters": meters,
         "violations": violations,
     }

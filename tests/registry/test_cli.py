@@ -141,3 +141,41 @@ def test_import_needs_an_authenticated_level2_user(
             (code,),
         ).fetchall()
     assert actors == [(f"cli:{ops[1]}",)]
+
+
+def test_import_creates_market_users_and_shows_passwords_once(
+    ops: list[str],
+    write_yaml: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    db_url: str,
+) -> None:
+    """``registry import --market-users``: the network operator named in the file gets a
+    level-1 user scoped to its frontiers; a generated password goes once to the operator
+    (here a 0600 file), never again; the registry keeps the new fields."""
+    code, op = new_code(), f"OR{new_code()}"
+    fr = frontier(code, monthly_energy_mwh=600, network_operator=op, asic_period="monthly",
+                  calibration_interval_years=2, meters=[meter(f"{code}-P")])  # fmt: skip
+    pwfile = tmp_path / "passwords.tsv"
+    assert main(["registry", "import", str(write_yaml(fr)), *ops, "--market-users",
+                 "--passwords-file", str(pwfile)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"market user or.{op} created, level 1; password written to {pwfile}" in out
+    assert f"or.{op}: 1 frontier(s)" in out
+    assert pwfile.stat().st_mode & 0o777 == 0o600
+    lines = dict(line.split("\t") for line in pwfile.read_text().splitlines())
+    assert len(lines[f"or.{op}"]) >= 24 and lines[f"or.{op}"] not in out
+    assert main(["user", "scope", f"or.{op}", "--show"]) == 0
+    assert capsys.readouterr().out.strip() == f"or.{op}: {code}"
+    # Again: nothing created, so no password anywhere; an existing file is refused.
+    assert main(["user", "sync-market", *ops]) == 0
+    out = capsys.readouterr().out
+    assert "created" not in out and f"or.{op}: 1 frontier(s)" in out
+    assert main(["user", "sync-market", *ops, "--passwords-file", str(pwfile)]) == 2
+    assert main(["registry", "list", "--json", "--frontier", code]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["network_operator"], row["asic_period"], row["calibration_interval_years"]) == (
+        op, "monthly", 2)  # fmt: skip
+    with psycopg.connect(db_url) as c:
+        level = c.execute("SELECT level FROM app_user WHERE username = %s", (f"or.{op}",))
+        assert level.fetchone() == (1,)
