@@ -101,7 +101,10 @@ async def test_market_users_follow_the_registry(
     await _set(db_url, "UPDATE app_user SET username = %s WHERE username = %s",
                operator_user(or_c), name)  # fmt: skip
     await _set(db_url, "UPDATE frontier SET network_operator = %s WHERE id = %s", or_c, b1.id)
-    with pytest.raises(UserError, match="is not the network_operator"):
-        await _sync(db_url)
+    try:
+        with pytest.raises(UserError, match="is not the network_operator"):
+            await _sync(db_url)
+    finally:  # the database is shared: leave no registry that later syncs would refuse
+        await _set(db_url, "UPDATE frontier SET network_operator = NULL WHERE id = %s", b1.id)
     listed = {f["code"] for f in (await client.get("/api/v1/frontiers", auth=auth_b)).json()}
     assert b1.code in listed  # the failed sync changed nothing
