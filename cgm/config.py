@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     # it is at most this many days old. Source: XM's correction (ajustes) window for
     # readings; the default is an operating choice, to confirm.
     asic_correction_window_days: int = Field(default=30, ge=0)
+    # Frontiers reported monthly (registry ``asic_period: monthly``, XM's ReadingCount 1):
+    # the monthly job sends month M on this day of month M+1 at ``asic_report_time``. XM's
+    # public note on monthly reporting (CREG 038, 2016) gives the message, not the date:
+    # the default (the 2nd, so the last day of M has been settled on the 1st) is an
+    # operating choice, to confirm against XM's procedure.
+    asic_monthly_report_day: int = Field(default=2, ge=1, le=28)
     # Zip limits of XM's reading service, as public clients use it (DESIGN.md).
     asic_max_documents_per_zip: int = Field(default=5, ge=1)
     asic_max_zip_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)

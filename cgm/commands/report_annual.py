@@ -7,6 +7,7 @@ import asyncio
 import json
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -20,10 +21,14 @@ def register(rsub: argparse._SubParsersAction) -> None:
     a.add_argument("--year", type=int, required=True)
     a.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
     a.set_defaults(func=_annual)
-    m = rsub.add_parser("asic-month", help="XM's monthly items (ReadingCount 1) as XML")
+    m = rsub.add_parser("asic-month", help="XM's monthly items (ReadingCount 1): write or send")
     m.add_argument("--month", required=True, help="YYYY-MM")
     m.add_argument("--frontier", action="append", metavar="CODE", help="only these frontiers")
-    m.add_argument("--out", type=Path, required=True, help="the XML message to write")
+    what = m.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", type=Path, help="write the XML message (any frontier given)")
+    what.add_argument("--send", action="store_true",
+                      help="send the month of the frontiers reported monthly to the ASIC, as "
+                      "the monthly job does (each version once)")  # fmt: skip
     m.set_defaults(func=_month)
 
 
@@ -54,7 +59,10 @@ def _month(args: argparse.Namespace) -> int:
         month = date.fromisoformat(args.month + "-01")
     except ValueError:
         raise CommandError(f"--month {args.month!r}: expected YYYY-MM") from None
-    url = current_url(get_settings())
+    settings = get_settings()
+    url = current_url(settings)
+    if args.send:
+        return _send_month(settings, url, month, args.frontier)
 
     async def go() -> tuple:
         async with await psycopg.AsyncConnection.connect(url) as conn:
@@ -66,3 +74,22 @@ def _month(args: argparse.Namespace) -> int:
     for code, reason in sorted(why.items()):
         print(f"  not ready  {code}: {reason}")
     return 0
+
+
+def _send_month(settings: Any, url: str, month: date, frontiers: list[str] | None) -> int:
+    from cgm.reporting.asic.delivery import AsicReporter, NotConfigured, transport_from_settings
+
+    try:
+        transport = transport_from_settings(settings)
+    except NotConfigured as exc:
+        raise CommandError(str(exc)) from None
+
+    async def go() -> Any:
+        try:
+            return await AsicReporter(url, settings, transport).report_month(month, frontiers)
+        finally:
+            await transport.aclose()
+
+    result = asyncio.run(go())
+    print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
+    return 1 if result.failed or result.rejected else 0

@@ -4,6 +4,8 @@
 
 * ``asic-daily`` at ``asic_report_time`` (Colombian time) every day: report yesterday and
   resend corrections inside the window (AsicReporter.run_daily);
+* ``asic-monthly`` on ``asic_monthly_report_day`` at the same hour: report the previous
+  month of the frontiers reported monthly (AsicReporter.run_monthly);
 * ``asic-poll`` every ``asic_poll_interval_s``: ask the state of waiting messages and
   refresh the metrics (pending, time left to the deadline).
 
@@ -56,7 +58,17 @@ class AsicJobs:
             max_instances=1,
             coalesce=True,
         )
-        log.info("ASIC report scheduled daily at %s (Colombia)", s.asic_report_time)
+        service.scheduler.add_job(
+            self.monthly,
+            CronTrigger(day=s.asic_monthly_report_day, hour=at.hour, minute=at.minute,
+                        timezone=COLOMBIA),  # fmt: skip
+            id="asic-monthly",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=24 * 3600,
+        )
+        log.info("ASIC report scheduled daily at %s (Colombia), frontiers reported monthly "
+                 "on day %d", s.asic_report_time, s.asic_monthly_report_day)  # fmt: skip
 
     async def stop(self, service: Service) -> None:
         if self.reporter is not None and self.reporter.transport is not None:
@@ -83,6 +95,10 @@ class AsicJobs:
     async def daily(self) -> None:
         assert self.reporter is not None
         await self._locked("daily report", self.reporter.run_daily)
+
+    async def monthly(self) -> None:
+        assert self.reporter is not None
+        await self._locked("monthly report", self.reporter.run_monthly)
 
     async def poll(self) -> None:
         assert self.reporter is not None

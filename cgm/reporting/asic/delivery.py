@@ -34,6 +34,7 @@ from cgm.localtime import COLOMBIA, local_day
 from cgm.reporting import holds
 from cgm.reporting.asic import xm_xml
 from cgm.reporting.asic.format import DayBuild, Document, build_day, pack
+from cgm.reporting.asic.monthly import MonthDocument, month_bounds, month_documents
 from cgm.reporting.asic.transport import (
     FINAL,
     AsicTransport,
@@ -108,6 +109,25 @@ class DayResult:
         }
 
 
+@dataclass
+class MonthResult:
+    """What one monthly run did (the same lists as :class:`DayResult`)."""
+
+    month: date
+    documents: int
+    sent: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    not_ready: dict[str, str] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"month": f"{self.month:%Y-%m}", **{k: v for k, v in vars(self).items()
+                                                   if k != "month"}}  # fmt: skip
+
+
 class AsicReporter:
     """Reports days to the ASIC through ``transport``; one instance per job or command."""
 
@@ -177,6 +197,49 @@ class AsicReporter:
         await self.update_metrics()
         return result
 
+    async def report_month(
+        self, month: date, frontiers: Sequence[str] | None = None
+    ) -> MonthResult:
+        """Send the month's items of the frontiers reported monthly (registry
+        ``asic_period: monthly``; XM's ``ReadingCount`` 1) that the ASIC does not have, in
+        XM's XML message whatever ``asic_format`` says (the legacy zip has no monthly form).
+        Daily frontiers are never in it, nor monthly ones in the daily report."""
+        if self.transport is None:
+            raise NotConfigured("no transport to the ASIC")
+        first = month.replace(day=1)
+        async with await self._connect() as conn:
+            held = {c: h.reason for c, h in (await holds.current(conn)).items()}
+            docs, why, held_out = await month_documents(conn, first, frontiers, held)
+        result = MonthResult(first, len(docs), not_ready=why, held=held_out)
+        self._token_refused = None
+        async with await self._connect() as conn:
+            to_send: list[tuple[int, MonthDocument]] = []
+            for doc in docs:
+                doc_id, action = await self._register(conn, doc)  # type: ignore[arg-type]
+                if action == "send":
+                    to_send.append((doc_id, doc))
+                elif action == "unchanged":
+                    result.unchanged.append(doc.file_name)
+                else:
+                    result.late.append(doc.file_name)
+                    metrics.ASIC_DOCUMENTS.labels("late").inc()
+            by_name = {doc.file_name: doc_id for doc_id, doc in to_send}
+            packed = xm_xml.pack([(d.item, d) for _, d in to_send],
+                                 max_items=self.settings.asic_max_items_per_message,
+                                 max_bytes=self.settings.asic_max_zip_bytes)  # fmt: skip
+            stamp = self.now().astimezone(COLOMBIA).strftime("%Y%m%d%H%M%S")
+            for i, (payload, batch) in enumerate(packed, 1):
+                ids = [by_name[d.file_name] for d in batch]  # type: ignore[attr-defined]
+                name = f"{self.settings.cgm_code}_{first:%Y%m}_M_{stamp}_{i}.xml"
+                await self._send_zip(conn, name, payload, batch, ids, result)  # type: ignore[arg-type]
+        await self.update_metrics()
+        return result
+
+    async def run_monthly(self) -> MonthResult:
+        """The monthly job: report the previous local month."""
+        first = local_day(self.now()).replace(day=1)
+        return await self.report_month((first - timedelta(days=1)).replace(day=1))
+
     async def mark_for_resend(
         self, day: date, frontiers: Sequence[str] | None, *, actor: str, reason: str
     ) -> list[str]:
@@ -238,34 +301,38 @@ class AsicReporter:
         ext = "xml" if self.settings.asic_format == "xm_xml" else "zip"
         return f"{self.settings.cgm_code}_{day:%Y%m%d}_{stamp}_{n}.{ext}"
 
-    def in_window(self, day: date) -> bool:
+    def in_window(self, day: date, period: str = "day") -> bool:
+        """A day (or a month, counted from its last day) still inside the correction window."""
         today = local_day(self.now())
-        return (today - day).days <= self.settings.asic_correction_window_days
+        last = day if period == "day" else month_bounds(day)[1] - timedelta(days=1)
+        return (today - last).days <= self.settings.asic_correction_window_days
 
     async def _register(self, conn: psycopg.AsyncConnection, doc: Document) -> tuple[int, str]:
         """Store the document unless this version is known; say whether to send it."""
+        period = getattr(doc, "period", "day")  # MonthDocument: "month"
         cur = await conn.execute(
             "SELECT id, state, content_hash FROM asic_document "
-            "WHERE meter_id = %s AND day = %s ORDER BY id",
-            (doc.meter_id, doc.day),
+            "WHERE meter_id = %s AND day = %s AND period = %s ORDER BY id",
+            (doc.meter_id, doc.day, period),
         )
         rows = await cur.fetchall()
         for doc_id, state, h in rows:
             if h == doc.content_hash:
                 return doc_id, ("send" if state == "pending" else "unchanged")
         kind = "correction" if any(s in ACCEPTED for _, s, _ in rows) else "original"
-        state = "late" if kind == "correction" and not self.in_window(doc.day) else "pending"
+        late = kind == "correction" and not self.in_window(doc.day, period)
+        state = "late" if late else "pending"
         async with conn.transaction():
             await conn.execute(
                 "UPDATE asic_document SET state = 'superseded' "
-                "WHERE meter_id = %s AND day = %s AND state = 'pending'",
-                (doc.meter_id, doc.day),
+                "WHERE meter_id = %s AND day = %s AND period = %s AND state = 'pending'",
+                (doc.meter_id, doc.day, period),
             )
             cur = await conn.execute(
                 """INSERT INTO asic_document
                      (frontier_id, meter_id, role, day, file_name, kind, content, content_hash,
-                      settled_version, estimated, state)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+                      settled_version, estimated, state, period)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
                 (
                     doc.frontier_id,
                     doc.meter_id,
@@ -278,6 +345,7 @@ class AsicReporter:
                     doc.settled_version,
                     Jsonb(doc.estimated),
                     state,
+                    period,
                 ),
             )
             (doc_id,) = await cur.fetchone()  # type: ignore[misc]

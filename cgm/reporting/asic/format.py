@@ -208,7 +208,8 @@ async def build_day(
     cur = await conn.execute(
         """SELECT f.id, f.code, f.adjustment_factor, m.id, m.serial, m.role, m.ct_ratio, m.vt_ratio
            FROM frontier f JOIN meter m ON m.frontier_id = f.id AND m.active
-           WHERE %(codes)s::text[] IS NULL OR f.code = ANY(%(codes)s)
+           WHERE (%(codes)s::text[] IS NULL OR f.code = ANY(%(codes)s))
+             AND f.asic_period = 'daily'  -- monthly frontiers: reporting/asic/monthly.py
            ORDER BY f.code, m.role DESC""",
         {"codes": list(frontiers) if frontiers else None},
     )
@@ -219,7 +220,8 @@ async def build_day(
         meters.setdefault(fid, []).append((mid, serial, role, ct, vt))
     if frontiers:
         for missing in sorted(set(frontiers) - {c for c, _ in codes.values()}):
-            out.not_ready[missing] = "unknown frontier or no active meter"
+            out.not_ready[missing] = ("unknown frontier, no active meter, or reported "
+                                      "monthly")
     for fid, (code, adj) in codes.items():
         if code in held:
             out.held[code] = held[code]
