@@ -16,6 +16,7 @@ from cgm.service import Service
 from cgm.storage import SettledValue, write_settled
 
 from .conftest import backup_readings, make_frontier, rows, settle, value
+from .test_cli_jobs import cli_env, sim_thread  # noqa: F401 - fixtures
 
 FEB = [date(2026, 2, 1) + timedelta(days=n) for n in range(28)]
 MARCH_2 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -105,3 +106,28 @@ async def test_cgm_run_schedules_the_monthly_job(db: str) -> None:
     assert "day='3'" in text and "hour='5'" in text and "minute='30'" in text
     for hook in service.on_stop:
         await hook(service)
+
+
+def test_cli_sends_a_month(cli_env, sim_thread, capsys) -> None:  # noqa: F811
+    import asyncio
+    import json
+
+    from cgm.cli import main
+
+    db, sim = cli_env, sim_thread[0]
+
+    async def setup():  # noqa: ANN202
+        fr = await make_frontier(db, backup=False)
+        await _monthly(db, fr)
+        for d in FEB:
+            await settle(db, fr, d, channels=(1,))
+        return fr
+
+    fr = asyncio.run(setup())
+    sim.known_frontiers.add(fr.code)
+    assert main(["report", "asic-month", "--month", "2026-02", "--send"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["month"] == "2026-02" and out["sent"] == [f"{fr.code}_P_202602"]
+    assert main(["report", "asic-month", "--month", "2026-02", "--send"]) == 0
+    assert json.loads(capsys.readouterr().out)["unchanged"] == [f"{fr.code}_P_202602"]
+    assert len(sim.messages) == 1
