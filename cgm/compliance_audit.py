@@ -95,15 +95,12 @@ async def audit(
     # collection_session (meter_id, started_at)), the worst |offset| first.
     meters = await _rows(conn, f"""
         SELECT f.code, m.id, m.serial, m.role, m.accuracy_active, m.accuracy_reactive,
-               h.last_success, h.config_findings, c.n, c.worst, c.worst_at
+               h.last_success, h.config_findings, c.n, c.hi, c.lo
         FROM frontier f JOIN meter m ON m.frontier_id = f.id AND m.active
         LEFT JOIN meter_health h ON h.meter_id = m.id
         LEFT JOIN LATERAL (
-            SELECT count(s.clock_offset_s) AS n,
-                   (array_agg(s.clock_offset_s ORDER BY abs(s.clock_offset_s) DESC)
-                     FILTER (WHERE s.clock_offset_s IS NOT NULL))[1] AS worst,
-                   (array_agg(s.started_at ORDER BY abs(s.clock_offset_s) DESC)
-                     FILTER (WHERE s.clock_offset_s IS NOT NULL))[1] AS worst_at
+            SELECT count(s.clock_offset_s) AS n, max(s.clock_offset_s) AS hi,
+                   min(s.clock_offset_s) AS lo
             FROM collection_session s
             WHERE s.meter_id = m.id AND s.started_at >= %(day_ago)s
               AND s.started_at <= %(now)s) c ON true
@@ -117,7 +114,8 @@ async def audit(
     for mid, level, enc in secrets:
         creds[mid][level] = bytes(enc)
     roles: dict[str, set[str]] = defaultdict(set)
-    for code, mid, serial, role, acc_a, acc_r, last_ok, findings, n, worst, worst_at in meters:
+    late: dict[int, tuple[FrontierAudit, str, float, float, int]] = {}  # clock past its limit
+    for code, mid, serial, role, acc_a, acc_r, last_ok, findings, n, hi, lo in meters:
         a = out[code]
         pt, _, _, target, _, _ = info[code]
         roles[code].add(role)
@@ -132,9 +130,8 @@ async def audit(
         limit = rules.clock_limit(pt, target)
         if not n:
             a.fail("clock", f"{serial}: clock not read in the last day (last read {last_ok})")
-        elif abs(worst) > limit:
-            a.fail("clock", f"{serial}: offset {worst:+.1f} s at {worst_at:%Y-%m-%d %H:%M} UTC "
-                   f"beyond the {limit:.0f} s limit (largest of {n} reads in the last day)")
+        elif max(hi, -lo) > limit:
+            late[mid] = (a, serial, hi if hi >= -lo else lo, limit, n)
         for finding in findings or []:
             a.fail("capture_and_memory", f"{serial}: {finding}")
         levels = sorted(creds.get(mid, {}))
@@ -146,6 +143,16 @@ async def audit(
                 a.fail("access_levels", f"{serial}: {problem}")
         if last_ok is None or last_ok < p["day_ago"]:
             a.fail("access_levels", f"{serial}: no successful level-1 read in the last day")
+    if late:  # when the worst offset was read: one index lookup per failing meter
+        when = dict(await _rows(conn, """
+            SELECT m, (SELECT s.started_at FROM collection_session s WHERE s.meter_id = m
+                        AND s.started_at >= %(day_ago)s AND s.started_at <= %(now)s
+                        AND s.clock_offset_s IS NOT NULL
+                        ORDER BY abs(s.clock_offset_s) DESC, s.started_at DESC LIMIT 1)
+            FROM unnest(%(mids)s::bigint[]) m""", {**p, "mids": list(late)}))  # fmt: skip
+        for mid, (a, serial, worst, limit, n) in late.items():
+            a.fail("clock", f"{serial}: offset {worst:+.1f} s at {when[mid]:%Y-%m-%d %H:%M} "
+                   f"UTC beyond the {limit:.0f} s limit (largest of {n} reads in the last day)")
     for code, (pt, kind, stn, _, _, _) in info.items():
         if "principal" not in roles[code]:
             out[code].fail("backup_meter", "no active principal meter")
