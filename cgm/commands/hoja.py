@@ -46,8 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="date of the fact (default: the original's)")
             c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
             c.add_argument("--data", help="the corrected entry as a JSON object (whole)")
-        c.add_argument("--user", required=True, help="a cgm user of level 2")
-        c.add_argument("--password-env", metavar="VAR", help="read the password from $VAR")
+        add_auth_args(c)
         c.set_defaults(func=_correct, action=action)
     s = hsub.add_parser("show", help="the whole record (JSON)")
     s.add_argument("--frontier", required=True, metavar="CODE")
@@ -109,7 +108,7 @@ def _correct(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            actor = await level2_actor(conn, args)
+            actor = f"cli:{(await login_async(url, args)).username}"
             return await hv.correct_entry(
                 conn, frontier=args.frontier, entry_id=args.entry, action=args.action,
                 reason=args.reason, actor=actor, data=data,
