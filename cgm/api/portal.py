@@ -1,9 +1,17 @@
-"""The portal's pull API: the meters a unit may read and their consumption.
+"""The portal's API: the meters a unit may read and their consumption, and what a unit
+does with its meters (associate with a shared one, edit or load invoices of its own).
 
 A unit's token is an ordinary level-1 user tied to one unit (``portal_unit_user``); it sees
 only the meters its unit owns or is associated with, anything else is a clear 403, and it
 is refused outside ``/api/v1/portal`` (``refuse_outside_portal``). A service user (not tied
-to a unit) reads every meter.
+to a unit) reads every meter; it acts for a unit only as a level-2 user naming the unit.
+
+Shared meters: a unit asks whether a company + client number exists (``GET
+/client-numbers``), and may then associate with any of its meters (``POST /associations``).
+Only the owner unit edits a meter (``PATCH /meters/{n}``) or loads its invoices (``POST
+/meters/{n}/invoices``): anyone else gets 403 saying who the owner is. A change of owner is
+an administrator's (level-2 service user's) action, logged with its reason
+(``POST /client-numbers/owner``). Every write lands in ``api_access`` (the request guard).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from cgm.api.app import FIRST_DAY, LAST_DAY, Reader
 from cgm.api.guard import API
@@ -102,3 +111,175 @@ async def status(request: Request, user: Reader, start: Day, end: Day) -> dict[s
         if await unit_of(conn, user) is not None:
             raise HTTPException(403, "the status report is for the service's users, not a unit's")
         return await status_report(conn, start, end)
+
+
+# --- shared meters: association, editing, invoices, change of owner ----------------------
+
+
+async def acting_unit(conn: Any, user: users.User, unit: str | None) -> str:
+    """The unit a write acts for: a unit user's own unit (``unit``, if given, must be it);
+    a service user must be level 2 and name the unit."""
+    own = await unit_of(conn, user)
+    if own is not None:
+        code = await _unit_code(conn, own)
+        if unit is not None and unit != code:
+            raise HTTPException(403, f"this user acts for unit {code} only")
+        return code
+    if user.level < 2:
+        raise HTTPException(403, "acting for a unit needs the unit's user or a level-2 user")
+    if unit is None:
+        raise HTTPException(422, "give the unit this change is made for")
+    return unit
+
+
+def _refusal(exc: store.PortalError) -> HTTPException:
+    """NotOwner → 403 (it names the owner); unknown unit, meter or client number → 404;
+    any other refused change → 422."""
+    text = str(exc)
+    if isinstance(exc, store.NotOwner):
+        return HTTPException(403, text)
+    if text.startswith("unknown ") or "does not exist" in text:
+        return HTTPException(404, text)
+    return HTTPException(422, text)
+
+
+class Association(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    company: str = Field(min_length=1, max_length=200)
+    number: str = Field(min_length=1, max_length=200)
+    meters: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1)
+    unit: str | None = Field(default=None, max_length=200, description="service users only")
+
+
+class MeterEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    smart: bool | None = None
+    shared: bool | None = None
+    invoice_access: bool | None = None
+    unit: str | None = Field(default=None, max_length=200, description="service users only")
+
+
+class Invoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    period_start: date = Field(ge=FIRST_DAY, le=LAST_DAY)
+    period_end: date = Field(ge=FIRST_DAY, le=LAST_DAY)
+    energy_kwh: float = Field(ge=0, allow_inf_nan=False)
+    amount: float = Field(ge=0, allow_inf_nan=False)
+    invoice_number: str = Field(min_length=1, max_length=100)
+    unit: str | None = Field(default=None, max_length=200, description="service users only")
+
+
+class OwnerChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    company: str = Field(min_length=1, max_length=200)
+    number: str = Field(min_length=1, max_length=200)
+    new_owner: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+@router.get("/client-numbers", summary="Is this company + client number registered?")
+async def client_number(
+    request: Request,
+    user: Reader,
+    company: Annotated[str, Query(min_length=1, max_length=200)],
+    number: Annotated[str, Query(min_length=1, max_length=200)],
+) -> dict[str, Any]:
+    async with request.app.state.pool.connection() as conn:
+        found = await store.lookup_client_number(conn, company, number)
+    if found is None:
+        return {"company": company, "number": number, "exists": False,
+                "message": "not registered: your unit can create it and will own it"}  # fmt: skip
+    return {
+        "company": company, "number": number, "exists": True, **found,
+        "message": f"already registered by unit {found['owner']}: your unit may associate "
+                   "with any of its meters to read their consumption",
+    }  # fmt: skip
+
+
+async def associate_unit(request: Request, user: users.User, body: Association) -> dict:
+    async with request.app.state.pool.connection() as conn:
+        unit = await acting_unit(conn, user, body.unit)
+        try:
+            n = await store.associate(
+                conn, unit, body.company, body.number, body.meters, f"api:{user.username}"
+            )
+        except store.PortalError as exc:
+            raise _refusal(exc) from None
+        return {"unit": unit, "associated": n, "meters": await store.unit_meters(conn, unit)}
+
+
+@router.post("/associations", summary="Associate a unit with meters of a shared client number")
+async def associations(request: Request, user: Reader, body: Association) -> dict[str, Any]:
+    return await associate_unit(request, user, body)
+
+
+async def edit_unit_meter(
+    request: Request, user: users.User, number: str, changes: dict[str, bool], unit: str | None
+) -> str:
+    async with request.app.state.pool.connection() as conn:
+        acting = await acting_unit(conn, user, unit)
+        try:
+            await store.edit_meter(conn, acting, number, changes, f"api:{user.username}")
+        except store.PortalError as exc:
+            raise _refusal(exc) from None
+    return acting
+
+
+@router.patch("/meters/{number}", summary="Edit a meter (its owner unit only)")
+async def edit_meter(
+    number: str, request: Request, user: Reader, body: MeterEdit
+) -> dict[str, Any]:
+    changes = body.model_dump(exclude_none=True, exclude={"unit"})
+    unit = await edit_unit_meter(request, user, number, changes, body.unit)
+    return {"meter": number, "unit": unit, "changed": changes}
+
+
+async def add_invoice(request: Request, user: users.User, number: str, body: Invoice) -> dict:
+    async with request.app.state.pool.connection() as conn:
+        unit = await acting_unit(conn, user, body.unit)
+        try:
+            iid = await store.load_invoice(
+                conn, unit, number, period_start=body.period_start,
+                period_end=body.period_end, energy_kwh=body.energy_kwh, amount=body.amount,
+                invoice_number=body.invoice_number, actor=f"api:{user.username}",
+            )  # fmt: skip
+        except store.PortalError as exc:
+            raise _refusal(exc) from None
+    return {"meter": number, "unit": unit, "invoice": iid}
+
+
+@router.post("/meters/{number}/invoices", status_code=201,
+             summary="Load an invoice of a meter (its owner unit only)")  # fmt: skip
+async def invoices(number: str, request: Request, user: Reader, body: Invoice) -> dict[str, Any]:
+    return await add_invoice(request, user, number, body)
+
+
+@router.get("/meters/{number}/invoices", summary="A meter's invoices")
+async def list_invoices(number: str, request: Request, user: Reader) -> dict[str, Any]:
+    async with request.app.state.pool.connection() as conn:
+        own = await unit_of(conn, user)
+        if own is not None and not await store.may_read(conn, own, number):
+            code = await _unit_code(conn, own)
+            raise HTTPException(403, f"meter {number} is not owned by or shared with unit {code}")
+        found = await store.invoices(conn, number)
+    return {"meter": number, "invoices": found}
+
+
+@router.post("/client-numbers/owner", summary="Change the owner of a client number (level 2)")
+async def change_owner(request: Request, user: Reader, body: OwnerChange) -> dict[str, Any]:
+    request.state.reason = body.reason
+    async with request.app.state.pool.connection() as conn:
+        if await unit_of(conn, user) is not None or user.level < 2:
+            raise HTTPException(
+                403, "a change of owner is an administrator's action (a level-2 service user)"
+            )
+        try:
+            await store.change_owner(
+                conn, body.company, body.number, body.new_owner,
+                actor=f"api:{user.username}", level=user.level, reason=body.reason,
+            )  # fmt: skip
+        except store.PortalError as exc:
+            raise _refusal(exc) from None
+        log = await store.owner_changes(conn, body.company, body.number)
+    return {"company": body.company, "number": body.number, "owner": body.new_owner,
+            "log": log}  # fmt: skip

@@ -374,3 +374,78 @@ async def lookup_client_number(
     if found is None:
         return None
     return {"owner": found[2], "meters": await _client_meters(conn, found[0])}
+
+
+async def _owned_meter(conn: psycopg.AsyncConnection, unit: str, meter: str) -> tuple[int, int]:
+    """(meter id, unit id) when ``unit`` owns ``meter``; :class:`NotOwner` otherwise."""
+    cur = await conn.execute(
+        """SELECT m.id, u.id, u.code FROM portal_meter m
+           JOIN portal_client_number c ON c.id = m.client_number_id
+           JOIN portal_unit u ON u.id = c.owner_unit_id WHERE m.number = %s""",
+        (meter,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise PortalError(f"unknown meter {meter}")
+    if row[2] != unit:
+        raise NotOwner(
+            f"meter {meter} is owned by unit {row[2]}; only the owner loads its invoices"
+        )
+    return row[0], row[1]
+
+
+async def load_invoice(
+    conn: psycopg.AsyncConnection, unit: str, meter: str, *, period_start: Any,
+    period_end: Any, energy_kwh: float, amount: float, invoice_number: str, actor: str,
+) -> int:  # fmt: skip
+    """Record an invoice of ``meter`` for a billing period; only its owner unit may."""
+    if period_end < period_start:
+        raise PortalError("the billing period ends before it starts")
+    if energy_kwh < 0 or amount < 0:
+        raise PortalError("energy and amount must not be negative")
+    if not invoice_number.strip():
+        raise PortalError("an invoice needs its number")
+    async with conn.transaction():
+        await set_audit_context(conn, actor, f"portal invoice {meter}")
+        meter_id, unit_id = await _owned_meter(conn, unit, meter)
+        try:
+            cur = await conn.execute(
+                """INSERT INTO portal_invoice (meter_id, period_start, period_end, energy_kwh,
+                       amount, invoice_number, loaded_by_unit, actor)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+                (meter_id, period_start, period_end, energy_kwh, amount,
+                 invoice_number.strip(), unit_id, actor),
+            )  # fmt: skip
+        except psycopg.errors.UniqueViolation:
+            raise PortalError(
+                f"meter {meter} already has an invoice for {period_start}..{period_end}"
+            ) from None
+        (iid,) = await cur.fetchone()  # type: ignore[misc]
+    return iid
+
+
+async def invoices(conn: psycopg.AsyncConnection, meter: str) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        """SELECT i.period_start, i.period_end, i.energy_kwh::float8, i.amount::float8,
+                  i.invoice_number, u.code, i.actor, i.loaded_at
+           FROM portal_invoice i JOIN portal_meter m ON m.id = i.meter_id
+           JOIN portal_unit u ON u.id = i.loaded_by_unit
+           WHERE m.number = %s ORDER BY i.period_start""",
+        (meter,),
+    )
+    keys = ("period_start", "period_end", "energy_kwh", "amount", "invoice_number",
+            "loaded_by", "actor", "loaded_at")  # fmt: skip
+    return [dict(zip(keys, r, strict=True)) for r in await cur.fetchall()]
+
+
+async def owner_changes(conn: psycopg.AsyncConnection, company: str, number: str) -> list[dict]:
+    """The logged changes of owner of a client number, oldest first."""
+    cur = await conn.execute(
+        """SELECT x.at, o.code, n.code, x.actor, x.reason FROM portal_owner_change x
+           JOIN portal_client_number c ON c.id = x.client_number_id
+           JOIN portal_unit o ON o.id = x.old_unit_id JOIN portal_unit n ON n.id = x.new_unit_id
+           WHERE lower(c.company) = lower(%s) AND c.number = %s ORDER BY x.at, x.id""",
+        (company, number),
+    )
+    keys = ("at", "old_owner", "new_owner", "actor", "reason")
+    return [dict(zip(keys, r, strict=True)) for r in await cur.fetchall()]
