@@ -3,8 +3,15 @@ there is no build step and nothing to keep in sync with the API's JSON.
 
 It shows a unit's meters (owned and associated), a meter's consumption by day (hours), month
 (days) or year (months) with estimated energy drawn apart (orange, hatched, class
-``estimated``), the lookup step of the shared-meter association (is this client number
-already registered, by whom, with which meters), and, for service users, the status report.
+``estimated``), the shared-meter association (is this client number already registered, by
+whom, with which meters; then a form to associate with any of them), the owner's forms to
+edit a meter and load its invoices, and, for service users, the status report.
+
+The forms are plain HTML forms posted to ``/page/...`` endpoints that make the same checks
+as the JSON API (they call the same functions) and answer with a redirect back to the page
+(post/redirect/get) or an HTML page with the refusal. A browser sends the ``Origin`` of a
+form post; one from another origin is refused (403), so another site cannot make a logged-in
+browser post here.
 """
 
 from __future__ import annotations
@@ -12,12 +19,22 @@ from __future__ import annotations
 from datetime import date, timedelta
 from html import escape
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import ValidationError
 
 from cgm.api.app import FIRST_DAY, LAST_DAY, Reader, _yesterday
-from cgm.api.portal import PREFIX, _unit_code
+from cgm.api.portal import (
+    PREFIX,
+    Association,
+    Invoice,
+    _unit_code,
+    add_invoice,
+    associate_unit,
+    edit_unit_meter,
+)
 from cgm.portal import store
 from cgm.portal.access import unit_of
 from cgm.portal.consumption import consumption, find_meter
@@ -28,7 +45,16 @@ View = Literal["day", "month", "year"]
 CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}
 td,th{border:1px solid #bbb;padding:.25em .6em;text-align:left}th{background:#eee}
 .measured{fill:#2b6cb0}.estimated{fill:url(#hatch)}.legend span{margin-right:1.5em}
-.sw{display:inline-block;width:1em;height:1em;vertical-align:middle;margin-right:.3em}"""
+.sw{display:inline-block;width:1em;height:1em;vertical-align:middle;margin-right:.3em}
+#notice{background:#e6fffa;border:1px solid #38b2ac;padding:.5em}
+.refused{background:#fff5f5;border:1px solid #e53e3e;padding:.5em}
+form{margin:.5em 0}fieldset{display:inline-block;margin-right:1em}"""
+NOTICES = {
+    "associated": "Associated: the unit now reads the consumption of the meters chosen.",
+    "edited": "Meter updated.",
+    "invoice": "Invoice loaded.",
+}
+EDIT_FIELDS = ("smart", "shared", "invoice_access")
 
 
 def _range(view: View, day: date) -> tuple[date, date, str]:
@@ -110,10 +136,13 @@ async def page(
     day: Annotated[date | None, Query(ge=FIRST_DAY, le=LAST_DAY)] = None,
     company: Annotated[str | None, Query(max_length=200)] = None,
     client_number: Annotated[str | None, Query(max_length=200)] = None,
+    notice: Annotated[str | None, Query(max_length=40)] = None,
 ) -> HTMLResponse:
     day = day or _yesterday()
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>cgm portal</title>"
            f"<style>{CSS}</style></head><body><h1>Consumption portal</h1>"]  # fmt: skip
+    if notice in NOTICES:
+        out.append(f'<p id="notice">{escape(NOTICES[notice])}</p>')
     async with request.app.state.pool.connection() as conn:
         own = await unit_of(conn, user)
         if own is not None:
@@ -161,6 +190,9 @@ async def page(
                         f"missing {t['missing_hours']} h</p>"
                     )
                     out.append(_chart(data))
+                this = next(m for m in meters if m["meter"] == meter)
+                can_act = own is not None or user.level >= 2
+                out.append(await _meter_forms(conn, unit, this, can_act, view, day))
         out.append(
             "<h2>Shared meter: is your client number registered?</h2>"
             '<form id="lookup" method="get">'
@@ -178,10 +210,13 @@ async def page(
                 out.append(
                     f'<p id="lookup-result">Already registered by unit '
                     f"{escape(found['owner'])}, meters {escape(', '.join(found['meters']))}. "
-                    "Your unit can associate with any of them to read its consumption "
-                    "(an administrator records it: <code>associate:</code> in the inventory)."
-                    "</p>"
+                    "Your unit can associate with any of them to read its consumption.</p>"
                 )
+                if unit is not None and unit != found["owner"] and (
+                    own is not None or user.level >= 2
+                ):
+                    mine = {m["meter"] for m in meters}
+                    out.append(_associate_form(unit, company, client_number, found, mine))
         if own is None:
             r = await status_report(conn, day.replace(day=1), day)
             t = r["totals"]
@@ -196,3 +231,176 @@ async def page(
             out.append(_table(r["not_reporting"], cols, "not-reporting"))
     out.append("</body></html>")
     return HTMLResponse("".join(out))
+
+
+def _hidden(**fields: str) -> str:
+    return "".join(
+        f'<input type="hidden" name="{k}" value="{escape(v)}">' for k, v in fields.items()
+    )
+
+
+def _associate_form(
+    unit: str, company: str, number: str, found: dict[str, Any], mine: set[str]
+) -> str:
+    boxes = "".join(
+        f'<label><input type="checkbox" name="meter" value="{escape(m)}"'
+        f"{' checked disabled' if m in mine else ''}> {escape(m)}"
+        f"{' (already yours to read)' if m in mine else ''}</label> "
+        for m in found["meters"]
+    )
+    return (
+        f'<form id="associate" method="post" action="{PREFIX}/page/associate">'
+        f"{_hidden(unit=unit, company=company, client_number=number)}"
+        f"<fieldset><legend>Associate unit {escape(unit)} with</legend>{boxes}</fieldset>"
+        "<button type=submit>Associate</button></form>"
+    )
+
+
+async def _meter_forms(
+    conn: Any, unit: str, meter: dict[str, Any], can_act: bool, view: str, day: date
+) -> str:
+    """The owner's forms (edit, load an invoice) or, for an associated unit, why not; and
+    the meter's invoices."""
+    number = meter["meter"]
+    rows = await store.invoices(conn, number)
+    table = _table(rows, ["period_start", "period_end", "energy_kwh", "amount",
+                          "invoice_number", "loaded_by"], "invoices")  # fmt: skip
+    head = f"<h2>Meter {escape(number)}: attributes and invoices</h2>"
+    if meter["relation"] != "owner":
+        return (
+            f'{head}<p id="read-only">Read only: meter {escape(number)} is owned by unit '
+            f"{escape(meter['owner'])}; only the owner edits it or loads its invoices.</p>"
+            f"{table}"
+        )
+    if not can_act:
+        return head + table
+    action = f"{PREFIX}/page/meters/{escape(number)}"
+    keep = _hidden(unit=unit, view=view, day=day.isoformat())  # back to the same view
+    boxes = "".join(
+        f'<label><input type="checkbox" name="{f}"{" checked" if meter[f] else ""}> '
+        f"{f.replace('_', ' ')}</label> "
+        for f in EDIT_FIELDS
+    )
+    return (
+        f'{head}<form id="edit" method="post" action="{action}/edit">'
+        f"{keep}<fieldset><legend>Edit</legend>{boxes}</fieldset>"
+        "<button type=submit>Save</button></form>"
+        f'<form id="invoice" method="post" action="{action}/invoices">{keep}'
+        "<fieldset><legend>Load an invoice</legend>"
+        '<label>From <input type="date" name="period_start" required></label> '
+        '<label>To <input type="date" name="period_end" required></label> '
+        '<label>kWh <input name="energy_kwh" inputmode="decimal" required></label> '
+        '<label>Amount <input name="amount" inputmode="decimal" required></label> '
+        '<label>Invoice number <input name="invoice_number" required></label>'
+        "</fieldset><button type=submit>Load</button></form>"
+        f"{table}"
+    )
+
+
+async def _form(request: Request) -> dict[str, list[str]]:
+    """The posted form fields, after the same-origin check (see the module docstring)."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise HTTPException(403, "a form posted from another site is refused")
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        raise HTTPException(403, "a form posted from another site is refused")
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind != "application/x-www-form-urlencoded":
+        raise HTTPException(415, "post the page's form (application/x-www-form-urlencoded)")
+    return parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def _one(form: dict[str, list[str]], name: str) -> str | None:
+    values = form.get(name)
+    return values[0] if values else None
+
+
+def _view(form: dict[str, list[str]]) -> dict[str, str]:
+    """The view and day the form was posted from, when valid, to go back to them."""
+    out = {}
+    if _one(form, "view") in ("day", "month", "year"):
+        out["view"] = _one(form, "view") or ""
+    try:
+        out["day"] = date.fromisoformat(_one(form, "day") or "").isoformat()
+    except ValueError:
+        pass
+    return out
+
+
+def _back(unit: str, notice: str, **more: str) -> RedirectResponse:
+    query = urlencode({"unit": unit, **more, "notice": notice})
+    return RedirectResponse(f"{PREFIX}/page?{query}", status_code=303)
+
+
+def _refused(exc: HTTPException, unit: str | None) -> HTMLResponse:
+    back = f"{PREFIX}/page" + (f"?{urlencode({'unit': unit})}" if unit else "")
+    return HTMLResponse(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>cgm portal: refused</title>"
+        f"<style>{CSS}</style></head><body><h1>Consumption portal</h1>"
+        f'<p class="refused" id="refused">{escape(str(exc.detail))}</p>'
+        f'<p><a href="{escape(back)}">Back to the portal</a></p></body></html>',
+        status_code=exc.status_code,
+    )
+
+
+def _invalid(exc: ValidationError) -> HTTPException:
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg']}" for e in exc.errors()]
+    return HTTPException(422, "; ".join(parts))
+
+
+@router.post("/page/associate", response_class=HTMLResponse, include_in_schema=False)
+async def page_associate(request: Request, user: Reader) -> Any:
+    try:
+        form = await _form(request)
+    except HTTPException as exc:
+        return _refused(exc, None)
+    unit = _one(form, "unit") or None
+    try:
+        try:
+            body = Association(
+                company=_one(form, "company") or "", number=_one(form, "client_number") or "",
+                meters=form.get("meter", []), unit=unit,
+            )  # fmt: skip
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        result = await associate_unit(request, user, body)
+    except HTTPException as exc:
+        return _refused(exc, unit)
+    return _back(result["unit"], "associated", meter=body.meters[0])
+
+
+@router.post("/page/meters/{number}/edit", response_class=HTMLResponse, include_in_schema=False)
+async def page_edit(number: str, request: Request, user: Reader) -> Any:
+    try:
+        form = await _form(request)
+    except HTTPException as exc:
+        return _refused(exc, None)
+    unit = _one(form, "unit") or None
+    # An unchecked box is not posted: every editable field is set, on or off.
+    changes = {f: _one(form, f) is not None for f in EDIT_FIELDS}
+    try:
+        acting = await edit_unit_meter(request, user, number, changes, unit)
+    except HTTPException as exc:
+        return _refused(exc, unit)
+    return _back(acting, "edited", meter=number, **_view(form))
+
+
+@router.post(
+    "/page/meters/{number}/invoices", response_class=HTMLResponse, include_in_schema=False
+)
+async def page_invoice(number: str, request: Request, user: Reader) -> Any:
+    try:
+        form = await _form(request)
+    except HTTPException as exc:
+        return _refused(exc, None)
+    unit = _one(form, "unit") or None
+    fields = ("period_start", "period_end", "energy_kwh", "amount", "invoice_number")
+    try:
+        try:
+            body = Invoice(**{f: _one(form, f) for f in fields}, unit=unit)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        result = await add_invoice(request, user, number, body)
+    except HTTPException as exc:
+        return _refused(exc, unit)
+    return _back(result["unit"], "invoice", meter=number, **_view(form))

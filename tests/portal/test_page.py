@@ -103,3 +103,115 @@ async def test_page_in_headless_chromium(
         browser.quit()
         await api.stop()
     assert (ARTIFACTS / "day.png").stat().st_size > 1000
+
+
+def _set_user(browser, name: str) -> None:  # noqa: ANN001 - a selenium WebDriver
+    """Every request of the browser from now on authenticates as ``name`` (HTTP Basic)."""
+    import base64
+
+    token = base64.b64encode(f"{name}:{PASSWORD}".encode()).decode()
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd(
+        "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
+    )
+
+
+async def test_shared_meter_association_and_owner_forms_in_headless_chromium(
+    db_url: str, tmp_path: Path, chromium_programs: tuple[str, str]
+) -> None:
+    """A unit finds the client number, associates with one of its meters through the form
+    and reads it; it gets no edit form and a forged edit post is refused with the owner's
+    name; the owner edits the meter and loads an invoice through its forms."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+    from selenium.webdriver.common.by import By
+
+    chrome, driver_path = chromium_programs
+    s = await _setup(db_url, tmp_path)
+    number = s["owner"]["client_numbers"][0]["number"]
+    api = ApiThread(db_url, Settings(database_url=db_url), _bind("127.0.0.1", 0), None)
+    await api.start()
+    port = api.sock.getsockname()[1]
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1000,1400"):  # fmt: skip
+        opts.add_argument(arg)
+    browser = webdriver.Chrome(service=DriverService(driver_path), options=opts)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{port}/api/v1/portal/page"
+    try:
+        # The stranger unit has no meters yet; it enters company and client number.
+        _set_user(browser, s["names"]["stranger"])
+        browser.get(f"{base}?view=day&day={DAY.isoformat()}")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#meters tr")) == 1  # header only
+        browser.find_element(By.NAME, "company").send_keys("Chilquinta")
+        browser.find_element(By.NAME, "client_number").send_keys(number)
+        browser.find_element(By.CSS_SELECTOR, "#lookup button").click()
+        assert "Already registered by unit" in browser.find_element(By.ID, "lookup-result").text
+        boxes = browser.find_elements(By.CSS_SELECTOR, "#associate input[name=meter]")
+        assert sorted(b.get_attribute("value") for b in boxes) == sorted([s["m1"], s["m2"]])
+        browser.save_screenshot(str(ARTIFACTS / "associate-form.png"))
+        next(b for b in boxes if b.get_attribute("value") == s["m1"]).click()
+        browser.find_element(By.CSS_SELECTOR, "#associate button").click()
+
+        # Back on the page (post/redirect/get): associated, reading the meter's day.
+        assert "Associated" in browser.find_element(By.ID, "notice").text
+        rows = browser.find_elements(By.CSS_SELECTOR, "#meters tr")
+        assert len(rows) == 2 and s["m1"] in rows[1].text and "associated" in rows[1].text
+        browser.get(f"{base}?meter={s['m1']}&view=day&day={DAY.isoformat()}")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chart rect.estimated")) == 1
+        text = browser.find_element(By.ID, "read-only").text
+        assert f"owned by unit {s['owner']['code']}" in text
+        assert browser.find_elements(By.ID, "edit") == []
+        browser.save_screenshot(str(ARTIFACTS / "associated-read-only.png"))
+
+        # A forged edit post from the associated unit: refused, naming the owner.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            r = await http.post(
+                f"/api/v1/portal/page/meters/{s['m1']}/edit",
+                data={"shared": "on"},
+                auth=(s["names"]["stranger"], PASSWORD),
+            )
+            assert r.status_code == 403 and "only the owner edits it" in r.text
+            # A form posted from another site is refused whoever is logged in.
+            r = await http.post(
+                f"/api/v1/portal/page/meters/{s['m1']}/edit",
+                data={"shared": "on"},
+                headers={"Origin": "http://evil.example"},
+                auth=(s["names"]["owner"], PASSWORD),
+            )
+            assert r.status_code == 403 and "another site" in r.text
+
+        # The owner: edit form (shared off), then an invoice.
+        _set_user(browser, s["names"]["owner"])
+        browser.get(f"{base}?meter={s['m1']}&view=day&day={DAY.isoformat()}")
+        shared = browser.find_element(By.CSS_SELECTOR, "#edit input[name=shared]")
+        assert shared.is_selected()
+        shared.click()
+        browser.find_element(By.CSS_SELECTOR, "#edit button").click()
+        assert "Meter updated" in browser.find_element(By.ID, "notice").text
+        # Back on the view it was posted from.
+        assert f"day of {DAY.isoformat()}" in browser.find_element(By.TAG_NAME, "body").text
+        row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#meters tr")
+                   if s["m1"] in r.text)  # fmt: skip
+        assert "False" in row.text
+        assert not browser.find_element(By.CSS_SELECTOR, "#edit input[name=shared]").is_selected()
+        for name, value in (("period_start", "2026-03-01"), ("period_end", "2026-03-31")):
+            field = browser.find_element(By.CSS_SELECTOR, f"#invoice input[name={name}]")
+            browser.execute_script("arguments[0].value = arguments[1]", field, value)
+        browser.find_element(By.CSS_SELECTOR, "#invoice input[name=energy_kwh]").send_keys("812.5")
+        browser.find_element(By.CSS_SELECTOR, "#invoice input[name=amount]").send_keys("120000")
+        browser.find_element(By.CSS_SELECTOR, "#invoice input[name=invoice_number]").send_keys(
+            "F-77"
+        )
+        browser.find_element(By.CSS_SELECTOR, "#invoice button").click()
+        assert "Invoice loaded" in browser.find_element(By.ID, "notice").text
+        invoice_rows = browser.find_elements(By.CSS_SELECTOR, "#invoices tr")
+        assert len(invoice_rows) == 2 and "F-77" in invoice_rows[1].text
+        assert "812.5" in invoice_rows[1].text
+        browser.save_screenshot(str(ARTIFACTS / "owner-forms.png"))
+    finally:
+        browser.quit()
+        await api.stop()
+    assert (ARTIFACTS / "associate-form.png").stat().st_size > 1000
