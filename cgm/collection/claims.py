@@ -47,21 +47,37 @@ async def claim(
     *,
     limit: int,
     stale_after: timedelta,
-) -> list[int]:
-    """Claim up to ``limit`` of ``meter_ids`` for ``cycle``: unclaimed ones first, then open
-    claims of collectors that stopped heart-beating. Returns the meters now ours."""
+    fresh: list[int] | None = None,
+) -> tuple[list[int], int]:
+    """Claim up to ``limit`` meters for ``cycle``: unclaimed ones of ``fresh`` (default
+    ``meter_ids``) first, then open claims on ``meter_ids`` of collectors that stopped
+    heart-beating. Returns the meters now ours, and how many leading ``fresh`` ids are
+    known claimed now (ours or another collector's), so the caller need not offer them
+    again: each claim then costs what it claims, not the fleet's size."""
+    fresh = meter_ids if fresh is None else fresh
     async with conn.transaction():
         cur = await conn.execute(
             """INSERT INTO collection_claim (meter_id, cycle, collector)
-               SELECT m, %(cycle)s, %(me)s FROM unnest(%(ids)s::bigint[]) AS m
+               SELECT m, %(cycle)s, %(me)s FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY
+                 AS u(m, i)
                WHERE NOT EXISTS (SELECT 1 FROM collection_claim c
-                                 WHERE c.meter_id = m AND c.cycle = %(cycle)s)
+                                 WHERE c.meter_id = u.m AND c.cycle = %(cycle)s)
                LIMIT %(limit)s
                ON CONFLICT DO NOTHING
                RETURNING meter_id""",
-            {"cycle": cycle, "me": collector, "ids": meter_ids, "limit": limit},
+            {"cycle": cycle, "me": collector, "ids": fresh, "limit": limit},
         )
         mine = [r[0] for r in await cur.fetchall()]
+        # The ids up to the last one claimed are all claimed now: by us, or (not inserted,
+        # or lost to a concurrent insert) by another collector. (The scan follows the
+        # array's order; were it ever not to, a skipped meter is found by the caller's
+        # final claim over the whole list, which decides that the cycle is done.)
+        scanned, want = 0, set(mine)
+        for i, m in enumerate(fresh):
+            if not want:
+                break
+            want.discard(m)
+            scanned = i + 1
         room = limit - len(mine)
         if room > 0:
             cur = await conn.execute(
@@ -85,7 +101,7 @@ async def claim(
                 },
             )
             mine += [r[0] for r in await cur.fetchall()]
-    return mine
+    return mine, scanned
 
 
 async def finish(

@@ -60,6 +60,11 @@ class EngineConfig:
     stale_after: timedelta = timedelta(seconds=90)
     claim_batch: int = 512
     write_batch: int = 256
+    # The writer gathers outcomes this long (seconds) before a transaction, and stops a
+    # batch at this many profile entries (a first contact brings a month per meter), so
+    # a batch's memory is bounded whatever the sessions bring.
+    write_linger: float = 0.2
+    write_entries: int = 50_000
     actor: str = "collector"  # names the collector in alarms and findings it records
     # The service user accountable for automatic level-2 accesses (art. 17: every level-2
     # access names who is responsible). None: no automatic level-2 access at all — a clock
@@ -351,40 +356,71 @@ class Collector:
         summary: CycleSummary,
     ) -> None:
         ids = list(by_id)
+        # Collectors that start together walk the fleet from different places, so their
+        # inserts do not queue behind each other's on the same keys.
+        turn = hash(self.id) % len(ids) if ids else 0
+        ids = ids[turn:] + ids[:turn]
         within = self.config.db_outage.total_seconds()
+        loop = asyncio.get_running_loop()
+        # Claim ahead by one pool of sessions, no more: the rest of the fleet stays free for
+        # the other collectors, and each claim statement claims hundreds of meters (a claim
+        # per finished session was a database round trip per session).
+        ahead = self.config.max_sessions
+        recheck = min(5.0, self.config.stale_after.total_seconds() / 6)
+        fresh = ids  # not yet seen claimed this cycle (by us or another collector)
+        next_claim = 0.0
+        settled = False  # the last claim found nothing, with no session of ours running
         while True:
             if writer.done():
                 writer.result()  # raises what stopped it; no session may wait on it forever
                 raise RuntimeError("the writer stopped before the cycle ended")
-            mine = await retrying(
-                "claiming meters",
-                link,
-                lambda c: claims.claim(
-                    c,
-                    self.id,
-                    cycle,
-                    ids,
-                    limit=self.config.claim_batch,
-                    stale_after=self.config.stale_after,
-                ),
-                within=within,
-            )
-            for meter_id in mine:
-                task = asyncio.create_task(
-                    self._one(by_id[meter_id], since.get(meter_id), sessions, queue, now)
+            if len(tasks) <= ahead and loop.time() >= next_claim:
+                mine, scanned = await retrying(
+                    "claiming meters",
+                    link,
+                    functools.partial(
+                        claims.claim,
+                        collector=self.id,
+                        cycle=cycle,
+                        meter_ids=ids,
+                        fresh=fresh,
+                        limit=min(self.config.claim_batch, 2 * ahead - len(tasks)),
+                        stale_after=self.config.stale_after,
+                    ),
+                    within=within,
                 )
-                tasks.add(task)
-                task.add_done_callback(functools.partial(self._session_done, tasks, summary))
-            if mine:
-                continue
+                for meter_id in mine:
+                    task = asyncio.create_task(
+                        self._one(by_id[meter_id], since.get(meter_id), sessions, queue, now)
+                    )
+                    tasks.add(task)
+                    task.add_done_callback(functools.partial(self._session_done, tasks, summary))
+                if mine:
+                    fresh = fresh[scanned:]
+                    continue
+                exhausted = fresh is ids  # nothing claimable in the whole list
+                settled = exhausted and not tasks
+                # Released claims (another collector's unstored outcomes) and stale ones are
+                # looked for over the whole list, now and then, not after every session.
+                fresh = ids
+                next_claim = loop.time() + (recheck if exhausted else 0.0)
+                if not exhausted:
+                    continue
             if tasks:
-                await asyncio.wait({*tasks, writer}, return_when=asyncio.FIRST_COMPLETED)
+                wait = max(0.0, next_claim - loop.time()) if len(tasks) <= ahead else None
+                await asyncio.wait(
+                    {*tasks, writer}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                continue
+            if not settled:  # sessions ended since the last claim: claim once more first
+                next_claim = 0.0
                 continue
             if not await retrying(
                 "checking claims", link, lambda c: self._others_open(c, cycle, ids), within=within
             ):
                 break
-            await asyncio.sleep(min(5.0, self.config.stale_after.total_seconds() / 6))
+            await asyncio.sleep(max(0.0, next_claim - loop.time()))
+            settled = False
 
     @staticmethod
     def _session_done(
@@ -513,17 +549,23 @@ class Collector:
         a database outage is waited out (for ``db_outage``), anything else is stored outcome
         by outcome so only the outcome at fault is dropped (its claim is then released)."""
         done = False
+        linger, most = self.config.write_linger, self.config.write_batch
         while not done:
             item = await queue.get()
             if item is None:
                 break
-            batch = [item]
-            while len(batch) < self.config.write_batch and not queue.empty():
+            batch, size = [item], len(item.entries)
+            if linger and queue.qsize() < most - 1:
+                # Sessions end one by one: wait a moment so a transaction stores many (one
+                # per outcome cost more database round trips than the sessions' own work).
+                await asyncio.sleep(linger)
+            while len(batch) < most and size < self.config.write_entries and not queue.empty():
                 item = queue.get_nowait()
                 if item is None:
                     done = True
                     break
                 batch.append(item)
+                size += len(item.entries)
             await self._store(link, batch, cycle, summary)
 
     async def _store(

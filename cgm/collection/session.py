@@ -21,19 +21,12 @@ Sequence (never two sessions to one meter at once):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from cgm import metrics
 from cgm.registry import MeterConfig
@@ -151,25 +144,24 @@ async def _open(
         params.setdefault("serial", target.serial)  # the meter's topic id defaults to its serial
         params["broker_login"] = mqtt_login(target)
     for name, endpoint in zip(("primary", "backup"), target.endpoints, strict=False):
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(policy.attempts),
-                wait=wait_exponential(multiplier=policy.backoff, max=policy.max_backoff),
-                retry=retry_if_exception_type(_RETRYABLE),
-                reraise=True,
-            ):
-                with attempt:
-                    outcome.attempts += 1
-                    session = await driver.connect(
-                        endpoint, credentials, params, timeout=policy.timeout
+        # A plain loop, not tenacity: its per-call machinery (inspecting the callables,
+        # building retry state) cost more CPU than a steady-state session's connect.
+        for attempt in range(1, policy.attempts + 1):
+            outcome.attempts += 1
+            try:
+                session = await driver.connect(
+                    endpoint, credentials, params, timeout=policy.timeout
+                )
+            except _RETRYABLE as exc:
+                last = exc
+                if attempt < policy.attempts:
+                    await asyncio.sleep(
+                        min(policy.backoff * 2 ** (attempt - 1), policy.max_backoff)
                     )
+                continue
             outcome.channel_used = name
             return session
-        except _RETRYABLE as exc:
-            last = exc
-            log.info("%s: %s channel %s failed: %s", target.serial, name, endpoint, exc)
-        except RetryError as exc:  # pragma: no cover - reraise=True makes this unreachable
-            last = ConnectionFailed(str(exc))
+        log.info("%s: %s channel %s failed: %s", target.serial, name, endpoint, last)
     assert last is not None, "a meter target has at least one endpoint"
     raise last
 
