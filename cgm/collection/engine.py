@@ -45,7 +45,7 @@ from cgm.storage import InvalidRows, Quality, last_interval, readings_array, wri
 from cgm.storage.common import channel_id, from_us
 from cgm.storage.readings import READING_DTYPE, row_problems
 from drivers import get_driver
-from drivers.base import Driver, ProfileEntry
+from drivers.base import Channel, Driver, ProfileEntry
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +370,8 @@ class Collector:
         fresh = ids  # not yet seen claimed this cycle (by us or another collector)
         next_claim = 0.0
         settled = False  # the last claim found nothing, with no session of ours running
+        wake = asyncio.Event()
+        writer.add_done_callback(lambda _: wake.set())
         while True:
             if writer.done():
                 writer.result()  # raises what stopped it; no session may wait on it forever
@@ -394,7 +396,9 @@ class Collector:
                         self._one(by_id[meter_id], since.get(meter_id), sessions, queue, now)
                     )
                     tasks.add(task)
-                    task.add_done_callback(functools.partial(self._session_done, tasks, summary))
+                    task.add_done_callback(
+                        functools.partial(self._session_done, tasks, summary, wake, ahead)
+                    )
                 if mine:
                     fresh = fresh[scanned:]
                     continue
@@ -407,10 +411,20 @@ class Collector:
                 if not exhausted:
                     continue
             if tasks:
-                wait = max(0.0, next_claim - loop.time()) if len(tasks) <= ahead else None
-                await asyncio.wait(
-                    {*tasks, writer}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                )
+                # Woken by a finished session that leaves room, or by the writer stopping
+                # (not asyncio.wait over every task: that adds and removes a callback on
+                # each of hundreds of tasks for every session that ends).
+                wake.clear()
+                if len(tasks) <= ahead or writer.done():
+                    if writer.done() or next_claim <= loop.time():
+                        continue
+                    try:
+                        async with asyncio.timeout(next_claim - loop.time()):
+                            await wake.wait()
+                    except TimeoutError:
+                        pass
+                else:
+                    await wake.wait()
                 continue
             if not settled:  # sessions ended since the last claim: claim once more first
                 next_claim = 0.0
@@ -424,11 +438,18 @@ class Collector:
 
     @staticmethod
     def _session_done(
-        tasks: set[asyncio.Task[None]], summary: CycleSummary, task: asyncio.Task[None]
+        tasks: set[asyncio.Task[None]],
+        summary: CycleSummary,
+        wake: asyncio.Event,
+        low: int,
+        task: asyncio.Task[None],
     ) -> None:
         """Forget a finished session task, retrieving its exception (its claim stays open
-        and is released at the end of the cycle)."""
+        and is released at the end of the cycle); wake the claim loop once there is room
+        for more."""
         tasks.discard(task)
+        if len(tasks) <= low:
+            wake.set()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("session task failed: %r", exc)
             summary.errors.append(f"session: {type(exc).__name__}: {exc}")
@@ -702,7 +723,7 @@ class _Rows:
         channel: int,
         start: datetime,
         value: float,
-        quality: Quality,
+        quality: Quality | int,
         collected_at: datetime,
     ) -> None:
         m, c, t, v, q, at = self.cols
@@ -713,6 +734,45 @@ class _Rows:
         q.append(int(quality))
         at.append(_epoch_us(collected_at))
 
+    def hourly(
+        self,
+        meter_id: int,
+        entries: Sequence[ProfileEntry],
+        base: int,
+        spans: Sequence[tuple[datetime, datetime]],
+        collected_at: datetime,
+    ) -> list[ProfileEntry]:
+        """Add the hourly ``entries`` as rows (what :func:`to_hourly` makes of them: each
+        value with the entry's status byte, its rollover flag, and ``base``); return the
+        other entries, for :func:`to_hourly`."""
+        m, c, t, v, q, at = self.cols
+        rest: list[ProfileEntry] = []
+        first = len(c)
+        for e in entries:
+            if e.period != HOUR:
+                rest.append(e)
+                continue
+            values = e.values
+            n = len(values)
+            c.extend(map(_CHANNEL_IDS.get, values))
+            v.extend(values.values())
+            t.extend([_epoch_us(e.start)] * n)
+            flags = (e.status & 0xFF) | base
+            if spans and _corrected(spans, e.start):
+                flags |= _LARGE_CORRECTION
+            if e.rollover:
+                q.extend(flags | _ROLLOVER if ch in e.rollover else flags for ch in values)
+            else:
+                q.extend([flags] * n)
+        added = len(c) - first
+        if added:
+            if None in c[first:]:  # the batch fails; its outcomes are then stored one by one
+                unknown = [ch for e in entries for ch in e.values if ch not in _CHANNEL_IDS]
+                raise ValueError(f"unknown channel {unknown[0]!r}")
+            m.extend([meter_id] * added)
+            at.extend([_epoch_us(collected_at)] * added)
+        return rest
+
     def array(self) -> np.ndarray:
         if not self.cols[0]:
             return np.empty(0, READING_DTYPE)
@@ -721,6 +781,12 @@ class _Rows:
         return readings_array(
             m, c, np.array(t, dtype="i8").view(us), v, q, np.array(at, dtype="i8").view(us)
         )
+
+
+# Channel (a StrEnum) and its name hash alike: one lookup serves drivers giving either.
+_CHANNEL_IDS: dict[object, int] = {ch: channel_id(ch) for ch in Channel}
+_ROLLOVER = int(Quality.REGISTER_ROLLOVER)
+_LARGE_CORRECTION = int(Quality.LARGE_CLOCK_CORRECTION)
 
 
 def _epoch_us(t: datetime) -> int:
@@ -758,10 +824,16 @@ async def _reading_rows(
     entries: list[tuple[int, ProfileEntry, datetime]] = []
     corrections = await _corrections(conn, batch)
     for o in batch:
-        base = _base_quality(o)
+        base = int(_base_quality(o))
         at = o.finished_at or o.started_at
         meter_id = o.target.meter_id
-        hourly = to_hourly(o.entries)
+        spans = corrections.get(meter_id, ())
+        # Hourly entries (nearly every meter) become rows directly: per entry, not per value,
+        # and with no object per value (a 30-day first contact brings ~2,900 values a meter).
+        rest = rows.hourly(meter_id, o.entries, base, spans, at)
+        if not rest:
+            continue
+        hourly = to_hourly(rest)
         entries += [(meter_id, e, at) for e in hourly.sub_hourly]
         for r in hourly.refused:
             ch = channel_id(r.channel) if r.channel is not None else None
@@ -771,15 +843,17 @@ async def _reading_rows(
                 )
             )
         for v in hourly.values:
-            q = base | Quality(v.quality)
-            if any(
-                since < v.start + HOUR and v.start <= at
-                for since, at in corrections.get(meter_id, ())
-            ):
+            q = base | v.quality
+            if _corrected(spans, v.start):
                 q |= Quality.LARGE_CLOCK_CORRECTION
             rows.add(meter_id, channel_id(v.channel), v.start, v.value, q, at)
     await _derived_rows(conn, batch, rows)
     return rows.array(), stored, entries
+
+
+def _corrected(spans: Sequence[tuple[datetime, datetime]], start: datetime) -> bool:
+    """Whether the hour at ``start`` overlaps a large clock correction's span."""
+    return any(since < start + HOUR and start <= at for since, at in spans)
 
 
 def _screen(rows: np.ndarray, batch: Sequence[MeterOutcome], stored: Stored) -> np.ndarray:

@@ -1,0 +1,90 @@
+"""The collector's rows of hourly profiles are what ``to_hourly`` makes of them.
+
+The writer turns hourly entries into rows directly (no object per value: a 30-day first
+contact brings thousands of values per meter); sub-hourly entries still go through
+``to_hourly``. Both paths must give the same rows, flags included.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from cgm.collection.engine import _corrected, _Rows
+from cgm.collection.hourly import to_hourly
+from cgm.storage import Quality
+from cgm.storage.common import channel_id
+from drivers.base import Channel, ProfileEntry
+
+HOUR = timedelta(hours=1)
+T0 = datetime(2026, 11, 1, 5, tzinfo=UTC)
+AT = datetime(2026, 11, 2, 6, 3, tzinfo=UTC)
+
+
+def _entries() -> list[ProfileEntry]:
+    out = []
+    for h in range(30):
+        values = {Channel.ACTIVE_IMPORT: 1.25 + h, "active_export": 0.0}
+        if h % 3:
+            values[Channel.REACTIVE_IMPORT] = 0.5 * h
+        out.append(
+            ProfileEntry(
+                T0 + h * HOUR,
+                HOUR,
+                values,
+                status=0x180 | h % 4,  # bits above the status byte are not the meter's
+                rollover=frozenset({Channel.ACTIVE_IMPORT}) if h == 7 else frozenset(),
+            )
+        )
+    quarter = timedelta(minutes=15)
+    start = T0 + 40 * HOUR
+    out += [
+        ProfileEntry(start + i * quarter, quarter, {Channel.ACTIVE_IMPORT: 0.1}) for i in range(4)
+    ]
+    return out
+
+
+def _reference(entries: list[ProfileEntry], base: int, spans) -> list[tuple]:
+    out = []
+    for v in to_hourly(entries).values:
+        q = base | v.quality
+        if _corrected(spans, v.start):
+            q |= Quality.LARGE_CLOCK_CORRECTION
+        out.append((7, channel_id(v.channel), v.start, v.value, int(q), AT))
+    return out
+
+
+@pytest.mark.parametrize("spans", [(), ((T0 + 9 * HOUR, T0 + 12 * HOUR),)])
+def test_hourly_entries_become_the_rows_to_hourly_gives(spans) -> None:
+    entries = _entries()
+    base = int(Quality.BACKUP_CHANNEL)
+    rows = _Rows()
+    rest = rows.hourly(7, entries, base, spans, AT)
+    assert [e.period for e in rest] == [timedelta(minutes=15)] * 4
+    for v in to_hourly(rest).values:
+        q = base | v.quality | (Quality.LARGE_CLOCK_CORRECTION if _corrected(spans, v.start) else 0)
+        rows.add(7, channel_id(v.channel), v.start, v.value, q, AT)
+    got = rows.array()
+    want = _reference(entries, base, spans)
+    assert len(got) == len(want)
+    for r, (m, c, t, v, q, at) in zip(got, want, strict=True):
+        assert int(r["meter_id"]) == m and int(r["channel"]) == c
+        assert r["interval_start"] == np.datetime64(t.replace(tzinfo=None), "us")
+        assert float(r["value"]) == v and int(r["quality"]) == q
+        assert r["collected_at"] == np.datetime64(at.replace(tzinfo=None), "us")
+    flagged = got[got["quality"] & int(Quality.REGISTER_ROLLOVER) != 0]
+    assert len(flagged) == 1 and int(flagged[0]["channel"]) == channel_id(Channel.ACTIVE_IMPORT)
+
+
+def test_an_unknown_channel_is_refused_not_stored() -> None:
+    entry = ProfileEntry(T0, HOUR, {"active_import": 1.0, "apparent": 2.0})
+    with pytest.raises(ValueError, match="apparent"):
+        _Rows().hourly(7, [entry], 0, (), AT)
+
+
+def test_a_naive_interval_start_is_refused() -> None:
+    entry = ProfileEntry(T0.replace(tzinfo=None), HOUR, {"active_import": 1.0})
+    with pytest.raises(ValueError, match="naive"):
+        _Rows().hourly(7, [entry], 0, (), AT)
