@@ -12,8 +12,15 @@ session time (overall and per protocol), CPU of every process, the machine's loa
 when the run started (other work on the machine distorts the numbers), and whether the
 cycle fit in 60 s.
 
-``--collectors N`` runs N collector processes that share the fleet through claims, as a
-deployment scales out; the cycle time is then from the first start to the last finish.
+``--collectors 1 2 4`` runs the fleet once per count, with that many collector processes
+sharing it through claims as a deployment scales out (the cycle time is then from the first
+start to the last finish), and prints the speed-up over the first count. After every run the
+script checks what the cycle stored: one session row per meter, every reading row counted
+once by the sessions that stored it, no claim left open.
+
+``--driver instant`` answers every session in process at once (``benchmarks/instant.py``):
+the collector's CPU is then the engine's own (claims, scheduling, session sequence,
+screening, writer), without the protocols.
 """
 
 from __future__ import annotations
@@ -130,9 +137,17 @@ def engine_config(concurrency: int, per_endpoint: int) -> EngineConfig:
     )
 
 
-async def run_collector(url: str, data_dir: Path, config: EngineConfig) -> dict[str, object]:
+async def run_collector(
+    url: str, data_dir: Path, config: EngineConfig, driver: str = "real"
+) -> dict[str, object]:
     """One collector's cycle, timed and with its own CPU (the parent or a worker process)."""
     box = secret_box(Settings(database_url=url, data_dir=data_dir))
+    kind = Collector
+    if driver == "instant":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from instant import InstantCollector
+
+        kind = InstantCollector
     me0 = resource.getrusage(resource.RUSAGE_SELF)
     profiler = None
     if os.environ.get("CGM_BENCH_PROFILE"):
@@ -143,7 +158,7 @@ async def run_collector(url: str, data_dir: Path, config: EngineConfig) -> dict[
         profiler = cProfile.Profile(time.process_time)
         profiler.enable()
     start = time.time()
-    summary = await Collector(url, box, config).run_cycle()
+    summary = await kind(url, box, config).run_cycle()
     finish = time.time()
     if profiler is not None:
         profiler.disable()
@@ -157,12 +172,13 @@ async def run_collector(url: str, data_dir: Path, config: EngineConfig) -> dict[
         "ok": summary.ok,
         "failed": dict(summary.failed),
         "intervals": summary.intervals_stored,
+        "errors": summary.errors,
         "cpu": (me1.ru_utime - me0.ru_utime) + (me1.ru_stime - me0.ru_stime),
     }
 
 
 def spawn_collectors(
-    count: int, url: str, data_dir: Path, concurrency: int, per_endpoint: int
+    count: int, url: str, data_dir: Path, concurrency: int, per_endpoint: int, driver: str
 ) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
@@ -176,6 +192,8 @@ def spawn_collectors(
                 str(concurrency),
                 "--per-endpoint",
                 str(per_endpoint),
+                "--driver",
+                driver,
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -195,6 +213,7 @@ async def measure(
     mqtt_url: str = "embedded",
     since_hours: int = 2,
     latency: tuple[float, float] = (0.0, 0.0),
+    driver: str = "real",
 ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="cgm-bench-"))
     name, url = scratch_db(server)
@@ -217,9 +236,9 @@ async def measure(
         sim_cpu0 = sum(sim_proc.cpu_times()[:2])
         config = engine_config(concurrency, per_endpoint)
         if collectors == 1:
-            runs = [await run_collector(url, work, config)]
+            runs = [await run_collector(url, work, config, driver)]
         else:
-            procs = spawn_collectors(collectors, url, work, concurrency, per_endpoint)
+            procs = spawn_collectors(collectors, url, work, concurrency, per_endpoint, driver)
             runs = []
             for proc in procs:
                 out, _ = proc.communicate()
@@ -241,8 +260,9 @@ async def measure(
                        WHERE s.result NOT IN ('ok', 'partial') GROUP BY 1"""
                 ).fetchall()
             )
+            checks = stored_once(conn, len(ids))
         d = np.array([r[1] for r in rows], dtype=float)
-        meters = sum(r["meters"] for r in runs) // collectors  # each sees the whole fleet
+        meters = len(ids)
         result: dict[str, object] = {
             "frontiers": n,
             "meters": meters,
@@ -268,12 +288,19 @@ async def measure(
                 "collector_cpu_ms_per_meter": round(
                     1000 * sum(r["cpu"] for r in runs) / max(meters, 1), 2
                 ),
+                "sessions_per_cpu_s": round(meters / max(sum(r["cpu"] for r in runs), 1e-9)),
+                # Collector cores for 50,000 sessions in a 60 s cycle at this CPU per session.
+                "cores_for_50k_per_60s": round(
+                    50_000 * sum(r["cpu"] for r in runs) / max(meters, 1) / 60, 2
+                ),
                 "simulator_cpu_ms_per_meter": round(1000 * sim_cpu / max(meters, 1), 2),
                 "collector_max_rss_mb": max(r["max_rss_mb"] for r in runs),
                 "simulator_cpu_s": round(sim_cpu, 1),
                 "simulators_start_s": round(started, 1),
                 "load_before": round(load, 2),
                 "within_60s": seconds <= 60,
+                **checks,
+                "errors": [e for r in runs for e in r["errors"]],
             }
         )
         return result
@@ -287,13 +314,39 @@ async def measure(
         drop_db(server, name)
 
 
+def stored_once(conn: psycopg.Connection, meters: int) -> dict[str, object]:
+    """What the cycle stored, checked: one session row per meter, the readings the sessions
+    say they stored are the rows in the table (beyond the seed), no claim left open."""
+    sessions, distinct, claimed = conn.execute(
+        "SELECT count(*), count(DISTINCT meter_id), sum(intervals_stored) FROM collection_session"
+    ).fetchone()
+    # The seed is one row per meter and channel; everything else the cycle stored.
+    readings = conn.execute("SELECT count(*) FROM reading").fetchone()[0] - 4 * meters
+    open_claims = conn.execute(
+        "SELECT count(*) FROM collection_claim WHERE done_at IS NULL"
+    ).fetchone()[0]
+    ok = sessions == distinct == meters and claimed == readings and open_claims == 0
+    return {
+        "sessions_rows": sessions,
+        "reading_rows_new": readings,
+        "open_claims": open_claims,
+        "stored_once": ok,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frontiers", type=int, nargs="+", default=[500, 1000, 2000])
     parser.add_argument("--per-port", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--per-endpoint", type=int, default=8)
-    parser.add_argument("--collectors", type=int, default=1)
+    parser.add_argument("--collectors", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--driver",
+        choices=("real", "instant"),
+        default="real",
+        help="instant: sessions answered in process at once (the engine's own CPU)",
+    )
     parser.add_argument("--mix", help="protocol shares, as cgm simulate --mix (dlms=.5,...)")
     parser.add_argument(
         "--mqtt-url",
@@ -327,7 +380,10 @@ def main() -> None:
     if args.worker:
         url, data_dir = args.worker
         config = engine_config(args.concurrency, args.per_endpoint)
-        print(json.dumps(asyncio.run(run_collector(url, Path(data_dir), config))), flush=True)
+        print(
+            json.dumps(asyncio.run(run_collector(url, Path(data_dir), config, args.driver))),
+            flush=True,
+        )
         return
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     print(
@@ -336,21 +392,26 @@ def main() -> None:
         f"mqtt={args.mqtt_url}"
     )
     for n in args.frontiers:
-        result = asyncio.run(
-            measure(
-                n,
-                args.per_port,
-                args.database_url,
-                args.concurrency,
-                args.per_endpoint,
-                args.collectors,
-                args.mix,
-                args.mqtt_url,
-                args.since_hours,
-                (args.latency, args.jitter),
+        first: float | None = None
+        for collectors in args.collectors:
+            result = asyncio.run(
+                measure(
+                    n,
+                    args.per_port,
+                    args.database_url,
+                    args.concurrency,
+                    args.per_endpoint,
+                    collectors,
+                    args.mix,
+                    args.mqtt_url,
+                    args.since_hours,
+                    (args.latency, args.jitter),
+                    args.driver,
+                )
             )
-        )
-        print(" ".join(f"{k}={v}" for k, v in result.items()), flush=True)
+            first = first or float(result["cycle_s"])  # type: ignore[arg-type]
+            result["speedup"] = round(first / float(result["cycle_s"]), 2)  # type: ignore[arg-type]
+            print(" ".join(f"{k}={v}" for k, v in result.items()), flush=True)
 
 
 if __name__ == "__main__":
