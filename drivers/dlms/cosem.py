@@ -15,6 +15,8 @@ from dlms_cosem.enumerations import CosemInterface
 
 from drivers.base import Channel
 
+from . import axdr
+
 # --- addressing (IEC 62056-47 wrapper ports = DLMS SAPs) ----------------------------------
 
 WRAPPER_VERSION = 1
@@ -147,13 +149,7 @@ def decode_datetime(raw: bytes, default_tz: timezone = COLOMBIA) -> tuple[dateti
 
 def parse_data(raw: bytes) -> dlms_data.AbstractDlmsData:
     """Decode exactly one A-XDR ``Data`` value (raise on trailing bytes: a damaged frame)."""
-    parser = dlms_data.DlmsDataParser()
-    items = parser.parse(bytes(raw), limit=1)
-    if not items or not parser.buffer_empty:
-        raise ValueError("trailing or missing bytes after A-XDR data")
-    if parser.pointer > len(parser.buffer):
-        raise ValueError("truncated A-XDR data")
-    return items[0]
+    return axdr.decode_one(raw)
 
 
 @dataclass(frozen=True)

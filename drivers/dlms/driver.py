@@ -20,9 +20,11 @@ from dlms_cosem import cosem as lib_cosem
 from dlms_cosem import dlms_data
 from dlms_cosem import enumerations as en
 from dlms_cosem import state as dlms_state
+from dlms_cosem.connection import XDlmsApduFactory
 from dlms_cosem.cosem.capture_object import CaptureObject as LibCaptureObject
 from dlms_cosem.cosem.selective_access import RangeDescriptor
 from dlms_cosem.protocol import acse, xdlms
+from dlms_cosem.protocol.xdlms.conformance import Conformance
 
 from drivers.base import (
     AccessDenied,
@@ -49,7 +51,7 @@ from drivers.base import (
 )
 from drivers.cumulative import CumulativeRow, profile_entries, rollover_value
 
-from . import cosem
+from . import axdr, cosem
 from .access import ACCESS_KEYS, AccessParams, Association, AuthenticationRefused, HdlcError
 from .security import InvocationCounterStore
 from .transport import WrapperError
@@ -333,8 +335,13 @@ class DlmsSession(MeterSession):
     async def _close(self) -> None:
         try:
             if self._associated and self._broken is None and self._transport.is_open:
+                conn, lean = self._conn, self._lean
                 self._associated = False
-                await self._exchange(self._conn.get_rlrq())
+                await self._exchange(
+                    _release_request(conn.conformance.to_bytes(), conn.max_pdu_size)
+                    if lean
+                    else conn.get_rlrq()
+                )
         finally:
             await self._transport.close()
 
@@ -351,28 +358,37 @@ class DlmsSession(MeterSession):
         """
         if self._broken is not None:
             raise ConnectionFailed(f"session unusable: {self._broken}", endpoint=self.endpoint)
+        lean = isinstance(event, bytes)
         ok = False
         try:
             self.requests_sent += 1
-            try:
-                await self._access.before_send()
-                out = self._conn.send(event)
-            except Exception as exc:  # noqa: BLE001 - the association is not in a state for it
-                raise ProtocolError(f"cannot send {type(event).__name__}: {exc}") from exc
+            if lean:
+                out = event
+            else:
+                try:
+                    await self._access.before_send()
+                    out = self._conn.send(event)
+                except Exception as exc:  # noqa: BLE001 - the association is not in a state for it
+                    raise ProtocolError(f"cannot send {type(event).__name__}: {exc}") from exc
             try:
                 answer = await self._transport.request(out)
             except (WrapperError, HdlcError) as exc:
                 raise ProtocolError(f"bad frame: {exc}", endpoint=self.endpoint) from exc
             except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
                 raise ConnectionFailed(f"connection lost: {exc!r}", endpoint=self.endpoint) from exc
-            self._conn.receive_data(answer)
             try:
-                parsed = self._conn.next_event()
+                if lean:
+                    parsed = _get_answer(answer)
+                else:
+                    self._conn.receive_data(answer)
+                    parsed = self._conn.next_event()
             except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt frame
-                self._conn.clear_buffer()
+                if not lean:
+                    self._conn.clear_buffer()
                 if recover:
                     # dlms-cosem stays in AWAITING_GET_RESPONSE after a parse failure.
-                    self._conn.state.current_state = dlms_state.READY
+                    if not lean:
+                        self._conn.state.current_state = dlms_state.READY
                     ok = True
                 raise ProtocolError(
                     f"corrupt APDU {answer[:16].hex()}…: {exc!r}", endpoint=self.endpoint
@@ -390,20 +406,29 @@ class DlmsSession(MeterSession):
         class_id: int,
         obis: bytes,
         attribute: int,
-        selection: Any = None,
+        selection: tuple[datetime, datetime] | None = None,
         limit: int = MAX_ANSWER_BYTES,
     ) -> bytes:
         """GET one attribute (following GET-with-block to the last block); raw A-XDR Data.
 
         ``limit``: the most bytes this answer can honestly take (see :meth:`_blocks`).
+        ``selection``: a range (from, to) on the profile clock, in the meter's zone.
         """
         what = f"{cosem.obis_str(obis)}/{attribute}"
-        answer = await self._exchange(
-            xdlms.GetRequestNormal(
-                cosem_attribute=_attribute(class_id, obis, attribute),
-                access_selection=selection,
+        if self._lean:
+            request: Any = (
+                _get_request(class_id, obis, attribute)
+                if selection is None
+                else _range_request(class_id, obis, attribute, *selection, *_offsets(selection))
             )
-        )
+        else:
+            request = xdlms.GetRequestNormal(
+                cosem_attribute=_attribute(class_id, obis, attribute),
+                access_selection=None if selection is None else _range(*selection),
+            )
+        answer = await self._exchange(request)
+        if isinstance(answer, _Normal):
+            return answer.data
         if isinstance(answer, xdlms.GetResponseNormal):
             return bytes(answer.data)
         return await self._blocks(what, answer, limit)
@@ -428,7 +453,9 @@ class DlmsSession(MeterSession):
                 raise self._access_error(what, answer.error)
             if isinstance(answer, xdlms.ExceptionResponse):
                 raise ProtocolError(f"GET {what}: exception {answer!r}", endpoint=self.endpoint)
-            if isinstance(answer, xdlms.GetResponseWithBlock | xdlms.GetResponseLastBlock):
+            if isinstance(answer, _Block) or isinstance(
+                answer, xdlms.GetResponseWithBlock | xdlms.GetResponseLastBlock
+            ):
                 if answer.block_number != expected_block:
                     raise ProtocolError(
                         f"GET {what}: block {answer.block_number}, expected {expected_block}",
@@ -444,17 +471,25 @@ class DlmsSession(MeterSession):
                         endpoint=self.endpoint,
                     )
                 data.extend(answer.data)
-                if isinstance(answer, xdlms.GetResponseLastBlock):
+                if isinstance(answer, xdlms.GetResponseLastBlock) or (
+                    isinstance(answer, _Block) and answer.last
+                ):
                     return bytes(data)
-                answer = await self._exchange(
-                    xdlms.GetRequestNext(
-                        block_number=answer.block_number,
-                        invoke_id_and_priority=answer.invoke_id_and_priority,
-                    )
+                following = xdlms.GetRequestNext(
+                    block_number=answer.block_number,
+                    invoke_id_and_priority=answer.invoke_id_and_priority,
                 )
+                answer = await self._exchange(following.to_bytes() if self._lean else following)
                 expected_block += 1
                 continue
             raise ProtocolError(f"GET {what}: unexpected {type(answer).__name__}")
+
+    @property
+    def _lean(self) -> bool:
+        """Whether GETs go out as bytes encoded once and come back through the lean parser
+        (:func:`_get_answer`): any association without ciphering. Under HLS-GMAC every APDU
+        goes through dlms-cosem's connection, which ciphers and deciphers it."""
+        return self._associated and not self._conn.use_protection
 
     @property
     def _with_list(self) -> bool:
@@ -493,17 +528,20 @@ class DlmsSession(MeterSession):
 
     async def _get_with_list(self, items: list[tuple[int, bytes, int]]) -> list[_ListResult]:
         what = f"list of {len(items)}"
-        answer = await self._exchange(
-            xdlms.GetRequestWithList(
+        if self._lean:
+            request: Any = _get_list_request(tuple(items))
+        else:
+            request = xdlms.GetRequestWithList(
                 cosem_attributes_with_selection=[
                     lib_cosem.CosemAttributeWithSelection(_attribute(c, o, a), None)
                     for c, o, a in items
                 ]
-            ),
-            recover=True,
-        )
+            )
+        answer = await self._exchange(request, recover=True)
         try:
-            if isinstance(answer, xdlms.GetResponseWithList):
+            if isinstance(answer, _List):
+                results = list(answer.results)
+            elif isinstance(answer, xdlms.GetResponseWithList):
                 results = list(answer.response_data)
             else:
                 results = _parse_list(await self._blocks(what, answer))
@@ -680,7 +718,7 @@ class DlmsSession(MeterSession):
             scaler_results = (
                 await self._get_list([(c.class_id, c.obis, 3) for _, c in wanted]) if wanted else []
             )
-        roles = tuple(cosem.classify(columns))
+        roles = _roles(columns)
         scalers: dict[int, tuple[int, int]] = {}
         for (index, column), result in zip(wanted, scaler_results, strict=True):
             if roles[index].use not in _ENERGY:
@@ -721,12 +759,9 @@ class DlmsSession(MeterSession):
         # Cumulative columns need the entry before the first interval too: stamp ``start``.
         first = start if layout.cumulative else start + layout.period
         tz = self.params.timezone
-        selection = RangeDescriptor(
-            restricting_object=LibCaptureObject(
-                _attribute(en.CosemInterface.CLOCK, cosem.CLOCK, 2), 0
-            ),
-            from_value=first.astimezone(tz),
-            to_value=(end + layout.period - timedelta(seconds=1)).astimezone(tz),
+        selection = (
+            first.astimezone(tz),
+            (end + layout.period - timedelta(seconds=1)).astimezone(tz),
         )
         # Bounded by what the buffer can hold: a meter can't honestly answer more.
         limit = 64 + (layout.depth + 1) * (4 + _ROW_CELL_BYTES * len(layout.columns))
@@ -862,8 +897,14 @@ def _scaler_columns(
     columns: tuple[cosem.CaptureObject, ...],
 ) -> list[tuple[int, cosem.CaptureObject]]:
     """(index, column) of the energy columns whose scaler_unit applies to the captured value."""
-    roles = cosem.classify(columns)
+    roles = _roles(columns)
     return [(i, r.column) for i, r in enumerate(roles) if r.use in _ENERGY]
+
+
+@functools.lru_cache(maxsize=1024)
+def _roles(columns: tuple[cosem.CaptureObject, ...]) -> tuple[cosem.ColumnRole, ...]:
+    """:func:`cosem.classify`, once per distinct layout (a pure function of the columns)."""
+    return tuple(cosem.classify(columns))
 
 
 def _describe(layout: _ProfileLayout) -> tuple[ProfileColumn, ...]:
@@ -885,33 +926,148 @@ def _describe(layout: _ProfileLayout) -> tuple[ProfileColumn, ...]:
     return tuple(out)
 
 
-def _parse_list(raw: bytes) -> list[_ListResult]:
-    """The body of a GET-with-list answer that came in blocks: count, then per item a
-    choice (0 data, 1 data-access-result) and its content."""
-    data = bytearray(raw)
-    count, data = _variable_integer(data)
+def _parse_list(raw: bytes, *, exact: bool = True) -> list[_ListResult]:
+    """The body of a GET-with-list answer: count, then per item a choice (0 data,
+    1 data-access-result) and its content. ``exact``: trailing bytes are an error (as for an
+    answer reassembled from blocks; dlms-cosem ignores them in a one-frame answer)."""
+    count, at = axdr.length(raw, 0)
     out: list[_ListResult] = []
-    for _ in range(count):
-        choice = data.pop(0)
-        if choice == 0:
-            parser = dlms_data.DlmsDataParser()
-            out.append(parser.parse(data, limit=1)[0])
-            data = bytearray(parser.get_buffer_tail())
-        elif choice == 1:
-            out.append(en.DataAccessResult(data.pop(0)))
-        else:
-            raise ValueError(f"get-data-result choice {choice}")
-    if data:
+    try:
+        for _ in range(count):
+            choice = raw[at]
+            if choice == 0:
+                value, at = axdr.decode(raw, at + 1)
+                out.append(value)
+            elif choice == 1:
+                out.append(en.DataAccessResult(raw[at + 1]))
+                at += 2
+            else:
+                raise ValueError(f"get-data-result choice {choice}")
+    except IndexError:
+        raise ValueError(f"the list ends inside result {len(out) + 1} of {count}") from None
+    if exact and at != len(raw):
         raise ValueError("trailing bytes after the list of results")
     return out
 
 
-def _variable_integer(data: bytearray) -> tuple[int, bytearray]:
-    first = data[0]
-    if first < 0x80:
-        return first, data[1:]
-    n = first & 0x7F
-    return int.from_bytes(data[1 : 1 + n], "big"), data[1 + n :]
+# --- the lean GET path (unciphered associations) -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Normal:
+    """get-response-normal with data: the raw A-XDR ``Data``."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """get-response-with-datablock carrying raw data (not a data-access-result)."""
+
+    last: bool
+    block_number: int
+    data: bytes
+    invoke: int
+
+    @property
+    def invoke_id_and_priority(self) -> xdlms.InvokeIdAndPriority:
+        return xdlms.InvokeIdAndPriority.from_bytes(bytes([self.invoke]))
+
+
+@dataclass(frozen=True, slots=True)
+class _List:
+    """get-response-with-list in one frame."""
+
+    results: list[_ListResult]
+
+
+def _get_answer(apdu: bytes) -> Any:
+    """A GET answer without dlms-cosem's APDU objects for the three common shapes (data, a
+    block of data, a list), which are what a session is made of; anything else (an error,
+    an exception response) is parsed by dlms-cosem as before.
+
+    Why: the library builds attrs objects with validators for every APDU and decodes data
+    through its slow parser (:mod:`.axdr`); together ~40 % of the driver's CPU per session.
+    Exactly as strict: a block's length must match, a data value must decode (the caller
+    checks for trailing bytes), a list must hold its count of results.
+    """
+    if len(apdu) >= 4 and apdu[0] == 0xC4:
+        kind = apdu[1]
+        if kind == 1 and apdu[3] == 0:
+            return _Normal(apdu[4:])
+        if kind == 3:
+            return _List(_list_answer(apdu[3:]))
+        if kind == 2 and len(apdu) >= 10 and apdu[8] == 0:
+            size, at = axdr.length(apdu, 9)
+            if at + size != len(apdu):
+                raise ValueError("the block's data is not of its stated length")
+            return _Block(apdu[3] != 0, int.from_bytes(apdu[4:8], "big"), apdu[at:], apdu[2])
+    return XDlmsApduFactory.apdu_from_bytes(apdu)
+
+
+@functools.lru_cache(maxsize=1024)
+def _list_answer(body: bytes) -> list[_ListResult]:
+    """A one-frame list answer, decoded once per distinct answer: a profile configuration
+    (capture objects, period, depth, scalers) is the same bytes hour after hour and meter
+    after meter of one layout. The decoded values are only read, never changed."""
+    return _parse_list(body, exact=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _get_request(class_id: int, obis: bytes, attribute: int) -> bytes:
+    """get-request-normal without selection, encoded once by dlms-cosem per attribute."""
+    return xdlms.GetRequestNormal(cosem_attribute=_attribute(class_id, obis, attribute)).to_bytes()
+
+
+def _range(low: datetime, high: datetime) -> RangeDescriptor:
+    """Selective access by range on the profile's clock column, both ends inclusive."""
+    return RangeDescriptor(
+        restricting_object=LibCaptureObject(_attribute(en.CosemInterface.CLOCK, cosem.CLOCK, 2), 0),
+        from_value=low,
+        to_value=high,
+    )
+
+
+def _offsets(window: tuple[datetime, datetime]) -> tuple[Any, Any]:
+    # Equal instants in other zones compare equal but encode differently: part of the key.
+    return window[0].utcoffset(), window[1].utcoffset()
+
+
+@functools.lru_cache(maxsize=256)
+def _range_request(
+    class_id: int, obis: bytes, attribute: int, low: datetime, high: datetime, *_zone: Any
+) -> bytes:
+    """get-request-normal with a range, encoded once by dlms-cosem per window: every meter
+    of a cycle is asked for the same hour."""
+    return xdlms.GetRequestNormal(
+        cosem_attribute=_attribute(class_id, obis, attribute), access_selection=_range(low, high)
+    ).to_bytes()
+
+
+@functools.lru_cache(maxsize=64)
+def _release_request(conformance: bytes, max_pdu_size: int) -> bytes:
+    """The RLRQ dlms-cosem builds (``DlmsConnection.get_rlrq``), encoded once per
+    negotiated conformance and PDU size."""
+    return acse.ReleaseRequest(
+        reason=en.ReleaseRequestReason.NORMAL,
+        user_information=acse.UserInformation(
+            content=xdlms.InitiateRequest(
+                proposed_conformance=Conformance.from_bytes(conformance),
+                client_max_receive_pdu_size=max_pdu_size,
+            )
+        ),
+    ).to_bytes()
+
+
+@functools.lru_cache(maxsize=1024)
+def _get_list_request(items: tuple[tuple[int, bytes, int], ...]) -> bytes:
+    """get-request-with-list, encoded once by dlms-cosem per list (a session's lists are
+    the same every hour: identity, profile configuration, registers)."""
+    return xdlms.GetRequestWithList(
+        cosem_attributes_with_selection=[
+            lib_cosem.CosemAttributeWithSelection(_attribute(c, o, a), None) for c, o, a in items
+        ]
+    ).to_bytes()
 
 
 def _attribute(class_id: int, obis: bytes, attribute: int) -> lib_cosem.CosemAttribute:

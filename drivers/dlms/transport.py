@@ -1,14 +1,18 @@
-"""IEC 62056-47 TCP wrapper over asyncio streams.
+"""IEC 62056-47 TCP wrapper on an asyncio Protocol.
 
 dlms-cosem ships only a blocking TCP transport (one thread per session); the CGM holds many
 sessions at once, so this speaks the 8-byte wrapper (version, source wPort, destination
-wPort, length) directly on asyncio streams and hands whole APDUs to the sans-I/O core.
+wPort, length) directly and hands whole APDUs to the sans-I/O core. It is an
+``asyncio.Protocol`` rather than streams: a wrapper PDU is cut from the bytes as they arrive
+in the loop's callback and handed to the waiting request, with no ``StreamReader`` and two
+``readexactly`` futures per answer (streams were ~15 % of the driver's CPU per session).
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 
 from .cosem import WRAPPER_VERSION
 
@@ -25,12 +29,59 @@ def wrap(source: int, destination: int, apdu: bytes) -> bytes:
     return HEADER.pack(WRAPPER_VERSION, source, destination, len(apdu)) + apdu
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
-    """(source wPort, destination wPort, APDU). Raises IncompleteReadError on EOF."""
-    version, source, destination, length = HEADER.unpack(await reader.readexactly(HEADER.size))
-    if version != WRAPPER_VERSION:
-        raise WrapperError(f"wrapper version {version:#06x}, expected {WRAPPER_VERSION}")
-    return source, destination, await reader.readexactly(length)
+class _Link(asyncio.Protocol):
+    """Cuts wrapper PDUs from the TCP stream; a request awaits the next one."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.frames: deque[tuple[int, int, bytes]] = deque()
+        self.failure: Exception | None = None  # a bad frame or the end of the connection
+        self.waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while len(buffer) >= HEADER.size and self.failure is None:
+            version, source, destination, length = HEADER.unpack_from(buffer)
+            if version != WRAPPER_VERSION:
+                self.failure = WrapperError(
+                    f"wrapper version {version:#06x}, expected {WRAPPER_VERSION}"
+                )
+                break
+            end = HEADER.size + length
+            if len(buffer) < end:
+                break
+            self.frames.append((source, destination, bytes(buffer[HEADER.size : end])))
+            del buffer[:end]
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.failure is None:
+            self.failure = exc or ConnectionResetError("the meter closed the connection")
+        self._wake()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done() and (self.frames or self.failure):
+            waiter.set_result(None)
+
+    async def next_frame(self) -> tuple[int, int, bytes]:
+        while not self.frames:
+            if self.failure is not None:
+                raise self.failure
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.frames.popleft()
 
 
 class WrapperTransport:
@@ -39,23 +90,24 @@ class WrapperTransport:
     def __init__(self, client_sap: int, server_address: int) -> None:
         self.client_sap = client_sap
         self.server_address = server_address
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._link: _Link | None = None
 
     async def open(self, host: str, port: int) -> None:
-        self._reader, self._writer = await asyncio.open_connection(host, port)
+        _, self._link = await asyncio.get_running_loop().create_connection(_Link, host, port)
 
     @property
     def is_open(self) -> bool:
-        return self._writer is not None and not self._writer.is_closing()
+        link = self._link
+        return link is not None and link.transport is not None and not link.transport.is_closing()
 
     async def request(self, apdu: bytes) -> bytes:
         """Send one APDU and return the APDU that answers it."""
-        if self._reader is None or self._writer is None:
+        link = self._link
+        if link is None or link.transport is None:
             raise ConnectionError("transport is closed")
-        self._writer.write(wrap(self.client_sap, self.server_address, apdu))
-        await self._writer.drain()
-        source, destination, answer = await read_frame(self._reader)
+        link.frames.clear()  # nothing unasked-for counts as the answer
+        link.transport.write(wrap(self.client_sap, self.server_address, apdu))
+        source, destination, answer = await link.next_frame()
         if source != self.server_address or destination != self.client_sap:
             raise WrapperError(
                 f"answer addressed {source}->{destination}, "
@@ -64,11 +116,6 @@ class WrapperTransport:
         return answer
 
     async def close(self) -> None:
-        writer, self._writer, self._reader = self._writer, None, None
-        if writer is None:
-            return
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (OSError, ConnectionError):
-            pass
+        link, self._link = self._link, None
+        if link is not None and link.transport is not None:
+            link.transport.close()
