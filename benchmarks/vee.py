@@ -348,16 +348,9 @@ async def under_load(url: str, sim_frontiers: int) -> None:
         await cycle()  # warm-up: first contact, identities
         idle_api = await api_latencies(health, 15)
         idle_cycle, ok0 = await cycle()
-        # The day's settled values removed (row triggers off in this scratch database, so
-        # no audit rows), so the run below is a first settle again.
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
-            await c.execute("ALTER TABLE settled_reading DISABLE TRIGGER USER")
-            start, end = day_bounds(DAY)
-            await c.execute(
-                "DELETE FROM settled_reading WHERE interval_start >= %s AND interval_start < %s",
-                (start, end),
-            )
-            await c.execute("ALTER TABLE settled_reading ENABLE TRIGGER USER")
+        # The day's settled values and VEE's records of them removed, so the run below is
+        # a first settle again.
+        await forget_day(url)
         await worker.start()
         run = worker.run_day(DAY, now=NOW)
 
@@ -510,9 +503,10 @@ def main() -> None:
             print("tables:", "TimescaleDB hypertables" if ts else "plain PostgreSQL")
             if args.reuse:
                 asyncio.run(forget_day(url))
-            asyncio.run(
-                speed(url, args.frontiers, args.history_days, args.profile, bool(args.reuse))
-            )
+            if not args.under_load_only:
+                asyncio.run(
+                    speed(url, args.frontiers, args.history_days, args.profile, bool(args.reuse))
+                )
             if args.under_load:
                 asyncio.run(under_load(url, args.under_load))
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,11 @@ async def packed(
 W = 26  # window columns: the hour before, periods 1..24, the hour after
 ROLES = ("principal", "backup")
 _ACCURACY_COLUMN = {1: "accuracy_active", 2: "accuracy_active", 3: "accuracy_reactive"}
+
+
+@lru_cache(maxsize=256)  # a fleet has a few channel lists, met 20,000 times
+def _channel_ids(names: tuple[str, ...]) -> list[int]:
+    return sorted({channel_id(c) for c in names})
 
 
 @dataclass
@@ -123,7 +129,7 @@ async def load_series(
             role,
             primary_factor(ct, vt, adj),
             {"accuracy_active": acc_a, "accuracy_reactive": acc_r, "ct": ct_acc, "vt": vt_acc},
-            sorted({channel_id(c) for c in chans}),
+            _channel_ids(tuple(chans)),
         )
     rows: list[tuple] = []
     for fid, (code, cap, meters) in frontiers.items():
