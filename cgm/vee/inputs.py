@@ -458,16 +458,19 @@ DIGEST_FORMAT = b"cgm-vee-inputs-1"  # change when what a run computes from its 
 _XOR = "count(*), coalesce(bit_xor({h}), 0)"
 # One 64-bit hash per row of every column VEE reads; summed up per key by XOR (rows are
 # unique by key, so nothing cancels out) with the row count.
+# Times as float8 microseconds: date_part is far cheaper than extract (numeric) per row,
+# and a hash input needs to be deterministic, not exact.
+_T = "(date_part('epoch', {t}) * 1e6)::int8"
 _READING_HASH = (
     "hashint8extended(version, hashint8extended("
-    + _US.format(t="interval_start")
+    + _T.format(t="interval_start")
     + " * 8 + channel, hashfloat8extended(value, quality)))"
 )
 _SNAPSHOT_HASH = (
-    "hashint8extended(channel, hashfloat8extended(value, " + _US.format(t="read_at") + "))"
+    "hashint8extended(channel, hashfloat8extended(value, " + _T.format(t="read_at") + "))"
 )
 _POWER_HASH = (
-    "hashint8extended(channel, hashfloat8extended(kw, " + _US.format(t="measured_at") + "))"
+    "hashint8extended(channel, hashfloat8extended(kw, " + _T.format(t="measured_at") + "))"
 )
 
 
