@@ -13,6 +13,8 @@ detail for bugs (the traceback goes to the server log only).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cgm import registry
 from cgm.api import encode
+from cgm.api.access import Principal, scope_ids
 from cgm.api.guard import API, Authenticator, Refused, RequestGuard, client_of, refusal_headers
 from cgm.config import Settings
 from cgm.localtime import day_bounds, local_day, period_of
@@ -144,7 +147,10 @@ def _printable(text: str | None, limit: int = 2000) -> str | None:
 
 async def _scope(conn: psycopg.AsyncConnection, user: users.User) -> list[int] | None:
     """Frontier ids a scoped user may see (art. 9.1.1.21: the user, the network operator
-    and the ASIC see their own frontiers); None for an unscoped user (all)."""
+    and the ASIC see their own frontiers); None for an unscoped user (all). An
+    authenticated request's user carries it already (``Principal``)."""
+    if isinstance(user, Principal):
+        return scope_ids(user)
     cur = await conn.execute(
         """SELECT u.scoped, coalesce(array_agg(s.frontier_id)
                   FILTER (WHERE s.frontier_id IS NOT NULL), '{}')
@@ -170,6 +176,8 @@ async def _frontier_id(
 
 
 async def _visible_codes(request: Request, user: users.User) -> set[str] | None:
+    if isinstance(user, Principal) and user.scope is None:
+        return None
     async with _pool(request).connection() as conn:
         scope = await _scope(conn, user)
         if scope is None:
@@ -187,17 +195,69 @@ def _flags(bits: int) -> list[str]:
 
 
 def _json(body: object) -> Response:
-    """Encode once with the standard library (the framework's generic walk over a large
-    registry costs more than the query)."""
-    return Response(json.dumps(body, separators=(",", ":"), default=_plain), media_type=JSON)
+    """Encode once with orjson (the framework's generic walk over a large registry costs
+    more than the query)."""
+    return Response(encode.dumps(body, default=_plain), media_type=JSON)
 
 
 def _plain(value: object) -> object:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
     if isinstance(value, Decimal):
         return float(value)
     return str(value)
+
+
+# --- pages ----------------------------------------------------------------------------------
+# List endpoints answer a page at a time (keyset pagination: stable while rows are added,
+# and each page costs the same however deep): ``limit`` rows, and when more follow an
+# opaque cursor to pass back as ``cursor``, in a ``Link: rel="next"`` header, in
+# ``X-Next-Cursor`` and, for object bodies, as ``next``.
+
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows per page")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=512, description="the previous page's next cursor (first page: none)"),
+]
+
+
+def _cursor_out(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def _cursor_in(text: str, types: tuple[type, ...]) -> list[Any]:
+    """A cursor made by :func:`_cursor_out`; 422 for anything else."""
+    try:
+        values = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error):
+        values = None
+    if (
+        not isinstance(values, list)
+        or len(values) != len(types)
+        or not all(
+            isinstance(v, t) and not isinstance(v, bool) for v, t in zip(values, types, strict=True)
+        )
+        or any(isinstance(v, str) and (len(v) > 200 or "\x00" in v) for v in values)
+    ):
+        raise HTTPException(422, "invalid cursor: pass the next cursor of the previous page")
+    return values
+
+
+def _next_headers(request: Request, nxt: str | None, limit: int) -> dict[str, str]:
+    if nxt is None:
+        return {}
+    url = request.url.include_query_params(cursor=nxt, limit=limit)
+    return {"link": f'<{url}>; rel="next"', "x-next-cursor": nxt}
+
+
+def _page(request: Request, body: object, nxt: list[Any] | None, limit: int) -> Response:
+    """A page: ``body`` with the next cursor in the headers (and in ``body["next"]`` when
+    the body is an object)."""
+    cursor = _cursor_out(nxt) if nxt is not None else None
+    if isinstance(body, dict):
+        body["next"] = cursor
+    response = _json(body)
+    response.headers.update(_next_headers(request, cursor, limit))
+    return response
 
 
 def _yesterday() -> date:
@@ -225,20 +285,31 @@ class ReasonBody(BaseModel):
 router = APIRouter(prefix=API)
 
 
-@router.get("/frontiers", summary="The registry: every frontier, its meters and violations")
-async def frontiers(request: Request, user: Reader) -> Response:
-    visible = await _visible_codes(request, user)
+@router.get(
+    "/frontiers",
+    summary="The registry: frontiers with their meters and violations, a page at a time",
+    description="Frontiers in code order, `limit` per page. When more follow, the response "
+    'has a `Link: <...>; rel="next"` header (and `X-Next-Cursor`): pass that cursor as '
+    "`cursor` for the next page.",
+)
+async def frontiers(
+    request: Request, user: Reader, limit: PageLimit = DEFAULT_PAGE, cursor: Cursor = None
+) -> Response:
+    after = _cursor_in(cursor, (str,))[0] if cursor else None
     async with _pool(request).connection() as conn:
-        found = await registry.list_registry_async(conn)
-    return _json(found if visible is None else [f for f in found if f["code"] in visible])
+        found = await registry.list_registry_async(
+            conn, ids=await _scope(conn, user), after=after, limit=limit + 1
+        )
+    more = found[limit:]
+    page = found[:limit]
+    return _page(request, page, [page[-1]["code"]] if more else None, limit)
 
 
 @router.get("/frontiers/{code}", summary="One frontier of the registry (never secrets)")
 async def frontier(code: str, request: Request, user: Reader) -> Response:
-    visible = await _visible_codes(request, user)
     async with _pool(request).connection() as conn:
-        found = await registry.list_registry_async(conn, code)
-    if not found or (visible is not None and code not in visible):
+        found = await registry.list_registry_async(conn, code, ids=await _scope(conn, user))
+    if not found:
         raise HTTPException(404, f"unknown frontier {code}")
     return _json(found[0])
 
@@ -360,13 +431,27 @@ async def frontier_log(
     return _json({"frontier": code, "entries": entries})
 
 
-@router.get("/collection/sessions", summary="Latest sessions with meters, newest first")
+@router.get(
+    "/collection/sessions",
+    summary="Latest sessions with meters, newest first, a page at a time",
+    description="`limit` sessions per page; `next` (also in the `Link` header) is the cursor "
+    "of the following page, null on the last.",
+)
 async def collection_sessions(
     request: Request,
     user: Reader,
     frontier: Annotated[str | None, Query(description="only this frontier's meters")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: PageLimit = DEFAULT_PAGE,
+    cursor: Cursor = None,
 ) -> Response:
+    before = _cursor_in(cursor, (str, int)) if cursor else [None, None]
+    if before[0] is not None:
+        try:
+            before[0] = datetime.fromisoformat(before[0])
+        except ValueError:
+            raise HTTPException(
+                422, "invalid cursor: pass the next cursor of the previous page"
+            ) from None
     async with _pool(request).connection() as conn:
         fid = await _frontier_id(conn, frontier, user) if frontier else None
         scope = await _scope(conn, user)
@@ -379,8 +464,9 @@ async def collection_sessions(
                JOIN meter m ON m.id = s.meter_id JOIN frontier f ON f.id = m.frontier_id
                WHERE (%(fid)s::bigint IS NULL OR m.frontier_id = %(fid)s)
                  AND (%(scope)s::bigint[] IS NULL OR m.frontier_id = ANY(%(scope)s))
+                 AND (%(at)s::timestamptz IS NULL OR (s.started_at, s.id) < (%(at)s, %(id)s))
                ORDER BY s.started_at DESC, s.id DESC LIMIT %(limit)s""",
-            {"fid": fid, "limit": limit, "scope": scope},
+            {"fid": fid, "limit": limit + 1, "scope": scope, "at": before[0], "id": before[1]},
         )
         rows = await cur.fetchall()
     keys = (
@@ -388,15 +474,26 @@ async def collection_sessions(
         "result", "error", "channel_used", "attempts", "entries_read", "intervals_stored",
         "clock_offset_s", "clock_corrected", "read_from", "read_to",
     )  # fmt: skip
-    return _json({"sessions": [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]})
+    more, rows = rows[limit:], rows[:limit]
+    nxt = [rows[-1][6].isoformat(), rows[-1][0]] if more else None
+    body = {"sessions": [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]}
+    return _page(request, body, nxt, limit)
 
 
-@router.get("/meters/health", summary="Per-meter health: failures, backoff, clock offset")
+@router.get(
+    "/meters/health",
+    summary="Per-meter health: failures, backoff, clock offset; a page at a time",
+    description="Meters in frontier, role and serial order, `limit` per page; `next` (also "
+    "in the `Link` header) is the cursor of the following page, null on the last.",
+)
 async def meters_health(
     request: Request,
     user: Reader,
     frontier: Annotated[str | None, Query(description="only this frontier's meters")] = None,
+    limit: PageLimit = DEFAULT_PAGE,
+    cursor: Cursor = None,
 ) -> Response:
+    after = _cursor_in(cursor, (str, str, str)) if cursor else [None, None, None]
     async with _pool(request).connection() as conn:
         fid = await _frontier_id(conn, frontier, user) if frontier else None
         scope = await _scope(conn, user)
@@ -408,15 +505,22 @@ async def meters_health(
                LEFT JOIN meter_health h ON h.meter_id = m.id
                WHERE (%(fid)s::bigint IS NULL OR m.frontier_id = %(fid)s)
                  AND (%(scope)s::bigint[] IS NULL OR m.frontier_id = ANY(%(scope)s))
-               ORDER BY f.code, m.role DESC, m.serial""",
-            {"fid": fid, "scope": scope},
-        )
+                 AND (%(code)s::text IS NULL OR f.code > %(code)s
+                      OR (f.code = %(code)s AND (m.role < %(role)s
+                          OR (m.role = %(role)s AND m.serial > %(serial)s))))
+               ORDER BY f.code, m.role DESC, m.serial LIMIT %(limit)s""",
+            {"fid": fid, "scope": scope, "limit": limit + 1,
+             "code": after[0], "role": after[1], "serial": after[2]},
+        )  # fmt: skip
         rows = await cur.fetchall()
     keys = (
         "frontier", "meter", "role", "active", "consecutive_failures", "last_result",
         "last_attempt", "last_success", "next_attempt_at", "clock_offset_s", "config_findings",
     )  # fmt: skip
-    return _json({"meters": [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]})
+    more, rows = rows[limit:], rows[:limit]
+    nxt = [rows[-1][0], rows[-1][2], rows[-1][1]] if more else None
+    body = {"meters": [_jsonable(dict(zip(keys, r, strict=True))) for r in rows]}
+    return _page(request, body, nxt, limit)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

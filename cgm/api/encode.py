@@ -3,8 +3,8 @@
 A month of one frontier is ~6,000 readings and a year ~70,000: building a dict per reading,
 naming its quality flags through ``IntFlag`` each time and letting the framework walk the
 result cost seconds. Here times are formatted by numpy in one call per column, flag names
-are computed once per distinct quality value, and the JSON is encoded once by the
-standard library. Three shapes:
+are computed once per distinct quality value, and the JSON is encoded once by
+orjson. Three shapes:
 
 * ``rows`` (default): one object per reading, grouped by meter (the original shape).
 * ``columns``: per meter and channel, parallel arrays — several times smaller and faster.
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import orjson
 import psycopg
 
 from cgm.storage import Quality
@@ -68,6 +68,15 @@ async def load(
     return np.concatenate(parts) if parts else np.empty(0, dtype=STORED_DTYPE)
 
 
+def dumps(body: object, default: Any = None) -> bytes:
+    """Compact JSON by orjson (numpy arrays as arrays, datetimes as ISO 8601): several
+    times faster than the standard library on the large bodies of the readings and the
+    registry, where encoding was a large share of a request's CPU."""
+    return orjson.dumps(
+        body, default=default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    )
+
+
 @lru_cache(maxsize=4096)
 def flag_names(bits: int) -> tuple[str, ...]:
     return tuple(f.name or str(int(f)) for f in Quality if f & bits)
@@ -112,7 +121,7 @@ def rows_body(head: dict[str, Any], meters: Sequence[MeterRow], arr: np.ndarray)
             )
         ]  # fmt: skip
         out.append({"serial": serial, "role": role, "active": active, "readings": readings})
-    return json.dumps({**head, "meters": out}, separators=(",", ":")).encode()
+    return dumps({**head, "meters": out})
 
 
 def columns_body(head: dict[str, Any], meters: Sequence[MeterRow], arr: np.ndarray) -> bytes:
@@ -128,15 +137,14 @@ def columns_body(head: dict[str, Any], meters: Sequence[MeterRow], arr: np.ndarr
             seen_quality.update(quality)
             channels[CHANNELS_BY_ID[ch].value] = {
                 "interval_start": iso_utc(c["interval_start"], "Z"),
-                "value": c["value"].tolist(),
+                "value": np.ascontiguousarray(c["value"]),
                 "quality": quality,
-                "version": c["version"].tolist(),
+                "version": np.ascontiguousarray(c["version"]),
                 "collected_at": iso_utc(c["collected_at"], "Z"),
             }
         out.append({"serial": serial, "role": role, "active": active, "channels": channels})
     legend = {str(q): list(flag_names(q)) for q in sorted(seen_quality) if q}
-    body = {**head, "format": "columns", "flags": legend, "meters": out}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return dumps({**head, "format": "columns", "flags": legend, "meters": out})
 
 
 CSV_HEADER = (

@@ -29,6 +29,7 @@ from urllib.parse import unquote_to_bytes
 
 from psycopg_pool import AsyncConnectionPool
 
+from cgm.api.access import AccessCache, principal
 from cgm.security import users
 from cgm.security.throttle import LoginThrottle
 
@@ -103,15 +104,23 @@ class AnonymousFailures:
 
 
 class Authenticator:
-    """HTTP Basic against the service's users, behind the login throttle."""
+    """HTTP Basic against the service's users, behind the login throttle; a credential that
+    authenticated is remembered in ``cache`` (see ``cgm.api.access``) while it listens."""
 
-    def __init__(self, pool: AsyncConnectionPool, throttle: LoginThrottle | None = None) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        throttle: LoginThrottle | None = None,
+        cache: AccessCache | None = None,
+    ) -> None:
         self.pool = pool
         self.throttle = throttle or LoginThrottle()
         self.failures = AnonymousFailures()
+        self.cache = cache or AccessCache()
 
     async def user(self, scope: Scope, header: str | None) -> users.User:
-        """The authenticated user (cached on the request's state), or Refused."""
+        """The authenticated user with its scope and unit (a ``Principal``, kept on the
+        request's state), or Refused."""
         state = scope.setdefault("state", {})
         if isinstance(state.get("user"), users.User):
             return state["user"]
@@ -123,16 +132,25 @@ class Authenticator:
         wait = self.throttle.wait(client, name)
         if wait > 0:
             raise Refused(429, "too many failed logins: wait before trying again", wait)
-        try:
-            user = await users.authenticate(self.pool, name, password)
-        except users.AuthFailed as exc:
-            delay = self.throttle.failed(client, name)
-            if self.failures.record(client, 401) is not None:
-                log.warning("API authentication refused from %s: %s", client, exc.why)
-            raise Refused(401, "invalid credentials, or the account is disabled", delay) from None
+        key = self.cache.key(name, password)
+        who = self.cache.get(key)
+        if who is None:
+            generation = self.cache.generation
+            try:
+                user = await users.authenticate(self.pool, name, password)
+            except users.AuthFailed as exc:
+                delay = self.throttle.failed(client, name)
+                if self.failures.record(client, 401) is not None:
+                    log.warning("API authentication refused from %s: %s", client, exc.why)
+                raise Refused(
+                    401, "invalid credentials, or the account is disabled", delay
+                ) from None
+            async with self.pool.connection() as conn:
+                who = await principal(conn, user)
+            self.cache.put(key, who, generation)
         self.throttle.succeeded(client, name)
-        state["user"] = user
-        return user
+        state["user"] = who
+        return who
 
 
 async def _send_json(

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from cgm.api.access import Principal
 from cgm.api.app import FIRST_DAY, LAST_DAY, Reader
 from cgm.api.guard import API
 from cgm.portal import store
@@ -38,6 +39,10 @@ Day = Annotated[date, Query(ge=FIRST_DAY, le=LAST_DAY, description="Colombian lo
 async def refuse_outside_portal(request: Request, user: users.User) -> None:
     """403 for a unit's user anywhere but the portal endpoints (it reads its meters only)."""
     if request.url.path.startswith(PREFIX + "/") or request.url.path == PREFIX:
+        return
+    if isinstance(user, Principal):  # the unit came with the authentication
+        if user.unit is not None:
+            raise HTTPException(403, "a portal unit's user reads only /api/v1/portal")
         return
     async with request.app.state.pool.connection() as conn:
         if await unit_of(conn, user) is not None:

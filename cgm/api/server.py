@@ -12,8 +12,10 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
+import psycopg
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
@@ -44,15 +46,32 @@ def _bind(host: str, port: int) -> socket.socket:
         ) from None
 
 
+# A connection handed back this recently is taken as working: the check is a round trip to
+# the server, which on a busy host cost as much as the request's own query. One idle for
+# longer (the database may have restarted meanwhile) is checked before use.
+CHECK_IDLE_S = 2.0
+
+
+async def _returned(conn: psycopg.AsyncConnection) -> None:
+    conn._cgm_returned = time.monotonic()  # type: ignore[attr-defined]
+
+
+async def _check_if_idle(conn: psycopg.AsyncConnection) -> None:
+    returned = getattr(conn, "_cgm_returned", None)
+    if returned is None or time.monotonic() - returned > CHECK_IDLE_S or conn.broken:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 def make_pool(db_url: str) -> AsyncConnectionPool:
     """The API's own pool (autocommit: a failed login is counted though the request fails)."""
     return AsyncConnectionPool(
         db_url,
-        min_size=1,
+        min_size=2,
         max_size=4,
         open=False,
         kwargs={"autocommit": True},
-        check=AsyncConnectionPool.check_connection,
+        check=_check_if_idle,
+        reset=_returned,
     )
 
 

@@ -324,8 +324,12 @@ SELECT f.id, f.code, f.name, f.kind, f.stn, f.voltage_level, f.installed_capacit
                  FROM frontier_violation v WHERE v.frontier_id = f.id), '[]') AS violations
 FROM frontier f
 WHERE (%(code)s::text IS NULL OR f.code = %(code)s)
+  AND (%(ids)s::bigint[] IS NULL OR f.id = ANY(%(ids)s))
+  AND (%(after)s::text IS NULL OR f.code > %(after)s)
 ORDER BY f.code
+LIMIT %(limit)s
 """
+_ALL = {"ids": None, "after": None, "limit": None}
 
 
 def _registry_entry(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -359,15 +363,22 @@ def _registry_entry(row: tuple[Any, ...]) -> dict[str, Any]:
 def list_registry(conn: psycopg.Connection, code: str | None = None) -> list[dict[str, Any]]:
     """The registry as JSON-ready dicts. Credentials appear as levels and clients only:
     this function never reads ``secret_enc``."""
-    return [_registry_entry(row) for row in conn.execute(_LIST_SQL, {"code": code})]
+    return [_registry_entry(row) for row in conn.execute(_LIST_SQL, {"code": code, **_ALL})]
 
 
 async def list_registry_async(
-    conn: psycopg.AsyncConnection, code: str | None = None
+    conn: psycopg.AsyncConnection,
+    code: str | None = None,
+    *,
+    ids: list[int] | None = None,
+    after: str | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`list_registry` on an async connection (the API's pool: no thread, no new
-    connection per request)."""
-    cur = await conn.execute(_LIST_SQL, {"code": code})
+    connection per request): only frontiers in ``ids`` (None: all), and a page of them in
+    code order — ``limit`` frontiers whose code comes after ``after``."""
+    params = {"code": code, "ids": ids, "after": after, "limit": limit}
+    cur = await conn.execute(_LIST_SQL, params)
     return [_registry_entry(row) for row in await cur.fetchall()]
 
 
