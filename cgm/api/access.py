@@ -34,6 +34,7 @@ from cgm.security import users
 log = logging.getLogger(__name__)
 
 CHANNEL = "cgm_access"
+APPLICATION_NAME = "cgm-api-access"  # the listening connection, as pg_stat_activity shows it
 HEARTBEAT_S = 15.0  # a listening connection that died silently is found within this
 
 
@@ -121,14 +122,23 @@ class AccessCache:
         failures = 0
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    conninfo, autocommit=True, application_name=APPLICATION_NAME
+                ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.clear()  # whatever changed while nobody listened
                     self.live, failures = True, 0
+                    beat = time.monotonic() + HEARTBEAT_S
                     while True:
-                        async for _ in conn.notifies(timeout=HEARTBEAT_S):
+                        async for _ in conn.notifies(timeout=1.0):
                             self.clear()
-                        await conn.execute("SELECT 1")  # still there?
+                        # A terminated backend is seen here (libpq marks the connection
+                        # bad); one that vanished silently, by the heartbeat query.
+                        if conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+                            raise psycopg.OperationalError("the listening connection was lost")
+                        if time.monotonic() >= beat:
+                            await conn.execute("SELECT 1")
+                            beat = time.monotonic() + HEARTBEAT_S
             except asyncio.CancelledError:
                 self._down()
                 raise

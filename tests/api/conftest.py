@@ -80,3 +80,18 @@ async def make_frontier(db_url: str) -> Fr:
             (ids["principal"],),
         )
     return Fr(fid, code, ids["principal"], f"P{tag}", ids["backup"], f"B{tag}")
+
+
+async def all_pages(
+    client: httpx.AsyncClient, path: str, auth: tuple[str, str], key: str | None = None
+) -> list[dict]:
+    """Every item of a paged list endpoint, following its ``Link: rel="next"`` headers."""
+    items: list[dict] = []
+    url: str | None = path
+    while url is not None:
+        r = await client.get(url, auth=auth)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        items += body if key is None else body[key]
+        url = r.links.get("next", {}).get("url")
+    return items

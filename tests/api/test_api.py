@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from cgm.api import create_app
 from cgm.localtime import hour_starts
 from cgm.storage import Quality, Reading, SettledValue, write_readings, write_settled
-from tests.api.conftest import make_frontier, make_user
+from tests.api.conftest import all_pages, make_frontier, make_user
 
 DAY = date(2026, 3, 1)
 T0 = hour_starts(DAY)[0]  # 05:00 UTC = 00:00 Colombia
@@ -229,8 +229,8 @@ async def test_registry_endpoints_never_show_secrets(
 ) -> None:
     fr = await make_frontier(db_url)
     auth = await make_user(db_url, 1)
-    r = await client.get("/api/v1/frontiers", auth=auth)
-    assert fr.code in [f["code"] for f in r.json()]
+    listed = await all_pages(client, "/api/v1/frontiers?limit=1000", auth)
+    assert fr.code in [f["code"] for f in listed]
     r = await client.get(f"/api/v1/frontiers/{fr.code}", auth=auth)
     body = r.json()
     assert body["point_type"] == 2 and body["clock_limit_s"] == 30

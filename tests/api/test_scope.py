@@ -9,7 +9,7 @@ import pytest
 
 from cgm.security.scope import scope_of, set_scope
 from cgm.security.users import UserError
-from tests.api.conftest import make_frontier, make_user
+from tests.api.conftest import all_pages, make_frontier, make_user
 
 
 async def _scope(db_url: str, name: str, codes: list[str] | None) -> None:
@@ -17,9 +17,7 @@ async def _scope(db_url: str, name: str, codes: list[str] | None) -> None:
         await set_scope(conn, name, codes, actor="test")
 
 
-async def test_scoped_user_sees_only_its_frontiers(
-    client: httpx.AsyncClient, db_url: str
-) -> None:
+async def test_scoped_user_sees_only_its_frontiers(client: httpx.AsyncClient, db_url: str) -> None:
     mine, other = await make_frontier(db_url), await make_frontier(db_url)
     name, pw = await make_user(db_url, 1)
     await _scope(db_url, name, [mine.code])
@@ -45,7 +43,7 @@ async def test_scoped_user_sees_only_its_frontiers(
 
     # Lifting the scope shows everything again; an empty scope shows nothing.
     await _scope(db_url, name, None)
-    codes = {f["code"] for f in (await client.get("/api/v1/frontiers", auth=auth)).json()}
+    codes = {f["code"] for f in await all_pages(client, "/api/v1/frontiers?limit=1000", auth)}
     assert {mine.code, other.code} <= codes
     await _scope(db_url, name, [])
     assert (await client.get("/api/v1/frontiers", auth=auth)).json() == []

@@ -1,11 +1,13 @@
-"""The API as ``cgm run`` serves it: uvicorn on its own thread and loop, over a real socket,
+"""The API as ``cgm run`` serves it: uvicorn in a process of its own, over a real socket,
 started and stopped by the service's hooks."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import httpx
+import psutil
 import pytest
 
 from cgm.api import install
@@ -44,6 +46,38 @@ async def test_served_over_a_socket_and_stopped_cleanly(db_url: str) -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=base) as c:
             await c.get("/healthz")
+
+
+async def test_api_process_reports_the_services_scheduler(db_url: str) -> None:
+    port = _free_port()
+    svc = Service(Settings(database_url=db_url, api_host="127.0.0.1", api_port=port))
+    svc.db_url = db_url
+    install(svc)
+    for hook in svc.on_start:
+        await hook(svc)
+    svc.scheduler.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            deadline = asyncio.get_running_loop().time() + 20
+            while (r := await c.get("/healthz")).status_code != 200:
+                assert asyncio.get_running_loop().time() < deadline, r.text
+                await asyncio.sleep(0.2)
+            assert r.json() == {"status": "ok", "database": True, "scheduler": True}
+
+        # It listens in a child process; the service's own process holds no copy of the
+        # socket (so stopping the child closes the port).
+        def listening(p: psutil.Process) -> bool:
+            return any(
+                c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                for c in p.net_connections(kind="tcp")
+            )
+
+        me = psutil.Process()
+        assert any(listening(child) for child in me.children()) and not listening(me)
+    finally:
+        svc.scheduler.shutdown(wait=False)
+        for hook in reversed(svc.on_stop):
+            await hook(svc)
 
 
 async def test_taken_port_is_a_clear_error(db_url: str) -> None:
