@@ -1,19 +1,21 @@
 """HTTP API latency: every read endpoint, idle and while a collection cycle and VEE run.
 
     .venv/bin/python benchmarks/api.py [--frontiers 500] [--requests 200]
-        [--database-url postgresql://127.0.0.1:5432/test] [--no-load]
+        [--database-url postgresql://127.0.0.1:5432/test] [--no-load] [--api-on thread]
 
 A scratch database gets the inventory of ``cgm simulate --frontiers N`` (another process,
 real DLMS/Modbus/MQTT simulators on loopback), and one frontier of it a year of hourly
 readings (principal and backup, 4 channels: 70,080 rows) and a year of settled values. The
-API is served the way ``cgm run`` serves it: uvicorn on this process's event loop, over a
-real socket, with the service's pool. A client in another process (so its own CPU does not
-count in the server's loop) asks each endpoint ``--requests`` times in turn, over one
-keep-alive connection, as a level-1 user, and reports p50/p99 and the body size.
+API is served the way ``cgm run`` serves it: uvicorn in a process of its own, over a
+real socket, with the service's pool (``--api-on thread`` instead: on a thread and event
+loop of this process, beside the collector, as it was served before). A client in another
+process asks each endpoint ``--requests`` times in turn, over one keep-alive connection, as a
+level-1 user, and reports p50/p99 and the body size.
 
 Then the same again while this process runs collection cycles over the fleet (forced, so
 every cycle interrogates every meter) followed by VEE over the last two local days for every
-frontier, in a loop, on the same event loop as the API — as ``cgm run`` does.
+frontier, in a loop — as ``cgm run`` does: the collector on this process's loop, VEE on
+its worker.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def endpoints(code: str, other: str, now: datetime) -> list[tuple[str, str]]:
     return [
         ("healthz (no auth)", "/healthz"),
         ("registry entry", f"/api/v1/frontiers/{other}"),
-        ("registry, all frontiers", "/api/v1/frontiers"),
+        ("registry, a page (100 frontiers)", "/api/v1/frontiers"),
         ("settled day", f"/api/v1/frontiers/{code}/settled?day={day}"),
         ("readings 31 days JSON", f"/api/v1/frontiers/{code}/readings?start={m31}{q}end={e}"),
         (
@@ -77,7 +79,7 @@ def endpoints(code: str, other: str, now: datetime) -> list[tuple[str, str]]:
         ("hoja de vida", f"/api/v1/frontiers/{other}/log"),
         ("collection sessions", "/api/v1/collection/sessions"),
         ("meter health, one frontier", f"/api/v1/meters/health?frontier={other}"),
-        ("meter health, all", "/api/v1/meters/health"),
+        ("meter health, a page (100 meters)", "/api/v1/meters/health"),
         ("ASIC status", "/api/v1/reports/asic/status"),
     ]
 
@@ -201,12 +203,6 @@ async def load_loop(url: str, box: object, stop: asyncio.Event, stats: dict) -> 
 async def serve_and_measure(args: argparse.Namespace) -> dict:
     import socket
 
-    import uvicorn
-    from psycopg_pool import AsyncConnectionPool
-
-    from cgm.api import create_app
-    from cgm.api.server import _Server
-
     work = Path(tempfile.mkdtemp(prefix="cgm-bench-api-"))
     name, url = scratch_db(args.database_url)
     sim = None
@@ -229,35 +225,19 @@ async def serve_and_measure(args: argparse.Namespace) -> dict:
             await conn.execute("VACUUM ANALYZE")
         sock = socket.create_server(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        try:  # as cgm run serves it now: its own thread and event loop
+        if args.api_on == "process":  # as cgm run serves it: a process of its own
+            from cgm.api.server import ApiProcess
+
+            api = ApiProcess(url, settings, sock)
+            await api.start()
+            api.beat(True)
+        else:  # a thread and event loop of this process, beside the collector's loop
             from cgm.api.server import ApiThread
-        except ImportError:  # before: on the service's loop, beside the collector
-            pool = AsyncConnectionPool(
-                url,
-                min_size=1,
-                max_size=4,
-                open=False,
-                kwargs={"autocommit": True},
-                check=AsyncConnectionPool.check_connection,
-            )
-            await pool.open(wait=True, timeout=30)
-            app = create_app(url, pool, settings=settings, scheduler_running=lambda: True)
-            server = _Server(uvicorn.Config(app, log_config=None, lifespan="off"))
-            task = asyncio.create_task(server.serve(sockets=[sock]))
-            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
-                await asyncio.sleep(0.05)
 
-            async def stop_api() -> None:
-                server.should_exit = True
-                await task
-                await pool.close()
-
-            result["api_on"] = "service loop"
-        else:
             api = ApiThread(url, settings, sock, lambda: True)
             await api.start()
-            stop_api = api.stop
-            result["api_on"] = "own thread"
+        stop_api = api.stop
+        result["api_on"] = args.api_on
         base = f"http://127.0.0.1:{port}"
         paths = endpoints(code, other, now)
         # One cycle first, so sessions, health and the hoja de vida have rows to show.
@@ -266,6 +246,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict:
         result["first_cycle"] = {"meters": s.meters, "ok": s.ok}
         result["load_before"] = round(os.getloadavg()[0], 2)
         result["idle"] = await run_client(base, "bench", args.requests, paths)
+        result["load_after"] = round(os.getloadavg()[0], 2)
         print(table(result["idle"], "idle"), file=sys.stderr, flush=True)
         if not args.no_load:
             stop = asyncio.Event()
@@ -274,6 +255,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict:
             await asyncio.sleep(2)
             result["load_before_loaded"] = round(os.getloadavg()[0], 2)
             result["loaded"] = await run_client(base, "bench", args.requests, paths)
+            result["load_after_loaded"] = round(os.getloadavg()[0], 2)
             print(table(result["loaded"], "loaded"), file=sys.stderr, flush=True)
             stop.set()
             await loader
@@ -320,6 +302,12 @@ def main() -> None:
         default=os.environ.get("CGM_DATABASE_URL", "postgresql://127.0.0.1:5432/test"),
     )
     ap.add_argument("--no-load", action="store_true")
+    ap.add_argument(
+        "--api-on",
+        choices=("process", "thread"),
+        default="process",
+        help="process: as cgm run serves it; thread: beside the collector in this process",
+    )
     args = ap.parse_args()
     result = asyncio.run(serve_and_measure(args))
     print(json.dumps({k: v for k, v in result.items() if k not in ("idle", "loaded")}))

@@ -4,13 +4,16 @@ time, survives a host shared with other work.
 
     .venv/bin/python benchmarks/api_cost.py [--frontiers 20] [--requests 300]
         [--database-url URL] [--configs h11-asyncio,httptools-uvloop] [--cprofile LABEL]
+        [--before-tree DIR --configs before:h11-asyncio,h11-asyncio]
 
 A scratch database gets ``cgm simulate``'s inventory of ``--frontiers`` frontiers and one
 frontier a year of hourly readings (as ``benchmarks/api.py``). The API is served in a child
 process (``create_app`` over the same pool settings as ``cgm run``), one per configuration
-of uvicorn's HTTP parser and event loop; this process is the client (one keep-alive
-connection, a level-1 user). The child's CPU, ours, and that of the child's PostgreSQL
-backends (found by application name) are read before and after each endpoint's batch.
+of uvicorn's HTTP parser and event loop, or of an older tree (``before:``); this process is
+the client (one keep-alive connection per server, a level-1 user), and asks each endpoint
+of every server in turn, so a change of the host's load falls on all alike. The child's CPU,
+ours, and that of the child's PostgreSQL backends (found by application name) are read
+before and after each endpoint's batch.
 ``--cprofile LABEL`` also writes the server's profile of that endpoint's batch (top
 functions by own time) for the first configuration.
 """
@@ -86,17 +89,6 @@ def serve(url: str, port: int, http: str, loop: str, profile: str) -> None:
         asyncio.run(main())
 
 
-def backends(url: str) -> list[psutil.Process]:
-    with psycopg.connect(url) as conn:
-        pids = [
-            r[0]
-            for r in conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (APP_NAME,)
-            )
-        ]
-    return [psutil.Process(p) for p in pids]
-
-
 def cpu(procs: list[psutil.Process]) -> float:
     total = 0.0
     for p in procs:
@@ -108,43 +100,78 @@ def cpu(procs: list[psutil.Process]) -> float:
     return total
 
 
-def measure(url: str, config: str, paths: list[tuple[str, str]], n: int, prof: str | None,
-            work: Path) -> list[dict]:  # fmt: skip
+def _start_server(url: str, config: str, before: str | None, work: Path) -> tuple:
+    """A child serving the API: ``[before:]HTTP-LOOP`` (``before:`` runs the tree
+    ``--before-tree``, e.g. an export of an older commit, on the same database)."""
     import httpx
 
-    http, loop = config.split("-")
+    tree, _, impl = config.rpartition(":")
+    http, loop = impl.split("-")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app_url = f"{url} application_name={APP_NAME}"
-    profile_out = work / f"profile-{config}.txt"
+    name = f"{APP_NAME}-{config.replace(':', '-')}"
+    script, env = __file__, dict(os.environ)
+    if tree == "before":
+        assert before, "--before-tree is needed for before: configurations"
+        script = str(Path(before) / "benchmarks" / "api_cost.py")
+        env["PYTHONPATH"] = before
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", app_url, str(port), http, loop, str(profile_out)]
-    )
+        [sys.executable, script, "--serve", f"{url} application_name={name}", str(port), http,
+         loop, str(work / f"profile-{config.replace(':', '-')}.txt")],
+        env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(base + "/healthz", timeout=2)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline or child.poll() is not None:
+                raise
+            time.sleep(0.2)
+    return child, base, name
+
+
+def backends_of(url: str, name: str) -> list[psutil.Process]:
+    with psycopg.connect(url) as conn:
+        pids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (name,)
+            )
+        ]
+    return [psutil.Process(p) for p in pids]
+
+
+def measure(url: str, configs: list[str], paths: list[tuple[str, str]], n: int,
+            prof: str | None, work: Path, before: str | None) -> list[dict]:  # fmt: skip
+    """Every endpoint on every configuration, the configurations interleaved per endpoint
+    (so a change in the host's load falls on all of them alike)."""
+    import signal
+
+    import httpx
+
+    servers = [_start_server(url, c, before, work) for c in configs]
     out = []
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(base + "/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        server = psutil.Process(child.pid)
-        with httpx.Client(base_url=base, auth=("bench", PASSWORD), timeout=60) as c:
-            for label, path in paths:
+        clients = [
+            httpx.Client(base_url=base, auth=("bench", PASSWORD), timeout=60)
+            for _, base, _ in servers
+        ]
+        for label, path in paths:
+            for config, (child, _, name), c in zip(configs, servers, clients, strict=True):
                 r = c.get(path)
-                assert r.status_code < 400, (label, r.status_code, r.text[:200])
+                assert r.status_code < 400, (config, label, r.status_code, r.text[:200])
                 size = len(r.content)
                 for _ in range(5):
                     c.get(path)
-                pg = backends(url)
-                profiling = prof == label
+                pg = backends_of(url, name)
+                server = psutil.Process(child.pid)
+                profiling = prof == label and config == configs[0]
                 if profiling:
-                    child.send_signal(__import__("signal").SIGUSR1)
+                    child.send_signal(signal.SIGUSR1)
                 s0, c0, p0 = cpu([server]), time.process_time(), cpu(pg)
                 times = []
                 for _ in range(n):
@@ -153,7 +180,7 @@ def measure(url: str, config: str, paths: list[tuple[str, str]], n: int, prof: s
                     times.append(time.perf_counter() - t0)
                 s1, c1, p1 = cpu([server]), time.process_time(), cpu(pg)
                 if profiling:
-                    child.send_signal(__import__("signal").SIGUSR2)
+                    child.send_signal(signal.SIGUSR2)
                     time.sleep(1)
                 ms = np.array(times) * 1000
                 out.append(
@@ -167,12 +194,16 @@ def measure(url: str, config: str, paths: list[tuple[str, str]], n: int, prof: s
                         "p99_ms": round(float(np.percentile(ms, 99)), 1),
                         "bytes": size,
                         "backends": len(pg),
+                        "load": round(os.getloadavg()[0], 1),
                     }
                 )
                 print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+        for c in clients:
+            c.close()
     finally:
-        child.terminate()
-        child.wait(10)
+        for child, _, _ in servers:
+            child.terminate()
+            child.wait(10)
     return out
 
 
@@ -205,7 +236,12 @@ def main() -> None:
         "--database-url",
         default=os.environ.get("CGM_DATABASE_URL", "postgresql://127.0.0.1:5432/test"),
     )
-    ap.add_argument("--configs", default="h11-asyncio,httptools-uvloop")
+    ap.add_argument(
+        "--configs",
+        default="h11-asyncio,httptools-uvloop",
+        help="[before:]HTTP-LOOP,...: uvicorn's parser and event loop per server",
+    )
+    ap.add_argument("--before-tree", default=None, help="the tree that before: configs run")
     ap.add_argument("--only", default="", help="endpoint labels separated by ; (default all)")
     ap.add_argument("--cprofile", default=None, metavar="LABEL")
     args = ap.parse_args()
@@ -218,17 +254,19 @@ def main() -> None:
         if args.only:
             wanted = set(args.only.split(";"))
             paths = [p for p in paths if p[0] in wanted]
-        rows = []
-        for i, config in enumerate(args.configs.split(",")):
-            prof = args.cprofile if i == 0 else None
-            rows += measure(url, config, paths, args.requests, prof, work)
+        rows = measure(
+            url, args.configs.split(","), paths, args.requests, args.cprofile, work,
+            args.before_tree,
+        )  # fmt: skip
         print(f"load average {os.getloadavg()}; profiles in {work}")
-        print("| config | endpoint | server CPU | db CPU | client CPU | p50 | p99 | body |")
+        print(
+            "| endpoint | config | server CPU ms | db CPU ms | client CPU ms | p50 | p99 | load |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(
-                f"| {r['config']} | {r['endpoint']} | {r['server_cpu_ms']} | {r['db_cpu_ms']} "
-                f"| {r['client_cpu_ms']} | {r['p50_ms']} | {r['p99_ms']} | {r['bytes']:,} B |"
+                f"| {r['endpoint']} | {r['config']} | {r['server_cpu_ms']} | {r['db_cpu_ms']} "
+                f"| {r['client_cpu_ms']} | {r['p50_ms']} | {r['p99_ms']} | {r['load']} |"
             )
     finally:
         if sim is not None:

@@ -30,16 +30,25 @@ from cgm.storage.readings import STORED_DTYPE
 MeterRow = tuple[int, str, str, bool]  # id, serial, role, active
 
 # One row per meter and channel with its values as arrays: a year of a frontier is 8 rows
-# instead of 70,000 COPY messages (each a trip through the driver's async iterator).
+# instead of 70,000 COPY messages (each a trip through the driver's async iterator). Times
+# go as integer microseconds through date_part (float8, exact to the microsecond for these
+# dates): extract() computes in numeric, which cost the server a third of the query. The
+# rows are sorted once, in the subquery, instead of once per aggregate (five sorts per
+# series: twice the server's time). The five arrays of a series are built by one
+# aggregation, so they stay aligned whatever the order; SQL does not promise that order
+# though, so :func:`load` checks it and sorts where needed.
 _SERIES_SQL = """
 SELECT meter_id, channel,
-       array_agg((extract(epoch FROM interval_start) * 1000000)::int8 ORDER BY interval_start),
-       array_agg(value ORDER BY interval_start),
-       array_agg(quality ORDER BY interval_start),
-       array_agg(version ORDER BY interval_start),
-       array_agg((extract(epoch FROM collected_at) * 1000000)::int8 ORDER BY interval_start)
-FROM reading
-WHERE meter_id = ANY(%s) AND channel = ANY(%s) AND interval_start >= %s AND interval_start < %s
+       array_agg((date_part('epoch', interval_start) * 1e6)::int8),
+       array_agg(value),
+       array_agg(quality),
+       array_agg(version),
+       array_agg((date_part('epoch', collected_at) * 1e6)::int8)
+FROM (SELECT meter_id, channel, interval_start, value, quality, version, collected_at
+      FROM reading
+      WHERE meter_id = ANY(%s) AND channel = ANY(%s)
+        AND interval_start >= %s AND interval_start < %s
+      ORDER BY meter_id, channel, interval_start) r
 GROUP BY meter_id, channel ORDER BY meter_id, channel
 """
 
@@ -64,6 +73,9 @@ async def load(
         a["quality"] = quality
         a["version"] = version
         a["collected_at"] = np.array(collected, dtype=np.int64).astype("M8[us]")
+        t = a["interval_start"]
+        if len(t) > 1 and not (t[1:] > t[:-1]).all():
+            a = a[np.argsort(t, kind="stable")]
         parts.append(a)
     return np.concatenate(parts) if parts else np.empty(0, dtype=STORED_DTYPE)
 

@@ -89,6 +89,9 @@ def test_fuzzed_requests_never_get_a_500(
             "--seed", "1",
             "--auth", f"{name}:{password}",
             "--suppress-health-check", "all",
+            # A 500 is what this test looks for; a slow answer on a loaded host (the PDF
+            # is rendered on the loop, ~10 s at load 20 on two cores) is not one.
+            "--request-timeout", "60",
             "--no-color",
         ],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
