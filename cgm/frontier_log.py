@@ -7,9 +7,11 @@ back: both use these names, so the convention lives in one place.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 LEVEL2_ACCESS = "level2_access"
 ALARM = "alarm"
@@ -17,6 +19,7 @@ CONFIG_VIOLATION = "config_violation"
 MANUAL_EDIT = "manual_edit"
 FAILURE = "failure"  # a failure or theft opened or closed (cgm/failures.py)
 CLOCK_SYNC = "clock synchronisation"  # purpose of a level-2 clock correction
+UNREADABLE_CREDENTIAL = "stored credential cannot be decrypted"  # purpose of its alarm
 
 
 async def clock_corrections(
@@ -41,3 +44,26 @@ async def clock_corrections(
         (LEVEL2_ACCESS, CLOCK_SYNC, list(meter_ids), start, end, end),
     )
     return list(await cur.fetchall())
+
+
+async def alarm_once(
+    conn: psycopg.AsyncConnection,
+    alarms: Sequence[tuple[int, int, str, str, Any]],
+    within: timedelta = timedelta(hours=24),
+) -> int:
+    """Raise alarms ``(frontier_id, meter_id, actor, purpose, activities)``, each unless the
+    meter already has one of that purpose within ``within``: a fault that repeats every hour
+    (or a flood of forged messages) is one hoja de vida entry a day, not one per event."""
+    added = 0
+    for frontier_id, meter_id, actor, purpose, activities in alarms:
+        cur = await conn.execute(
+            """INSERT INTO frontier_log (frontier_id, meter_id, actor, kind, purpose, activities)
+               SELECT %(f)s, %(m)s, %(actor)s, %(kind)s, %(purpose)s, %(act)s
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM frontier_log WHERE meter_id = %(m)s AND kind = %(kind)s
+                     AND purpose = %(purpose)s AND at > now() - %(within)s)""",
+            {"f": frontier_id, "m": meter_id, "actor": actor, "kind": ALARM,
+             "purpose": purpose, "act": Jsonb(activities), "within": within},
+        )  # fmt: skip
+        added += cur.rowcount
+    return added

@@ -37,7 +37,15 @@ from cgm.collection.session import MeterOutcome, SessionPolicy, interrogate
 from cgm.collection.steady import pushed_recently
 from cgm.collection.timeref import ReferenceConfig, check_reference_async
 from cgm.config import Settings
-from cgm.frontier_log import ALARM, CLOCK_SYNC, CONFIG_VIOLATION, LEVEL2_ACCESS, clock_corrections
+from cgm.frontier_log import (
+    ALARM,
+    CLOCK_SYNC,
+    CONFIG_VIOLATION,
+    LEVEL2_ACCESS,
+    UNREADABLE_CREDENTIAL,
+    alarm_once,
+    clock_corrections,
+)
 from cgm.registry import MeterConfig, active_meters_async
 from cgm.security import SecretBox
 from cgm.security.counters import PgInvocationCounterStore
@@ -678,6 +686,7 @@ async def store_outcomes(
         await _snapshots(conn, batch)
         await _session_log(conn, batch, cycle, collector, stored)
         await _auth_refusals(conn, batch, config, summary)
+        await _unreadable_alarms(conn, batch, config)
         await _health(conn, batch, config, now)
         await _hoja_de_vida(conn, batch, config, summary)
         await conn.execute(
@@ -1161,7 +1170,8 @@ async def _health(
         {
             "m": [o.target.meter_id for o in outcomes],
             "ok": [o.succeeded for o in outcomes],
-            "r": [o.result for o in outcomes],
+            # Read, but a stored credential cannot be decrypted: not healthy either.
+            "r": ["credential" if o.target.unreadable else o.result for o in outcomes],
             "off": [o.clock.offset if o.clock else None for o in outcomes],
             "now": now,
             "after": config.backoff_after,
@@ -1231,6 +1241,21 @@ async def _auth_refusals(
     for _, level in rows:
         summary.auth_refused += 1
         metrics.AUTH_REFUSALS.labels(str(level)).inc()
+
+
+async def _unreadable_alarms(
+    conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome], config: EngineConfig
+) -> None:
+    """A stored credential the key cannot decrypt: an alarm in the meter's hoja de vida
+    (once a day while it lasts); its session says what it cost (not read, or no clock set)."""
+    alarms = [
+        (o.target.frontier_id, o.target.meter_id, config.actor, UNREADABLE_CREDENTIAL,
+         {"credentials": list(o.target.unreadable), "result": o.result, "error": o.error})
+        for o in batch
+        if o.target.unreadable
+    ]  # fmt: skip
+    if alarms:
+        await alarm_once(conn, alarms)
 
 
 async def _hoja_de_vida(

@@ -124,6 +124,24 @@ class MissingCredentials(DriverError):
     reason = "auth"
 
 
+class UnreadableCredentials(DriverError):
+    """A stored credential the session needs cannot be decrypted with the current key."""
+
+    reason = "credential"
+
+
+def unreadable_reason(target: MeterConfig, names: tuple[str, ...]) -> str | None:
+    """Why ``target`` cannot be reached with its stored ``names`` credentials, or None."""
+    bad = [n for n in names if n in target.unreadable]
+    if not bad:
+        return None
+    return (
+        f"stored {' and '.join(bad)} credential of meter {target.serial} cannot be decrypted "
+        "with the current key (was secret_key changed or data_dir/secret.key replaced?); "
+        "re-import the meter's credentials"
+    )
+
+
 _RETRYABLE = (MeterTimeout, ConnectionFailed)
 
 
@@ -263,6 +281,9 @@ async def _read_session(
 ) -> None:
     # Reading is level 1 only: the level-2 secret is never used to read (art. 17), so a
     # meter without a level-1 secret is not read, and its registry violation says why.
+    needed = ("level 1", "broker") if target.protocol == "mqtt" else ("level 1",)
+    if (why := unreadable_reason(target, needed)) is not None:
+        raise UnreadableCredentials(why)
     credentials = target.credential(AccessLevel.READ)
     if credentials is None:
         raise MissingCredentials(f"no level-1 secret registered for meter {target.serial}")
@@ -339,9 +360,8 @@ async def _correct_clock(
     assert before is not None
     credentials = target.credential(AccessLevel.CONFIGURE)
     if credentials is None:
-        return ClockCorrection(
-            before, None, None, "no level-2 credentials registered", target_s=goal
-        )
+        why = unreadable_reason(target, ("level 2",)) or "no level-2 credentials registered"
+        return ClockCorrection(before, None, None, why, target_s=goal)
     if outcome.level2_locked:
         return ClockCorrection(
             before,

@@ -407,6 +407,9 @@ class MeterConfig:
     credentials: Mapping[AccessLevel, Credentials] = field(repr=False)
     installed_capacity_mva: float | None = None  # the frontier's, for the plausibility guard
     broker: BrokerAccount | None = field(default=None, repr=False)  # MQTT broker login
+    # Stored credentials the current key cannot decrypt ("level 1", "level 2", "broker"):
+    # left out of ``credentials``/``broker`` so that only this meter fails, with this reason.
+    unreadable: tuple[str, ...] = ()
 
     def credential(self, level: AccessLevel) -> Credentials | None:
         return self.credentials.get(level)
@@ -438,12 +441,21 @@ def _meter_configs(
 ) -> list[MeterConfig]:
     by_meter: dict[int, dict[AccessLevel, Credentials]] = {}
     brokers: dict[int, BrokerAccount] = {}
+    unreadable: dict[int, list[str]] = {}
     for meter_id, level, client, enc in creds:
+        # One credential sealed under another key (a restored backup, a replaced key file)
+        # must fail only its meter: the collector records why and reads the rest.
+        try:
+            secret = box.decrypt(bytes(enc))
+        except SecretKeyError:
+            name = "broker" if level == BROKER_LEVEL else f"level {level}"
+            unreadable.setdefault(meter_id, []).append(name)
+            continue
         if level == BROKER_LEVEL:
-            brokers[meter_id] = _broker_account(client, box.decrypt(bytes(enc)))
+            brokers[meter_id] = _broker_account(client, secret)
             continue
         lv = AccessLevel(level)
-        by_meter.setdefault(meter_id, {})[lv] = Credentials(lv, box.decrypt(bytes(enc)), client)
+        by_meter.setdefault(meter_id, {})[lv] = Credentials(lv, secret, client)
     out = []
     for (mid, serial, role, protocol, host, port, bhost, bport, params, ct, vt, channels,
          fid, code, ptype, target, factor, capacity, energy) in rows:  # fmt: skip
@@ -468,6 +480,7 @@ def _meter_configs(
                 credentials=by_meter.get(mid, {}),
                 installed_capacity_mva=capacity,
                 broker=brokers.get(mid),
+                unreadable=tuple(sorted(unreadable.get(mid, ()))),
             )
         )
     return out

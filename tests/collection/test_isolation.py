@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest_asyncio
+from cryptography.fernet import Fernet
 from prometheus_client import REGISTRY
 
 from cgm.collection.engine import Collector, CycleSummary, EngineConfig, current_cycle
@@ -17,9 +18,10 @@ from cgm.collection.link import Link
 from cgm.collection.schedule import CollectionJob
 from cgm.collection.session import MeterOutcome, SessionPolicy
 from cgm.config import Settings
+from cgm.frontier_log import UNREADABLE_CREDENTIAL
 from cgm.registry import active_meters_async
 from cgm.registry.model import parse_ratio
-from cgm.security import secret_box
+from cgm.security import SecretBox, secret_box
 from cgm.service import Service
 from cgm.storage import Quality
 from drivers.base import Channel
@@ -311,3 +313,61 @@ async def test_a_failed_cycle_still_runs_the_next_stages(tmp_path: Path) -> None
     job.after_cycle.append(hook)
     await job.run()
     assert len(seen) == 1 and seen[0].errors and seen[0].intervals_stored == 0
+
+
+def _seal_under_another_key(env: Env, serial: str, level: int) -> None:
+    """What a restored backup or a replaced key file leaves: one credential the current key
+    cannot open."""
+    other = SecretBox(Fernet.generate_key())
+    with psycopg.connect(env.url) as conn:
+        conn.execute(
+            """UPDATE meter_credential SET secret_enc = %s
+               WHERE level = %s AND meter_id = (SELECT id FROM meter WHERE serial = %s)""",
+            (other.encrypt("whatever it was"), level, serial),
+        )
+
+
+async def test_a_credential_that_cannot_be_decrypted_fails_only_its_meter(env: Env) -> None:
+    env.import_()
+    _seal_under_another_key(env, "P87001", 1)  # cannot be read at all
+    _seal_under_another_key(env, "B87002", 2)  # read; its clock could not be set
+    collector = Collector(env.url, env.box, FAST)
+    s = await collector.run_cycle()
+    assert s.errors == []  # the cycle itself went through
+    assert s.ok == 3 and s.failed == {"credential": 1}
+    p, b = env.meter_id("P87001"), env.meter_id("B87002")
+    (result, error, stored), *_ = env.rows(
+        "SELECT result, error, intervals_stored FROM collection_session WHERE meter_id = %s", p
+    )
+    assert result == "credential" and stored == 0
+    assert "level 1 credential" in error and "cannot be decrypted" in error
+    assert "whatever" not in error
+    # The rest of the fleet is collected, the level-2 case included.
+    for serial in ("B87001", "P87002", "B87002"):
+        (n,) = env.rows(
+            "SELECT count(*) FROM reading WHERE meter_id = %s", env.meter_id(serial)
+        )[0]
+        assert n > 0, serial
+    for meter_id, names in ((p, ["level 1"]), (b, ["level 2"])):
+        alarms = env.rows(
+            "SELECT activities FROM frontier_log WHERE meter_id = %s AND kind = 'alarm' "
+            "AND purpose = %s", meter_id, UNREADABLE_CREDENTIAL,
+        )  # fmt: skip
+        assert [a[0]["credentials"] for a in alarms] == [names]
+        (health,) = env.rows(
+            "SELECT last_result FROM meter_health WHERE meter_id = %s", meter_id
+        )[0]
+        assert health == "credential"
+    # Hourly again: still one alarm a day, not one a cycle.
+    await collector.run_cycle(current_cycle() + timedelta(minutes=5), force=True)
+    (n,) = env.rows(
+        "SELECT count(*) FROM frontier_log WHERE meter_id = %s AND purpose = %s",
+        p, UNREADABLE_CREDENTIAL,
+    )[0]  # fmt: skip
+    assert n == 1
+    # Re-importing the credentials mends it.
+    env.import_()
+    s = await collector.run_cycle(current_cycle() + timedelta(minutes=10), force=True)
+    assert s.ok == 4
+    (health,) = env.rows("SELECT last_result FROM meter_health WHERE meter_id = %s", p)[0]
+    assert health == "ok"
