@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     # ``mqtt_listen`` (meters then publish to this address).
     mqtt_url: str | None = None
     mqtt_listen: str = "127.0.0.1:1883"
+    # The pushed-entries subscription is a persistent session, so the broker queues pushes
+    # while cgm is down: its client id must stay the same across restarts (None: derived
+    # from the host name and the data directory; set it where those change, e.g. a
+    # container), and the broker keeps the session this long after cgm goes away.
+    mqtt_client_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,40}$")
+    mqtt_session_expiry_s: int = Field(default=3 * 86400, ge=0)
 
     # Key that encrypts meter credentials at rest (Fernet, urlsafe base64 32 bytes).
     # No key: one is generated once into ``data_dir/secret.key`` (mode 0600).

@@ -15,7 +15,9 @@ MQTT meters all use the broker.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import math
 import random
 from collections.abc import Callable, Mapping
@@ -139,6 +141,9 @@ class Fleet:
     placements: dict[str, Placement] = field(default_factory=dict)  # by serial
     dlms_variants: dict[str, Any] = field(default_factory=dict)  # serial -> DlmsVariant
     servers: list[Any] = field(default_factory=list)
+    # Broker accounts (user -> password) when MQTT meters log in: each meter as its serial,
+    # the CGM as COLLECTOR_ACCOUNT; empty: everyone connects anonymously.
+    broker_accounts: dict[str, str] = field(default_factory=dict)
 
     def meters(self) -> list[tuple[SimFrontier, SimulatedMeter]]:
         return [(f, m) for f in self.frontiers for m in (f.principal, f.backup)]
@@ -249,8 +254,14 @@ async def start_fleet(
     per_port: int = 1,
     modbus_map: str = "sim-4q",
     dlms_access: str = "lls",
+    broker_seed: bytes | None = None,
 ) -> Fleet:
     """Serve every meter; MQTT meters need ``mqtt`` = (broker host, port).
+
+    With a ``broker_seed`` the MQTT meters log in to the broker as the shipped Mosquitto
+    ACL expects (each with its serial as username, one connection each) and the inventory
+    gives the CGM its own account: passwords are derived from the seed
+    (:func:`broker_accounts`), so a private seed gives the same private passwords every run.
 
     ``dlms_access="mixed"`` serves DLMS pairs in turn as LLS over the wrapper, HLS
     mechanism 2 at level 2, HLS-GMAC at level 2, and HLS over HDLC (2-byte addresses), as a
@@ -307,8 +318,15 @@ async def start_fleet(
     if by_protocol["mqtt"]:
         if mqtt is None:
             raise ValueError("MQTT meters need a broker")
-        server = await serve_mqtt(by_protocol["mqtt"], mqtt[0], mqtt[1])
-        fleet.servers.append(server)
+        if broker_seed is None:
+            fleet.servers.append(await serve_mqtt(by_protocol["mqtt"], mqtt[0], mqtt[1]))
+        else:
+            fleet.broker_accounts = broker_accounts(fleet, broker_seed)
+            for m in by_protocol["mqtt"]:
+                password = fleet.broker_accounts[m.serial]
+                fleet.servers.append(
+                    await serve_mqtt([m], mqtt[0], mqtt[1], username=m.serial, password=password)
+                )
         for m in by_protocol["mqtt"]:
             fleet.placements[m.serial] = Placement(mqtt[0], mqtt[1], {"serial": m.serial})
     return fleet
@@ -365,6 +383,21 @@ def _gmac_secret(serial: str) -> str:
     return f"ek={digest[:32]};ak={digest[32:]}"
 
 
+COLLECTOR_ACCOUNT = "cgm"  # the shipped ACL's account for the CGM
+
+
+def broker_accounts(fleet: Fleet, seed: bytes) -> dict[str, str]:
+    """The broker accounts of the fleet's MQTT meters and of the CGM, passwords derived from
+    ``seed``. ``mosquitto_passwd -U FILE`` hashes them written as ``user:password`` lines."""
+    users = [COLLECTOR_ACCOUNT] + [m.serial for f, m in fleet.meters() if f.protocol == "mqtt"]
+    return {
+        user: base64.urlsafe_b64encode(
+            hmac.new(seed, b"cgm-simulated-broker:" + user.encode(), "sha256").digest()[:18]
+        ).decode()
+        for user in users
+    }
+
+
 def _chunks(items: list[SimulatedMeter], size: int) -> list[list[SimulatedMeter]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -401,6 +434,11 @@ def inventory(fleet: Fleet) -> dict[str, Any]:
                     },
                 }
             )
+            if f.protocol == "mqtt" and fleet.broker_accounts:
+                meters[-1]["credentials"]["broker"] = {
+                    "username": COLLECTOR_ACCOUNT,
+                    "password": fleet.broker_accounts[COLLECTOR_ACCOUNT],
+                }
         frontiers.append(
             {
                 "code": f.code,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import yaml
@@ -14,10 +17,11 @@ from cgm.api import install as install_api
 from cgm.cli import CommandError
 from cgm.collection import push, schedule
 from cgm.collection.engine import CycleSummary
-from cgm.config import get_settings
+from cgm.config import Settings, get_settings
 from cgm.portal.schedule import register_jobs as register_portal_jobs
 from cgm.reporting.schedule import register_jobs as register_asic_jobs
 from cgm.security import secret_box
+from cgm.security.secrets import load_key
 from cgm.service import Service
 from cgm.vee.config import vee_config
 from cgm.vee.worker import VeeWorker, log_summary
@@ -33,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="demo: also run N simulated frontiers in-process and register them",
+    )
+    run.add_argument(
+        "--broker-accounts",
+        metavar="FILE",
+        help="with --simulate: write the simulated fleet's MQTT broker accounts to FILE as "
+        "user:password lines (hash them with: mosquitto_passwd -U FILE) and exit",
     )
     run.set_defaults(func=_run)
 
@@ -100,6 +110,22 @@ async def _import_demo_portal(service: Service, frontiers: list[str]) -> None:
     log.info("simulated portal inventory registered from %s", path)
 
 
+def _accounts_file(path: Path, accounts: dict[str, str]) -> None:
+    """``user:password`` lines, readable by the owner only (mosquitto_passwd -U hashes them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.writelines(f"{user}:{pw}\n" for user, pw in accounts.items())
+    os.chmod(path, 0o600)
+
+
+def _simulated_fleet(n: int, settings: Settings) -> tuple[Any, bytes]:
+    """The demo fleet and the private seed of its broker passwords (from the secret key)."""
+    from simulators.fleet import build_fleet
+
+    return build_fleet(n, seed=0), load_key(settings)
+
+
 def build_service(simulate: int = 0) -> Service:
     settings = get_settings()
     if simulate:
@@ -149,14 +175,24 @@ def build_service(simulate: int = 0) -> Service:
     service.portal_push = register_portal_jobs(service)  # type: ignore[attr-defined]
     install_api(service)  # HTTP API on api_host:api_port (0: none)
     if simulate:
-        from simulators.fleet import build_fleet, inventory, start_fleet
+        from simulators.fleet import broker_accounts, inventory, start_fleet
 
-        fleet = build_fleet(simulate, seed=0)
+        fleet, seed = _simulated_fleet(simulate, service.settings)
 
         async def start(svc: Service) -> None:
             portal.__enter__()
             log.info("portal simulator receiving pushes at %s", portal.url)
-            await start_fleet(fleet, mqtt=svc.mqtt)
+            # The simulated MQTT meters and the CGM log in with accounts of their own, as
+            # the shipped Mosquitto (no anonymous access, per-meter ACL) requires.
+            path = svc.settings.data_dir / "simulated-broker-accounts"
+            _accounts_file(path, broker_accounts(fleet, seed))
+            if svc.settings.mqtt_url:
+                log.info(
+                    "simulated MQTT meters log in with the accounts in %s "
+                    "(hash them for Mosquitto with: mosquitto_passwd -U FILE)",
+                    path,
+                )
+            await start_fleet(fleet, mqtt=svc.mqtt, broker_seed=seed)
             await asyncio.to_thread(_import_fleet, svc, inventory(fleet))
             await _import_demo_portal(svc, [f.code for f in fleet.frontiers])
 
@@ -172,5 +208,18 @@ def build_service(simulate: int = 0) -> Service:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.broker_accounts:
+        if not args.simulate:
+            raise CommandError("--broker-accounts needs --simulate N")
+        from simulators.fleet import broker_accounts
+
+        fleet, seed = _simulated_fleet(args.simulate, get_settings())
+        accounts = broker_accounts(fleet, seed)
+        _accounts_file(Path(args.broker_accounts), accounts)
+        print(
+            f"wrote {len(accounts)} broker accounts to {args.broker_accounts}; "
+            f"hash them with: mosquitto_passwd -U {args.broker_accounts}"
+        )
+        return 0
     asyncio.run(build_service(args.simulate).run())
     return 0

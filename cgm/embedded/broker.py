@@ -15,7 +15,9 @@ any username/password and matches wildcards with an unescaped regex (``a/#`` mat
   retained messages (with their properties); no-local, retain-as-published, retain-handling.
 * Last will (with retain and will delay) on abnormal disconnect or DISCONNECT 0x04.
 * Session expiry: a session with a non-zero expiry keeps its subscriptions and queues QoS 1
-  messages (bounded) while offline; session takeover disconnects the older connection.
+  messages (bounded) while offline, and sends its unacknowledged QoS 1 deliveries again when
+  it resumes; session takeover disconnects the older connection. Sessions live in memory:
+  they do not survive a restart of the broker (nor, embedded, of cgm).
 * Keep-alive enforced at 1.5 x; optional username/password table (anonymous otherwise).
 * Packet size is capped before anything is buffered: a CONNECT (before authentication) at
   ``MAX_CONNECT_PACKET``, every later packet at ``max_packet_size`` (announced in CONNACK),
@@ -254,6 +256,10 @@ class _Session:
     expiry: int = 0
     subscriptions: dict[str, _Subscription] = field(default_factory=dict)
     queue: deque[tuple[_Message, int]] = field(default_factory=lambda: deque(maxlen=MAX_QUEUED))
+    # QoS 1 deliveries not yet acknowledged, by packet id (sessions with an expiry only):
+    # sent again when the session resumes, so a subscriber that acknowledges only what it
+    # has stored loses nothing to a crash.
+    unacked: dict[int, _Message] = field(default_factory=dict)
     connection: _Connection | None = None
     expiry_handle: asyncio.TimerHandle | None = None
 
@@ -309,7 +315,13 @@ class _Connection:
         """Send a PUBLISH to this client at ``qos`` (already min(publish, granted))."""
         body = _str(msg.topic)
         if qos:
-            body += struct.pack("!H", next(self.packet_ids))
+            packet_id = next(self.packet_ids)
+            body += struct.pack("!H", packet_id)
+            session = self.session
+            if session is not None and session.expiry:
+                if len(session.unacked) >= MAX_QUEUED:
+                    session.unacked.pop(next(iter(session.unacked)))
+                session.unacked[packet_id] = msg
         body += _props(msg.properties) + msg.payload
         data = _packet(PUBLISH, (qos << 1) | int(retain), body)
         if len(data) <= self.max_packet:
@@ -346,8 +358,11 @@ class _Connection:
                 elif ptype == DISCONNECT:
                     self.on_disconnect(body)
                     return
-                elif ptype in (PUBACK, PUBCOMP, PUBREC):
-                    continue  # acknowledgements of our QoS 1 deliveries: nothing to retry
+                elif ptype == PUBACK:
+                    if self.session is not None and self.session.unacked:
+                        self.session.unacked.pop(body.u16(), None)
+                elif ptype in (PUBCOMP, PUBREC):
+                    continue
                 else:
                     raise _Refused(0x82)  # protocol error
         except _TooLarge as exc:
@@ -414,6 +429,11 @@ class _Connection:
         if assigned:
             out.append((P_ASSIGNED_CLIENT_ID, _str(assigned)))
         self.send(_packet(CONNACK, 0, bytes([int(present), 0]) + _props(out)))
+        if not present:
+            session.unacked.clear()
+        unacked, session.unacked = list(session.unacked.values()), {}
+        for msg in unacked:  # sent again, under this connection's packet ids
+            self.deliver(msg, 1, False)
         while session.queue:
             msg, qos = session.queue.popleft()
             self.deliver(msg, qos, False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import hashlib
 import logging
 import math
@@ -185,6 +186,12 @@ class BrokerConnection:
             max_inflight_messages=_INFLIGHT,
         )
         self._client.pending_calls_threshold = _INFLIGHT
+        # A durable subscriber acknowledges a pushed entry only once it is stored: what was
+        # received but not stored (a crash, a stop, the database away) is sent again by the
+        # broker when the session resumes. Everything else is acknowledged on arrival.
+        self.durable = bool(client_id and session_expiry)
+        self._client._client.manual_ack_set(self.durable)  # noqa: SLF001 - not in aiomqtt's API
+        self._early: list[aiomqtt.Message] = []  # resumed entries that came before a listener
         self._pending: dict[bytes, _Pending] = {}
         self._templates: dict[tuple[str, str, float], Properties] = {}
         self._prefixes: dict[str, asyncio.Future[None]] = {}
@@ -234,9 +241,18 @@ class BrokerConnection:
         except aiomqtt.MqttError as exc:
             raise _broker_error(exc, self.endpoint, "cannot subscribe on") from exc
 
+    def ack(self, msg: aiomqtt.Message) -> None:
+        """Acknowledge a QoS 1 message (durable connections; the others ack on arrival)."""
+        if self.durable and msg.qos and self.failed is None:
+            self._client._client.ack(msg.mid, msg.qos)  # noqa: SLF001
+
     async def add_profile_listener(self, prefix: str, listener: Listener) -> None:
         first = prefix not in self._listeners
         self._listeners.setdefault(prefix, []).append(listener)
+        # A resumed session delivers what the broker queued at once, maybe before this.
+        early, self._early = self._early, []
+        for msg in early:
+            self._dispatch(msg)
         if first:
             try:
                 await self._client.subscribe(p.all_profiles_filter(prefix), qos=1)
@@ -310,13 +326,19 @@ class BrokerConnection:
                 self._answer(serial, msg)
         elif rest.endswith("/profile"):
             serial = p.meter_topic_serial(prefix, topic, "profile")
-            if serial is not None:
-                for listener in list(self._listeners.get(prefix, ())):
-                    listener(prefix, serial, msg)
+            listeners = list(self._listeners.get(prefix, ()))
+            if serial is not None and listeners:
+                for listener in listeners:
+                    listener(prefix, serial, msg)  # a listener acks what it takes
+                return
+            if self.durable and serial is not None and len(self._early) < 100_000:
+                self._early.append(msg)
+                return
         elif rest.endswith("/status") and not msg.retain:
             serial = p.meter_topic_serial(prefix, topic, "status")
             if serial is not None:
                 self._status(serial, msg)
+        self.ack(msg)
 
     def _answer(self, topic_serial: str, msg: aiomqtt.Message) -> None:
         corr = getattr(msg.properties, "CorrelationData", None)
@@ -720,6 +742,18 @@ DRIVER = MqttDriver()
 # What a subscriber knows of a meter to authenticate its pushes: its level-1 secret, or
 # AUTH_BROKER_ACL when the broker's ACL vouches for the topic; None: not a meter we know.
 PushAuth = Callable[[str], str | None]
+# Told of each refused push of a known meter: (serial, reason).
+Refusal = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One authenticated push: its entries, and ``ack`` to call once they are stored (a
+    durable subscription's broker sends unacknowledged pushes again on resume)."""
+
+    serial: str
+    entries: list[ProfileEntry]
+    ack: Callable[[], None]
 
 
 class ProfileSubscription:
@@ -738,6 +772,7 @@ class ProfileSubscription:
         session_expiry: int | None,
         timeout: float,
         max_queued: int = 100_000,
+        on_refused: Refusal | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.prefix = prefix
@@ -747,9 +782,8 @@ class ProfileSubscription:
         self._client_id = client_id
         self._session_expiry = session_expiry
         self._timeout = timeout
-        self._queue: asyncio.Queue[tuple[str, list[ProfileEntry]] | DriverError] = asyncio.Queue(
-            max_queued
-        )
+        self._on_refused = on_refused
+        self._queue: asyncio.Queue[Delivery | DriverError] = asyncio.Queue(max_queued)
         self._conn: BrokerConnection | None = None
         self._pool: _Pool | None = None
         self.skipped = 0  # malformed messages dropped (logged)
@@ -780,47 +814,55 @@ class ProfileSubscription:
             self._conn = None
 
     def _on_message(self, prefix: str, serial: str, msg: aiomqtt.Message) -> None:
+        conn = self._conn
+        ack = functools.partial(conn.ack, msg) if conn is not None else (lambda: None)
         if self.serials is not None and serial not in self.serials:
+            ack()
             return
         try:
             body = p.loads(bytes(msg.payload))
             if body.get("serial") != serial:
                 raise p.PayloadError(f"serial {body.get('serial')!r} on {serial}'s topic")
         except p.PayloadError as exc:
-            self.skipped += 1
-            log.warning("skipping bad profile message from %s: %s", serial, exc)
+            self._refuse(serial, f"malformed: {exc}", "skipped")
+            ack()
             return
         secret = self._auth(serial)
         if secret is None or (secret != p.AUTH_BROKER_ACL and not p.verify_push(body, secret)):
-            self.rejected += 1
-            log.warning(
-                "refused unauthenticated profile entries for meter %s (%s)",
-                serial,
-                "unknown meter" if secret is None else "signature missing or does not verify",
-            )
+            why = "unknown meter" if secret is None else "signature missing or does not verify"
+            self._refuse(serial, f"unauthenticated: {why}", "rejected", known=secret is not None)
+            ack()
             return
         try:
             if p.values_kind(body) == p.VALUES_CUMULATIVE:
                 # A register reading is not an interval: the cycle's read_profile, which
                 # asks for the reading before, makes intervals of them.
                 self.cumulative += 1
+                ack()
                 return
             entries = p.decode_entries(body)
         except p.PayloadError as exc:
-            self.skipped += 1
-            log.warning("skipping bad profile message from %s: %s", serial, exc)
+            self._refuse(serial, f"malformed: {exc}", "skipped")
+            ack()
             return
         try:
-            self._queue.put_nowait((serial, entries))
+            self._queue.put_nowait(Delivery(serial, entries, ack))
         except asyncio.QueueFull:
+            # Not acknowledged: a durable session gets it again when it resumes.
             self.skipped += 1
             log.warning("profile queue full: entries of %s dropped (read_profile fills it)", serial)
+
+    def _refuse(self, serial: str, reason: str, counter: str, known: bool = True) -> None:
+        setattr(self, counter, getattr(self, counter) + 1)
+        log.warning("refused pushed entries of meter %s: %s", serial, reason)
+        if known and self._on_refused is not None:
+            self._on_refused(serial, reason)
 
     def __aiter__(self) -> AsyncIterator[tuple[str, ProfileEntry]]:
         return self._iterate()
 
-    async def batches(self) -> AsyncIterator[tuple[str, list[ProfileEntry]]]:
-        """Each authenticated message's entries, as they arrive."""
+    async def deliveries(self) -> AsyncIterator[Delivery]:
+        """Each authenticated message, as it arrives; call its ``ack`` once stored."""
         while True:
             conn = self._conn
             if conn is not None and conn.failed is not None and self._queue.empty():
@@ -833,6 +875,12 @@ class ProfileSubscription:
             if isinstance(item, DriverError):
                 raise item
             yield item
+
+    async def batches(self) -> AsyncIterator[tuple[str, list[ProfileEntry]]]:
+        """Each authenticated message's entries, as they arrive (acknowledged at once)."""
+        async for d in self.deliveries():
+            d.ack()
+            yield d.serial, d.entries
 
     async def _iterate(self) -> AsyncIterator[tuple[str, ProfileEntry]]:
         async for serial, entries in self.batches():
@@ -851,6 +899,7 @@ def subscribe_profiles(
     client_id: str | None = None,
     session_expiry: int | None = None,
     timeout: float = 10.0,
+    on_refused: Refusal | None = None,
 ) -> ProfileSubscription:
     """Receive authenticated pushed entries: ``async with subscribe_profiles(h, p,
     auth=secrets.get) as sub: async for serial, entry in sub: ...``.
@@ -859,7 +908,9 @@ def subscribe_profiles(
     :data:`protocol.AUTH_BROKER_ACL`, or None for a meter this CGM does not read; anything
     unauthenticated is logged and dropped. Rides on the process's shared connection to the
     broker; with a fixed ``client_id`` and a ``session_expiry`` (seconds) it has a durable
-    connection of its own, and the broker queues QoS 1 entries while the collector is away.
+    connection of its own, and the broker queues QoS 1 entries while the collector is away;
+    its pushes are acknowledged only through :meth:`ProfileSubscription.deliveries`' ``ack``.
+    ``on_refused(serial, reason)`` hears of each refused push of a meter ``auth`` knows.
     """
     return ProfileSubscription(
         Endpoint(host, port),
@@ -870,4 +921,5 @@ def subscribe_profiles(
         client_id=client_id,
         session_expiry=session_expiry,
         timeout=timeout,
+        on_refused=on_refused,
     )

@@ -1,16 +1,10 @@
-"""deploy/mosquitto as shipped, run by a real Mosquitto: no anonymous access, per-meter ACL,
-TLS listener. Only the paths, the ports and the run-as user are adapted to the test."""
+"""deploy/mosquitto as shipped, run by a real Mosquitto (tests/fixtures/mosquitto.py): no
+anonymous access, per-meter ACL, TLS listener."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -23,85 +17,19 @@ from drivers.mqtt import DRIVER, BrokerLogin, subscribe_profiles
 from drivers.mqtt import protocol as p
 from simulators.meter import SimulatedMeter
 from simulators.mqtt import serve
-from tests.fixtures.tls import ScratchCA
+from tests.fixtures.mosquitto import Deployed, deployed_mosquitto
 
-DEPLOY = Path(__file__).parents[2] / "deploy" / "mosquitto"
 ACCOUNTS = {"cgm": "cgm-pw", "MQ-ACL-1": "meter-1-pw", "MQ-ACL-2": "meter-2-pw"}
 V5 = aiomqtt.ProtocolVersion.V5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Deployed:
-    port: int
-    tls_port: int
-    ca: Path
-
-    @property
-    def plain(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
 
 
 @pytest.fixture(scope="module")
 def mosquitto(
     tmp_path_factory: pytest.TempPathFactory, mosquitto_programs: tuple[str, str]
 ) -> Iterator[Deployed]:
-    broker_bin, passwd_bin = mosquitto_programs
     tmp = tmp_path_factory.mktemp("mosquitto")
-    ca = ScratchCA(tmp)
-    broker = ca.issue("broker", server=True)
-    for user, password in ACCOUNTS.items():
-        subprocess.run(
-            [passwd_bin, "-b", *([] if (tmp / "passwd").exists() else ["-c"]),
-             str(tmp / "passwd"), user, password],
-            check=True, capture_output=True,
-        )  # fmt: skip
-    shutil.copy(DEPLOY / "acl", tmp / "acl")
-    port, tls_port = _free_port(), _free_port()
-    conf = (DEPLOY / "mosquitto.conf").read_text()
-    for old, new in [
-        ("/mosquitto/config/", f"{tmp}/"),
-        ("/mosquitto/data/", f"{tmp}/data/"),
-        ("/mosquitto/certs/ca.pem", str(ca.cert)),
-        ("/mosquitto/certs/broker.crt", str(broker.cert)),
-        ("/mosquitto/certs/broker.key", str(broker.key)),
-        ("listener 1883", f"listener {port} 127.0.0.1"),
-        ("#listener 8883", f"listener {tls_port} 127.0.0.1"),
-    ]:
-        assert old in conf, old
-        conf = conf.replace(old, new)
-    # The TLS block as shipped, uncommented.
-    conf = "\n".join(
-        line[1:] if line.startswith(("#cafile", "#certfile", "#keyfile", "#require_cert"))
-        else line
-        for line in conf.splitlines()
-    )  # fmt: skip
-    (tmp / "data").mkdir()
-    (tmp / "mosquitto.conf").write_text(conf + "\nuser root\n")  # the test runs as root
-    proc = subprocess.Popen(
-        [broker_bin, "-c", str(tmp / "mosquitto.conf")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out = proc.stdout.read().decode() if proc.stdout else ""  # type: ignore[union-attr]
-                    pytest.fail(f"mosquitto did not start with the deploy config:\n{out}")
-                time.sleep(0.05)
-        yield Deployed(port, tls_port, ca.cert)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
+    with deployed_mosquitto(tmp, ACCOUNTS, mosquitto_programs) as deployed:
+        yield deployed
 
 
 def _login(user: str) -> dict[str, object]:
