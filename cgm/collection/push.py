@@ -116,7 +116,9 @@ class PushConsumer:
         self._queue: asyncio.Queue[Pushed] = asyncio.Queue(maxsize=100_000)
         self.stored = 0  # reading values stored from pushes
         self.refused = 0  # values and messages refused, each recorded with its reason
+        self.received = 0  # authenticated pushes received (stored, or to be)
         self.skipped_sub_hourly = 0
+        self.subscribed = asyncio.Event()  # set once a broker subscription is in place
 
     # -- authentication: what subscribe_profiles asks per serial --
 
@@ -198,8 +200,10 @@ class PushConsumer:
                     on_refused=self._refusals_for(prefix),
                 ) as sub:  # fmt: skip
                     log.info("receiving pushed entries from %s (prefix %s)", ep, prefix)
+                    self.subscribed.set()
                     wait = _RETRY[0]
                     async for d in sub.deliveries():
+                        self.received += 1
                         target = self._targets.get((prefix, d.serial))
                         if target is None:
                             d.ack()

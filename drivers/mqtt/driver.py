@@ -854,7 +854,11 @@ class ProfileSubscription:
 
     def _refuse(self, serial: str, reason: str, counter: str, known: bool = True) -> None:
         setattr(self, counter, getattr(self, counter) + 1)
-        log.warning("refused pushed entries of meter %s: %s", serial, reason)
+        if counter == "rejected":
+            why = reason.removeprefix("unauthenticated: ")
+            log.warning("refused unauthenticated profile entries for meter %s (%s)", serial, why)
+        else:
+            log.warning("skipping bad profile message from %s: %s", serial, reason)
         if known and self._on_refused is not None:
             self._on_refused(serial, reason)
 

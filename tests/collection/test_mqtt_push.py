@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -57,11 +58,14 @@ async def test_pushed_entries_are_stored_and_the_cycle_skips_current_meters(
     with psycopg.connect(url) as conn:
         registry.import_inventory(conn, registry.load(path), box, actor="pytest")
     (pid,) = _rows(url, "SELECT id FROM meter WHERE serial = %s", principal.serial)[0]
-    consumer = PushConsumer(url, box, collector_id="pytest-push", batch_wait=0.05)
+    consumer = PushConsumer(
+        url, box, collector_id="pytest-push", batch_wait=0.05,
+        client_id=f"pytest-{uuid.uuid4().hex[:8]}", session_expiry=30,
+    )  # fmt: skip
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
-        await asyncio.sleep(0.5)  # subscribed
+        await asyncio.wait_for(consumer.subscribed.wait(), 30)
         # An unsigned push for a registered meter, with made-up energy: refused.
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
         forged = {"schema": p.SCHEMA, "serial": principal.serial, "entries": [{

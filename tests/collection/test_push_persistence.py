@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,12 @@ CONFIG = EngineConfig(
     stale_after=timedelta(seconds=10),
 )
 SEED = b"pytest broker seed"
+
+
+def _client_id() -> str:
+    """A client id of the test's own: persistent sessions outlive a test run on a shared
+    broker, and a fixed id would resume one that queued other runs' pushes."""
+    return f"pytest-{uuid.uuid4().hex[:10]}"
 
 
 def _rows(url: str, sql: str, *params: object) -> list[tuple]:
@@ -83,12 +90,15 @@ def _import(url: str, box, fleet, tmp: Path, edit=None) -> None:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def shipped_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+def shipped_mosquitto(
+    tmp_path_factory: pytest.TempPathFactory, mosquitto_programs: tuple[str, str]
+) -> Iterator[Deployed]:
     """The shipped configuration, with the accounts of the fleets these tests build."""
     accounts: dict[str, str] = {}
     for code in (88801, 88811):
         accounts |= broker_accounts(_fleet_of_mqtt(code), SEED)
-    with deployed_mosquitto(tmp_path_factory.mktemp("shipped"), accounts) as deployed:
+    tmp = tmp_path_factory.mktemp("shipped")
+    with deployed_mosquitto(tmp, accounts, mosquitto_programs) as deployed:
         yield deployed
 
 
@@ -111,7 +121,10 @@ async def test_the_demo_fleet_logs_in_to_the_shipped_mosquitto(
         await start_fleet(_fleet_of_mqtt(88801), mqtt=shipped_mosquitto.plain)
     fleet = _fleet_of_mqtt(88801)
     await start_fleet(fleet, mqtt=shipped_mosquitto.plain, broker_seed=SEED)
-    consumer = PushConsumer(url, box, collector_id="pytest-demo", batch_wait=0.05)
+    consumer = PushConsumer(
+        url, box, collector_id="pytest-demo", batch_wait=0.05, client_id=_client_id(),
+        session_expiry=30,
+    )  # fmt: skip
     stop = asyncio.Event()
     task: asyncio.Task | None = None
     try:
@@ -119,7 +132,7 @@ async def test_the_demo_fleet_logs_in_to_the_shipped_mosquitto(
         summary = await Collector(url, box, CONFIG).run_cycle()
         assert summary.ok == 2, summary.as_dict()
         task = asyncio.create_task(consumer.run(stop))
-        await asyncio.sleep(1.0)  # subscribed
+        await asyncio.wait_for(consumer.subscribed.wait(), 30)
         published = await _publish(fleet)
         n = sum(len(e[0].values) for e in published.values())
         await _until(url, "SELECT count(*) FROM ingest_batch WHERE source LIKE 'mqtt-push:%%'")
@@ -176,19 +189,20 @@ async def test_pushes_made_while_cgm_is_down_are_stored_once_after_restart(
     fleet = _fleet_of_mqtt(88811)
     await start_fleet(fleet, mqtt=broker, broker_seed=SEED)
     ids = []
-    client_id = f"cgm-pytest-{which}"
+    client_id = _client_id()
+    consumers: list[PushConsumer] = []
 
     async def run_consumer(name: str, batch_wait: float, until=None) -> PushConsumer:  # noqa: ANN001
         consumer = PushConsumer(
-            url, box, collector_id=name, batch_wait=batch_wait, client_id=client_id
-        )
+            url, box, collector_id=name, batch_wait=batch_wait, client_id=client_id,
+            session_expiry=60,
+        )  # fmt: skip
+        consumers.append(consumer)
         stop = asyncio.Event()
         task = asyncio.create_task(consumer.run(stop))
         try:
-            if until is None:
-                await asyncio.sleep(1.5)
-            else:
-                await until()
+            await asyncio.wait_for(consumer.subscribed.wait(), 30)
+            await (until or (lambda: asyncio.sleep(1.5)))()
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)
@@ -207,8 +221,14 @@ async def test_pushes_made_while_cgm_is_down_are_stored_once_after_restart(
         assert _rows(url, count, ids, hour) == [(0,)]
         # Restarted, it receives them, but stops before its batch is stored (its writer
         # waits 30 s to fill a batch): received, not stored, so not acknowledged.
-        second = await run_consumer("second", 30.0)
-        assert second.stored == 0 and _rows(url, count, ids, hour) == [(0,)]
+        async def received() -> None:
+            async with asyncio.timeout(30):
+                while not consumers[-1].received:  # noqa: ASYNC110 - a counter, not an event
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+
+        second = await run_consumer("second", 30.0, received)
+        assert second.received and second.stored == 0 and _rows(url, count, ids, hour) == [(0,)]
 
         # Started again: the broker sends them once more, and they are stored once.
         async def stored() -> None:
@@ -246,7 +266,10 @@ async def test_refused_pushed_values_are_recorded_in_the_session_log_and_hoja_de
             if m["serial"] == principal.serial:
                 m["params"]["max_current_a"] = 0.0001
 
-    consumer = PushConsumer(url, box, collector_id="pytest-refused", batch_wait=0.05)
+    consumer = PushConsumer(
+        url, box, collector_id="pytest-refused", batch_wait=0.05, client_id=_client_id(),
+        session_expiry=30,
+    )  # fmt: skip
     stop = asyncio.Event()
     task = None
     try:
@@ -256,7 +279,7 @@ async def test_refused_pushed_values_are_recorded_in_the_session_log_and_hoja_de
             for s in (principal.serial, backup.serial)
         )
         task = asyncio.create_task(consumer.run(stop))
-        await asyncio.sleep(1.0)
+        await asyncio.wait_for(consumer.subscribed.wait(), 30)
         published = await _publish(fleet)
         # A forged push for the backup: no signature.
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
