@@ -210,6 +210,10 @@ CSV_CREDENTIAL_COLUMNS = {
     "level1_client": ("level1", "client"),
     "level2_secret": ("level2", "secret"),
     "level2_client": ("level2", "client"),
+    # MQTT: the CGM's broker login (the client certificate file is param.client_cert).
+    "broker_username": ("broker", "username"),
+    "broker_password": ("broker", "password"),
+    "broker_client_key": ("broker", "client_key"),
 }
 CSV_PARAM_PREFIX = "param."
 CSV_ATTR_PREFIX = "attr."

@@ -285,3 +285,27 @@ def test_understated_type_governs_nowhere_even_in_older_rows(
     assert (fr["point_type"], fr["clock_limit_s"], fr["backup_required"]) == (1, 30, True)
     [target] = registry.active_meters(conn, box, frontier=code)
     assert (target.point_type, target.clock_limit_s) == (1, 30)
+
+
+def test_csv_broker_login_is_stored_encrypted_and_reaches_the_collector(
+    conn: psycopg.Connection, box: SecretBox, tmp_path: Path
+) -> None:
+    code = new_code()
+    p = tmp_path / "inv.csv"
+    p.write_text(
+        "frontier_code,frontier_name,kind,voltage_level,monthly_energy_mwh,serial,role,"
+        "protocol,endpoint,param.serial,level1_secret,level2_secret,broker_username,"
+        "broker_password\n"
+        f"{code},A,distribution,2,100,{code}-P,principal,mqtt,h:1883,{code}-P,r1,c2,cgm,"
+        "csv-broker-pw\n"
+    )
+    _import(conn, p, box)
+    (enc,) = conn.execute(
+        "SELECT secret_enc FROM meter_credential c JOIN meter m ON m.id = c.meter_id "
+        "WHERE m.serial = %s AND c.level = 0", (f"{code}-P",),
+    ).fetchone()  # fmt: skip
+    assert b"csv-broker-pw" not in bytes(enc)
+    [target] = registry.active_meters(conn, box, frontier=code)
+    assert target.broker is not None
+    assert (target.broker.username, target.broker.password) == ("cgm", "csv-broker-pw")
+    assert _import(conn, p, box).credentials_changed == 0  # re-import: nothing changes

@@ -287,3 +287,62 @@ def test_csv_row_shorter_than_its_header_is_an_error(tmp_path: Path) -> None:
     )
     [issue] = _raw(p)
     assert issue.line == 3 and "9 cells" in issue.message and "10 columns" in issue.message
+
+
+_CSV_MQTT_HEAD = (
+    "frontier_code,frontier_name,kind,voltage_level,monthly_energy_mwh,serial,role,protocol,"
+    "endpoint,param.serial,level1_secret,level2_secret,broker_username,broker_password,"
+    "broker_client_key\n"
+)
+
+
+def test_csv_carries_the_broker_login_like_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MQTT_CGM_PASSWORD", "broker-pw")
+    key = "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----"
+    monkeypatch.setenv("MQTT_CGM_KEY", key)
+    p = tmp_path / "inv.csv"
+    p.write_text(
+        _CSV_MQTT_HEAD
+        + "Frt1,A,distribution,2,100,P1,principal,mqtt,h:1883,P1,r1,c2,cgm,env:MQTT_CGM_PASSWORD,\n"
+        "Frt1,,,,,B1,backup,mqtt,h:1883,B1,r3,c4,,,env:MQTT_CGM_KEY\n"
+    )
+    p1, b1 = registry.load(p).frontiers[0].meters
+    assert p1.credentials.broker is not None
+    assert p1.credentials.broker.username == "cgm"
+    assert p1.credentials.broker.password.get_secret_value() == "broker-pw"  # type: ignore[union-attr]
+    assert b1.credentials.broker is not None and b1.credentials.broker.username is None
+    assert "BEGIN PRIVATE KEY" in b1.credentials.broker.client_key.get_secret_value()  # type: ignore[union-attr]
+    assert "broker-pw" not in repr(p1)
+
+
+@pytest.mark.parametrize(
+    ("cells", "where", "needle"),
+    [
+        (",cgm,env:NOT_SET_ANYWHERE_42,", "columns broker_*", "NOT_SET_ANYWHERE_42"),  # unset env:
+        (",,pw,", "columns broker_*", "needs its username"),  # a password without a user
+    ],
+)
+def test_csv_broker_login_errors_name_file_line_and_column(
+    tmp_path: Path, cells: str, where: str, needle: str
+) -> None:
+    p = tmp_path / "inv.csv"
+    p.write_text(
+        _CSV_MQTT_HEAD
+        + "Frt1,A,distribution,2,100,P1,principal,mqtt,h:1883,P1,r1,c2,cgm,pw,\n"
+        + f"Frt1,,,,,B1,backup,mqtt,h:1883,B1,r3,c4{cells}\n"
+    )
+    [issue] = _raw(p)
+    assert issue.file == str(p) and issue.line == 3
+    assert where in f"{issue.where}: {issue.message}" and needle in issue.message
+
+
+def test_csv_broker_login_on_a_dlms_meter_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "inv.csv"
+    p.write_text(
+        _CSV_MQTT_HEAD
+        + "Frt1,A,distribution,2,100,P1,principal,dlms,h:4059,,r1,c2,cgm,pw,\n"
+    )
+    [issue] = _raw(p)
+    assert issue.line == 2 and "MQTT meters only" in issue.message
