@@ -23,9 +23,14 @@ class Progress:
         self.interval_s = interval_s
         self._start = time.monotonic()
         self._shown = 0.0
+        self.detail = ""
 
     def advance(self, n: int = 1) -> None:
-        self.done += n
+        self.update(self.done + n)
+
+    def update(self, done: int, detail: str = "") -> None:
+        """Set the count (and a short text after the figures, e.g. a second count)."""
+        self.done, self.detail = done, detail
         if not self.enabled:
             return
         now = time.monotonic()
@@ -39,8 +44,9 @@ class Progress:
         left = (self.total - self.done) / rate if rate > 0 else 0.0
         pct = 100.0 * self.done / self.total
         self.stream.write(
-            f"\r{self.label}: {self.done}/{self.total} ({pct:.0f} %), {rate:.1f}/s, "
-            f"{int(left // 60)}m{int(left % 60):02d}s left "
+            f"\r{self.label}: {self.done}/{self.total} ({pct:.0f} %), "
+            + (f"{self.detail}, " if self.detail else "")
+            + f"{rate:.1f}/s, {int(left // 60)}m{int(left % 60):02d}s left "
         )
         self.stream.flush()
 

@@ -180,6 +180,7 @@ class Collector:
         self._active: set[datetime] = set()  # cycles running now in this collector
         self._locked: dict[int, set[int]] = {}  # meter -> access levels not to present now
         self._clock_block: str | None = None  # why no clock may be set in this cycle
+        self.current: CycleSummary | None = None  # the cycle running or last run
 
     async def run_cycle(
         self,
@@ -201,7 +202,7 @@ class Collector:
             # meters even when this hour's scheduled cycle has already claimed them.
             moment = now or datetime.now(UTC)
             cycle = moment.replace(microsecond=0) if force else current_cycle(moment)
-        summary = CycleSummary(cycle)
+        summary = self.current = CycleSummary(cycle)  # read by progress displays
         try:
             async with await psycopg.AsyncConnection.connect(
                 self.db_url, **CONNECT_OPTIONS

@@ -11,9 +11,12 @@ Every collector runs cycles (claims make each meter exactly-once per cycle); onl
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TextIO
 
 import psycopg
 from apscheduler.triggers.cron import CronTrigger
@@ -21,6 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 from cgm import metrics
 from cgm.collection import claims
 from cgm.collection.engine import Collector, CycleSummary, EngineConfig, clock_options
+from cgm.progress import Progress
 from cgm.security import secret_box
 from cgm.service import Service
 
@@ -43,6 +47,10 @@ class CollectionJob:
         self._leader_conn: psycopg.AsyncConnection | None = None
         self.last: CycleSummary | None = None
         self._held = False
+        # The first cycle catches up what the meters kept while cgm was away (up to their
+        # whole memory): its progress is shown when this is a terminal.
+        self.progress_stream: TextIO = sys.stdout
+        self._first = True
 
     async def start(self, service: Service) -> None:
         self.collector = Collector(service.db_url, secret_box(service.settings), self.config)
@@ -77,9 +85,18 @@ class CollectionJob:
 
     async def run(self) -> None:
         assert self.collector is not None
-        # run_cycle reports failures in the summary rather than raising: the later stages
-        # always run for what was stored, even when the cycle ended early.
-        summary = await self.collector.run_cycle()
+        first, self._first = self._first, False
+        shown = None
+        if first and getattr(self.progress_stream, "isatty", lambda: False)():
+            shown = asyncio.create_task(self._show_progress(self.collector))
+        try:
+            # run_cycle reports failures in the summary rather than raising: the later
+            # stages always run for what was stored, even when the cycle ended early.
+            summary = await self.collector.run_cycle()
+        finally:
+            if shown is not None:
+                shown.cancel()
+                await asyncio.gather(shown, return_exceptions=True)
         self.last = summary
         log.info(
             "cycle %s: %d meters, %d ok, %d failed, %d readings stored, %d refused, "
@@ -104,6 +121,29 @@ class CollectionJob:
                 await hook(summary)
             except Exception:  # noqa: BLE001 - a later stage failing must not stop collection
                 log.exception("after-cycle hook failed")
+
+    async def _show_progress(self, collector: Collector, every: float = 0.5) -> None:
+        """Meters done and intervals stored by the running cycle, until it is cancelled."""
+        bar: Progress | None = None
+
+        def draw() -> None:
+            nonlocal bar
+            s = collector.current
+            if s is None or not s.meters:
+                return
+            if bar is None:
+                bar = Progress("first catch-up, meters", s.meters, stream=self.progress_stream,
+                               interval_s=0)  # fmt: skip
+            bar.update(s.ok + sum(s.failed.values()), f"{s.intervals_stored} intervals stored")
+
+        try:
+            while True:
+                await asyncio.sleep(every)
+                draw()
+        finally:
+            draw()
+            if bar is not None:
+                bar.close()
 
     async def _overdue(self) -> None:
         async with await psycopg.AsyncConnection.connect(self.service.db_url) as conn:
