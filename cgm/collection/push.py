@@ -228,29 +228,44 @@ class PushConsumer:
                         batch.append(await asyncio.wait_for(self._queue.get(), left))
                     except TimeoutError:
                         break
-                wait = _RETRY[0]
-                while True:
-                    try:
-                        if conn is None or conn.closed:
-                            conn = await psycopg.AsyncConnection.connect(self.db_url)
-                        await self.store(conn, batch)
-                        break
-                    except (psycopg.OperationalError, OSError) as exc:
-                        # The database is away: keep the batch (unacknowledged, so a stop
-                        # now leaves it with the broker) and try again.
-                        log.warning(
-                            "pushed entries not stored yet (%d messages): %s; retrying in %.0f s",
-                            len(batch), exc, wait,
-                        )  # fmt: skip
-                        conn = None
-                        await asyncio.sleep(wait)
-                        wait = min(wait * 2, _RETRY[1])
-                for item in batch:
-                    if item.ack is not None:
-                        item.ack()
+                conn = await self._store_acked(conn, batch)
         finally:
             if conn is not None:
                 await conn.close()
+
+    async def _store_acked(
+        self, conn: psycopg.AsyncConnection | None, batch: list[Pushed]
+    ) -> psycopg.AsyncConnection | None:
+        """Store ``batch`` and acknowledge it. The database away: keep it (unacknowledged,
+        so a stop now leaves it with the broker) and try again. Anything else: store the
+        pushes one by one, and drop (logged, acknowledged) only one that still fails, so one
+        bad push never blocks the others."""
+        wait = _RETRY[0]
+        while True:
+            try:
+                if conn is None or conn.closed:
+                    conn = await psycopg.AsyncConnection.connect(self.db_url)
+                await self.store(conn, batch)
+                break
+            except (psycopg.OperationalError, OSError) as exc:
+                log.warning(
+                    "pushed entries not stored yet (%d messages): %s; retrying in %.0f s",
+                    len(batch), exc, wait,
+                )  # fmt: skip
+                conn = None
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _RETRY[1])
+            except Exception:  # noqa: BLE001 - the writer must outlive any one push
+                if len(batch) == 1:
+                    log.exception("pushed entries of %s not stored", batch[0].target.serial)
+                    break
+                for item in batch:
+                    conn = await self._store_acked(conn, [item])
+                return conn
+        for item in batch:
+            if item.ack is not None:
+                item.ack()
+        return conn
 
     async def store(self, conn: psycopg.AsyncConnection, batch: Sequence[Pushed]) -> Stored:
         """Screen and store one batch of pushes in one transaction; what is refused is
