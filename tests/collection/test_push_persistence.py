@@ -341,3 +341,38 @@ async def test_refused_pushed_values_are_recorded_in_the_session_log_and_hoja_de
     assert _rows(url, "SELECT count(*) FROM reading WHERE meter_id = %s", bid)[0][0] == len(
         published[backup.serial][0].values
     )
+
+
+async def test_a_push_that_cannot_be_stored_does_not_stop_the_push_writer(
+    new_database, tmp_path: Path, mqtt_broker: tuple[str, int]
+) -> None:
+    from dataclasses import replace
+
+    from cgm.collection.push import Pushed
+    from cgm.registry import active_meters_async
+
+    url = new_database()
+    upgrade(url, Settings(database_url=url))
+    box = secret_box(Settings(database_url=url, data_dir=tmp_path))
+    fleet = build_fleet(1, seed=4, mix={"mqtt": 1.0}, first_code=88831)
+    await start_fleet(fleet, mqtt=mqtt_broker)
+    try:
+        _import(url, box, fleet, tmp_path)
+    finally:
+        await fleet.stop()
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        good, other = await active_meters_async(conn, box)
+    ghost = replace(other, meter_id=10**12)  # removed from the registry meanwhile
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    entries = fleet.meter(good.serial).profile(end - timedelta(hours=1), end)
+    acked: list[str] = []
+    batch = [
+        Pushed(t, entries, datetime.now(UTC), (lambda s=t.serial: acked.append(s)))
+        for t in (ghost, good)
+    ]
+    consumer = PushConsumer(url, box, collector_id="pytest-poison", client_id=_client_id())
+    conn = await consumer._store_acked(None, batch)  # noqa: SLF001
+    assert conn is not None
+    await conn.close()
+    assert consumer.stored == len(entries[0].values)  # the good push is stored
+    assert sorted(acked) == sorted([ghost.serial, good.serial])  # neither is sent again
