@@ -16,6 +16,7 @@ validates, and a test that loads a map through both sides compares them) and enc
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from dataclasses import dataclass
@@ -50,11 +51,21 @@ CLOCK_FIELDS = ("year", "month", "day", "hour", "minute", "second")
 EPOCH = datetime(1970, 1, 1)
 
 
+# Where each travelling byte comes from in the big-endian value: (order, width) -> indices.
+_PICK = {
+    (order, width): tuple(ord(letter) - ord("A") for letter in pattern)
+    for order, widths in PATTERNS.items()
+    for width, pattern in widths.items()
+}
+
+
 def wire_bytes(value: float | int, dtype: str, order: str) -> bytes:
     """The bytes of ``value`` as they travel, for a numeric type and a map order."""
     raw = struct.pack(FORMATS[dtype], value)
-    pattern = PATTERNS[order][len(raw)]
-    return bytes(raw[ord(letter) - ord("A")] for letter in pattern)
+    pick = _PICK[(order, len(raw))]
+    if pick == tuple(range(len(raw))):
+        return raw
+    return bytes(raw[i] for i in pick)
 
 
 def from_wire(data: bytes, dtype: str, order: str) -> float | int:
@@ -85,13 +96,13 @@ class Field:
     scaler: float = 1.0
     order: str = "ABCD"
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         if self.type == "string":
             return self.length
         return struct.calcsize(FORMATS[self.type]) // 2
 
-    @property
+    @functools.cached_property
     def end(self) -> int:
         return self.address + self.size
 
@@ -156,11 +167,11 @@ class Profile:
     fields: tuple[Field, ...]  # offset-relative addresses
     values: str = "interval"  # or "cumulative": records hold the registers at capture
 
-    @property
+    @functools.cached_property
     def record_size(self) -> int:
         return sum(f.size for f in self.fields)
 
-    @property
+    @functools.cached_property
     def window_size(self) -> int:
         return self.records * self.record_size
 

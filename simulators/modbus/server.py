@@ -88,6 +88,8 @@ class ModbusSimulator:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        # Per meter: (what the window shows depends on, the meter, the window's registers).
+        self._windows: dict[int, tuple[tuple[object, ...], SimulatedMeter, dict[int, int]]] = {}
 
     @property
     def endpoint(self) -> Endpoint:
@@ -327,6 +329,35 @@ class ModbusSimulator:
         return image
 
     def _window(self, meter: SimulatedMeter, state: _UnitState) -> dict[int, int]:
+        """The profile window, remembered per meter until something it shows changes.
+
+        The driver reads a window in several requests, and a cycle reads every meter's same
+        hour: encoding the window's records once per change instead of once per read was
+        most of this simulator's CPU per session. The key holds everything the records
+        depend on: the selector, the current interval, the memory holes, divergence, reset,
+        clock settings and the load parameters.
+        """
+        faults = meter.faults
+        period = int(meter.capture_period.total_seconds())
+        key = (
+            state.selector,
+            int(meter.real_now().timestamp()) // period,
+            period,
+            meter.depth,
+            tuple(faults.missing),
+            faults.divergence_pct,
+            faults.register_reset_at,
+            len(meter.clock_adjustments),
+            meter.mean_kw,
+            meter.seed,
+            meter.generator,
+        )
+        cached = self._windows.get(id(meter))
+        if cached is None or cached[0] != key or cached[1] is not meter:
+            cached = self._windows[id(meter)] = (key, meter, self._window_now(meter, state))
+        return cached[2]
+
+    def _window_now(self, meter: SimulatedMeter, state: _UnitState) -> dict[int, int]:
         """The profile window: records whose timestamp is ≥ the selector, oldest first."""
         p = self.map.profile
         assert p is not None and self.map.clock is not None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import secrets
 import socket
@@ -248,10 +249,11 @@ class MqttMeterSimulator:
         response = w.dumps(self._answer(meter, bytes(msg.payload)))
         if action is FaultAction.CORRUPT:
             response = response[: len(response) // 2]
-        props = Properties(PacketTypes.PUBLISH)
+        props = copy.copy(_ANSWER_PROPERTIES)
         if corr is not None:
-            props.CorrelationData = corr
-        props.ContentType = "application/json"
+            # Past paho's __setattr__, which scans every property name on each set: the
+            # template was checked once, and CorrelationData belongs to PUBLISH.
+            props.__dict__["CorrelationData"] = corr
         await self._client.publish(res_topic, response, qos=1, properties=props)
         self._answered[key] = self._answered.get(key, 0) + 1
 
@@ -364,6 +366,10 @@ def _entry(e: ProfileEntry) -> dict[str, Any]:
 
 class _Unsupported(w.BadRequest):
     pass
+
+
+_ANSWER_PROPERTIES = Properties(PacketTypes.PUBLISH)
+_ANSWER_PROPERTIES.ContentType = "application/json"
 
 
 async def serve(

@@ -71,6 +71,10 @@ def serial_of_command_topic(prefix: str, topic: str) -> str | None:
 
 
 def _string(s: str) -> str:
+    # Printable ASCII without a quote or backslash (serials, units, commands, times: nearly
+    # every string) is itself; the per-character escaping below is for the rest.
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return f'"{s}"'
     out = ['"']
     for ch in s:
         code = ord(ch)
@@ -92,8 +96,39 @@ def _string(s: str) -> str:
     return "".join(out)
 
 
+def _float(value: float) -> str:
+    if not math.isfinite(value):
+        raise ValueError("JSON has no NaN or infinity")
+    return repr(value)
+
+
+def _list(value: list[Any] | tuple[Any, ...]) -> str:
+    return "[" + ",".join([encode(v) for v in value]) + "]"
+
+
+def _object(value: dict[str, Any]) -> str:
+    return "{" + ",".join([f"{_string(k)}:{encode(v)}" for k, v in sorted(value.items())]) + "}"
+
+
+# Exact types first (one dict look-up per value instead of a chain of isinstance checks);
+# subclasses fall through to the general rules below.
+_BY_TYPE: dict[type, Any] = {
+    str: _string,
+    int: str,
+    float: _float,
+    bool: lambda v: "true" if v else "false",
+    type(None): lambda v: "null",
+    list: _list,
+    tuple: _list,
+    dict: _object,
+}
+
+
 def encode(value: Any) -> str:
     """Canonical JSON text of ``value``."""
+    exact = _BY_TYPE.get(type(value))
+    if exact is not None:
+        return exact(value)
     if value is None:
         return "null"
     if value is True:
