@@ -129,11 +129,12 @@ async def seed(url: str, meter_ids: list[int], at: datetime) -> None:
         await write_readings(conn, rows, source="benchmark-seed", actor="benchmark")
 
 
-def engine_config(concurrency: int, per_endpoint: int) -> EngineConfig:
+def engine_config(concurrency: int, per_endpoint: int, stale_after: float = 90.0) -> EngineConfig:
     return EngineConfig(
         max_sessions=concurrency,
         per_endpoint=per_endpoint,
         policy=SessionPolicy(timeout=30.0, attempts=2),
+        stale_after=timedelta(seconds=stale_after),
     )
 
 
@@ -178,7 +179,13 @@ async def run_collector(
 
 
 def spawn_collectors(
-    count: int, url: str, data_dir: Path, concurrency: int, per_endpoint: int, driver: str
+    count: int,
+    url: str,
+    data_dir: Path,
+    concurrency: int,
+    per_endpoint: int,
+    driver: str,
+    stale_after: float,
 ) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
@@ -194,6 +201,8 @@ def spawn_collectors(
                 str(per_endpoint),
                 "--driver",
                 driver,
+                "--stale-after",
+                str(stale_after),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -214,6 +223,8 @@ async def measure(
     since_hours: int = 2,
     latency: tuple[float, float] = (0.0, 0.0),
     driver: str = "real",
+    kill_after: float | None = None,
+    stale_after: float = 90.0,
 ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="cgm-bench-"))
     name, url = scratch_db(server)
@@ -234,12 +245,30 @@ async def measure(
         load = os.getloadavg()[0]
         sim_proc = psutil.Process(sim.pid)
         sim_cpu0 = sum(sim_proc.cpu_times()[:2])
-        config = engine_config(concurrency, per_endpoint)
+        config = engine_config(concurrency, per_endpoint, stale_after)
+        killed = None
         if collectors == 1:
             runs = [await run_collector(url, work, config, driver)]
         else:
-            procs = spawn_collectors(collectors, url, work, concurrency, per_endpoint, driver)
+            spawned = time.time()
+            procs = spawn_collectors(
+                collectors, url, work, concurrency, per_endpoint, driver, stale_after
+            )
             runs = []
+            if kill_after is not None:
+                # One collector dies (SIGKILL) mid-cycle: the others must take over its
+                # open claims once its heartbeat is older than --stale-after.
+                await asyncio.sleep(kill_after)
+                victim = psutil.Process(procs[0].pid)
+                cpu = sum(victim.cpu_times()[:2])
+                rss = victim.memory_info().rss / 2**20
+                procs[0].kill()
+                procs[0].wait()
+                killed = {"start": spawned, "finish": time.time(), "meters": 0, "ok": 0,
+                          "failed": {}, "intervals": 0, "errors": [], "cpu": cpu,
+                          "max_rss_mb": round(rss, 1)}  # fmt: skip
+                runs.append(killed)
+                procs = procs[1:]
             for proc in procs:
                 out, _ = proc.communicate()
                 runs.append(json.loads(out.strip().splitlines()[-1]))
@@ -299,6 +328,7 @@ async def measure(
                 "simulators_start_s": round(started, 1),
                 "load_before": round(load, 2),
                 "within_60s": seconds <= 60,
+                "killed_one": killed is not None,
                 **checks,
                 "errors": [e for r in runs for e in r["errors"]],
             }
@@ -371,6 +401,17 @@ def main() -> None:
     parser.add_argument(
         "--jitter", type=float, default=0.0, help="up to this much more, at random, per answer"
     )
+    parser.add_argument(
+        "--kill-after",
+        type=float,
+        help="with 2+ collectors, SIGKILL the first this many seconds into the cycle",
+    )
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=90.0,
+        help="seconds without a heartbeat before a collector's claims are taken over",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("URL", "DATA_DIR"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--database-url",
@@ -379,7 +420,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         url, data_dir = args.worker
-        config = engine_config(args.concurrency, args.per_endpoint)
+        config = engine_config(args.concurrency, args.per_endpoint, args.stale_after)
         print(
             json.dumps(asyncio.run(run_collector(url, Path(data_dir), config, args.driver))),
             flush=True,
@@ -407,6 +448,8 @@ def main() -> None:
                     args.since_hours,
                     (args.latency, args.jitter),
                     args.driver,
+                    args.kill_after if collectors > 1 else None,
+                    args.stale_after,
                 )
             )
             first = first or float(result["cycle_s"])  # type: ignore[arg-type]

@@ -181,6 +181,7 @@ class Collector:
         self._locked: dict[int, set[int]] = {}  # meter -> access levels not to present now
         self._clock_block: str | None = None  # why no clock may be set in this cycle
         self.current: CycleSummary | None = None  # the cycle running or last run
+        self._drivers: dict[str, Driver] = {}
 
     async def run_cycle(
         self,
@@ -523,7 +524,9 @@ class Collector:
 
     def _driver(self, protocol: str) -> Driver:
         """The protocol's driver; DLMS gets this database's HLS-GMAC counter store."""
-        driver = get_driver(protocol)
+        driver = self._drivers.get(protocol)
+        if driver is None:  # import_module per session cost more than the lookup
+            driver = self._drivers[protocol] = get_driver(protocol)
         if protocol == "dlms":
             store = getattr(driver, "counter_store", None)
             if getattr(store, "db_url", None) != self.db_url:
@@ -564,8 +567,8 @@ class Collector:
                     error=f"timeout: session exceeded {limit:g} s",
                     duration_s=limit,
                 )
-        metrics.SESSIONS.labels(target.protocol, outcome.result).inc()
-        metrics.SESSION_SECONDS.labels(target.protocol).observe(outcome.duration_s)
+        _child(metrics.SESSIONS, target.protocol, outcome.result).inc()
+        _child(metrics.SESSION_SECONDS, target.protocol).observe(outcome.duration_s)
         await queue.put(outcome)
 
     async def _writer(
@@ -702,19 +705,27 @@ async def store_outcomes(
         label = (o.target.serial, o.target.frontier_code)
         if o.succeeded:
             summary.ok += 1
-            metrics.LAST_SUCCESS.labels(*label).set(now.timestamp())
+            _child(metrics.LAST_SUCCESS, *label).set(now.timestamp())
         else:
             summary.failed[o.result] += 1
         if o.clock is not None:
             offset = o.correction.after.offset if o.correction and o.correction.ok else None
-            metrics.CLOCK_OFFSET.labels(*label).set(
+            _child(metrics.CLOCK_OFFSET, *label).set(
                 offset if offset is not None else o.clock.offset
             )
         n = stored.values.get(o.target.meter_id, 0)
         if n:
-            metrics.INTERVALS_STORED.labels(o.target.protocol).inc(n)
+            _child(metrics.INTERVALS_STORED, o.target.protocol).inc(n)
     for r in stored.refused:
         metrics.INTERVALS_REFUSED.labels(r.kind).inc()
+
+
+@functools.cache
+def _child(metric: Any, *labels: str) -> Any:
+    """A metric's child for these labels, looked up once (``labels()`` takes a lock and
+    builds the key on every call: ~6 % of the engine's CPU, several calls per session).
+    Per-meter children live as long as the process, as they would without the cache."""
+    return metric.labels(*labels)
 
 
 class _Rows:
@@ -1095,37 +1106,38 @@ async def _session_log(
         reason, n = refused.most_common(1)[0]
         return f"{sum(refused.values())} values refused ({n}: {reason})"
 
-    await conn.execute(
-        """INSERT INTO collection_session
-             (meter_id, cycle, collector, started_at, finished_at, result, error,
-              channel_used, attempts, entries_read, clock_offset_s, clock_corrected,
-              read_from, read_to, intervals_stored, intervals_refused, refusals)
-           SELECT m, %s, %s, s, f, r, e, ch, a, n, off, cc, rf, rt, st, rn, rj
-           FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::text[],
-                       %s::text[], %s::text[], %s::integer[], %s::integer[], %s::float8[],
-                       %s::boolean[], %s::timestamptz[], %s::timestamptz[], %s::integer[],
-                       %s::integer[], %s::jsonb[])
-                AS u(m, s, f, r, e, ch, a, n, off, cc, rf, rt, st, rn, rj)""",
-        (
-            cycle,
-            collector,
-            [o.target.meter_id for o in batch],
-            [o.started_at for o in batch],
-            [o.finished_at or o.started_at for o in batch],
-            [o.result for o in batch],
-            [error(o) for o in batch],
-            [o.channel_used for o in batch],
-            [o.attempts for o in batch],
-            [len(o.entries) for o in batch],
-            [o.clock.offset if o.clock else None for o in batch],
-            [bool(o.correction and o.correction.ok) for o in batch],
-            [o.read_from for o in batch],
-            [o.read_to for o in batch],
-            [stored.values.get(o.target.meter_id, 0) for o in batch],
-            [sum(refusals[o.target.meter_id].values()) for o in batch],
-            [Jsonb(dict(refusals[o.target.meter_id])) for o in batch],
-        ),
-    )
+    # COPY, one row per outcome: the same rows as an INSERT over unnest(arrays), without
+    # dumping 17 arrays element by element in Python (~7 % of the engine's CPU).
+    async with conn.cursor() as cur, cur.copy(_COPY_SESSION) as copy:
+        for o in batch:
+            refused = refusals[o.target.meter_id]
+            await copy.write_row(
+                (
+                    o.target.meter_id,
+                    cycle,
+                    collector,
+                    o.started_at,
+                    o.finished_at or o.started_at,
+                    o.result,
+                    error(o),
+                    o.channel_used,
+                    o.attempts,
+                    len(o.entries),
+                    o.clock.offset if o.clock else None,
+                    bool(o.correction and o.correction.ok),
+                    o.read_from,
+                    o.read_to,
+                    stored.values.get(o.target.meter_id, 0),
+                    sum(refused.values()),
+                    Jsonb(dict(refused)),
+                )
+            )
+
+
+_COPY_SESSION = """COPY collection_session
+    (meter_id, cycle, collector, started_at, finished_at, result, error, channel_used,
+     attempts, entries_read, clock_offset_s, clock_corrected, read_from, read_to,
+     intervals_stored, intervals_refused, refusals) FROM STDIN"""
 
 
 async def _health(
