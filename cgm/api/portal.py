@@ -20,7 +20,7 @@ from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cgm.api.access import Principal
 from cgm.api.app import FIRST_DAY, LAST_DAY, Reader
@@ -148,12 +148,27 @@ def _refusal(exc: store.PortalError) -> HTTPException:
     return HTTPException(422, text)
 
 
+def _printable(value: str) -> str:
+    """No control characters (PostgreSQL text cannot hold NUL; none belongs in a name)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
+UnitCode = Annotated[
+    str | None,
+    Field(default=None, max_length=200, description="service users only"),
+    AfterValidator(lambda v: v if v is None else _printable(v)),
+]
+
+
 class Association(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    company: str = Field(min_length=1, max_length=200)
-    number: str = Field(min_length=1, max_length=200)
-    meters: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1)
-    unit: str | None = Field(default=None, max_length=200, description="service users only")
+    company: Name
+    number: Name
+    meters: list[Name] = Field(min_length=1, max_length=100)
+    unit: UnitCode = None
 
 
 class MeterEdit(BaseModel):
@@ -161,7 +176,7 @@ class MeterEdit(BaseModel):
     smart: bool | None = None
     shared: bool | None = None
     invoice_access: bool | None = None
-    unit: str | None = Field(default=None, max_length=200, description="service users only")
+    unit: UnitCode = None
 
 
 class Invoice(BaseModel):
@@ -170,16 +185,16 @@ class Invoice(BaseModel):
     period_end: date = Field(ge=FIRST_DAY, le=LAST_DAY)
     energy_kwh: float = Field(ge=0, allow_inf_nan=False)
     amount: float = Field(ge=0, allow_inf_nan=False)
-    invoice_number: str = Field(min_length=1, max_length=100)
-    unit: str | None = Field(default=None, max_length=200, description="service users only")
+    invoice_number: Name
+    unit: UnitCode = None
 
 
 class OwnerChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    company: str = Field(min_length=1, max_length=200)
-    number: str = Field(min_length=1, max_length=200)
-    new_owner: str = Field(min_length=1, max_length=200)
-    reason: str = Field(min_length=1, max_length=1000)
+    company: Name
+    number: Name
+    new_owner: Name
+    reason: Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_printable)]
 
 
 @router.get("/client-numbers", summary="Is this company + client number registered?")

@@ -162,3 +162,35 @@ async def test_range_limits(db_url: str, client: httpx.AsyncClient) -> None:  # 
     assert r.status_code == 422
     r = await client.get(url, params={"start": "2025-01-01", "end": "2026-06-01"}, auth=(name, pw))
     assert r.status_code == 422 and "366" in r.json()["error"]
+
+
+async def test_hourly_values_written_by_postgresql_match_the_local_time_module(
+    db_url: str,
+    client: httpx.AsyncClient,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The hourly array is JSON text made by PostgreSQL: each instant, local day and hour
+    period must be what cgm.localtime says, across two days with the last hour missing."""
+    s = await _setup(db_url, tmp_path)
+    day2 = DAY + timedelta(days=1)
+    r = await client.get(
+        f"/api/v1/portal/meters/{s['m1']}/consumption",
+        params={"start": DAY.isoformat(), "end": day2.isoformat(), "resolution": "hourly"},
+        auth=(s["names"]["owner"], PASSWORD),
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    expected = [(d, i + 1, t) for d in (DAY, day2) for i, t in enumerate(hour_starts(d))][:47]
+    got = body["values"]
+    assert [(h["day"], h["hour_period"], h["interval_start"]) for h in got] == [
+        (d.isoformat(), p, t.isoformat()) for d, p, t in expected
+    ]
+    assert [h["value"] for h in got] == [10.0 + i for i in range(24)] + [
+        10.0 + i for i in range(23)
+    ]
+    assert {h["version"] for h in got} == {1} and got[4]["method"] == "linear_interpolation"
+    assert [h["estimated"] for h in got].count(True) == 1 and got[0]["method"] is None
+    t = body["totals"]
+    assert (t["hours"], t["expected_hours"], t["missing_hours"]) == (47, 48, 1)
+    assert t["value"] == pytest.approx(sum(h["value"] for h in got))
+    assert t["estimated_share"] == pytest.approx(14.0 / t["value"])

@@ -142,3 +142,19 @@ async def test_association_refusals_are_clear(
     r = await client.post(f"{API}/meters/{s['m1']}/invoices", json={**bad, "energy_kwh": -1},
                           auth=own)  # fmt: skip
     assert r.status_code == 422
+
+
+async def test_control_characters_in_a_write_are_refused_not_a_server_error(
+    db_url: str,
+    client: httpx.AsyncClient,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    s = await _setup(db_url, tmp_path)
+    who = (s["names"]["stranger"], PASSWORD)
+    r = await client.post(f"{API}/associations", json={"company": "Chil\x00quinta",
+                          "number": "1", "meters": ["M"]}, auth=who)  # fmt: skip
+    assert r.status_code == 422
+    admin = await make_user(db_url, 2)
+    r = await client.patch(f"{API}/meters/{s['m1']}", json={"smart": True, "unit": "U\x00"},
+                           auth=admin)  # fmt: skip
+    assert r.status_code == 422
