@@ -29,6 +29,7 @@ from drivers.mqtt import protocol as p
 from simulators.fleet import build_fleet, inventory, start_fleet
 from simulators.meter import Faults, SimulatedMeter
 from simulators.mqtt import serve
+from tests.fixtures.fleet import import_inventory
 
 ROGUE_KWH = 77777.0
 CONFIG = EngineConfig(
@@ -77,14 +78,6 @@ async def rogue(broker: tuple[str, int], serials: list[str]) -> AsyncIterator[li
             await asyncio.gather(task, return_exceptions=True)
 
 
-def _import(url: str, tmp: Path, inv: dict) -> None:
-    path = tmp / "fleet.yaml"
-    path.write_text(yaml.safe_dump(inv))
-    box = secret_box(Settings(database_url=url, data_dir=tmp))
-    with psycopg.connect(url) as conn:
-        registry.import_inventory(conn, registry.load(path), box, actor="pytest")
-
-
 def _rows(url: str, sql: str, *params: object) -> list[tuple]:
     with psycopg.connect(url) as conn:
         return conn.execute(sql, params).fetchall()
@@ -100,7 +93,7 @@ async def test_rogue_mqtt_answers_are_not_stored(
     await start_fleet(fleet, mqtt=mqtt_broker)
     caplog.set_level(logging.WARNING, logger="drivers.mqtt.driver")
     try:
-        _import(url, tmp_path, inventory(fleet))
+        import_inventory(url, tmp_path, inventory(fleet))
         box = secret_box(Settings(database_url=url, data_dir=tmp_path))
         # 1. Only the rogue answers (the meters are silent): nothing is stored.
         for _, m in fleet.meters():
@@ -150,7 +143,7 @@ async def test_broker_login_comes_from_the_registry(
                     },
                 }],
             }]}  # fmt: skip
-            _import(url, tmp_path, inv)
+            import_inventory(url, tmp_path, inv)
             box = secret_box(Settings(database_url=url, data_dir=tmp_path))
             summary = await Collector(url, box, CONFIG).run_cycle(force=True)
             assert summary.ok == 1, summary.as_dict()
@@ -163,7 +156,7 @@ async def test_broker_login_comes_from_the_registry(
             assert "collector-pw" not in listed
             # A wrong password in the registry: the broker refuses, recorded as auth.
             monkeypatch.setenv("CGM_TEST_BROKER_PW", "wrong")
-            _import(url, tmp_path, inv)
+            import_inventory(url, tmp_path, inv)
             # An on-demand run is the cycle of the second it was asked: a later second here,
             # or a run within the same second as the first finds its claim taken.
             later = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)

@@ -11,18 +11,14 @@ from pathlib import Path
 
 import aiomqtt
 import psycopg
-import yaml
 
-from cgm import registry
 from cgm.collection.engine import Collector, EngineConfig
 from cgm.collection.push import PushConsumer
 from cgm.collection.session import SessionPolicy
-from cgm.config import Settings
-from cgm.migrate import upgrade
-from cgm.security import secret_box
 from drivers.base import Channel
 from drivers.mqtt import protocol as p
-from simulators.fleet import build_fleet, inventory, start_fleet
+from simulators.fleet import build_fleet, start_fleet
+from tests.fixtures.fleet import FleetEnv, migrated_database
 
 CONFIG = EngineConfig(
     policy=SessionPolicy(timeout=5.0, attempts=1, backoff=0.01),
@@ -47,16 +43,13 @@ async def _wait_for(url: str, sql: str, *params: object, timeout: float = 10.0) 
 async def test_pushed_entries_are_stored_and_the_cycle_skips_current_meters(
     new_database, tmp_path: Path, mqtt_broker: tuple[str, int]
 ) -> None:
-    url = new_database()
-    upgrade(url, Settings(database_url=url))
+    url = migrated_database(new_database)
     fleet = build_fleet(1, seed=21, mix={"mqtt": 1.0}, first_code=88701)
     await start_fleet(fleet, mqtt=mqtt_broker)
     principal = fleet.frontiers[0].principal
-    path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump(inventory(fleet)))
-    box = secret_box(Settings(database_url=url, data_dir=tmp_path))
-    with psycopg.connect(url) as conn:
-        registry.import_inventory(conn, registry.load(path), box, actor="pytest")
+    env = FleetEnv(url, fleet, tmp_path)
+    env.import_()
+    box = env.box
     (pid,) = _rows(url, "SELECT id FROM meter WHERE serial = %s", principal.serial)[0]
     consumer = PushConsumer(
         url, box, collector_id="pytest-push", batch_wait=0.05,

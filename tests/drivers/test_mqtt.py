@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,7 +35,7 @@ from drivers.base import (
 from drivers.mqtt import DRIVER, MqttSession, subscribe_profiles
 from drivers.mqtt import protocol as p
 from simulators.meter import Faults, SimulatedMeter
-from simulators.mqtt import MqttMeterSimulator, serve
+from tests.fixtures.mqtt import simulated
 
 READER = Credentials(AccessLevel.READ, "reader-1", client="test-reader")
 CONFIGURER = Credentials(AccessLevel.CONFIGURE, "config-2", client="test-operator")
@@ -46,17 +44,6 @@ HOUR = timedelta(hours=1)
 
 def _hour_floor(t: datetime) -> datetime:
     return t.replace(minute=0, second=0, microsecond=0)
-
-
-@asynccontextmanager
-async def simulated(
-    broker: tuple[str, int], prefix: str, meters: Iterable[SimulatedMeter], **kw: object
-) -> AsyncIterator[MqttMeterSimulator]:
-    sim = await serve(list(meters), *broker, prefix=prefix, **kw)  # type: ignore[arg-type]
-    try:
-        yield sim
-    finally:
-        await sim.stop(clear_retained=True)
 
 
 async def session(

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,22 +29,11 @@ from drivers.base import (
 from drivers.mqtt import DRIVER, BrokerLogin, MqttSession, subscribe_profiles
 from drivers.mqtt import protocol as p
 from simulators.meter import Faults, SimulatedMeter
-from simulators.mqtt import MqttMeterSimulator, serve
+from tests.fixtures.mqtt import simulated
 from tests.fixtures.tls import ScratchCA
 
 READER = Credentials(AccessLevel.READ, "reader-1", client="test-reader")
 ROGUE_KWH = 99999.0
-
-
-@asynccontextmanager
-async def simulated(
-    broker: tuple[str, int], prefix: str, meters: Iterable[SimulatedMeter], **kw: object
-) -> AsyncIterator[MqttMeterSimulator]:
-    sim = await serve(list(meters), *broker, prefix=prefix, **kw)  # type: ignore[arg-type]
-    try:
-        yield sim
-    finally:
-        await sim.stop(clear_retained=True)
 
 
 async def session(

@@ -8,14 +8,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import yaml
 
 from cgm import registry
-from cgm.config import Settings
-from cgm.migrate import upgrade
-from cgm.security import secret_box
 from drivers import AccessLevel, Credentials, get_driver
-from simulators.fleet import build_fleet, inventory, parse_mix, point_type, start_fleet
+from simulators.fleet import build_fleet, parse_mix, point_type, start_fleet
+from tests.fixtures.fleet import FleetEnv, migrated_database
 
 
 def test_mix_is_normalised_and_bad_mix_is_refused() -> None:
@@ -38,20 +35,18 @@ def test_fleet_is_deterministic_and_pairs_share_a_load() -> None:
 async def test_fleet_inventory_imports_and_every_meter_answers(
     mqtt_broker: tuple[str, int], new_database: Callable[[], str], tmp_path: Path
 ) -> None:
-    db_url = new_database()
-    upgrade(db_url, Settings(database_url=db_url))
+    db_url = migrated_database(new_database)
     fleet = build_fleet(6, seed=11, mix=parse_mix("dlms=1,modbus=1,mqtt=1"), first_code=77001)
     assert {f.protocol for f in fleet.frontiers} == {"dlms", "modbus", "mqtt"}
     await start_fleet(fleet, mqtt=mqtt_broker, per_port=2)
     try:
-        path = tmp_path / "fleet.yaml"
-        path.write_text(yaml.safe_dump(inventory(fleet)))
-        box = secret_box(Settings(database_url=db_url, data_dir=tmp_path))
+        env = FleetEnv(db_url, fleet, tmp_path)
+        report = env.import_()
+        assert report.meters_inserted == 12
+        # The fleet is built compliant: backups present, Table 2 classes, twins alike.
+        assert not any(report.violations.values())
+        box = env.box
         with psycopg.connect(db_url) as conn:
-            report = registry.import_inventory(conn, registry.load(path), box, actor="pytest")
-            assert report.meters_inserted == 12
-            # The fleet is built compliant: backups present, Table 2 classes, twins alike.
-            assert not any(report.violations.values())
             meters = registry.active_meters(conn, box)
         assert len(meters) == 12
         for m in meters:
@@ -81,17 +76,15 @@ async def test_mixed_dlms_access_fleet_imports_and_answers_at_level2(
     from cgm.security.counters import PgInvocationCounterStore
     from drivers.dlms import DlmsDriver
 
-    db_url = new_database()
-    upgrade(db_url, Settings(database_url=db_url))
+    db_url = migrated_database(new_database)
     fleet = build_fleet(4, seed=3, mix={"dlms": 1.0}, first_code=76001, dlms_variants=True)
     await start_fleet(fleet, per_port=2, dlms_access="mixed")
     store = PgInvocationCounterStore(db_url)
     try:
-        path = tmp_path / "fleet.yaml"
-        path.write_text(yaml.safe_dump(inventory(fleet)))
-        box = secret_box(Settings(database_url=db_url, data_dir=tmp_path))
+        env = FleetEnv(db_url, fleet, tmp_path)
+        env.import_()
+        box = env.box
         with psycopg.connect(db_url) as conn:
-            registry.import_inventory(conn, registry.load(path), box, actor="pytest")
             meters = registry.active_meters(conn, box)
         kinds = {
             (m.params.get("level2_auth", "lls"), m.params.get("framing", "wrapper")) for m in meters
