@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -98,35 +99,39 @@ def test_bad_access_params_are_refused(params: dict[str, object]) -> None:
 # --- independent check: Gurux's client against the simulator's HLS ---------------------------
 
 
-def _gurux_hls(port: int, key: str) -> bool:
-    """Gurux's client associates with HLS mechanism 2 at the management client SAP."""
+def _gurux_read(port: int, client: Any, obj: Any) -> None:
+    """Associate Gurux's ``client`` with the meter on ``port`` (AARQ/AARE, then the HLS
+    pass 3/4) and read attribute 2 of ``obj`` into it."""
     from gurux_dlms import GXByteBuffer, GXReplyData
-    from gurux_dlms.enums import Authentication, InterfaceType
-    from gurux_dlms.objects import GXDLMSClock
-    from gurux_dlms.secure import GXDLMSSecureClient
 
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    client = GXDLMSSecureClient(True, 1, 1, Authentication.HIGH, key, InterfaceType.WRAPPER)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
 
-    def exchange(frame: object) -> GXReplyData:
-        sock.sendall(bytes(frame[0] if isinstance(frame, list) else frame))
-        reply, notify, received = GXReplyData(), GXReplyData(), GXByteBuffer()
-        while not client.getData(received, reply, notify):
-            chunk = sock.recv(4096)
-            assert chunk, "simulator closed the connection"
-            received.set(chunk)
-        return reply
+        def exchange(frame: object) -> GXReplyData:
+            sock.sendall(bytes(frame[0] if isinstance(frame, list) else frame))
+            reply, notify, received = GXReplyData(), GXReplyData(), GXByteBuffer()
+            while not client.getData(received, reply, notify):
+                chunk = sock.recv(4096)
+                assert chunk, "simulator closed the connection"
+                received.set(chunk)
+            return reply
 
-    try:
         client.parseAareResponse(exchange(client.aarqRequest()).data)
         client.parseApplicationAssociationResponse(
             exchange(client.getApplicationAssociationRequest()).data
         )
-        clock = GXDLMSClock("0.0.1.0.0.255")
-        client.updateValue(clock, 2, exchange(client.read(clock, 2)).value)
-        return abs((clock.time.value - datetime.now(UTC)).total_seconds()) < 2
-    finally:
-        sock.close()
+        client.updateValue(obj, 2, exchange(client.read(obj, 2)).value)
+
+
+def _gurux_hls(port: int, key: str) -> bool:
+    """Gurux's client associates with HLS mechanism 2 at the management client SAP."""
+    from gurux_dlms.enums import Authentication, InterfaceType
+    from gurux_dlms.objects import GXDLMSClock
+    from gurux_dlms.secure import GXDLMSSecureClient
+
+    client = GXDLMSSecureClient(True, 1, 1, Authentication.HIGH, key, InterfaceType.WRAPPER)
+    clock = GXDLMSClock("0.0.1.0.0.255")
+    _gurux_read(port, client, clock)
+    return abs((clock.time.value - datetime.now(UTC)).total_seconds()) < 2
 
 
 async def test_gurux_client_passes_the_simulators_hls() -> None:
@@ -330,38 +335,19 @@ async def test_hdlc_meter_with_small_buffers_gets_short_segments() -> None:
 
 def _gurux_gmac(port: int, ek: str, title: str = "4752580000000001") -> str:
     """Gurux's client with HLS-GMAC and its own GCM: glo-initiate, pass 3/4, a ciphered GET."""
-    from gurux_dlms import GXByteBuffer, GXReplyData
     from gurux_dlms.enums import Authentication, InterfaceType, Security
     from gurux_dlms.objects import GXDLMSData
     from gurux_dlms.secure import GXDLMSSecureClient
 
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     client = GXDLMSSecureClient(True, 1, 1, Authentication.HIGH_GMAC, None, InterfaceType.WRAPPER)
     cipher = client.settings.cipher
     cipher.security = Security.AUTHENTICATION_ENCRYPTION
     cipher.systemTitle = bytes.fromhex(title)
     cipher.blockCipherKey, cipher.authenticationKey = bytes.fromhex(ek), bytes.fromhex(AK)
     cipher.invocationCounter = 100
-
-    def exchange(frame: object) -> GXReplyData:
-        sock.sendall(bytes(frame[0] if isinstance(frame, list) else frame))
-        reply, notify, received = GXReplyData(), GXReplyData(), GXByteBuffer()
-        while not client.getData(received, reply, notify):
-            chunk = sock.recv(4096)
-            assert chunk, "simulator closed the connection"
-            received.set(chunk)
-        return reply
-
-    try:
-        client.parseAareResponse(exchange(client.aarqRequest()).data)
-        client.parseApplicationAssociationResponse(
-            exchange(client.getApplicationAssociationRequest()).data
-        )
-        serial = GXDLMSData("0.0.96.1.0.255")
-        client.updateValue(serial, 2, exchange(client.read(serial, 2)).value)
-        return bytes(serial.value).decode()
-    finally:
-        sock.close()
+    serial = GXDLMSData("0.0.96.1.0.255")
+    _gurux_read(port, client, serial)
+    return bytes(serial.value).decode()
 
 
 async def test_gurux_client_passes_the_simulators_gmac() -> None:
