@@ -22,6 +22,7 @@ from drivers.base import (
 from drivers.dlms import DRIVER, DlmsSession, cosem
 from simulators.dlms import DlmsServer, serve
 from simulators.meter import Faults, SimulatedMeter
+from tests.fixtures.gurux_client import gurux_link
 
 HOUR = timedelta(hours=1)
 LEVEL1 = Credentials(AccessLevel.READ, "reader-1")
@@ -308,36 +309,13 @@ def test_units_are_checked() -> None:
 # --- interoperability: Gurux's DLMS client against the simulator ---------------------------
 
 
-def _gurux_session(port: int, client_sap: int, password: str):
-    """A blocking Gurux client over the wrapper; returns (client, exchange function, socket)."""
-    import socket
-
-    from gurux_dlms import GXByteBuffer, GXDLMSClient, GXReplyData
+def _gurux_client(password: str) -> object:
+    from gurux_dlms import GXDLMSClient
     from gurux_dlms.enums import Authentication, InterfaceType
 
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    client = GXDLMSClient(True, client_sap, 1, Authentication.LOW, password, InterfaceType.WRAPPER)
-
-    def packet(data: bytes, reply: GXReplyData) -> None:
-        sock.sendall(bytes(data))
-        notify, received = GXReplyData(), GXByteBuffer()
-        while True:
-            chunk = sock.recv(4096)
-            assert chunk, "simulator closed the connection"
-            received.set(chunk)
-            if client.getData(received, reply, notify):
-                return
-
-    def exchange(frames: object) -> GXReplyData:
-        reply = GXReplyData()
-        for frame in frames if isinstance(frames, list) else [frames]:
-            reply.clear()
-            packet(frame, reply)
-            while reply.isMoreData():  # GET-with-block: ask for the next block
-                packet(client.receiverReady(reply), reply)
-        return reply
-
-    return client, exchange, sock
+    return GXDLMSClient(
+        True, cosem.READING_CLIENT, 1, Authentication.LOW, password, InterfaceType.WRAPPER
+    )
 
 
 def _gurux_reads(port: int) -> dict[str, object]:
@@ -348,9 +326,10 @@ def _gurux_reads(port: int) -> dict[str, object]:
         GXDLMSRegister,
     )
 
-    client, exchange, sock = _gurux_session(port, cosem.READING_CLIENT, "reader-1")
-    try:
-        client.parseAareResponse(exchange(client.aarqRequest()).data)
+    client = _gurux_client("reader-1")
+    with gurux_link(port, client) as link:
+        exchange = link.exchange
+        link.associate()
         out: dict[str, object] = {"pdu": client.maxReceivePDUSize}
         clock = GXDLMSClock("0.0.1.0.0.255")
         client.updateValue(clock, 2, exchange(client.read(clock, 2)).value)
@@ -375,8 +354,6 @@ def _gurux_reads(port: int) -> dict[str, object]:
         out["rows"] = [(row[0].value, row[1]) for row in profile.buffer]
         exchange(client.releaseRequest())
         return out
-    finally:
-        sock.close()
 
 
 async def test_gurux_client_reads_the_simulator(server: DlmsServer, meter: SimulatedMeter) -> None:
@@ -405,11 +382,8 @@ async def test_gurux_client_wrong_password_is_refused(server: DlmsServer) -> Non
     import asyncio
 
     def attempt() -> None:
-        client, exchange, sock = _gurux_session(server.port, cosem.READING_CLIENT, "nope")
-        try:
-            client.parseAareResponse(exchange(client.aarqRequest()).data)
-        finally:
-            sock.close()
+        with gurux_link(server.port, _gurux_client("nope")) as link:
+            link.associate()
 
     with pytest.raises(Exception, match="(?i)auth|denied|password|reject"):
         await asyncio.to_thread(attempt)

@@ -7,9 +7,7 @@ and Gurux's client checks the simulator independently.
 from __future__ import annotations
 
 import asyncio
-import socket
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -19,6 +17,7 @@ from drivers.dlms.security import HlsAes128Authentication, aes_ecb_blocks
 from simulators.dlms import serve
 from simulators.dlms.security import MeterSecurity, aes128_ecb
 from simulators.meter import Secrets, SimulatedMeter
+from tests.fixtures.gurux_client import gurux_link
 
 HLS_KEY = "hls-key-0123456"  # 15 bytes: padded to 16 on both sides
 LEVEL2 = Credentials(AccessLevel.CONFIGURE, HLS_KEY)
@@ -99,29 +98,6 @@ def test_bad_access_params_are_refused(params: dict[str, object]) -> None:
 # --- independent check: Gurux's client against the simulator's HLS ---------------------------
 
 
-def _gurux_read(port: int, client: Any, obj: Any) -> None:
-    """Associate Gurux's ``client`` with the meter on ``port`` (AARQ/AARE, then the HLS
-    pass 3/4) and read attribute 2 of ``obj`` into it."""
-    from gurux_dlms import GXByteBuffer, GXReplyData
-
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-
-        def exchange(frame: object) -> GXReplyData:
-            sock.sendall(bytes(frame[0] if isinstance(frame, list) else frame))
-            reply, notify, received = GXReplyData(), GXReplyData(), GXByteBuffer()
-            while not client.getData(received, reply, notify):
-                chunk = sock.recv(4096)
-                assert chunk, "simulator closed the connection"
-                received.set(chunk)
-            return reply
-
-        client.parseAareResponse(exchange(client.aarqRequest()).data)
-        client.parseApplicationAssociationResponse(
-            exchange(client.getApplicationAssociationRequest()).data
-        )
-        client.updateValue(obj, 2, exchange(client.read(obj, 2)).value)
-
-
 def _gurux_hls(port: int, key: str) -> bool:
     """Gurux's client associates with HLS mechanism 2 at the management client SAP."""
     from gurux_dlms.enums import Authentication, InterfaceType
@@ -129,8 +105,9 @@ def _gurux_hls(port: int, key: str) -> bool:
     from gurux_dlms.secure import GXDLMSSecureClient
 
     client = GXDLMSSecureClient(True, 1, 1, Authentication.HIGH, key, InterfaceType.WRAPPER)
-    clock = GXDLMSClock("0.0.1.0.0.255")
-    _gurux_read(port, client, clock)
+    with gurux_link(port, client) as link:
+        link.associate()
+        clock = link.read(GXDLMSClock("0.0.1.0.0.255"))
     return abs((clock.time.value - datetime.now(UTC)).total_seconds()) < 2
 
 
@@ -198,41 +175,19 @@ async def test_hdlc_to_another_station_gets_no_answer() -> None:
 def _gurux_hdlc(port: int) -> str:
     """Gurux's client: SNRM/UA, AARQ, GET serial, release, DISC, over HDLC with a 4-byte
     server address (upper 1, lower 1234)."""
-    from gurux_dlms import GXByteBuffer, GXDLMSClient, GXReplyData
+    from gurux_dlms import GXDLMSClient
     from gurux_dlms.enums import Authentication, InterfaceType
     from gurux_dlms.objects import GXDLMSData
 
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     server = GXDLMSClient.getServerAddress(1, 1234, 4)
     client = GXDLMSClient(True, 0x20, server, Authentication.LOW, "reader-1", InterfaceType.HDLC)
-
-    def exchange(frames: object) -> GXReplyData:
-        reply = GXReplyData()
-        for frame in frames if isinstance(frames, list) else [frames]:
-            reply.clear()
-            sock.sendall(bytes(frame))
-            notify, received = GXReplyData(), GXByteBuffer()
-            while not client.getData(received, reply, notify):
-                chunk = sock.recv(4096)
-                assert chunk, "simulator closed the connection"
-                received.set(chunk)
-            while reply.isMoreData():
-                sock.sendall(bytes(client.receiverReady(reply)))
-                received = GXByteBuffer()
-                while not client.getData(received, reply, notify):
-                    received.set(sock.recv(4096))
-        return reply
-
-    try:
-        client.parseUAResponse(exchange(client.snrmRequest()).data)
-        client.parseAareResponse(exchange(client.aarqRequest()).data)
-        serial = GXDLMSData("0.0.96.1.0.255")
-        client.updateValue(serial, 2, exchange(client.read(serial, 2)).value)
-        exchange(client.releaseRequest())
-        exchange(client.disconnectRequest())
-        return bytes(serial.value).decode()
-    finally:
-        sock.close()
+    with gurux_link(port, client) as link:
+        client.parseUAResponse(link.exchange(client.snrmRequest()).data)
+        link.associate()
+        serial = link.read(GXDLMSData("0.0.96.1.0.255"))
+        link.exchange(client.releaseRequest())
+        link.exchange(client.disconnectRequest())
+    return bytes(serial.value).decode()
 
 
 async def test_gurux_client_reads_the_simulator_over_hdlc() -> None:
@@ -345,8 +300,9 @@ def _gurux_gmac(port: int, ek: str, title: str = "4752580000000001") -> str:
     cipher.systemTitle = bytes.fromhex(title)
     cipher.blockCipherKey, cipher.authenticationKey = bytes.fromhex(ek), bytes.fromhex(AK)
     cipher.invocationCounter = 100
-    serial = GXDLMSData("0.0.96.1.0.255")
-    _gurux_read(port, client, serial)
+    with gurux_link(port, client) as link:
+        link.associate()
+        serial = link.read(GXDLMSData("0.0.96.1.0.255"))
     return bytes(serial.value).decode()
 
 
