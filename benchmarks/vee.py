@@ -481,6 +481,9 @@ def main() -> None:
         "--keep", action="store_true", help="keep the scratch database (its name printed)"
     )
     ap.add_argument(
+        "--under-load-only", action="store_true", help="with --reuse: only the --under-load part"
+    )
+    ap.add_argument(
         "--reuse",
         metavar="DBNAME",
         help="a database kept by --keep (same --frontiers): skip the set-up; the day's settled "

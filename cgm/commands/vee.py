@@ -80,6 +80,8 @@ def _run(args: argparse.Namespace) -> int:
     if s.flagged:
         print(f"  flags      {', '.join(f'{k} {v}' for k, v in sorted(s.flagged.items()))}")
     print(f"  written    {s.written} (kept manual {s.kept_manual})")
+    if s.skipped:
+        print(f"  skipped    {s.skipped} frontier-days (inputs unchanged since their last run)")
     if s.unsettled:
         print(f"  unsettled  {s.unsettled} (no method could estimate them)")
     if s.alarms:
