@@ -461,10 +461,10 @@ _XOR = "count(*), coalesce(bit_xor({h}), 0)"
 # Times as float8 microseconds: date_part is far cheaper than extract (numeric) per row,
 # and a hash input needs to be deterministic, not exact.
 _T = "(date_part('epoch', {t}) * 1e6)::int8"
+# A reading's value or quality changes only with its version (cgm.storage.readings), so
+# (channel, start, version) stands for the row: one hash call per row of the window.
 _READING_HASH = (
-    "hashint8extended(version, hashint8extended("
-    + _T.format(t="interval_start")
-    + " * 8 + channel, hashfloat8extended(value, quality)))"
+    "hashint8extended(version::int8 * 8 + channel, date_part('epoch', interval_start)::int8)"
 )
 _SNAPSHOT_HASH = (
     "hashint8extended(channel, hashfloat8extended(value, " + _T.format(t="read_at") + "))"
