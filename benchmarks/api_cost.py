@@ -79,7 +79,12 @@ def serve(url: str, port: int, http: str, loop: str, profile: str) -> None:
         await pool.open(wait=True)
         app = create_app(url, pool, settings=Settings(database_url=url), scheduler_running=None)
         config = uvicorn.Config(app, port=port, http=http, log_config=None, lifespan="off")
-        await uvicorn.Server(config).serve()
+        cache = getattr(app.state.auth, "cache", None)  # the access cache, where there is one
+        if cache is None:
+            await uvicorn.Server(config).serve()
+            return
+        async with cache.listening(url):
+            await uvicorn.Server(config).serve()
 
     if loop == "uvloop":
         import uvloop
