@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Sequence
+from datetime import date, datetime, time
 from functools import lru_cache
 from typing import Any
 
@@ -84,9 +86,24 @@ def dumps(body: object, default: Any = None) -> bytes:
     """Compact JSON by orjson (numpy arrays as arrays, datetimes as ISO 8601): several
     times faster than the standard library on the large bodies of the readings and the
     registry, where encoding was a large share of a request's CPU."""
-    return orjson.dumps(
-        body, default=default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-    )
+    try:
+        return orjson.dumps(
+            body, default=default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+        )
+    except orjson.JSONEncodeError:
+        # What orjson refuses and the standard library writes: integers beyond 64 bits
+        # (a registry attribute may hold one), lone surrogates in strings.
+        return json.dumps(
+            body, separators=(",", ":"), default=lambda v: _plain(v, default)
+        ).encode()
+
+
+def _plain(value: object, default: Any) -> object:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return default(value) if default is not None else str(value)
 
 
 @lru_cache(maxsize=4096)

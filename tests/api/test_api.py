@@ -426,3 +426,21 @@ async def test_readings_in_columns_and_csv_match_the_rows_and_allow_a_year(
     too_long = {"start": "2024-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"}
     r = await client.get(url, params={**too_long, "format": "csv"}, auth=auth)
     assert r.status_code == 422 and "366 days" in r.text
+
+
+async def test_registry_attribute_beyond_64_bits_is_served(
+    client: httpx.AsyncClient, db_url: str
+) -> None:
+    # The bodies are encoded by orjson, which refuses integers past 64 bits; a registry
+    # attribute may hold one (jsonb keeps any number), and must come back as stored.
+    fr = await make_frontier(db_url)
+    auth = await make_user(db_url, 1)
+    big = 123456789012345678901234567890
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+        await c.execute(
+            "UPDATE frontier SET attributes = jsonb_build_object('big', %s::numeric) WHERE id = %s",
+            (str(big), fr.id),
+        )
+    r = await client.get(f"/api/v1/frontiers/{fr.code}", auth=auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["attributes"] == {"big": big}
