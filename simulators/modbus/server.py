@@ -87,7 +87,7 @@ class ModbusSimulator:
         self.connections = 0  # accepted so far, for tests
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._writers: set[asyncio.BaseTransport] = set()  # open connections
         # Per meter: (what the window shows depends on, the meter, the window's registers).
         self._windows: dict[int, tuple[tuple[object, ...], SimulatedMeter, dict[int, int]]] = {}
 
@@ -96,7 +96,8 @@ class ModbusSimulator:
         return Endpoint(self.host, self.port)
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve_client, host, port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._connection, host, port)
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
 
     async def stop(self) -> None:
@@ -121,81 +122,46 @@ class ModbusSimulator:
 
     # --- connection loop -----------------------------------------------------------------
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        self.connections += 1
-        framer = FramerSocket(DecodePDU(True))
-        conn = _Connection(
-            open_level=0 if self.map.password is not None else int(AccessLevel.CONFIGURE)
-        )
-        buffer = b""
-        try:
-            while True:
-                data = await reader.read(4096)
-                if not data:
-                    return
-                buffer += data
-                while buffer:
-                    used, dev_id, tid, pdu_bytes = framer.decode(buffer)
-                    if not used:
-                        if len(buffer) >= 8 and buffer[2:4] != b"\x00\x00":
-                            return  # not Modbus (protocol id ≠ 0): hang up like a device does
-                        break
-                    buffer = buffer[used:]
-                    if not await self._answer(writer, framer, conn, dev_id, tid, pdu_bytes):
-                        return
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def _connection(self) -> asyncio.Protocol:
+        return _ModbusConnection(self)
 
-    async def _answer(
-        self,
-        writer: asyncio.StreamWriter,
-        framer: FramerSocket,
-        conn: _Connection,
-        dev_id: int,
-        tid: int,
-        pdu_bytes: bytes,
-    ) -> bool:
-        """Answer one request; False when the connection must close."""
+    def _prepare(
+        self, conn: _Connection, dev_id: int, pdu_bytes: bytes, decoder: DecodePDU
+    ) -> tuple[SimulatedMeter | None, ModbusPDU]:
+        """The response PDU to one request, before any fault acts on it."""
         meter = self.meters.get(dev_id)
-        request = framer.decoder.decode(pdu_bytes) if pdu_bytes else None
         fc = pdu_bytes[0] & 0x7F if pdu_bytes else 0
         if meter is None:
             # A gateway with nothing behind this unit id: "target device failed to respond".
-            response: ModbusPDU = ExceptionResponse(fc, ExcCodes.GATEWAY_NO_RESPONSE)
-            action = FaultAction.ANSWER
-        else:
-            state = conn.unit(dev_id)
-            if request is None:
-                response = ExceptionResponse(fc, ExcCodes.ILLEGAL_FUNCTION)
-            else:
-                try:
-                    response = self._handle(meter, state, request)
-                except _Refused as refused:
-                    response = ExceptionResponse(fc, refused.code)
-            action = await meter.faults.before_answer(state.answered)
-        response.dev_id, response.transaction_id = dev_id, tid
+            return None, ExceptionResponse(fc, ExcCodes.GATEWAY_NO_RESPONSE)
+        request = decoder.decode(pdu_bytes) if pdu_bytes else None
+        if request is None:
+            return meter, ExceptionResponse(fc, ExcCodes.ILLEGAL_FUNCTION)
+        try:
+            return meter, self._handle(meter, conn.unit(dev_id), request)
+        except _Refused as refused:
+            return meter, ExceptionResponse(fc, refused.code)
+
+    def _frame(
+        self,
+        framer: FramerSocket,
+        conn: _Connection,
+        meter: SimulatedMeter | None,
+        response: ModbusPDU,
+        dev_id: int,
+        tid: int,
+        action: FaultAction,
+    ) -> bytes | None:
+        """The frame to send for ``action`` (None: none; DROP is the caller's)."""
         if action is FaultAction.SILENT:
-            return True
-        if action is FaultAction.DROP:
-            return False
+            return None
+        response.dev_id, response.transaction_id = dev_id, tid
         frame = framer.buildFrame(response)
         if action is FaultAction.CORRUPT:
             frame = self._damage(frame)
         if meter is not None:
             conn.unit(dev_id).answered += 1
-        writer.write(frame)
-        await writer.drain()
-        return True
+        return frame
 
     def _damage(self, frame: bytes) -> bytes:
         """A damaged answer: an MBAP length one short, or a function code no request had."""
@@ -392,6 +358,99 @@ class ModbusSimulator:
                 value = values.get(f.name, 0)
                 _put(image, f, f.wrap(value) if totals and f.name in values else value, base)
         return image
+
+
+class _ModbusConnection(asyncio.Protocol):
+    """One client connection: MBAP frames split by pymodbus' ``FramerSocket`` as bytes
+    arrive and answered at once, in order, in the loop's callback (no task or stream per
+    request). An answer that must wait (latency, jitter) is answered by a task of the
+    connection's own, and the requests after it wait in the buffer until it is done."""
+
+    def __init__(self, sim: ModbusSimulator) -> None:
+        self.sim = sim
+        self.framer = FramerSocket(DecodePDU(True))
+        level = 0 if sim.map.password is not None else int(AccessLevel.CONFIGURE)
+        self.conn = _Connection(open_level=level)
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.sim.connections += 1
+        self.sim._writers.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.sim._writers.discard(self.transport)
+        if self.task is not None:
+            self.task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.task is None:
+            self._process()
+
+    def _next(self) -> tuple[int, int, bytes] | None:
+        """The next whole request in the buffer, or None (and hang up on non-Modbus)."""
+        if not self.buffer:
+            return None
+        used, dev_id, tid, pdu_bytes = self.framer.decode(self.buffer)
+        if not used:
+            if len(self.buffer) >= 8 and self.buffer[2:4] != b"\x00\x00":
+                self._close()  # not Modbus (protocol id ≠ 0): hang up like a device does
+            return None
+        self.buffer = self.buffer[used:]
+        return dev_id, tid, pdu_bytes
+
+    def _process(self) -> None:
+        while (request := self._next()) is not None:
+            dev_id, tid, pdu_bytes = request
+            meter, response = self.sim._prepare(self.conn, dev_id, pdu_bytes, self.framer.decoder)
+            if meter is not None and (meter.faults.latency or meter.faults.jitter):
+                self.task = asyncio.get_running_loop().create_task(
+                    self._answer_later(meter, response, dev_id, tid)
+                )
+                self.sim._tasks.add(self.task)
+                return
+            action = meter.faults.decide(self.conn.unit(dev_id).answered) if meter else None
+            if not self._send(meter, response, dev_id, tid, action or FaultAction.ANSWER):
+                return
+
+    async def _answer_later(
+        self, meter: SimulatedMeter, response: ModbusPDU, dev_id: int, tid: int
+    ) -> None:
+        task = self.task
+        try:
+            action = await meter.faults.before_answer(self.conn.unit(dev_id).answered)
+            if not self._send(meter, response, dev_id, tid, action):
+                return
+        finally:
+            self.sim._tasks.discard(task)  # type: ignore[arg-type]
+            self.task = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._process()
+
+    def _send(
+        self,
+        meter: SimulatedMeter | None,
+        response: ModbusPDU,
+        dev_id: int,
+        tid: int,
+        action: FaultAction,
+    ) -> bool:
+        if action is FaultAction.DROP:
+            self._close()
+            return False
+        frame = self.sim._frame(self.framer, self.conn, meter, response, dev_id, tid, action)
+        if frame is not None and self.transport is not None:
+            self.transport.write(frame)
+        return True
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.buffer = b""
 
 
 def _put(image: dict[int, int], item: Field, value: float | int | str, base: int = 0) -> None:
