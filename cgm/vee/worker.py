@@ -13,6 +13,8 @@ done one at a time, in the order given, so two runs never settle the same day at
   next job.
 - No orphan: :meth:`VeeWorker.stop` closes the pipe (the child ends after its current run),
   waits, then terminates it; a child whose parent disappears ends itself within a second.
+- Priority: the child runs at a lower CPU priority (nice +10) than the service, so on a
+  busy host the API and the collector are served first.
 - Metrics: the child's VEE metrics (values written, rule flags, run duration, estimated
   hours, alarms) are sent back with each answer and mirrored into the parent's registry,
   which is the one ``/metrics`` serves.
@@ -41,6 +43,7 @@ from cgm.vee.config import VeeConfig
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
+_NICE = 10  # the VEE process's niceness, added to the service's
 # Metrics of cgm.metrics set by a run, mirrored from the child: name -> kind.
 _MIRRORED = {
     "VEE_VALUES_WRITTEN": "counter",
@@ -285,6 +288,8 @@ def _child() -> None:
         (n,) = _LEN.unpack(head)
         return pickle.loads(inp.read(n))  # noqa: S301 - frames from our parent
 
+    # Settling is batch work: the service's API and collector come first for the CPU.
+    os.nice(_NICE)
     first = read()
     if first is None:
         return
