@@ -74,6 +74,10 @@ def endpoints(code: str, other: str, now: datetime) -> list[tuple[str, str]]:
             f"/api/v1/frontiers/{code}/readings?start={y}{q}end={e}{q}format=columns",
         ),
         (
+            "readings 1 year hourly",
+            f"/api/v1/frontiers/{code}/readings?start={y}{q}end={e}{q}format=hourly",
+        ),
+        (
             "readings 1 year CSV",
             f"/api/v1/frontiers/{code}/readings?start={y}{q}end={e}{q}format=csv",
         ),

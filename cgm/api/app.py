@@ -327,10 +327,12 @@ async def readings(
     end: Annotated[Instant, Query(description="exclusive, with a UTC offset")],
     channel: Annotated[Channel | None, Query(description="one channel (default: all)")] = None,
     format: Annotated[  # noqa: A002 - the query parameter's name
-        Literal["rows", "columns", "csv"],
+        Literal["rows", "columns", "csv", "hourly"],
         Query(
             description="rows: an object per reading (at most 31 days); columns: parallel "
-            "arrays per meter and channel, csv: a line per reading (at most 366 days each)"
+            "arrays per meter and channel, csv: a line per reading, hourly: per meter and "
+            "channel a value and a quality array with one slot per hour from start, null "
+            "where nothing was read (start and end on whole hours; at most 366 days each)"
         ),
     ] = "rows",
 ) -> Response:
@@ -341,8 +343,10 @@ async def readings(
         raise HTTPException(
             422,
             f"at most {span.days} days per request"
-            + (" (format=columns or csv allow a year)" if format == "rows" else ""),
+            + (" (format=columns, csv or hourly allow a year)" if format == "rows" else ""),
         )
+    if format == "hourly" and (start.timestamp() % 3600 or end.timestamp() % 3600):
+        raise HTTPException(422, "format=hourly needs start and end on whole hours")
     async with _pool(request).connection() as conn:
         fid = await _frontier_id(conn, code, user)
         cur = await conn.execute(
@@ -352,15 +356,21 @@ async def readings(
         )
         meters = await cur.fetchall()
         chans = [channel_id(channel)] if channel else sorted(CHANNELS_BY_ID)
+        head = {
+            "frontier": code,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "units": "secondary (as read: kWh, kvarh)",
+        }
+        if format == "hourly":
+            try:
+                hourly = await encode.hourly_body(conn, head, meters, start, end, chans)
+            except encode.OffGrid as exc:
+                raise HTTPException(409, f"{exc}: ask format=columns") from None
+            return Response(hourly, media_type="application/json")
         arr = await encode.load(conn, [m[0] for m in meters], start, end, chans)
     if format == "csv":
         return Response(encode.csv_body(meters, arr), media_type="text/csv; charset=utf-8")
-    head = {
-        "frontier": code,
-        "start": start.isoformat(),
-        "end": end.isoformat(),
-        "units": "secondary (as read: kWh, kvarh)",
-    }
     body = (encode.rows_body if format == "rows" else encode.columns_body)(head, meters, arr)
     return Response(body, media_type="application/json")
 

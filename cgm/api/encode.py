@@ -9,6 +9,10 @@ orjson. Three shapes:
 * ``rows`` (default): one object per reading, grouped by meter (the original shape).
 * ``columns``: per meter and channel, parallel arrays — several times smaller and faster.
 * ``csv``: one line per reading, for spreadsheets and scripts.
+* ``hourly``: time implicit (``start``, ``step_s``, ``count``); per meter and channel a value
+  and a quality array with one slot per hour, ``null`` where nothing was read. The hours are
+  placed by numpy indexing, not by a Python loop; a LEFT JOIN on ``generate_series`` built
+  by PostgreSQL cost it 4x the server time of this aggregation of the stored rows.
 """
 
 from __future__ import annotations
@@ -80,6 +84,68 @@ async def load(
             a = a[np.argsort(t, kind="stable")]
         parts.append(a)
     return np.concatenate(parts) if parts else np.empty(0, dtype=STORED_DTYPE)
+
+
+# The hourly shape: only what it carries (value, quality) and each reading's offset from
+# ``start`` in microseconds (a reading a second off the hour is not placed on it), one sort in the subquery as in _SERIES_SQL.
+_HOURLY_SQL = """
+SELECT meter_id, channel,
+       array_agg(((date_part('epoch', interval_start) - %s) * 1e6)::int8),
+       array_agg(value),
+       array_agg(quality)
+FROM (SELECT meter_id, channel, interval_start, value, quality
+      FROM reading
+      WHERE meter_id = ANY(%s) AND channel = ANY(%s)
+        AND interval_start >= %s AND interval_start < %s
+      ORDER BY meter_id, channel, interval_start) r
+GROUP BY meter_id, channel ORDER BY meter_id, channel
+"""
+
+STEP_S = 3600
+
+
+class OffGrid(ValueError):
+    """A reading in the range does not start on a whole hour (a sub-hourly meter)."""
+
+
+async def hourly_body(
+    conn: psycopg.AsyncConnection,
+    head: dict[str, Any],
+    meters: Sequence[MeterRow],
+    start: datetime,
+    end: datetime,
+    channels: Sequence[int],
+) -> bytes:
+    """The ``hourly`` document: ``start`` and ``end`` on whole hours (checked by the caller).
+    Missing hours are ``null`` in both arrays, never 0. Raises :class:`OffGrid` rather than
+    drop a reading that has no hour slot."""
+    count = int((end - start).total_seconds()) // STEP_S
+    cur = conn.cursor(binary=True)
+    await cur.execute(
+        _HOURLY_SQL, (start.timestamp(), [m[0] for m in meters], list(channels), start, end)
+    )
+    series: dict[int, dict[str, Any]] = {m[0]: {} for m in meters}
+    seen_quality: set[int] = set()
+    for mid, ch, offsets, values, quality in await cur.fetchall():
+        off = np.asarray(offsets, dtype=np.int64)
+        idx, rest = np.divmod(off, STEP_S * 1_000_000)
+        if rest.any():
+            raise OffGrid(f"readings of channel {CHANNELS_BY_ID[ch].value} are not hourly")
+        v = np.full(count, np.nan)  # orjson writes NaN as null
+        v[idx] = values
+        q = np.full(count, None, dtype=object)
+        q[idx] = quality
+        seen_quality.update(quality)
+        series[mid][CHANNELS_BY_ID[ch].value] = {"value": v, "quality": q.tolist()}
+    out = [
+        {"serial": serial, "role": role, "active": active, "channels": series[mid]}
+        for mid, serial, role, active in meters
+    ]
+    legend = {str(q): list(flag_names(q)) for q in sorted(seen_quality) if q}
+    return dumps(
+        {**head, "format": "hourly", "step_s": STEP_S, "count": count, "flags": legend,
+         "meters": out}
+    )  # fmt: skip
 
 
 def dumps(body: object, default: Any = None) -> bytes:

@@ -428,6 +428,57 @@ async def test_readings_in_columns_and_csv_match_the_rows_and_allow_a_year(
     assert r.status_code == 422 and "366 days" in r.text
 
 
+async def test_hourly_readings_round_trip_to_the_rows_with_null_for_missing_hours(
+    client: httpx.AsyncClient, db_url: str
+) -> None:
+    fr = await make_frontier(db_url)
+    auth = await make_user(db_url, 1)
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    gap = {2, 3, 7}  # hours never read: null in the hourly body, not 0
+    rows = [
+        Reading(fr.principal_id, 1, T0 + timedelta(hours=h), 0.0 if h == 5 else 1.5 * h,
+                int(Quality.ESTIMATED) if h == 4 else 0, now)
+        for h in range(10) if h not in gap
+    ]  # fmt: skip
+    rows.append(Reading(fr.backup_id, 3, T0 + timedelta(hours=23), 0.5, 0, now))
+    async with await psycopg.AsyncConnection.connect(db_url) as c:
+        await write_readings(c, rows, source="test", actor="test")
+    url = f"/api/v1/frontiers/{fr.code}/readings"
+    # Two Colombian days (UTC-5 all year, no DST): 48 hour slots.
+    span = {"start": f"{DAY.isoformat()}T00:00:00-05:00",
+            "end": f"{(DAY + timedelta(days=2)).isoformat()}T00:00:00-05:00"}  # fmt: skip
+    r = await client.get(url, params={**span, "format": "hourly"}, auth=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["format"], body["step_s"], body["count"]) == ("hourly", 3600, 48)
+    by_serial = {m["serial"]: m["channels"] for m in body["meters"]}
+    p = by_serial[fr.principal]["active_import"]
+    assert len(p["value"]) == len(p["quality"]) == 48
+    assert [h for h, v in enumerate(p["value"]) if v is None] == [2, 3, 7, *range(10, 48)]
+    assert [h for h, q in enumerate(p["quality"]) if q is None] == [2, 3, 7, *range(10, 48)]
+    assert p["value"][5] == 0.0 and p["quality"][4] == int(Quality.ESTIMATED)
+    assert body["flags"] == {str(int(Quality.ESTIMATED)): ["ESTIMATED"]}
+    # Exactly the readings of the row format, placed by start + i * step_s.
+    start = datetime.fromisoformat(span["start"])
+    from_hourly = {
+        (serial, ch, (start + timedelta(seconds=i * body["step_s"])).astimezone(UTC), v, q)
+        for serial, chans in by_serial.items()
+        for ch, series in chans.items()
+        for i, (v, q) in enumerate(zip(series["value"], series["quality"], strict=True))
+        if v is not None
+    }
+    rows_body = (await client.get(url, params=span, auth=auth)).json()
+    from_rows = {
+        (m["serial"], x["channel"], datetime.fromisoformat(x["interval_start"]), x["value"],
+         x["quality"])
+        for m in rows_body["meters"] for x in m["readings"]
+    }  # fmt: skip
+    assert from_hourly == from_rows and len(from_rows) == len(rows)
+    off = {**span, "start": f"{DAY.isoformat()}T00:30:00-05:00", "format": "hourly"}
+    r = await client.get(url, params=off, auth=auth)
+    assert r.status_code == 422 and "whole hours" in r.text
+
+
 async def test_registry_attribute_beyond_64_bits_is_served(
     client: httpx.AsyncClient, db_url: str
 ) -> None:
