@@ -87,7 +87,8 @@ async def load(
 
 
 # The hourly shape: only what it carries (value, quality) and each reading's offset from
-# ``start`` in microseconds (a reading a second off the hour is not placed on it), one sort in the subquery as in _SERIES_SQL.
+# ``start`` in microseconds (a reading a second off the hour is not put on it); one sort, in
+# the subquery, as in _SERIES_SQL.
 _HOURLY_SQL = """
 SELECT meter_id, channel,
        array_agg(((date_part('epoch', interval_start) - %s) * 1e6)::int8),
