@@ -479,6 +479,25 @@ async def test_hourly_readings_round_trip_to_the_rows_with_null_for_missing_hour
     assert r.status_code == 422 and "whole hours" in r.text
 
 
+async def test_hourly_refuses_rather_than_drop_a_quarter_hour_reading(
+    client: httpx.AsyncClient, db_url: str
+) -> None:
+    fr = await make_frontier(db_url)
+    auth = await make_user(db_url, 1)
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    rows = [Reading(fr.principal_id, 1, T0 + timedelta(minutes=15 * k), 0.25, 0, now)
+            for k in range(4)]  # fmt: skip
+    async with await psycopg.AsyncConnection.connect(db_url) as c:
+        await write_readings(c, rows, source="test", actor="test", interval=timedelta(minutes=15))
+    url = f"/api/v1/frontiers/{fr.code}/readings"
+    span = {"start": f"{DAY.isoformat()}T00:00:00-05:00",
+            "end": f"{DAY.isoformat()}T02:00:00-05:00"}  # fmt: skip
+    r = await client.get(url, params={**span, "format": "hourly"}, auth=auth)
+    assert r.status_code == 409 and "format=columns" in r.text
+    cols = (await client.get(url, params={**span, "format": "columns"}, auth=auth)).json()
+    assert len(cols["meters"][0]["channels"]["active_import"]["value"]) == 4
+
+
 async def test_registry_attribute_beyond_64_bits_is_served(
     client: httpx.AsyncClient, db_url: str
 ) -> None:
