@@ -87,18 +87,16 @@ async def load(
 
 
 # The hourly shape: only what it carries (value, quality) and each reading's offset from
-# ``start`` in microseconds (a reading a second off the hour is not put on it); one sort, in
-# the subquery, as in _SERIES_SQL.
+# ``start`` in microseconds (a reading a second off the hour is not put on it). No sort: the
+# offsets place each value, and one aggregation keeps the three arrays aligned; the sort
+# was a third of the database's time for a year.
 _HOURLY_SQL = """
 SELECT meter_id, channel,
        array_agg(((date_part('epoch', interval_start) - %s) * 1e6)::int8),
        array_agg(value),
        array_agg(quality)
-FROM (SELECT meter_id, channel, interval_start, value, quality
-      FROM reading
-      WHERE meter_id = ANY(%s) AND channel = ANY(%s)
-        AND interval_start >= %s AND interval_start < %s
-      ORDER BY meter_id, channel, interval_start) r
+FROM reading
+WHERE meter_id = ANY(%s) AND channel = ANY(%s) AND interval_start >= %s AND interval_start < %s
 GROUP BY meter_id, channel ORDER BY meter_id, channel
 """
 
