@@ -1,4 +1,5 @@
-"""Portal pull API: a year of hourly consumption for one meter, as a unit's user.
+"""Portal pull API: a year of hourly consumption for one meter, as a unit's user (hourly
+in both layouts, objects and columns; daily; monthly).
 
     .venv/bin/python benchmarks/portal_pull.py [--requests 200]
         [--database-url postgresql://127.0.0.1:5432/test]
@@ -127,8 +128,12 @@ async def main() -> None:
         last = FIRST + timedelta(days=364)
         print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         try:
-            for resolution in ("hourly", "daily", "monthly"):
+            cases = [("hourly", "objects"), ("hourly", "columns"), ("daily", "objects"),
+                     ("monthly", "objects")]  # fmt: skip
+            for resolution, layout in cases:
                 q = {"start": FIRST.isoformat(), "end": last.isoformat(), "resolution": resolution}
+                if layout != "objects":
+                    q["layout"] = layout
                 times = []
 
                 def run(q: dict[str, str] = q, times: list[float] = times) -> int:
@@ -150,7 +155,7 @@ async def main() -> None:
                 pg = f"{(pg1 - pg0) / n * 1000:.1f} ms" if None not in (pg0, pg1) else "n/a"
                 times.sort()
                 p99 = times[int(0.99 * (len(times) - 1))]
-                print(f"{resolution:8s} year, {args.requests} requests: p50 "
+                print(f"{resolution:8s} {layout:7s} year, {args.requests} requests: p50 "
                       f"{statistics.median(times) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
                       f"body {size / 1024:.0f} KiB; CPU per request: this process "
                       f"{cpu:.1f} ms, PostgreSQL {pg}")  # fmt: skip

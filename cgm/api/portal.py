@@ -27,7 +27,7 @@ from cgm.api.app import FIRST_DAY, LAST_DAY, Reader
 from cgm.api.guard import API
 from cgm.portal import store
 from cgm.portal.access import unit_of
-from cgm.portal.consumption import MAX_DAYS, Resolution, consumption_json, find_meter
+from cgm.portal.consumption import MAX_DAYS, Layout, Resolution, consumption_json, find_meter
 from cgm.portal.status import status_report
 from cgm.security import users
 
@@ -87,7 +87,14 @@ async def meter_consumption(
     start: Day,
     end: Day,
     resolution: Annotated[Resolution, Query()] = "daily",
+    layout: Annotated[
+        Layout,
+        Query(description="hourly only: 'columns' gives values and sources as arrays over "
+                          "implicit hours (start, step_s, count) instead of one object per hour"),
+    ] = "objects",
 ) -> Response:
+    if layout == "columns" and resolution != "hourly":
+        raise HTTPException(422, "layout=columns is for resolution=hourly only")
     if end < start:
         raise HTTPException(422, "end must not be before start")
     if (end - start).days + 1 > MAX_DAYS:
@@ -101,7 +108,7 @@ async def meter_consumption(
         if meter is None:
             raise HTTPException(404, f"unknown meter {number}")
         try:
-            body = await consumption_json(conn, meter, start, end, resolution)
+            body = await consumption_json(conn, meter, start, end, resolution, layout)
         except LookupError as exc:
             raise HTTPException(409, str(exc)) from None
     # The document is JSON already (built mostly by PostgreSQL): no re-encoding.

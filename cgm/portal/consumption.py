@@ -26,6 +26,10 @@ import psycopg
 from cgm.localtime import HOUR, day_bounds
 
 Resolution = Literal["hourly", "daily", "monthly"]
+Layout = Literal["objects", "columns"]
+# Source codes of the columns layout: the first three are fixed, then one per estimation
+# method present in the range (``source_codes`` in the document names them all).
+SOURCE_CODES = ("principal", "backup", "manual")
 MAX_DAYS = 366  # a year of hourly values per request
 
 
@@ -100,6 +104,28 @@ _HOURLY = f"""SELECT coalesce('[' || string_agg(concat(
                     FROM settled_reading WHERE {_WHERE}) r"""
 
 
+# The columns layout (hourly only): time is implicit (start, 3600 s step, count), so the
+# document is two number arrays plus the legend, written by PostgreSQL as text. Every hour
+# of the range has a slot; a missing hour is null in both arrays, never 0. Settled values
+# are hourly on the UTC hour (the primary key is per hour; Colombia has no DST), so the
+# grid join finds every stored row.
+_COLUMNS = f"""WITH r AS (SELECT interval_start, value, source, method
+                         FROM settled_reading WHERE {_WHERE}),
+              m AS (SELECT coalesce(array_agg(DISTINCT method ORDER BY method)
+                                    FILTER (WHERE method IS NOT NULL), '{{}}') AS ms FROM r)
+              SELECT '[' || string_agg(coalesce(r.value::text, 'null'), ',' ORDER BY g.i) || ']',
+                     '[' || string_agg(CASE r.source WHEN 'principal' THEN '0'
+                                       WHEN 'backup' THEN '1' WHEN 'manual' THEN '2'
+                                       WHEN 'estimate' THEN (2 + array_position(m.ms, r.method))::text
+                                       ELSE 'null' END, ',' ORDER BY g.i) || ']',
+                     m.ms, count(r.value), coalesce(sum(r.value), 0),
+                     count(*) FILTER (WHERE r.source = 'estimate'),
+                     coalesce(sum(r.value) FILTER (WHERE r.source = 'estimate'), 0)
+              FROM m CROSS JOIN generate_series(0, %(n)s - 1) g(i)
+              LEFT JOIN r ON r.interval_start = (%(e)s::timestamptz[])[1] + g.i * interval '1 hour'
+              GROUP BY m.ms"""
+
+
 def _totals(expected: int, hours: int, value: float, est_hours: int, est_value: float) -> dict:
     return {
         "value": value,
@@ -118,9 +144,13 @@ async def consumption_json(
     first: date,
     last: date,
     resolution: Resolution,
+    layout: Layout = "objects",
 ) -> bytes:
     """The consumption of ``meter`` over local days ``first``..``last`` (inclusive), as the
-    JSON document the pull API answers."""
+    JSON document the pull API answers. ``layout="columns"`` (hourly only) gives the values
+    and sources as two arrays over implicit hours instead of one object per hour."""
+    if layout == "columns" and resolution != "hourly":
+        raise ValueError("layout=columns is for resolution=hourly only")
     if meter.frontier_id is None or meter.channel is None:
         raise LookupError(f"meter {meter.number} is not linked to a CGM meter")
     edges, keys = _periods(first, last, resolution)
@@ -135,6 +165,17 @@ async def consumption_json(
         "last_day": last.isoformat(),
         "resolution": resolution,
     }
+    if layout == "columns":
+        params["n"] = expected
+        cur = await conn.execute(_COLUMNS, params)
+        values, sources, methods, n, total, n_est, est = await cur.fetchone()  # type: ignore[misc]
+        head.update(
+            layout="columns", start=edges[0].isoformat(), step_s=3600, count=expected,
+            totals=_totals(expected, n, total, n_est, est),
+            source_codes=[*SOURCE_CODES, *(f"estimate:{m}" for m in methods)],
+        )  # fmt: skip
+        text = json.dumps(head, separators=(",", ":"))
+        return f'{text[:-1]},"values":{values},"sources":{sources}}}'.encode()
     if resolution == "hourly":
         params["k"] = [date.fromisoformat(k) for k in keys]
         cur = await conn.execute(_HOURLY, params)

@@ -194,3 +194,56 @@ async def test_hourly_values_written_by_postgresql_match_the_local_time_module(
     assert (t["hours"], t["expected_hours"], t["missing_hours"]) == (47, 48, 1)
     assert t["value"] == pytest.approx(sum(h["value"] for h in got))
     assert t["estimated_share"] == pytest.approx(14.0 / t["value"])
+
+
+async def test_columns_layout_holds_the_same_values_and_sources_as_the_objects(
+    db_url: str,
+    client: httpx.AsyncClient,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """layout=columns: one slot per hour from ``start`` every ``step_s``, the same value and
+    source as the object form, null (never 0) for the missing hour, the same totals."""
+    s = await _setup(db_url, tmp_path)
+    day2 = DAY + timedelta(days=1)
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:  # a gap mid-range too
+        await conn.execute(
+            "DELETE FROM settled_reading WHERE frontier_id = %s AND interval_start = %s",
+            (s["fr"].id, hour_starts(day2)[10]),
+        )
+        await conn.commit()
+    url = f"/api/v1/portal/meters/{s['m1']}/consumption"
+    q = {"start": DAY.isoformat(), "end": day2.isoformat(), "resolution": "hourly"}
+    auth = (s["names"]["other"], PASSWORD)
+    objects = (await client.get(url, params=q, auth=auth)).json()
+    r = await client.get(url, params={**q, "layout": "columns"}, auth=auth)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    cols = r.json()
+    starts = hour_starts(DAY) + hour_starts(day2)
+    assert (cols["start"], cols["step_s"], cols["count"]) == (starts[0].isoformat(), 3600, 48)
+    assert len(cols["values"]) == len(cols["sources"]) == 48
+    for i in (34, 47):
+        assert cols["values"][i] is None and cols["sources"][i] is None
+    assert cols["totals"]["missing_hours"] == 2
+    assert cols["totals"] == objects["totals"]
+    codes = cols["source_codes"]
+    assert codes[:3] == ["principal", "backup", "manual"]
+    by_start = {h["interval_start"]: h for h in objects["values"]}
+    for i, (value, code) in enumerate(zip(cols["values"], cols["sources"], strict=True)):
+        t = (starts[0] + timedelta(hours=i)).isoformat()
+        assert t == starts[i].isoformat()
+        h = by_start.get(t)
+        if h is None:
+            assert (value, code) == (None, None)
+            continue
+        name = f"estimate:{h['method']}" if h["estimated"] else h["source"]
+        assert (value, codes[code]) == (h["value"], name)
+    assert [codes[c] for c in cols["sources"][:6] if c is not None][4:] == [
+        "estimate:linear_interpolation", "backup"
+    ]
+    # Unit scoping is the same: a stranger's token is refused; columns are hourly only.
+    r = await client.get(url, params={**q, "layout": "columns"},
+                         auth=(s["names"]["stranger"], PASSWORD))  # fmt: skip
+    assert r.status_code == 403
+    r = await client.get(url, params={**q, "resolution": "daily", "layout": "columns"},
+                         auth=auth)  # fmt: skip
+    assert r.status_code == 422 and "hourly" in r.json()["error"]
