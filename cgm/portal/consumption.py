@@ -116,7 +116,8 @@ _COLUMNS = f"""WITH r AS (SELECT interval_start, value, source, method
               SELECT '[' || string_agg(coalesce(r.value::text, 'null'), ',' ORDER BY g.i) || ']',
                      '[' || string_agg(CASE r.source WHEN 'principal' THEN '0'
                                        WHEN 'backup' THEN '1' WHEN 'manual' THEN '2'
-                                       WHEN 'estimate' THEN (2 + array_position(m.ms, r.method))::text
+                                       WHEN 'estimate'
+                                       THEN (2 + array_position(m.ms, r.method))::text
                                        ELSE 'null' END, ',' ORDER BY g.i) || ']',
                      m.ms, count(r.value), coalesce(sum(r.value), 0),
                      count(*) FILTER (WHERE r.source = 'estimate'),
