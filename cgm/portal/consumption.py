@@ -105,26 +105,35 @@ _HOURLY = f"""SELECT coalesce('[' || string_agg(concat(
 
 
 # The columns layout (hourly only): time is implicit (start, 3600 s step, count), so the
-# document is two number arrays plus the legend, written by PostgreSQL as text. Every hour
-# of the range has a slot; a missing hour is null in both arrays, never 0. Settled values
-# are hourly on the UTC hour (the primary key is per hour; Colombia has no DST), so the
-# grid join finds every stored row.
-_COLUMNS = f"""WITH r AS (SELECT interval_start, value, source, method
+# document is two number arrays plus the legend, written by PostgreSQL as text in one
+# ordered pass over the stored rows: each row is preceded by one ``null`` per hour missing
+# since the previous row (``lag``), and Python appends the missing hours after the last row.
+# A missing hour is null in both arrays, never 0. Settled values are hourly on the UTC hour
+# (primary key per hour; Colombia has no DST). Left-joining a generate_series of the hours
+# instead cost four times as much (benchmarks/README.md).
+_COLUMNS = f"""WITH r AS (SELECT date_part('epoch', interval_start - (%(e)s::timestamptz[])[1])::int
+                                / 3600 AS i, value, source, method
                          FROM settled_reading WHERE {_WHERE}),
               m AS (SELECT coalesce(array_agg(DISTINCT method ORDER BY method)
-                                    FILTER (WHERE method IS NOT NULL), '{{}}') AS ms FROM r)
-              SELECT '[' || string_agg(coalesce(r.value::text, 'null'), ',' ORDER BY g.i) || ']',
-                     '[' || string_agg(CASE r.source WHEN 'principal' THEN '0'
-                                       WHEN 'backup' THEN '1' WHEN 'manual' THEN '2'
-                                       WHEN 'estimate'
-                                       THEN (2 + array_position(m.ms, r.method))::text
-                                       ELSE 'null' END, ',' ORDER BY g.i) || ']',
-                     m.ms, count(r.value), coalesce(sum(r.value), 0),
-                     count(*) FILTER (WHERE r.source = 'estimate'),
-                     coalesce(sum(r.value) FILTER (WHERE r.source = 'estimate'), 0)
-              FROM m CROSS JOIN generate_series(0, %(n)s - 1) g(i)
-              LEFT JOIN r ON r.interval_start = (%(e)s::timestamptz[])[1] + g.i * interval '1 hour'
-              GROUP BY m.ms"""
+                                    FILTER (WHERE method IS NOT NULL), '{{}}') AS ms FROM r),
+              w AS (SELECT i, value, source, method,
+                           i - coalesce(lag(i) OVER (ORDER BY i), -1) - 1 AS gap FROM r)
+              SELECT string_agg(repeat('null,', gap) || value::text, ',' ORDER BY i),
+                     string_agg(repeat('null,', gap) || CASE source WHEN 'principal' THEN '0'
+                                WHEN 'backup' THEN '1' WHEN 'manual' THEN '2'
+                                ELSE (2 + array_position((SELECT ms FROM m), method))::text END,
+                                ',' ORDER BY i),
+                     (SELECT ms FROM m), max(i), count(*), coalesce(sum(value), 0),
+                     count(*) FILTER (WHERE source = 'estimate'),
+                     coalesce(sum(value) FILTER (WHERE source = 'estimate'), 0)
+              FROM w"""
+
+
+def _column(text: str | None, last: int | None, count: int) -> str:
+    """A JSON array of ``count`` slots from PostgreSQL's text up to slot ``last``."""
+    if text is None or last is None:
+        return "[" + ",".join(["null"] * count) + "]"
+    return "[" + text + ",null" * (count - 1 - last) + "]"
 
 
 def _totals(expected: int, hours: int, value: float, est_hours: int, est_value: float) -> dict:
@@ -169,13 +178,16 @@ async def consumption_json(
     if layout == "columns":
         params["n"] = expected
         cur = await conn.execute(_COLUMNS, params)
-        values, sources, methods, n, total, n_est, est = await cur.fetchone()  # type: ignore[misc]
+        row = await cur.fetchone()
+        values, sources, methods, last_i, n, total, n_est, est = row  # type: ignore[misc]
         head.update(
             layout="columns", start=edges[0].isoformat(), step_s=3600, count=expected,
             totals=_totals(expected, n, total, n_est, est),
             source_codes=[*SOURCE_CODES, *(f"estimate:{m}" for m in methods)],
         )  # fmt: skip
         text = json.dumps(head, separators=(",", ":"))
+        values = _column(values, last_i, expected)
+        sources = _column(sources, last_i, expected)
         return f'{text[:-1]},"values":{values},"sources":{sources}}}'.encode()
     if resolution == "hourly":
         params["k"] = [date.fromisoformat(k) for k in keys]

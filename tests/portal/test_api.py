@@ -205,10 +205,10 @@ async def test_columns_layout_holds_the_same_values_and_sources_as_the_objects(
     source as the object form, null (never 0) for the missing hour, the same totals."""
     s = await _setup(db_url, tmp_path)
     day2 = DAY + timedelta(days=1)
-    async with await psycopg.AsyncConnection.connect(db_url) as conn:  # a gap mid-range too
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:  # gaps first, mid-range
         await conn.execute(
-            "DELETE FROM settled_reading WHERE frontier_id = %s AND interval_start = %s",
-            (s["fr"].id, hour_starts(day2)[10]),
+            "DELETE FROM settled_reading WHERE frontier_id = %s AND interval_start = ANY(%s)",
+            (s["fr"].id, [hour_starts(DAY)[0], hour_starts(day2)[10]]),
         )
         await conn.commit()
     url = f"/api/v1/portal/meters/{s['m1']}/consumption"
@@ -221,9 +221,9 @@ async def test_columns_layout_holds_the_same_values_and_sources_as_the_objects(
     starts = hour_starts(DAY) + hour_starts(day2)
     assert (cols["start"], cols["step_s"], cols["count"]) == (starts[0].isoformat(), 3600, 48)
     assert len(cols["values"]) == len(cols["sources"]) == 48
-    for i in (34, 47):
+    for i in (0, 34, 47):
         assert cols["values"][i] is None and cols["sources"][i] is None
-    assert cols["totals"]["missing_hours"] == 2
+    assert cols["totals"]["missing_hours"] == 3
     assert cols["totals"] == objects["totals"]
     codes = cols["source_codes"]
     assert codes[:3] == ["principal", "backup", "manual"]
@@ -237,9 +237,16 @@ async def test_columns_layout_holds_the_same_values_and_sources_as_the_objects(
             continue
         name = f"estimate:{h['method']}" if h["estimated"] else h["source"]
         assert (value, codes[code]) == (h["value"], name)
-    assert [codes[c] for c in cols["sources"][:6] if c is not None][4:] == [
-        "estimate:linear_interpolation", "backup"
+    assert [codes[c] for c in cols["sources"][3:6]] == [
+        "principal", "estimate:linear_interpolation", "backup"
     ]
+    assert cols["values"][1] == 11.0 and cols["sources"][1] == 0
+    # A day with nothing stored: every hour null, nothing counted.
+    r = await client.get(url, params={**q, "start": "2026-01-01", "end": "2026-01-01",
+                                      "layout": "columns"}, auth=auth)  # fmt: skip
+    empty = r.json()
+    assert empty["values"] == [None] * 24 and empty["sources"] == [None] * 24
+    assert empty["totals"]["hours"] == 0 and empty["totals"]["missing_hours"] == 24
     # Unit scoping is the same: a stranger's token is refused; columns are hourly only.
     r = await client.get(url, params={**q, "layout": "columns"},
                          auth=(s["names"]["stranger"], PASSWORD))  # fmt: skip
