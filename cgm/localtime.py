@@ -14,6 +14,12 @@ HOUR = timedelta(hours=1)
 PERIODS = 24
 
 
+def parse_hhmm(value: str) -> time:
+    """A local clock time written ``HH:MM`` (settings for report and push times)."""
+    hh, _, mm = value.partition(":")
+    return time(int(hh), int(mm or 0))
+
+
 def sql_local_day(column: str) -> str:
     """SQL for the local day of the timestamptz ``column`` (the server's zone setting
     plays no part)."""

@@ -16,10 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import start_http_server
 
 from cgm.config import PortTaken, Settings
 from cgm.db import database_url
+from cgm.localtime import COLOMBIA, parse_hhmm
 from cgm.migrate import upgrade
 from drivers import close_shared
 
@@ -38,6 +41,24 @@ class Service:
     on_start: list[Hook] = field(default_factory=list)
     on_stop: list[Hook] = field(default_factory=list)
     _broker: Any = None
+
+    def add_local_job(
+        self, func: Callable[[], Awaitable[Any]], job_id: str, at: str, *,
+        grace_s: float, day: int | None = None,
+    ) -> None:
+        """Run ``func`` daily (monthly on ``day``) at ``at`` (HH:MM, Colombian time), one run
+        at a time; a CGM that was down at that time runs it within ``grace_s`` of coming back."""
+        t = parse_hhmm(at)
+        self.scheduler.add_job(
+            func, CronTrigger(day=day, hour=t.hour, minute=t.minute, timezone=COLOMBIA),
+            id=job_id, max_instances=1, coalesce=True, misfire_grace_time=grace_s,
+        )  # fmt: skip
+
+    def add_every(self, func: Callable[[], Awaitable[Any]], job_id: str, seconds: float) -> None:
+        """Run ``func`` every ``seconds``, one run at a time, missed runs merged into one."""
+        self.scheduler.add_job(
+            func, IntervalTrigger(seconds=seconds), id=job_id, max_instances=1, coalesce=True
+        )
 
     async def run(self) -> None:
         self.db_url = database_url(self.settings)

@@ -18,12 +18,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import httpx
 import psycopg
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
-from cgm.localtime import COLOMBIA, local_day
+from cgm.localtime import local_day
 from cgm.portal.push import PushSummary, push_day
-from cgm.reporting.asic.delivery import parse_hhmm
 from cgm.service import Service
 
 log = logging.getLogger(__name__)
@@ -47,23 +44,10 @@ class PortalPushJob:
         if not s.portal_push_url:
             log.info("portal push not scheduled: CGM_PORTAL_PUSH_URL is not set")
             return
-        at = parse_hhmm(s.portal_push_time)
-        service.scheduler.add_job(
-            self.run,
-            CronTrigger(hour=at.hour, minute=at.minute, timezone=COLOMBIA),
-            id="portal-push",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=6 * 3600,  # a CGM down at push time pushes when back
-        )
+        # a CGM down at push time pushes when back
+        service.add_local_job(self.run, "portal-push", s.portal_push_time, grace_s=6 * 3600)
         if s.portal_push_interval_s > 0:
-            service.scheduler.add_job(
-                self.run,
-                IntervalTrigger(seconds=s.portal_push_interval_s),
-                id="portal-push-interval",
-                max_instances=1,
-                coalesce=True,
-            )
+            service.add_every(self.run, "portal-push-interval", s.portal_push_interval_s)
         log.info(
             "portal push scheduled daily at %s (Colombia)%s to %s",
             s.portal_push_time,

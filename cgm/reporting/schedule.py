@@ -19,11 +19,8 @@ from __future__ import annotations
 import logging
 
 import psycopg
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
-from cgm.localtime import COLOMBIA
-from cgm.reporting.asic.delivery import AsicReporter, parse_hhmm, transport_from_settings
+from cgm.reporting.asic.delivery import AsicReporter, transport_from_settings
 from cgm.service import Service
 
 log = logging.getLogger(__name__)
@@ -42,31 +39,13 @@ class AsicJobs:
             log.info("ASIC reporting not scheduled: CGM_ASIC_BASE_URL is not set")
             return
         self.reporter = AsicReporter(service.db_url, s, transport_from_settings(s))
-        at = parse_hhmm(s.asic_report_time)
-        service.scheduler.add_job(
-            self.daily,
-            CronTrigger(hour=at.hour, minute=at.minute, timezone=COLOMBIA),
-            id="asic-daily",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=6 * 3600,  # a CGM down at report time reports when back
-        )
-        service.scheduler.add_job(
-            self.poll,
-            IntervalTrigger(seconds=s.asic_poll_interval_s),
-            id="asic-poll",
-            max_instances=1,
-            coalesce=True,
-        )
-        service.scheduler.add_job(
-            self.monthly,
-            CronTrigger(day=s.asic_monthly_report_day, hour=at.hour, minute=at.minute,
-                        timezone=COLOMBIA),  # fmt: skip
-            id="asic-monthly",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=24 * 3600,
-        )
+        # a CGM down at report time reports when back
+        service.add_local_job(self.daily, "asic-daily", s.asic_report_time, grace_s=6 * 3600)
+        service.add_every(self.poll, "asic-poll", s.asic_poll_interval_s)
+        service.add_local_job(
+            self.monthly, "asic-monthly", s.asic_report_time,
+            day=s.asic_monthly_report_day, grace_s=24 * 3600,
+        )  # fmt: skip
         log.info("ASIC report scheduled daily at %s (Colombia), frontiers reported monthly "
                  "on day %d", s.asic_report_time, s.asic_monthly_report_day)  # fmt: skip
 

@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 from cgm import metrics
 from cgm.config import Settings
 from cgm.frontier_log import LEVEL2_ACCESS
-from cgm.localtime import COLOMBIA, local_day
+from cgm.localtime import COLOMBIA, local_day, parse_hhmm
 from cgm.reporting import holds
 from cgm.reporting.asic import xm_xml
 from cgm.reporting.asic.format import DayBuild, Document, build_day, pack
@@ -70,11 +70,6 @@ def transport_from_settings(settings: Settings) -> HttpTransport:
         timeout=settings.asic_timeout_s,
         attempts=settings.asic_retry_attempts,
     )
-
-
-def parse_hhmm(value: str) -> time:
-    hh, _, mm = value.partition(":")
-    return time(int(hh), int(mm or 0))
 
 
 def deadline(settings: Settings, day: date) -> datetime:
