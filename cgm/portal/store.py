@@ -259,24 +259,14 @@ async def edit_meter(
         raise PortalError(f"editable fields are {', '.join(sorted(EDITABLE))}")
     async with conn.transaction():
         await set_audit_context(conn, actor, f"portal edit meter {meter}")
-        cur = await conn.execute(
-            """SELECT m.id, u.code FROM portal_meter m
-               JOIN portal_client_number c ON c.id = m.client_number_id
-               JOIN portal_unit u ON u.id = c.owner_unit_id WHERE m.number = %s""",
-            (meter,),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            raise PortalError(f"unknown meter {meter}")
-        if row[1] != unit:
-            raise NotOwner(f"meter {meter} is owned by unit {row[1]}; only the owner edits it")
+        meter_id, _ = await _owned_meter(conn, unit, meter, "edits it")
         for key, value in changes.items():
             if not isinstance(value, bool):
                 raise PortalError(f"{key} must be true or false")
             # key is one of EDITABLE, never free input
             await conn.execute(
                 f"UPDATE portal_meter SET {key} = %s WHERE id = %s",  # noqa: S608
-                (value, row[0]),
+                (value, meter_id),
             )
 
 
@@ -376,8 +366,11 @@ async def lookup_client_number(
     return {"owner": found[2], "meters": await _client_meters(conn, found[0])}
 
 
-async def _owned_meter(conn: psycopg.AsyncConnection, unit: str, meter: str) -> tuple[int, int]:
-    """(meter id, unit id) when ``unit`` owns ``meter``; :class:`NotOwner` otherwise."""
+async def _owned_meter(
+    conn: psycopg.AsyncConnection, unit: str, meter: str, action: str
+) -> tuple[int, int]:
+    """(meter id, unit id) when ``unit`` owns ``meter``; :class:`NotOwner` otherwise, saying
+    that only the owner does ``action``."""
     cur = await conn.execute(
         """SELECT m.id, u.id, u.code FROM portal_meter m
            JOIN portal_client_number c ON c.id = m.client_number_id
@@ -388,9 +381,7 @@ async def _owned_meter(conn: psycopg.AsyncConnection, unit: str, meter: str) -> 
     if row is None:
         raise PortalError(f"unknown meter {meter}")
     if row[2] != unit:
-        raise NotOwner(
-            f"meter {meter} is owned by unit {row[2]}; only the owner loads its invoices"
-        )
+        raise NotOwner(f"meter {meter} is owned by unit {row[2]}; only the owner {action}")
     return row[0], row[1]
 
 
@@ -407,7 +398,7 @@ async def load_invoice(
         raise PortalError("an invoice needs its number")
     async with conn.transaction():
         await set_audit_context(conn, actor, f"portal invoice {meter}")
-        meter_id, unit_id = await _owned_meter(conn, unit, meter)
+        meter_id, unit_id = await _owned_meter(conn, unit, meter, "loads its invoices")
         try:
             cur = await conn.execute(
                 """INSERT INTO portal_invoice (meter_id, period_start, period_end, energy_kwh,

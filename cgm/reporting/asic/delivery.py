@@ -175,22 +175,31 @@ class AsicReporter:
         result = DayResult(day, build)
         self._token_refused = None
         async with await self._connect() as conn:
-            to_send: list[tuple[int, Document]] = []
-            for doc in build.documents:
-                doc_id, action = await self._register(conn, doc)
-                if action == "send":
-                    to_send.append((doc_id, doc))
-                elif action == "unchanged":
-                    result.unchanged.append(doc.file_name)
-                else:
-                    result.late.append(doc.file_name)
-                    metrics.ASIC_DOCUMENTS.labels("late").inc()
+            to_send = await self._register_all(conn, build.documents, result)
             by_name = {doc.file_name: doc_id for doc_id, doc in to_send}
             for i, (payload, docs) in enumerate(self._pack([d for _, d in to_send]), 1):
                 ids = [by_name[d.file_name] for d in docs]
                 await self._send_zip(conn, self._zip_name(day, i), payload, docs, ids, result)
         await self.update_metrics()
         return result
+
+    async def _register_all(
+        self, conn: psycopg.AsyncConnection, docs: Sequence[Document | MonthDocument],
+        result: DayResult | MonthResult,
+    ) -> list[tuple[int, Any]]:  # fmt: skip
+        """Register each document (a daily or monthly one); those the ASIC must get, with their
+        delivery ids. Unchanged and late ones are noted in ``result``."""
+        to_send: list[tuple[int, Any]] = []
+        for doc in docs:
+            doc_id, action = await self._register(conn, doc)  # type: ignore[arg-type]
+            if action == "send":
+                to_send.append((doc_id, doc))
+            elif action == "unchanged":
+                result.unchanged.append(doc.file_name)
+            else:
+                result.late.append(doc.file_name)
+                metrics.ASIC_DOCUMENTS.labels("late").inc()
+        return to_send
 
     async def report_month(
         self, month: date, frontiers: Sequence[str] | None = None
@@ -208,16 +217,7 @@ class AsicReporter:
         result = MonthResult(first, len(docs), not_ready=why, held=held_out)
         self._token_refused = None
         async with await self._connect() as conn:
-            to_send: list[tuple[int, MonthDocument]] = []
-            for doc in docs:
-                doc_id, action = await self._register(conn, doc)  # type: ignore[arg-type]
-                if action == "send":
-                    to_send.append((doc_id, doc))
-                elif action == "unchanged":
-                    result.unchanged.append(doc.file_name)
-                else:
-                    result.late.append(doc.file_name)
-                    metrics.ASIC_DOCUMENTS.labels("late").inc()
+            to_send = await self._register_all(conn, docs, result)
             by_name = {doc.file_name: doc_id for doc_id, doc in to_send}
             packed = xm_xml.pack([(d.item, d) for _, d in to_send],
                                  max_items=self.settings.asic_max_items_per_message,
