@@ -6,6 +6,13 @@ only the meters its unit owns or is associated with, anything else is a clear 40
 is refused outside ``/api/v1/portal`` (``refuse_outside_portal``). A service user (not tied
 to a unit) reads every meter; it acts for a unit only as a level-2 user naming the unit.
 
+Creating: a unit creates a client number with its meters and owns them (``POST
+/client-numbers``); when the company + number exists already the answer is 409 saying by
+whom and with which meters, and the unit may associate instead. Linking a meter to the CGM
+meter that reads it (``cgm``) is an administrator's action: a unit's user linking any
+frontier would read that frontier. Administrators create units (``POST /units``, the
+inventory file's entry as JSON).
+
 Shared meters: a unit asks whether a company + client number exists (``GET
 /client-numbers``), and may then associate with any of its meters (``POST /associations``).
 Only the owner unit edits a meter (``PATCH /meters/{n}``) or loads its invoices (``POST
@@ -17,10 +24,11 @@ an administrator's (level-2 service user's) action, logged with its reason
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from cgm.api.access import Principal
 from cgm.api.app import FIRST_DAY, LAST_DAY, Reader
@@ -28,6 +36,7 @@ from cgm.api.guard import API
 from cgm.portal import store
 from cgm.portal.access import unit_of
 from cgm.portal.consumption import MAX_DAYS, Layout, Resolution, consumption_json, find_meter
+from cgm.portal.model import ClientNumberSpec, UnitSpec, meter_source
 from cgm.portal.status import status_report
 from cgm.security import users
 
@@ -196,6 +205,58 @@ class Invoice(BaseModel):
     unit: UnitCode = None
 
 
+class MeterLink(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    frontier: Name
+    channel: Literal["active_import", "active_export", "reactive_import", "reactive_export"] = (
+        "active_import"
+    )
+
+
+class NewMeter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    number: Name
+    source: Annotated[
+        Literal["electricity", "natural_gas", "lpg"], BeforeValidator(meter_source)
+    ] = "electricity"
+    smart: bool
+    shared: bool
+    invoice_access: bool
+    cgm: MeterLink | None = Field(default=None, description="administrators only")
+
+
+class NewClientNumber(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    company: Name
+    number: Name
+    tariff_type: Name
+    connected_power_kw: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    meters: list[NewMeter] = Field(min_length=1, max_length=100)
+    unit: UnitCode = None
+
+
+def _no_control(value: Any, where: str = "") -> None:
+    if isinstance(value, str):
+        _printable(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_control(k, where)
+            _no_control(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            _no_control(v, where)
+
+
+class NewUnit(UnitSpec):
+    """A unit as one entry of the inventory file declares it (``cgm portal import``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _printable_text(cls, data: Any) -> Any:
+        _no_control(data)
+        return data
+
+
 class OwnerChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
     company: Name
@@ -292,8 +353,59 @@ async def list_invoices(number: str, request: Request, user: Reader) -> dict[str
     return {"meter": number, "invoices": found}
 
 
-@router.post("/client-numbers/owner", summary="Change the owner of a client number (level 2)")
-async def change_owner(request: Request, user: Reader, body: OwnerChange) -> dict[str, Any]:
+def _exists(exc: store.ClientNumberExists, company: str, number: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": str(exc), "exists": True, "company": company, "number": number,
+         "owner": exc.owner, "meters": exc.meters, "associate": f"{PREFIX}/associations"},
+        status_code=409,
+    )  # fmt: skip
+
+
+async def create_for_unit(request: Request, user: users.User, body: NewClientNumber) -> Any:
+    """Create the client number and its meters for the acting unit: the created document, or
+    the 409 "exists" answer; HTTPException for any other refusal."""
+    async with request.app.state.pool.connection() as conn:
+        unit = await acting_unit(conn, user, body.unit)
+        if any(m.cgm for m in body.meters) and await unit_of(conn, user) is not None:
+            raise HTTPException(
+                403, "linking a meter to a CGM meter (cgm) is an administrator's action"
+            )
+        spec = ClientNumberSpec(**body.model_dump(exclude={"unit"}))
+        try:
+            return await store.create_client_number(conn, unit, spec, f"api:{user.username}")
+        except store.ClientNumberExists as exc:
+            return _exists(exc, body.company, body.number)
+        except store.MeterExists as exc:
+            raise HTTPException(409, str(exc)) from None
+        except store.PortalError as exc:
+            raise _refusal(exc) from None
+
+
+@router.post(
+    "/client-numbers", status_code=201,
+    summary="Create a client number and its meters; the unit owns them",
+    responses={409: {"description": "registered already: by whom, which meters (associate)"}},
+)  # fmt: skip
+async def create_client_number(request: Request, user: Reader, body: NewClientNumber) -> Any:
+    return await create_for_unit(request, user, body)
+
+
+@router.post("/units", status_code=201, summary="Create a unit (administrators, level 2)")
+async def create_unit(request: Request, user: Reader, body: NewUnit) -> dict[str, Any]:
+    async with request.app.state.pool.connection() as conn:
+        if await unit_of(conn, user) is not None or user.level < 2:
+            raise HTTPException(403, "creating a unit is an administrator's action (level 2)")
+        try:
+            r = await store.create_unit(conn, body, f"api:{user.username}")
+        except (store.ClientNumberExists, store.UnitExists, store.MeterExists) as exc:
+            raise HTTPException(409, str(exc)) from None
+        except store.PortalError as exc:
+            raise _refusal(exc) from None
+    return {"unit": body.code, "new_building": bool(r.buildings), "client_numbers":
+            r.client_numbers, "meters": r.meters, "associations": r.associations}  # fmt: skip
+
+
+async def change_client_owner(request: Request, user: users.User, body: OwnerChange) -> dict:
     request.state.reason = body.reason
     async with request.app.state.pool.connection() as conn:
         if await unit_of(conn, user) is not None or user.level < 2:
@@ -310,3 +422,8 @@ async def change_owner(request: Request, user: Reader, body: OwnerChange) -> dic
         log = await store.owner_changes(conn, body.company, body.number)
     return {"company": body.company, "number": body.number, "owner": body.new_owner,
             "log": log}  # fmt: skip
+
+
+@router.post("/client-numbers/owner", summary="Change the owner of a client number (level 2)")
+async def change_owner(request: Request, user: Reader, body: OwnerChange) -> dict[str, Any]:
+    return await change_client_owner(request, user, body)

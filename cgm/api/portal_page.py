@@ -16,12 +16,13 @@ browser post here.
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 from html import escape
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 
@@ -30,9 +31,13 @@ from cgm.api.portal import (
     PREFIX,
     Association,
     Invoice,
+    NewClientNumber,
+    OwnerChange,
     _unit_code,
     add_invoice,
     associate_unit,
+    change_client_owner,
+    create_for_unit,
     edit_unit_meter,
 )
 from cgm.portal import store
@@ -53,8 +58,12 @@ NOTICES = {
     "associated": "Associated: the unit now reads the consumption of the meters chosen.",
     "edited": "Meter updated.",
     "invoice": "Invoice loaded.",
+    "created": "Client number created: the unit owns it and its meters.",
+    "owner": "Owner changed (logged with the reason).",
 }
 EDIT_FIELDS = ("smart", "shared", "invoice_access")
+METER_ROWS = 3  # meter rows of the creation form (empty ones are ignored)
+SOURCE_LABELS = {"electricity": "electricity", "natural_gas": "natural gas", "lpg": "LPG"}
 
 
 def _range(view: View, day: date) -> tuple[date, date, str]:
@@ -139,6 +148,7 @@ async def page(
     notice: Annotated[str | None, Query(max_length=40)] = None,
 ) -> HTMLResponse:
     day = day or _yesterday()
+    unit = unit or None  # the lookup form of a page without a unit sends unit=""
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>cgm portal</title>"
            f"<style>{CSS}</style></head><body><h1>Consumption portal</h1>"]  # fmt: skip
     if notice in NOTICES:
@@ -206,6 +216,8 @@ async def page(
             if found is None:
                 out.append('<p id="lookup-result">Not registered: your unit can create it '
                            "(and will own it and its meters).</p>")  # fmt: skip
+                if unit is not None and (own is not None or user.level >= 2):
+                    out.append(_create_form(unit, company, client_number))
             else:
                 out.append(
                     f'<p id="lookup-result">Already registered by unit '
@@ -217,6 +229,9 @@ async def page(
                 ):
                     mine = {m["meter"] for m in meters}
                     out.append(_associate_form(unit, company, client_number, found, mine))
+                if own is None and user.level >= 2:
+                    codes = [u["code"] for u in await store.list_units(conn)]
+                    out.append(_owner_form(unit, company, client_number, found["owner"], codes))
         if own is None:
             r = await status_report(conn, day.replace(day=1), day)
             t = r["totals"]
@@ -253,6 +268,47 @@ def _associate_form(
         f"{_hidden(unit=unit, company=company, client_number=number)}"
         f"<fieldset><legend>Associate unit {escape(unit)} with</legend>{boxes}</fieldset>"
         "<button type=submit>Associate</button></form>"
+    )
+
+
+def _create_form(unit: str, company: str, number: str) -> str:
+    """The new client number's tariff and power, and up to ``METER_ROWS`` meters."""
+    options = "".join(f'<option value="{k}">{v}</option>' for k, v in SOURCE_LABELS.items())
+    rows = "".join(
+        f'<tr><td><input name="m{i}_number" aria-label="meter {i + 1} number"></td>'
+        f'<td><select name="m{i}_source">{options}</select></td>'
+        + "".join(f'<td><input type="checkbox" name="m{i}_{f}"></td>' for f in EDIT_FIELDS)
+        + "</tr>"
+        for i in range(METER_ROWS)
+    )
+    head = "".join(f"<th>{f.replace('_', ' ')}</th>" for f in EDIT_FIELDS)
+    return (
+        f'<form id="create" method="post" action="{PREFIX}/page/client-numbers">'
+        f"{_hidden(unit=unit, company=company, client_number=number)}"
+        f"<fieldset><legend>Create client number {escape(company)} {escape(number)} for "
+        f"unit {escape(unit)}</legend>"
+        '<label>Tariff type <input name="tariff_type" required></label> '
+        '<label>Connected power (kW) <input name="connected_power_kw" inputmode="decimal">'
+        f"</label><table><tr><th>meter number</th><th>source</th>{head}</tr>{rows}</table>"
+        "</fieldset><button type=submit>Create</button></form>"
+    )
+
+
+def _owner_form(
+    unit: str | None, company: str, number: str, owner: str, codes: list[str]
+) -> str:
+    """An administrator's change of owner: the new owner and the reason (both required)."""
+    options = "".join(
+        f'<option value="{escape(c)}">{escape(c)}</option>' for c in codes if c != owner
+    )
+    return (
+        f'<form id="owner" method="post" action="{PREFIX}/page/client-numbers/owner">'
+        f"{_hidden(unit=unit or '', company=company, client_number=number)}"
+        f"<fieldset><legend>Change the owner of {escape(company)} {escape(number)} (now unit "
+        f"{escape(owner)})</legend>"
+        f'<label>New owner <select name="new_owner" required>{options}</select></label> '
+        '<label>Reason <input name="reason" size="40" required></label>'
+        "</fieldset><button type=submit>Change owner</button></form>"
     )
 
 
@@ -332,12 +388,18 @@ def _back(unit: str, notice: str, **more: str) -> RedirectResponse:
     return RedirectResponse(f"{PREFIX}/page?{query}", status_code=303)
 
 
+def _page_head(title: str) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>cgm portal: {title}</title>"
+        f"<style>{CSS}</style></head><body><h1>Consumption portal</h1>"
+    )
+
+
 def _refused(exc: HTTPException, unit: str | None) -> HTMLResponse:
     back = f"{PREFIX}/page" + (f"?{urlencode({'unit': unit})}" if unit else "")
     return HTMLResponse(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>cgm portal: refused</title>"
-        f"<style>{CSS}</style></head><body><h1>Consumption portal</h1>"
-        f'<p class="refused" id="refused">{escape(str(exc.detail))}</p>'
+        _page_head("refused")
+        + f'<p class="refused" id="refused">{escape(str(exc.detail))}</p>'
         f'<p><a href="{escape(back)}">Back to the portal</a></p></body></html>',
         status_code=exc.status_code,
     )
@@ -404,3 +466,68 @@ async def page_invoice(number: str, request: Request, user: Reader) -> Any:
     except HTTPException as exc:
         return _refused(exc, unit)
     return _back(result["unit"], "invoice", meter=number, **_view(form))
+
+
+@router.post("/page/client-numbers", response_class=HTMLResponse, include_in_schema=False)
+async def page_create(request: Request, user: Reader) -> Any:
+    try:
+        form = await _form(request)
+    except HTTPException as exc:
+        return _refused(exc, None)
+    unit = _one(form, "unit") or None
+    company, number = _one(form, "company") or "", _one(form, "client_number") or ""
+    meters = [
+        {
+            "number": (_one(form, f"m{i}_number") or "").strip(),
+            "source": _one(form, f"m{i}_source") or "electricity",
+            **{f: _one(form, f"m{i}_{f}") is not None for f in EDIT_FIELDS},
+        }
+        for i in range(METER_ROWS)
+    ]
+    try:
+        try:
+            body = NewClientNumber(
+                company=company, number=number, tariff_type=_one(form, "tariff_type") or "",
+                connected_power_kw=(_one(form, "connected_power_kw") or "").strip() or None,
+                meters=[m for m in meters if m["number"]], unit=unit,
+            )  # fmt: skip
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        result = await create_for_unit(request, user, body)
+    except HTTPException as exc:
+        return _refused(exc, unit)
+    if isinstance(result, Response):  # registered already: say so, and offer to associate
+        found = json.loads(bytes(result.body))
+        lookup = urlencode({"unit": unit or "", "company": company, "client_number": number})
+        return HTMLResponse(
+            _page_head("exists")
+            + f'<p class="refused" id="refused">{escape(found["error"])}</p>'
+            f'<p><a id="associate-instead" href="{PREFIX}/page?{escape(lookup)}">Associate '
+            "with its meters</a></p></body></html>",
+            status_code=409,
+        )
+    return _back(result["unit"], "created", meter=result["meters"][0])
+
+
+@router.post("/page/client-numbers/owner", response_class=HTMLResponse, include_in_schema=False)
+async def page_owner(request: Request, user: Reader) -> Any:
+    try:
+        form = await _form(request)
+    except HTTPException as exc:
+        return _refused(exc, None)
+    unit = _one(form, "unit") or None
+    company, number = _one(form, "company") or "", _one(form, "client_number") or ""
+    try:
+        try:
+            body = OwnerChange(
+                company=company, number=number, new_owner=_one(form, "new_owner") or "",
+                reason=(_one(form, "reason") or "").strip(),
+            )  # fmt: skip
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        await change_client_owner(request, user, body)
+    except HTTPException as exc:
+        return _refused(exc, unit)
+    query = urlencode({**({"unit": unit} if unit else {}), "company": company,
+                       "client_number": number, "notice": "owner"})  # fmt: skip
+    return RedirectResponse(f"{PREFIX}/page?{query}", status_code=303)

@@ -25,6 +25,16 @@ Text = Annotated[str, Field(min_length=1, max_length=500)]
 Source = Literal["electricity", "natural_gas", "lpg"]
 
 
+def meter_source(v: object) -> object:
+    """A clear refusal for a meter of any other source than the three."""
+    if isinstance(v, str) and v.strip() not in SOURCES:
+        raise ValueError(
+            f"energy source {v.strip()!r} cannot have meters: only electricity, natural_gas "
+            "and lpg can"
+        )
+    return v
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -64,6 +74,11 @@ class MeterSpec(_Spec):
     shared: bool
     invoice_access: bool
     cgm: CgmLink | None = None
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: object) -> object:
+        return meter_source(v)
 
 
 class ClientNumberSpec(_Spec):

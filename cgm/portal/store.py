@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from cgm.portal.loader import PortalInventory
-from cgm.portal.model import SOURCES, MeterSpec, UnitSpec
+from cgm.portal.model import SOURCES, ClientNumberSpec, MeterSpec, UnitSpec
 from cgm.registry.loader import InventoryError, Issue
 from cgm.storage.common import channel_id, set_audit_context
 
@@ -37,6 +37,14 @@ class ClientNumberExists(PortalError):
             f"client number {company} {number} already exists (owner unit {owner}; meters "
             f"{', '.join(meters) or 'none'}): associate with its meters instead"
         )
+
+
+class MeterExists(PortalError):
+    """A meter number is registered already (meter numbers are unique)."""
+
+
+class UnitExists(PortalError):
+    """A unit code is registered already (creating through the API never overwrites)."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,108 @@ async def _import_unit(conn: psycopg.AsyncConnection, u: UnitSpec, counts: dict[
             counts["meters"] += 1
     for a in u.associate:
         counts["assoc"] += await _associate(conn, uid, a.company, a.number, a.meters)
+
+
+async def create_client_number(
+    conn: psycopg.AsyncConnection, unit: str, spec: ClientNumberSpec, actor: str
+) -> dict[str, Any]:
+    """Unit ``unit`` creates a client number with its meters and owns them.
+
+    Refused, nothing stored: :class:`ClientNumberExists` when the company and number are
+    registered already (by another unit: associate instead; by this one: it is its own),
+    :class:`MeterExists` for a meter number registered already, :class:`PortalError` for a
+    meter number twice in ``spec``, a meter of a source the unit has not switched on, or an
+    unknown CGM frontier. Two units creating the same pair at once: one wins, the other is
+    told that it exists (the unique index decides)."""
+    numbers = [m.number for m in spec.meters]
+    for n in numbers:
+        if numbers.count(n) > 1:
+            raise PortalError(f"duplicate meter number {n}: given twice")
+    try:
+        async with conn.transaction():
+            await set_audit_context(conn, actor, f"portal create client number {unit}")
+            uid = await _unit_id(conn, unit)
+            await _refuse_existing(conn, spec.company, spec.number, numbers)
+            cur = await conn.execute(
+                "SELECT source FROM portal_energy_source WHERE unit_id = %s AND enabled",
+                (uid,),
+            )
+            on = {r[0] for r in await cur.fetchall()}
+            for m in spec.meters:
+                if m.source not in on:
+                    raise PortalError(
+                        f"meter {m.number} is {m.source}, which is not switched on for unit "
+                        f"{unit} (switched on: {', '.join(sorted(on)) or 'none'})"
+                    )
+            cur = await conn.execute(
+                """INSERT INTO portal_client_number (company, number, tariff_type,
+                       connected_power_kw, owner_unit_id) VALUES (%s, %s, %s, %s, %s)
+                   RETURNING id""",
+                (spec.company, spec.number, spec.tariff_type, spec.connected_power_kw, uid),
+            )
+            (client_id,) = await cur.fetchone()  # type: ignore[misc]
+            for m in spec.meters:
+                fid, chan = await _link(conn, m)
+                # A plain insert: a meter number taken meanwhile is a unique violation,
+                # never an update of another unit's meter.
+                await conn.execute(
+                    """INSERT INTO portal_meter (client_number_id, number, energy_source,
+                           smart, shared, invoice_access, frontier_id, channel)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                    (client_id, m.number, m.source, m.smart, m.shared, m.invoice_access,
+                     fid, chan),
+                )  # fmt: skip
+    except psycopg.errors.UniqueViolation:
+        # Created meanwhile by another request: say by whom, as if it had been there.
+        await _refuse_existing(conn, spec.company, spec.number, numbers)
+        raise
+    return {
+        "unit": unit, "company": spec.company, "number": spec.number,
+        "tariff_type": spec.tariff_type, "connected_power_kw": spec.connected_power_kw,
+        "meters": sorted(numbers),
+    }  # fmt: skip
+
+
+async def _refuse_existing(
+    conn: psycopg.AsyncConnection, company: str, number: str, meters: list[str]
+) -> None:
+    found = await _client(conn, company, number)
+    if found is not None:
+        raise ClientNumberExists(company, number, found[2], await _client_meters(conn, found[0]))
+    cur = await conn.execute(
+        """SELECT m.number, c.company, c.number, u.code FROM portal_meter m
+           JOIN portal_client_number c ON c.id = m.client_number_id
+           JOIN portal_unit u ON u.id = c.owner_unit_id
+           WHERE m.number = ANY(%s) ORDER BY m.number LIMIT 1""",
+        (meters,),
+    )
+    row = await cur.fetchone()
+    if row is not None:
+        raise MeterExists(
+            f"duplicate meter number {row[0]}: it is registered already (client number "
+            f"{row[1]} {row[2]} of unit {row[3]})"
+        )
+
+
+async def create_unit(conn: psycopg.AsyncConnection, u: UnitSpec, actor: str) -> ImportResult:
+    """One unit as an inventory entry declares it, created (never overwritten: an existing
+    code is :class:`UnitExists`); all of it or nothing."""
+    counts = {"buildings": 0, "clients": 0, "meters": 0, "assoc": 0}
+    try:
+        async with conn.transaction():
+            await set_audit_context(conn, actor, f"portal create unit {u.code}")
+            # Two requests creating one code: the second waits here, then finds it.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('portal_unit:' || %s))", (u.code,)
+            )
+            cur = await conn.execute("SELECT 1 FROM portal_unit WHERE code = %s", (u.code,))
+            if await cur.fetchone() is not None:
+                raise UnitExists(f"unit {u.code} exists already")
+            await _import_unit(conn, u, counts)
+    except psycopg.errors.IntegrityError as exc:
+        raise PortalError(exc.diag.message_primary or "constraint violated") from None
+    return ImportResult(1, counts["buildings"], counts["clients"], counts["meters"],
+                        counts["assoc"])  # fmt: skip
 
 
 async def _associate(

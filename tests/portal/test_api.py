@@ -57,7 +57,8 @@ async def _setup(db_url: str, tmp_path: Path) -> dict:
                 rows.append(SettledValue(fr.id, "active_import", t, 10.0 + i, src, method))
         await write_settled(conn, rows, actor="test")
         await conn.commit()
-    return {"m1": m1, "m2": m2, "fr": fr, "names": names, "owner": owner, "other": other}
+    return {"m1": m1, "m2": m2, "fr": fr, "names": names, "owner": owner, "other": other,
+            "stranger": stranger}  # fmt: skip
 
 
 async def test_consumption_for_owner_and_associated(
