@@ -20,7 +20,7 @@ from dlms_cosem import cosem as lib_cosem
 from dlms_cosem import dlms_data
 from dlms_cosem import enumerations as en
 from dlms_cosem import state as dlms_state
-from dlms_cosem.connection import XDlmsApduFactory
+from dlms_cosem.connection import DlmsConnection, XDlmsApduFactory
 from dlms_cosem.cosem.capture_object import CaptureObject as LibCaptureObject
 from dlms_cosem.cosem.selective_access import RangeDescriptor
 from dlms_cosem.protocol import acse, xdlms
@@ -98,6 +98,7 @@ _AUTH_DIAGNOSTICS = {
     en.AcseServiceUserDiagnostics.AUTHENTICATION_MECHANISM_NAME_REQUIRED,
     en.AcseServiceUserDiagnostics.AUTHENTICATION_MECHANISM_NAME_NOT_RECOGNIZED,
 }
+_HLS = en.AuthenticationMechanism.HLS
 _DENIED = {en.DataAccessResult.READ_WRITE_DENIED, en.DataAccessResult.SCOPE_OF_ACCESS_VIOLATED}
 _UNDEFINED = {
     en.DataAccessResult.OBJECT_UNDEFINED,
@@ -181,6 +182,22 @@ class DlmsParams:
         return cosem.READING_CLIENT
 
 
+def _params(params: Mapping[str, Any] | None) -> DlmsParams:
+    """:meth:`DlmsParams.from_mapping`, once per distinct mapping (a meter's params are the
+    same every hour; parsing them was ~3 % of a session). Frozen, so shared."""
+    try:
+        key = tuple(sorted((params or {}).items()))
+        hash(key)
+    except TypeError:  # an unhashable value: parsed every time, with the same checks
+        return DlmsParams.from_mapping(params)
+    return _params_of(key)
+
+
+@functools.lru_cache(maxsize=65536)
+def _params_of(key: tuple[tuple[str, Any], ...]) -> DlmsParams:
+    return DlmsParams.from_mapping(dict(key))
+
+
 @dataclass(frozen=True)
 class _ProfileLayout:
     columns: tuple[cosem.CaptureObject, ...]
@@ -189,17 +206,26 @@ class _ProfileLayout:
     roles: tuple[cosem.ColumnRole, ...]  # one per column, in column order
     scalers: Mapping[int, tuple[int, int]]  # column index -> (scaler, unit), energy columns
 
-    @property
+    # Computed once per layout: a layout is shared by the sessions that read the same
+    # configuration (see _profile_layout).
+    @functools.cached_property
     def cumulative(self) -> bool:
         return any(r.use is cosem.Use.CUMULATIVE for r in self.roles)
 
-    @property
+    @functools.cached_property
     def channels(self) -> tuple[Channel, ...]:
         used = {r.channel for r in self.roles if r.use in _ENERGY and r.channel is not None}
         return tuple(ch for ch in Channel if ch in used)
 
+    @functools.cached_property
+    def description(self) -> tuple[ProfileColumn, ...]:
+        return _describe(self)
+
 
 _ENERGY = (cosem.Use.INTERVAL, cosem.Use.CUMULATIVE)
+# Layouts by the one-frame list answer they were read from (see _profile_layout). Only read.
+_LAYOUTS: dict[bytes, _ProfileLayout] = {}
+_LAYOUT_LIMIT = 1024
 # Not the driver's, accepted so that a registry entry may carry them: the meter ratings the
 # CGM's plausibility guard reads (cgm/collection/plausibility.py).
 _CGM_PARAMS = frozenset({"max_current_a", "rated_current_a", "nominal_voltage_v"})
@@ -287,6 +313,8 @@ class DlmsSession(MeterSession):
         self.requests_sent = 0  # APDUs sent in this session (observability, tests)
         self.blocks_received = 0  # GET-with-block blocks in this session (observability)
         self.negotiated_pdu_size: int | None = None
+        self._release: bytes | None = None  # the RLRQ, encoded once per AARE (lean LLS)
+        self._list_body: bytes | None = None  # the last list answer in one frame, if any
 
     # --- association --------------------------------------------------------------------
 
@@ -297,7 +325,12 @@ class DlmsSession(MeterSession):
             raise ProtocolError(f"HDLC link setup: {exc}", endpoint=self.endpoint) from exc
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise ConnectionFailed(f"cannot connect: {exc!r}", endpoint=self.endpoint) from exc
-        aare = await self._exchange(self._conn.get_aarq())
+        conn = self._conn
+        # LLS without ciphering: the AARQ is the same bytes every session (no challenge),
+        # so it is encoded once per secret; the AARE comes back through the lean parser.
+        lean = self._access.mechanism == "lls" and not conn.use_protection
+        answer = await self._exchange(_lls_aarq(conn) if lean else conn.get_aarq())
+        aare = answer.apdu if isinstance(answer, _Aare) else answer
         if isinstance(aare, xdlms.ExceptionResponse):
             raise ProtocolError(f"association refused: {aare!r}", endpoint=self.endpoint)
         if not isinstance(aare, acse.ApplicationAssociationResponse):
@@ -314,6 +347,17 @@ class DlmsSession(MeterSession):
                 f"association rejected: {aare.result.name} / {diagnostic!r}",
                 endpoint=self.endpoint,
             )
+        if isinstance(answer, _Aare):
+            if aare.authentication is not None and aare.authentication >= _HLS:
+                raise ProtocolError(
+                    f"meter asks for HLS ({aare.authentication.name}) on an LLS association",
+                    endpoint=self.endpoint,
+                )
+            # What DlmsConnection.next_event does with an accepted LLS AARE.
+            conn.update_meter_info(aare)
+            conn.update_negotiated_parameters(aare)
+            conn.state.current_state = dlms_state.READY
+            self._release = answer.release
         if self._access.needs_hls_pass:
             try:
                 await self._access.hls_pass(self._exchange)
@@ -337,11 +381,13 @@ class DlmsSession(MeterSession):
             if self._associated and self._broken is None and self._transport.is_open:
                 conn, lean = self._conn, self._lean
                 self._associated = False
-                await self._exchange(
-                    _release_request(conn.conformance.to_bytes(), conn.max_pdu_size)
-                    if lean
-                    else conn.get_rlrq()
-                )
+                if not lean:
+                    await self._exchange(conn.get_rlrq())
+                else:
+                    await self._exchange(
+                        self._release
+                        or _release_request(conn.conformance.to_bytes(), conn.max_pdu_size)
+                    )
         finally:
             await self._transport.close()
 
@@ -506,6 +552,7 @@ class DlmsSession(MeterSession):
         session, and the driver remembers the logical device so later sessions skip the
         list: a ``list_fallback`` session event, never an aborted session.
         """
+        self._list_body = None
         key = (self.endpoint.host, self.endpoint.port, self.params.server_address)
         if self._with_list and len(items) > 1 and not self._hints.list_refused(key):
             try:
@@ -541,6 +588,7 @@ class DlmsSession(MeterSession):
         try:
             if isinstance(answer, _List):
                 results = list(answer.results)
+                self._list_body = answer.body
             elif isinstance(answer, xdlms.GetResponseWithList):
                 results = list(answer.response_data)
             else:
@@ -694,6 +742,14 @@ class DlmsSession(MeterSession):
             [(pg, cosem.LOAD_PROFILE, 3), (pg, cosem.LOAD_PROFILE, 4), (pg, cosem.LOAD_PROFILE, 8)]
             + [(c.class_id, c.obis, 3) for _, c in wanted]
         )
+        body = self._list_body
+        if body is not None and hint:
+            # The same answer to the same list as before: the same layout (it is a function
+            # of these bytes when the hint named the columns they hold).
+            known = _LAYOUTS.get(body)
+            if known is not None and known.columns == hint:
+                self._layout = known
+                return known
         lp = cosem.obis_str(cosem.LOAD_PROFILE)
         try:
             columns = tuple(
@@ -732,10 +788,15 @@ class DlmsSession(MeterSession):
                     endpoint=self.endpoint,
                 )
             scalers[index] = (scaler, unit)
-        self._layout = _ProfileLayout(columns, timedelta(seconds=period), depth, roles, scalers)
+        layout = _ProfileLayout(columns, timedelta(seconds=period), depth, roles, scalers)
+        self._layout = layout
         if key is not None:
             self._hints.put(key, columns)
-        return self._layout
+        if body is not None and hint == columns:
+            if len(_LAYOUTS) >= _LAYOUT_LIMIT:
+                _LAYOUTS.clear()
+            _LAYOUTS[body] = layout
+        return layout
 
     def _scaler(self, result: _ListResult, obis: bytes) -> tuple[int, int]:
         try:
@@ -748,7 +809,7 @@ class DlmsSession(MeterSession):
 
     async def _read_profile_config(self) -> ProfileConfig:
         layout = await self._profile_layout()
-        return ProfileConfig(layout.period, layout.depth, layout.channels, _describe(layout))
+        return ProfileConfig(layout.period, layout.depth, layout.channels, layout.description)
 
     async def _read_profile(self, start: datetime, end: datetime) -> list[ProfileEntry]:
         layout = await self._profile_layout()
@@ -979,6 +1040,7 @@ class _List:
     """get-response-with-list in one frame."""
 
     results: list[_ListResult]
+    body: bytes  # the encoded list, which the results are a function of
 
 
 def _get_answer(apdu: bytes) -> Any:
@@ -991,18 +1053,75 @@ def _get_answer(apdu: bytes) -> Any:
     Exactly as strict: a block's length must match, a data value must decode (the caller
     checks for trailing bytes), a list must hold its count of results.
     """
+    if apdu[:1] == b"\x61":
+        return _aare(bytes(apdu))
+    if apdu[:1] == b"\x63":
+        return _rlre(bytes(apdu))
     if len(apdu) >= 4 and apdu[0] == 0xC4:
         kind = apdu[1]
         if kind == 1 and apdu[3] == 0:
             return _Normal(apdu[4:])
         if kind == 3:
-            return _List(_list_answer(apdu[3:]))
+            body = bytes(apdu[3:])
+            return _List(_list_answer(body), body)
         if kind == 2 and len(apdu) >= 10 and apdu[8] == 0:
             size, at = axdr.length(apdu, 9)
             if at + size != len(apdu):
                 raise ValueError("the block's data is not of its stated length")
             return _Block(apdu[3] != 0, int.from_bytes(apdu[4:8], "big"), apdu[at:], apdu[2])
     return XDlmsApduFactory.apdu_from_bytes(apdu)
+
+
+@dataclass(frozen=True, slots=True)
+class _Aare:
+    """An AARE as dlms-cosem parsed it, and the RLRQ that releases what it negotiated."""
+
+    apdu: Any
+    release: bytes | None
+
+
+@functools.lru_cache(maxsize=1024)
+def _aare(raw: bytes) -> _Aare:
+    """An AARE parsed by dlms-cosem once per distinct answer: a meter (and a fleet of one
+    firmware) answers an LLS AARQ with the same bytes every session, and the library's BER
+    parse of it was ~20 % of the driver's CPU per session. Only read, never changed."""
+    apdu = XDlmsApduFactory.apdu_from_bytes(raw)
+    release = None
+    info = getattr(apdu, "user_information", None)
+    if isinstance(info, acse.UserInformation) and isinstance(info.content, xdlms.InitiateResponse):
+        content = info.content
+        release = _release_request(
+            content.negotiated_conformance.to_bytes(), content.server_max_receive_pdu_size
+        )
+    return _Aare(apdu, release)
+
+
+@functools.lru_cache(maxsize=64)
+def _rlre(raw: bytes) -> Any:
+    """An RLRE as dlms-cosem parses it, once per distinct answer (only its type is used)."""
+    return XDlmsApduFactory.apdu_from_bytes(raw)
+
+
+_AARQS: dict[tuple[bytes, bytes, int], bytes] = {}
+_AARQ_LIMIT = 100_000  # one per meter secret; the oldest go first
+
+
+def _lls_aarq(conn: DlmsConnection) -> bytes:
+    """The LLS AARQ dlms-cosem builds (``DlmsConnection.get_aarq``), encoded once per
+    password, system title and PDU size: without a challenge it is the same every session,
+    and building and BER-encoding it was ~15 % of the driver's CPU per session."""
+    key = (
+        bytes(conn.authentication.get_calling_authentication_value() or b""),
+        bytes(conn.client_system_title),
+        conn.max_pdu_size,
+    )
+    out = _AARQS.pop(key, None)
+    if out is None:
+        out = conn.get_aarq().to_bytes()
+    _AARQS[key] = out  # most recently used last
+    while len(_AARQS) > _AARQ_LIMIT:
+        del _AARQS[next(iter(_AARQS))]
+    return out
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1116,7 +1235,7 @@ class DlmsDriver(Driver):
             endpoint,
             credentials,
             timeout,
-            DlmsParams.from_mapping(params),
+            _params(params),
             self.hints,
             self.counter_store,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -151,6 +152,23 @@ async def test_wrong_secret_is_authentication_failed(
     with pytest.raises(AuthenticationFailed):
         await connect(server, creds)
     assert server.stats.rejected == 1 and server.stats.associations == 0
+
+
+async def test_changed_password_is_taken_and_the_old_one_refused(
+    server: DlmsServer, meter: SimulatedMeter
+) -> None:
+    """The LLS association request is encoded once per secret: a new password on the
+    meter must refuse the old one at the next session, and the new one must work."""
+    async with await connect(server, LEVEL1) as session:
+        assert (await session.identify()).serial == "DLMS-0001"
+    meter.secrets = replace(meter.secrets, level1="reader-new")
+    with pytest.raises(AuthenticationFailed):
+        await connect(server, LEVEL1)
+    async with await connect(server, Credentials(AccessLevel.READ, "reader-new")) as session:
+        assert (await session.identify()).serial == "DLMS-0001"
+    with pytest.raises(AuthenticationFailed):
+        await connect(server, LEVEL1)
+    assert server.stats.associations == 2 and server.stats.rejected == 2
 
 
 # --- faults ---------------------------------------------------------------------------------
