@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -149,6 +150,8 @@ async def run_collector(
         from instant import InstantCollector
 
         kind = InstantCollector
+    gc_cpu = _GcClock()
+    gc.callbacks.append(gc_cpu)
     me0 = resource.getrusage(resource.RUSAGE_SELF)
     profiler = None
     if os.environ.get("CGM_BENCH_PROFILE"):
@@ -157,15 +160,21 @@ async def run_collector(
         # CPU time, not wall time: on a shared host a wall-clock profile charges whatever
         # function was running when the scheduler took the core away.
         profiler = cProfile.Profile(time.process_time)
+        # Without the garbage collector: a profile charges a collection to whatever function
+        # allocated when it started (its total is collector_gc_cpu_s of an unprofiled run).
+        gc.disable()
         profiler.enable()
     start = time.time()
     summary = await kind(url, box, config).run_cycle()
     finish = time.time()
     if profiler is not None:
         profiler.disable()
+        gc.enable()
         profiler.dump_stats(f"{os.environ['CGM_BENCH_PROFILE']}.{os.getpid()}")
     me1 = resource.getrusage(resource.RUSAGE_SELF)
+    gc.callbacks.remove(gc_cpu)
     return {
+        "gc_cpu": gc_cpu.total,
         "max_rss_mb": round(me1.ru_maxrss / 1024, 1),
         "start": start,
         "finish": finish,
@@ -176,6 +185,21 @@ async def run_collector(
         "errors": summary.errors,
         "cpu": (me1.ru_utime - me0.ru_utime) + (me1.ru_stime - me0.ru_stime),
     }
+
+
+class _GcClock:
+    """CPU time spent in the garbage collector (charged by a profile to whatever function
+    happened to allocate when a collection started)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.process_time()
+        else:
+            self.total += time.process_time() - self._t0
 
 
 def spawn_collectors(
@@ -265,7 +289,7 @@ async def measure(
                 procs[0].kill()
                 procs[0].wait()
                 killed = {"start": spawned, "finish": time.time(), "meters": 0, "ok": 0,
-                          "failed": {}, "intervals": 0, "errors": [], "cpu": cpu,
+                          "gc_cpu": 0.0, "failed": {}, "intervals": 0, "errors": [], "cpu": cpu,
                           "max_rss_mb": round(rss, 1)}  # fmt: skip
                 runs.append(killed)
                 procs = procs[1:]
@@ -322,6 +346,7 @@ async def measure(
                 "cores_for_50k_per_60s": round(
                     50_000 * sum(r["cpu"] for r in runs) / max(meters, 1) / 60, 2
                 ),
+                "collector_gc_cpu_s": round(sum(r.get("gc_cpu", 0.0) for r in runs), 2),
                 "simulator_cpu_ms_per_meter": round(1000 * sim_cpu / max(meters, 1), 2),
                 "collector_max_rss_mb": max(r["max_rss_mb"] for r in runs),
                 "simulator_cpu_s": round(sim_cpu, 1),

@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -162,6 +162,66 @@ def current_cycle(now: datetime | None = None) -> datetime:
     return now.replace(minute=0, second=0, microsecond=0)
 
 
+EndpointKey = tuple[str, int] | tuple[str, str]
+
+
+def _endpoint_key(target: MeterConfig) -> EndpointKey:
+    """What ``per_endpoint`` bounds: a gateway port (several meters behind one port must
+    not be hammered at once); MQTT meters share a broker, not a link: per meter."""
+    if target.protocol == "mqtt":
+        return ("mqtt", target.serial)
+    ep = target.endpoints[0]
+    return (ep.host, ep.port)
+
+
+class _Pool:
+    """The cycle's claimed sessions: waiting for a worker, waiting for their endpoint, or
+    running. ``open`` counts all of them; ``wake`` is set when it drops to ``low``."""
+
+    def __init__(self, wake: asyncio.Event, low: int) -> None:
+        self.wake = wake
+        self.low = low
+        self.open = 0
+        self.ready: deque[int] = deque()
+        self.idle: deque[asyncio.Future[None]] = deque()  # workers waiting for a session
+        self.on_endpoint: Counter[EndpointKey] = Counter()
+        self.parked: dict[EndpointKey, deque[int]] = {}
+        self.stopping = False
+
+    def push(self, meter_ids: list[int]) -> None:
+        self.open += len(meter_ids)
+        self.ready.extend(meter_ids)
+        for _ in meter_ids:
+            self._wake_one()
+
+    def stop(self) -> None:
+        self.stopping = True
+        while self.idle:
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self.idle:
+            worker = self.idle.popleft()
+            if not worker.done():
+                worker.set_result(None)
+                return
+
+    async def take(self) -> int | None:
+        """The next claimed meter, or None once the pool stops."""
+        while not self.ready:
+            if self.stopping:
+                return None
+            worker = asyncio.get_running_loop().create_future()
+            self.idle.append(worker)
+            await worker
+        return self.ready.popleft()
+
+    def done(self) -> None:
+        self.open -= 1
+        if self.open <= self.low:
+            self.wake.set()
+
+
 class Collector:
     """One collector process. Several may share a fleet through the database."""
 
@@ -176,7 +236,6 @@ class Collector:
         self.box = box
         self.config = config or EngineConfig()
         self.id = collector_id or claims.new_collector_id()
-        self._endpoint_locks: dict[tuple[str, int] | tuple[str, str], asyncio.Semaphore] = {}
         self._active: set[datetime] = set()  # cycles running now in this collector
         self._locked: dict[int, set[int]] = {}  # meter -> access levels not to present now
         self._clock_block: str | None = None  # why no clock may be set in this cycle
@@ -324,19 +383,23 @@ class Collector:
         queue: asyncio.Queue[MeterOutcome | None] = asyncio.Queue(
             maxsize=2 * self.config.write_batch
         )
-        sessions = asyncio.Semaphore(self.config.max_sessions)
         claim_link, write_link = Link(self.db_url), Link(self.db_url)
-        tasks: set[asyncio.Task[None]] = set()
+        wake = asyncio.Event()
+        pool = _Pool(wake, low=self.config.max_sessions)
         beat = asyncio.create_task(self._heartbeat(claim_link))
         writer = asyncio.create_task(self._writer(write_link, cycle, queue, summary))
+        workers = [
+            asyncio.create_task(self._worker(pool, by_id, since, queue, now, summary))
+            for _ in range(self.config.max_sessions)
+        ]
         try:
-            await self._claim_and_run(
-                claim_link, cycle, by_id, since, sessions, queue, now, tasks, writer, summary
-            )
+            await self._claim_and_run(claim_link, cycle, by_id, pool, writer, summary)
+            pool.stop()  # every claimed session has ended: the workers are idle
+            await asyncio.gather(*workers)
         finally:
-            for task in tasks:
+            for task in workers:
                 task.cancel()
-            for result in await asyncio.gather(*tasks, return_exceptions=True):
+            for result in await asyncio.gather(*workers, return_exceptions=True):
                 if isinstance(result, BaseException) and not isinstance(
                     result, asyncio.CancelledError
                 ):
@@ -357,11 +420,7 @@ class Collector:
         link: Link,
         cycle: datetime,
         by_id: dict[int, MeterConfig],
-        since: dict[int, datetime],
-        sessions: asyncio.Semaphore,
-        queue: asyncio.Queue[MeterOutcome | None],
-        now: datetime | None,
-        tasks: set[asyncio.Task[None]],
+        pool: _Pool,
         writer: asyncio.Task[None],
         summary: CycleSummary,
     ) -> None:
@@ -379,14 +438,14 @@ class Collector:
         recheck = min(5.0, self.config.stale_after.total_seconds() / 6)
         fresh = ids  # not yet seen claimed this cycle (by us or another collector)
         next_claim = 0.0
-        settled = False  # the last claim found nothing, with no session of ours running
-        wake = asyncio.Event()
+        settled = False  # the last claim found nothing, with no session of ours open
+        wake = pool.wake
         writer.add_done_callback(lambda _: wake.set())
         while True:
             if writer.done():
                 writer.result()  # raises what stopped it; no session may wait on it forever
                 raise RuntimeError("the writer stopped before the cycle ended")
-            if len(tasks) <= ahead and loop.time() >= next_claim:
+            if pool.open <= ahead and loop.time() >= next_claim:
                 mine, scanned = await retrying(
                     "claiming meters",
                     link,
@@ -396,36 +455,27 @@ class Collector:
                         cycle=cycle,
                         meter_ids=ids,
                         fresh=fresh,
-                        limit=min(self.config.claim_batch, 2 * ahead - len(tasks)),
+                        limit=min(self.config.claim_batch, 2 * ahead - pool.open),
                         stale_after=self.config.stale_after,
                     ),
                     within=within,
                 )
-                for meter_id in mine:
-                    task = asyncio.create_task(
-                        self._one(by_id[meter_id], since.get(meter_id), sessions, queue, now)
-                    )
-                    tasks.add(task)
-                    task.add_done_callback(
-                        functools.partial(self._session_done, tasks, summary, wake, ahead)
-                    )
+                pool.push(mine)
                 if mine:
                     fresh = fresh[scanned:]
                     continue
                 exhausted = fresh is ids  # nothing claimable in the whole list
-                settled = exhausted and not tasks
+                settled = exhausted and not pool.open
                 # Released claims (another collector's unstored outcomes) and stale ones are
                 # looked for over the whole list, now and then, not after every session.
                 fresh = ids
                 next_claim = loop.time() + (recheck if exhausted else 0.0)
                 if not exhausted:
                     continue
-            if tasks:
-                # Woken by a finished session that leaves room, or by the writer stopping
-                # (not asyncio.wait over every task: that adds and removes a callback on
-                # each of hundreds of tasks for every session that ends).
+            if pool.open:
+                # Woken by a finished session that leaves room, or by the writer stopping.
                 wake.clear()
-                if len(tasks) <= ahead or writer.done():
+                if pool.open <= ahead or writer.done():
                     if writer.done() or next_claim <= loop.time():
                         continue
                     try:
@@ -446,23 +496,42 @@ class Collector:
             await asyncio.sleep(max(0.0, next_claim - loop.time()))
             settled = False
 
-    @staticmethod
-    def _session_done(
-        tasks: set[asyncio.Task[None]],
+    async def _worker(
+        self,
+        pool: _Pool,
+        by_id: dict[int, MeterConfig],
+        since: dict[int, datetime],
+        queue: asyncio.Queue[MeterOutcome | None],
+        now: datetime | None,
         summary: CycleSummary,
-        wake: asyncio.Event,
-        low: int,
-        task: asyncio.Task[None],
     ) -> None:
-        """Forget a finished session task, retrieving its exception (its claim stays open
-        and is released at the end of the cycle); wake the claim loop once there is room
-        for more."""
-        tasks.discard(task)
-        if len(tasks) <= low:
-            wake.set()
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("session task failed: %r", exc)
-            summary.errors.append(f"session: {type(exc).__name__}: {exc}")
+        """Run claimed sessions one after another until the pool stops: ``max_sessions``
+        workers bound the sessions in flight, and a meter whose endpoint already has
+        ``per_endpoint`` sessions waits for one of them to end (its worker runs it next),
+        instead of a task and two semaphores per session."""
+        per_endpoint = self.config.per_endpoint
+        while (meter_id := await pool.take()) is not None:
+            target = by_id[meter_id]
+            key = _endpoint_key(target)
+            if pool.on_endpoint[key] >= per_endpoint:
+                pool.parked.setdefault(key, deque()).append(meter_id)
+                continue
+            pool.on_endpoint[key] += 1
+            try:
+                while True:
+                    try:
+                        await self._one(target, since.get(meter_id), queue, now)
+                    except Exception as exc:  # noqa: BLE001 - its claim is released at the end
+                        log.error("session of %s failed: %r", target.serial, exc)
+                        summary.errors.append(f"session: {type(exc).__name__}: {exc}")
+                    pool.done()
+                    parked = pool.parked.get(key)
+                    if not parked:
+                        break
+                    meter_id = parked.popleft()
+                    target = by_id[meter_id]
+            finally:
+                pool.on_endpoint[key] -= 1
 
     async def _release(self, link: Link, cycle: datetime, summary: CycleSummary) -> None:
         """Give back the cycle's claims this collector did not finish (sessions cancelled,
@@ -512,16 +581,6 @@ class Collector:
         await conn.commit()
         return bool(row and row[0])
 
-    def _endpoint_lock(self, target: MeterConfig) -> asyncio.Semaphore:
-        ep = target.endpoints[0]
-        key: tuple[str, int] | tuple[str, str] = (
-            ("mqtt", target.serial) if target.protocol == "mqtt" else (ep.host, ep.port)
-        )
-        lock = self._endpoint_locks.get(key)
-        if lock is None:
-            lock = self._endpoint_locks[key] = asyncio.Semaphore(self.config.per_endpoint)
-        return lock
-
     def _driver(self, protocol: str) -> Driver:
         """The protocol's driver; DLMS gets this database's HLS-GMAC counter store."""
         driver = self._drivers.get(protocol)
@@ -537,36 +596,34 @@ class Collector:
         self,
         target: MeterConfig,
         since: datetime | None,
-        sessions: asyncio.Semaphore,
         queue: asyncio.Queue[MeterOutcome | None],
         now: datetime | None,
     ) -> None:
-        async with sessions, self._endpoint_lock(target):
-            started = datetime.now(UTC)
-            limit = self.config.session_deadline.total_seconds()
-            try:
-                async with asyncio.timeout(limit):
-                    outcome = await interrogate(
-                        self._driver(target.protocol),
-                        target,
-                        since=since,
-                        policy=self.config.policy,
-                        now=now,
-                        level2_allowed=2 not in self._locked.get(target.meter_id, ()),
-                        clock_target_fraction=self.config.clock_target_fraction,
-                        clock_block=self._clock_block,
-                    )
-            except TimeoutError:
-                # A meter that keeps answering slowly must not hold the cycle: its data stays
-                # in its memory and the next cycle resumes where the store stops.
-                outcome = MeterOutcome(
-                    target=target,
-                    started_at=started,
-                    finished_at=datetime.now(UTC),
-                    result="timeout",
-                    error=f"timeout: session exceeded {limit:g} s",
-                    duration_s=limit,
+        started = datetime.now(UTC)
+        limit = self.config.session_deadline.total_seconds()
+        try:
+            async with asyncio.timeout(limit):
+                outcome = await interrogate(
+                    self._driver(target.protocol),
+                    target,
+                    since=since,
+                    policy=self.config.policy,
+                    now=now,
+                    level2_allowed=2 not in self._locked.get(target.meter_id, ()),
+                    clock_target_fraction=self.config.clock_target_fraction,
+                    clock_block=self._clock_block,
                 )
+        except TimeoutError:
+            # A meter that keeps answering slowly must not hold the cycle: its data stays
+            # in its memory and the next cycle resumes where the store stops.
+            outcome = MeterOutcome(
+                target=target,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                result="timeout",
+                error=f"timeout: session exceeded {limit:g} s",
+                duration_s=limit,
+            )
         _child(metrics.SESSIONS, target.protocol, outcome.result).inc()
         _child(metrics.SESSION_SECONDS, target.protocol).observe(outcome.duration_s)
         await queue.put(outcome)
