@@ -150,6 +150,10 @@ async def run_collector(
         from instant import InstantCollector
 
         kind = InstantCollector
+    # The parent parsed the fleet's YAML (import_inventory): its garbage, hundreds of
+    # thousands of objects in reference cycles, would be collected during the cycle and
+    # charged to the collector (measured: half its CPU at 2,000 meters).
+    gc.collect()
     gc_cpu = _GcClock()
     gc.callbacks.append(gc_cpu)
     me0 = resource.getrusage(resource.RUSAGE_SELF)
