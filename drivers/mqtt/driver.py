@@ -59,6 +59,7 @@ from drivers.base import (
 )
 from drivers.cumulative import CumulativeRow, profile_entries
 from drivers.mqtt import protocol as p
+from drivers.mqtt.lean import LeanSubscriber, MqttRefused
 
 log = logging.getLogger(__name__)
 
@@ -786,18 +787,18 @@ class ProfileSubscription:
         self._queue: asyncio.Queue[Delivery | DriverError] = asyncio.Queue(max_queued)
         self._conn: BrokerConnection | None = None
         self._pool: _Pool | None = None
+        self._lean: LeanSubscriber | None = None
         self.skipped = 0  # malformed messages dropped (logged)
         self.rejected = 0  # unauthenticated messages dropped (logged)
         self.cumulative = 0  # pushes of register readings, left to the cycle
 
     async def __aenter__(self) -> Self:
+        if self._client_id and self._session_expiry:
+            await self._open_durable()
+            return self
         self._pool = DRIVER.pool()
         self._conn = await self._pool.acquire(
-            self.endpoint,
-            self._login,
-            timeout=self._timeout,
-            client_id=self._client_id,
-            session_expiry=self._session_expiry,
+            self.endpoint, self._login, timeout=self._timeout
         )
         try:
             await self._conn.add_profile_listener(self.prefix, self._on_message)
@@ -806,21 +807,56 @@ class ProfileSubscription:
             raise
         return self
 
+    async def _open_durable(self) -> None:
+        """A durable subscription: a connection of its own under the fixed client id,
+        through the lean receive-only client (``drivers/mqtt/lean.py``), acknowledging each
+        push only when its ``Delivery.ack`` is called."""
+        assert self._client_id is not None and self._session_expiry
+        lean = LeanSubscriber(self._on_lean)
+        try:
+            await lean.connect(
+                self.endpoint.host, self.endpoint.port, self._client_id,
+                username=self._login.username, password=self._login.password,
+                tls=self._login.ssl_context(), clean_start=False,
+                session_expiry=self._session_expiry, timeout=self._timeout,
+            )  # fmt: skip
+            await lean.subscribe(p.all_profiles_filter(self.prefix), 1, timeout=self._timeout)
+        except (MqttRefused, OSError, TimeoutError) as exc:
+            lean.close()
+            raise _broker_error(exc, self.endpoint, "cannot reach") from exc
+        except BaseException:
+            lean.close()
+            raise
+        self._lean = lean
+
     async def __aexit__(self, *exc: object) -> None:
+        if self._lean is not None:
+            # Closed at once, so that the broker queues for this session meanwhile.
+            self._lean.close()
+            self._lean = None
         if self._conn is not None and self._pool is not None:
             self._conn.remove_profile_listener(self.prefix, self._on_message)
-            # A durable subscriber closes at once so that the broker queues for it.
-            self._pool.release(self._conn, 0 if self._client_id else IDLE_CLOSE)
+            self._pool.release(self._conn, IDLE_CLOSE)
             self._conn = None
+
+    def _on_lean(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
+        serial = p.meter_topic_serial(self.prefix, topic, "profile")
+        if serial is None:
+            ack()
+            return
+        self._handle(serial, payload, ack)
 
     def _on_message(self, prefix: str, serial: str, msg: aiomqtt.Message) -> None:
         conn = self._conn
         ack = functools.partial(conn.ack, msg) if conn is not None else (lambda: None)
+        self._handle(serial, bytes(msg.payload), ack)
+
+    def _handle(self, serial: str, payload: bytes, ack: Callable[[], None]) -> None:
         if self.serials is not None and serial not in self.serials:
             ack()
             return
         try:
-            body = p.loads(bytes(msg.payload))
+            body = p.loads(payload)
             if body.get("serial") != serial:
                 raise p.PayloadError(f"serial {body.get('serial')!r} on {serial}'s topic")
         except p.PayloadError as exc:
@@ -868,9 +904,11 @@ class ProfileSubscription:
     async def deliveries(self) -> AsyncIterator[Delivery]:
         """Each authenticated message, as it arrives; call its ``ack`` once stored."""
         while True:
-            conn = self._conn
-            if conn is not None and conn.failed is not None and self._queue.empty():
-                raise ConnectionFailed(f"lost broker {self.endpoint}: {conn.failed}")
+            failed = self._conn.failed if self._conn is not None else None
+            if self._lean is not None:
+                failed = self._lean.failed
+            if failed is not None and self._queue.empty():
+                raise ConnectionFailed(f"lost broker {self.endpoint}: {failed}")
             try:
                 async with asyncio.timeout(1.0):
                     item = await self._queue.get()

@@ -324,9 +324,23 @@ def encode_entry(entry: ProfileEntry) -> dict[str, Any]:
     }
 
 
+_CHANNELS = {ch.value: ch for ch in Channel}
+_TIMES: dict[str, datetime] = {}  # recent entry times: every meter sends the same hours
+
+
+def _entry_time(value: object, what: str) -> datetime:
+    t = _TIMES.get(value) if isinstance(value, str) else None
+    if t is None:
+        t = parse_time(value, what)
+        if len(_TIMES) >= 4096:
+            _TIMES.clear()
+        _TIMES[value] = t  # type: ignore[index]
+    return t
+
+
 def decode_entry(obj: object) -> ProfileEntry:
     e = _obj(obj, "entry")
-    start, end = parse_time(e.get("start"), "entry.start"), parse_time(e.get("end"), "entry.end")
+    start, end = _entry_time(e.get("start"), "entry.start"), _entry_time(e.get("end"), "entry.end")
     if end <= start:
         raise PayloadError("entry ends before it starts")
     status = e.get("status", 0)
@@ -334,11 +348,11 @@ def decode_entry(obj: object) -> ProfileEntry:
         raise PayloadError("entry.status must be 0..255")
     values: dict[Channel, float] = {}
     for name, item in _obj(e.get("values"), "entry.values").items():
-        try:
-            ch = Channel(name)
-        except ValueError as exc:
-            raise PayloadError(f"unknown channel {name!r}") from exc
-        item = _obj(item, f"values.{name}")
+        ch = _CHANNELS.get(name)
+        if ch is None:
+            raise PayloadError(f"unknown channel {name!r}")
+        if not isinstance(item, dict):
+            raise PayloadError(f"values.{name}: expected an object")
         if item.get("unit") != ch.unit:
             raise PayloadError(f"{name} in {item.get('unit')!r}, expected {ch.unit}")
         values[ch] = _number(item.get("value"), f"values.{name}.value")

@@ -175,6 +175,14 @@ class MqttMeterSimulator:
             out[serial] = await self._push(meter, end - meter.capture_period, end)
         return out
 
+    async def publish_hour(self, end: datetime) -> dict[str, list[ProfileEntry]]:
+        """Publish every meter's entry of the capture period that ends at ``end`` (what the
+        hourly push sends; benchmarks choose the hour)."""
+        out: dict[str, list[ProfileEntry]] = {}
+        for serial, meter in self.meters.items():
+            out[serial] = await self._push(meter, end - meter.capture_period, end)
+        return out
+
     async def _push(
         self, meter: SimulatedMeter, start: datetime, end: datetime
     ) -> list[ProfileEntry]:
