@@ -797,9 +797,7 @@ class ProfileSubscription:
             await self._open_durable()
             return self
         self._pool = DRIVER.pool()
-        self._conn = await self._pool.acquire(
-            self.endpoint, self._login, timeout=self._timeout
-        )
+        self._conn = await self._pool.acquire(self.endpoint, self._login, timeout=self._timeout)
         try:
             await self._conn.add_profile_listener(self.prefix, self._on_message)
         except BaseException:

@@ -34,6 +34,7 @@ from paho.mqtt.properties import Properties
 from drivers.base import ProfileEntry
 from simulators.meter import FaultAction, SimulatedMeter
 from simulators.mqtt import wire as w
+from simulators.mqtt.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,12 @@ class MqttMeterSimulator:
         # Meters whose profile captures their cumulative registers instead of interval energy.
         self.cumulative = set(cumulative)
         self.client_id = f"cgm-sim-{secrets.token_hex(6)}"
+        self._login = (username, password, tls_context)
+        self._publisher: Publisher | None = None  # pushes: a lean connection of their own
+        self._publisher_lock = asyncio.Lock()
+        self._profile_topics = {
+            s: w.meter_topic(prefix, s, "profile").encode() for s in self.meters
+        }
         self.gateway_status_topic = w.gateway_status_topic(prefix, self.client_id)
         will = aiomqtt.Will(
             self.gateway_status_topic,
@@ -140,6 +147,9 @@ class MqttMeterSimulator:
         """Stop answering, mark every meter offline (or clear the retained statuses), leave."""
         await _cancel_all([*self._main, *self._tasks])
         self._main.clear()
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         with contextlib.suppress(aiomqtt.MqttError):
             for serial in self.meters:
                 if clear_retained:
@@ -167,12 +177,14 @@ class MqttMeterSimulator:
     async def publish_profile_now(
         self, serials: Sequence[str] | None = None
     ) -> dict[str, list[ProfileEntry]]:
-        """Publish each meter's last complete entry now (what the hourly push sends)."""
+        """Publish each meter's last complete entry now (what the hourly push sends); returns
+        once the broker has acknowledged them."""
         out: dict[str, list[ProfileEntry]] = {}
         for serial in serials if serials is not None else list(self.meters):
             meter = self.meters[serial]
             end = _floor(meter.real_now(), meter.capture_period)
             out[serial] = await self._push(meter, end - meter.capture_period, end)
+        await self._flushed()
         return out
 
     async def publish_hour(self, end: datetime) -> dict[str, list[ProfileEntry]]:
@@ -181,7 +193,24 @@ class MqttMeterSimulator:
         out: dict[str, list[ProfileEntry]] = {}
         for serial, meter in self.meters.items():
             out[serial] = await self._push(meter, end - meter.capture_period, end)
+        await self._flushed()
         return out
+
+    async def _pusher(self) -> Publisher:
+        async with self._publisher_lock:
+            if self._publisher is None or self._publisher.lost is not None:
+                username, password, tls = self._login
+                pub = Publisher()
+                await pub.open(
+                    self.host, self.port, f"{self.client_id}-push",
+                    username=username, password=password, tls=tls,
+                )  # fmt: skip
+                self._publisher = pub
+            return self._publisher
+
+    async def _flushed(self) -> None:
+        if self._publisher is not None:
+            await self._publisher.flushed()
 
     async def _push(
         self, meter: SimulatedMeter, start: datetime, end: datetime
@@ -190,10 +219,11 @@ class MqttMeterSimulator:
         if entries:  # a hole in memory is pushed as nothing, never as zeros
             body = {"schema": w.SCHEMA, "serial": meter.serial, **self._profile(meter, entries)}
             if self.sign:
-                body = w.sign_push(body, meter.secrets.level1, meter.clock())
-            await self._client.publish(
-                w.meter_topic(self.prefix, meter.serial, "profile"), w.dumps(body), qos=1
-            )
+                payload = w.push_payload(body, meter.secrets.level1, meter.clock())
+            else:
+                payload = w.dumps(body)
+            pub = await self._pusher()
+            await pub.publish(self._profile_topics[meter.serial], payload)
         return entries
 
     async def _push_loop(self) -> None:
@@ -209,9 +239,11 @@ class MqttMeterSimulator:
             for serial, meter in self.meters.items():
                 end = _floor(meter.real_now(), meter.capture_period)
                 if end > last[serial]:
-                    with contextlib.suppress(aiomqtt.MqttError):
+                    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
                         await self._push(meter, last[serial], end)
                     last[serial] = end
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                await self._flushed()
 
     # --- answering ------------------------------------------------------------------------
 

@@ -248,6 +248,18 @@ def sign_push(body: dict[str, Any], secret: str, now: datetime) -> dict[str, Any
     return {**body, "auth": {"alg": ALG, "level": 1, "ts": ts, "nonce": nonce, "sig": sig}}
 
 
+def push_payload(body: dict[str, Any], secret: str, now: datetime) -> bytes:
+    """``dumps(sign_push(body, secret, now))``, each field encoded once: the signed text and
+    the message share the encoded fields (a gateway signs thousands of pushes an hour)."""
+    ts, nonce = time_text(now), secrets.token_hex(16)
+    parts = {k: encode(v) for k, v in body.items()}
+    signed = {**parts, "level": "1", "ts": _string(ts), "nonce": _string(nonce)}
+    text = "{" + ",".join([f"{_string(k)}:{signed[k]}" for k in sorted(signed)]) + "}"
+    sig = hmac.new(secret.encode("utf-8"), text.encode("ascii"), hashlib.sha256).hexdigest()
+    parts["auth"] = encode({"alg": ALG, "level": 1, "ts": ts, "nonce": nonce, "sig": sig})
+    return ("{" + ",".join([f"{_string(k)}:{parts[k]}" for k in sorted(parts)]) + "}").encode()
+
+
 def entry(start: datetime, end: datetime, status: int, values: dict[str, float]) -> dict:
     """One profile entry; a channel absent was not captured (never a zero)."""
     return {
