@@ -18,8 +18,10 @@ import struct
 _CONNECT, _CONNACK, _PUBLISH_QOS1, _PUBACK, _DISCONNECT = 0x10, 0x20, 0x32, 0x40, 0xE0
 # CONNACK property sizes (MQTT 5.0, 3.2.2.3), to find Receive Maximum (0x21) among them:
 # fixed sizes, or "s" for a length-prefixed string/binary, "p" for a string pair.
+# fmt: off
 _PROPS = {0x11: 4, 0x21: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x22: 2, 0x28: 1, 0x29: 1, 0x2A: 1,
-          0x13: 2, 0x12: "s", 0x1F: "s", 0x1A: "s", 0x1C: "s", 0x15: "s", 0x16: "s", 0x26: "p"}  # fmt: skip
+          0x13: 2, 0x12: "s", 0x1F: "s", 0x1A: "s", 0x1C: "s", 0x15: "s", 0x16: "s", 0x26: "p"}
+# fmt: on
 
 
 def receive_maximum(connack: bytes) -> int:

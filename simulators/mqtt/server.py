@@ -217,11 +217,17 @@ class MqttMeterSimulator:
     ) -> list[ProfileEntry]:
         entries = meter.profile(start, end)
         if entries:  # a hole in memory is pushed as nothing, never as zeros
-            body = {"schema": w.SCHEMA, "serial": meter.serial, **self._profile(meter, entries)}
-            if self.sign:
-                payload = w.push_payload(body, meter.secrets.level1, meter.clock())
+            if meter.serial in self.cumulative:
+                parts = {k: w.encode(v) for k, v in self._profile(meter, entries).items()}
             else:
-                payload = w.dumps(body)
+                parts = {"entries": "[" + ",".join([_entry_text(e) for e in entries]) + "]"}
+            parts["schema"] = _SCHEMA_TEXT
+            parts["serial"] = w.encode(meter.serial)
+            if self.sign:
+                payload = w.push_payload_text(parts, meter.secrets.level1, meter.clock())
+            else:
+                text = ",".join([f'"{k}":{parts[k]}' for k in sorted(parts)])
+                payload = ("{" + text + "}").encode()
             pub = await self._pusher()
             await pub.publish(self._profile_topics[meter.serial], payload)
         return entries
@@ -398,6 +404,13 @@ class MqttMeterSimulator:
             for i, e in enumerate(entries)
         ]
         return {"values": "cumulative", "entries": rows}
+
+
+_SCHEMA_TEXT = w.encode(w.SCHEMA)
+
+
+def _entry_text(e: ProfileEntry) -> str:
+    return w.entry_text(e.start, e.end, e.status, {str(ch): v for ch, v in e.values.items()})
 
 
 def _entry(e: ProfileEntry) -> dict[str, Any]:

@@ -376,3 +376,67 @@ async def test_a_push_that_cannot_be_stored_does_not_stop_the_push_writer(
     await conn.close()
     assert consumer.stored == len(entries[0].values)  # the good push is stored
     assert sorted(acked) == sorted([ghost.serial, good.serial])  # neither is sent again
+
+
+async def test_pushes_survive_broker_restarts_and_are_stored_once(
+    new_database, tmp_path: Path, mosquitto_programs: tuple[str, str]
+) -> None:
+    """The shipped Mosquitto (persistence on) restarted twice: once while cgm is down with
+    pushes queued for it, once while cgm runs. Every pushed value is stored exactly once."""
+    url = new_database()
+    upgrade(url, Settings(database_url=url))
+    box = secret_box(Settings(database_url=url, data_dir=tmp_path))
+    fleet = _fleet_of_mqtt(88841)
+    accounts = broker_accounts(fleet, SEED)
+    client_id = _client_id()
+    (tmp_path / "broker").mkdir()
+    with deployed_mosquitto(tmp_path / "broker", accounts, mosquitto_programs) as broker:
+        await start_fleet(fleet, mqtt=broker.plain, broker_seed=SEED)
+        try:
+            _import(url, box, fleet, tmp_path)
+            ids = [r[0] for r in _rows(url, "SELECT id FROM meter ORDER BY serial")]
+
+            def consumer() -> PushConsumer:
+                return PushConsumer(url, box, collector_id="pytest-restart", batch_wait=0.05,
+                                    client_id=client_id, session_expiry=600)  # fmt: skip
+
+            first, stop = consumer(), asyncio.Event()
+            task = asyncio.create_task(first.run(stop))
+            await asyncio.wait_for(first.subscribed.wait(), 30)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+            # Pushed while cgm is down, then the broker restarts: the queue is on its disk.
+            hour_end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+            sent = {}
+            for sim in _sims(fleet):
+                sent.update(await sim.publish_hour(hour_end - timedelta(hours=1)))
+            n = sum(len(e.values) for entries in sent.values() for e in entries)
+            assert n > 0
+            await asyncio.to_thread(broker.restart)
+
+            second, stop = consumer(), asyncio.Event()
+            task = asyncio.create_task(second.run(stop))
+            try:
+                count = ("SELECT count(*) FROM reading WHERE meter_id = ANY(%s) "
+                         "AND interval_start = %s")  # fmt: skip
+                hour1 = hour_end - timedelta(hours=2)
+                await _until(url, count.replace("count(*)", f"count(*) >= {n}"), ids, hour1)
+                # The broker restarts under the running consumer: it reconnects, resumes
+                # its session and stores what the meters push next.
+                await asyncio.to_thread(broker.restart)
+                for sim in _sims(fleet):
+                    await sim.publish_hour(hour_end)
+                hour2 = hour_end - timedelta(hours=1)
+                await _until(url, count.replace("count(*)", f"count(*) >= {n}"), ids, hour2,
+                             timeout=60)  # fmt: skip
+                await asyncio.sleep(1.0)  # a duplicate delivery would land by now
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10)
+            assert _rows(url, count, ids, hour1) == [(n,)]
+            assert _rows(url, count, ids, hour2) == [(n,)]
+            assert _rows(url, "SELECT count(*) FROM reading WHERE version > 1") == [(0,)]
+            assert second.stored == 2 * n
+        finally:
+            await fleet.stop()

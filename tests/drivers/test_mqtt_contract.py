@@ -116,3 +116,20 @@ def test_simulator_time_format_is_the_documented_one() -> None:
     assert p.parse_time(w.time_text(t + timedelta(microseconds=1500))) == t + timedelta(
         microseconds=1500
     )
+
+
+def test_the_simulators_fast_push_encoding_is_its_canonical_json_and_verifies() -> None:
+    """The gateway's push path (each field encoded once, entries by a template) gives the
+    same bytes as its generic encoder, and the CGM's side accepts the signature."""
+    start = datetime(2025, 3, 1, 5, tzinfo=UTC)
+    values = {"reactive_import": 0.1, "active_import": 12.345, "active_export": 1e-07}
+    entry = w.entry(start, start + timedelta(hours=1), 3, values)
+    assert w.entry_text(start, start + timedelta(hours=1), 3, values) == w.encode(entry)
+    body = {"schema": w.SCHEMA, "serial": "M-ü/1", "entries": [entry]}
+    payload = w.push_payload(body, "reader-1", start)
+    message = json.loads(payload)
+    assert payload == w.dumps(message)  # canonical: sorted keys, no spaces, ASCII
+    assert {k: v for k, v in message.items() if k != "auth"} == body
+    assert p.verify_push(message, "reader-1")
+    assert not p.verify_push(message, "reader-2")
+    assert p.decode_entries(message)[0].values[Channel("active_import")] == 12.345

@@ -127,3 +127,32 @@ async def test_pushes_vouched_by_the_acl_reach_the_collector(
         finally:
             await sim.stop(clear_retained=True)
     assert (serial, [entry]) == ("MQ-ACL-1", published["MQ-ACL-1"])
+
+
+async def test_durable_subscription_logs_in_over_tls_and_refuses_a_wrong_password(
+    mosquitto: Deployed,
+) -> None:
+    """The durable subscription (its own lean connection) with the shipped broker: TLS with
+    the deployment's CA, the account's login; a wrong password is AuthenticationFailed."""
+    from drivers.base import AuthenticationFailed
+
+    meter = SimulatedMeter("MQ-ACL-1", seed=5)
+    auth = {"MQ-ACL-1": p.AUTH_BROKER_ACL}.get
+    bad = BrokerLogin("cgm", "wrong", ca_file=str(mosquitto.ca))
+    with pytest.raises(AuthenticationFailed):
+        async with subscribe_profiles("127.0.0.1", mosquitto.tls_port, auth=auth, login=bad,
+                                      client_id="pytest-durable-bad", session_expiry=30):
+            pass  # fmt: skip
+    login = BrokerLogin("cgm", ACCOUNTS["cgm"], ca_file=str(mosquitto.ca))
+    async with subscribe_profiles("127.0.0.1", mosquitto.tls_port, auth=auth, login=login,
+                                  client_id="pytest-durable-tls", session_expiry=30) as sub:
+        sim = await serve([meter], *mosquitto.plain, username="MQ-ACL-1",
+                          password=ACCOUNTS["MQ-ACL-1"], push_hourly=False, sign=False)  # fmt: skip
+        try:
+            published = await sim.publish_profile_now()
+            async with asyncio.timeout(5):
+                delivery = await anext(aiter(sub.deliveries()))
+                delivery.ack()
+        finally:
+            await sim.stop(clear_retained=True)
+    assert (delivery.serial, delivery.entries) == ("MQ-ACL-1", published["MQ-ACL-1"])
