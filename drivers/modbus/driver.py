@@ -1,29 +1,30 @@
-"""Modbus TCP driver: pymodbus' ``AsyncModbusTcpClient`` driven by a register map.
+"""Modbus TCP driver: one asyncio connection, MBAP frames by ``struct``, driven by a
+register map.
 
-pymodbus returns exception responses as results and raises on timeouts, but it treats a
-damaged frame as noise (it skips it and waits, so a corrupt answer would surface as a
-timeout) and it does not wake a pending request when the connection drops (the request
-waits for its own timeout). A CGM needs those three apart, for failure statistics and
-for the retry policy, so the session watches the byte stream with pymodbus' own hooks
-(``trace_packet``, ``trace_connect``): every answer is checked as an MBAP frame and
-decoded with pymodbus' ``DecodePDU`` before the library sees it, and a disconnect
-fails the pending request at once.
+The transport is small on purpose (see README, "Transport"): FC3/FC4/FC16 request and
+answer PDUs are a few fixed fields, and pymodbus' client machinery around them (transaction
+manager, framer, a task and a ``wait_for`` per request, its trace hooks) was two thirds of
+this driver's CPU per session. Every answer is checked as an MBAP frame before it is used:
+a damaged frame is a ``ProtocolError`` at once (not noise that ends in a timeout), a dropped
+connection fails the requests in flight at once, a late answer to a request that already
+timed out (recognised by its transaction id) is skipped.
+
+Where the map (or the connection) allows ``pipeline`` > 1, the requests of one step are sent
+together and matched to their answers by transaction id, and the identity and profile
+configuration are read in the same round trip as the login.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import struct
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu import DecodePDU, ModbusPDU
 
 from drivers.base import (
     AccessDenied,
@@ -49,7 +50,9 @@ from drivers.base import (
 from drivers.cumulative import CumulativeRow, profile_entries, rollover_value
 from drivers.modbus.registermap import (
     FUNCTION_CODES,
+    MAX_PIPELINE,
     WORD_ORDERS,
+    Block,
     ClockSpec,
     Item,
     Order,
@@ -66,9 +69,14 @@ from drivers.modbus.registermap import (
 # the counters roll over, for snapshot differencing) and the meter ratings the CGM's
 # plausibility guard reads (``cgm/collection/plausibility.py``).
 CGM_PARAMS = ("register_max", "max_current_a", "rated_current_a", "nominal_voltage_v")
-PARAMS = ("map", "device_id", "byte_order", "word_order", *CGM_PARAMS)
+PARAMS = ("map", "device_id", "byte_order", "word_order", "pipeline", *CGM_PARAMS)
 log = logging.getLogger(__name__)
 Span = tuple[str, int, int]  # (function, address, registers)
+Read = tuple[Block, int]  # an answer's data and the byte offset of a span in it
+
+HEADER = struct.Struct(">HHHB")  # MBAP: transaction id, protocol id, length, unit id
+READ_REQUEST = struct.Struct(">HHHBBHH")  # MBAP + function code, address, count
+WRITE_ECHO = struct.Struct(">HH")  # FC16 answer: address, count
 
 
 class ModbusExceptionResponse(ProtocolError):
@@ -86,6 +94,138 @@ def _code_name(code: int) -> str:
         return f"0x{code:02X} (device-specific)"
 
 
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+        future.exception()  # retrieved: a request nobody awaits any more is not an error
+
+
+class _Request:
+    __slots__ = ("fc", "address", "count", "future")
+
+    def __init__(self, fc: int, address: int, count: int, future: asyncio.Future[Any]) -> None:
+        self.fc, self.address, self.count, self.future = fc, address, count, future
+
+
+class _Link(asyncio.Protocol):
+    """The TCP connection: frames out, answers matched to requests by transaction id."""
+
+    def __init__(self, session: ModbusSession) -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, _Request] = {}
+        self.out: list[bytes] = []
+        self.buffer = b""
+        self.tid = 0
+        self.failure: DriverError | None = None  # once set, nothing on this stream is trusted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        ep = self.session.endpoint
+        if self.failure is None:
+            self.failure = ConnectionFailed(f"{ep} closed the connection", endpoint=ep)
+        self._fail_all(self.failure)
+
+    def _fail_all(self, failure: DriverError) -> None:
+        pending, self.pending = self.pending, {}
+        for request in pending.values():
+            _fail(request.future, type(failure)(str(failure), endpoint=failure.endpoint))
+
+    def closed_error(self) -> ConnectionFailed:
+        failure = self.failure
+        return ConnectionFailed(
+            f"session to {self.session.endpoint} is closed"
+            + (f" after: {failure}" if failure else ""),
+            endpoint=self.session.endpoint,
+        )
+
+    def submit(self, fc: int, address: int, count: int, values: Sequence[int] = ()) -> _Request:
+        """Queue one request (sent by :meth:`flush`); its future gets the answer's data
+        bytes (reads), None (writes) or the error."""
+        if self.failure is not None or self.transport is None or self.transport.is_closing():
+            raise self.closed_error()
+        self.tid = tid = (self.tid + 1) & 0xFFFF
+        unit = self.session.device_id
+        if fc == 16:
+            n = len(values)
+            self.out.append(
+                struct.pack(
+                    f">HHHBBHHB{n}H", tid, 0, 7 + 2 * n, unit, 16, address, n, 2 * n, *values
+                )
+            )
+        else:
+            self.out.append(READ_REQUEST.pack(tid, 0, 6, unit, fc, address, count))
+        request = _Request(fc, address, count, asyncio.get_running_loop().create_future())
+        self.pending[tid] = request
+        return request
+
+    def flush(self) -> None:
+        if self.out and self.transport is not None:
+            self.transport.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
+        self.out.clear()
+
+    def close(self, failure: DriverError) -> None:
+        if self.failure is None:
+            self.failure = failure
+        self._fail_all(self.failure)
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data if self.buffer else data
+        pos, size = 0, len(buf)
+        while size - pos >= 7 and self.failure is None:
+            tid, protocol, length, unit = HEADER.unpack_from(buf, pos)
+            end = pos + 6 + length
+            if protocol != 0:
+                self._corrupt(f"protocol id {protocol:04x} is not Modbus")
+            elif not 2 <= length <= 254:
+                self._corrupt(f"MBAP length {length} out of range")
+            elif end > size:
+                break  # the rest is on its way
+            else:
+                request = self.pending.pop(tid, None)
+                if request is not None and not request.future.done():  # else: a stale answer
+                    self._answer(request, unit, buf[pos + 7 : end])
+            pos = end
+        self.buffer = buf[pos:] if self.failure is None else b""
+
+    def _answer(self, request: _Request, unit: int, pdu: bytes) -> None:
+        device_id, fc = self.session.device_id, request.fc
+        got = pdu[0]
+        problem = None
+        if device_id and unit != device_id:  # unit 0 (broadcast/any): any answer, as pymodbus
+            problem = f"answer from unit {unit}, asked unit {device_id}"
+        elif got == fc:
+            if fc == 16:
+                if len(pdu) == 5 and WRITE_ECHO.unpack_from(pdu, 1) == (
+                    request.address,
+                    request.count,
+                ):
+                    return request.future.set_result(None)
+                problem = f"write answer {pdu.hex()} does not echo the request"
+            elif len(pdu) == 2 + 2 * request.count and pdu[1] == 2 * request.count:
+                return request.future.set_result(pdu[2:])
+            else:
+                problem = (
+                    f"byte count {pdu[1] if len(pdu) > 1 else '-'} and {len(pdu) - 2} data "
+                    f"bytes answering a read of {request.count} registers"
+                )
+        elif got == fc | 0x80 and len(pdu) == 2:
+            return _fail(request.future, self.session._exception(fc, pdu[1]))
+        else:
+            problem = f"function code 0x{got:02X} answering 0x{fc:02X} ({pdu.hex()})"
+        self.pending[0x10000] = request  # failed with the rest (not a transaction id)
+        self._corrupt(problem)
+
+    def _corrupt(self, problem: str) -> None:
+        ep = self.session.endpoint
+        # The stream is out of step: fail everything in flight, close, trust nothing after.
+        self.close(ProtocolError(f"corrupt frame from {ep}: {problem}", endpoint=ep))
+
+
 class ModbusSession(MeterSession):
     """One TCP connection to one unit id, logged in at the credentials' level."""
 
@@ -97,50 +237,59 @@ class ModbusSession(MeterSession):
         regmap: RegisterMap,
         device_id: int,
         order: Order,
+        pipeline: int = 1,
     ) -> None:
         super().__init__(endpoint, credentials, timeout)
         self.map = regmap
         self.device_id = device_id
         self.order: Order = order
+        self.pipeline = pipeline
         self.register_max: float | None = None
         self.level: int | None = None  # what the meter says it granted
-        self._decoder = DecodePDU(False)
-        self._expect: tuple[int, int] | None = None  # (function code, registers) in flight
-        self._failure: DriverError | None = None  # set by the stream hooks
-        self._wake = asyncio.Event()
-        self._lost = False
+        self._link: _Link | None = None
+        self._prefetched: dict[Span, _Request] = {}  # read groups sent ahead (pipelining)
         self._capture_period: timedelta | None = None
-        self._client = AsyncModbusTcpClient(
-            endpoint.host,
-            port=endpoint.port,
-            name=f"cgm-modbus-{endpoint}",
-            timeout=timeout,
-            retries=0,  # the collector owns retries; a resend would hide a flaky meter
-            reconnect_delay=0,  # never reconnect silently: a session is one connection
-            trace_packet=self._trace_packet,
-            trace_connect=self._trace_connect,
-        )
 
     # --- connection and login ------------------------------------------------------------
 
     async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            connected = await self._client.connect()
+            _, link = await loop.create_connection(
+                lambda: _Link(self), self.endpoint.host, self.endpoint.port
+            )
         except OSError as exc:
             raise ConnectionFailed(
                 f"cannot connect to {self.endpoint}: {exc}", endpoint=self.endpoint
             ) from exc
-        if not connected:
-            raise ConnectionFailed(f"cannot connect to {self.endpoint}", endpoint=self.endpoint)
-        self._lost = False
+        self._link = link
         await self._login()
+
+    def _prefetch(self) -> None:
+        """With pipelining: queue the reads every session makes whatever the meter's answers
+        (identity, profile configuration) behind the login, for one round trip. Each one's
+        answer, or error, is taken by the step that asks for it."""
+        if self.pipeline < 2:
+            return
+        items = [i for i in self.map.identity.values() if isinstance(i, Item)]
+        if self.map.profile is not None:
+            items += [self.map.profile.capture_period, self.map.profile.depth]
+        link = cast(_Link, self._link)
+        for group in self._groups([(i.function, i.address, i.size) for i in items]):
+            if len(link.pending) >= self.pipeline:
+                break
+            function, start, count = group[0]
+            self._prefetched[group[0]] = link.submit(FUNCTION_CODES[function], start, count)
 
     async def _login(self) -> None:
         """Write the password; the meter grants level 1 or 2 or answers ``auth_failed``.
         A map without ``access`` is a meter whose reads are open: nothing is written."""
         item = self.map.password
+        link = cast(_Link, self._link)
         if item is None:
             self.level = int(self.credentials.level)
+            self._prefetch()
+            link.flush()
             return
         secret = self.credentials.secret
         if len(secret.encode("ascii", errors="replace")) > item.size * 2:
@@ -148,8 +297,18 @@ class ModbusSession(MeterSession):
                 f"secret longer than the meter's {item.size * 2}-character password field",
                 endpoint=self.endpoint,
             )
+        regs = item.encode(secret, self.order)
+        login = link.submit(16, item.address, len(regs), regs)
+        level = None
+        if self.map.level is not None:
+            level = self._submit_reads(
+                [(self.map.level.function, self.map.level.address, self.map.level.size)],
+                flush=False,
+            )
+        self._prefetch()
+        link.flush()
         try:
-            await self._write(item.address, item.encode(secret, self.order))
+            await self._result(login)
         except ModbusExceptionResponse as exc:
             if exc.code == self.map.auth_failed_code:
                 raise AuthenticationFailed(
@@ -158,11 +317,12 @@ class ModbusSession(MeterSession):
                     endpoint=self.endpoint,
                 ) from exc
             raise
-        if self.map.level is None:
+        if level is None or self.map.level is None:
             self.level = int(self.credentials.level)
             return
-        values = await self._read_items([self.map.level])
-        self.level = int(values[self.map.level])  # type: ignore[arg-type]
+        reads = await self._collect(level)
+        block, pos = next(iter(reads.values()))
+        self.level = int(self.map.level.value(block, pos, self.order))
         if self.level < self.credentials.level:
             raise AuthenticationFailed(
                 f"password grants level {self.level}, credentials claim level "
@@ -172,146 +332,49 @@ class ModbusSession(MeterSession):
 
     async def _close(self) -> None:
         # Logging out is closing: unlock state belongs to the TCP connection.
-        self._expect = None
-        self._client.close()
+        self._prefetched.clear()
+        if self._link is not None:
+            self._link.close(
+                ConnectionFailed(f"session to {self.endpoint} closed", endpoint=self.endpoint)
+            )
 
     # --- request plumbing ----------------------------------------------------------------
 
-    def _trace_connect(self, connected: bool) -> None:
-        if not connected:
-            self._lost = True
-            self._wake.set()
-
-    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """Check received bytes as MBAP frames; the one answering the request in flight must
-        be whole and decodable. Frames with another transaction id are late answers to
-        requests that already timed out: pymodbus skips them, so do we."""
-        if sending or self._expect is None:
-            return data
-        fc, count = self._expect
-        tid = self._client.ctx.request_transaction_id
-        pos, problem = 0, None
-        while problem is None and len(data) - pos >= 7:
-            frame = data[pos:]
-            declared = int.from_bytes(frame[4:6], "big")
-            if frame[2:4] != b"\x00\x00":
-                problem = f"protocol id {frame[2:4].hex()} is not Modbus"
-            elif not 2 <= declared <= 254:
-                problem = f"MBAP length {declared} out of range"
-            elif len(frame) < 6 + declared:
-                return data  # the rest is on its way
-            elif int.from_bytes(frame[0:2], "big") != tid:
-                pos += 6 + declared  # a stale answer
-            elif self.device_id and frame[6] != self.device_id:  # unit 0: any (as pymodbus)
-                problem = f"answer from unit {frame[6]}, asked unit {self.device_id}"
-            elif len(frame) > 6 + declared:
-                problem = f"{len(frame) - 6 - declared} bytes beyond the MBAP length {declared}"
-            elif frame[7] not in (fc, fc | 0x80):
-                problem = f"function code 0x{frame[7]:02X} answering 0x{fc:02X}"
-            elif fc in (3, 4) and frame[7] == fc:
-                # A read answer is function code, byte count, registers: checked here
-                # without decoding the PDU a second time (pymodbus decodes it again; the
-                # double decode was ~5 % of the collector's CPU per Modbus session).
-                if frame[8] != 2 * count or declared != 3 + 2 * count:
-                    problem = (
-                        f"byte count {frame[8]} and {declared - 3} data bytes answering a "
-                        f"read of {count} registers"
-                    )
-                else:
-                    return data
-            elif (pdu := self._decoder.decode(frame[7:])) is None:
-                problem = f"undecodable PDU {frame[7:].hex()}"
-            elif fc in (3, 4) and not pdu.isError() and len(pdu.registers) != count:
-                problem = f"{len(pdu.registers)} registers answering a read of {count}"
-            else:
-                return data
-        if problem is None:
-            return data
-        self._failure = ProtocolError(
-            f"corrupt frame from {self.endpoint}: {problem}", endpoint=self.endpoint
-        )
-        self._wake.set()
-        return b""  # keep pymodbus from acting on it
-
-    async def _execute(
-        self, fc: int, count: int, call: Callable[[], Awaitable[ModbusPDU]]
-    ) -> ModbusPDU:
-        """Run one pymodbus request; classify every way it can fail."""
-        if self._lost or self._failure is not None or not self._client.connected:
-            raise ConnectionFailed(
-                f"session to {self.endpoint} is closed"
-                + (f" after: {self._failure}" if self._failure else ""),
-                endpoint=self.endpoint,
-            )
-        self._expect = (fc, count)
-        self._wake.clear()
-        try:
-            task = asyncio.ensure_future(call())
-        except ConnectionException as exc:
-            raise ConnectionFailed(f"{self.endpoint}: {exc}", endpoint=self.endpoint) from exc
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({task, waker}, return_when=asyncio.FIRST_COMPLETED)
-            answered = task.done()
-        finally:
-            waker.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-            self._expect = None
-        if self._failure is not None:
-            self._client.close()  # the stream is out of step; nothing after this is trusted
-            raise self._failure
-        if not answered:  # woken by a disconnect
-            raise ConnectionFailed(f"{self.endpoint} closed the connection", endpoint=self.endpoint)
-        try:
-            response = task.result()
-        except ConnectionException as exc:
-            raise ConnectionFailed(f"{self.endpoint}: {exc}", endpoint=self.endpoint) from exc
-        except ModbusIOException as exc:
-            if self._lost:
-                raise ConnectionFailed(f"{self.endpoint}: {exc}", endpoint=self.endpoint) from exc
-            raise MeterTimeout(
-                f"no answer from {self.endpoint} unit {self.device_id}", endpoint=self.endpoint
-            ) from exc
-        except ModbusException as exc:
-            raise ProtocolError(f"{self.endpoint}: {exc}", endpoint=self.endpoint) from exc
-        if response.isError():
-            self._raise_exception(fc, response.exception_code)
-        return response
-
-    def _raise_exception(self, fc: int, code: int) -> None:
+    def _exception(self, fc: int, code: int) -> DriverError:
+        """The error for an exception answer (a meter's own word, not a broken stream)."""
         what = f"meter {self.endpoint} unit {self.device_id} answered {_code_name(code)}"
         if code == self.map.access_denied_code:
-            raise AccessDenied(
+            return AccessDenied(
                 f"{what} to function 0x{fc:02X} at level {self.level}", endpoint=self.endpoint
             )
         if code == ExcCodes.GATEWAY_NO_RESPONSE:
-            raise MeterTimeout(f"{what}: gateway got no answer", endpoint=self.endpoint)
+            return MeterTimeout(f"{what}: gateway got no answer", endpoint=self.endpoint)
         if code == ExcCodes.GATEWAY_PATH_UNAVIABLE:
-            raise ConnectionFailed(f"{what}: gateway has no path", endpoint=self.endpoint)
-        raise ModbusExceptionResponse(what, code, endpoint=self.endpoint)
+            return ConnectionFailed(f"{what}: gateway has no path", endpoint=self.endpoint)
+        return ModbusExceptionResponse(what, code, endpoint=self.endpoint)
 
-    async def _read(self, function: str, address: int, count: int) -> list[int]:
-        fc = FUNCTION_CODES[function]
-        reader = (
-            self._client.read_holding_registers if fc == 3 else self._client.read_input_registers
-        )
-        rr = await self._execute(
-            fc, count, lambda: reader(address, count=count, device_id=self.device_id)
-        )
-        return list(rr.registers)
+    def _link_or_closed(self) -> _Link:
+        if self._link is None:
+            raise ConnectionFailed(
+                f"session to {self.endpoint} is not open", endpoint=self.endpoint
+            )
+        return self._link
+
+    async def _result(self, request: _Request) -> Any:
+        # The session's deadline (drivers.base) cancels this wait, and with it the request:
+        # its answer, if it comes, is then skipped as stale.
+        return await request.future
 
     async def _write(self, address: int, values: Sequence[int]) -> None:
-        regs = list(values)
-        await self._execute(
-            16, 0, lambda: self._client.write_registers(address, regs, device_id=self.device_id)
-        )
+        link = self._link_or_closed()
+        request = link.submit(16, address, len(values), values)
+        link.flush()
+        await self._result(request)
 
-    async def _read_spans(self, spans: Sequence[Span]) -> dict[Span, list[int]]:
-        """Read spans in as few requests as possible (contiguous runs, up to ``max_read``)."""
-        out: dict[Span, list[int]] = {}
+    def _groups(self, spans: Sequence[Span]) -> list[list[Span]]:
+        """Spans in as few reads as possible (contiguous runs, up to ``max_read``); each
+        group's first element names the read as (function, start, registers)."""
+        groups: list[list[Span]] = []
         ordered = sorted(set(spans))
         i = 0
         while i < len(ordered):
@@ -324,15 +387,50 @@ class ModbusSession(MeterSession):
                     break
                 group.append(ordered[i + len(group)])
                 end = na + ns
-            regs = await self._read(function, start, end - start)
-            for span in group:
-                out[span] = regs[span[1] - start : span[1] - start + span[2]]
+            groups.append([(function, start, end - start), *group])
             i += len(group)
+        return groups
+
+    def _submit_reads(
+        self, spans: Sequence[Span], *, flush: bool = True
+    ) -> list[tuple[_Request, list[Span]]]:
+        link = self._link_or_closed()
+        out = []
+        for read, *group in self._groups(spans):
+            request = self._prefetched.pop(read, None)
+            if request is None:
+                request = link.submit(FUNCTION_CODES[read[0]], read[1], read[2])
+            out.append((request, [read, *group]))
+        if flush:
+            link.flush()
+        return out
+
+    async def _collect(self, submitted: list[tuple[_Request, list[Span]]]) -> dict[Span, Read]:
+        out: dict[Span, Read] = {}
+        for request, (read, *group) in submitted:
+            block = Block(await self._result(request))
+            for span in group:
+                out[span] = (block, 2 * (span[1] - read[1]))
+        return out
+
+    async def _read_spans(self, spans: Sequence[Span]) -> dict[Span, Read]:
+        """Read spans in as few requests as possible, pipelined where the meter allows."""
+        groups = self._groups(spans)
+        if len(groups) == 1:
+            return await self._collect(self._submit_reads(spans))
+        out: dict[Span, Read] = {}
+        for k in range(0, len(groups), self.pipeline):
+            chunk = [span for _, *group in groups[k : k + self.pipeline] for span in group]
+            out.update(await self._collect(self._submit_reads(chunk)))
         return out
 
     async def _read_items(self, items: Sequence[Item]) -> dict[Item, float | int | str]:
-        regs = await self._read_spans([(i.function, i.address, i.size) for i in items])
-        return {i: i.decode(regs[(i.function, i.address, i.size)], self.order) for i in items}
+        reads = await self._read_spans([(i.function, i.address, i.size) for i in items])
+        out = {}
+        for i in items:
+            block, pos = reads[(i.function, i.address, i.size)]
+            out[i] = i.value(block, pos, self.order)
+        return out
 
     # --- the interface -------------------------------------------------------------------
 
@@ -365,20 +463,22 @@ class ModbusSession(MeterSession):
         ):
             spans.append((status.function, status.address, status.size))  # same request
         sent_at = utcnow()
-        regs = await self._read_spans(spans)
+        reads = await self._read_spans(spans)
         received_at = utcnow()
+        block, pos = reads[span]
         try:
-            meter_time = clock.decode(regs[span], self.order)
+            meter_time = clock.value(block, pos, self.order)
         except (ValueError, OverflowError) as exc:
             raise ProtocolError(
-                f"{self.endpoint}: clock registers {regs[span]} are not a date: {exc}",
+                f"{self.endpoint}: clock registers {list(block.registers(pos, clock.size))} "
+                f"are not a date: {exc}",
                 endpoint=self.endpoint,
             ) from exc
         status_value = None
         if status:
             key = (status.function, status.address, status.size)
-            raw = regs[key] if key in regs else (await self._read_spans([key]))[key]
-            status_value = int(status.decode(raw, self.order))
+            block, pos = reads[key] if key in reads else (await self._read_spans([key]))[key]
+            status_value = int(status.value(block, pos, self.order))
         return ClockReading(meter_time, sent_at, received_at, status_value)
 
     async def _set_clock(self, when: datetime) -> None:
@@ -452,15 +552,28 @@ class ModbusSession(MeterSession):
         selector = to_meter_epoch(start + shift, tz)  # first record starting at or after start
         out: list[tuple[datetime, dict[Channel, float], int]] = []
         last_stamp = -1
+        order = self.order
+        fc = FUNCTION_CODES[p.function]
         while True:
-            await self._write(p.selector.address, p.selector.encode(selector, self.order))
-            regs = await self._read(p.function, p.address, p.window_size)
+            # Selector and window in one round trip where the meter takes two in flight.
+            regs = p.selector.encode(selector, order)
+            link = self._link_or_closed()
+            write = link.submit(16, p.selector.address, len(regs), regs)
+            if self.pipeline < 2:
+                link.flush()
+                await self._result(write)
+                link = self._link_or_closed()
+            read = link.submit(fc, p.address, p.window_size)
+            link.flush()
+            if self.pipeline >= 2:
+                await self._result(write)
+            block = Block(await self._result(read))
             records = 0
             for k in range(p.records):
-                rec = regs[k * p.record_size : (k + 1) * p.record_size]
+                base = 2 * k * p.record_size
 
-                def field(item: Item, rec: list[int] = rec) -> float | int | str:
-                    return item.decode(rec[item.address : item.end], self.order)
+                def field(item: Item, base: int = base, block: Block = block) -> float | int | str:
+                    return item.value(block, base + 2 * item.address, order)
 
                 stamp = int(field(p.timestamp))  # type: ignore[arg-type]
                 if stamp == 0:
@@ -490,16 +603,16 @@ class ModbusSession(MeterSession):
 
     async def _read_registers(self) -> list[RegisterValue]:
         items = [item for _, item in self.map.registers]
-        regs = await self._read_spans([(i.function, i.address, i.size) for i in items])
+        reads = await self._read_spans([(i.function, i.address, i.size) for i in items])
         read_at = utcnow()
         out = []
         for ch, item in self.map.registers:
-            raw = regs[(item.function, item.address, item.size)]
-            if item.unavailable(raw, self.order):
+            block, pos = reads[(item.function, item.address, item.size)]
+            if item.unavailable_in(block, pos, self.order):
                 # The meter says it has no value: the channel is absent, never a number.
                 log.warning("%s unit %s: %s not available", self.endpoint, self.device_id, ch)
                 continue
-            value = float(item.decode(raw, self.order))
+            value = float(item.value(block, pos, self.order))
             out.append(RegisterValue(ch, value, item.unit or ch.unit, read_at))
         return out
 
@@ -563,11 +676,21 @@ class ModbusDriver(Driver):
                     order = parse_order(params[key])
                 except ValueError as exc:
                     raise ValueError(f"modbus: {key} {exc}") from exc
-        session = ModbusSession(endpoint, credentials, timeout, regmap, device_id, order)
+        pipeline = params.get("pipeline", regmap.pipeline)
+        if (
+            isinstance(pipeline, bool)
+            or not isinstance(pipeline, int)
+            or not 1 <= pipeline <= MAX_PIPELINE
+        ):
+            raise ValueError(
+                f"modbus: pipeline {pipeline!r} is not a request count 1..{MAX_PIPELINE}"
+            )
+        session = ModbusSession(endpoint, credentials, timeout, regmap, device_id, order, pipeline)
         if params.get("register_max") is not None:
             session.register_max = float(params["register_max"])
         try:
-            await asyncio.wait_for(session._open(), timeout)
+            async with asyncio.timeout(timeout):  # no task per connect
+                await session._open()
         except TimeoutError as exc:
             await session.close()
             raise MeterTimeout(

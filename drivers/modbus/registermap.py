@@ -14,8 +14,11 @@ values only the byte swap matters.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import struct
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -51,6 +54,7 @@ CLOCK_FIELDS = ("year", "month", "day", "hour", "minute", "second")
 IDENTITY_FIELDS = ("serial", "manufacturer", "model", "firmware")
 EPOCH = datetime(1970, 1, 1)  # naive: meter epochs count on the meter's own wall clock
 MAX_READ = 125  # Modbus limit for one FC3/FC4 request
+MAX_PIPELINE = 16  # requests in flight on one connection, at most
 
 
 class MapError(ValueError):
@@ -64,6 +68,68 @@ def to_big_endian(regs: list[int], order: Order) -> list[int]:
     if order in ("BADC", "DCBA"):
         out = [((r & 0xFF) << 8) | (r >> 8) for r in out]
     return out
+
+
+# Decoding without reordering registers one by one: ABCD is big-endian and DCBA
+# little-endian as the bytes travel; BADC and CDAB are the same two once the bytes of each
+# register are swapped (BADC → ABCD, CDAB → DCBA), for 16-, 32- and 64-bit values alike.
+# So a block is decoded by one ``struct`` call per value, on its bytes or on its
+# pair-swapped bytes (measured: a quarter of the cost of reordering registers and calling
+# pymodbus' ``convert_from_registers`` for each value).
+LAYOUT: dict[str, tuple[bool, str]] = {
+    "ABCD": (False, ">"),
+    "DCBA": (False, "<"),
+    "BADC": (True, ">"),
+    "CDAB": (True, "<"),
+    "big": (False, ">"),  # the older spelling
+    "little": (True, "<"),
+}
+_CODES = {
+    "uint16": "H",
+    "int16": "h",
+    "uint32": "I",
+    "int32": "i",
+    "uint64": "Q",
+    "int64": "q",
+    "float32": "f",
+    "float64": "d",
+}
+_STRUCTS = {(t, e): struct.Struct(e + c) for t, c in _CODES.items() for e in "<>"}
+_RAW = {(n, e): struct.Struct(e + c) for n, c in ((1, "H"), (2, "I"), (4, "Q")) for e in "<>"}
+
+
+def swap_pairs(data: bytes) -> bytes:
+    """The bytes of each 16-bit register swapped (one C pass)."""
+    regs = array("H", data)
+    regs.byteswap()
+    return regs.tobytes()
+
+
+class Block:
+    """The data bytes of one read answer (2 per register, as they travel), decoded in
+    place: ``view`` gives them as they are or pair-swapped (computed once)."""
+
+    __slots__ = ("raw", "_swapped")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._swapped: bytes | None = None
+
+    @classmethod
+    def of(cls, regs: Iterable[int]) -> Block:
+        regs = list(regs)
+        return cls(struct.pack(f">{len(regs)}H", *regs))
+
+    def view(self, order: str) -> tuple[bytes, str]:
+        swap, endian = LAYOUT[order]
+        if not swap:
+            return self.raw, endian
+        if self._swapped is None:
+            self._swapped = swap_pairs(self.raw)
+        return self._swapped, endian
+
+    def registers(self, pos: int, count: int) -> tuple[int, ...]:
+        return struct.unpack_from(f">{count}H", self.raw, pos)
 
 
 def parse_order(value: Any) -> Order:
@@ -97,28 +163,38 @@ class Item:
     def end(self) -> int:
         return self.address + self.size
 
+    @functools.cached_property
+    def digits(self) -> int:
+        """Decimals the scaler keeps (rounding away binary noise of integer × scaler)."""
+        return max(0, math.ceil(-math.log10(abs(self.scaler))))
+
     def unavailable(self, regs: list[int], order: Order) -> bool:
         """True when the registers hold the meter's "not available" pattern (ABB: all ones)."""
+        return self.unavailable_in(Block.of(regs), 0, order)
+
+    def unavailable_in(self, block: Block, pos: int, order: Order) -> bool:
         if self.not_available is None:
             return False
-        raw = b"".join(r.to_bytes(2, "big") for r in to_big_endian(regs, self.order or order))
-        return int.from_bytes(raw, "big") == self.not_available
+        data, endian = block.view(self.order or order)
+        return bool(_RAW[(self.size, endian)].unpack_from(data, pos)[0] == self.not_available)
 
     def decode(self, regs: list[int], order: Order) -> float | int | str:
         """Registers → value, scaler applied (strings lose trailing NULs and blanks)."""
+        return self.value(Block.of(regs), 0, order)
+
+    def value(self, block: Block, pos: int, order: Order) -> float | int | str:
+        """The value whose registers start at byte ``pos`` of ``block``, scaler applied."""
         if self.type == "string":
-            raw = b"".join(r.to_bytes(2, "big") for r in regs)
+            raw = block.raw[pos : pos + 2 * self.length]
             return raw.rstrip(b"\x00 ").decode("ascii", errors="replace")
-        value = ModbusClientMixin.convert_from_registers(
-            to_big_endian(regs, self.order or order), TYPES[self.type], word_order="big"
-        )
-        assert isinstance(value, int | float)
+        data, endian = block.view(self.order or order)
+        value = _STRUCTS[(self.type, endian)].unpack_from(data, pos)[0]
         if self.scaler == 1:
-            return value
+            return value  # type: ignore[no-any-return]
         if self.type.startswith("float"):
-            return value * self.scaler
+            return value * self.scaler  # type: ignore[no-any-return]
         # Round away binary noise (123456789 × 0.001 → 123456.789, not …78900000001).
-        return round(value * self.scaler, max(0, math.ceil(-math.log10(abs(self.scaler)))))
+        return round(value * self.scaler, self.digits)
 
     def encode(self, value: float | int | str, order: Order) -> list[int]:
         """Value → registers; the inverse of :meth:`decode` (used for writes)."""
@@ -158,15 +234,15 @@ class ClockSpec:
 
     def decode(self, regs: list[int], order: Order) -> datetime:
         """Registers → aware UTC datetime; raises ValueError on an impossible date."""
+        return self.value(Block.of(regs), 0, order)
+
+    def value(self, block: Block, pos: int, order: Order) -> datetime:
         if self.layout == "fields":
-            local = datetime(*regs[: len(CLOCK_FIELDS)], tzinfo=self.tz)  # type: ignore[misc]
-        else:
-            seconds = ModbusClientMixin.convert_from_registers(
-                to_big_endian(regs, order), TYPES[self.type], word_order="big"
-            )
-            assert isinstance(seconds, int)
-            return from_meter_epoch(seconds, self.tz)
-        return local.astimezone(UTC)
+            fields = block.registers(pos, len(CLOCK_FIELDS))
+            return datetime(*fields, tzinfo=self.tz).astimezone(UTC)  # type: ignore[misc]
+        data, endian = block.view(order)
+        seconds = _STRUCTS[(self.type, endian)].unpack_from(data, pos)[0]
+        return from_meter_epoch(seconds, self.tz)
 
 
 @dataclass(frozen=True)
@@ -216,6 +292,7 @@ class RegisterMap:
     registers: tuple[tuple[Channel, Item], ...]
     profile: ProfileSpec | None
     reference: Mapping[str, str]  # the vendor document and table the map was written from
+    pipeline: int = 1  # requests the meter takes in flight on one connection (1: one at a time)
 
     @property
     def name(self) -> str:
@@ -382,6 +459,7 @@ class _Parser:
                 "byte_order",
                 "function",
                 "max_read",
+                "pipeline",
                 "access",
                 "identity",
                 "clock",
@@ -395,6 +473,7 @@ class _Parser:
         reference = self.reference(top.get("reference", {}))
         self.function = self.choice(top.get("function", "holding"), "function", FUNCTION_CODES)  # type: ignore[assignment]
         max_read = self.integer(top.get("max_read", MAX_READ), "max_read", 1, MAX_READ)
+        pipeline = self.integer(top.get("pipeline", 1), "pipeline", 1, MAX_PIPELINE)
 
         password = level = None
         auth_failed, denied = 3, 1
@@ -484,6 +563,7 @@ class _Parser:
             tuple(registers),
             profile,
             reference,
+            pipeline,
         )
 
     def reference(self, raw: Any) -> dict[str, str]:
