@@ -107,12 +107,16 @@ class Field:
         return self.address + self.size
 
     def encode(self, value: float | int | str) -> list[int]:
+        return to_registers(self.wire(value))
+
+    def wire(self, value: float | int | str) -> bytes:
+        """The value's registers as they travel (what :meth:`encode` gives, as bytes)."""
         if self.type == "string":
             text = str(value).encode("ascii", errors="replace")[: self.length * 2]
-            return to_registers(text.ljust(self.length * 2, b"\0"))
+            return text.ljust(self.length * 2, b"\0")
         scaled = float(value) / self.scaler  # type: ignore[arg-type]
         raw: float | int = scaled if self.type.startswith("float") else int(round(scaled))
-        return to_registers(wire_bytes(raw, self.type, self.order))
+        return wire_bytes(raw, self.type, self.order)
 
     def wrap(self, value: float) -> float:
         """A counter's value as an unsigned register of this width holds it (it rolls over)."""
@@ -140,10 +144,13 @@ class Clock:
         return len(CLOCK_FIELDS) if self.layout == "fields" else FORMATS_SIZE[self.type]
 
     def encode(self, when: datetime) -> list[int]:
+        return to_registers(self.wire(when))
+
+    def wire(self, when: datetime) -> bytes:
         local = when.astimezone(self.tz)
         if self.layout == "fields":
-            return [getattr(local, name) for name in CLOCK_FIELDS]
-        return to_registers(wire_bytes(meter_seconds(when, self.tz), self.type, self.order))
+            return struct.pack(">6H", *(getattr(local, name) for name in CLOCK_FIELDS))
+        return wire_bytes(meter_seconds(when, self.tz), self.type, self.order)
 
     def decode(self, regs: list[int]) -> datetime:
         if self.layout == "fields":

@@ -5,10 +5,15 @@ meter at the moment of each request (clock, registers, a profile window chosen b
 selector), login state and the profile selector belong to one TCP connection, and faults act
 on the answer itself (no answer, dropped connection, damaged frame). pymodbus' server keeps
 one datastore shared by every connection, its ``SimDevice`` action callbacks do not know
-which connection asked, and it offers no hook to withhold or damage an answer. So this is a
-small asyncio server that still speaks Modbus through pymodbus' own classes: ``FramerSocket``
-splits and builds MBAP frames, ``DecodePDU`` parses requests, and the response PDUs are
-pymodbus' ``Read*RegistersResponse``, ``Write*Response`` and ``ExceptionResponse``.
+which connection asked, and it offers no hook to withhold or damage an answer.
+
+The framing is written here with ``struct`` (MBAP header; function codes 3, 4, 6 and 16 and
+exception answers are a few fixed fields): pymodbus' ``FramerSocket``, ``DecodePDU`` and
+response classes were a third of this simulator's CPU per session, which must stay well
+under the collector's (``benchmarks/README.md``, "Protocol CPU per session"). Requests that
+arrive together (a client pipelining them) are answered in order in one write. Answers are
+assembled from each item's bytes (``Field.wire``), the profile window's once per change.
+The simulator is checked against pymodbus' client (``tests/simulators/test_modbus_sim.py``).
 
 Register values come from :mod:`simulators.modbus.image`, which reads the map files and
 encodes values on its own (``struct`` and the byte-order patterns), not with the driver's
@@ -19,20 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from pymodbus.constants import ExcCodes
-from pymodbus.framer import FramerSocket
-from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
-from pymodbus.pdu.register_message import (
-    ReadHoldingRegistersResponse,
-    ReadInputRegistersResponse,
-    WriteMultipleRegistersResponse,
-    WriteSingleRegisterResponse,
-)
 
 from drivers.base import AccessLevel, Channel, Endpoint
 from simulators.meter import FaultAction, SimulatedMeter
@@ -45,6 +43,23 @@ from simulators.modbus.image import (
 )
 
 CorruptMode = Literal["length", "function"]
+HEADER = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
+ADDRESS_COUNT = struct.Struct(">HH")
+ANSWER_HEADER = struct.Struct(">HHHBBB")  # MBAP + function code + byte count
+ECHO = struct.Struct(">HHHBBHH")  # MBAP + function code + address + count/value
+ACCESS = ("password", "level")
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """An item of the register space: where, and what fills it (``kind``)."""
+
+    address: int
+    end: int
+    kind: str  # password, level, identity, clock, status, energy, period, depth, selector, window
+    field: Field | None = None
+    name: str = ""  # identity field
+    channel: Channel | None = None
 
 
 @dataclass
@@ -88,8 +103,10 @@ class ModbusSimulator:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.BaseTransport] = set()  # open connections
-        # Per meter: (what the window shows depends on, the meter, the window's registers).
-        self._windows: dict[int, tuple[tuple[object, ...], SimulatedMeter, dict[int, int]]] = {}
+        # Per meter: (what the window shows depends on, the meter, the window's bytes).
+        self._windows: dict[int, tuple[tuple[object, ...], SimulatedMeter, bytes]] = {}
+        self._slots = _slots(regmap)
+        self._touching: dict[tuple[str, int, int], tuple[_Slot, ...]] = {}
 
     @property
     def endpoint(self) -> Endpoint:
@@ -126,28 +143,24 @@ class ModbusSimulator:
         return _ModbusConnection(self)
 
     def _prepare(
-        self, conn: _Connection, dev_id: int, pdu_bytes: bytes, decoder: DecodePDU
-    ) -> tuple[SimulatedMeter | None, ModbusPDU]:
-        """The response PDU to one request, before any fault acts on it."""
+        self, conn: _Connection, dev_id: int, pdu: bytes
+    ) -> tuple[SimulatedMeter | None, bytes]:
+        """The answer PDU to one request, before any fault acts on it."""
         meter = self.meters.get(dev_id)
-        fc = pdu_bytes[0] & 0x7F if pdu_bytes else 0
+        fc = pdu[0] & 0x7F if pdu else 0
         if meter is None:
             # A gateway with nothing behind this unit id: "target device failed to respond".
-            return None, ExceptionResponse(fc, ExcCodes.GATEWAY_NO_RESPONSE)
-        request = decoder.decode(pdu_bytes) if pdu_bytes else None
-        if request is None:
-            return meter, ExceptionResponse(fc, ExcCodes.ILLEGAL_FUNCTION)
+            return None, bytes((fc | 0x80, ExcCodes.GATEWAY_NO_RESPONSE))
         try:
-            return meter, self._handle(meter, conn.unit(dev_id), request)
+            return meter, self._handle(meter, conn.unit(dev_id), fc, pdu)
         except _Refused as refused:
-            return meter, ExceptionResponse(fc, refused.code)
+            return meter, bytes((fc | 0x80, refused.code))
 
     def _frame(
         self,
-        framer: FramerSocket,
         conn: _Connection,
         meter: SimulatedMeter | None,
-        response: ModbusPDU,
+        pdu: bytes,
         dev_id: int,
         tid: int,
         action: FaultAction,
@@ -155,8 +168,7 @@ class ModbusSimulator:
         """The frame to send for ``action`` (None: none; DROP is the caller's)."""
         if action is FaultAction.SILENT:
             return None
-        response.dev_id, response.transaction_id = dev_id, tid
-        frame = framer.buildFrame(response)
+        frame = HEADER.pack(tid, 0, len(pdu) + 1, dev_id) + pdu
         if action is FaultAction.CORRUPT:
             frame = self._damage(frame)
         if meter is not None:
@@ -172,35 +184,85 @@ class ModbusSimulator:
 
     # --- requests ------------------------------------------------------------------------
 
-    def _handle(self, meter: SimulatedMeter, state: _UnitState, request: ModbusPDU) -> ModbusPDU:
-        fc = request.function_code
+    def _handle(self, meter: SimulatedMeter, state: _UnitState, fc: int, pdu: bytes) -> bytes:
         if fc in (3, 4):
-            return self._read(meter, state, fc, request.address, request.count)
+            if len(pdu) != 5:
+                raise _Refused(ExcCodes.ILLEGAL_VALUE)
+            address, count = ADDRESS_COUNT.unpack_from(pdu, 1)
+            if not 1 <= count <= 125:
+                raise _Refused(ExcCodes.ILLEGAL_VALUE)
+            data = self._read(meter, state, "holding" if fc == 3 else "input", address, count)
+            return bytes((fc, 2 * count)) + data
         if fc == 16:
-            self._write(meter, state, request.address, list(request.registers))
-            return WriteMultipleRegistersResponse(address=request.address, count=request.count)
+            if len(pdu) < 6:
+                raise _Refused(ExcCodes.ILLEGAL_VALUE)
+            address, count = ADDRESS_COUNT.unpack_from(pdu, 1)
+            if not 1 <= count <= 123 or pdu[5] != 2 * count or len(pdu) != 6 + 2 * count:
+                raise _Refused(ExcCodes.ILLEGAL_VALUE)
+            self._write(meter, state, address, list(struct.unpack_from(f">{count}H", pdu, 6)))
+            return pdu[:5]  # function code, address, count
         if fc == 6:
-            self._write(meter, state, request.address, list(request.registers))
-            return WriteSingleRegisterResponse(
-                address=request.address, registers=list(request.registers)
-            )
+            if len(pdu) != 5:
+                raise _Refused(ExcCodes.ILLEGAL_VALUE)
+            address, value = ADDRESS_COUNT.unpack_from(pdu, 1)
+            self._write(meter, state, address, [value])
+            return pdu  # the request echoed
         raise _Refused(ExcCodes.ILLEGAL_FUNCTION)
 
+    def _slots_in(self, function: str, start: int, stop: int) -> tuple[_Slot, ...]:
+        key = (function, start, stop)
+        found = self._touching.get(key)
+        if found is None:
+            found = tuple(s for s in self._slots[function] if s.address < stop and s.end > start)
+            if len(self._touching) > 4096:
+                self._touching.clear()
+            self._touching[key] = found
+        return found
+
     def _read(
-        self, meter: SimulatedMeter, state: _UnitState, fc: int, address: int, count: int
-    ) -> ModbusPDU:
-        function = "holding" if fc == 3 else "input"
-        wanted = range(address, address + count)
-        access = self._access_image(state)
-        if all(a in access for a in wanted) and function == "holding":
-            return ReadHoldingRegistersResponse(registers=[access[a] for a in wanted])
-        if state.level < AccessLevel.READ:
-            raise _Refused(self.map.access_denied)
-        image = self._image(meter, state, function, wanted)
-        if any(a not in image for a in wanted):
+        self, meter: SimulatedMeter, state: _UnitState, function: str, start: int, count: int
+    ) -> bytes:
+        """The registers [start, start + count) of ``function``, as they travel."""
+        stop = start + count
+        slots = self._slots_in(function, start, stop)
+        covered = sum(min(s.end, stop) - max(s.address, start) for s in slots)
+        login_block = all(s.kind in ACCESS for s in slots)
+        if state.level < AccessLevel.READ and not (login_block and covered == count):
+            raise _Refused(self.map.access_denied)  # only the login block reads before login
+        if covered != count:
             raise _Refused(ExcCodes.ILLEGAL_ADDRESS)
-        cls = ReadHoldingRegistersResponse if fc == 3 else ReadInputRegistersResponse
-        return cls(registers=[image[a] for a in wanted])
+        parts = []
+        energy = None
+        for slot in slots:
+            kind, f = slot.kind, slot.field
+            if kind == "window":
+                data = self._window(meter, state)
+            elif kind == "clock":
+                data = self.map.clock.wire(meter.clock())  # type: ignore[union-attr]
+            elif kind == "energy":
+                if energy is None:
+                    energy = meter.registers()
+                data = f.wire(energy[slot.channel])  # type: ignore[index,union-attr]
+            elif kind == "identity":
+                data = f.wire(getattr(meter.identity, slot.name))  # type: ignore[union-attr]
+            elif kind == "password":
+                data = bytes(2 * (slot.end - slot.address))  # the password reads back as NULs
+            elif kind == "level":
+                data = f.wire(state.level)  # type: ignore[union-attr]
+            elif kind == "period":
+                data = f.wire(int(meter.capture_period.total_seconds()))  # type: ignore[union-attr]
+            elif kind == "depth":
+                data = f.wire(meter.depth)  # type: ignore[union-attr]
+            elif kind == "selector":
+                data = f.wire(state.selector or 0)  # type: ignore[union-attr]
+            else:  # clock status
+                data = f.wire(0)  # type: ignore[union-attr]
+            if slot.address < start or slot.end > stop:
+                data = data[
+                    2 * max(0, start - slot.address) : 2 * (min(stop, slot.end) - slot.address)
+                ]
+            parts.append(data)
+        return b"".join(parts)
 
     def _write(
         self, meter: SimulatedMeter, state: _UnitState, address: int, regs: list[int]
@@ -232,69 +294,9 @@ class ModbusSimulator:
             raise _Refused(m.access_denied)
         raise _Refused(ExcCodes.ILLEGAL_ADDRESS)
 
-    # --- register images -----------------------------------------------------------------
+    # --- the profile window --------------------------------------------------------------
 
-    def _access_image(self, state: _UnitState) -> dict[int, int]:
-        """The login block, readable before login (the password reads back as NULs)."""
-        m = self.map
-        image: dict[int, int] = {}
-        if m.password:
-            _put(image, m.password, "")
-        if m.level:
-            _put(image, m.level, state.level)
-        return image
-
-    def _image(
-        self, meter: SimulatedMeter, state: _UnitState, function: str, wanted: range
-    ) -> dict[int, int]:
-        """Every register of ``function`` that ``wanted`` touches, computed now."""
-        m = self.map
-        image = self._access_image(state) if function == "holding" else {}
-
-        def touches(item: Field) -> bool:
-            return (
-                item.function == function
-                and item.address < wanted.stop
-                and (item.end > wanted.start)
-            )
-
-        ident = meter.identity
-        for name, item in m.identity.items():
-            if isinstance(item, Field) and touches(item):
-                _put(image, item, getattr(ident, name))
-        c = m.clock
-        if (
-            c
-            and function == "holding"
-            and c.address < wanted.stop
-            and c.address + c.size > wanted.start
-        ):
-            for k, v in enumerate(c.encode(meter.clock())):
-                image[c.address + k] = v
-        if c and c.status and touches(c.status):
-            _put(image, c.status, 0)
-        energy = [(ch, item) for ch, item in m.registers.items() if touches(item)]
-        if energy:
-            values = meter.registers()
-            for ch, item in energy:
-                _put(image, item, values[Channel(ch)])
-        if p := m.profile:
-            cfg = meter.profile_config()
-            if touches(p.capture_period):
-                _put(image, p.capture_period, int(cfg.capture_period.total_seconds()))
-            if touches(p.depth):
-                _put(image, p.depth, cfg.depth)
-            if touches(p.selector):
-                _put(image, p.selector, state.selector or 0)
-            if (
-                p.function == function
-                and p.address < wanted.stop
-                and (p.address + p.window_size > wanted.start)
-            ):
-                image.update(self._window(meter, state))
-        return image
-
-    def _window(self, meter: SimulatedMeter, state: _UnitState) -> dict[int, int]:
+    def _window(self, meter: SimulatedMeter, state: _UnitState) -> bytes:
         """The profile window, remembered per meter until something it shows changes.
 
         The driver reads a window in several requests, and a cycle reads every meter's same
@@ -323,7 +325,7 @@ class ModbusSimulator:
             cached = self._windows[id(meter)] = (key, meter, self._window_now(meter, state))
         return cached[2]
 
-    def _window_now(self, meter: SimulatedMeter, state: _UnitState) -> dict[int, int]:
+    def _window_now(self, meter: SimulatedMeter, state: _UnitState) -> bytes:
         """The profile window: records whose timestamp is ≥ the selector, oldest first."""
         p = self.map.profile
         assert p is not None and self.map.clock is not None
@@ -342,9 +344,8 @@ class ModbusSimulator:
                 span *= 4
             entries = entries[: p.records]
         totals = meter.register_values([e.end for e in entries]) if p.values != "interval" else {}
-        image: dict[int, int] = {}
+        parts: list[bytes] = []
         for k in range(p.records):
-            base = p.address + k * p.record_size
             values: dict[str, float | int] = {}  # an empty slot: every field 0
             if k < len(entries):
                 e = entries[k]
@@ -356,24 +357,55 @@ class ModbusSimulator:
                     values.update({ch.value: v for ch, v in e.values.items()})
             for f in p.fields:
                 value = values.get(f.name, 0)
-                _put(image, f, f.wrap(value) if totals and f.name in values else value, base)
-        return image
+                parts.append(f.wire(f.wrap(value) if totals and f.name in values else value))
+        return b"".join(parts)
+
+
+def _slots(m: SimMap) -> dict[str, list[_Slot]]:
+    """Every item of the map by register type, in address order."""
+    out: dict[str, list[_Slot]] = {"holding": [], "input": []}
+
+    def add(f: Field, kind: str, **more: object) -> None:
+        out[f.function].append(_Slot(f.address, f.end, kind, f, **more))  # type: ignore[arg-type]
+
+    if m.password:
+        add(m.password, "password")
+    if m.level:
+        add(m.level, "level")
+    for name, f in m.identity.items():
+        if isinstance(f, Field):
+            add(f, "identity", name=name)
+    if c := m.clock:
+        out["holding"].append(_Slot(c.address, c.address + c.size, "clock"))
+        if c.status:
+            add(c.status, "status")
+    for ch, f in m.registers.items():
+        add(f, "energy", channel=Channel(ch))
+    if p := m.profile:
+        add(p.capture_period, "period")
+        add(p.depth, "depth")
+        add(p.selector, "selector")
+        out[p.function].append(_Slot(p.address, p.address + p.window_size, "window"))
+    for slots in out.values():
+        slots.sort(key=lambda s: s.address)
+    return out
 
 
 class _ModbusConnection(asyncio.Protocol):
-    """One client connection: MBAP frames split by pymodbus' ``FramerSocket`` as bytes
-    arrive and answered at once, in order, in the loop's callback (no task or stream per
-    request). An answer that must wait (latency, jitter) is answered by a task of the
-    connection's own, and the requests after it wait in the buffer until it is done."""
+    """One client connection: MBAP frames split as bytes arrive and answered at once, in
+    order, in the loop's callback (no task or stream per request); the answers to requests
+    that arrived together go out in one write. An answer that must wait (latency, jitter)
+    is answered by a task of the connection's own, and the requests after it wait in the
+    buffer until it is done."""
 
     def __init__(self, sim: ModbusSimulator) -> None:
         self.sim = sim
-        self.framer = FramerSocket(DecodePDU(True))
         level = 0 if sim.map.password is not None else int(AccessLevel.CONFIGURE)
         self.conn = _Connection(open_level=level)
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
+        self.out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -387,43 +419,51 @@ class _ModbusConnection(asyncio.Protocol):
             self.task.cancel()
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
+        self.buffer = self.buffer + data if self.buffer else data
         if self.task is None:
             self._process()
 
     def _next(self) -> tuple[int, int, bytes] | None:
         """The next whole request in the buffer, or None (and hang up on non-Modbus)."""
-        if not self.buffer:
+        buf = self.buffer
+        if len(buf) < 7:
             return None
-        used, dev_id, tid, pdu_bytes = self.framer.decode(self.buffer)
-        if not used:
-            if len(self.buffer) >= 8 and self.buffer[2:4] != b"\x00\x00":
-                self._close()  # not Modbus (protocol id ≠ 0): hang up like a device does
+        tid, protocol, length, dev_id = HEADER.unpack_from(buf)
+        if protocol != 0 or not 2 <= length <= 254:
+            self._close()  # not Modbus: hang up like a device does
             return None
-        self.buffer = self.buffer[used:]
-        return dev_id, tid, pdu_bytes
+        end = 6 + length
+        if len(buf) < end:
+            return None
+        self.buffer = buf[end:]
+        return dev_id, tid, buf[7:end]
 
     def _process(self) -> None:
-        while (request := self._next()) is not None:
-            dev_id, tid, pdu_bytes = request
-            meter, response = self.sim._prepare(self.conn, dev_id, pdu_bytes, self.framer.decoder)
-            if meter is not None and (meter.faults.latency or meter.faults.jitter):
-                self.task = asyncio.get_running_loop().create_task(
-                    self._answer_later(meter, response, dev_id, tid)
-                )
-                self.sim._tasks.add(self.task)
-                return
-            action = meter.faults.decide(self.conn.unit(dev_id).answered) if meter else None
-            if not self._send(meter, response, dev_id, tid, action or FaultAction.ANSWER):
-                return
+        try:
+            while (request := self._next()) is not None:
+                dev_id, tid, pdu = request
+                meter, answer = self.sim._prepare(self.conn, dev_id, pdu)
+                if meter is not None and (meter.faults.latency or meter.faults.jitter):
+                    self.task = asyncio.get_running_loop().create_task(
+                        self._answer_later(meter, answer, dev_id, tid)
+                    )
+                    self.sim._tasks.add(self.task)
+                    return
+                action = meter.faults.decide(self.conn.unit(dev_id).answered) if meter else None
+                if not self._send(meter, answer, dev_id, tid, action or FaultAction.ANSWER):
+                    return
+        finally:
+            self._flush()
 
     async def _answer_later(
-        self, meter: SimulatedMeter, response: ModbusPDU, dev_id: int, tid: int
+        self, meter: SimulatedMeter, answer: bytes, dev_id: int, tid: int
     ) -> None:
         task = self.task
         try:
             action = await meter.faults.before_answer(self.conn.unit(dev_id).answered)
-            if not self._send(meter, response, dev_id, tid, action):
+            sent = self._send(meter, answer, dev_id, tid, action)
+            self._flush()
+            if not sent:
                 return
         finally:
             self.sim._tasks.discard(task)  # type: ignore[arg-type]
@@ -434,7 +474,7 @@ class _ModbusConnection(asyncio.Protocol):
     def _send(
         self,
         meter: SimulatedMeter | None,
-        response: ModbusPDU,
+        answer: bytes,
         dev_id: int,
         tid: int,
         action: FaultAction,
@@ -442,20 +482,21 @@ class _ModbusConnection(asyncio.Protocol):
         if action is FaultAction.DROP:
             self._close()
             return False
-        frame = self.sim._frame(self.framer, self.conn, meter, response, dev_id, tid, action)
-        if frame is not None and self.transport is not None:
-            self.transport.write(frame)
+        frame = self.sim._frame(self.conn, meter, answer, dev_id, tid, action)
+        if frame is not None:
+            self.out.append(frame)
         return True
 
+    def _flush(self) -> None:
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
     def _close(self) -> None:
+        self._flush()  # what was answered before goes out first
         if self.transport is not None:
             self.transport.close()
         self.buffer = b""
-
-
-def _put(image: dict[int, int], item: Field, value: float | int | str, base: int = 0) -> None:
-    for k, reg in enumerate(item.encode(value)):
-        image[base + item.address + k] = reg
 
 
 async def serve(
