@@ -17,7 +17,9 @@ configuration are read in the same round trip as the login.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import struct
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -92,6 +94,29 @@ def _code_name(code: int) -> str:
         return f"0x{code:02X} {ExcCodes(code).name}"
     except ValueError:
         return f"0x{code:02X} (device-specific)"
+
+
+@functools.lru_cache(maxsize=1024)
+def _groups(spans: tuple[Span, ...], max_read: int) -> list[list[Span]]:
+    """Spans in as few reads as possible (contiguous runs, up to ``max_read``); each group's
+    first element names the read as (function, start, registers). A map asks for the same
+    few span lists every session: remembered."""
+    groups: list[list[Span]] = []
+    ordered = sorted(set(spans))
+    i = 0
+    while i < len(ordered):
+        function, start, size = ordered[i]
+        group = [ordered[i]]
+        end = start + size
+        while i + len(group) < len(ordered):
+            nf, na, ns = ordered[i + len(group)]
+            if nf != function or na != end or na + ns - start > max_read:
+                break
+            group.append(ordered[i + len(group)])
+            end = na + ns
+        groups.append([(function, start, end - start), *group])
+        i += len(group)
+    return groups
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
@@ -275,7 +300,7 @@ class ModbusSession(MeterSession):
         if self.map.profile is not None:
             items += [self.map.profile.capture_period, self.map.profile.depth]
         link = cast(_Link, self._link)
-        for group in self._groups([(i.function, i.address, i.size) for i in items]):
+        for group in self._groups([i.span for i in items]):
             if len(link.pending) >= self.pipeline:
                 break
             function, start, count = group[0]
@@ -372,24 +397,7 @@ class ModbusSession(MeterSession):
         await self._result(request)
 
     def _groups(self, spans: Sequence[Span]) -> list[list[Span]]:
-        """Spans in as few reads as possible (contiguous runs, up to ``max_read``); each
-        group's first element names the read as (function, start, registers)."""
-        groups: list[list[Span]] = []
-        ordered = sorted(set(spans))
-        i = 0
-        while i < len(ordered):
-            function, start, size = ordered[i]
-            group = [ordered[i]]
-            end = start + size
-            while i + len(group) < len(ordered):
-                nf, na, ns = ordered[i + len(group)]
-                if nf != function or na != end or na + ns - start > self.map.max_read:
-                    break
-                group.append(ordered[i + len(group)])
-                end = na + ns
-            groups.append([(function, start, end - start), *group])
-            i += len(group)
-        return groups
+        return _groups(tuple(spans), self.map.max_read)
 
     def _submit_reads(
         self, spans: Sequence[Span], *, flush: bool = True
@@ -425,10 +433,10 @@ class ModbusSession(MeterSession):
         return out
 
     async def _read_items(self, items: Sequence[Item]) -> dict[Item, float | int | str]:
-        reads = await self._read_spans([(i.function, i.address, i.size) for i in items])
+        reads = await self._read_spans([i.span for i in items])
         out = {}
         for i in items:
-            block, pos = reads[(i.function, i.address, i.size)]
+            block, pos = reads[i.span]
             out[i] = i.value(block, pos, self.order)
         return out
 
@@ -603,11 +611,11 @@ class ModbusSession(MeterSession):
 
     async def _read_registers(self) -> list[RegisterValue]:
         items = [item for _, item in self.map.registers]
-        reads = await self._read_spans([(i.function, i.address, i.size) for i in items])
+        reads = await self._read_spans([i.span for i in items])
         read_at = utcnow()
         out = []
         for ch, item in self.map.registers:
-            block, pos = reads[(item.function, item.address, item.size)]
+            block, pos = reads[item.span]
             if item.unavailable_in(block, pos, self.order):
                 # The meter says it has no value: the channel is absent, never a number.
                 log.warning("%s unit %s: %s not available", self.endpoint, self.device_id, ch)
@@ -626,13 +634,17 @@ class ModbusDriver(Driver):
 
     def __init__(self) -> None:
         self._maps: dict[tuple[Path, int], RegisterMap] = {}
+        self._paths: dict[str | Path, Path] = {}  # a reference → its resolved file
 
     def register_map(self, ref: str | Path) -> RegisterMap:
         """Load (and cache until the file changes) a map; raises ``MapError``."""
-        path = map_path(ref)
         try:
-            key = (path.resolve(), path.stat().st_mtime_ns)
+            path = self._paths.get(ref)
+            if path is None:
+                path = self._paths[ref] = map_path(ref).resolve()
+            key = (path, os.stat(path).st_mtime_ns)
         except OSError:
+            self._paths.pop(ref, None)
             return load_map(ref)  # raises a MapError naming the file
         if key not in self._maps:
             self._maps[key] = load_map(path)

@@ -155,13 +155,18 @@ class Item:
     order: Order | None = None  # None: the map (or connection) default
     not_available: int | None = None  # raw bit pattern the meter sends for "no value"
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         return self.length if self.type == "string" else TYPES[self.type].value[1]
 
-    @property
+    @functools.cached_property
     def end(self) -> int:
         return self.address + self.size
+
+    @functools.cached_property
+    def span(self) -> tuple[Function, int, int]:
+        """(function, address, registers): what a read of this item asks for."""
+        return (self.function, self.address, self.size)
 
     @functools.cached_property
     def digits(self) -> int:
