@@ -402,14 +402,17 @@ class ModbusSession(MeterSession):
     def _submit_reads(
         self, spans: Sequence[Span], *, flush: bool = True
     ) -> list[tuple[_Request, list[Span]]]:
-        link = self._link_or_closed()
         out = []
+        link = None
         for read, *group in self._groups(spans):
+            # A read sent ahead with the login: its answer (or error) is this step's, as if
+            # it had been sent now.
             request = self._prefetched.pop(read, None)
             if request is None:
+                link = link or self._link_or_closed()
                 request = link.submit(FUNCTION_CODES[read[0]], read[1], read[2])
             out.append((request, [read, *group]))
-        if flush:
+        if flush and link is not None:
             link.flush()
         return out
 

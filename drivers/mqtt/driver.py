@@ -610,9 +610,7 @@ class MqttSession(MeterSession):
 
     async def _read_profile_config(self) -> ProfileConfig:
         result, _, _ = await self._request("read_profile_config")
-        config: ProfileConfig = self._decode(
-            "read_profile_config", p.decode_profile_config, result
-        )
+        config: ProfileConfig = self._decode("read_profile_config", p.decode_profile_config, result)
         self._values = self._decode("read_profile_config", p.values_kind, result)
         self._period = config.capture_period
         return config

@@ -31,7 +31,7 @@ from drivers.base import (
     utcnow,
 )
 from drivers.modbus import DRIVER, MapError, ModbusSession, load_map
-from simulators.meter import Faults, SimulatedMeter
+from simulators.meter import FaultAction, Faults, SimulatedMeter
 from simulators.modbus import ModbusSimulator, serve
 
 CASES = Path(__file__).parent / "modbus_cases"
@@ -178,13 +178,14 @@ async def test_latency_beyond_timeout_is_a_timeout(simulator: Serve, connect: Co
         await session.read_registers()
 
 
+@pytest.mark.parametrize("pipeline", [1, 4])
 async def test_late_answer_after_a_timeout_does_not_spoil_the_next_read(
-    simulator: Serve, connect: Connect
+    simulator: Serve, connect: Connect, pipeline: int
 ) -> None:
     """Regression: the late answer and the next answer can arrive in one TCP read; the
     stale frame (old transaction id) must be skipped, not reported as a corrupt frame."""
     meter = SimulatedMeter("MB1")
-    session = await connect(await simulator({1: meter}), timeout=0.3)
+    session = await connect(await simulator({1: meter}), timeout=0.3, pipeline=pipeline)
     meter.faults.latency = 0.4
     with pytest.raises(MeterTimeout):
         await session.read_registers()
@@ -202,11 +203,14 @@ async def test_silent_meter_is_a_timeout(simulator: Serve, connect: Connect) -> 
         await session.read_clock()
 
 
-async def test_dropped_connection_fails_fast(simulator: Serve, connect: Connect) -> None:
-    """Regression: after a drop, pymodbus raised its own ConnectionException from the next
-    call instead of the driver's ConnectionFailed."""
+@pytest.mark.parametrize("pipeline", [1, 4])
+async def test_dropped_connection_fails_fast(
+    simulator: Serve, connect: Connect, pipeline: int
+) -> None:
+    """A drop fails the request in flight at once with ConnectionFailed, and every later
+    call too (pipelined: the identity read sent with the login was never answered)."""
     meter = SimulatedMeter("MB1", faults=Faults(drop_after_requests=2))  # login = 2 answers
-    session = await connect(await simulator({1: meter}), timeout=5.0)
+    session = await connect(await simulator({1: meter}), timeout=5.0, pipeline=pipeline)
     started = utcnow()
     with pytest.raises(ConnectionFailed):
         await session.read_registers()
@@ -215,17 +219,75 @@ async def test_dropped_connection_fails_fast(simulator: Serve, connect: Connect)
         await session.identify()  # no silent reconnect: a session is one connection
 
 
+@pytest.mark.parametrize("pipeline", [1, 4])
 @pytest.mark.parametrize("mode", ["length", "function"])
 async def test_corrupt_frame_is_a_protocol_error(
-    simulator: Serve, connect: Connect, mode: str
+    simulator: Serve, connect: Connect, mode: str, pipeline: int
 ) -> None:
     meter = SimulatedMeter("MB1")
-    session = await connect(await simulator({1: meter}, corrupt=mode), timeout=5.0)
+    sim = await simulator({1: meter}, corrupt=mode)
+    session = await connect(sim, timeout=5.0, pipeline=pipeline)
     meter.faults.corrupt_next = 1
     started = utcnow()
     with pytest.raises(ProtocolError, match="corrupt frame"):
         await session.read_registers()
     assert (utcnow() - started).total_seconds() < 2  # recognised, not timed out
+    with pytest.raises(ConnectionFailed, match="corrupt frame"):
+        await session.read_clock()  # the stream is out of step: nothing after it is trusted
+
+
+@pytest.mark.parametrize("mode", ["length", "function"])
+async def test_corrupt_answer_to_a_pipelined_read_fails_that_step(
+    simulator: Serve, connect: Connect, mode: str
+) -> None:
+    """Identity and profile configuration are read with the login (pipeline 4): a damaged
+    answer to one of them fails the steps that asked for them with a ProtocolError, not the
+    login; the steps after find the connection closed."""
+    meter = SimulatedMeter("MB1", faults=Faults(corrupt_next=0))
+    sim = await simulator({1: meter}, corrupt=mode)
+    meter.faults.drop_after_requests = None
+    original = meter.faults.decide
+
+    def third_answer_damaged(answered: int) -> FaultAction:
+        if answered == 2:  # login and level answered; the next is the identity
+            meter.faults.corrupt_next = 1
+        return original(answered)
+
+    meter.faults.decide = third_answer_damaged  # type: ignore[method-assign]
+    session = await connect(sim, timeout=5.0, pipeline=4)
+    assert session.level == 1
+    with pytest.raises(ProtocolError, match="corrupt frame"):
+        await session.identify()
+    with pytest.raises(ProtocolError, match="corrupt frame"):
+        await session.read_profile_config()
+    with pytest.raises(ConnectionFailed, match="corrupt frame"):
+        await session.read_clock()
+
+
+async def test_pipelined_and_one_at_a_time_read_the_same(
+    simulator: Serve, connect: Connect
+) -> None:
+    meter = SimulatedMeter("MB1", seed=9, now=fixed_clock(FIXED_NOW))
+    sim = await simulator({1: meter})
+    start = datetime(2026, 3, 9, 20, tzinfo=UTC)
+    end = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    results = []
+    for pipeline in (1, 2, 4, 16):
+        session = await connect(sim, pipeline=pipeline)
+        assert session.pipeline == pipeline
+        results.append(
+            (
+                await session.identify(),
+                (await session.read_clock()).meter_time,
+                await session.read_profile_config(),
+                await session.read_profile(start, end),
+                [(r.channel, r.value) for r in await session.read_registers()],
+            )
+        )
+    assert len(results[0][3]) == 16
+    assert all(r == results[0] for r in results[1:])
+    with pytest.raises(ValueError, match="pipeline"):
+        await connect(sim, pipeline=0)
 
 
 async def test_unknown_unit_id_behind_gateway_is_a_timeout(

@@ -57,9 +57,10 @@ def pymodbustcp_server() -> Iterator[tuple[ModbusServer, DataBank]]:
         server.stop()
 
 
+@pytest.mark.parametrize("pipeline", [1, 4])  # 4: requests in flight, by transaction id
 @pytest.mark.parametrize("case", cases())
 async def test_golden_case_read_from_an_independent_server(
-    case: Path, pymodbustcp_server: tuple[ModbusServer, DataBank]
+    case: Path, pymodbustcp_server: tuple[ModbusServer, DataBank], pipeline: int
 ) -> None:
     map_ref, registers, expect = load_case(case)
     server, bank = pymodbustcp_server
@@ -68,7 +69,7 @@ async def test_golden_case_read_from_an_independent_server(
     for address, regs in registers.get("input", {}).items():
         assert bank.set_input_registers(address, regs)
     port = server._service.server_address[1]  # port 0 asked: the one the OS gave
-    params = {"map": map_ref, "device_id": 1}
+    params = {"map": map_ref, "device_id": 1, "pipeline": pipeline}
     async with await DRIVER.connect(Endpoint("127.0.0.1", port), ANY, params, 5.0) as session:
         assert (await session.identify()).__dict__ == expect["identity"]
         values = {r.channel.value: r.value for r in await session.read_registers()}
