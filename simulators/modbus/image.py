@@ -182,6 +182,27 @@ class Profile:
     def window_size(self) -> int:
         return self.records * self.record_size
 
+    @functools.cached_property
+    def _record_struct(self) -> struct.Struct | None:
+        """One ``struct`` for a whole record when every field travels in ABCD order (the
+        bytes ``wire`` gives field by field, in one call); None otherwise."""
+        if any(f.order != "ABCD" or f.type == "string" for f in self.fields):
+            return None
+        return struct.Struct(">" + "".join(FORMATS[f.type][1:] for f in self.fields))
+
+    def record(self, values: dict[str, float | int]) -> bytes:
+        """A record's registers as they travel; fields without a value are 0."""
+        if not values:
+            return bytes(2 * self.record_size)
+        packer = self._record_struct
+        if packer is None:
+            return b"".join(f.wire(values.get(f.name, 0)) for f in self.fields)
+        raw = []
+        for f in self.fields:
+            scaled = float(values.get(f.name, 0)) / f.scaler
+            raw.append(scaled if f.type.startswith("float") else int(round(scaled)))
+        return packer.pack(*raw)
+
 
 @dataclass(frozen=True)
 class SimMap:

@@ -48,6 +48,7 @@ ADDRESS_COUNT = struct.Struct(">HH")
 ANSWER_HEADER = struct.Struct(">HHHBBB")  # MBAP + function code + byte count
 ECHO = struct.Struct(">HHHBBHH")  # MBAP + function code + address + count/value
 ACCESS = ("password", "level")
+CHANNELS = {ch.value: ch for ch in Channel}
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,19 @@ class ModbusSimulator:
         return Endpoint(self.host, self.port)
 
     async def start(self, host: str, port: int) -> None:
+        self._warm()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._connection, host, port)
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
+
+    def _warm(self) -> None:
+        """Sum each meter's registers and compute its recent intervals before serving, as a
+        long-running simulator has (the meter then advances them per closed interval): else
+        every meter's first session carries that one-off work."""
+        for meter in self.meters.values():
+            meter.registers()
+            now = meter.real_now()
+            meter.profile(now - meter.capture_period * 2, now)
 
     async def stop(self) -> None:
         """Stop listening, close every connection and wait for the handlers to end."""
@@ -345,19 +356,18 @@ class ModbusSimulator:
             entries = entries[: p.records]
         totals = meter.register_values([e.end for e in entries]) if p.values != "interval" else {}
         parts: list[bytes] = []
-        for k in range(p.records):
-            values: dict[str, float | int] = {}  # an empty slot: every field 0
-            if k < len(entries):
-                e = entries[k]
-                stamp = e.end if p.stamp == "end" else e.start
-                values = {"timestamp": meter_seconds(stamp, tz), "status": int(e.status)}
-                if totals:  # the registers at capture, as a counter of the field's width
-                    values.update({ch.value: v[k] for ch, v in totals.items()})
-                else:
-                    values.update({ch.value: v for ch, v in e.values.items()})
-            for f in p.fields:
-                value = values.get(f.name, 0)
-                parts.append(f.wire(f.wrap(value) if totals and f.name in values else value))
+        for k, e in enumerate(entries):
+            stamp = e.end if p.stamp == "end" else e.start
+            values = {"timestamp": meter_seconds(stamp, tz), "status": int(e.status)}
+            if totals:  # the registers at capture, as a counter of the field's width
+                for f in p.fields:
+                    ch = CHANNELS.get(f.name)
+                    if ch is not None and ch in totals:
+                        values[f.name] = f.wrap(totals[ch][k])
+            else:
+                values.update({ch.value: v for ch, v in e.values.items()})
+            parts.append(p.record(values))
+        parts.append(p.record({}) * (p.records - len(entries)))  # empty slots: every field 0
         return b"".join(parts)
 
 
