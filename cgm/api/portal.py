@@ -54,8 +54,17 @@ async def refuse_outside_portal(request: Request, user: users.User) -> None:
             raise HTTPException(403, "a portal unit's user reads only /api/v1/portal")
         return
     async with request.app.state.pool.connection() as conn:
-        if await unit_of(conn, user) is not None:
+        if await own_unit(conn, user) is not None:
             raise HTTPException(403, "a portal unit's user reads only /api/v1/portal")
+
+
+async def own_unit(conn: Any, user: users.User) -> int | None:
+    """The unit a user acts for (None: a service user). An authenticated request's user is
+    a Principal that carries it already (kept current by the access cache's invalidation);
+    the database is asked only for a bare user."""
+    if isinstance(user, Principal):
+        return user.unit
+    return await unit_of(conn, user)
 
 
 async def _unit_code(conn: Any, unit_id: int) -> str:
@@ -70,7 +79,7 @@ async def meters(
     unit: Annotated[str | None, Query(description="for service users: which unit")] = None,
 ) -> dict[str, Any]:
     async with request.app.state.pool.connection() as conn:
-        own = await unit_of(conn, user)
+        own = await own_unit(conn, user)
         if own is not None:
             code = await _unit_code(conn, own)
             if unit is not None and unit != code:
@@ -109,12 +118,14 @@ async def meter_consumption(
     if (end - start).days + 1 > MAX_DAYS:
         raise HTTPException(422, f"at most {MAX_DAYS} days per request")
     async with request.app.state.pool.connection() as conn:
-        own = await unit_of(conn, user)
-        if own is not None and not await store.may_read(conn, own, number):
-            code = await _unit_code(conn, own)
-            raise HTTPException(403, f"meter {number} is not owned by or shared with unit {code}")
-        meter = await find_meter(conn, number)
+        own = await own_unit(conn, user)
+        meter = await find_meter(conn, number, own)
         if meter is None:
+            if own is not None:  # an unknown meter looks the same to a unit's user
+                code = await _unit_code(conn, own)
+                raise HTTPException(
+                    403, f"meter {number} is not owned by or shared with unit {code}"
+                )
             raise HTTPException(404, f"unknown meter {number}")
         try:
             body = await consumption_json(conn, meter, start, end, resolution, layout)
@@ -129,7 +140,7 @@ async def status(request: Request, user: Reader, start: Day, end: Day) -> dict[s
     if end < start:
         raise HTTPException(422, "end must not be before start")
     async with request.app.state.pool.connection() as conn:
-        if await unit_of(conn, user) is not None:
+        if await own_unit(conn, user) is not None:
             raise HTTPException(403, "the status report is for the service's users, not a unit's")
         return await status_report(conn, start, end)
 
@@ -140,7 +151,7 @@ async def status(request: Request, user: Reader, start: Day, end: Day) -> dict[s
 async def acting_unit(conn: Any, user: users.User, unit: str | None) -> str:
     """The unit a write acts for: a unit user's own unit (``unit``, if given, must be it);
     a service user must be level 2 and name the unit."""
-    own = await unit_of(conn, user)
+    own = await own_unit(conn, user)
     if own is not None:
         code = await _unit_code(conn, own)
         if unit is not None and unit != code:
@@ -345,7 +356,7 @@ async def invoices(number: str, request: Request, user: Reader, body: Invoice) -
 @router.get("/meters/{number}/invoices", summary="A meter's invoices")
 async def list_invoices(number: str, request: Request, user: Reader) -> dict[str, Any]:
     async with request.app.state.pool.connection() as conn:
-        own = await unit_of(conn, user)
+        own = await own_unit(conn, user)
         if own is not None and not await store.may_read(conn, own, number):
             code = await _unit_code(conn, own)
             raise HTTPException(403, f"meter {number} is not owned by or shared with unit {code}")
@@ -366,7 +377,7 @@ async def create_for_unit(request: Request, user: users.User, body: NewClientNum
     the 409 "exists" answer; HTTPException for any other refusal."""
     async with request.app.state.pool.connection() as conn:
         unit = await acting_unit(conn, user, body.unit)
-        if any(m.cgm for m in body.meters) and await unit_of(conn, user) is not None:
+        if any(m.cgm for m in body.meters) and await own_unit(conn, user) is not None:
             raise HTTPException(
                 403, "linking a meter to a CGM meter (cgm) is an administrator's action"
             )
@@ -393,7 +404,7 @@ async def create_client_number(request: Request, user: Reader, body: NewClientNu
 @router.post("/units", status_code=201, summary="Create a unit (administrators, level 2)")
 async def create_unit(request: Request, user: Reader, body: NewUnit) -> dict[str, Any]:
     async with request.app.state.pool.connection() as conn:
-        if await unit_of(conn, user) is not None or user.level < 2:
+        if await own_unit(conn, user) is not None or user.level < 2:
             raise HTTPException(403, "creating a unit is an administrator's action (level 2)")
         try:
             r = await store.create_unit(conn, body, f"api:{user.username}")
@@ -408,7 +419,7 @@ async def create_unit(request: Request, user: Reader, body: NewUnit) -> dict[str
 async def change_client_owner(request: Request, user: users.User, body: OwnerChange) -> dict:
     request.state.reason = body.reason
     async with request.app.state.pool.connection() as conn:
-        if await unit_of(conn, user) is not None or user.level < 2:
+        if await own_unit(conn, user) is not None or user.level < 2:
             raise HTTPException(
                 403, "a change of owner is an administrator's action (a level-2 service user)"
             )

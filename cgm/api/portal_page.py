@@ -39,9 +39,9 @@ from cgm.api.portal import (
     change_client_owner,
     create_for_unit,
     edit_unit_meter,
+    own_unit,
 )
 from cgm.portal import store
-from cgm.portal.access import unit_of
 from cgm.portal.consumption import consumption, find_meter
 from cgm.portal.status import status_report
 
@@ -154,7 +154,7 @@ async def page(
     if notice in NOTICES:
         out.append(f'<p id="notice">{escape(NOTICES[notice])}</p>')
     async with request.app.state.pool.connection() as conn:
-        own = await unit_of(conn, user)
+        own = await own_unit(conn, user)
         if own is not None:
             code = await _unit_code(conn, own)
             if unit not in (None, code):

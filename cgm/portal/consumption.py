@@ -44,12 +44,21 @@ class PortalMeter:
     unit: str | None  # the channel's unit (kWh, kvarh)
 
 
-async def find_meter(conn: psycopg.AsyncConnection, number: str) -> PortalMeter | None:
+async def find_meter(
+    conn: psycopg.AsyncConnection, number: str, unit_id: int | None = None
+) -> PortalMeter | None:
+    """The meter ``number``; with ``unit_id``, only if that unit owns it or is associated
+    with it (None otherwise, as for an unknown meter). One query: it runs on every pull."""
     cur = await conn.execute(
         """SELECT m.id, m.number, m.frontier_id, f.code, m.channel, ch.name, ch.unit
            FROM portal_meter m LEFT JOIN frontier f ON f.id = m.frontier_id
-           LEFT JOIN channel ch ON ch.id = m.channel WHERE m.number = %s""",
-        (number,),
+           LEFT JOIN channel ch ON ch.id = m.channel
+           WHERE m.number = %(n)s AND (%(u)s::bigint IS NULL
+               OR EXISTS (SELECT 1 FROM portal_client_number c
+                          WHERE c.id = m.client_number_id AND c.owner_unit_id = %(u)s)
+               OR EXISTS (SELECT 1 FROM portal_meter_unit a
+                          WHERE a.meter_id = m.id AND a.unit_id = %(u)s))""",
+        {"n": number, "u": unit_id},
     )
     row = await cur.fetchone()
     return PortalMeter(*row) if row else None
