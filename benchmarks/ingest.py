@@ -1,6 +1,7 @@
 """Readings write-path benchmark: cgm.storage.write_readings beside a raw binary COPY.
 
     .venv/bin/python benchmarks/ingest.py [URL] [--meters 1000] [--hours 250] [--repeat 3]
+        [--write-cost]
 
 URL (or --database-url, or CGM_DATABASE_URL, else postgresql://127.0.0.1:5432/test) names a
 server where a scratch database is created, migrated, used and dropped; on a server that
@@ -53,6 +54,9 @@ async def reset(conn: psycopg.AsyncConnection) -> None:
     # ingest_batch is append-only and chained (it refuses TRUNCATE); it only grows by a row
     # per batch, so it is left as it is.
     await conn.execute("TRUNCATE reading")
+    cur = await conn.execute("SELECT to_regclass('reading_day') IS NOT NULL")
+    if (await cur.fetchone())[0]:  # type: ignore[index]
+        await conn.execute("TRUNCATE reading_day")
     await conn.commit()
     await conn.execute("CHECKPOINT")
     await conn.commit()  # idle: each write_readings commits its own batch, as in service
@@ -83,12 +87,13 @@ async def chain_cost(conn: psycopg.AsyncConnection, rows: np.ndarray, meters: in
             await write_readings(conn, batch, source="bench", actor="bench")
         s_small = time.perf_counter() - t
         late["value"] += 1.0
-        s_late, out = await timed(lambda: write_readings(conn, late, source="bench",
-                                                         actor="bench"))
+        s_late, out = await timed(lambda: write_readings(conn, late, source="bench", actor="bench"))
         assert out.superseded == len(late), out
-        print(f"  chain {state.lower()[:-1]}ed: 500 batches of {small} changed values "
-              f"{s_small / 500 * 1000:6.2f} ms/batch;"
-              f" {len(late):,} changed values in one batch {fmt(len(late), s_late)}")
+        print(
+            f"  chain {state.lower()[:-1]}ed: 500 batches of {small} changed values "
+            f"{s_small / 500 * 1000:6.2f} ms/batch;"
+            f" {len(late):,} changed values in one batch {fmt(len(late), s_late)}"
+        )
     await conn.execute("ALTER TABLE ingest_batch ENABLE TRIGGER ingest_batch_chain")
     await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_chain")
     await conn.commit()
@@ -125,6 +130,51 @@ def fmt(n: int, s: float) -> str:
     return f"{s:7.2f} s  {n / s:>10,.0f} rows/s"
 
 
+def backend_cpu_s(pid: int) -> float:
+    """CPU time of a PostgreSQL backend on this host (/proc/PID/schedstat: ns on CPU)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+async def write_cost(url: str, meters: int, hours: int, repeat: int) -> None:
+    """The write path alone, with CPU: a full load (catch-up, whole days) and the collector's
+    hourly steady state, as wall time, this process's CPU and its PostgreSQL backend's CPU
+    (read from /proc: client and server on one host). CPU survives a loaded host."""
+    rows = make_rows(meters, hours)
+    n, per = len(rows), meters * 4
+    hourly = np.sort(rows, order=["interval_start", "meter_id", "channel"])
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        pid = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+        await conn.commit()
+
+        async def measured(label: str, count: int, fn: Callable[[], Awaitable[object]]) -> None:
+            load0 = os.getloadavg()[0]
+            w, c, b = time.perf_counter(), time.process_time(), backend_cpu_s(pid)
+            await fn()
+            w, c = time.perf_counter() - w, time.process_time() - c
+            b = backend_cpu_s(pid) - b
+            print(
+                f"  {label:44s} wall {w:7.2f} s  client CPU {c:6.2f} s  server CPU {b:6.2f} s"
+                f"  ({(c + b) / count * 1e6:5.1f} µs CPU/row, load {load0:.1f})"
+            )
+
+        async def steady() -> None:
+            for i in range(per * hours // 2, n, per):
+                await write_readings(conn, hourly[i : i + per], source="bench", actor="bench")
+
+        for _ in range(repeat):
+            await reset(conn)
+            await measured(
+                f"full load, {n:,} rows",
+                n,
+                lambda: write_readings(conn, rows, source="bench", actor="bench"),
+            )
+            await reset(conn)
+            await write_readings(conn, hourly[: per * (hours // 2)], source="bench", actor="bench")
+            k = hours - hours // 2
+            await measured(f"{k} hourly batches of {per:,}", k * per, steady)
+
+
 async def bench(url: str, meters: int, hours: int, repeat: int) -> None:
     rows = make_rows(meters, hours)
     n = len(rows)
@@ -133,9 +183,9 @@ async def bench(url: str, meters: int, hours: int, repeat: int) -> None:
     )
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
         (ver,) = await (await c.execute("SHOW server_version")).fetchone()
-        ts = await (await c.execute(
-            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
-        )).fetchone()
+        ts = await (
+            await c.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+        ).fetchone()
     print(f"server: PostgreSQL {ver}, " + (f"TimescaleDB {ts[0]}" if ts else "plain tables"))
     print(f"rows: {n:,} ({meters} meters x 4 channels x {hours} h, random arrival order)\n")
 
@@ -238,6 +288,11 @@ async def main() -> None:
     ap.add_argument("--hours", type=int, default=250)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--database-url", dest="url_option", help="same as URL")
+    ap.add_argument(
+        "--write-cost",
+        action="store_true",
+        help="only the full load and the hourly batches, with client and server CPU",
+    )
     a = ap.parse_args()
     a.url = a.url_option or a.url
     name = f"cgm_bench_{uuid.uuid4().hex[:8]}"
@@ -261,7 +316,10 @@ async def main() -> None:
                    SELECT id, 'BENCH' || id, 'principal', 'dlms', '127.0.0.1', 4059
                    FROM frontier ORDER BY id"""
             )
-        await bench(url, a.meters, a.hours, a.repeat)
+        if a.write_cost:
+            await write_cost(url, a.meters, a.hours, a.repeat)
+        else:
+            await bench(url, a.meters, a.hours, a.repeat)
     finally:
         with psycopg.connect(a.url, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta, timezone
 
+import numpy as np
+
 COLOMBIA = timezone(timedelta(hours=-5), "COT")
 HOUR = timedelta(hours=1)
 PERIODS = 24
@@ -25,6 +27,16 @@ def sql_local_day(column: str) -> str:
     plays no part)."""
     offset = int(COLOMBIA.utcoffset(None).total_seconds())
     return f"(({column} AT TIME ZONE 'UTC') + make_interval(secs => {offset}))::date"
+
+
+def local_day_hour(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise (local day as ``datetime64[D]``, local hour 0..23, or -1 for an instant
+    not on a whole hour) of UTC ``datetime64[us]`` instants: the slots of ``reading_day``."""
+    offset_us = int(COLOMBIA.utcoffset(None) / timedelta(microseconds=1))
+    local = starts.astype("M8[us]").view("i8") + offset_us
+    day, within = np.divmod(local, 86_400_000_000)
+    hour, rest = np.divmod(within, 3_600_000_000)
+    return day.astype("M8[D]"), np.where(rest == 0, hour, -1)
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:

@@ -30,15 +30,39 @@ _WIRE = {
     "i2": (">i2", 2),
     "f8": (">f8", 8),
     "M8[us]": (">i8", 8),  # timestamptz
+    "M8[D]": (">i4", 4),  # date: int32 days since 2000-01-01
+    "?": ("u1", 1),  # boolean
 }
+PG_EPOCH_DAYS = 10_957  # 2000-01-01 in days since 1970-01-01
+
+# Fixed-length one-dimensional arrays without NULL elements, e.g. "f8[24]": a 20-byte header
+# (ndim 1, no nulls, element type oid, length, lower bound 1), then per element int32 length
+# and the value.
+_ARRAY_OID = {"f8": 701, "i4": 23}
+
+
+def _array(kind: str) -> tuple[str, int] | None:
+    elem, _, n = kind.rstrip("]").partition("[")
+    return (elem, int(n)) if n.isdigit() else None
+
+
+def _field(kind: str) -> tuple[object, int]:
+    """(wire dtype, byte length) of one field."""
+    arr = _array(kind)
+    if arr is None:
+        return _WIRE[kind]
+    elem, n = arr
+    wire, size = _WIRE[elem]
+    dt = np.dtype([("hdr", ">i4", (5,)), ("el", [("len", ">i4"), ("v", wire)], (n,))])
+    return dt, 20 + n * (4 + size)
 
 
 def row_dtype(columns: Sequence[tuple[str, str]]) -> np.dtype:
     """The packed record of one COPY row for ``(name, kind)`` columns (kinds: ``_WIRE``)."""
-    fields: list[tuple[str, str]] = [("_n", ">i2")]
+    fields: list[tuple[str, object]] = [("_n", ">i2")]
     for name, kind in columns:
         fields.append((f"_len_{name}", ">i4"))
-        fields.append((name, _WIRE[kind][0]))
+        fields.append((name, _field(kind)[0]))
     return np.dtype(fields)
 
 
@@ -46,16 +70,25 @@ def encode(columns: Sequence[tuple[str, str]], data: np.ndarray) -> bytes:
     """Binary COPY data (header, rows, trailer) of ``data``'s ``columns``, in array order.
 
     ``data`` is a structured array with those field names; datetime64 fields must be
-    ``M8[us]`` (UTC by convention: numpy has no time zones) and must not be NaT.
+    ``M8[us]`` (UTC by convention: numpy has no time zones) or ``M8[D]`` (a date) and must
+    not be NaT; array kinds (``"f8[24]"``) take a 2-D column without NULL elements.
     """
     dt = row_dtype(columns)
     out = np.empty(len(data), dtype=dt)
     out["_n"] = len(columns)
     for name, kind in columns:
-        out[f"_len_{name}"] = _WIRE[kind][1]
+        out[f"_len_{name}"] = _field(kind)[1]
         col = data[name]
-        if kind == "M8[us]":
+        arr = _array(kind)
+        if arr is not None:
+            elem, n = arr
+            out[name]["hdr"] = (1, 0, _ARRAY_OID[elem], n, 1)
+            out[name]["el"]["len"] = _WIRE[elem][1]
+            out[name]["el"]["v"] = col
+        elif kind == "M8[us]":
             out[name] = col.astype("M8[us]").view("i8") - PG_EPOCH_US
+        elif kind == "M8[D]":
+            out[name] = col.astype("M8[D]").view("i8") - PG_EPOCH_DAYS
         else:
             out[name] = col
     return HEADER + out.tobytes() + TRAILER

@@ -14,7 +14,11 @@ written in one transaction:
   different value or quality into an UPDATE with ``version + 1`` whose old image the audit
   trigger keeps (visible in the ``reading_version`` view);
 * one ``ingest_batch`` row records the batch (source, actor, counts); its id is the audit
-  reason of the versions the batch superseded.
+  reason of the versions the batch superseded;
+* the rows that were inserted or changed are applied to ``reading_day`` (one row per meter,
+  channel and local day, the 24 values as arrays, a change counter ``version``; migration
+  0210) by one upsert of per-day patches built in numpy: an hourly batch sets one slot per
+  series, a catch-up inserts whole days.
 
 If a concurrent writer commits one of the "new" keys first, the direct COPY fails on the
 key and is redone, inside a savepoint, through the staging upsert; nothing is lost or
@@ -35,6 +39,7 @@ import numpy as np
 import psycopg
 from psycopg import errors, sql
 
+from cgm.localtime import local_day_hour
 from cgm.storage import pgbinary
 from cgm.storage.common import (
     CHANNELS_BY_ID,
@@ -72,6 +77,34 @@ STORED_DTYPE = np.dtype([(n, k) for n, k in STORED_COLUMNS])
 _NAMES = ", ".join(n for n, _ in READING_COLUMNS)
 _COPY_READING = f"COPY reading ({_NAMES}) FROM STDIN (FORMAT BINARY)"
 _STAGE = "cgm_reading_stage"
+_CHANGED = "cgm_reading_changed"
+_DAY_STAGE = "cgm_reading_day_stage"
+DAY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("meter_id", "i8"),
+    ("channel", "i2"),
+    ("day", "M8[D]"),
+    ("value", "f8[24]"),
+    ("quality", "i4[24]"),
+    ("off_grid", "?"),
+)
+DAY_DTYPE = np.dtype(
+    [
+        ("meter_id", "i8"),
+        ("channel", "i2"),
+        ("day", "M8[D]"),
+        ("value", "f8", (24,)),
+        ("quality", "i4", (24,)),
+        ("off_grid", "?"),
+    ]
+)
+"""A ``reading_day`` patch: NaN / -1 in the slots it leaves as they are."""
+_CHANGED_COLUMNS = (
+    ("meter_id", "i8"),
+    ("channel", "i2"),
+    ("interval_start", "M8[us]"),
+    ("value", "f8"),
+    ("quality", "i4"),
+)
 _MAX_DEADLOCK_RETRIES = 3
 _MAX_SPARSE_KEYS = 200_000
 
@@ -450,17 +483,33 @@ async def _copy(conn: psycopg.AsyncConnection, statement: str, data: bytes) -> N
             await copy.write(view[i : i + chunk])
 
 
+_CHANGED_DTYPE = np.dtype(list(_CHANGED_COLUMNS))
+
+
+def _plain(rows: np.ndarray) -> np.ndarray:
+    """``rows``' changed-row fields as a packed :data:`_CHANGED_DTYPE` array."""
+    out = np.empty(len(rows), dtype=_CHANGED_DTYPE)
+    for name in _CHANGED_DTYPE.names:
+        out[name] = rows[name]
+    return out
+
+
 async def _upsert_staged(
     conn: psycopg.AsyncConnection, rows: np.ndarray
-) -> tuple[int, int, dict[int, int]]:
-    """(inserted, superseded, rows stored per meter) for ``rows`` through the staging table
-    and one upsert."""
+) -> tuple[int, int, dict[int, int], np.ndarray]:
+    """(inserted, superseded, rows stored per meter, the rows inserted or changed) for
+    ``rows`` through the staging table and one upsert."""
     await conn.execute(
         f"""CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
                 meter_id bigint, channel smallint, interval_start timestamptz,
                 value double precision, quality integer, collected_at timestamptz)"""
     )
-    await conn.execute(f"TRUNCATE {_STAGE}")
+    await conn.execute(
+        f"""CREATE TEMP TABLE IF NOT EXISTS {_CHANGED} (
+                meter_id bigint, channel smallint, interval_start timestamptz,
+                value double precision, quality integer)"""
+    )
+    await conn.execute(f"TRUNCATE {_STAGE}, {_CHANGED}")
     await _copy(
         conn,
         f"COPY {_STAGE} ({_NAMES}) FROM STDIN (FORMAT BINARY)",
@@ -476,16 +525,91 @@ async def _upsert_staged(
                 SET value = excluded.value, quality = excluded.quality,
                     collected_at = excluded.collected_at, version = r.version + 1
                 WHERE r.value <> excluded.value OR r.quality <> excluded.quality
-              RETURNING r.meter_id, r.version)
+              RETURNING r.meter_id, r.channel, r.interval_start, r.value, r.quality,
+                        r.version),
+            kept AS (
+              INSERT INTO {_CHANGED}
+              SELECT meter_id, channel, interval_start, value, quality FROM up)
             SELECT meter_id, count(*) FILTER (WHERE version = 1),
                    count(*) FILTER (WHERE version > 1)
             FROM up GROUP BY meter_id"""
     )
     per_meter = await cur.fetchall()
-    await conn.execute(f"TRUNCATE {_STAGE}")
+    changed = await _copy_out(
+        conn, sql.SQL("COPY {} TO STDOUT (FORMAT BINARY)").format(sql.Identifier(_CHANGED))
+    )
+    await conn.execute(f"TRUNCATE {_STAGE}, {_CHANGED}")
     inserted = sum(r[1] for r in per_meter)
     superseded = sum(r[2] for r in per_meter)
-    return inserted, superseded, {m: i + s for m, i, s in per_meter}
+    return inserted, superseded, {m: i + s for m, i, s in per_meter}, changed
+
+
+async def _copy_out(conn: psycopg.AsyncConnection, query: sql.Composable) -> np.ndarray:
+    buf = bytearray()
+    async with conn.cursor() as cur, cur.copy(query) as copy:
+        async for data in copy:
+            buf += data
+    return pgbinary.decode(_CHANGED_COLUMNS, buf)
+
+
+def day_patches(rows: np.ndarray) -> np.ndarray:
+    """:data:`DAY_DTYPE` patches, one per (meter, channel, local day) of ``rows`` (readings
+    in key order), in key order: each row's value and quality in its hour's slot, NaN / -1
+    in the others; a row not on a whole local hour has no slot and marks ``off_grid``."""
+    day, hour = local_day_hour(rows["interval_start"])
+    n = len(rows)
+    head = np.ones(n, dtype=bool)
+    head[1:] = (
+        (rows["meter_id"][1:] != rows["meter_id"][:-1])
+        | (rows["channel"][1:] != rows["channel"][:-1])
+        | (day[1:] != day[:-1])
+    )
+    grp = np.cumsum(head) - 1
+    out = np.empty(int(head.sum()), dtype=DAY_DTYPE)
+    out["meter_id"] = rows["meter_id"][head]
+    out["channel"] = rows["channel"][head]
+    out["day"] = day[head]
+    out["value"] = np.nan
+    out["quality"] = -1
+    on = hour >= 0
+    out["value"][grp[on], hour[on]] = rows["value"][on]
+    out["quality"][grp[on], hour[on]] = rows["quality"][on]
+    out["off_grid"] = False
+    out["off_grid"][grp[~on]] = True
+    return out
+
+
+async def _apply_days(conn: psycopg.AsyncConnection, changed: np.ndarray) -> None:
+    """Apply the inserted or changed readings to ``reading_day`` (one upsert, key order:
+    concurrent writers lock day rows in one global order, after all their reading rows)."""
+    order = np.lexsort((changed["interval_start"], changed["channel"], changed["meter_id"]))
+    patches = day_patches(changed[order])
+    await conn.execute(
+        f"""CREATE TEMP TABLE IF NOT EXISTS {_DAY_STAGE} (
+                meter_id bigint, channel smallint, day date, value double precision[],
+                quality integer[], off_grid boolean)"""
+    )
+    await conn.execute(f"TRUNCATE {_DAY_STAGE}")
+    await _copy(
+        conn,
+        f"COPY {_DAY_STAGE} FROM STDIN (FORMAT BINARY)",
+        pgbinary.encode(DAY_COLUMNS, patches),
+    )
+    # NaN / -1 (never stored: values are checked finite, qualities >= 0) mark the slots a
+    # patch leaves alone; array_replace makes them NULL in C, reading_day_merge keeps the
+    # stored element where the patch has NULL.
+    await conn.execute(
+        f"""INSERT INTO reading_day AS d (meter_id, channel, day, value, quality, off_grid)
+            SELECT meter_id, channel, day, array_replace(value, 'NaN', NULL),
+                   array_replace(quality, -1, NULL), off_grid
+            FROM {_DAY_STAGE} ORDER BY meter_id, channel, day
+            ON CONFLICT (meter_id, channel, day) DO UPDATE
+              SET value = reading_day_merge(d.value, excluded.value),
+                  quality = reading_day_merge(d.quality, excluded.quality),
+                  off_grid = d.off_grid OR excluded.off_grid,
+                  version = d.version + 1"""
+    )
+    await conn.execute(f"TRUNCATE {_DAY_STAGE}")
 
 
 async def write_readings(
@@ -566,12 +690,14 @@ async def _write(
             s, new = s[keep], new[keep]
     n_direct = int(new.sum())
     inserted = superseded = 0
+    changed: list[np.ndarray] = []
     by_meter: dict[int, int] = {}
     if n_direct:
         try:
             async with conn.transaction():  # savepoint: a lost race falls back below
                 await _copy(conn, _COPY_READING, pgbinary.encode(READING_COLUMNS, s[new]))
             inserted += n_direct
+            changed.append(s[new][[n for n, _ in _CHANGED_COLUMNS]])
             ids, counts = np.unique(s["meter_id"][new], return_counts=True)
             by_meter = dict(zip(ids.tolist(), counts.tolist(), strict=True))
         except errors.UniqueViolation:
@@ -579,11 +705,14 @@ async def _write(
             new[:] = False
             n_direct = 0
     if not new.all():
-        ins, sup, staged = await _upsert_staged(conn, s[~new])
+        ins, sup, staged, upserted = await _upsert_staged(conn, s[~new])
+        changed.append(upserted)
         inserted += ins
         superseded += sup
         for m, n in staged.items():
             by_meter[m] = by_meter.get(m, 0) + n
+    if sum(len(c) for c in changed):
+        await _apply_days(conn, np.concatenate([_plain(c) for c in changed]))
     unchanged = n_rows - inserted - superseded
     await conn.execute(
         "UPDATE ingest_batch SET inserted = %s, unchanged = %s, superseded = %s WHERE id = %s",

@@ -5,12 +5,13 @@ two years is ever dropped. Plain PostgreSQL never drops readings at all."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
 
 from cgm.config import Settings
+from cgm.localtime import local_day
 from cgm.migrate import upgrade
 from cgm.storage import Reading, write_readings
 from cgm.storage.audit import verify
@@ -28,6 +29,15 @@ async def _seed(url: str) -> int:
                 for t in (OLD, RECENT) for h in range(24)]
         await write_readings(conn, rows, source="test", actor="t")
     return mid
+
+
+def _days(conn: psycopg.Connection, mid: int) -> set[date]:
+    rows = conn.execute("SELECT day FROM reading_day WHERE meter_id = %s", (mid,)).fetchall()
+    return {d for (d,) in rows}
+
+
+def _local_days(start: datetime) -> set[date]:
+    return {local_day(start + timedelta(hours=h)) for h in range(24)}
 
 
 def _count(url: str, mid: int, before: datetime) -> int:
@@ -60,7 +70,10 @@ async def test_retention_drops_are_recorded(new_database: Callable[[], str]) -> 
             "SELECT 1 FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'"
         ).fetchone()
         job = next(j for j, c in jobs if c["hypertable"] == "reading")
+        assert _days(conn, mid) == _local_days(OLD) | _local_days(RECENT)
         conn.execute("CALL run_job(%s)", (job,))
+        # reading_day follows: the dropped days' rows go with their readings.
+        assert _days(conn, mid) == _local_days(RECENT)
         drops = conn.execute(
             "SELECT table_name, range_start, range_end, row_count, policy FROM retention_drop"
         ).fetchall()
