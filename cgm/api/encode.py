@@ -10,9 +10,10 @@ orjson. Three shapes:
 * ``columns``: per meter and channel, parallel arrays — several times smaller and faster.
 * ``csv``: one line per reading, for spreadsheets and scripts.
 * ``hourly``: time implicit (``start``, ``step_s``, ``count``); per meter and channel a value
-  and a quality array with one slot per hour, ``null`` where nothing was read. The hours are
-  placed by numpy indexing, not by a Python loop; a LEFT JOIN on ``generate_series`` built
-  by PostgreSQL cost it 4x the server time of this aggregation of the stored rows.
+  and a quality array with one slot per hour, ``null`` where nothing was read. Read from
+  ``reading_day`` (one row of 24 slots per meter, channel and local day, kept by the write
+  path): a year of a frontier is 2,920 rows instead of 70,080, decoded from one binary COPY
+  by numpy and laid out by indexing, not by a Python loop.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import orjson
 import psycopg
+import psycopg.sql
 
-from cgm.storage import Quality
+from cgm.localtime import day_bounds, local_day
+from cgm.storage import Quality, pgbinary
 from cgm.storage.common import CHANNELS_BY_ID
 from cgm.storage.readings import STORED_DTYPE
 
@@ -107,6 +110,25 @@ class OffGrid(ValueError):
     """A reading in the range does not start on a whole hour (a sub-hourly meter)."""
 
 
+# The days covering the range, NULL slots sent as NaN / -1 (never stored: values are finite,
+# qualities >= 0) so that every row has one fixed binary layout that numpy parses at once.
+_DAYS_SQL = """
+COPY (SELECT meter_id, channel, day, array_replace(value, NULL, 'NaN'),
+             array_replace(quality, NULL, -1), off_grid
+      FROM reading_day
+      WHERE meter_id = ANY({m}) AND channel = ANY({c}) AND day BETWEEN {lo} AND {hi})
+TO STDOUT (FORMAT BINARY)
+"""
+_DAYS_COLUMNS = (
+    ("meter_id", "i8"),
+    ("channel", "i2"),
+    ("day", "M8[D]"),
+    ("value", "f8[24]"),
+    ("quality", "i4[24]"),
+    ("off_grid", "?"),
+)
+
+
 async def hourly_body(
     conn: psycopg.AsyncConnection,
     head: dict[str, Any],
@@ -117,7 +139,78 @@ async def hourly_body(
 ) -> bytes:
     """The ``hourly`` document: ``start`` and ``end`` on whole hours (checked by the caller).
     Missing hours are ``null`` in both arrays, never 0. Raises :class:`OffGrid` rather than
-    drop a reading that has no hour slot."""
+    drop a reading that has no hour slot.
+
+    From ``reading_day``; a range with a day of off-grid (sub-hourly) readings is answered
+    from ``reading`` as before, which places them or refuses."""
+    count = int((end - start).total_seconds()) // STEP_S
+    first, last = local_day(start), local_day(end - timedelta(microseconds=1))
+    query = psycopg.sql.SQL(_DAYS_SQL).format(
+        m=psycopg.sql.Literal([m[0] for m in meters]) + psycopg.sql.SQL("::bigint[]"),
+        c=psycopg.sql.Literal(list(channels)) + psycopg.sql.SQL("::smallint[]"),
+        lo=psycopg.sql.Literal(first),
+        hi=psycopg.sql.Literal(last),
+    )
+    buf = bytearray()
+    async with conn.cursor() as cur, cur.copy(query) as copy:
+        async for data in copy:
+            buf += data
+    days = pgbinary.decode(_DAYS_COLUMNS, buf)
+    if days["off_grid"].any():
+        return await _hourly_from_readings(conn, head, meters, start, end, channels)
+    # Hour k of the range is slot k + skip of the days laid end to end from ``first``.
+    skip = int((start - day_bounds(first)[0]).total_seconds()) // STEP_S
+    n_slots = ((last - first).days + 1) * 24
+    slot = (days["day"] - np.datetime64(first, "D")).astype("i8")[:, None] * 24 + np.arange(24)[
+        None, :
+    ]
+    series: dict[int, dict[str, Any]] = {m[0]: {} for m in meters}
+    seen_quality: set[int] = set()
+    key = days["meter_id"] * 8 + days["channel"]
+    for k in np.unique(key).tolist():
+        sel = key == k
+        v = np.full(n_slots, np.nan)
+        q = np.full(n_slots, -1, dtype=np.int64)
+        v[slot[sel]] = days["value"][sel]
+        q[slot[sel]] = days["quality"][sel]
+        v, q = v[skip : skip + count], q[skip : skip + count]
+        if not (q >= 0).any():
+            continue  # days of the series exist, but no reading inside the range
+        present = q >= 0
+        seen_quality.update(np.unique(q[present]).tolist())
+        qo = q.astype(object)
+        qo[~present] = None
+        series[k // 8][CHANNELS_BY_ID[k % 8].value] = {"value": v, "quality": qo.tolist()}
+    return _hourly_document(head, meters, count, series, seen_quality)
+
+
+def _hourly_document(
+    head: dict[str, Any],
+    meters: Sequence[MeterRow],
+    count: int,
+    series: dict[int, dict[str, Any]],
+    seen_quality: set[int],
+) -> bytes:
+    out = [
+        {"serial": serial, "role": role, "active": active, "channels": series[mid]}
+        for mid, serial, role, active in meters
+    ]
+    legend = {str(q): list(flag_names(q)) for q in sorted(seen_quality) if q}
+    return dumps(
+        {**head, "format": "hourly", "step_s": STEP_S, "count": count, "flags": legend,
+         "meters": out}
+    )  # fmt: skip
+
+
+async def _hourly_from_readings(
+    conn: psycopg.AsyncConnection,
+    head: dict[str, Any],
+    meters: Sequence[MeterRow],
+    start: datetime,
+    end: datetime,
+    channels: Sequence[int],
+) -> bytes:
+    """The ``hourly`` document aggregated from ``reading`` (ranges with off-grid days)."""
     count = int((end - start).total_seconds()) // STEP_S
     cur = conn.cursor(binary=True)
     await cur.execute(
@@ -136,15 +229,7 @@ async def hourly_body(
         q[idx] = quality
         seen_quality.update(quality)
         series[mid][CHANNELS_BY_ID[ch].value] = {"value": v, "quality": q.tolist()}
-    out = [
-        {"serial": serial, "role": role, "active": active, "channels": series[mid]}
-        for mid, serial, role, active in meters
-    ]
-    legend = {str(q): list(flag_names(q)) for q in sorted(seen_quality) if q}
-    return dumps(
-        {**head, "format": "hourly", "step_s": STEP_S, "count": count, "flags": legend,
-         "meters": out}
-    )  # fmt: skip
+    return _hourly_document(head, meters, count, series, seen_quality)
 
 
 def dumps(body: object, default: Any = None) -> bytes:
