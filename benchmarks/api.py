@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/api.py [--frontiers 500] [--requests 200]
         [--database-url postgresql://127.0.0.1:5432/test] [--no-load] [--api-on thread]
+        [--only "label;label"]
 
 A scratch database gets the inventory of ``cgm simulate --frontiers N`` (another process,
 real DLMS/Modbus/MQTT simulators on loopback), and one frontier of it a year of hourly
@@ -10,8 +11,9 @@ API is served the way ``cgm run`` serves it: uvicorn in a process of its own, ov
 real socket, with the service's pool (``--api-on thread`` instead: on a thread and event
 loop of this process, beside the collector, as it was served before). A client in another
 process asks each endpoint ``--requests`` times in turn, over one keep-alive connection, as a
-level-1 user (a tenth as many for the year-long ranges), and reports p50/p99 and the body
-size.
+level-1 user (a tenth as many for the year-long ranges), and reports p50/p99, the body size
+and the CPU per request of the API process and of its PostgreSQL backends (found by their
+application_name; client and server on one host).
 
 Then the same again while this process runs collection cycles over the fleet (forced, so
 every cycle interrogates every meter) followed by VEE over the last two local days for every
@@ -92,7 +94,43 @@ def endpoints(code: str, other: str, now: datetime) -> list[tuple[str, str]]:
 # --- the client (another process) ------------------------------------------------------
 
 
-def client(base: str, user: str, n: int, paths: list[tuple[str, str]]) -> None:
+API_APP = "cgm-bench-api"  # application_name of the API's connections: its backends' CPU
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU time (user + system) of processes, from /proc (same host)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def _backends(db_url: str | None) -> list[int]:
+    if not db_url:
+        return []
+    with psycopg.connect(db_url) as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (API_APP,)
+            )
+        ]
+
+
+def client(
+    base: str,
+    user: str,
+    n: int,
+    paths: list[tuple[str, str]],
+    server_pid: int = 0,
+    db_url: str | None = None,
+) -> None:
     import httpx
 
     out = []
@@ -104,12 +142,18 @@ def client(base: str, user: str, n: int, paths: list[tuple[str, str]]) -> None:
                 continue
             times = []
             size = len(r.content)
+            # CPU per request of the API process and of its PostgreSQL backends (the pool's
+            # connections, by application_name), next to the wall times.
+            server = [server_pid] if server_pid else []
+            db = _backends(db_url)
+            s0, d0 = _cpu_s(server), _cpu_s(db)
             # A year in one request takes seconds of the host: a tenth as many samples.
-            for _ in range(max(5, n // 10) if "1 year" in label else n):
+            for _ in range(k := max(5, n // 10) if "1 year" in label else n):
                 t0 = time.perf_counter()
                 r = c.get(path)
                 times.append(time.perf_counter() - t0)
                 assert r.status_code < 400, (label, r.status_code)
+            s1, d1 = _cpu_s(server), _cpu_s(db)
             ms = np.array(times) * 1000
             out.append(
                 {
@@ -117,13 +161,22 @@ def client(base: str, user: str, n: int, paths: list[tuple[str, str]]) -> None:
                     "p50_ms": round(float(np.percentile(ms, 50)), 1),
                     "p99_ms": round(float(np.percentile(ms, 99)), 1),
                     "max_ms": round(float(ms.max()), 1),
+                    "server_cpu_ms": round((s1 - s0) / k * 1000, 1) if server else None,
+                    "db_cpu_ms": round((d1 - d0) / k * 1000, 1) if db else None,
                     "bytes": size,
                 }
             )
     print(json.dumps(out))
 
 
-async def run_client(base: str, user: str, n: int, paths: list[tuple[str, str]]) -> list[dict]:
+async def run_client(
+    base: str,
+    user: str,
+    n: int,
+    paths: list[tuple[str, str]],
+    server_pid: int = 0,
+    db_url: str = "",
+) -> list[dict]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -132,6 +185,8 @@ async def run_client(base: str, user: str, n: int, paths: list[tuple[str, str]])
         user,
         str(n),
         json.dumps(paths),
+        str(server_pid),
+        db_url,
         stdout=subprocess.PIPE,
     )
     out, _ = await proc.communicate()
@@ -234,8 +289,9 @@ async def serve_and_measure(args: argparse.Namespace) -> dict:
         if args.api_on == "process":  # as cgm run serves it: a process of its own
             from cgm.api.server import ApiProcess
 
-            api = ApiProcess(url, settings, sock)
+            api = ApiProcess(f"{url} application_name={API_APP}", settings, sock)
             await api.start()
+            server_pid = api.process.pid or 0
 
             async def beat() -> None:  # the service's heartbeat: its scheduler runs
                 while True:
@@ -246,18 +302,24 @@ async def serve_and_measure(args: argparse.Namespace) -> dict:
         else:  # a thread and event loop of this process, beside the collector's loop
             from cgm.api.server import ApiThread
 
-            api = ApiThread(url, settings, sock, lambda: True)
+            api = ApiThread(f"{url} application_name={API_APP}", settings, sock, lambda: True)
             await api.start()
+            server_pid = 0  # shares this process: its CPU is not the API's alone
         stop_api = api.stop
         result["api_on"] = args.api_on
         base = f"http://127.0.0.1:{port}"
         paths = endpoints(code, other, now)
+        if args.only:
+            keep = set(args.only.split(";"))
+            paths = [p for p in paths if p[0] in keep]
         # One cycle first, so sessions, health and the hoja de vida have rows to show.
         first = Collector(url, box, engine_config(256, 8))
         s = await first.run_cycle()
         result["first_cycle"] = {"meters": s.meters, "ok": s.ok}
         result["load_before"] = round(os.getloadavg()[0], 2)
-        result["idle"] = await run_client(base, "bench", args.requests, paths)
+        result["idle"] = await run_client(
+            base, "bench", args.requests, paths, server_pid, url
+        )
         result["load_after"] = round(os.getloadavg()[0], 2)
         print(table(result["idle"], "idle"), file=sys.stderr, flush=True)
         if not args.no_load:
@@ -266,7 +328,9 @@ async def serve_and_measure(args: argparse.Namespace) -> dict:
             loader = asyncio.create_task(load_loop(url, box, stop, stats))
             await asyncio.sleep(2)
             result["load_before_loaded"] = round(os.getloadavg()[0], 2)
-            result["loaded"] = await run_client(base, "bench", args.requests, paths)
+            result["loaded"] = await run_client(
+                base, "bench", args.requests, paths, server_pid, url
+            )
             result["load_after_loaded"] = round(os.getloadavg()[0], 2)
             print(table(result["loaded"], "loaded"), file=sys.stderr, flush=True)
             stop.set()
@@ -289,8 +353,8 @@ async def serve_and_measure(args: argparse.Namespace) -> dict:
 def table(rows: list[dict], title: str) -> str:
     lines = [
         f"\n{title}",
-        "| endpoint | p50 ms | p99 ms | max ms | body |",
-        "|---|---|---|---|---|",
+        "| endpoint | p50 ms | p99 ms | max ms | server CPU ms | PostgreSQL CPU ms | body |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
@@ -298,15 +362,15 @@ def table(rows: list[dict], title: str) -> str:
         else:
             lines.append(
                 f"| {r['endpoint']} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} "
-                f"| {r['bytes']:,} B |"
+                f"| {r.get('server_cpu_ms')} | {r.get('db_cpu_ms')} | {r['bytes']:,} B |"
             )
     return "\n".join(lines)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        _, _, base, user, n, paths = sys.argv
-        client(base, user, int(n), [tuple(p) for p in json.loads(paths)])
+        _, _, base, user, n, paths, pid, db_url = sys.argv
+        client(base, user, int(n), [tuple(p) for p in json.loads(paths)], int(pid), db_url)
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frontiers", type=int, default=500)
@@ -316,6 +380,7 @@ def main() -> None:
         default=os.environ.get("CGM_DATABASE_URL", "postgresql://127.0.0.1:5432/test"),
     )
     ap.add_argument("--no-load", action="store_true")
+    ap.add_argument("--only", default="", help="endpoint labels separated by ; (default all)")
     ap.add_argument(
         "--api-on",
         choices=("process", "thread"),

@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 import orjson
 import psycopg
-import psycopg.sql
 
 from cgm.localtime import day_bounds, local_day
-from cgm.storage import Quality, pgbinary
+from cgm.storage import Quality
 from cgm.storage.common import CHANNELS_BY_ID
 from cgm.storage.readings import STORED_DTYPE
 
@@ -110,23 +109,44 @@ class OffGrid(ValueError):
     """A reading in the range does not start on a whole hour (a sub-hourly meter)."""
 
 
-# The days covering the range, NULL slots sent as NaN / -1 (never stored: values are finite,
-# qualities >= 0) so that every row has one fixed binary layout that numpy parses at once.
+# The days covering the range as ONE bytea of fixed-size records (NULL slots sent as NaN / -1,
+# never stored: values are finite, qualities >= 0), which numpy reads at once: a binary COPY
+# of the same 2,920 rows cost the API a trip through the driver's async iterator per row,
+# half of its CPU for a year.
 _DAYS_SQL = """
-COPY (SELECT meter_id, channel, day, array_replace(value, NULL, 'NaN'),
-             array_replace(quality, NULL, -1), off_grid
-      FROM reading_day
-      WHERE meter_id = ANY({m}) AND channel = ANY({c}) AND day BETWEEN {lo} AND {hi})
-TO STDOUT (FORMAT BINARY)
+SELECT string_agg(int8send(meter_id) || int2send(channel) || int4send(day - %(lo)s)
+                  || array_send(array_replace(value, NULL, 'NaN'::float8))
+                  || array_send(array_replace(quality, NULL, -1)) || boolsend(off_grid),
+                  ''::bytea)
+FROM reading_day
+WHERE meter_id = ANY(%(m)s) AND channel = ANY(%(c)s) AND day BETWEEN %(lo)s AND %(hi)s
 """
-_DAYS_COLUMNS = (
-    ("meter_id", "i8"),
-    ("channel", "i2"),
-    ("day", "M8[D]"),
-    ("value", "f8[24]"),
-    ("quality", "i4[24]"),
-    ("off_grid", "?"),
+_DAY_RECORD = np.dtype(
+    [
+        ("meter_id", ">i8"),
+        ("channel", ">i2"),
+        ("day", ">i4"),  # days after the first day of the range
+        ("value_head", ">i4", (5,)),  # ndim, has nulls, element type, length, lower bound
+        ("value", [("len", ">i4"), ("x", ">f8")], (24,)),
+        ("quality_head", ">i4", (5,)),
+        ("quality", [("len", ">i4"), ("x", ">i4")], (24,)),
+        ("off_grid", "u1"),
+    ]
 )
+# float8[24] and int4[24] (the "has nulls" word, index 1, may be set with no NULL left)
+_VALUE_HEAD, _QUALITY_HEAD = (1, 701, 24, 1), (1, 23, 24, 1)
+
+
+def _day_records(data: bytes | None) -> np.ndarray:
+    days = np.frombuffer(data or b"", dtype=_DAY_RECORD)
+    if len(days) and not (
+        (days["value_head"][:, [0, 2, 3, 4]] == _VALUE_HEAD).all()
+        and (days["quality_head"][:, [0, 2, 3, 4]] == _QUALITY_HEAD).all()
+        and (days["value"]["len"] == 8).all()
+        and (days["quality"]["len"] == 4).all()
+    ):
+        raise ValueError("reading_day records are not of the expected layout")
+    return days
 
 
 async def hourly_body(
@@ -145,34 +165,27 @@ async def hourly_body(
     from ``reading`` as before, which places them or refuses."""
     count = int((end - start).total_seconds()) // STEP_S
     first, last = local_day(start), local_day(end - timedelta(microseconds=1))
-    query = psycopg.sql.SQL(_DAYS_SQL).format(
-        m=psycopg.sql.Literal([m[0] for m in meters]) + psycopg.sql.SQL("::bigint[]"),
-        c=psycopg.sql.Literal(list(channels)) + psycopg.sql.SQL("::smallint[]"),
-        lo=psycopg.sql.Literal(first),
-        hi=psycopg.sql.Literal(last),
+    cur = conn.cursor(binary=True)
+    await cur.execute(
+        _DAYS_SQL, {"m": [m[0] for m in meters], "c": list(channels), "lo": first, "hi": last}
     )
-    buf = bytearray()
-    async with conn.cursor() as cur, cur.copy(query) as copy:
-        async for data in copy:
-            buf += data
-    days = pgbinary.decode(_DAYS_COLUMNS, buf)
+    (data,) = await cur.fetchone()  # type: ignore[misc]
+    days = _day_records(data)
     if days["off_grid"].any():
         return await _hourly_from_readings(conn, head, meters, start, end, channels)
     # Hour k of the range is slot k + skip of the days laid end to end from ``first``.
     skip = int((start - day_bounds(first)[0]).total_seconds()) // STEP_S
     n_slots = ((last - first).days + 1) * 24
-    slot = (days["day"] - np.datetime64(first, "D")).astype("i8")[:, None] * 24 + np.arange(24)[
-        None, :
-    ]
+    slot = days["day"].astype("i8")[:, None] * 24 + np.arange(24)[None, :]
     series: dict[int, dict[str, Any]] = {m[0]: {} for m in meters}
     seen_quality: set[int] = set()
-    key = days["meter_id"] * 8 + days["channel"]
+    key = days["meter_id"].astype("i8") * 8 + days["channel"]
     for k in np.unique(key).tolist():
         sel = key == k
         v = np.full(n_slots, np.nan)
         q = np.full(n_slots, -1, dtype=np.int64)
-        v[slot[sel]] = days["value"][sel]
-        q[slot[sel]] = days["quality"][sel]
+        v[slot[sel]] = days["value"]["x"][sel]
+        q[slot[sel]] = days["quality"]["x"][sel]
         v, q = v[skip : skip + count], q[skip : skip + count]
         if not (q >= 0).any():
             continue  # days of the series exist, but no reading inside the range

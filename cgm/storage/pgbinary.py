@@ -97,8 +97,7 @@ def encode(columns: Sequence[tuple[str, str]], data: np.ndarray) -> bytes:
 def decode(
     columns: Sequence[tuple[str, str]], payload: bytes | bytearray | memoryview
 ) -> np.ndarray:
-    """Parse binary COPY TO output of never-NULL fixed-width ``columns`` into an array
-    (array kinds: one dimension of that length, no NULL elements, as :func:`encode`).
+    """Parse binary COPY TO output of never-NULL fixed-width ``columns`` into an array.
 
     Returns a structured array with native dtypes (datetime64 columns as ``M8[us]``).
     Raises ValueError if the payload is not exactly that layout (e.g. a NULL slipped in).
@@ -117,24 +116,13 @@ def decode(
     raw = np.frombuffer(body, dtype=dt)
     if len(raw) and (
         np.any(raw["_n"] != len(columns))
-        or any(np.any(raw[f"_len_{n}"] != _field(k)[1]) for n, k in columns)
+        or any(np.any(raw[f"_len_{n}"] != _WIRE[k][1]) for n, k in columns)
     ):
         raise ValueError("binary COPY rows are not of the expected fixed layout")
-    fields: list[tuple[str, object]] = []
+    out = np.empty(len(raw), dtype=[(n, k if k != "M8[us]" else "M8[us]") for n, k in columns])
     for name, kind in columns:
-        arr = _array(kind)
-        fields.append((name, kind) if arr is None else (name, arr[0], (arr[1],)))
-    out = np.empty(len(raw), dtype=fields)
-    for name, kind in columns:
-        arr = _array(kind)
-        if arr is not None:
-            if len(raw) and np.any(raw[name]["el"]["len"] != _WIRE[arr[0]][1]):
-                raise ValueError(f"{name}: NULL elements in an array (fixed layout expected)")
-            out[name] = raw[name]["el"]["v"]
-        elif kind == "M8[us]":
+        if kind == "M8[us]":
             out[name] = (raw[name].astype("i8") + PG_EPOCH_US).view("M8[us]")
-        elif kind == "M8[D]":
-            out[name] = (raw[name].astype("i8") + PG_EPOCH_DAYS).view("M8[D]")
         else:
             out[name] = raw[name]
     return out

@@ -13,7 +13,7 @@ from cgm.security import users
 from cgm.security.market import operator_user, password_env, sync_market_users
 from cgm.security.users import UserError
 
-from .conftest import PASSWORD, make_frontier, make_user
+from .conftest import PASSWORD, all_pages, make_frontier, make_user
 
 
 async def _sync(db_url: str) -> object:
@@ -68,8 +68,7 @@ async def test_market_users_follow_the_registry(
     assert (await client.get(f"/api/v1/failures?frontier={b1.code}", auth=auth_a)
             ).status_code == 404  # fmt: skip
     # The ASIC sees every reported frontier, these four included.
-    listed = {f["code"] for f in (await client.get("/api/v1/frontiers", auth=(asic, PASSWORD))
-                                  ).json()}  # fmt: skip
+    listed = {f["code"] for f in await all_pages(client, "/api/v1/frontiers", (asic, PASSWORD))}
     assert {a1.code, a2.code, b1.code, none.code} <= listed
     # Level 1: no writes, even on their own frontiers.
     for auth, fr in ((auth_a, a1), ((asic, PASSWORD), none)):
