@@ -324,13 +324,11 @@ class ModbusSession(MeterSession):
             )
         regs = item.encode(secret, self.order)
         login = link.submit(16, item.address, len(regs), regs)
-        level = None
-        if self.map.level is not None:
-            level = self._submit_reads(
-                [(self.map.level.function, self.map.level.address, self.map.level.size)],
-                flush=False,
-            )
-        self._prefetch()
+        level = self.map.level
+        read_back = None
+        if self.pipeline > 1:  # the level read-back and the prefetch go with the login
+            read_back = self._submit_reads([level.span], flush=False) if level else None
+            self._prefetch()
         link.flush()
         try:
             await self._result(login)
@@ -342,12 +340,14 @@ class ModbusSession(MeterSession):
                     endpoint=self.endpoint,
                 ) from exc
             raise
-        if level is None or self.map.level is None:
+        if level is None:
             self.level = int(self.credentials.level)
             return
-        reads = await self._collect(level)
-        block, pos = next(iter(reads.values()))
-        self.level = int(self.map.level.value(block, pos, self.order))
+        if read_back is None:
+            read_back = self._submit_reads([level.span])
+        reads = await self._collect(read_back)
+        block, pos = reads[level.span]
+        self.level = int(level.value(block, pos, self.order))
         if self.level < self.credentials.level:
             raise AuthenticationFailed(
                 f"password grants level {self.level}, credentials claim level "

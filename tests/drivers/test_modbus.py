@@ -264,6 +264,42 @@ async def test_corrupt_answer_to_a_pipelined_read_fails_that_step(
         await session.read_clock()
 
 
+@pytest.mark.parametrize("pipeline", [1, 4])
+async def test_requests_in_flight_never_exceed_the_pipeline(
+    simulator: Serve, connect: Connect, monkeypatch: pytest.MonkeyPatch, pipeline: int
+) -> None:
+    """Many devices take one request at a time: with ``pipeline: 1`` the next request waits
+    for the answer; with 4, requests go out together (up to 4) and the session takes fewer
+    round trips. Counted at the server: requests found together in its receive buffer."""
+    import simulators.modbus.server as server
+
+    together: list[int] = []
+    original = server._ModbusConnection._next
+
+    def counting(self: Any) -> Any:
+        request = original(self)
+        if request is not None:
+            together.append(1 + len(self.buffer) // 12)  # whole frames behind it, at least
+        return request
+
+    monkeypatch.setattr(server._ModbusConnection, "_next", counting)
+    meter = SimulatedMeter("MB1", now=fixed_clock(FIXED_NOW))
+    sim = await simulator({1: meter})
+    session = await connect(sim, pipeline=pipeline)
+    await session.identify()
+    await session.read_clock()
+    await session.read_profile_config()
+    await session.read_profile(FIXED_NOW - timedelta(hours=3), FIXED_NOW)
+    await session.read_registers()
+    assert max(together) <= pipeline
+    if pipeline == 1:
+        assert (
+            len(together) == 8
+        )  # login, level, identity, clock, config, selector, window, registers
+    else:
+        assert max(together) > 1 and len(together) == 8
+
+
 async def test_pipelined_and_one_at_a_time_read_the_same(
     simulator: Serve, connect: Connect
 ) -> None:
