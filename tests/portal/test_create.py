@@ -166,3 +166,25 @@ async def test_administrator_creates_units_with_clear_refusals(
     await refused(clash, 409, "already exists")
     r = await client.get(f"{API}/page", params={"unit": clash["code"]}, auth=admin)
     assert r.status_code == 404
+
+
+async def test_two_units_creating_one_client_number_at_once(
+    db_url: str,
+    client: httpx.AsyncClient,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Both enter the same pair at the same moment: one owns it, the other is told that it
+    exists (by whom), never a 500 and never two owners."""
+    import asyncio
+
+    s = await _setup(db_url, tmp_path)
+    for _ in range(3):
+        number = tag()
+        answers = await asyncio.gather(*(
+            client.post(f"{API}/client-numbers", json=_new(number, f"M{tag()}"),
+                        auth=(s["names"][who], PASSWORD))
+            for who in ("stranger", "other")
+        ))  # fmt: skip
+        assert sorted(r.status_code for r in answers) == [201, 409], [r.text for r in answers]
+        winner = next(r for r in answers if r.status_code == 201).json()["unit"]
+        assert next(r for r in answers if r.status_code == 409).json()["owner"] == winner
