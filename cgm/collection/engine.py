@@ -1130,18 +1130,26 @@ async def _derived_rows(
 # database as much again, on the same two cores as the sessions.
 
 
+# An epoch-microseconds bigint as timestamptz, exactly (the bigint becomes a float8, exact
+# below 2^53 µs, ~285 years after 1970; the interval keeps whole microseconds).
+US_TO_TIMESTAMPTZ = "timestamptz 'epoch' + {} * interval '1 microsecond'"
+
+
 async def _snapshots(conn: psycopg.AsyncConnection, batch: Sequence[MeterOutcome]) -> None:
     rows = [
-        (o.target.meter_id, channel_id(r.channel), r.read_at, r.value)
+        (o.target.meter_id, _CHANNEL_IDS[r.channel], _epoch_us(r.read_at), r.value)
         for o in batch
         for r in o.registers
     ]
     if rows:
         m, c, t, v = (list(col) for col in zip(*rows, strict=True))
+        # Times as epoch microseconds (exact: bigint to float8 below 2^53), not datetimes:
+        # psycopg dumps a timestamptz array element by element, ~2 µs each.
         await conn.execute(
             """INSERT INTO register_snapshot (meter_id, channel, read_at, value)
-               SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::timestamptz[],
-                                    %s::float8[])
+               SELECT m, c, """ + US_TO_TIMESTAMPTZ.format("t") + """, v
+               FROM unnest(%s::bigint[], %s::smallint[], %s::bigint[], %s::float8[])
+                 AS u(m, c, t, v)
                ON CONFLICT DO NOTHING""",
             (m, c, t, v),
         )

@@ -88,3 +88,24 @@ def test_a_naive_interval_start_is_refused() -> None:
     entry = ProfileEntry(T0.replace(tzinfo=None), HOUR, {"active_import": 1.0})
     with pytest.raises(ValueError, match="naive"):
         _Rows().hourly(7, [entry], 0, (), AT)
+
+
+def test_register_snapshot_times_keep_their_microseconds(new_database) -> None:
+    """The writer sends register read times as epoch microseconds; PostgreSQL must give back
+    the very instants (a snapshot a microsecond off would shift a derived hour's energy)."""
+    import psycopg
+
+    from cgm.collection.engine import US_TO_TIMESTAMPTZ, _epoch_us
+
+    times = [
+        datetime(2026, 11, 30, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 3, 1, 5, 0, 0, 1, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 123_457, tzinfo=UTC),
+        datetime(2120, 6, 15, 12, 0, 0, 654_321, tzinfo=UTC),
+    ]
+    with psycopg.connect(new_database()) as conn:
+        got = conn.execute(
+            f"SELECT {US_TO_TIMESTAMPTZ.format('t')} FROM unnest(%s::bigint[]) AS u(t)",
+            ([_epoch_us(t) for t in times],),
+        ).fetchall()
+    assert [r[0] for r in got] == times
