@@ -13,8 +13,10 @@ when the run started (other work on the machine distorts the numbers), and wheth
 cycle fit in 60 s.
 
 ``--collectors 1 2 4`` runs the fleet once per count, with that many collector processes
-sharing it through claims as a deployment scales out (the cycle time is then from the first
-start to the last finish), and prints the speed-up over the first count. After every run the
+sharing it through claims as a deployment scales out (the cycle time is from the first
+collector's start to the last outcome stored; ``collectors_exit_s`` adds the time the
+collectors then keep watching each other's claims), and prints the speed-up over the first
+count. After every run the
 script checks what the cycle stored: one session row per meter, every reading row counted
 once by the sessions that stored it, no claim left open.
 
@@ -301,7 +303,8 @@ async def measure(
                 out, _ = proc.communicate()
                 runs.append(json.loads(out.strip().splitlines()[-1]))
         sim_cpu = sum(sim_proc.cpu_times()[:2]) - sim_cpu0
-        seconds = max(r["finish"] for r in runs) - min(r["start"] for r in runs)
+        began = min(r["start"] for r in runs)
+        exited = max(r["finish"] for r in runs) - began
         failed: Counter[str] = Counter()
         for r in runs:
             failed.update(r["failed"])
@@ -318,6 +321,13 @@ async def measure(
                 ).fetchall()
             )
             checks = stored_once(conn, len(ids))
+            # The cycle ends when the last outcome is stored (its claim done), not when the
+            # last collector exits: a collector that has run out of meters keeps watching the
+            # others' open claims (to take them over should one die) for up to a recheck.
+            (last_done,) = conn.execute(
+                "SELECT extract(epoch FROM max(done_at)) FROM collection_claim"
+            ).fetchone()
+        seconds = float(last_done) - began if last_done is not None else exited
         d = np.array([r[1] for r in rows], dtype=float)
         meters = len(ids)
         result: dict[str, object] = {
@@ -328,6 +338,7 @@ async def measure(
             "failed_by_protocol": failed_by_protocol,
             "intervals": sum(r["intervals"] for r in runs),
             "cycle_s": round(seconds, 2),
+            "collectors_exit_s": round(exited, 2),
             "meters_per_s": round(meters / seconds, 1),
             "session_p50_s": round(float(np.percentile(d, 50)), 3),
             "session_p95_s": round(float(np.percentile(d, 95)), 3),
