@@ -17,25 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
 import hashlib
 import logging
 import math
 import os
 import secrets
-import socket
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Self
-
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from drivers.base import (
     AccessDenied,
@@ -59,12 +52,17 @@ from drivers.base import (
 )
 from drivers.cumulative import CumulativeRow, profile_entries
 from drivers.mqtt import protocol as p
-from drivers.mqtt.lean import LeanSubscriber, MqttRefused
+from drivers.mqtt.lean import (
+    Incoming,
+    LeanClient,
+    MqttRefused,
+    correlation_property,
+    request_properties,
+)
 
 log = logging.getLogger(__name__)
 
 _BAD_BROKER_CREDENTIALS = {0x86, 0x87, 4, 5}  # MQTT 5 bad user/password, not authorised; 3.1.1
-_INFLIGHT = 1000  # QoS-1 publishes in flight on the shared connection (paho's default is 20)
 IDLE_CLOSE = 30.0  # seconds a shared connection stays open with no session or subscriber
 
 
@@ -110,16 +108,6 @@ class BrokerLogin:
         return ctx
 
 
-def no_delay(client: aiomqtt.Client) -> None:
-    """Disable Nagle's algorithm on the client's socket. paho leaves it on, so every small
-    PUBLISH that follows another one waited for the peer's delayed ACK: measured 90 ms per
-    request/answer on loopback instead of 20 ms (benchmarks/README.md, MQTT sessions)."""
-    sock = client._client.socket()  # noqa: SLF001 - aiomqtt exposes no socket accessor
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def _broker_error(exc: Exception, endpoint: Endpoint, what: str) -> DriverError:
     rc = getattr(exc, "rc", None)
     code = getattr(rc, "value", rc)
@@ -149,11 +137,12 @@ class _Pending:
     events: list[SessionEvent] | None = None  # the session's, to count refused answers
 
 
-Listener = Callable[[str, str, aiomqtt.Message], None]  # (prefix, serial, message)
+Listener = Callable[[str, str, Incoming], None]  # (prefix, serial, message)
 
 
 class BrokerConnection:
-    """One MQTT 5 connection shared by all sessions and profile subscribers on it."""
+    """One MQTT 5 connection shared by all sessions and profile subscribers on it, on the
+    lean client (``drivers/mqtt/lean.py``)."""
 
     def __init__(
         self,
@@ -167,37 +156,19 @@ class BrokerConnection:
         self.endpoint = endpoint
         self.login = login
         self.client_id = client_id or f"cgm-{secrets.token_hex(6)}"
-        props = None
-        if session_expiry:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = session_expiry
-        self._client = aiomqtt.Client(
-            endpoint.host,
-            endpoint.port,
-            username=login.username,
-            password=login.password,
-            identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            timeout=timeout,
-            keepalive=30,
-            # A durable subscriber resumes its session and gets what was queued meanwhile.
-            clean_start=not (client_id and session_expiry),
-            properties=props,
-            tls_context=login.ssl_context(),
-            max_inflight_messages=_INFLIGHT,
-        )
-        self._client.pending_calls_threshold = _INFLIGHT
-        # A durable subscriber acknowledges a pushed entry only once it is stored: what was
-        # received but not stored (a crash, a stop, the database away) is sent again by the
-        # broker when the session resumes. Everything else is acknowledged on arrival.
+        self._timeout = timeout
+        self._session_expiry = session_expiry or 0
+        # A durable subscriber resumes its session and acknowledges a pushed entry only once
+        # it is stored: what was received but not stored (a crash, a stop, the database
+        # away) is sent again by the broker when the session resumes. Everything else is
+        # acknowledged on arrival.
         self.durable = bool(client_id and session_expiry)
-        self._client._client.manual_ack_set(self.durable)  # noqa: SLF001 - not in aiomqtt's API
-        self._early: list[aiomqtt.Message] = []  # resumed entries that came before a listener
+        self._client = LeanClient(self._on_message, manual_ack=self.durable)
+        self._early: list[Incoming] = []  # resumed entries that came before a listener
         self._pending: dict[bytes, _Pending] = {}
-        self._templates: dict[tuple[str, str, float], Properties] = {}
+        self._templates: dict[tuple[str, str, float], bytes] = {}
         self._prefixes: dict[str, asyncio.Future[None]] = {}
         self._listeners: dict[str, list[Listener]] = {}  # prefix -> profile listeners
-        self._reader: asyncio.Task[None] | None = None
         self.failed: DriverError | None = None
         self.users = 0
         self.rejected = 0  # unauthenticated answers dropped (each one logged)
@@ -205,21 +176,26 @@ class BrokerConnection:
 
     async def open(self) -> None:
         try:
-            await self._client.__aenter__()
-        except (aiomqtt.MqttError, OSError) as exc:
+            await self._client.connect(
+                self.endpoint.host, self.endpoint.port, self.client_id,
+                username=self.login.username, password=self.login.password,
+                tls=self.login.ssl_context(), keepalive=30, clean_start=not self.durable,
+                session_expiry=self._session_expiry, timeout=self._timeout,
+            )  # fmt: skip
+        except (MqttRefused, OSError, TimeoutError) as exc:
+            self._client.close()
             raise _broker_error(exc, self.endpoint, "cannot reach") from exc
-        no_delay(self._client)
-        self._reader = asyncio.create_task(self._read_loop())
+        self._client.closed.add_done_callback(self._lost)
+
+    def _lost(self, _: object) -> None:
+        if self.failed is None:
+            self._fail(ConnectionFailed(f"lost broker {self.endpoint}: {self._client.failed}"))
 
     async def close(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
         self._fail(ConnectionFailed("connection closed", endpoint=self.endpoint))
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.wait([self._reader], timeout=1.0)
-        with contextlib.suppress(Exception):
-            await self._client.__aexit__(None, None, None)
+        self._client.close()
 
     async def use_prefix(self, prefix: str) -> None:
         """Subscribe (once per prefix) to this client's answers and the meters' statuses."""
@@ -235,17 +211,16 @@ class BrokerConnection:
 
     async def _subscribe(self, prefix: str) -> None:
         try:
-            await self._client.subscribe(p.responses_filter(prefix, self.client_id), qos=1)
+            await self._client.subscribe(p.responses_filter(prefix, self.client_id), 1)
             # Live status changes only: a retained "online" from the past says nothing now.
-            live = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-            await self._client.subscribe(p.all_status_filter(prefix), options=live)
-        except aiomqtt.MqttError as exc:
+            await self._client.subscribe(p.all_status_filter(prefix), 1, retain_handling=2)
+        except (MqttRefused, ConnectionError, OSError) as exc:
             raise _broker_error(exc, self.endpoint, "cannot subscribe on") from exc
 
-    def ack(self, msg: aiomqtt.Message) -> None:
+    def ack(self, msg: Incoming) -> None:
         """Acknowledge a QoS 1 message (durable connections; the others ack on arrival)."""
-        if self.durable and msg.qos and self.failed is None:
-            self._client._client.ack(msg.mid, msg.qos)  # noqa: SLF001
+        if self.durable and self.failed is None:
+            msg.ack()
 
     async def add_profile_listener(self, prefix: str, listener: Listener) -> None:
         first = prefix not in self._listeners
@@ -256,8 +231,8 @@ class BrokerConnection:
             self._dispatch(msg)
         if first:
             try:
-                await self._client.subscribe(p.all_profiles_filter(prefix), qos=1)
-            except aiomqtt.MqttError as exc:
+                await self._client.subscribe(p.all_profiles_filter(prefix), 1)
+            except (MqttRefused, ConnectionError, OSError) as exc:
                 self._listeners.pop(prefix, None)
                 raise _broker_error(exc, self.endpoint, "cannot subscribe on") from exc
 
@@ -266,18 +241,16 @@ class BrokerConnection:
         with contextlib.suppress(ValueError):
             listeners.remove(listener)
 
-    def _request_properties(self, prefix: str, serial: str, timeout: float) -> Properties:
-        """A meter's request properties but the correlation data, built once: paho's
-        Properties validate by scanning every name on each set, which cost more collector CPU
-        per MQTT request than the rest of the request."""
+    def _request_properties(self, prefix: str, serial: str, timeout: float) -> bytes:
+        """A meter's request properties but the correlation data, encoded once."""
         key = (prefix, serial, timeout)
         props = self._templates.get(key)
         if props is None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = p.response_topic(prefix, self.client_id, serial)
-            props.ContentType = "application/json"
             # A request nobody picked up in time is worthless; let the broker drop it.
-            props.MessageExpiryInterval = max(1, math.ceil(timeout))
+            props = request_properties(
+                p.response_topic(prefix, self.client_id, serial), "application/json",
+                max(1, math.ceil(timeout)),
+            )  # fmt: skip
             if len(self._templates) >= 100_000:
                 self._templates.clear()
             self._templates[key] = props
@@ -290,14 +263,11 @@ class BrokerConnection:
             raise type(self.failed)(str(self.failed), endpoint=self.endpoint)
         corr = secrets.token_bytes(16)
         self._pending[corr] = pending
-        props = copy.copy(self._request_properties(prefix, pending.serial, timeout))
-        # Set past paho's __setattr__, which scans every property name: the template was
-        # validated once, and CorrelationData belongs to PUBLISH.
-        props.__dict__["CorrelationData"] = corr
+        props = self._request_properties(prefix, pending.serial, timeout)
         try:
             try:
-                await self._client.publish(topic, body, qos=1, properties=props)
-            except aiomqtt.MqttError as exc:
+                self._client.publish(topic, body, props + correlation_property(corr))
+            except (ConnectionError, OSError) as exc:
                 raise ConnectionFailed(
                     f"{pending.command}: publish failed: {exc}", endpoint=self.endpoint
                 ) from exc
@@ -308,18 +278,14 @@ class BrokerConnection:
 
     # -- incoming --
 
-    async def _read_loop(self) -> None:
+    def _on_message(self, msg: Incoming) -> None:
         try:
-            async for msg in self._client.messages:
-                try:
-                    self._dispatch(msg)
-                except Exception:  # noqa: BLE001 - one bad message must not stop the link
-                    log.exception("MQTT message on %s could not be handled", msg.topic.value)
-        except aiomqtt.MqttError as exc:
-            self._fail(ConnectionFailed(f"lost broker {self.endpoint}: {exc}"))
+            self._dispatch(msg)
+        except Exception:  # noqa: BLE001 - one bad message must not stop the link
+            log.exception("MQTT message on %s could not be handled", msg.topic)
 
-    def _dispatch(self, msg: aiomqtt.Message) -> None:
-        topic = msg.topic.value
+    def _dispatch(self, msg: Incoming) -> None:
+        topic = msg.topic
         prefix, _, rest = topic.partition(f"/{p.TOPIC_VERSION}/")
         if rest.startswith("clients/"):
             serial = p.response_topic_serial(prefix, self.client_id, topic)
@@ -341,9 +307,12 @@ class BrokerConnection:
                 self._status(serial, msg)
         self.ack(msg)
 
-    def _answer(self, topic_serial: str, msg: aiomqtt.Message) -> None:
-        corr = getattr(msg.properties, "CorrelationData", None)
-        pending = self._pending.get(bytes(corr)) if corr else None
+    def _answer(self, topic_serial: str, msg: Incoming) -> None:
+        try:
+            corr = msg.correlation_data
+        except (ValueError, IndexError):
+            corr = None
+        pending = self._pending.get(corr) if corr else None
         if pending is None or pending.future.done():
             return
         if topic_serial != pending.serial:
@@ -396,7 +365,7 @@ class BrokerConnection:
             why,
         )
 
-    def _status(self, serial: str, msg: aiomqtt.Message) -> None:
+    def _status(self, serial: str, msg: Incoming) -> None:
         # A live "offline" while we wait is the MQTT form of a dropped connection.
         try:
             state = p.loads(bytes(msg.payload)).get("state")
@@ -785,7 +754,7 @@ class ProfileSubscription:
         self._queue: asyncio.Queue[Delivery | DriverError] = asyncio.Queue(max_queued)
         self._conn: BrokerConnection | None = None
         self._pool: _Pool | None = None
-        self._lean: LeanSubscriber | None = None
+        self._lean: LeanClient | None = None
         self.skipped = 0  # malformed messages dropped (logged)
         self.rejected = 0  # unauthenticated messages dropped (logged)
         self.cumulative = 0  # pushes of register readings, left to the cycle
@@ -808,7 +777,7 @@ class ProfileSubscription:
         through the lean receive-only client (``drivers/mqtt/lean.py``), acknowledging each
         push only when its ``Delivery.ack`` is called."""
         assert self._client_id is not None and self._session_expiry
-        lean = LeanSubscriber(self._on_lean)
+        lean = LeanClient(self._on_lean, manual_ack=True)
         try:
             await lean.connect(
                 self.endpoint.host, self.endpoint.port, self._client_id,
@@ -835,17 +804,17 @@ class ProfileSubscription:
             self._pool.release(self._conn, IDLE_CLOSE)
             self._conn = None
 
-    def _on_lean(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
-        serial = p.meter_topic_serial(self.prefix, topic, "profile")
+    def _on_lean(self, msg: Incoming) -> None:
+        serial = p.meter_topic_serial(self.prefix, msg.topic, "profile")
         if serial is None:
-            ack()
+            msg.ack()
             return
-        self._handle(serial, payload, ack)
+        self._handle(serial, msg.payload, msg.ack)
 
-    def _on_message(self, prefix: str, serial: str, msg: aiomqtt.Message) -> None:
+    def _on_message(self, prefix: str, serial: str, msg: Incoming) -> None:
         conn = self._conn
         ack = functools.partial(conn.ack, msg) if conn is not None else (lambda: None)
-        self._handle(serial, bytes(msg.payload), ack)
+        self._handle(serial, msg.payload, ack)
 
     def _handle(self, serial: str, payload: bytes, ack: Callable[[], None]) -> None:
         if self.serials is not None and serial not in self.serials:

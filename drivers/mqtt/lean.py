@@ -1,22 +1,25 @@
-"""A receive-only MQTT 5 client for the durable push subscription, on an asyncio.Protocol.
+"""The CGM's MQTT 5 client: the subset its broker connections use, on an asyncio.Protocol.
 
-Hand-written on purpose, for one hot path: the meters' pushed hourly entries. Through
-aiomqtt/paho each received PUBLISH cost the collector more CPU than decoding, verifying and
-storing its entry together (paho reads a packet in several ``recv`` calls, builds a
-``Properties`` object per PUBLISH by scanning every property name, and aiomqtt adds a queue
-and a task wake-up per message; benchmarks/README.md, "MQTT pushes"). This client does only
-what the subscription needs, from MQTT 5.0 (OASIS, 2019): CONNECT (account, TLS, clean start
-off, session expiry), SUBSCRIBE, PUBLISH in at QoS 0/1 with PUBACK sent when the caller says
-so (after the entries are stored), PINGREQ keep-alive, DISCONNECT. Packets are cut from the
-stream in ``data_received``: a whole TCP read is parsed in one callback. Commands and answers
-keep aiomqtt (``driver.BrokerConnection``); the broker side is proven by the tests against
-Mosquitto and against cgm's embedded broker.
+Hand-written on purpose. Through aiomqtt/paho each message cost the collector more CPU than
+everything else it does with it (paho reads a packet in several ``recv`` calls and builds a
+``Properties`` object per PUBLISH and PUBACK by scanning every property name; aiomqtt adds a
+future, a ``wait_for`` and a queue per message; benchmarks/README.md, "MQTT pushes" and
+"Protocol CPU per session"). This client does what the driver needs, from MQTT 5.0 (OASIS,
+2019): CONNECT (account, TLS, clean start or a resumed session with an expiry), SUBSCRIBE
+(QoS, retain handling), PUBLISH out at QoS 1 with prebuilt properties (within the broker's
+Receive Maximum), PUBLISH in at QoS 0/1 with PUBACK sent at once or when the caller says so
+(after the entries are stored), PINGREQ keep-alive, DISCONNECT. No topic aliases, no QoS 2
+(neither is used). Packets are cut from the stream in ``data_received``: a whole TCP read is
+parsed in one callback. Proven by the tests against Mosquitto and against cgm's embedded
+broker (tests/drivers/test_mqtt*.py, tests/collection/test_push_persistence.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import socket
 import ssl
 import struct
 from collections.abc import Callable
@@ -26,8 +29,70 @@ SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
 _PINGREQ = bytes((PINGREQ, 0))
 _DISCONNECT = bytes((DISCONNECT, 0))
 
-# (topic, payload, ack): ``ack()`` sends the PUBACK of a QoS 1 message (no-op for QoS 0).
-OnMessage = Callable[[str, bytes, Callable[[], None]], None]
+
+
+class Incoming:
+    """A received PUBLISH. ``ack()`` sends its PUBACK (QoS 1, manual acknowledgement; a
+    no-op otherwise); ``props`` are its raw MQTT 5 properties."""
+
+    __slots__ = ("ack", "payload", "props", "qos", "retain", "topic")
+
+    def __init__(self, topic: str, payload: bytes, props: bytes, qos: int, retain: bool,
+                 ack: Callable[[], None]) -> None:  # fmt: skip
+        self.topic, self.payload, self.props = topic, payload, props
+        self.qos, self.retain, self.ack = qos, retain, ack
+
+    @property
+    def correlation_data(self) -> bytes | None:
+        return publish_property(self.props, 0x09)  # type: ignore[return-value]
+
+
+OnMessage = Callable[[Incoming], None]
+
+# PUBLISH property sizes (MQTT 5.0, 3.3.2.3): fixed, "s" length-prefixed (string or binary),
+# "p" a string pair, "v" a variable byte integer.
+_PUBLISH_PROPS: dict[int, int | str] = {0x01: 1, 0x02: 4, 0x23: 2, 0x08: "s", 0x09: "s",
+                                        0x26: "p", 0x0B: "v", 0x03: "s"}  # fmt: skip
+
+
+def publish_property(props: bytes, ident: int) -> bytes | int | None:
+    """The first property ``ident`` in raw PUBLISH properties: bytes for a string or binary,
+    an int for a number; None when absent."""
+    i, end = 0, len(props)
+    while i < end:
+        pid = props[i]
+        i += 1
+        size = _PUBLISH_PROPS.get(pid)
+        if size is None:
+            raise ValueError(f"unknown PUBLISH property 0x{pid:02x}")
+        if size == "s":
+            n = (props[i] << 8) | props[i + 1]
+            if pid == ident:
+                return bytes(props[i + 2 : i + 2 + n])
+            i += 2 + n
+        elif size == "p":
+            n = (props[i] << 8) | props[i + 1]
+            m = (props[i + 2 + n] << 8) | props[i + 3 + n]
+            i += 4 + n + m
+        elif size == "v":
+            value, i = _read_varint(props, i)
+            if pid == ident:
+                return value
+        else:
+            if pid == ident:
+                return int.from_bytes(props[i : i + int(size)], "big")
+            i += int(size)
+    return None
+
+
+def request_properties(response_topic: str, content_type: str, expiry: int) -> bytes:
+    """PUBLISH properties of a request but its correlation data (see :func:`binary_property`)."""
+    return (b"\x08" + _str(response_topic) + b"\x03" + _str(content_type)
+            + b"\x02" + struct.pack("!I", expiry))  # fmt: skip
+
+
+def correlation_property(data: bytes) -> bytes:
+    return b"\x09" + _str(data)
 
 
 class MqttRefused(Exception):
@@ -77,22 +142,60 @@ def connect_packet(
     return _packet(CONNECT, body)
 
 
-def subscribe_packet(packet_id: int, topic_filter: str, qos: int) -> bytes:
+def subscribe_packet(packet_id: int, topic_filter: str, qos: int, retain_handling: int = 0
+                     ) -> bytes:  # fmt: skip
+    options = qos | (retain_handling << 4)
     return _packet(SUBSCRIBE, struct.pack("!H", packet_id) + b"\x00" + _str(topic_filter)
-                   + bytes((qos,)))  # fmt: skip
+                   + bytes((options,)))  # fmt: skip
 
 
-class LeanSubscriber(asyncio.Protocol):
-    """One MQTT 5 connection that receives publishes and acknowledges them on request.
+# CONNACK property sizes (MQTT 5.0, 3.2.2.3), as _PUBLISH_PROPS.
+# fmt: off
+_CONNACK_PROPS: dict[int, int | str] = {
+    0x11: 4, 0x21: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x22: 2, 0x28: 1, 0x29: 1, 0x2A: 1, 0x13: 2,
+    0x12: "s", 0x1F: "s", 0x1A: "s", 0x1C: "s", 0x15: "s", 0x16: "s", 0x26: "p",
+}
+# fmt: on
 
-    ``await connect(...)`` (CONNACK checked), ``await subscribe(filter)`` (SUBACK checked);
-    every PUBLISH calls ``on_message(topic, payload, ack)``. ``failed`` is set (and
-    ``closed`` resolved) when the connection ends; a lost connection is not reopened here:
-    the subscriber's owner reconnects, and the broker resends what was not acknowledged.
+
+def _receive_maximum(connack: bytes) -> int:
+    """The broker's Receive Maximum (property 0x21) from a CONNACK body; 65,535 if absent."""
+    sizes = _CONNACK_PROPS
+    if len(connack) < 3:
+        return 65535
+    length, i = _read_varint(connack, 2)
+    end = i + length
+    while i < end:
+        ident = connack[i]
+        i += 1
+        size = sizes.get(ident)
+        if size is None:
+            break
+        if ident == 0x21:
+            return max(1, (connack[i] << 8) | connack[i + 1])
+        if size == "s":
+            size = 2 + ((connack[i] << 8) | connack[i + 1])
+        elif size == "p":
+            first = 2 + ((connack[i] << 8) | connack[i + 1])
+            size = first + 2 + ((connack[i + first] << 8) | connack[i + first + 1])
+        i += int(size)
+    return 65535
+
+
+class LeanClient(asyncio.Protocol):
+    """One MQTT 5 connection.
+
+    ``await connect(...)`` (CONNACK checked), ``await subscribe(filter)`` (SUBACK checked),
+    ``publish(topic, payload, props)`` (QoS 1, not awaited: the answer it asks for is what
+    the caller waits for); every received PUBLISH calls ``on_message(Incoming)``, acknowledged
+    at once unless ``manual_ack``. ``failed`` is set (and ``closed`` resolved) when the
+    connection ends; a lost connection is not reopened here: its owner opens a new one, and
+    a resumed session gets what it had not acknowledged.
     """
 
-    def __init__(self, on_message: OnMessage) -> None:
+    def __init__(self, on_message: OnMessage, *, manual_ack: bool = False) -> None:
         self.on_message = on_message
+        self.manual_ack = manual_ack
         self.failed: Exception | None = None
         self.session_present = False
         self._transport: asyncio.Transport | None = None
@@ -101,6 +204,10 @@ class LeanSubscriber(asyncio.Protocol):
         self._next_id = 0
         self._ping: asyncio.TimerHandle | None = None
         self._keepalive = 30
+        self._out_id = 0
+        self._unacked: set[int] = set()  # our QoS 1 publishes the broker has not acknowledged
+        self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.in_flight_max = 65535  # the broker's Receive Maximum
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- lifecycle --
@@ -137,12 +244,16 @@ class LeanSubscriber(asyncio.Protocol):
             self.close()
             raise MqttRefused("connection", body[1])
         self.session_present = bool(body[0] & 1)
+        self.in_flight_max = _receive_maximum(body)
         self._schedule_ping()
 
-    async def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 10.0) -> None:
+    async def subscribe(
+        self, topic_filter: str, qos: int = 1, timeout: float = 10.0, *, retain_handling: int = 0
+    ) -> None:
+        """Subscribe; ``retain_handling`` 2: no retained messages at subscription."""
         self._next_id = self._next_id % 0xFFFF + 1
         ack = self._expect(self._next_id)
-        self._send(subscribe_packet(self._next_id, topic_filter, qos))
+        self._send(subscribe_packet(self._next_id, topic_filter, qos, retain_handling))
         async with asyncio.timeout(timeout):
             body = await ack
         # packet id, properties (length + bytes), one reason code per filter
@@ -150,6 +261,33 @@ class LeanSubscriber(asyncio.Protocol):
         codes = body[pos + n :]
         if not codes or codes[0] >= 0x80:
             raise MqttRefused(f"subscription to {topic_filter}", codes[0] if codes else 0x80)
+
+    def publish(self, topic: str, payload: bytes, props: bytes = b"") -> None:
+        """Send one QoS 1 PUBLISH with raw MQTT 5 ``props``; queued while the broker's
+        Receive Maximum of ours are unacknowledged. Raises ConnectionError once lost."""
+        if self.failed is not None:
+            raise ConnectionError(f"connection lost: {self.failed}")
+        self._out_id = self._out_id % 0xFFFF + 1
+        while self._out_id in self._unacked:  # 65,535 in flight: never in practice
+            self._out_id = self._out_id % 0xFFFF + 1
+        pid = self._out_id
+        t = topic.encode()
+        props_len = _varint(len(props))
+        body_len = 2 + len(t) + 2 + len(props_len) + len(props) + len(payload)
+        packet = b"".join((
+            b"\x32", _varint(body_len), struct.pack("!H", len(t)), t, struct.pack("!H", pid),
+            props_len, props, payload,
+        ))  # fmt: skip
+        if len(self._unacked) >= self.in_flight_max:
+            self._backlog.append((pid, packet))
+            return
+        self._unacked.add(pid)
+        self._send(packet)
+
+    def socket(self) -> socket.socket | None:
+        if self._transport is None:
+            return None
+        return self._transport.get_extra_info("socket")  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """DISCONNECT (normal: the broker keeps the session and discards the will) and close."""
@@ -161,6 +299,12 @@ class LeanSubscriber(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        # Nagle off: each small PUBLISH behind another one would wait for the peer's delayed
+        # ACK (measured 90 ms per request/answer on loopback; benchmarks/README.md).
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end(exc or ConnectionError("connection closed by the broker"))
@@ -208,9 +352,21 @@ class LeanSubscriber(asyncio.Protocol):
             if qos:
                 packet_id = (body[pos] << 8) | body[pos + 1]
                 pos += 2
-            plen, pos = _read_varint(body, pos)  # properties: not needed here
-            payload = body[pos + plen :]
-            self.on_message(topic, payload, self._acker(packet_id) if qos else _noop)
+            plen, pos = _read_varint(body, pos)
+            props, payload = body[pos : pos + plen], body[pos + plen :]
+            ack = _noop
+            if qos:
+                if self.manual_ack:
+                    ack = self._acker(packet_id)
+                else:
+                    self._send(bytes((PUBACK, 2, packet_id >> 8, packet_id & 0xFF)))
+            self.on_message(Incoming(topic, payload, props, qos, bool(first & 1), ack))
+        elif kind == PUBACK:
+            self._unacked.discard((body[0] << 8) | body[1])
+            while self._backlog and len(self._unacked) < self.in_flight_max:
+                pid, packet = self._backlog.popleft()
+                self._unacked.add(pid)
+                self._send(packet)
         elif kind == PINGRESP:
             pass
         elif kind == CONNACK:
@@ -220,7 +376,7 @@ class LeanSubscriber(asyncio.Protocol):
         elif kind == DISCONNECT:
             reason = body[0] if body else 0
             self._end(ConnectionError(f"disconnected by the broker (reason 0x{reason:02x})"))
-        # PUBACK/PUBREC...: this client publishes nothing; anything else is ignored.
+        # Anything else (QoS 2 flows, AUTH) is never asked for; ignored.
 
     def _acker(self, packet_id: int) -> Callable[[], None]:
         packet = bytes((PUBACK, 2, packet_id >> 8, packet_id & 0xFF))
@@ -273,6 +429,7 @@ class LeanSubscriber(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(exc)
         self._waiting.clear()
+        self._backlog.clear()
         if not self.closed.done():
             self.closed.set_result(None)
         if self._transport is not None and not self._transport.is_closing():
