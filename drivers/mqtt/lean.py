@@ -158,28 +158,28 @@ _CONNACK_PROPS: dict[int, int | str] = {
 # fmt: on
 
 
-def _receive_maximum(connack: bytes) -> int:
-    """The broker's Receive Maximum (property 0x21) from a CONNACK body; 65,535 if absent."""
+def _connack_u16(connack: bytes, ident: int) -> int | None:
+    """A two-byte CONNACK property (Receive Maximum 0x21, Server Keep Alive 0x13), or None."""
     sizes = _CONNACK_PROPS
     if len(connack) < 3:
-        return 65535
+        return None
     length, i = _read_varint(connack, 2)
     end = i + length
     while i < end:
-        ident = connack[i]
+        pid = connack[i]
         i += 1
-        size = sizes.get(ident)
+        size = sizes.get(pid)
         if size is None:
             break
-        if ident == 0x21:
-            return max(1, (connack[i] << 8) | connack[i + 1])
+        if pid == ident:
+            return (connack[i] << 8) | connack[i + 1]
         if size == "s":
             size = 2 + ((connack[i] << 8) | connack[i + 1])
         elif size == "p":
             first = 2 + ((connack[i] << 8) | connack[i + 1])
             size = first + 2 + ((connack[i + first] << 8) | connack[i + first + 1])
         i += int(size)
-    return 65535
+    return None
 
 
 class LeanClient(asyncio.Protocol):
@@ -203,6 +203,7 @@ class LeanClient(asyncio.Protocol):
         self._waiting: dict[int, asyncio.Future[bytes]] = {}  # CONNACK=0, SUBACK by id
         self._next_id = 0
         self._ping: asyncio.TimerHandle | None = None
+        self._last_rx = asyncio.get_running_loop().time()
         self._keepalive = 30
         self._out_id = 0
         self._unacked: set[int] = set()  # our QoS 1 publishes the broker has not acknowledged
@@ -244,7 +245,10 @@ class LeanClient(asyncio.Protocol):
             self.close()
             raise MqttRefused("connection", body[1])
         self.session_present = bool(body[0] & 1)
-        self.in_flight_max = _receive_maximum(body)
+        self.in_flight_max = max(1, _connack_u16(body, 0x21) or 65535)
+        server_keepalive = _connack_u16(body, 0x13)  # the broker's, when it overrides ours
+        if server_keepalive is not None:
+            self._keepalive = server_keepalive
         self._schedule_ping()
 
     async def subscribe(
@@ -310,6 +314,7 @@ class LeanClient(asyncio.Protocol):
         self._end(exc or ConnectionError("connection closed by the broker"))
 
     def data_received(self, data: bytes) -> None:
+        self._last_rx = asyncio.get_running_loop().time()
         buf = self._buf
         buf += data
         pos, end = 0, len(buf)
@@ -408,12 +413,16 @@ class LeanClient(asyncio.Protocol):
             self._transport.write(data)
 
     def _schedule_ping(self) -> None:
+        """PINGREQ every half keep-alive; a broker silent for 1.5 keep-alives (a half-open
+        link: no FIN ever comes) ends the connection, as MQTT 5.0 3.1.2.10 lets a client."""
         if self.failed is None and self._keepalive:
+            loop = asyncio.get_running_loop()
             if self._ping is not None:
+                if loop.time() - self._last_rx > 1.5 * self._keepalive:
+                    self._protocol_error("no packet from the broker within 1.5 keep-alives")
+                    return
                 self._send(_PINGREQ)
-            self._ping = asyncio.get_running_loop().call_later(
-                self._keepalive / 2, self._schedule_ping
-            )
+            self._ping = loop.call_later(self._keepalive / 2, self._schedule_ping)
 
     def _protocol_error(self, why: str) -> None:
         self._end(ConnectionError(f"MQTT protocol error: {why}"))

@@ -99,7 +99,8 @@ class Publisher(asyncio.Protocol):
         async with asyncio.timeout(timeout):
             await loop.create_connection(lambda: self, host, port, ssl=tls)
             flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password else 0)
-            body = _utf8("MQTT") + bytes((5, flags)) + struct.pack("!H", 60) + b"\x00"
+            # Keep-alive 0: the connection idles between hourly pushes without pings.
+            body = _utf8("MQTT") + bytes((5, flags)) + struct.pack("!H", 0) + b"\x00"
             body += _utf8(client_id)
             if username is not None:
                 body += _utf8(username)
