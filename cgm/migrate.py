@@ -257,7 +257,7 @@ def apply_policies(conn: psycopg.Connection, settings: Settings, timescale: bool
 
 # Tables the service may read and append to but never change or delete rows of.
 _APPEND_ONLY = ("audit_log", "audit_chain", "schema_migration")
-_NO_DELETE = ("reading", "settled_reading", "ingest_batch")
+_NO_DELETE = ("reading", "settled_reading", "settled_day", "ingest_batch")
 
 
 def apply_privileges(conn: psycopg.Connection, settings: Settings) -> None:

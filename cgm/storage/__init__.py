@@ -11,7 +11,14 @@ from cgm.storage.readings import (
     readings_array,
     write_readings,
 )
-from cgm.storage.settled import SettledValue, StoredSettled, read_settled, write_settled
+from cgm.storage.settled import (
+    SettledDays,
+    SettledValue,
+    StoredSettled,
+    read_settled,
+    read_settled_days,
+    write_settled,
+)
 
 __all__ = [
     "READING_DTYPE",
@@ -19,6 +26,7 @@ __all__ = [
     "InvalidRows",
     "Quality",
     "Reading",
+    "SettledDays",
     "SettledValue",
     "StoredSettled",
     "UnknownKeys",
@@ -26,6 +34,7 @@ __all__ = [
     "last_interval",
     "read_readings",
     "read_settled",
+    "read_settled_days",
     "readings_array",
     "write_readings",
     "write_settled",

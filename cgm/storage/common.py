@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -112,3 +113,20 @@ async def missing_ids(conn: psycopg.AsyncConnection, table: str, ids: np.ndarray
         ([int(i) for i in ids],),
     )
     return [r[0] for r in await cur.fetchall()]
+
+
+async def packed(
+    conn: psycopg.AsyncConnection, record: str, rest: str, params: dict[str, Any], dtype: np.dtype
+) -> np.ndarray:
+    """Rows as one bytea of fixed-width big-endian records, parsed by numpy.
+
+    A COPY TO or a plain fetch costs a Python round of the driver per row (about 10 µs); a
+    day of a large fleet is millions of rows. ``string_agg`` of ``int8send(..) || ..`` makes
+    the server pack them into one value instead, which numpy reads in one call.
+    """
+    query = f"SELECT string_agg({record}, ''::bytea) {rest}"  # noqa: S608 - fixed fragments
+    async with conn.cursor(binary=True) as cur:
+        await cur.execute(query, params)
+        row = await cur.fetchone()
+    blob = row[0] if row and row[0] is not None else b""
+    return np.frombuffer(blob, dtype=dtype).astype(dtype.newbyteorder("="))

@@ -38,7 +38,7 @@ PG_EPOCH_DAYS = 10_957  # 2000-01-01 in days since 1970-01-01
 # Fixed-length one-dimensional arrays without NULL elements, e.g. "f8[24]": a 20-byte header
 # (ndim 1, no nulls, element type oid, length, lower bound 1), then per element int32 length
 # and the value.
-_ARRAY_OID = {"f8": 701, "i4": 23}
+_ARRAY_OID = {"f8": 701, "i4": 23, "i2": 21, "i8": 20}
 
 
 def _array(kind: str) -> tuple[str, int] | None:
@@ -55,6 +55,27 @@ def _field(kind: str) -> tuple[object, int]:
     wire, size = _WIRE[elem]
     dt = np.dtype([("hdr", ">i4", (5,)), ("el", [("len", ">i4"), ("v", wire)], (n,))])
     return dt, 20 + n * (4 + size)
+
+
+def array_dtype(elem: str, n: int) -> np.dtype:
+    """``array_send``'s layout of a one-dimensional, NULL-free array of ``n`` elements (as
+    packed by the server, e.g. ``array_send(array_replace(a, NULL, 'NaN'))``)."""
+    return np.dtype(_field(f"{elem}[{n}]")[0])  # type: ignore[call-overload]
+
+
+def read_array(field: np.ndarray) -> np.ndarray:
+    """The (rows, n) values of a field of :func:`array_dtype`, native byte order; raises
+    ValueError unless every row is one-dimensional without NULLs."""
+    hdr = field["hdr"]
+    if len(field) and (
+        np.any(hdr[:, 0] != 1)
+        or np.any(hdr[:, 1] != 0)
+        or np.any(hdr[:, 3] != field["el"]["len"].shape[1])
+        or np.any(field["el"]["len"] < 0)
+    ):
+        raise ValueError("array data is not of the expected fixed layout (a NULL slipped in?)")
+    v = field["el"]["v"]
+    return v.astype(v.dtype.newbyteorder("="))
 
 
 def row_dtype(columns: Sequence[tuple[str, str]]) -> np.dtype:

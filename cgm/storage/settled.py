@@ -9,6 +9,12 @@ server. The other values (estimates, flagged or manual ones, with a free-form ``
 are few and come as :class:`SettledValue` objects through a text COPY. Both meet in one
 set-based upsert.
 
+Next to it, in the same transaction, ``settled_day`` (migration 0200): a read model with one
+row per frontier, channel and local day holding the day's 24 values as arrays, for readers of
+whole days (:func:`read_settled_days`). The batch's rows are laid out as day arrays in numpy
+and merged server-side, hour by hour, into the days the write changed, with the manual rule
+below; so settled_day always says what settled_reading says.
+
 The manual rule, which VEE relies on: a stored value whose source is ``manual`` is only
 superseded by another ``manual`` write. Automatic writes (principal, backup, estimate) over
 it are not applied and are counted as ``kept_manual``. A manual write must name an actor and
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -37,6 +43,7 @@ from cgm.storage.common import (
     channel_id,
     examples,
     from_us,
+    packed,
     set_audit_context,
     to_utc_us,
 )
@@ -46,6 +53,30 @@ from drivers.base import Channel
 SOURCES = ("principal", "backup", "estimate", "manual")
 _STAGE = "cgm_settled_stage"
 _MEASURED_STAGE = "cgm_settled_measured_stage"
+_DAY_STAGE = "cgm_settled_day_stage"
+_DAY_METHOD = "cgm_settled_day_method"
+_CHANGED = "cgm_settled_changed_day"
+DAY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("frontier_id", "i8"),
+    ("channel", "i2"),
+    ("day", "M8[D]"),
+    ("value", "f8[24]"),
+    ("source", "i2[24]"),  # 0 none, then SOURCES' order from 1
+    ("flags", "i4[24]"),
+)
+_DAY_DTYPE = np.dtype(
+    [
+        ("frontier_id", "i8"),
+        ("channel", "i2"),
+        ("day", "M8[D]"),
+        ("value", "f8", (24,)),
+        ("source", "i2", (24,)),
+        ("flags", "i4", (24,)),
+    ]
+)
+_LOCAL_OFFSET_US = -5 * 3_600_000_000  # Colombia, UTC−5 all year (cgm.localtime)
+_DAY_US = 86_400_000_000
+_HOUR_US = 3_600_000_000
 _COLS = "frontier_id, channel, interval_start, value, source, method, flags, detail"
 
 MEASURED_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -250,6 +281,36 @@ def _collapse(
     return np.flatnonzero(keep[:n_obj]), np.flatnonzero(keep[n_obj:]), problems
 
 
+def _day_rows(
+    obj: np.ndarray, methods: list[str | None], meas: np.ndarray
+) -> tuple[np.ndarray, list[tuple[int, int, date, int, str]]]:
+    """The batch as settled_day rows (source 0 where the batch has no value for an hour)
+    and the (frontier, channel, day, hour, method) of its estimates."""
+    both = np.concatenate([obj, meas]) if len(obj) else meas
+    local = both["interval_start"].view("i8") + _LOCAL_OFFSET_US
+    day = local // _DAY_US
+    hour = (local % _DAY_US) // _HOUR_US
+    order = np.lexsort((day, both["channel"], both["frontier_id"]))
+    f, c, d = both["frontier_id"][order], both["channel"][order], day[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (f[1:] != f[:-1]) | (c[1:] != c[:-1]) | (d[1:] != d[:-1])
+    group = np.empty(len(order), dtype=np.int64)
+    group[order] = np.cumsum(new) - 1
+    out = np.zeros(int(new.sum()), dtype=_DAY_DTYPE)
+    out["frontier_id"], out["channel"] = f[new], c[new]
+    out["day"] = d[new].astype("M8[D]")
+    out["value"][group, hour] = both["value"]
+    out["source"][group, hour] = both["source"]
+    out["flags"][group, hour] = both["flags"]
+    est = [
+        (int(obj["frontier_id"][i]), int(obj["channel"][i]), int(day[i]), int(hour[i]), m)
+        for i, m in enumerate(methods)
+        if m is not None
+    ]
+    epoch = date(1970, 1, 1)
+    return out, [(a, b, epoch + timedelta(days=x), h, m) for a, b, x, h, m in est]
+
+
 async def write_settled(
     conn: psycopg.AsyncConnection,
     rows: Iterable[SettledValue] = (),
@@ -282,6 +343,8 @@ async def write_settled(
         _reject(len(items) + len(measured), problems)
     if not actor:
         raise InvalidRows("settled values", ["actor is required"])
+    if interval != HOUR:
+        raise InvalidRows("settled values", ["settled values are hourly (settled_day)"])
     sources = {rest[i][0] for i in keep_obj} | {
         SOURCES[int(c) - 1] for c in np.unique(measured["source"][keep_meas])
     }
@@ -292,6 +355,7 @@ async def write_settled(
     if not checked:
         return WriteResult(None, 0, 0, 0, 0)
     meas = measured[keep_meas]
+    days, estimates = _day_rows(obj[keep_obj], [rest[i][1] for i in keep_obj], meas)
     async with conn.transaction():
         fids = np.unique(np.concatenate([obj["frontier_id"][keep_obj], meas["frontier_id"]]))
         # The frontier check that replaces a per-row foreign key (migration 0050): once
@@ -327,7 +391,19 @@ async def write_settled(
                     reading_version integer, secondary double precision,
                     factor double precision)"""
         )
-        await conn.execute(f"TRUNCATE {_STAGE}, {_MEASURED_STAGE}")
+        await conn.execute(
+            f"""CREATE TEMP TABLE IF NOT EXISTS {_DAY_STAGE} (
+                    frontier_id bigint, channel smallint, day date,
+                    value double precision[], source smallint[], flags integer[]);
+                CREATE TEMP TABLE IF NOT EXISTS {_DAY_METHOD} (
+                    frontier_id bigint, channel smallint, day date, hour integer,
+                    method text);
+                CREATE TEMP TABLE IF NOT EXISTS {_CHANGED} (
+                    frontier_id bigint, channel smallint, day date)"""
+        )
+        await conn.execute(
+            f"TRUNCATE {_STAGE}, {_MEASURED_STAGE}, {_DAY_STAGE}, {_DAY_METHOD}, {_CHANGED}"
+        )
         if len(keep_obj):
             async with conn.cursor() as c, c.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
                 for i in keep_obj:
@@ -352,6 +428,18 @@ async def write_settled(
                 c.copy(f"COPY {_MEASURED_STAGE} ({names}) FROM STDIN (FORMAT BINARY)") as copy,
             ):
                 await copy.write(pgbinary.encode(MEASURED_COLUMNS, meas))
+        async with (
+            conn.cursor() as c,
+            c.copy(
+                f"COPY {_DAY_STAGE} ({', '.join(n for n, _ in DAY_COLUMNS)})"
+                " FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            await copy.write(pgbinary.encode(DAY_COLUMNS, days))
+        if estimates:
+            async with conn.cursor() as c, c.copy(f"COPY {_DAY_METHOD} FROM STDIN") as copy:
+                for row in estimates:
+                    await copy.write_row(row)
         cur = await conn.execute(
             f"""WITH up AS (
                   INSERT INTO settled_reading AS t ({_COLS}, actor, reason)
@@ -375,7 +463,11 @@ async def write_settled(
                       AND (t.value, t.source, t.method, t.flags, t.detail)
                           IS DISTINCT FROM (excluded.value, excluded.source,
                                             excluded.method, excluded.flags, excluded.detail)
-                  RETURNING t.frontier_id, t.interval_start, t.version),
+                  RETURNING t.frontier_id, t.channel, t.interval_start, t.version),
+                changed_days AS (
+                  INSERT INTO {_CHANGED}
+                  SELECT DISTINCT frontier_id, channel, {sql_local_day("interval_start")}
+                  FROM up),
                 bumped AS (
                   -- The changed days' counters (migration 0190): what VEE compares
                   -- instead of re-reading a day's values.
@@ -387,6 +479,8 @@ async def write_settled(
             {"actor": actor, "reason": reason},
         )
         inserted, superseded = await cur.fetchone()  # type: ignore[misc]
+        if inserted or superseded:
+            await _merge_days(conn)
         kept = 0
         if inserted + superseded < checked:
             # Some rows were not applied: equal to what is stored, or refused because a
@@ -401,7 +495,9 @@ async def write_settled(
                     WHERE t.source = 'manual'"""
             )
             (kept,) = await cur.fetchone()  # type: ignore[misc]
-        await conn.execute(f"TRUNCATE {_STAGE}, {_MEASURED_STAGE}")
+        await conn.execute(
+            f"TRUNCATE {_STAGE}, {_MEASURED_STAGE}, {_DAY_STAGE}, {_DAY_METHOD}, {_CHANGED}"
+        )
         unchanged = checked - inserted - superseded - kept
         await conn.execute(
             """UPDATE ingest_batch SET inserted = %s, unchanged = %s, superseded = %s,
@@ -409,6 +505,42 @@ async def write_settled(
             (inserted, unchanged, superseded, kept, batch_id),
         )
     return WriteResult(batch_id, received, inserted, unchanged, superseded, kept_manual=kept)
+
+
+async def _merge_days(conn: psycopg.AsyncConnection) -> None:
+    """Merge the staged day rows of the days this write changed into settled_day.
+
+    Hour by hour, the batch's value where it has one unless the stored hour is manual and
+    the batch's is not (settled_reading's rule, so the result is what settled_reading
+    holds: the batch's hours are locked by the upsert, and ON CONFLICT sees the latest
+    settled_day row); the stored hour elsewhere. A day the batch covers whole over no
+    manual hour is the batch's arrays as they are."""
+    merge = "settled_day_merge(d.source, excluded.source, d.{c}, excluded.{c})"
+    whole = "NOT (0 = ANY(excluded.source) OR 4 = ANY(d.source))"
+    await conn.execute(
+        f"""INSERT INTO settled_day AS d (frontier_id, channel, day, value, source, flags,
+                                          method)
+            SELECT s.frontier_id, s.channel, s.day,
+                   CASE WHEN 0 = ANY(s.source) THEN ARRAY(
+                     SELECT CASE WHEN s.source[k] <> 0 THEN s.value[k] END
+                     FROM generate_series(1, 24) k ORDER BY k) ELSE s.value END,
+                   s.source, s.flags, m.method
+            FROM {_DAY_STAGE} s JOIN {_CHANGED} USING (frontier_id, channel, day)
+            LEFT JOIN (SELECT frontier_id, channel, day,
+                              settled_day_spread(array_agg(hour), array_agg(method)) method
+                       FROM {_DAY_METHOD} GROUP BY 1, 2, 3) m
+              USING (frontier_id, channel, day)
+            ORDER BY 1, 2, 3
+            ON CONFLICT (frontier_id, channel, day) DO UPDATE SET
+              value = CASE WHEN {whole} THEN excluded.value ELSE {merge.format(c="value")} END,
+              source = CASE WHEN {whole} THEN excluded.source
+                            ELSE {merge.format(c="source")} END,
+              flags = CASE WHEN {whole} THEN excluded.flags ELSE {merge.format(c="flags")} END,
+              method = CASE WHEN {whole} THEN excluded.method
+                            WHEN 3 = ANY({merge.format(c="source")})
+                            THEN {merge.format(c="method")} END,
+              version = d.version + 1"""
+    )
 
 
 async def read_settled(
@@ -432,3 +564,85 @@ async def read_settled(
         (list(frontier_ids), chans, start, end),
     )
     return [StoredSettled(*r) for r in await cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class SettledDays:
+    """Settled days as arrays, one row per (frontier, channel, local day) that has settled
+    values, in key order; hour index 0 is period 1 (00:00–01:00 local)."""
+
+    frontier_id: np.ndarray  # (N,) int64
+    channel: np.ndarray  # (N,) int16
+    day: np.ndarray  # (N,) datetime64[D], the Colombian local day
+    value: np.ndarray  # (N, 24) float64, NaN where nothing is settled
+    source: np.ndarray  # (N, 24) int16: 0 none, 1 principal, 2 backup, 3 estimate, 4 manual
+    flags: np.ndarray  # (N, 24) int32 quality bits (cgm.storage.Quality), 0 where none
+    version: np.ndarray  # (N,) int64, + 1 each time a write changed the day
+    methods: dict[tuple[int, int, date, int], str]  # (frontier, channel, day, hour): method
+
+    def __len__(self) -> int:
+        return len(self.frontier_id)
+
+
+_DAY_RECORD = np.dtype(
+    [
+        ("frontier_id", ">i8"),
+        ("channel", ">i2"),
+        ("day", ">i4"),
+        ("version", ">i8"),
+        ("value", pgbinary.array_dtype("f8", 24)),
+        ("source", pgbinary.array_dtype("i2", 24)),
+        ("flags", pgbinary.array_dtype("i4", 24)),
+    ]
+)
+
+
+async def read_settled_days(
+    conn: psycopg.AsyncConnection,
+    frontier_ids: Sequence[int] | None,
+    first_day: date,
+    last_day: date,
+    channels: Sequence[int | str | Channel] | None = None,
+) -> SettledDays:
+    """The settled values of local days ``first_day``..``last_day`` (inclusive) from
+    ``settled_day``: one row per frontier, channel and day instead of 24 (None: every
+    frontier; ``channels`` None: all)."""
+    chans = sorted({channel_id(c) for c in channels}) if channels else sorted(CHANNELS_BY_ID)
+    where = (
+        " FROM settled_day WHERE (%(f)s::bigint[] IS NULL OR frontier_id = ANY(%(f)s))"
+        " AND channel = ANY(%(c)s) AND day BETWEEN %(a)s AND %(b)s"
+    )
+    params = {
+        "f": None if frontier_ids is None else [int(f) for f in frontier_ids],
+        "c": chans,
+        "a": first_day,
+        "b": last_day,
+    }
+    # Rows packed by the server (cgm.storage.common.packed); NULL values as NaN so that
+    # every array has array_send's fixed layout.
+    raw = await packed(
+        conn,
+        "int8send(frontier_id) || int2send(channel) || int4send(day - DATE '2000-01-01')"
+        " || int8send(version) || array_send(array_replace(value, NULL, 'NaN'::float8))"
+        " || array_send(source) || array_send(flags)",
+        "FROM (SELECT *" + where + " ORDER BY frontier_id, channel, day) x",
+        params,
+        _DAY_RECORD,
+    )
+    cur = await conn.execute(
+        "SELECT frontier_id, channel, day, k - 1, method[k]"
+        + where.replace(" FROM settled_day", " FROM settled_day, generate_series(1, 24) k")
+        + " AND method IS NOT NULL AND method[k] IS NOT NULL",
+        params,
+    )
+    methods = {(f, c, d, h): m for f, c, d, h, m in await cur.fetchall()}
+    return SettledDays(
+        raw["frontier_id"].astype(np.int64),
+        raw["channel"].astype(np.int16),
+        (raw["day"].astype(np.int64) + pgbinary.PG_EPOCH_DAYS).astype("M8[D]"),
+        pgbinary.read_array(raw["value"]),
+        pgbinary.read_array(raw["source"]),
+        pgbinary.read_array(raw["flags"]),
+        raw["version"].astype(np.int64),
+        methods,
+    )

@@ -17,28 +17,11 @@ import psycopg
 from cgm.energy import primary_factor
 from cgm.frontier_log import clock_corrections
 from cgm.localtime import HOUR, day_bounds
-from cgm.storage.common import channel_id, to_utc_us
+from cgm.storage.common import channel_id, packed, to_utc_us
 from cgm.vee.config import VeeConfig
 from cgm.vee.rules import meter_error_pct
 
 _US = "(extract(epoch FROM {t}) * 1000000)::int8"
-
-
-async def packed(
-    conn: psycopg.AsyncConnection, record: str, rest: str, params: dict[str, Any], dtype: np.dtype
-) -> np.ndarray:
-    """Rows as one bytea of fixed-width big-endian records, parsed by numpy.
-
-    A COPY TO or a plain fetch costs a Python round of the driver per row (about 10 µs); a
-    day of a large fleet is millions of rows. ``string_agg`` of ``int8send(..) || ..`` makes
-    the server pack them into one value instead, which numpy reads in one call.
-    """
-    query = f"SELECT string_agg({record}, ''::bytea) {rest}"  # noqa: S608 - fixed fragments
-    async with conn.cursor(binary=True) as cur:
-        await cur.execute(query, params)
-        row = await cur.fetchone()
-    blob = row[0] if row and row[0] is not None else b""
-    return np.frombuffer(blob, dtype=dtype).astype(dtype.newbyteorder("="))
 
 
 W = 26  # window columns: the hour before, periods 1..24, the hour after
