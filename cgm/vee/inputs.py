@@ -17,6 +17,7 @@ import psycopg
 from cgm.energy import primary_factor
 from cgm.frontier_log import clock_corrections
 from cgm.localtime import HOUR, day_bounds
+from cgm.storage import pgbinary
 from cgm.storage.common import channel_id, packed, to_utc_us
 from cgm.vee.config import VeeConfig
 from cgm.vee.rules import meter_error_pct
@@ -308,14 +309,23 @@ async def load_power(
 
 _HISTORY_RECORD = np.dtype(
     [
-        ("day", ">i2"),
         ("frontier_id", ">i8"),
         ("channel", ">i2"),
-        ("t", ">i8"),
-        ("value", ">f8"),
+        ("day", ">i4"),
         ("estimated", ">i2"),
+        ("value", pgbinary.array_dtype("f8", 24)),
     ]
 )
+_EDGE_RECORD = np.dtype(
+    [
+        ("frontier_id", ">i8"),
+        ("channel", ">i2"),
+        ("day", ">i4"),
+        ("first", ">f8"),
+        ("last", ">f8"),
+    ]
+)
+_PG_DAY0 = date(2000, 1, 1)
 
 
 async def load_history(
@@ -329,7 +339,12 @@ async def load_history(
     """Settled values of ``days`` over their windows (the neighbour hours too, which the
     anchored estimate needs): ((S, D, W) values, (S, D) day had an estimate in 1..24).
     ``only``: series indices to read (the others stay NaN); ``whole_fleet``: the series
-    are every frontier's, so no frontier filter is needed."""
+    are every frontier's, so no frontier filter is needed.
+
+    Read from ``settled_day`` (one row per frontier, channel and day, kept equal to
+    settled_reading by cgm.storage.write_settled): the history of a large fleet is a few
+    hundred thousand rows instead of millions of hourly ones. Each day's row whole, and of
+    the days either side only the hour next to it."""
     S, D = len(series), len(days)
     values = np.full((S, D, W), np.nan)
     estimated = np.zeros((S, D), dtype=bool)
@@ -337,31 +352,53 @@ async def load_history(
         return values, estimated
     chosen = series.frontier_id if only is None else series.frontier_id[only]
     fids = None if whole_fleet and only is None else sorted({int(f) for f in chosen})
-    starts = [window(d)[0] for d in days]
+    keys = np.array(list(series.index), dtype=np.int64).reshape(-1, 2)
+    lookup = keys[:, 0] * 8 + keys[:, 1]
+    rows_of = np.array(list(series.index.values()), dtype=np.int64)
+    order = np.argsort(lookup)
+    lookup, rows_of = lookup[order], rows_of[order]
+
+    def series_of(arr: np.ndarray) -> np.ndarray:
+        k = arr["frontier_id"].astype(np.int64) * 8 + arr["channel"]
+        pos = np.clip(np.searchsorted(lookup, k), 0, max(len(lookup) - 1, 0))
+        return np.where(lookup[pos] == k, rows_of[pos], -1)
+
+    where = " FROM settled_day WHERE (%(f)s::bigint[] IS NULL OR frontier_id = ANY(%(f)s))"
+    for i, d in enumerate(days):  # one day a query: a bounded reply
+        arr = await packed(
+            conn,
+            "int8send(frontier_id) || int2send(channel) || int4send(day - DATE '2000-01-01')"
+            " || int2send((3 = ANY(source))::int::int2)"
+            " || array_send(array_replace(value, NULL, 'NaN'::float8))",
+            where + " AND day = %(d)s",
+            {"f": fids, "d": d},
+            _HISTORY_RECORD,
+        )
+        s_ = series_of(arr)
+        ok = s_ >= 0
+        values[s_[ok], i, 1 : W - 1] = pgbinary.read_array(arr["value"][ok])
+        estimated[s_[ok], i] = arr["estimated"][ok] != 0
+    edges = sorted({d + timedelta(days=k) for d in days for k in (-1, 1)})
     arr = await packed(
         conn,
-        "int2send(d.i::int2) || int8send(r.frontier_id) || int2send(r.channel) || int8send("
-        + _US.format(t="r.interval_start")
-        + ") || float8send(r.value) || int2send((r.source = 'estimate')::int::int2)",
-        "FROM unnest(%(s)s::timestamptz[]) WITH ORDINALITY AS d(s, i) JOIN settled_reading r"
-        " ON r.interval_start >= d.s AND r.interval_start < d.s + %(w)s * interval '1 hour'"
-        " WHERE %(f)s::bigint[] IS NULL OR r.frontier_id = ANY(%(f)s)",
-        {"s": starts, "w": W, "f": fids},
-        _HISTORY_RECORD,
+        "int8send(frontier_id) || int2send(channel) || int4send(day - DATE '2000-01-01')"
+        " || float8send(coalesce(value[1], 'NaN')) || float8send(coalesce(value[24], 'NaN'))",
+        where + " AND day = ANY(%(d)s)",
+        {"f": fids, "d": edges},
+        _EDGE_RECORD,
     )
-    if not len(arr):
-        return values, estimated
-    key = arr["frontier_id"] * 8 + arr["channel"]
-    uniq, inv = np.unique(key, return_inverse=True)
-    u_s = np.array([series.index.get((int(k) // 8, int(k) % 8), -1) for k in uniq])
-    s_ = u_s[inv]
-    d_ = arr["day"].astype(np.int64) - 1
-    day_start_us = np.array([to_utc_us(x, "d").astype(np.int64) for x in starts])
-    h_ = (arr["t"] - day_start_us[d_]) // 3_600_000_000
-    ok = (s_ >= 0) & (h_ >= 0) & (h_ < W)
-    values[s_[ok], d_[ok], h_[ok]] = arr["value"][ok]
-    core = ok & (h_ >= 1) & (h_ <= 24) & (arr["estimated"] != 0)
-    estimated[s_[core], d_[core]] = True
+    if len(arr):
+        s_ = series_of(arr)
+        day_no = {(d - _PG_DAY0).days: i for i, d in enumerate(days)}
+        for k, col, field in ((1, 0, "last"), (-1, W - 1, "first")):
+            # the day before a history day gives its last hour, the day after its first
+            target = np.array([day_no.get(int(x) + k, -1) for x in arr["day"]], dtype=np.int64)
+            ok = (s_ >= 0) & (target >= 0)
+            values[s_[ok], target[ok], col] = arr[field][ok]
+    if only is not None:
+        drop = np.ones(S, dtype=bool)
+        drop[only] = False
+        values[drop], estimated[drop] = np.nan, False
     return values, estimated
 
 

@@ -681,26 +681,8 @@ async def _prolonged_estimation(
         return 0, set()
     _, end = day_bounds(day)
     end = min(end, now)
-    cur = await conn.execute(
-        """SELECT x.fid, x.ch,
-                  (SELECT max(r.interval_start) FROM settled_reading r
-                    WHERE r.frontier_id = x.fid AND r.channel = x.ch
-                      AND r.source <> 'estimate' AND r.interval_start < %(end)s),
-                  (SELECT min(r.interval_start) FROM settled_reading r
-                    WHERE r.frontier_id = x.fid AND r.channel = x.ch)
-           FROM unnest(%(f)s::bigint[], %(c)s::smallint[]) AS x(fid, ch)
-           WHERE EXISTS (SELECT 1 FROM settled_reading r
-                          WHERE r.frontier_id = x.fid AND r.channel = x.ch
-                            AND r.interval_start = %(last)s AND r.source = 'estimate')""",
-        {
-            "f": series.frontier_id.tolist(),
-            "c": series.channel.tolist(),
-            "end": end,
-            "last": _floor_hour(end) - HOUR,
-        },
-    )
+    streaks = await _estimate_streaks(conn, series, end)
     alarms = 0
-    streaks = await cur.fetchall()
     # A channel that is measured again drops its gauge series (bounded by the fleet).
     ongoing = {(fid, ch) for fid, ch, _, _ in streaks}
     for (fid, ch), s in series.index.items():
@@ -746,6 +728,53 @@ async def _prolonged_estimation(
         alarms += 1
         metrics.VEE_PROLONGED_ALARMS.inc()
     return alarms, {int(fid) for fid, _, _, _ in streaks}
+
+
+async def _estimate_streaks(
+    conn: psycopg.AsyncConnection, series: Series, end: datetime
+) -> list[tuple[int, int, datetime | None, datetime]]:
+    """(frontier, channel, last non-estimated hour before ``end`` or None, first settled
+    hour) of the series whose last hour before ``end`` is an estimate, from settled_day:
+    one row per series and day instead of an index over every hourly value."""
+    last = _floor_hour(end) - HOUR
+    last_day, last_h = local_day(last), int((last - day_bounds(local_day(last))[0]) // HOUR)
+    cur = await conn.execute(
+        """SELECT frontier_id, channel FROM settled_day
+           WHERE day = %s AND source[%s] = 3 AND frontier_id = ANY(%s)""",
+        (last_day, last_h + 1, sorted({int(f) for f in series.frontier_id})),
+    )
+    pairs = [(f, c) for f, c in await cur.fetchall() if (f, c) in series.index]
+    if not pairs:
+        return []
+    # The latest two days up to end's day with a measured or manual hour: the latest may
+    # have them only at or after `end`; the one before lies wholly before it.
+    cur = await conn.execute(
+        """SELECT x.f, x.c, m.day, m.source, first.day, first.source
+           FROM unnest(%(f)s::bigint[], %(c)s::smallint[]) AS x(f, c)
+           LEFT JOIN LATERAL (
+             SELECT day, source FROM settled_day d
+             WHERE d.frontier_id = x.f AND d.channel = x.c AND d.day <= %(d)s
+               AND d.source && '{1,2,4}'::smallint[]
+             ORDER BY day DESC LIMIT 2) m ON true
+           CROSS JOIN LATERAL (
+             SELECT day, source FROM settled_day d
+             WHERE d.frontier_id = x.f AND d.channel = x.c ORDER BY day LIMIT 1) first""",
+        {"f": [f for f, _ in pairs], "c": [c for _, c in pairs], "d": local_day(end)},
+    )
+    measured: dict[tuple[int, int], datetime] = {}
+    first: dict[tuple[int, int], datetime] = {}
+    for f, c, mday, msource, fday, fsource in await cur.fetchall():
+        if mday is not None:
+            start = day_bounds(mday)[0]
+            for k in range(23, -1, -1):
+                t = start + k * HOUR
+                if msource[k] in (1, 2, 4) and t < end:
+                    if t > measured.get((f, c), t - HOUR):
+                        measured[(f, c)] = t
+                    break
+        k0 = next(k for k, x in enumerate(fsource) if x)
+        first[(f, c)] = day_bounds(fday)[0] + k0 * HOUR
+    return [(f, c, measured.get((f, c)), first[(f, c)]) for f, c in pairs]
 
 
 def _floor_hour(t: datetime) -> datetime:
