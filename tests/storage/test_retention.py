@@ -13,7 +13,7 @@ import pytest
 from cgm.config import Settings
 from cgm.localtime import local_day
 from cgm.migrate import upgrade
-from cgm.storage import Reading, write_readings
+from cgm.storage import Reading, SettledValue, write_readings, write_settled
 from cgm.storage.audit import verify
 from tests.storage.conftest import make_frontiers
 
@@ -98,3 +98,38 @@ def test_retention_job_refuses_less_than_two_years(db_url: str, drop_after: str)
             " 'drop_after', %s::text))",
             (drop_after,),
         )
+
+
+async def test_settled_day_follows_settled_reading_retention(
+    new_database: Callable[[], str],
+) -> None:
+    url = new_database()
+    result = upgrade(url, Settings(database_url=url, retention_years=2))
+    if not result.timescale:
+        pytest.skip("retention drops chunks on TimescaleDB only")
+    ((fid, _),) = await make_frontiers(url, 1)
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        rows = [
+            SettledValue(fid, 1, t + timedelta(hours=h), 1.0, "principal")
+            for t in (OLD, RECENT)
+            for h in range(30)
+        ]
+        await write_settled(conn, rows, actor="t")
+        await conn.commit()
+    with psycopg.connect(url, autocommit=True) as conn:
+        days = "SELECT day, cardinality(array_remove(source, 0::smallint)) FROM settled_day"
+        spanned = {local_day(r.interval_start) for r in rows}
+        assert len(conn.execute(days).fetchall()) == len(spanned)
+        (job,) = conn.execute(
+            "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'cgm_retention'"
+            " AND config ->> 'hypertable' = 'settled_reading'"
+        ).fetchone()
+        conn.execute("CALL run_job(%s)", (job,))
+        left = conn.execute(
+            "SELECT count(*) FROM settled_reading WHERE frontier_id = %s", (fid,)
+        ).fetchone()[0]
+        assert left == 30  # the recent ones
+        kept = conn.execute(days + " ORDER BY day").fetchall()
+    # What settled_day holds is what settled_reading still holds, nothing older.
+    assert sum(n for _, n in kept) == 30
+    assert [d for d, _ in kept] == sorted({local_day(r.interval_start) for r in rows[30:]})
