@@ -226,30 +226,53 @@ async def speed(url: str, n: int, history_days: int, profile: bool, reuse: bool 
         print(f"  setup {time.perf_counter() - t0:.0f} s: {info}")
     config = VeeConfig()
     prof = cProfile.Profile() if profile else None
-    if prof:
-        prof.enable()
-    t0 = time.perf_counter()
-    first = await run_vee(url, DAY, config=config, now=NOW)
-    wall = time.perf_counter() - t0
-    if prof:
-        prof.disable()
-    report("first settle", wall, first)
-    t0 = time.perf_counter()
-    again = await run_vee(url, DAY, config=config, now=NOW)
-    report("re-run, unchanged input", time.perf_counter() - t0, again)
+    first, wall, cpu = await timed_run(url, config, prof)
+    report("first settle", wall, first, cpu)
+    again, wall, cpu = await timed_run(url, config)
+    report("re-run, unchanged input", wall, again, cpu)
     late = await late_readings(url, n)
-    t0 = time.perf_counter()
-    third = await run_vee(url, DAY, config=config, now=NOW)
-    report(f"re-run after late readings ({late} frontiers)", time.perf_counter() - t0, third)
+    third, wall, cpu = await timed_run(url, config)
+    report(f"re-run after late readings ({late} frontiers)", wall, third, cpu)
     if prof:
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
         print("\n".join(out.getvalue().splitlines()[:40]))
 
 
-def report(what: str, wall: float, s: object) -> None:
+def _backend_cpu(pid: int) -> float | None:
+    """Seconds on CPU of a PostgreSQL backend on this host (/proc/PID/schedstat), or None."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def timed_run(
+    url: str, config: VeeConfig, prof: cProfile.Profile | None = None
+) -> tuple[object, float, tuple[float, float | None]]:
+    """run_vee on its own connection: (summary, wall s, (client CPU s, server CPU s))."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute("SELECT pg_backend_pid()")
+        (pid,) = await cur.fetchone()  # type: ignore[misc]
+        await conn.commit()
+        s0, c0, t0 = _backend_cpu(pid), time.process_time(), time.perf_counter()
+        if prof:
+            prof.enable()
+        summary = await run_vee(conn, DAY, config=config, now=NOW)
+        if prof:
+            prof.disable()
+        wall, client, s1 = time.perf_counter() - t0, time.process_time() - c0, _backend_cpu(pid)
+    return summary, wall, (client, None if s0 is None or s1 is None else s1 - s0)
+
+
+def report(what: str, wall: float, s: object, cpu: tuple[float, float | None]) -> None:
     d = s.as_dict()  # type: ignore[attr-defined]
-    print(f"\n{what}: {wall:.1f} s wall")
+    server = "n/a (server on another host)" if cpu[1] is None else f"{cpu[1]:.1f} s"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"\n{what}: {wall:.1f} s wall; CPU: client {cpu[0]:.1f} s, server {server};"
+        f" load average {load}"
+    )
     print(
         f"  values {d['values']}  written {d['written']}  sources {d['by_source']}"
         f"  methods {d['by_method']}  unsettled {d['unsettled']}"
