@@ -474,18 +474,15 @@ def _arrays(
 
 # --- recorded inputs: skip a frontier-day whose inputs did not change -------------------
 
-DIGEST_FORMAT = b"cgm-vee-inputs-1"  # change when what a run computes from its inputs does
+DIGEST_FORMAT = b"cgm-vee-inputs-2"  # change when what a run computes from its inputs does
 _XOR = "count(*), coalesce(bit_xor({h}), 0)"
 # One 64-bit hash per row of every column VEE reads; summed up per key by XOR (rows are
 # unique by key, so nothing cancels out) with the row count.
 # Times as float8 microseconds: date_part is far cheaper than extract (numeric) per row,
 # and a hash input needs to be deterministic, not exact.
 _T = "(date_part('epoch', {t}) * 1e6)::int8"
-# A reading's value or quality changes only with its version (cgm.storage.readings), so
-# (channel, start, version) stands for the row: one hash call per row of the window.
-_READING_HASH = (
-    "hashint8extended(version::int8 * 8 + channel, date_part('epoch', interval_start)::int8)"
-)
+# A (meter, channel, day) of readings stands for its rows by its change counter.
+_READING_DAY_HASH = "hashint8extended(version * 8 + channel, day - DATE '2000-01-01')"
 _SNAPSHOT_HASH = (
     "hashint8extended(channel, hashfloat8extended(value, " + _T.format(t="read_at") + "))"
 )
@@ -513,11 +510,13 @@ async def input_digests(
     settled values, and the day's ``settled_day_version`` (0: none): ({fid: digest},
     {fid: version}); :func:`seal` joins them.
 
-    The server hashes the rows (readings and register snapshots per meter, power samples
-    per frontier) so that only a few numbers per meter travel; the history days and the
-    day itself count by their ``settled_day_version`` (bumped by every write that changes
-    a settled value, cgm.storage.write_settled), not by their rows. The registry, the
-    settings and the hours due come from this side.
+    The readings count by the change counters of their local days (``reading_day.version``
+    of the day and its neighbours, kept by cgm.storage.write_readings); the server hashes
+    those and the rows of register snapshots per meter and power samples per frontier, so
+    that only a few numbers per meter travel; the history days and the day itself count by
+    their ``settled_day_version`` (bumped by every write that changes a settled value,
+    cgm.storage.write_settled), not by their rows. The registry, the settings and the hours
+    due come from this side.
     """
     import hashlib
 
@@ -531,11 +530,13 @@ async def input_digests(
         cur = await conn.execute(sql, params)
         return list(await cur.fetchall())
 
+    # The readings count by the change counters of the local days the window meets
+    # (reading_day.version, bumped by write_readings whenever a reading of the day is
+    # inserted or changes): three rows per meter and channel instead of every hourly row.
     for mid, n, h in await rows(
-        f"SELECT meter_id, {_XOR.format(h=_READING_HASH)} FROM reading"
-        " WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s AND interval_start < %(b)s"
-        " GROUP BY meter_id",
-        {"m": meters, "a": w0, "b": w1},
+        f"SELECT meter_id, {_XOR.format(h=_READING_DAY_HASH)} FROM reading_day"
+        " WHERE meter_id = ANY(%(m)s) AND day BETWEEN %(a)s AND %(b)s GROUP BY meter_id",
+        {"m": meters, "a": day - timedelta(days=1), "b": day + timedelta(days=1)},
     ):
         per_meter[mid].append(("r", n, h))
     skew = config.register_skew
