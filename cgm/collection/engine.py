@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from cgm import metrics
 from cgm.collection import claims
+from cgm.collection.columns import CHANNEL_IDS, ROLLOVER, ProfileColumns, epoch_us
 from cgm.collection.derive import Snapshot, derive_intervals
 from cgm.collection.hourly import to_hourly
 from cgm.collection.link import CONNECT_OPTIONS, Link, retrying
@@ -53,7 +54,7 @@ from cgm.storage import InvalidRows, Quality, last_interval, readings_array, wri
 from cgm.storage.common import channel_id, from_us
 from cgm.storage.readings import READING_DTYPE, row_problems
 from drivers import get_driver
-from drivers.base import Channel, Driver, ProfileEntry
+from drivers.base import Driver, ProfileEntry
 
 log = logging.getLogger(__name__)
 
@@ -612,6 +613,7 @@ class Collector:
                     level2_allowed=2 not in self._locked.get(target.meter_id, ()),
                     clock_target_fraction=self.config.clock_target_fraction,
                     clock_block=self._clock_block,
+                    columnar=True,
                 )
         except TimeoutError:
             # A meter that keeps answering slowly must not hold the cycle: its data stays
@@ -644,7 +646,7 @@ class Collector:
             item = await queue.get()
             if item is None:
                 break
-            batch, size = [item], len(item.entries)
+            batch, size = [item], item.entry_count
             if linger and queue.qsize() < most - 1:
                 # Sessions end one by one: wait a moment so a transaction stores many (one
                 # per outcome cost more database round trips than the sessions' own work).
@@ -655,7 +657,7 @@ class Collector:
                     done = True
                     break
                 batch.append(item)
-                size += len(item.entries)
+                size += item.entry_count
             await self._store(link, batch, cycle, summary)
 
     async def _store(
@@ -851,6 +853,34 @@ class _Rows:
             at.extend([_epoch_us(collected_at)] * added)
         return rest
 
+    def columns(
+        self,
+        meter_id: int,
+        cols: ProfileColumns,
+        base: int,
+        spans: Sequence[tuple[datetime, datetime]],
+        collected_at: datetime,
+    ) -> None:
+        """Add a session's hourly columns as rows: the same rows :meth:`hourly` makes of
+        those entries (``base`` and the large-correction flag added here)."""
+        m, c, t, v, q, at = self.cols
+        n = len(cols)
+        m.extend([meter_id] * n)
+        c.extend(cols.channel)
+        t.extend(cols.start)
+        v.extend(cols.value)
+        at.extend([_epoch_us(collected_at)] * n)
+        if not spans:
+            q.extend([f | base for f in cols.flags] if base else cols.flags)
+            return
+        start = np.array(cols.start, dtype="i8")
+        flags = np.array(cols.flags, dtype="i8") | base
+        hit = np.zeros(n, dtype=bool)
+        for since, until in spans:  # as _corrected: the hour overlaps [since, until]
+            hit |= (_epoch_us(since) < start + _HOUR_US) & (start <= _epoch_us(until))
+        flags[hit] |= _LARGE_CORRECTION
+        q.extend(flags.tolist())
+
     def array(self) -> np.ndarray:
         if not self.cols[0]:
             return np.empty(0, READING_DTYPE)
@@ -861,22 +891,11 @@ class _Rows:
         )
 
 
-# Channel (a StrEnum) and its name hash alike: one lookup serves drivers giving either.
-_CHANNEL_IDS: dict[object, int] = {ch: channel_id(ch) for ch in Channel}
-_ROLLOVER = int(Quality.REGISTER_ROLLOVER)
+_CHANNEL_IDS = CHANNEL_IDS
+_ROLLOVER = ROLLOVER
 _LARGE_CORRECTION = int(Quality.LARGE_CLOCK_CORRECTION)
-
-
-def _epoch_us(t: datetime) -> int:
-    """Microseconds since the epoch of an aware datetime (a naive one is refused: its zone
-    would be a guess, and Colombia is UTC−5)."""
-    if t.tzinfo is None:
-        raise ValueError(f"{t.isoformat()} is naive (needs a time zone)")
-    return (t - _EPOCH) // _US
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
+_HOUR_US = 3_600_000_000
+_epoch_us = epoch_us
 
 
 def _base_quality(o: MeterOutcome) -> Quality:
@@ -906,6 +925,8 @@ async def _reading_rows(
         at = o.finished_at or o.started_at
         meter_id = o.target.meter_id
         spans = corrections.get(meter_id, ())
+        if o.columns is not None and len(o.columns):
+            rows.columns(meter_id, o.columns, base, spans, at)
         # Hourly entries (nearly every meter) become rows directly: per entry, not per value,
         # and with no object per value (a 30-day first contact brings ~2,900 values a meter).
         rest = rows.hourly(meter_id, o.entries, base, spans, at)
@@ -927,6 +948,14 @@ async def _reading_rows(
             rows.add(meter_id, channel_id(v.channel), v.start, v.value, q, at)
     await _derived_rows(conn, batch, rows)
     return rows.array(), stored, entries
+
+
+def _oldest(o: MeterOutcome) -> datetime:
+    """The earliest interval start an outcome brings (it has entries)."""
+    starts = [e.start for e in o.entries[:1]]
+    if o.columns is not None and (first := o.columns.first_start()) is not None:
+        starts.append(first)
+    return min(starts)
 
 
 def _corrected(spans: Sequence[tuple[datetime, datetime]], start: datetime) -> bool:
@@ -1082,16 +1111,17 @@ async def _corrections(
 ) -> dict[int, list[tuple[datetime, datetime]]]:
     """Spans [from, at] of large clock corrections (past the limit) of these meters over
     the intervals being stored: logged ones, and the batch's own (made after its read)."""
-    ids = [o.target.meter_id for o in batch if o.entries]
-    if not ids:
+    read = [o for o in batch if o.entry_count]
+    if not read:
         return {}
-    oldest = min(o.entries[0].start for o in batch if o.entries)
+    ids = [o.target.meter_id for o in read]
+    oldest = min(_oldest(o) for o in read)
     out: dict[int, list[tuple[datetime, datetime]]] = {}
     for meter_id, since, at in await clock_corrections(conn, ids, oldest):
         out.setdefault(meter_id, []).append((since, at))
     for o in batch:
         c = o.correction
-        if o.entries and c is not None and c.set_to is not None:
+        if o.entry_count and c is not None and c.set_to is not None:
             if abs(c.before.offset) > o.target.clock_limit_s:
                 at = o.finished_at or c.set_to
                 span = (at - timedelta(seconds=abs(c.before.offset)), at)
@@ -1187,7 +1217,7 @@ async def _session_log(
                     error(o),
                     o.channel_used,
                     o.attempts,
-                    len(o.entries),
+                    o.entry_count,
                     o.clock.offset if o.clock else None,
                     bool(o.correction and o.correction.ok),
                     o.read_from,

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cgm import metrics
+from cgm.collection.columns import ProfileColumns
 from cgm.registry import MeterConfig
 from drivers.base import (
     AccessLevel,
@@ -101,6 +102,9 @@ class MeterOutcome:
     has_profile: bool = True
     config_violations: list[str] = field(default_factory=list)
     entries: list[ProfileEntry] = field(default_factory=list)
+    # With ``interrogate(columnar=True)``: the hourly entries, as columns (``entries`` then
+    # holds only the others).
+    columns: ProfileColumns | None = None
     registers: list[RegisterValue] = field(default_factory=list)
     events: list[SessionEvent] = field(default_factory=list)  # what the driver handled
     read_from: datetime | None = None
@@ -112,6 +116,11 @@ class MeterOutcome:
     @property
     def succeeded(self) -> bool:
         return self.result in ("ok", "partial")
+
+    @property
+    def entry_count(self) -> int:
+        """Profile entries the meter gave, in ``entries`` or ``columns``."""
+        return len(self.entries) + (self.columns.entries if self.columns else 0)
 
 
 class IdentityMismatch(DriverError):
@@ -218,11 +227,14 @@ async def _read_profile(
     end: datetime,
     outcome: MeterOutcome,
 ) -> None:
-    """Read [start, end) in day-sized chunks, keeping what arrived if a later chunk fails."""
+    """Read [start, end) in day-sized chunks, keeping what arrived if a later chunk fails
+    (each chunk taken into ``outcome.columns`` as it arrives, when there are columns)."""
     cursor = start
+    columns = outcome.columns
     while cursor < end:
         stop = min(cursor + PROFILE_CHUNK, end)
-        outcome.entries.extend(await session.read_profile(cursor, stop))
+        chunk = await session.read_profile(cursor, stop)
+        outcome.entries.extend(columns.add(chunk) if columns is not None else chunk)
         outcome.read_to = stop
         cursor = stop
 
@@ -237,22 +249,29 @@ async def interrogate(
     level2_allowed: bool = True,
     clock_target_fraction: float = 1 / 3,
     clock_block: str | None = None,
+    columnar: bool = False,
 ) -> MeterOutcome:
     """Run the full session sequence for one meter; never raises for a meter's failure.
 
     ``level2_allowed=False`` (the meter refused the level-2 secret too often lately) skips
     the clock correction rather than present a wrong password once more. The clock is
     corrected past ``clock_target_fraction`` of its limit; ``clock_block`` is a reason the
-    clock must not be set now (it then raises an alarm instead)."""
+    clock must not be set now (it then raises an alarm instead). ``columnar`` keeps the
+    hourly profile entries as :class:`ProfileColumns` (what the collector stores from)."""
     policy = policy or SessionPolicy()
     now = now or utcnow()
-    outcome = MeterOutcome(target=target, started_at=utcnow(), level2_locked=not level2_allowed)
+    outcome = MeterOutcome(
+        target=target,
+        started_at=utcnow(),
+        level2_locked=not level2_allowed,
+        columns=ProfileColumns() if columnar else None,
+    )
     t0 = time.perf_counter()
     try:
         await _read_session(driver, target, since, now, policy, outcome)
     except DriverError as exc:
         # What was read before the failure stays in the outcome; the engine stores it.
-        outcome.result = "partial" if outcome.entries or outcome.registers else exc.reason
+        outcome.result = "partial" if outcome.entry_count or outcome.registers else exc.reason
         outcome.error = f"{exc.reason}: {exc}"
     except Exception as exc:  # noqa: BLE001 - e.g. bad protocol params: a recorded failure
         log.exception("%s: unexpected error", target.serial)

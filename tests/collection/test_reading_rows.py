@@ -109,3 +109,34 @@ def test_register_snapshot_times_keep_their_microseconds(new_database) -> None:
             ([_epoch_us(t) for t in times],),
         ).fetchall()
     assert [r[0] for r in got] == times
+
+
+@pytest.mark.parametrize("spans", [(), ((T0 + 9 * HOUR, T0 + 12 * HOUR),)])
+def test_columns_taken_per_chunk_give_the_same_rows(spans) -> None:
+    """A session keeps its hourly entries as columns, chunk by chunk, as they arrive; the
+    writer's rows from them are the rows it makes of the entries themselves."""
+    from cgm.collection.columns import ProfileColumns
+
+    entries = _entries()
+    base = int(Quality.BACKUP_CHANNEL)
+    cols = ProfileColumns()
+    rest = cols.add(entries[:10]) + cols.add(entries[10:])
+    assert cols.entries == 30 and [e.period for e in rest] == [timedelta(minutes=15)] * 4
+    assert cols.first_start() == T0
+    from_columns = _Rows()
+    from_columns.columns(7, cols, base, spans, AT)
+    from_columns.hourly(7, rest, base, spans, AT)
+    from_entries = _Rows()
+    from_entries.hourly(7, entries, base, spans, AT)
+    assert from_columns.array().tolist() == from_entries.array().tolist()
+
+
+def test_a_chunk_with_an_unknown_channel_is_left_to_the_entry_path() -> None:
+    from cgm.collection.columns import ProfileColumns
+
+    cols = ProfileColumns()
+    good = ProfileEntry(T0, HOUR, {"active_import": 1.0})
+    bad = ProfileEntry(T0 + HOUR, HOUR, {"active_import": 1.0, "apparent": 2.0})
+    assert cols.add([good]) == [] and len(cols) == 1
+    assert cols.add([good, bad]) == [good, bad]  # refused there with the reason, as before
+    assert len(cols) == 1 and cols.entries == 1
