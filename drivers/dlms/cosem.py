@@ -6,6 +6,7 @@ its own Blue Book table), so a mistake here shows up as a failing test, not as a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
@@ -180,6 +181,7 @@ class CaptureObject:
 CLOCK_CAPTURE = CaptureObject(CosemInterface.CLOCK, CLOCK, 2)
 
 
+@functools.lru_cache(maxsize=1024)
 def obis_str(obis: bytes) -> str:
     a, b, c, d, e, f = obis
     return f"{a}-{b}:{c}.{d}.{e}.{f}"

@@ -226,6 +226,9 @@ _ENERGY = (cosem.Use.INTERVAL, cosem.Use.CUMULATIVE)
 # Layouts by the one-frame list answer they were read from (see _profile_layout). Only read.
 _LAYOUTS: dict[bytes, _ProfileLayout] = {}
 _LAYOUT_LIMIT = 1024
+# Identities by the one-frame identity answer and the ``identity`` param (see _identify).
+_IDENTITIES: dict[tuple[bytes | None, str], tuple[str, str, MeterIdentity]] = {}
+_IDENTITY_LIMIT = 100_000
 # Not the driver's, accepted so that a registry entry may carry them: the meter ratings the
 # CGM's plausibility guard reads (cgm/collection/plausibility.py).
 _CGM_PARAMS = frozenset({"max_current_a", "rated_current_a", "nominal_voltage_v"})
@@ -658,6 +661,11 @@ class DlmsSession(MeterSession):
                 strict=True,
             )
         )
+        memo = (self._list_body, self.params.identity)
+        known = _IDENTITIES.get(memo) if memo[0] is not None else None
+        if known is not None:  # the same answer as before: the same identity
+            self._serial, self.identity_source, identity = known
+            return identity
         serial = source = None
         for obis in wanted:
             value = self._text(results[obis], obis, required=obis == wanted[-1])
@@ -672,7 +680,12 @@ class DlmsSession(MeterSession):
         manufacturer, model, firmware = (self._text(results[o], o, required=False) for o in extra)
         self._serial = serial
         self.identity_source = source
-        return MeterIdentity(serial, manufacturer, model, firmware)
+        identity = MeterIdentity(serial, manufacturer, model, firmware)
+        if memo[0] is not None:
+            if len(_IDENTITIES) >= _IDENTITY_LIMIT:
+                _IDENTITIES.clear()
+            _IDENTITIES[memo] = (serial, source, identity)
+        return identity
 
     def _text(self, result: _ListResult, obis: bytes, *, required: bool) -> str:
         """A Data object's string value; "" for an optional object the meter lacks.
@@ -737,7 +750,7 @@ class DlmsSession(MeterSession):
         pg = en.CosemInterface.PROFILE_GENERIC
         key = self._hint_key()
         hint = self._hints.get(key) if key is not None else None
-        wanted = _scaler_columns(hint) if hint else []
+        wanted = _scaler_columns(hint) if hint else ()
         results = await self._get_list(
             [(pg, cosem.LOAD_PROFILE, 3), (pg, cosem.LOAD_PROFILE, 4), (pg, cosem.LOAD_PROFILE, 8)]
             + [(c.class_id, c.obis, 3) for _, c in wanted]
@@ -954,12 +967,14 @@ class DlmsSession(MeterSession):
         return out
 
 
+@functools.lru_cache(maxsize=1024)
 def _scaler_columns(
     columns: tuple[cosem.CaptureObject, ...],
-) -> list[tuple[int, cosem.CaptureObject]]:
-    """(index, column) of the energy columns whose scaler_unit applies to the captured value."""
+) -> tuple[tuple[int, cosem.CaptureObject], ...]:
+    """(index, column) of the energy columns whose scaler_unit applies to the captured value
+    (once per distinct layout)."""
     roles = _roles(columns)
-    return [(i, r.column) for i, r in enumerate(roles) if r.use in _ENERGY]
+    return tuple((i, r.column) for i, r in enumerate(roles) if r.use in _ENERGY)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1240,7 +1255,8 @@ class DlmsDriver(Driver):
             self.counter_store,
         )
         try:
-            await asyncio.wait_for(session._open(), timeout)
+            async with asyncio.timeout(timeout):  # no task per connect, as wait_for makes
+                await session._open()
         except TimeoutError as exc:
             await session._abort()
             raise MeterTimeout(
