@@ -503,11 +503,9 @@ class DlmsServer:
     ) -> bytes:
         association.blocks = []  # a new request aborts any long GET in progress
         invoke = raw[2]
-        target = request.cosem_attribute
+        class_id, obis, attribute, _ = _addresses(raw, request)[0]
         try:
-            data = self._read(
-                meter, int(target.interface), target.instance.to_bytes(), target.attribute, raw
-            )
+            data = self._read(meter, class_id, obis, attribute, raw)
         except _AccessError as exc:
             return xdlms.GetResponseNormalWithError(
                 error=exc.result, invoke_id_and_priority=request.invoke_id_and_priority
@@ -529,16 +527,13 @@ class DlmsServer:
             return _exception(
                 en.StateException.SERVICE_NOT_ALLOWED, en.ServiceException.SERVICE_NOT_SUPPORTED
             )
-        items = request.cosem_attributes_with_selection
+        items = _addresses(raw, request)
         body = bytearray(dlms_data.encode_variable_integer(len(items)))
-        for item in items:
-            target = item.attribute
+        for class_id, obis, attribute, selective in items:
             try:
-                if item.access_selection is not None:  # not offered inside a list here
+                if selective:  # not offered inside a list here
                     raise _AccessError(en.DataAccessResult.OTHER_REASON)
-                data = self._read(
-                    meter, int(target.interface), target.instance.to_bytes(), target.attribute, b""
-                )
+                data = self._read(meter, class_id, obis, attribute, b"")
             except _AccessError as exc:
                 body += bytes([1, exc.result])
             else:
@@ -709,6 +704,34 @@ def _parse(apdu: bytes) -> object:
             _PARSED.clear()
         _PARSED[key] = request
     return request
+
+
+_ADDRESSES: dict[bytes, tuple[tuple[int, bytes, int, bool], ...]] = {}
+
+
+def _addresses(
+    raw: bytes, request: xdlms.GetRequestNormal | xdlms.GetRequestWithList
+) -> tuple[tuple[int, bytes, int, bool], ...]:
+    """(class id, OBIS, attribute, with selection) of each attribute a GET names, taken from
+    the parsed request once per request bytes (as the parse itself, :func:`_parse`)."""
+    key = bytes(raw)
+    found = _ADDRESSES.get(key)
+    if found is None:
+        if isinstance(request, xdlms.GetRequestWithList):
+            named = [
+                (item.attribute, item.access_selection is not None)
+                for item in request.cosem_attributes_with_selection
+            ]
+        else:
+            named = [(request.cosem_attribute, request.access_selection is not None)]
+        found = tuple(
+            (int(t.interface), t.instance.to_bytes(), t.attribute, selective)
+            for t, selective in named
+        )
+        if len(_ADDRESSES) >= _PARSED_LIMIT:
+            _ADDRESSES.clear()
+        _ADDRESSES[key] = found
+    return found
 
 
 def _bits(conformance: Conformance) -> tuple[bool, ...]:
