@@ -249,12 +249,16 @@ class ColumnHints:
     Keyed by endpoint, server address and serial (a replaced meter has another serial). A
     hint is never trusted as data: the capture objects are re-read in the same GET-with-list
     as the scalers it names, and a mismatch costs one more round trip, never a wrong value.
-    Bounded: the oldest hints go first when it is full.
+    A meter without a hint of its own (first contact of this process: a restart, or a meter
+    another collector read last hour) is offered ``last``, the layout most recently read from
+    any meter, under the same check: a fleet is mostly of a few models. Bounded: the oldest
+    hints go first when it is full.
     """
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
         self._hints: dict[tuple[str, int, int, str], tuple[cosem.CaptureObject, ...]] = {}
+        self.last: tuple[cosem.CaptureObject, ...] | None = None  # from any meter
         # Logical devices whose GET-with-list answer was malformed, refused or partial: read
         # one by one from then on (keyed by host, port, server address; bounded like hints).
         self._no_list: dict[tuple[str, int, int], None] = {}
@@ -273,6 +277,7 @@ class ColumnHints:
     def put(self, key: tuple[str, int, int, str], columns: tuple[cosem.CaptureObject, ...]) -> None:
         self._hints.pop(key, None)
         self._hints[key] = columns
+        self.last = columns
         while len(self._hints) > self.limit:
             del self._hints[next(iter(self._hints))]
 
@@ -577,6 +582,7 @@ class DlmsSession(MeterSession):
         return out
 
     async def _get_with_list(self, items: list[tuple[int, bytes, int]]) -> list[_ListResult]:
+        self._list_body = None
         what = f"list of {len(items)}"
         if self._lean:
             request: Any = _get_list_request(tuple(items))
@@ -740,21 +746,41 @@ class DlmsSession(MeterSession):
         """Capture objects, period, depth, each column's role and the energy scalers.
 
         One GET-with-list: attributes 3, 4 and 8 of the profile plus the scalers of the
-        columns the meter had last session (:class:`ColumnHints`). If the capture objects
-        read now differ from the hint (first contact, a reconfigured or replaced meter), the
-        scalers of the actual columns are read in a second round trip. The role of each
+        columns the meter had last session, or, for a meter without a hint, of the layout
+        last read from any meter (:class:`ColumnHints`). If the capture objects read now
+        differ from the hint (another model, a reconfigured or replaced meter), the scalers
+        of the actual columns are read in a second round trip. The role of each
         column (:func:`cosem.classify`) comes from the capture objects alone, every session.
         """
         if self._layout is not None:
             return self._layout
         pg = en.CosemInterface.PROFILE_GENERIC
         key = self._hint_key()
-        hint = self._hints.get(key) if key is not None else None
+        own = self._hints.get(key) if key is not None else None
+        hint = own
+        config = [
+            (pg, cosem.LOAD_PROFILE, 3),
+            (pg, cosem.LOAD_PROFILE, 4),
+            (pg, cosem.LOAD_PROFILE, 8),
+        ]
+        list_key = (self.endpoint.host, self.endpoint.port, self.params.server_address)
+        if hint is None and self._with_list and not self._hints.list_refused(list_key):
+            hint = self._hints.last  # another meter's layout, checked like the meter's own
         wanted = _scaler_columns(hint) if hint else ()
-        results = await self._get_list(
-            [(pg, cosem.LOAD_PROFILE, 3), (pg, cosem.LOAD_PROFILE, 4), (pg, cosem.LOAD_PROFILE, 8)]
-            + [(c.class_id, c.obis, 3) for _, c in wanted]
-        )
+        if own is None and wanted:
+            try:
+                results = await self._get_with_list(
+                    config + [(c.class_id, c.obis, 3) for _, c in wanted]
+                )
+            except DriverError:
+                if self._broken is not None:
+                    raise
+                # A meter may answer badly a list naming objects it lacks: read the
+                # configuration as without a hint (its own list fallback applies there).
+                hint, wanted = None, ()
+                results = await self._get_list(config)
+        else:
+            results = await self._get_list(config + [(c.class_id, c.obis, 3) for _, c in wanted])
         body = self._list_body
         if body is not None and hint:
             # The same answer to the same list as before: the same layout (it is a function

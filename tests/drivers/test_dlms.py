@@ -20,8 +20,8 @@ from drivers.base import (
     MeterTimeout,
     ProtocolError,
 )
-from drivers.dlms import DRIVER, DlmsSession, cosem
-from simulators.dlms import DlmsServer, serve
+from drivers.dlms import DRIVER, DlmsDriver, DlmsSession, cosem
+from simulators.dlms import DlmsServer, DlmsVariant, serve
 from simulators.meter import Faults, SimulatedMeter
 from tests.fixtures.gurux_client import gurux_link
 
@@ -411,9 +411,12 @@ async def test_gurux_client_wrong_password_is_refused(server: DlmsServer) -> Non
 # --- round trips: GET-with-list and column hints ------------------------------------------
 
 
-async def _hourly_session(srv: DlmsServer, **params: object) -> tuple[DlmsSession, dict]:
+async def _hourly_session(
+    srv: DlmsServer, driver: DlmsDriver | None = None, **params: object
+) -> tuple[DlmsSession, dict]:
     """The collector's steady-state sequence; the session's APDU count before release."""
-    async with await connect(srv, **params) as session:
+    opened = (driver or DRIVER).connect(endpoint(srv), LEVEL1, params or None, timeout=5.0)
+    async with await opened as session:
         end = floor_hour(datetime.now(UTC))
         out = {
             "identity": await session.identify(),
@@ -427,8 +430,9 @@ async def _hourly_session(srv: DlmsServer, **params: object) -> tuple[DlmsSessio
 
 
 async def test_hourly_session_takes_six_round_trips(server: DlmsServer) -> None:
-    _, first = await _hourly_session(server)
-    _, second = await _hourly_session(server)
+    driver = DlmsDriver()  # knows no layout yet
+    _, first = await _hourly_session(server, driver)
+    _, second = await _hourly_session(server, driver)
     # AARQ, identity (list), clock, profile config (list), profile, registers (list); the
     # first contact also reads the scalers of the columns it has just learned.
     assert first["requests"] == 7 and second["requests"] == 6
@@ -439,12 +443,34 @@ async def test_hourly_session_takes_six_round_trips(server: DlmsServer) -> None:
 async def test_replaced_meter_does_not_inherit_the_column_hint(
     server: DlmsServer, meter: SimulatedMeter
 ) -> None:
-    await _hourly_session(server)
+    driver = DlmsDriver()
+    await _hourly_session(server, driver)
     server.meters[1] = SimulatedMeter("DLMS-0099", seed=8)  # same address, another meter
-    _, out = await _hourly_session(server)
+    _, out = await _hourly_session(server, driver)
     assert out["identity"].serial == "DLMS-0099"
-    assert out["requests"] == 7  # no hint for this serial: scalers read after the columns
+    # No hint for this serial: the layout last read (the same model's) is offered and
+    # checked against the columns read in the same list, so no round trip is added.
+    assert out["requests"] == 6
     assert {r.channel for r in out["registers"]} == set(ALL_CHANNELS)
+
+
+async def test_another_models_layout_is_checked_not_trusted() -> None:
+    """A meter of another model is offered the layout last read from any meter: its own
+    columns, read in the same list, show the offer wrong, and its scalers are read."""
+    driver = DlmsDriver()
+    first = SimulatedMeter("DLMS-0100", seed=9)
+    other = SimulatedMeter("DLMS-0101", seed=10)
+    cumulative = DlmsVariant(profile="cumulative", status_column=False)
+    async with await serve(first) as plain, await serve(other, variant=cumulative) as srv:
+        _, a = await _hourly_session(plain, driver)
+        _, b = await _hourly_session(srv, driver)
+        _, c = await _hourly_session(srv, driver)
+    assert a["requests"] == 7 and b["requests"] == 7 and c["requests"] == 6
+    assert {col.use for col in b["config"].columns} == {"clock", "cumulative"}
+    end = floor_hour(datetime.now(UTC))
+    truth = other.profile(end - HOUR, end)
+    assert len(b["entries"]) == 1 and b["entries"][0].start == truth[0].start
+    assert b["entries"][0].values == pytest.approx(truth[0].values, abs=1e-3)
 
 
 async def test_changed_scaler_applies_in_the_next_session(
