@@ -88,6 +88,63 @@ async def load(
     return np.concatenate(parts) if parts else np.empty(0, dtype=STORED_DTYPE)
 
 
+# One page of the rows format: in the order of ``meter_ids`` (the response's), then channel
+# and interval start, after the keyset (position of the cursor's meter, channel, start).
+_PAGE_SQL = """
+SELECT meter_id, channel,
+       array_agg((date_part('epoch', interval_start) * 1e6)::int8),
+       array_agg(value),
+       array_agg(quality),
+       array_agg(version),
+       array_agg((date_part('epoch', collected_at) * 1e6)::int8)
+FROM (SELECT meter_id, channel, interval_start, value, quality, version, collected_at
+      FROM reading
+      WHERE meter_id = ANY(%(m)s) AND channel = ANY(%(c)s)
+        AND interval_start >= %(s)s AND interval_start < %(e)s
+        AND (array_position(%(m)s, meter_id), channel, interval_start)
+            > (%(pos)s, %(ch)s, %(t)s)
+      ORDER BY array_position(%(m)s, meter_id), channel, interval_start
+      LIMIT %(limit)s) r
+GROUP BY meter_id, channel
+"""
+
+
+async def load_page(
+    conn: psycopg.AsyncConnection,
+    meter_ids: Sequence[int],
+    start: datetime,
+    end: datetime,
+    channels: Sequence[int],
+    after: tuple[int, int, datetime] | None,
+    limit: int,
+) -> np.ndarray:
+    """At most ``limit`` current readings of [start, end) after the keyset ``after``
+    (meter position in ``meter_ids``, channel, interval start), as ``STORED_DTYPE`` in
+    that order: a page of the rows format (a bounded amount of work per request)."""
+    pos, ch, t = after if after is not None else (0, 0, start - timedelta(microseconds=1))
+    cur = conn.cursor(binary=True)
+    await cur.execute(
+        _PAGE_SQL,
+        {"m": list(meter_ids), "c": list(channels), "s": start, "e": end, "pos": pos,
+         "ch": ch, "t": t, "limit": limit},
+    )  # fmt: skip
+    parts = {}
+    for mid, chan, starts, values, quality, version, collected in await cur.fetchall():
+        a = np.empty(len(starts), dtype=STORED_DTYPE)
+        a["meter_id"], a["channel"] = mid, chan
+        a["interval_start"] = np.array(starts, dtype=np.int64).astype("M8[us]")
+        a["value"] = values
+        a["quality"] = quality
+        a["version"] = version
+        a["collected_at"] = np.array(collected, dtype=np.int64).astype("M8[us]")
+        if len(a) > 1 and not (a["interval_start"][1:] > a["interval_start"][:-1]).all():
+            a = a[np.argsort(a["interval_start"], kind="stable")]
+        parts[(list(meter_ids).index(mid), chan)] = a
+    if not parts:
+        return np.empty(0, dtype=STORED_DTYPE)
+    return np.concatenate([parts[k] for k in sorted(parts)])
+
+
 # The hourly shape: only what it carries (value, quality) and each reading's offset from
 # ``start`` in microseconds (a reading a second off the hour is not put on it). No sort: the
 # offsets place each value, and one aggregation keeps the three arrays aligned; the sort
