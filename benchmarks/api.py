@@ -66,7 +66,14 @@ def endpoints(code: str, other: str, now: datetime) -> list[tuple[str, str]]:
         ("registry entry", f"/api/v1/frontiers/{other}"),
         ("registry, a page (100 frontiers)", "/api/v1/frontiers"),
         ("settled day", f"/api/v1/frontiers/{code}/settled?day={day}"),
-        ("readings 31 days JSON", f"/api/v1/frontiers/{code}/readings?start={m31}{q}end={e}"),
+        (
+            "readings 31 days rows, a page (1,000)",
+            f"/api/v1/frontiers/{code}/readings?start={m31}{q}end={e}",
+        ),
+        (
+            "readings 31 days hourly",
+            f"/api/v1/frontiers/{code}/readings?start={m31}{q}end={e}{q}format=hourly",
+        ),
         (
             "readings 31 days columnar",
             f"/api/v1/frontiers/{code}/readings?start={m31}{q}end={e}{q}format=columns",

@@ -510,9 +510,13 @@ async def collection_sessions(
                JOIN meter m ON m.id = s.meter_id JOIN frontier f ON f.id = m.frontier_id
                WHERE (%(fid)s::bigint IS NULL OR m.frontier_id = %(fid)s)
                  AND (%(scope)s::bigint[] IS NULL OR m.frontier_id = ANY(%(scope)s))
-                 AND (%(at)s::timestamptz IS NULL OR (s.started_at, s.id) < (%(at)s, %(id)s))
+                 AND (s.started_at, s.id) < (%(at)s, %(id)s)
                ORDER BY s.started_at DESC, s.id DESC LIMIT %(limit)s""",
-            {"fid": fid, "limit": limit + 1, "scope": scope, "at": before[0], "id": before[1]},
+            # The keyset as one row comparison (the first page: after +infinity), which the
+            # index collection_session_recent (started_at DESC, id DESC) answers in order.
+            {"fid": fid, "limit": limit + 1, "scope": scope,
+             "at": before[0] if before[0] is not None else "infinity",
+             "id": before[1] if before[1] is not None else 2**63 - 1},  # fmt: skip
         )
         rows = await cur.fetchall()
     keys = (
