@@ -403,19 +403,40 @@ CSV_HEADER = (
 
 
 def csv_body(meters: Sequence[MeterRow], arr: np.ndarray) -> bytes:
+    """One line per reading, as the standard library's ``csv`` writes them (its quoting
+    for the meter's serial and role), built column by column: every other field is a
+    plain token (channel and flag names, ISO times, ``repr`` of a float, integers) that
+    needs no quoting. Line by line through ``csv.writer`` a year cost ~150 ms of CPU."""
     parts = _by_meter(arr, meters)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_HEADER)
+    lines = [",".join(CSV_HEADER)]
+    names = {c: ch.value for c, ch in CHANNELS_BY_ID.items()}
     for mid, serial, role, _active in meters:
         a = parts[mid]
-        w.writerows(
-            (serial, role, CHANNELS_BY_ID[ch].value, s, repr(v), q, "|".join(flag_names(q)),
-             ver, c)
-            for ch, s, v, q, ver, c in zip(
-                a["channel"].tolist(), iso_utc(a["interval_start"], "Z"), a["value"].tolist(),
-                a["quality"].tolist(), a["version"].tolist(), iso_utc(a["collected_at"], "Z"),
+        if not len(a):
+            continue
+        prefix = _csv_quote(serial) + "," + _csv_quote(role) + ","
+        quality = a["quality"].tolist()
+        flags = {q: "|".join(flag_names(q)) for q in set(quality)}
+        lines += map(
+            ",".join,
+            zip(
+                (prefix + names[c] for c in a["channel"].tolist()),
+                iso_utc(a["interval_start"], "Z"),
+                map(repr, a["value"].tolist()),
+                map(str, quality),
+                map(flags.__getitem__, quality),
+                map(str, a["version"].tolist()),
+                iso_utc(a["collected_at"], "Z"),
                 strict=True,
-            )
-        )  # fmt: skip
-    return buf.getvalue().encode()
+            ),
+        )
+    lines.append("")
+    return "\n".join(lines).encode()
+
+
+def _csv_quote(field: str) -> str:
+    """``field`` as ``csv.writer`` writes it in these bodies (quoted when it holds a comma,
+    a quote or the line terminator)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([field, ""])
+    return buf.getvalue()[:-2]
