@@ -48,38 +48,42 @@ async def claim(
     limit: int,
     stale_after: timedelta,
     fresh: list[int] | None = None,
+    take_over: bool = True,
 ) -> tuple[list[int], int]:
     """Claim up to ``limit`` meters for ``cycle``: unclaimed ones of ``fresh`` (default
-    ``meter_ids``) first, then open claims on ``meter_ids`` of collectors that stopped
-    heart-beating. Returns the meters now ours, and how many leading ``fresh`` ids are
-    known claimed now (ours or another collector's), so the caller need not offer them
-    again: each claim then costs what it claims, not the fleet's size."""
+    ``meter_ids``) first, then (``take_over``) open claims on ``meter_ids`` of collectors
+    that stopped heart-beating. Returns the meters now ours, and how many leading ``fresh``
+    ids are known claimed now (ours or another collector's), so the caller need not offer
+    them again: the caller offers a window of its list, and each claim costs the window,
+    not the fleet."""
     fresh = meter_ids if fresh is None else fresh
     async with conn.transaction():
         cur = await conn.execute(
-            """INSERT INTO collection_claim (meter_id, cycle, collector)
-               SELECT m, %(cycle)s, %(me)s FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY
-                 AS u(m, i)
-               WHERE NOT EXISTS (SELECT 1 FROM collection_claim c
-                                 WHERE c.meter_id = u.m AND c.cycle = %(cycle)s)
-               LIMIT %(limit)s
-               ON CONFLICT DO NOTHING
-               RETURNING meter_id""",
+            """WITH cand AS (
+                 SELECT u.m, u.i FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS u(m, i)
+                 WHERE NOT EXISTS (SELECT 1 FROM collection_claim c
+                                   WHERE c.meter_id = u.m AND c.cycle = %(cycle)s)
+                 LIMIT %(limit)s),
+               ins AS (
+                 INSERT INTO collection_claim (meter_id, cycle, collector)
+                 SELECT m, %(cycle)s, %(me)s FROM cand
+                 ON CONFLICT DO NOTHING
+                 RETURNING meter_id)
+               SELECT (SELECT coalesce(array_agg(meter_id), '{}') FROM ins),
+                      (SELECT count(*) FROM cand), (SELECT coalesce(max(i), 0) FROM cand)""",
             {"cycle": cycle, "me": collector, "ids": fresh, "limit": limit},
         )
-        mine = [r[0] for r in await cur.fetchall()]
-        # The ids up to the last one claimed are all claimed now: by us, or (not inserted,
-        # or lost to a concurrent insert) by another collector. (The scan follows the
-        # array's order; were it ever not to, a skipped meter is found by the caller's
-        # final claim over the whole list, which decides that the cycle is done.)
-        scanned, want = 0, set(mine)
-        for i, m in enumerate(fresh):
-            if not want:
-                break
-            want.discard(m)
-            scanned = i + 1
+        row = await cur.fetchone()
+        assert row is not None
+        mine, candidates, last = list(row[0]), row[1], row[2]
+        # Fewer candidates than the limit: every offered id was looked at, and all are
+        # claimed now. Otherwise the ids up to the last candidate are (by us, or by another
+        # collector whose insert won). (The scan follows the array's order; were it ever not
+        # to, a skipped meter is found by the caller's final claim over the whole list, which
+        # decides that the cycle is done.)
+        scanned = len(fresh) if candidates < limit else int(last)
         room = limit - len(mine)
-        if room > 0:
+        if room > 0 and take_over:
             cur = await conn.execute(
                 """UPDATE collection_claim c SET collector = %(me)s, claimed_at = now(),
                           attempts = c.attempts + 1

@@ -68,6 +68,7 @@ class EngineConfig:
     policy: SessionPolicy = field(default_factory=SessionPolicy)
     stale_after: timedelta = timedelta(seconds=90)
     claim_batch: int = 512
+    claim_window: int = 4096  # ids offered per claim statement
     write_batch: int = 256
     # The writer gathers outcomes this long (seconds) before a transaction, and stops a
     # batch at this many profile entries (a first contact brings a month per meter), so
@@ -437,7 +438,8 @@ class Collector:
         # per finished session was a database round trip per session).
         ahead = self.config.max_sessions
         recheck = min(5.0, self.config.stale_after.total_seconds() / 6)
-        fresh = ids  # not yet seen claimed this cycle (by us or another collector)
+        fresh = ids  # not yet seen claimed in this walk through the list
+        walk_claimed = 0  # claimed since the walk began at the head of the list
         next_claim = 0.0
         settled = False  # the last claim found nothing, with no session of ours open
         wake = pool.wake
@@ -447,6 +449,11 @@ class Collector:
                 writer.result()  # raises what stopped it; no session may wait on it forever
                 raise RuntimeError("the writer stopped before the cycle ended")
             if pool.open <= ahead and loop.time() >= next_claim:
+                limit = min(self.config.claim_batch, 2 * ahead - pool.open)
+                # A window of the list, not the rest of it: a statement carrying every
+                # unclaimed id made a cycle's claims O(fleet²). Stale claims are looked for
+                # (over the whole list) when the window reaches the end of the list.
+                offered = fresh[: self.config.claim_window]
                 mine, scanned = await retrying(
                     "claiming meters",
                     link,
@@ -455,21 +462,24 @@ class Collector:
                         collector=self.id,
                         cycle=cycle,
                         meter_ids=ids,
-                        fresh=fresh,
-                        limit=min(self.config.claim_batch, 2 * ahead - pool.open),
+                        fresh=offered,
+                        limit=limit,
                         stale_after=self.config.stale_after,
+                        take_over=len(offered) == len(fresh),
                     ),
                     within=within,
                 )
                 pool.push(mine)
-                if mine:
-                    fresh = fresh[scanned:]
+                walk_claimed += len(mine)
+                fresh = fresh[scanned:]
+                if fresh:
                     continue
-                exhausted = fresh is ids  # nothing claimable in the whole list
+                # The walk reached the end of the list. Released claims (another
+                # collector's unstored outcomes) and stale ones are looked for over the
+                # whole list, now and then, not after every session.
+                exhausted = not walk_claimed  # a whole walk found nothing
                 settled = exhausted and not pool.open
-                # Released claims (another collector's unstored outcomes) and stale ones are
-                # looked for over the whole list, now and then, not after every session.
-                fresh = ids
+                fresh, walk_claimed = ids, 0
                 next_claim = loop.time() + (recheck if exhausted else 0.0)
                 if not exhausted:
                     continue

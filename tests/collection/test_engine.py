@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 import pytest_asyncio
 
 from cgm.collection.engine import Collector, EngineConfig, current_cycle
@@ -169,9 +170,15 @@ async def test_backup_channel_used_when_primary_fails(env: Env) -> None:
         await spare.stop()
 
 
-async def test_two_collectors_share_a_fleet_without_reading_a_meter_twice(env: Env) -> None:
+# window 1: each claim statement offers one id, so a cycle walks the list window by window
+# (a fleet larger than the claim window) and stale claims are looked for at its end.
+@pytest.mark.parametrize("window", [4096, 1])
+async def test_two_collectors_share_a_fleet_without_reading_a_meter_twice(
+    env: Env, window: int
+) -> None:
     env.import_()
-    a, b = Collector(env.url, env.box, FAST), Collector(env.url, env.box, FAST)
+    config = replace(FAST, claim_window=window)
+    a, b = Collector(env.url, env.box, config), Collector(env.url, env.box, config)
     cycle = current_cycle()
     sa, sb = await asyncio.gather(a.run_cycle(cycle), b.run_cycle(cycle))
     assert sa.ok + sb.ok == 4
@@ -182,7 +189,10 @@ async def test_two_collectors_share_a_fleet_without_reading_a_meter_twice(env: E
     assert len(sessions) == 4 and all(n == 1 for _, n in sessions)
 
 
-async def test_a_dead_collectors_claims_are_taken_over_within_the_cycle(env: Env) -> None:
+@pytest.mark.parametrize("window", [4096, 1])
+async def test_a_dead_collectors_claims_are_taken_over_within_the_cycle(
+    env: Env, window: int
+) -> None:
     env.import_()
     cycle = current_cycle()
     victim = env.meter_id("P88001")
@@ -195,7 +205,9 @@ async def test_a_dead_collectors_claims_are_taken_over_within_the_cycle(env: Env
             "INSERT INTO collection_claim (meter_id, cycle, collector) VALUES (%s, %s, 'dead')",
             (victim, cycle),
         )
-    summary = await Collector(env.url, env.box, FAST).run_cycle(cycle)
+    summary = await Collector(env.url, env.box, replace(FAST, claim_window=window)).run_cycle(
+        cycle
+    )
     assert summary.ok == 4
     (holder, done) = env.rows(
         "SELECT collector, done_at FROM collection_claim WHERE meter_id = %s AND cycle = %s",
