@@ -5,13 +5,14 @@ estimated with its method, or entered by hand), and every period says how much o
 estimated. A missing hour is never a zero: a period with hours missing says so
 (``missing_hours``) and its total covers only the hours present.
 
-Why it is built in SQL: a year of hourly values is 8,760 rows, and turning each into Python
-objects (timestamps, the ``detail`` JSON, a dict per hour, the framework's generic encoder)
-cost about a second a request. PostgreSQL groups the daily and monthly periods itself
-(``width_bucket`` over period starts computed by :mod:`cgm.localtime`, so local days still
-come from there only) and writes the hourly array as JSON text, which passes through
-untouched; only the few-hundred-row summaries are assembled here. Figures:
-``benchmarks/README.md`` (portal pull).
+Where it reads: the daily and monthly periods and the hourly ``columns`` layout come from
+``settled_day`` (one row per local day with its 24 values, sources and methods as arrays,
+kept equal to ``settled_reading`` by the write that changes it): a year is 365 rows read as
+one packed value (``read_settled_days``) and summed or laid out with numpy, instead of 8,760
+rows grouped or written out by PostgreSQL. The hourly ``objects`` layout carries each hour's
+``version``, which only ``settled_reading`` has, so it reads there: PostgreSQL writes the
+array as JSON text, passed through untouched. Figures: ``benchmarks/README.md`` (portal
+pull).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
+import numpy as np
+import orjson
 import psycopg
 
 from cgm.localtime import HOUR, day_bounds
+from cgm.storage.settled import read_settled_days
 
 Resolution = Literal["hourly", "daily", "monthly"]
 Layout = Literal["objects", "columns"]
@@ -64,17 +68,15 @@ async def find_meter(
     return PortalMeter(*row) if row else None
 
 
-def _periods(first: date, last: date, resolution: Resolution) -> tuple[list[datetime], list[str]]:
-    """Period starts in UTC plus the range's end (``len(keys) + 1`` edges), and each
-    period's key: local days for hourly and daily, ``YYYY-MM`` months for monthly."""
+def _periods(first: date, last: date) -> tuple[list[datetime], list[str]]:
+    """Local day starts in UTC plus the range's end (``len(keys) + 1`` edges), and each
+    day's key (for the hourly objects' ``day`` and ``hour_period``)."""
     edges: list[datetime] = []
     keys: list[str] = []
     d = first
     while d <= last:
-        key = d.strftime("%Y-%m") if resolution == "monthly" else d.isoformat()
-        if not keys or keys[-1] != key:
-            keys.append(key)
-            edges.append(day_bounds(d)[0])
+        keys.append(d.isoformat())
+        edges.append(day_bounds(d)[0])
         d += timedelta(days=1)
     edges.append(day_bounds(last)[1])
     return edges, keys
@@ -83,11 +85,6 @@ def _periods(first: date, last: date, resolution: Resolution) -> tuple[list[date
 _WHERE = """frontier_id = %(f)s AND channel = %(c)s
             AND interval_start >= (%(e)s::timestamptz[])[1]
             AND interval_start < (%(e)s::timestamptz[])[array_length(%(e)s::timestamptz[], 1)]"""
-
-_GROUPED = f"""SELECT width_bucket(interval_start, %(e)s::timestamptz[]), source, method,
-                      count(*), sum(value)
-               FROM settled_reading WHERE {_WHERE}
-               GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
 
 # One JSON object per hour, in time order, written as text: json_build_object costs four
 # times as much per row (benchmarks/README.md). The day and hour period (1..24: hours since
@@ -112,37 +109,70 @@ _HOURLY = f"""SELECT coalesce('[' || string_agg(concat(
                            width_bucket(interval_start, %(e)s::timestamptz[]) AS b
                     FROM settled_reading WHERE {_WHERE}) r"""
 
-
-# The columns layout (hourly only): time is implicit (start, 3600 s step, count), so the
-# document is two number arrays plus the legend, written by PostgreSQL as text in one
-# ordered pass over the stored rows: each row is preceded by one ``null`` per hour missing
-# since the previous row (``lag``), and Python appends the missing hours after the last row.
-# A missing hour is null in both arrays, never 0. Settled values are hourly on the UTC hour
-# (primary key per hour; Colombia has no DST). Left-joining a generate_series of the hours
-# instead cost four times as much (benchmarks/README.md).
-_COLUMNS = f"""WITH r AS (SELECT date_part('epoch', interval_start - (%(e)s::timestamptz[])[1])::int
-                                / 3600 AS i, value, source, method
-                         FROM settled_reading WHERE {_WHERE}),
-              m AS (SELECT coalesce(array_agg(DISTINCT method ORDER BY method)
-                                    FILTER (WHERE method IS NOT NULL), '{{}}') AS ms FROM r),
-              w AS (SELECT i, value, source, method,
-                           i - coalesce(lag(i) OVER (ORDER BY i), -1) - 1 AS gap FROM r)
-              SELECT string_agg(repeat('null,', gap) || value::text, ',' ORDER BY i),
-                     string_agg(repeat('null,', gap) || CASE source WHEN 'principal' THEN '0'
-                                WHEN 'backup' THEN '1' WHEN 'manual' THEN '2'
-                                ELSE (2 + array_position((SELECT ms FROM m), method))::text END,
-                                ',' ORDER BY i),
-                     (SELECT ms FROM m), max(i), count(*), coalesce(sum(value), 0),
-                     count(*) FILTER (WHERE source = 'estimate'),
-                     coalesce(sum(value) FILTER (WHERE source = 'estimate'), 0)
-              FROM w"""
+# settled_day's source codes (migration 0200): 0 nothing settled, then these.
+_PRINCIPAL, _BACKUP, _ESTIMATE, _MANUAL = 1, 2, 3, 4
 
 
-def _column(text: str | None, last: int | None, count: int) -> str:
-    """A JSON array of ``count`` slots from PostgreSQL's text up to slot ``last``."""
-    if text is None or last is None:
-        return "[" + ",".join(["null"] * count) + "]"
-    return "[" + text + ",null" * (count - 1 - last) + "]"
+@dataclass(frozen=True)
+class _Days:
+    """The range's hours as (days, 24) arrays, every local day of the range present."""
+
+    value: np.ndarray  # float64, NaN where nothing is settled
+    source: np.ndarray  # int16, settled_day's codes
+    methods: dict[tuple[int, int], str]  # (day index, hour index): estimation method
+
+
+async def _days(
+    conn: psycopg.AsyncConnection, meter: PortalMeter, first: date, last: date
+) -> _Days:
+    sd = await read_settled_days(conn, [meter.frontier_id], first, last, [meter.channel])  # type: ignore[list-item]
+    n = (last - first).days + 1
+    at = (sd.day - np.datetime64(first, "D")).astype(np.int64)
+    value = np.full((n, 24), np.nan)
+    source = np.zeros((n, 24), dtype=np.int16)
+    value[at] = sd.value
+    source[at] = sd.source
+    methods = {((d - first).days, h): m for (_, _, d, h), m in sd.methods.items()}
+    return _Days(value, source, methods)
+
+
+def _sums(days: _Days, group: np.ndarray, groups: int) -> dict[str, np.ndarray]:
+    """Per group (``group[i]``: the group of day ``i``): value, hours, estimated hours and
+    value, and the hours from each source."""
+    present = days.source != 0
+    est = days.source == _ESTIMATE
+
+    def per(x: np.ndarray) -> np.ndarray:
+        return np.bincount(group, weights=x.sum(axis=1), minlength=groups)
+
+    value = np.where(present, days.value, 0.0)
+    return {
+        "value": per(value),
+        "hours": per(present).astype(np.int64),
+        "estimated_hours": per(est).astype(np.int64),
+        "estimated_value": per(np.where(est, value, 0.0)),
+        "backup": per(days.source == _BACKUP).astype(np.int64),
+        "manual": per(days.source == _MANUAL).astype(np.int64),
+        "principal": per(days.source == _PRINCIPAL).astype(np.int64),
+    }
+
+
+def _columns(days: _Days) -> tuple[str, str, list[str]]:
+    """The values and source-code arrays as JSON text, and the methods in code order."""
+    names = sorted(set(days.methods.values()))
+    code = np.full(days.source.shape, -1, dtype=np.int64)
+    code[days.source == _PRINCIPAL] = 0
+    code[days.source == _BACKUP] = 1
+    code[days.source == _MANUAL] = 2
+    index = {m: 3 + i for i, m in enumerate(names)}
+    for (d, h), m in days.methods.items():
+        code[d, h] = index[m]
+    # Every hour of the range, null where nothing is settled (never 0): orjson writes NaN
+    # as null; the codes through a table of their texts.
+    values = orjson.dumps(days.value.ravel(), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    texts = np.array(["null", *(str(i) for i in range(3 + len(names)))], dtype=object)
+    sources = "[" + ",".join(texts[code.ravel() + 1]) + "]"
+    return values, sources, names
 
 
 def _totals(expected: int, hours: int, value: float, est_hours: int, est_value: float) -> dict:
@@ -155,6 +185,10 @@ def _totals(expected: int, hours: int, value: float, est_hours: int, est_value: 
         "estimated_value": est_value,
         "estimated_share": (est_value / value) if value else None,
     }
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 async def consumption_json(
@@ -172,9 +206,6 @@ async def consumption_json(
         raise ValueError("layout=columns is for resolution=hourly only")
     if meter.frontier_id is None or meter.channel is None:
         raise LookupError(f"meter {meter.number} is not linked to a CGM meter")
-    edges, keys = _periods(first, last, resolution)
-    expected = int((edges[-1] - edges[0]) / HOUR)
-    params: dict[str, Any] = {"f": meter.frontier_id, "c": meter.channel, "e": edges}
     head: dict[str, Any] = {
         "meter": meter.number,
         "frontier": meter.frontier,
@@ -184,54 +215,72 @@ async def consumption_json(
         "last_day": last.isoformat(),
         "resolution": resolution,
     }
-    if layout == "columns":
-        params["n"] = expected
-        cur = await conn.execute(_COLUMNS, params)
-        row = await cur.fetchone()
-        values, sources, methods, last_i, n, total, n_est, est = row  # type: ignore[misc]
-        head.update(
-            layout="columns", start=edges[0].isoformat(), step_s=3600, count=expected,
-            totals=_totals(expected, n, total, n_est, est),
-            source_codes=[*SOURCE_CODES, *(f"estimate:{m}" for m in methods)],
-        )  # fmt: skip
-        text = json.dumps(head, separators=(",", ":"))
-        values = _column(values, last_i, expected)
-        sources = _column(sources, last_i, expected)
-        return f'{text[:-1]},"values":{values},"sources":{sources}}}'.encode()
-    if resolution == "hourly":
+    if resolution == "hourly" and layout == "objects":
+        edges, keys = _periods(first, last)
+        expected = int((edges[-1] - edges[0]) / HOUR)
+        params: dict[str, Any] = {"f": meter.frontier_id, "c": meter.channel, "e": edges}
         params["k"] = [date.fromisoformat(k) for k in keys]
         cur = await conn.execute(_HOURLY, params)
         values, n, total, n_est, est = await cur.fetchone()  # type: ignore[misc]
         head["totals"] = _totals(expected, n, total, n_est, est)
         text = json.dumps(head, separators=(",", ":"))
         return f'{text[:-1]},"values":{values}}}'.encode()
+    # From settled_day: hour k of the range's day i is slot 24·i + k, from the first day's
+    # start (a local day is 24 hours: cgm.localtime.day_bounds).
+    days = await _days(conn, meter, first, last)
+    n_days = len(days.value)
+    start = day_bounds(first)[0]
+    expected = 24 * n_days
+    if resolution == "hourly":  # columns
+        t = _sums(days, np.zeros(n_days, dtype=np.int64), 1)
+        values, sources, names = _columns(days)
+        head.update(
+            layout="columns", start=start.isoformat(), step_s=3600, count=expected,
+            totals=_totals(expected, int(t["hours"][0]), float(t["value"][0]),
+                           int(t["estimated_hours"][0]), float(t["estimated_value"][0])),
+            source_codes=[*SOURCE_CODES, *(f"estimate:{m}" for m in names)],
+        )  # fmt: skip
+        return _dumps(head)[:-1] + f',"values":{values},"sources":{sources}}}'.encode()
+    # Daily or monthly: the period of each local day.
+    day_list = np.arange(np.datetime64(first, "D"), np.datetime64(last, "D") + 1)
+    if resolution == "daily":
+        keys, group = list(np.datetime_as_string(day_list)), np.arange(n_days, dtype=np.int64)
+    else:
+        months, group = np.unique(day_list.astype("M8[M]"), return_inverse=True)
+        keys = list(np.datetime_as_string(months))
+    sums = _sums(days, group, len(keys))
+    t = {k: v.tolist() for k, v in sums.items()}  # Python numbers: one conversion, not 365
+    period_hours = (24 * np.bincount(group, minlength=len(keys))).tolist()
+    by_method: list[dict[str, int]] = [{} for _ in keys]
+    for (d, _), m in sorted(days.methods.items()):
+        counts = by_method[group[d]]
+        counts[m] = counts.get(m, 0) + 1
     periods = []
     for i, key in enumerate(keys):
-        n = int((edges[i + 1] - edges[i]) / HOUR)
+        n, hours = period_hours[i], t["hours"][i]
+        by_source = {}  # source, then method: the order of the former grouped query
+        if t["backup"][i]:
+            by_source["backup"] = t["backup"][i]
+        for m in sorted(by_method[i]):
+            by_source[f"estimate:{m}"] = by_method[i][m]
+        for name in ("manual", "principal"):
+            if t[name][i]:
+                by_source[name] = t[name][i]
         periods.append({
-            "period": key, "value": 0.0, "hours": 0, "expected_hours": n, "missing_hours": n,
-            "estimated_hours": 0, "estimated_value": 0.0, "by_source": {},
+            "period": str(key), "value": t["value"][i], "hours": hours,
+            "expected_hours": n, "missing_hours": n - hours,
+            "estimated_hours": t["estimated_hours"][i],
+            "estimated_value": t["estimated_value"][i], "by_source": by_source,
         })  # fmt: skip
-    cur = await conn.execute(_GROUPED, params)
-    for bucket, source, method, count, value in await cur.fetchall():
-        p = periods[bucket - 1]
-        p["value"] += value
-        p["hours"] += count
-        p["missing_hours"] -= count
-        name = f"estimate:{method}" if source == "estimate" else source
-        p["by_source"][name] = p["by_source"].get(name, 0) + count
-        if source == "estimate":
-            p["estimated_hours"] += count
-            p["estimated_value"] += value
     head["totals"] = _totals(
         expected,
-        sum(p["hours"] for p in periods),
-        sum(p["value"] for p in periods),
-        sum(p["estimated_hours"] for p in periods),
-        sum(p["estimated_value"] for p in periods),
+        int(sums["hours"].sum()),
+        float(sums["value"].sum()),
+        int(sums["estimated_hours"].sum()),
+        float(sums["estimated_value"].sum()),
     )
     head["values"] = periods
-    return json.dumps(head, separators=(",", ":")).encode()
+    return _dumps(head)
 
 
 async def consumption(

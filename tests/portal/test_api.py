@@ -211,6 +211,9 @@ async def test_columns_layout_holds_the_same_values_and_sources_as_the_objects(
             "DELETE FROM settled_reading WHERE frontier_id = %s AND interval_start = ANY(%s)",
             (s["fr"].id, [hour_starts(DAY)[0], hour_starts(day2)[10]]),
         )
+        # Made out of band (the service never deletes a settled value), so the day read
+        # model is rebuilt for those days, as retention does.
+        await conn.execute("SELECT settled_day_rebuild(%s, %s)", (DAY, day2))
         await conn.commit()
     url = f"/api/v1/portal/meters/{s['m1']}/consumption"
     q = {"start": DAY.isoformat(), "end": day2.isoformat(), "resolution": "hourly"}
@@ -255,3 +258,47 @@ async def test_columns_layout_holds_the_same_values_and_sources_as_the_objects(
     r = await client.get(url, params={**q, "resolution": "daily", "layout": "columns"},
                          auth=auth)  # fmt: skip
     assert r.status_code == 422 and "hourly" in r.json()["error"]
+
+
+async def test_a_correction_reaches_every_resolution_and_layout(
+    db_url: str,
+    client: httpx.AsyncClient,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A re-settled day (an estimate replaced by the measured value, another hour edited by
+    hand) is what every resolution and layout says next: the day read model follows the
+    write that changed settled_reading, and agrees with the hourly objects read there."""
+    s = await _setup(db_url, tmp_path)
+    hours = hour_starts(DAY)
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        fid = s["fr"].id
+        await write_settled(
+            conn, [SettledValue(fid, "active_import", hours[4], 99.0, "backup")], actor="test"
+        )
+        await write_settled(
+            conn, [SettledValue(fid, "active_import", hours[7], 5.0, "manual")],
+            actor="test", reason="meter swap",
+        )  # fmt: skip
+        await conn.commit()
+    url = f"/api/v1/portal/meters/{s['m1']}/consumption"
+    q = {"start": DAY.isoformat(), "end": DAY.isoformat()}
+    auth = (s["names"]["owner"], PASSWORD)
+    objects = (await client.get(url, params={**q, "resolution": "hourly"}, auth=auth)).json()
+    got = objects["values"]
+    assert (got[4]["value"], got[4]["source"], got[4]["version"]) == (99.0, "backup", 2)
+    assert (got[7]["value"], got[7]["source"], got[7]["version"]) == (5.0, "manual", 2)
+    expected_total = sum(10.0 + i for i in range(24)) - 14.0 + 99.0 - 17.0 + 5.0
+    cols = (await client.get(url, params={**q, "resolution": "hourly", "layout": "columns"},
+                             auth=auth)).json()  # fmt: skip
+    assert cols["values"] == [h["value"] for h in got]
+    assert [cols["source_codes"][c] for c in cols["sources"]] == [h["source"] for h in got]
+    r = await client.get(url, params={**q, "resolution": "daily"}, auth=auth)
+    (day,) = r.json()["values"]
+    assert day["value"] == pytest.approx(expected_total) and day["estimated_hours"] == 0
+    assert day["by_source"] == {"backup": 2, "manual": 1, "principal": 21}
+    (month,) = (await client.get(url, params={**q, "resolution": "monthly"},
+                                 auth=auth)).json()["values"]  # fmt: skip
+    assert month["value"] == pytest.approx(expected_total) and month["hours"] == 24
+    for doc in (objects, cols):
+        assert doc["totals"]["value"] == pytest.approx(expected_total)
+        assert doc["totals"]["estimated_hours"] == 0
