@@ -49,12 +49,18 @@ class _Server(uvicorn.Server):
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     try:
-        return socket.create_server((host, port), family=family, backlog=128)
+        sock = socket.create_server((host, port), family=family, backlog=128)
     except OSError as exc:
         raise PortTaken(
             f"the API cannot listen on {host}:{port} ({exc.strerror or exc}); "
             "set CGM_API_PORT (0 disables the API)"
         ) from None
+    # Accepted connections inherit TCP_NODELAY. asyncio sets it itself only on sockets made
+    # with proto IPPROTO_TCP, which create_server's are not (proto 0): without it a response
+    # written as headers then body waited for the client's delayed ACK, about 40 ms on Linux
+    # (benchmarks/README.md, portal pull).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 # A connection handed back this recently is taken as working: the check is a round trip to
