@@ -19,22 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import secrets
-import socket
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from drivers.base import ProfileEntry
 from simulators.meter import FaultAction, SimulatedMeter
 from simulators.mqtt import wire as w
-from simulators.mqtt.publisher import Publisher
+from simulators.mqtt.publisher import Publisher, answer_properties
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +85,10 @@ class MqttMeterSimulator:
             s: w.meter_topic(prefix, s, "profile").encode() for s in self.meters
         }
         self.gateway_status_topic = w.gateway_status_topic(prefix, self.client_id)
-        will = aiomqtt.Will(
-            self.gateway_status_topic,
-            w.dumps({"schema": w.SCHEMA, "state": "offline"}),
-            qos=1,
-            retain=True,
-        )
-        self._client = aiomqtt.Client(
-            host,
-            port,
-            username=username,
-            password=password,
-            identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            will=will,
-            keepalive=30,
-            # One client answers for every meter of the gateway: paho's default window of 20
-            # unacknowledged QoS-1 answers queued the rest behind it (and warned per answer).
-            max_inflight_messages=_INFLIGHT,
-            tls_context=tls_context,
-        )
-        self._client.pending_calls_threshold = _INFLIGHT
+        # The gateway's connection (commands, answers, statuses; its will marks the gateway
+        # offline) on the simulator's own MQTT client (simulators/mqtt/publisher.py).
+        self._client = Publisher(self._on_request)
+        self._cmd_topics = {w.meter_topic(prefix, s, "cmd"): s for s in self.meters}
         self._answered: dict[tuple[str, str], int] = {}  # (serial, response topic) -> answers
         self._offline: set[str] = set()
         self._nonces: dict[str, dict[str, datetime]] = {s: {} for s in self.meters}
@@ -122,23 +99,21 @@ class MqttMeterSimulator:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> Self:
-        await self._client.__aenter__()
-        # Nagle off, as a meter's modem stack would answer: paho leaves it on, and each small
-        # answer then waited for the broker's delayed ACK.
-        sock = self._client._client.socket()  # noqa: SLF001 - no public accessor
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        username, password, tls = self._login
+        await self._client.open(
+            self.host, self.port, self.client_id, username=username, password=password,
+            tls=tls, keepalive=30,
+            will=(self.gateway_status_topic, w.dumps({"schema": w.SCHEMA, "state": "offline"})),
+        )  # fmt: skip
+        await self._client.subscribe(list(self._cmd_topics))
         for serial in self.meters:
-            await self._client.subscribe(w.meter_topic(self.prefix, serial, "cmd"), qos=1)
-            await self._set_status(serial, "online")
-        await self._client.publish(
-            self.gateway_status_topic,
+            self._set_status(serial, "online")
+        self._client.send(
+            self.gateway_status_topic.encode(),
             w.dumps({"schema": w.SCHEMA, "state": "online"}),
-            qos=1,
             retain=True,
         )
-        self._main.append(asyncio.create_task(self._serve_requests()))
+        await self._client.flushed()
         if self.push_hourly:
             self._main.append(asyncio.create_task(self._push_loop()))
         return self
@@ -150,21 +125,20 @@ class MqttMeterSimulator:
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None
-        with contextlib.suppress(aiomqtt.MqttError):
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             for serial in self.meters:
                 if clear_retained:
                     topic = w.meter_topic(self.prefix, serial, "status")
-                    await self._client.publish(topic, b"", qos=1, retain=True)
+                    self._client.send(topic.encode(), b"", retain=True)
                 else:
-                    await self._set_status(serial, "offline")
-            await self._client.publish(
-                self.gateway_status_topic,
+                    self._set_status(serial, "offline")
+            self._client.send(
+                self.gateway_status_topic.encode(),
                 b"" if clear_retained else w.dumps({"schema": w.SCHEMA, "state": "offline"}),
-                qos=1,
                 retain=True,
             )
-        with contextlib.suppress(Exception):
-            await self._client.__aexit__(None, None, None)
+            await self._client.flushed(timeout=10)
+        self._client.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -253,12 +227,11 @@ class MqttMeterSimulator:
 
     # --- answering ------------------------------------------------------------------------
 
-    async def _set_status(self, serial: str, state: str) -> None:
+    def _set_status(self, serial: str, state: str) -> None:
         now = self.meters[serial].real_now()
-        await self._client.publish(
-            w.meter_topic(self.prefix, serial, "status"),
+        self._client.send(
+            w.meter_topic(self.prefix, serial, "status").encode(),
             w.dumps(w.status(serial, state, now)),
-            qos=1,
             retain=True,
         )
         if state == "offline":
@@ -266,42 +239,49 @@ class MqttMeterSimulator:
         else:
             self._offline.discard(serial)
 
-    async def _serve_requests(self) -> None:
-        async for msg in self._client.messages:
-            serial = w.serial_of_command_topic(self.prefix, msg.topic.value)
-            meter = self.meters.get(serial or "")
-            if meter is None:
-                continue
-            self.requests += 1
-            task = asyncio.create_task(self._handle(meter, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _handle(self, meter: SimulatedMeter, msg: aiomqtt.Message) -> None:
-        res_topic = getattr(msg.properties, "ResponseTopic", None)
-        corr = getattr(msg.properties, "CorrelationData", None)
+    def _on_request(
+        self, topic: str, payload: bytes, res_topic: str | None, corr: bytes | None
+    ) -> None:
+        serial = self._cmd_topics.get(topic)
+        meter = self.meters.get(serial or "")
+        if meter is None:
+            return
+        self.requests += 1
         if not res_topic:
             log.warning("request to %s without a response topic: ignored", meter.serial)
             return
+        if meter.faults.delay():
+            task = asyncio.create_task(self._answer_later(meter, payload, res_topic, corr))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._respond(meter, payload, res_topic, corr)
+
+    async def _answer_later(
+        self, meter: SimulatedMeter, payload: bytes, res_topic: str, corr: bytes | None
+    ) -> None:
+        await asyncio.sleep(meter.faults.delay())
+        self._respond(meter, payload, res_topic, corr)
+
+    def _respond(
+        self, meter: SimulatedMeter, payload: bytes, res_topic: str, corr: bytes | None
+    ) -> None:
         key = (meter.serial, res_topic)
-        action = await meter.faults.before_answer(self._answered.get(key, 0))
+        action = meter.faults.decide(self._answered.get(key, 0))
         if action is FaultAction.SILENT:
             return
-        if action is FaultAction.DROP:
-            await self._set_status(meter.serial, "offline")
-            return
-        if meter.serial in self._offline:
-            await self._set_status(meter.serial, "online")
-        response = w.dumps(self._answer(meter, bytes(msg.payload)))
-        if action is FaultAction.CORRUPT:
-            response = response[: len(response) // 2]
-        props = copy.copy(_ANSWER_PROPERTIES)
-        if corr is not None:
-            # Past paho's __setattr__, which scans every property name on each set: the
-            # template was checked once, and CorrelationData belongs to PUBLISH.
-            props.__dict__["CorrelationData"] = corr
-        await self._client.publish(res_topic, response, qos=1, properties=props)
-        self._answered[key] = self._answered.get(key, 0) + 1
+        with contextlib.suppress(ConnectionError):
+            if action is FaultAction.DROP:
+                self._set_status(meter.serial, "offline")
+                return
+            if meter.serial in self._offline:
+                self._set_status(meter.serial, "online")
+            response = w.dumps(self._answer(meter, payload))
+            if action is FaultAction.CORRUPT:
+                response = response[: len(response) // 2]
+            props = answer_properties("application/json", corr)
+            self._client.send(res_topic.encode(), response, props)
+            self._answered[key] = self._answered.get(key, 0) + 1
 
     def _answer(self, meter: SimulatedMeter, payload: bytes) -> dict[str, Any]:
         try:
@@ -421,8 +401,6 @@ class _Unsupported(w.BadRequest):
     pass
 
 
-_ANSWER_PROPERTIES = Properties(PacketTypes.PUBLISH)
-_ANSWER_PROPERTIES.ContentType = "application/json"
 
 
 async def serve(
