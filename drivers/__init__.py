@@ -1,7 +1,7 @@
 """Meter drivers: one module per protocol behind the interface in :mod:`drivers.base`.
 
 ``get_driver("dlms" | "modbus" | "mqtt")`` returns a driver; protocol modules are imported
-lazily so that a deployment without, say, MQTT meters never imports aiomqtt.
+lazily so that a deployment without, say, DLMS meters never imports dlms-cosem.
 """
 
 from __future__ import annotations

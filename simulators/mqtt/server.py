@@ -37,8 +37,8 @@ _INFLIGHT = 1000  # QoS-1 answers in flight at once (mosquitto accepts any by de
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel until done: on Python 3.11 ``asyncio.wait_for`` (inside aiomqtt's publish)
-    swallows a cancellation that lands as its PUBACK arrives, so one cancel() may be lost."""
+    """Cancel until done: on Python 3.11 ``asyncio.wait_for`` swallows a cancellation that
+    lands as what it waits for completes, so one cancel() may be lost."""
     while pending := [t for t in tasks if not t.done()]:
         for task in pending:
             task.cancel()
