@@ -276,18 +276,18 @@ class MqttMeterSimulator:
                 return
             if meter.serial in self._offline:
                 self._set_status(meter.serial, "online")
-            response = w.dumps(self._answer(meter, payload))
+            response = self._answer(meter, payload)
             if action is FaultAction.CORRUPT:
                 response = response[: len(response) // 2]
             props = answer_properties("application/json", corr)
             self._client.send(res_topic.encode(), response, props)
             self._answered[key] = self._answered.get(key, 0) + 1
 
-    def _answer(self, meter: SimulatedMeter, payload: bytes) -> dict[str, Any]:
+    def _answer(self, meter: SimulatedMeter, payload: bytes) -> bytes:
         try:
             req = w.parse_request(payload)
         except w.BadRequest as exc:
-            return w.answer(meter.serial, "?", error=("bad_request", str(exc)))
+            return w.dumps(w.answer(meter.serial, "?", error=("bad_request", str(exc))))
         command = req["command"]
         level = req["auth"]["level"]
         secret = meter.secrets.level2 if level == 2 else meter.secrets.level1
@@ -303,8 +303,8 @@ class MqttMeterSimulator:
             except w.BadRequest as exc:
                 body = w.answer(meter.serial, command, error=("bad_request", str(exc)))
         if not self.sign:
-            return body
-        return w.sign_answer(body, secret, level, req["auth"]["nonce"])
+            return w.dumps(body)
+        return w.signed_answer_bytes(body, secret, level, req["auth"]["nonce"])
 
     def _check_auth(
         self, meter: SimulatedMeter, req: dict[str, Any], secret: str

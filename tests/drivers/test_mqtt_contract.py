@@ -133,3 +133,10 @@ def test_the_simulators_fast_push_encoding_is_its_canonical_json_and_verifies() 
     assert p.verify_push(message, "reader-1")
     assert not p.verify_push(message, "reader-2")
     assert p.decode_entries(message)[0].values[Channel("active_import")] == 12.345
+
+
+def test_the_simulators_fast_answer_signing_equals_its_generic_one() -> None:
+    body = w.answer("M-1", "read_clock", result={"time": "2025-03-01T05:00:00Z", "status": 0})
+    fast = w.signed_answer_bytes(body, "reader-1", 1, "n-1")
+    assert fast == w.dumps(w.sign_answer(body, "reader-1", 1, "n-1"))
+    assert p.verify_answer(json.loads(fast), "reader-1", 1, "n-1")
