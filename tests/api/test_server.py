@@ -98,3 +98,20 @@ def test_port_zero_disables_the_api(db_url: str) -> None:
     svc = Service(Settings(database_url=db_url, api_port=0))
     install(svc)
     assert svc.on_start == [] and svc.on_stop == []
+
+
+def test_accepted_connections_have_tcp_nodelay() -> None:
+    """A response is written as headers, then body: without TCP_NODELAY on the accepted
+    connection the body waits for the client's delayed ACK (about 40 ms on Linux). asyncio
+    sets it only on sockets made with proto IPPROTO_TCP, which the API's listening socket is
+    not, so the listening socket carries it and connections inherit it."""
+    from cgm.api.server import _bind
+
+    listening = _bind("127.0.0.1", 0)
+    try:
+        client = socket.create_connection(listening.getsockname()[:2])
+        accepted, _ = listening.accept()
+        with client, accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        listening.close()
