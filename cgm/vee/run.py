@@ -275,6 +275,11 @@ async def _run_day(
     history, hist_est = await _history(
         conn, series, hist_days, config, frontier_ids is None and not skip
     )
+    # Candidate days no series has anything for (the older ones when every series found
+    # its max_days among the recent ones) change no curve: left out of the arrays.
+    has_data = ~np.isnan(history).all(axis=(0, 2)) | hist_est.any(axis=0)
+    n_days = int(np.flatnonzero(has_data)[-1]) + 1 if has_data.any() else 0
+    history, hist_est, hist_days = history[:, :n_days], hist_est[:, :n_days], hist_days[:n_days]
     timer.lap("load history")
     typical, hist_ok = typical_curves(
         history,
@@ -286,6 +291,7 @@ async def _run_day(
     )
     has_typical = hist_ok.any(axis=1)
     typ_for_rules = np.where(has_typical[:, None], typical[:, CORE], np.nan)
+    timer.lap("typical curves")
 
     snaps = await load_snapshots(conn, meter_ids, day, config.register_skew)
     clock_rows = await load_clock_corrections(conn, meter_ids, day)
