@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import math
@@ -150,21 +149,14 @@ class BrokerConnection:
         login: BrokerLogin,
         *,
         timeout: float,
-        client_id: str | None = None,
-        session_expiry: int | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.login = login
-        self.client_id = client_id or f"cgm-{secrets.token_hex(6)}"
+        self.client_id = f"cgm-{secrets.token_hex(6)}"
         self._timeout = timeout
-        self._session_expiry = session_expiry or 0
-        # A durable subscriber resumes its session and acknowledges a pushed entry only once
-        # it is stored: what was received but not stored (a crash, a stop, the database
-        # away) is sent again by the broker when the session resumes. Everything else is
-        # acknowledged on arrival.
-        self.durable = bool(client_id and session_expiry)
-        self._client = LeanClient(self._on_message, manual_ack=self.durable)
-        self._early: list[Incoming] = []  # resumed entries that came before a listener
+        # Acknowledged on arrival: a durable push subscription (stored before acknowledged)
+        # has a connection of its own (ProfileSubscription._open_durable).
+        self._client = LeanClient(self._on_message, manual_ack=False)
         self._pending: dict[bytes, _Pending] = {}
         self._templates: dict[tuple[str, str, float], bytes] = {}
         self._prefixes: dict[str, asyncio.Future[None]] = {}
@@ -179,8 +171,8 @@ class BrokerConnection:
             await self._client.connect(
                 self.endpoint.host, self.endpoint.port, self.client_id,
                 username=self.login.username, password=self.login.password,
-                tls=self.login.ssl_context(), keepalive=30, clean_start=not self.durable,
-                session_expiry=self._session_expiry, timeout=self._timeout,
+                tls=self.login.ssl_context(), keepalive=30, clean_start=True,
+                timeout=self._timeout,
             )  # fmt: skip
         except (MqttRefused, OSError, TimeoutError) as exc:
             self._client.close()
@@ -217,18 +209,9 @@ class BrokerConnection:
         except (MqttRefused, ConnectionError, OSError) as exc:
             raise _broker_error(exc, self.endpoint, "cannot subscribe on") from exc
 
-    def ack(self, msg: Incoming) -> None:
-        """Acknowledge a QoS 1 message (durable connections; the others ack on arrival)."""
-        if self.durable and self.failed is None:
-            msg.ack()
-
     async def add_profile_listener(self, prefix: str, listener: Listener) -> None:
         first = prefix not in self._listeners
         self._listeners.setdefault(prefix, []).append(listener)
-        # A resumed session delivers what the broker queued at once, maybe before this.
-        early, self._early = self._early, []
-        for msg in early:
-            self._dispatch(msg)
         if first:
             try:
                 await self._client.subscribe(p.all_profiles_filter(prefix), 1)
@@ -296,16 +279,12 @@ class BrokerConnection:
             listeners = list(self._listeners.get(prefix, ()))
             if serial is not None and listeners:
                 for listener in listeners:
-                    listener(prefix, serial, msg)  # a listener acks what it takes
-                return
-            if self.durable and serial is not None and len(self._early) < 100_000:
-                self._early.append(msg)
+                    listener(prefix, serial, msg)
                 return
         elif rest.endswith("/status") and not msg.retain:
             serial = p.meter_topic_serial(prefix, topic, "status")
             if serial is not None:
                 self._status(serial, msg)
-        self.ack(msg)
 
     def _answer(self, topic_serial: str, msg: Incoming) -> None:
         try:
@@ -399,10 +378,8 @@ class _Pool:
         login: BrokerLogin,
         *,
         timeout: float,
-        client_id: str | None = None,
-        session_expiry: int | None = None,
     ) -> BrokerConnection:
-        key = (endpoint.host, endpoint.port, login.key(), client_id)
+        key = (endpoint.host, endpoint.port, login.key())
         while True:
             conn = self._conns.get(key)
             if conn is not None and conn.failed is None:
@@ -417,7 +394,7 @@ class _Pool:
             opening = self._opening.get(key)
             if opening is None:
                 opening = self._opening[key] = asyncio.ensure_future(
-                    self._open(key, endpoint, login, timeout, client_id, session_expiry)
+                    self._open(key, endpoint, login, timeout)
                 )
             try:
                 await asyncio.shield(opening)
@@ -431,12 +408,8 @@ class _Pool:
         endpoint: Endpoint,
         login: BrokerLogin,
         timeout: float,
-        client_id: str | None,
-        session_expiry: int | None,
     ) -> BrokerConnection:
-        conn = BrokerConnection(
-            endpoint, login, timeout=timeout, client_id=client_id, session_expiry=session_expiry
-        )
+        conn = BrokerConnection(endpoint, login, timeout=timeout)
         try:
             async with asyncio.timeout(timeout):
                 await conn.open()
@@ -724,6 +697,10 @@ class Delivery:
     ack: Callable[[], None]
 
 
+def _acked_on_arrival() -> None:
+    """Acknowledging is the connection's job when it acknowledges on arrival."""
+
+
 class ProfileSubscription:
     """Authenticated pushed entries as ``(serial, ProfileEntry)``; see
     :func:`subscribe_profiles`."""
@@ -812,9 +789,7 @@ class ProfileSubscription:
         self._handle(serial, msg.payload, msg.ack)
 
     def _on_message(self, prefix: str, serial: str, msg: Incoming) -> None:
-        conn = self._conn
-        ack = functools.partial(conn.ack, msg) if conn is not None else (lambda: None)
-        self._handle(serial, msg.payload, ack)
+        self._handle(serial, msg.payload, _acked_on_arrival)  # the shared connection acks
 
     def _handle(self, serial: str, payload: bytes, ack: Callable[[], None]) -> None:
         if self.serials is not None and serial not in self.serials:
