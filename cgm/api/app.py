@@ -216,6 +216,10 @@ DEFAULT_PAGE, MAX_PAGE = 100, 1000
 # format=rows: ~1,000 readings are ~170 KB of JSON and a few ms of CPU; 31 days of a
 # frontier (2 meters x 4 channels) are ~6,000.
 DEFAULT_ROWS_PAGE, MAX_ROWS_PAGE = 1000, 10_000
+# format=columns and csv: a page of 5,000 readings (a bit less than 31 days of a frontier)
+# answers within 50 ms p99 on the development host (benchmarks/README.md, "HTTP API"); up
+# to 100,000 per page for a bulk export, a year of a frontier (70,080) in one request.
+DEFAULT_EXPORT_PAGE, MAX_EXPORT_PAGE = 5000, 100_000
 PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows per page")]
 Cursor = Annotated[
     str | None,
@@ -332,20 +336,32 @@ async def readings(
     format: Annotated[  # noqa: A002 - the query parameter's name
         Literal["rows", "columns", "csv", "hourly"],
         Query(
-            description="rows: an object per reading (at most 31 days), a page of `limit` "
-            "at a time; columns: parallel arrays per meter and channel, csv: a line per "
-            "reading, hourly: per meter and channel a value and a quality array with one "
-            "slot per hour from start, null where nothing was read (start and end on whole "
+            description="rows: an object per reading (at most 31 days); columns: parallel "
+            "arrays per meter and channel; csv: a line per reading (the header line on every "
+            "page) — these three a page of `limit` readings at a time; hourly: per meter "
+            "and channel a value and a quality array with one slot per hour from start, "
+            "null where nothing was read (start and end on whole "
             "hours; at most 366 days each)"
         ),
     ] = "rows",
     limit: Annotated[
-        int, Query(ge=1, le=MAX_ROWS_PAGE, description="format=rows: readings per page")
-    ] = DEFAULT_ROWS_PAGE,
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_EXPORT_PAGE,
+            description=f"readings per page: rows {DEFAULT_ROWS_PAGE:,} by default, at most "
+            f"{MAX_ROWS_PAGE:,}; columns and csv {DEFAULT_EXPORT_PAGE:,} by default, at most "
+            f"{MAX_EXPORT_PAGE:,} (a year of a frontier in one request)",
+        ),
+    ] = None,
     cursor: Cursor = None,
 ) -> Response:
     if end <= start:
         raise HTTPException(422, "end must be after start")
+    if limit is None:
+        limit = DEFAULT_ROWS_PAGE if format == "rows" else DEFAULT_EXPORT_PAGE
+    if format == "rows" and limit > MAX_ROWS_PAGE:
+        raise HTTPException(422, f"format=rows: at most {MAX_ROWS_PAGE:,} readings per page")
     span = MAX_READING_SPAN if format == "rows" else MAX_COMPACT_SPAN
     if end - start > span:
         raise HTTPException(
@@ -376,39 +392,35 @@ async def readings(
             except encode.OffGrid as exc:
                 raise HTTPException(409, f"{exc}: ask format=columns") from None
             return Response(hourly, media_type="application/json")
-        if format == "rows":
-            after = _rows_cursor(cursor, [m[0] for m in meters]) if cursor else None
-            arr = await encode.load_page(
-                conn, [m[0] for m in meters], start, end, chans, after, limit + 1
-            )
-            more, arr = len(arr) > limit, arr[:limit]
-            nxt = None
-            if more:
-                last = arr[-1]
-                t_us = int(last["interval_start"].astype("M8[us]").astype("i8"))
-                nxt = [int(last["meter_id"]), int(last["channel"]), t_us]
-            cursor_out = _cursor_out(nxt) if nxt is not None else None
-            response = Response(
-                encode.rows_body({**head, "next": cursor_out}, meters, arr),
-                media_type="application/json",
-            )
-            response.headers.update(_next_headers(request, cursor_out, limit))
-            return response
-        arr = await encode.load(conn, [m[0] for m in meters], start, end, chans)
+        ids = [m[0] for m in meters]
+        after = _readings_cursor(cursor, ids, chans) if cursor else None
+        arr = await encode.load_page(conn, ids, start, end, chans, after, limit + 1)
+    more, arr = len(arr) > limit, arr[:limit]
+    nxt = None
+    if more:
+        last = arr[-1]
+        t_us = int(last["interval_start"].astype("M8[us]").astype("i8"))
+        nxt = _cursor_out([int(last["meter_id"]), int(last["channel"]), t_us])
     if format == "csv":
-        return Response(encode.csv_body(meters, arr), media_type="text/csv; charset=utf-8")
-    return Response(encode.columns_body(head, meters, arr), media_type="application/json")
+        body, media = encode.csv_body(meters, arr), "text/csv; charset=utf-8"
+    elif format == "columns":
+        body, media = encode.columns_body({**head, "next": nxt}, meters, arr), JSON
+    else:
+        body, media = encode.rows_body({**head, "next": nxt}, meters, arr), JSON
+    response = Response(body, media_type=media)
+    response.headers.update(_next_headers(request, nxt, limit))
+    return response
 
 
-def _rows_cursor(text: str, meter_ids: list[int]) -> tuple[int, int, datetime]:
-    """(meter position, channel, interval start) of a rows page's next cursor; 422 for one
-    that is not (or whose meter left the frontier)."""
+def _readings_cursor(
+    text: str, meter_ids: list[int], channels: list[int]
+) -> tuple[int, int, datetime]:
+    """(meter id, channel, interval start) of a readings page's next cursor; 422 for one
+    that is not, or not of this request (a meter not of the frontier, a channel not asked)."""
     mid, ch, t_us = _cursor_in(text, (int, int, int))
-    if mid not in meter_ids or not 1 <= t_us < 10**17:
+    if mid not in meter_ids or ch not in channels or not 1 <= t_us < 10**17:
         raise HTTPException(422, "invalid cursor: pass the next cursor of the previous page")
-    return meter_ids.index(mid) + 1, ch, datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
-        microseconds=t_us
-    )
+    return mid, ch, datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=t_us)
 
 
 @router.get(
@@ -514,9 +526,13 @@ async def collection_sessions(
                ORDER BY s.started_at DESC, s.id DESC LIMIT %(limit)s""",
             # The keyset as one row comparison (the first page: after +infinity), which the
             # index collection_session_recent (started_at DESC, id DESC) answers in order.
-            {"fid": fid, "limit": limit + 1, "scope": scope,
-             "at": before[0] if before[0] is not None else "infinity",
-             "id": before[1] if before[1] is not None else 2**63 - 1},  # fmt: skip
+            {
+                "fid": fid,
+                "limit": limit + 1,
+                "scope": scope,
+                "at": before[0] if before[0] is not None else "infinity",
+                "id": before[1] if before[1] is not None else 2**63 - 1,
+            },  # fmt: skip
         )
         rows = await cur.fetchall()
     keys = (

@@ -4,7 +4,7 @@ A month of one frontier is ~6,000 readings and a year ~70,000: building a dict p
 naming its quality flags through ``IntFlag`` each time and letting the framework walk the
 result cost seconds. Here times are formatted by numpy in one call per column, flag names
 are computed once per distinct quality value, and the JSON is encoded once by
-orjson. Three shapes:
+orjson. Four shapes (rows, columns and csv a page at a time):
 
 * ``rows`` (default): one object per reading, grouped by meter (the original shape).
 * ``columns``: per meter and channel, parallel arrays — several times smaller and faster.
@@ -37,75 +37,25 @@ from cgm.storage.readings import STORED_DTYPE
 
 MeterRow = tuple[int, str, str, bool]  # id, serial, role, active
 
-# One row per meter and channel with its values as arrays: a year of a frontier is 8 rows
-# instead of 70,000 COPY messages (each a trip through the driver's async iterator). Times
-# go as integer microseconds through date_part (float8, exact to the microsecond for these
-# dates): extract() computes in numeric, which cost the server a third of the query. The
-# rows are sorted once, in the subquery, instead of once per aggregate (five sorts per
-# series: twice the server's time). The five arrays of a series are built by one
-# aggregation, so they stay aligned whatever the order; SQL does not promise that order
-# though, so :func:`load` checks it and sorts where needed.
-_SERIES_SQL = """
-SELECT meter_id, channel,
-       array_agg((date_part('epoch', interval_start) * 1e6)::int8),
+# One page of the rows, columns and CSV formats, a series (meter and channel) at a time: the
+# series' readings after the keyset by its primary key, in time order, as one row of arrays
+# (one message instead of one per reading). Times go as integer microseconds through
+# date_part (float8, exact to the microsecond for these dates): extract() computes in
+# numeric, which cost the server a third of the query. One query per series rather than one
+# ordered by the response's meter order: that order is not the index's, so the database
+# would read and sort every reading of the range for each page (a year: 70,080), however
+# small the page.
+_SERIES_PAGE_SQL = """
+SELECT array_agg((date_part('epoch', interval_start) * 1e6)::int8),
        array_agg(value),
        array_agg(quality),
        array_agg(version),
        array_agg((date_part('epoch', collected_at) * 1e6)::int8)
-FROM (SELECT meter_id, channel, interval_start, value, quality, version, collected_at
+FROM (SELECT interval_start, value, quality, version, collected_at
       FROM reading
-      WHERE meter_id = ANY(%s) AND channel = ANY(%s)
-        AND interval_start >= %s AND interval_start < %s
-      ORDER BY meter_id, channel, interval_start) r
-GROUP BY meter_id, channel ORDER BY meter_id, channel
-"""
-
-
-async def load(
-    conn: psycopg.AsyncConnection,
-    meter_ids: Sequence[int],
-    start: object,
-    end: object,
-    channels: Sequence[int],
-) -> np.ndarray:
-    """Current readings in [start, end) as a ``STORED_DTYPE`` array in key order (the
-    same rows as ``cgm.storage.read_readings``, fetched as arrays per series)."""
-    cur = conn.cursor(binary=True)
-    await cur.execute(_SERIES_SQL, (list(meter_ids), list(channels), start, end))
-    parts = []
-    for mid, ch, starts, values, quality, version, collected in await cur.fetchall():
-        a = np.empty(len(starts), dtype=STORED_DTYPE)
-        a["meter_id"], a["channel"] = mid, ch
-        a["interval_start"] = np.array(starts, dtype=np.int64).astype("M8[us]")
-        a["value"] = values
-        a["quality"] = quality
-        a["version"] = version
-        a["collected_at"] = np.array(collected, dtype=np.int64).astype("M8[us]")
-        t = a["interval_start"]
-        if len(t) > 1 and not (t[1:] > t[:-1]).all():
-            a = a[np.argsort(t, kind="stable")]
-        parts.append(a)
-    return np.concatenate(parts) if parts else np.empty(0, dtype=STORED_DTYPE)
-
-
-# One page of the rows format: in the order of ``meter_ids`` (the response's), then channel
-# and interval start, after the keyset (position of the cursor's meter, channel, start).
-_PAGE_SQL = """
-SELECT meter_id, channel,
-       array_agg((date_part('epoch', interval_start) * 1e6)::int8),
-       array_agg(value),
-       array_agg(quality),
-       array_agg(version),
-       array_agg((date_part('epoch', collected_at) * 1e6)::int8)
-FROM (SELECT meter_id, channel, interval_start, value, quality, version, collected_at
-      FROM reading
-      WHERE meter_id = ANY(%(m)s) AND channel = ANY(%(c)s)
-        AND interval_start >= %(s)s AND interval_start < %(e)s
-        AND (array_position(%(m)s, meter_id), channel, interval_start)
-            > (%(pos)s, %(ch)s, %(t)s)
-      ORDER BY array_position(%(m)s, meter_id), channel, interval_start
-      LIMIT %(limit)s) r
-GROUP BY meter_id, channel
+      WHERE meter_id = %(m)s AND channel = %(c)s
+        AND interval_start > %(after)s AND interval_start < %(e)s
+      ORDER BY interval_start LIMIT %(limit)s) r
 """
 
 
@@ -119,17 +69,23 @@ async def load_page(
     limit: int,
 ) -> np.ndarray:
     """At most ``limit`` current readings of [start, end) after the keyset ``after``
-    (meter position in ``meter_ids``, channel, interval start), as ``STORED_DTYPE`` in
-    that order: a page of the rows format (a bounded amount of work per request)."""
-    pos, ch, t = after if after is not None else (0, 0, start - timedelta(microseconds=1))
+    (meter id, channel, interval start of the previous page's last reading), as
+    ``STORED_DTYPE`` in the responses' order: meters as in ``meter_ids``, then channel,
+    then time. The caller checks that the keyset's meter and channel are in the lists."""
+    series = [(m, c) for m in meter_ids for c in sorted(channels)]
+    first, t = 0, start - timedelta(microseconds=1)
+    if after is not None:
+        first, t = series.index(after[:2]), after[2]
+    parts, need = [], limit
     cur = conn.cursor(binary=True)
-    await cur.execute(
-        _PAGE_SQL,
-        {"m": list(meter_ids), "c": list(channels), "s": start, "e": end, "pos": pos,
-         "ch": ch, "t": t, "limit": limit},
-    )  # fmt: skip
-    parts = {}
-    for mid, chan, starts, values, quality, version, collected in await cur.fetchall():
+    for mid, chan in series[first:]:
+        await cur.execute(
+            _SERIES_PAGE_SQL, {"m": mid, "c": chan, "after": t, "e": end, "limit": need}
+        )
+        starts, values, quality, version, collected = await cur.fetchone()  # type: ignore[misc]
+        t = start - timedelta(microseconds=1)  # the following series from their start
+        if not starts:
+            continue
         a = np.empty(len(starts), dtype=STORED_DTYPE)
         a["meter_id"], a["channel"] = mid, chan
         a["interval_start"] = np.array(starts, dtype=np.int64).astype("M8[us]")
@@ -138,11 +94,12 @@ async def load_page(
         a["version"] = version
         a["collected_at"] = np.array(collected, dtype=np.int64).astype("M8[us]")
         if len(a) > 1 and not (a["interval_start"][1:] > a["interval_start"][:-1]).all():
-            a = a[np.argsort(a["interval_start"], kind="stable")]
-        parts[(list(meter_ids).index(mid), chan)] = a
-    if not parts:
-        return np.empty(0, dtype=STORED_DTYPE)
-    return np.concatenate([parts[k] for k in sorted(parts)])
+            a = a[np.argsort(a["interval_start"], kind="stable")]  # SQL does not promise it
+        parts.append(a)
+        need -= len(a)
+        if need <= 0:
+            break
+    return np.concatenate(parts) if parts else np.empty(0, dtype=STORED_DTYPE)
 
 
 # The hourly shape: only what it carries (value, quality) and each reading's offset from
