@@ -112,12 +112,22 @@ async def test_page_in_headless_chromium(
 def _follow(browser, element) -> None:  # noqa: ANN001 - selenium WebDriver, WebElement
     """Click a link or a submit button and wait for the next page: a click returns before
     the browser has loaded it, and the old page's elements would be read meanwhile."""
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.wait import WebDriverWait
 
     old = browser.find_element("tag name", "html")
     element.click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+
+    def unloaded(_: object) -> bool:
+        # Chromium reports a replaced page's node either as stale or as "Node with given id
+        # does not belong to the document" (a plain WebDriverException): both mean it left.
+        try:
+            old.is_enabled()
+        except WebDriverException:  # StaleElementReferenceException is one too
+            return True
+        return False
+
+    WebDriverWait(browser, 30).until(unloaded)
     WebDriverWait(browser, 30).until(
         lambda b: b.execute_script("return document.readyState") == "complete"
     )
