@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -53,6 +54,7 @@ from cgm.storage import readings_array, write_readings
 from cgm.vee import VeeConfig, run_vee
 from cgm.vee import backtest as bt
 from cgm.vee.daytype import same_type_days
+from cgm.vee.run import WRITER_NAME
 from drivers.base import Channel
 from simulators.meter import SimulatedMeter
 
@@ -250,14 +252,50 @@ def _backend_cpu(pid: int) -> float | None:
         return None
 
 
+class WriterCpu:
+    """CPU of the run's extra write connections (application_name WRITER_NAME): their
+    backends' /proc schedstat, polled every 20 ms while they live (what a backend spends in
+    its last 20 ms before it exits is missed). The thread's own CPU is taken off the
+    client's."""
+
+    def __init__(self, url: str) -> None:
+        self.seen: dict[int, float] = {}
+        self.own = 0.0  # the polling thread's CPU, not the run's
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(url,), daemon=True)
+        self._thread.start()
+
+    def _poll(self, url: str) -> None:
+        with psycopg.connect(url, autocommit=True) as c:
+            while not self._stop.is_set():
+                pids = c.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+                    " AND datname = current_database()",
+                    (WRITER_NAME,),
+                ).fetchall()
+                for (pid,) in pids:
+                    cpu = _backend_cpu(pid)
+                    if cpu is not None:
+                        self.seen[pid] = max(cpu, self.seen.get(pid, 0.0))
+                time.sleep(0.02)
+        self.own = time.thread_time()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return sum(self.seen.values())
+
+
 async def timed_run(
     url: str, config: VeeConfig, prof: cProfile.Profile | None = None
 ) -> tuple[object, float, tuple[float, float | None]]:
-    """run_vee on its own connection: (summary, wall s, (client CPU s, server CPU s))."""
+    """run_vee on its own connection: (summary, wall s, (client CPU s, server CPU s)); the
+    server's CPU counts the run's connection and its extra write connections."""
     async with await psycopg.AsyncConnection.connect(url) as conn:
         cur = await conn.execute("SELECT pg_backend_pid()")
         (pid,) = await cur.fetchone()  # type: ignore[misc]
         await conn.commit()
+        writers = WriterCpu(url)
         s0, c0, t0 = _backend_cpu(pid), time.process_time(), time.perf_counter()
         if prof:
             prof.enable()
@@ -265,7 +303,10 @@ async def timed_run(
         if prof:
             prof.disable()
         wall, client, s1 = time.perf_counter() - t0, time.process_time() - c0, _backend_cpu(pid)
-    return summary, wall, (client, None if s0 is None or s1 is None else s1 - s0)
+        extra = writers.stop()
+        client -= writers.own
+    server = None if s0 is None or s1 is None else s1 - s0 + extra
+    return summary, wall, (client, server)
 
 
 def report(what: str, wall: float, s: object, cpu: tuple[float, float | None]) -> None:

@@ -8,6 +8,7 @@ period. A manual value is never replaced here (the storage layer enforces it too
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -481,11 +482,9 @@ async def _run_day(
     timer.lap("build rows")
 
     if changed or len(measured):
-        result = await write_settled(
-            conn, changed, measured=measured, actor=config.actor, reason=f"vee {day}"
-        )
-        summary.written = result.inserted + result.superseded
-        summary.kept_manual += result.kept_manual
+        inserted, superseded, kept = await _write(conn, changed, measured, config, day)
+        summary.written = inserted + superseded
+        summary.kept_manual += kept
         written = Counter(v.source for v in changed)
         for code, name in ((1, "principal"), (2, "backup")):
             written[name] += int((measured["source"] == code).sum())
@@ -523,6 +522,62 @@ async def _run_day(
     for rule, n in summary.flagged.items():
         metrics.VEE_FLAGS.labels(rule).inc(n)
     return summary
+
+
+WRITER_NAME = "cgm vee write"
+_SPLIT_AFTER = 100_000  # values; below it one connection (the run's own transaction)
+_WRITERS = 2
+
+
+async def _write(
+    conn: psycopg.AsyncConnection,
+    changed: list[SettledValue],
+    measured: np.ndarray,
+    config: VeeConfig,
+    day: date,
+) -> tuple[int, int, int]:
+    """Write the run's settled values: (inserted, superseded, kept manual).
+
+    A small write goes in the run's own transaction. A large one (a fleet's first settle:
+    ~1 M values, the server's insert being most of the run) is split by frontier over
+    :data:`_WRITERS` connections of their own that write at the same time (one server
+    core each), each part one transaction committed on its own. So a failure leaves each
+    frontier-day settled whole or not at all; the run's input digests are recorded (in
+    the run's transaction) only after every part has committed, so the next run settles
+    whatever is missing and finds the rest unchanged."""
+    actor, reason = config.actor, f"vee {day}"
+    if len(changed) + len(measured) < _SPLIT_AFTER:
+        r = await write_settled(conn, changed, measured=measured, actor=actor, reason=reason)
+        return r.inserted, r.superseded, r.kept_manual
+    fids = np.unique(
+        np.concatenate(
+            [measured["frontier_id"], np.array([v.frontier_id for v in changed], dtype=np.int64)]
+        )
+    )
+    bounds = [int(fids[len(fids) * k // _WRITERS]) for k in range(_WRITERS)] + [int(fids[-1]) + 1]
+    params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
+    params["application_name"] = WRITER_NAME
+
+    async def part(lo: int, hi: int) -> tuple[int, int, int]:
+        m = measured[(measured["frontier_id"] >= lo) & (measured["frontier_id"] < hi)]
+        c = [v for v in changed if lo <= v.frontier_id < hi]
+        if not len(m) and not c:
+            return 0, 0, 0
+        async with await psycopg.AsyncConnection.connect(**params) as wconn:
+            r = await write_settled(wconn, c, measured=m, actor=actor, reason=reason)
+            await wconn.commit()
+        return r.inserted, r.superseded, r.kept_manual
+
+    pairs = zip(bounds, bounds[1:], strict=False)
+    tasks = [asyncio.create_task(part(lo, hi)) for lo, hi in pairs]
+    try:
+        done = await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return tuple(int(sum(x)) for x in zip(*done, strict=True))  # type: ignore[return-value]
 
 
 async def _history(
