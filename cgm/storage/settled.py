@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import errors
 from psycopg.types.json import Jsonb
 
 from cgm.localtime import sql_local_day
@@ -443,8 +444,7 @@ async def write_settled(
             async with conn.cursor() as c, c.copy(f"COPY {_DAY_METHOD} FROM STDIN") as copy:
                 for row in estimates:
                     await copy.write_row(row)
-        cur = await conn.execute(
-            f"""WITH up AS (
+        upsert = f"""WITH up AS (
                   INSERT INTO settled_reading AS t ({_COLS}, actor, reason)
                   SELECT {_COLS}, %(actor)s, %(reason)s FROM (
                     SELECT {_COLS} FROM {_STAGE}
@@ -456,17 +456,7 @@ async def write_settled(
                              'factor', factor)
                     FROM {_MEASURED_STAGE}) x
                   ORDER BY frontier_id, channel, interval_start
-                  ON CONFLICT (frontier_id, channel, interval_start) DO UPDATE
-                    SET value = excluded.value, source = excluded.source,
-                        method = excluded.method, flags = excluded.flags,
-                        detail = excluded.detail, actor = excluded.actor,
-                        reason = excluded.reason, settled_at = now(),
-                        version = t.version + 1
-                    WHERE (t.source <> 'manual' OR excluded.source = 'manual')
-                      AND (t.value, t.source, t.method, t.flags, t.detail)
-                          IS DISTINCT FROM (excluded.value, excluded.source,
-                                            excluded.method, excluded.flags, excluded.detail)
-                  RETURNING t.frontier_id, t.channel, t.interval_start, t.version),
+{{conflict}}                  RETURNING t.frontier_id, t.channel, t.interval_start, t.version),
                 changed_days AS (
                   INSERT INTO {_CHANGED}
                   SELECT DISTINCT frontier_id, channel, {sql_local_day("interval_start")}
@@ -478,10 +468,34 @@ async def write_settled(
                   SELECT DISTINCT frontier_id, {sql_local_day("interval_start")} FROM up
                   ON CONFLICT (frontier_id, day) DO UPDATE SET version = v.version + 1)
                 SELECT count(*) FILTER (WHERE version = 1),
-                       count(*) FILTER (WHERE version > 1) FROM up""",
-            {"actor": actor, "reason": reason},
-        )
-        inserted, superseded = await cur.fetchone()  # type: ignore[misc]
+                       count(*) FILTER (WHERE version > 1) FROM up"""
+        on_conflict = """ON CONFLICT (frontier_id, channel, interval_start) DO UPDATE
+                    SET value = excluded.value, source = excluded.source,
+                        method = excluded.method, flags = excluded.flags,
+                        detail = excluded.detail, actor = excluded.actor,
+                        reason = excluded.reason, settled_at = now(),
+                        version = t.version + 1
+                    WHERE (t.source <> 'manual' OR excluded.source = 'manual')
+                      AND (t.value, t.source, t.method, t.flags, t.detail)
+                          IS DISTINCT FROM (excluded.value, excluded.source,
+                                            excluded.method, excluded.flags, excluded.detail)
+"""
+        params = {"actor": actor, "reason": reason}
+        if await _all_new(conn, obj[keep_obj], meas):
+            # Likely a first settle: a plain INSERT (no conflict check per row) in a
+            # savepoint; if some key is stored after all (or a concurrent writer commits
+            # one first), the upsert below does it.
+            try:
+                async with conn.transaction():
+                    cur = await conn.execute(upsert.replace("{conflict}", ""), params)
+                    inserted, superseded = await cur.fetchone()  # type: ignore[misc]
+            except errors.UniqueViolation:
+                cur = None
+        else:
+            cur = None
+        if cur is None:
+            cur = await conn.execute(upsert.replace("{conflict}", on_conflict), params)
+            inserted, superseded = await cur.fetchone()  # type: ignore[misc]
         if inserted or superseded:
             await _merge_days(conn)
         if inserted >= _ANALYZE_AFTER:
@@ -513,6 +527,22 @@ async def write_settled(
 
 
 _ANALYZE_AFTER = 50_000
+
+
+async def _all_new(conn: psycopg.AsyncConnection, *batches: np.ndarray) -> bool:
+    """Whether the batch's first key in key order is not stored: then the batch is most
+    likely all new (a first settle of the hours; the upsert's order puts that key first, so
+    a plain INSERT that meets a stored key fails early)."""
+    rows = np.concatenate(batches)
+    for name in ("frontier_id", "channel", "interval_start"):
+        rows = rows[rows[name] == rows[name].min()]
+    t = _EPOCH + int(rows["interval_start"][0].view("i8")) * timedelta(microseconds=1)
+    cur = await conn.execute(
+        "SELECT NOT EXISTS (SELECT 1 FROM settled_reading WHERE frontier_id = %s"
+        " AND channel = %s AND interval_start = %s)",
+        (int(rows["frontier_id"][0]), int(rows["channel"][0]), t),
+    )
+    return bool((await cur.fetchone())[0])  # type: ignore[index]
 
 
 async def _analyze(conn: psycopg.AsyncConnection, *batches: np.ndarray) -> None:

@@ -270,12 +270,24 @@ async def _run_day(
     meter_ids = sorted({int(m) for r in ROLES for m in series.meter[r] if m})
     due = np.array(due_cols)[None, :].repeat(S, 0)
 
-    mats = await load_readings(conn, series, day)
-    timer.lap("load readings")
-
-    history, hist_est = await _history(
-        conn, series, hist_days, config, frontier_ids is None and not skip
-    )
+    whole_fleet = frontier_ids is None and not skip
+    if S * W < _SPLIT_AFTER:
+        mats = await load_readings(conn, series, day)
+        timer.lap("load readings")
+        history, hist_est = await _history(conn, series, hist_days, config, whole_fleet)
+    else:
+        # A large run reads the history on a second connection while the readings come:
+        # the server works on one while this process decodes the other.
+        async with await psycopg.AsyncConnection.connect(**_conn_params(conn, WRITER_NAME)) as side:
+            hist = asyncio.create_task(_history(side, series, hist_days, config, whole_fleet))
+            try:
+                mats = await load_readings(conn, series, day)
+            except BaseException:
+                hist.cancel()
+                await asyncio.gather(hist, return_exceptions=True)
+                raise
+            timer.lap("load readings")
+            history, hist_est = await hist
     # Candidate days no series has anything for (the older ones when every series found
     # its max_days among the recent ones) change no curve: left out of the arrays.
     has_data = ~np.isnan(history).all(axis=(0, 2)) | hist_est.any(axis=0)
@@ -524,9 +536,16 @@ async def _run_day(
     return summary
 
 
-WRITER_NAME = "cgm vee write"
+WRITER_NAME = "cgm vee write"  # extra connections of a large run (write, history read)
 _SPLIT_AFTER = 100_000  # values; below it one connection (the run's own transaction)
 _WRITERS = 2
+
+
+def _conn_params(conn: psycopg.AsyncConnection, name: str) -> dict[str, str]:
+    """Parameters for another connection to the same database as ``conn``."""
+    params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
+    params["application_name"] = name
+    return params
 
 
 async def _write(
@@ -555,8 +574,7 @@ async def _write(
         )
     )
     bounds = [int(fids[len(fids) * k // _WRITERS]) for k in range(_WRITERS)] + [int(fids[-1]) + 1]
-    params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
-    params["application_name"] = WRITER_NAME
+    params = _conn_params(conn, WRITER_NAME)
 
     async def part(lo: int, hi: int) -> tuple[int, int, int]:
         m = measured[(measured["frontier_id"] >= lo) & (measured["frontier_id"] < hi)]

@@ -105,3 +105,21 @@ async def test_manual_needs_reason_and_unknown_frontier(conn, frontiers) -> None
             actor="a",
         )
     assert await read_settled(conn, [frontiers[2]], T0, T0 + H) == []
+
+
+async def test_stored_keys_behind_a_new_first_key_are_upserted(conn, frontiers) -> None:
+    # The day's first hour is new (so the write tries a plain insert first) but later hours
+    # are stored, one of them manual: the write still leaves equal values alone, supersedes
+    # changed ones and keeps the manual one, with the same counts as an upsert.
+    f = frontiers[0]
+    rows = day(f)
+    await write_settled(conn, rows[5:10], actor="vee")
+    manual = [SettledValue(f, 2, T0 + 6 * H, 7.0, "manual")]
+    await write_settled(conn, manual, actor="ana", reason="agreed value")
+    again = rows[:7] + [SettledValue(f, 1, T0 + 7 * H, 1.5, "backup")] + rows[8:]
+    res = await write_settled(conn, again, actor="vee")
+    assert (res.inserted, res.unchanged, res.superseded, res.kept_manual) == (42, 4, 1, 1)
+    got = {(s.channel, s.interval_start): s for s in await read_settled(conn, [f], T0, T0 + 24 * H)}
+    assert len(got) == 48 and got[(1, T0 + 7 * H)].version == 2
+    assert (got[(1, T0 + 5 * H)].version, got[(1, T0 + 5 * H)].value) == (1, 51.0)
+    await conn.commit()
