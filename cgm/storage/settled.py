@@ -444,8 +444,7 @@ async def write_settled(
             async with conn.cursor() as c, c.copy(f"COPY {_DAY_METHOD} FROM STDIN") as copy:
                 for row in estimates:
                     await copy.write_row(row)
-        upsert = f"""WITH up AS (
-                  INSERT INTO settled_reading AS t ({_COLS}, actor, reason)
+        rows_sql = f"""INSERT INTO settled_reading AS t ({_COLS}, actor, reason)
                   SELECT {_COLS}, %(actor)s, %(reason)s FROM (
                     SELECT {_COLS} FROM {_STAGE}
                     UNION ALL
@@ -455,8 +454,20 @@ async def write_settled(
                              'reading_version', reading_version, 'secondary', secondary,
                              'factor', factor)
                     FROM {_MEASURED_STAGE}) x
-                  ORDER BY frontier_id, channel, interval_start
-{{conflict}}                  RETURNING t.frontier_id, t.channel, t.interval_start, t.version),
+                  ORDER BY frontier_id, channel, interval_start"""
+        upsert = f"""WITH up AS (
+                  {rows_sql}
+                  ON CONFLICT (frontier_id, channel, interval_start) DO UPDATE
+                    SET value = excluded.value, source = excluded.source,
+                        method = excluded.method, flags = excluded.flags,
+                        detail = excluded.detail, actor = excluded.actor,
+                        reason = excluded.reason, settled_at = now(),
+                        version = t.version + 1
+                    WHERE (t.source <> 'manual' OR excluded.source = 'manual')
+                      AND (t.value, t.source, t.method, t.flags, t.detail)
+                          IS DISTINCT FROM (excluded.value, excluded.source,
+                                            excluded.method, excluded.flags, excluded.detail)
+                  RETURNING t.frontier_id, t.channel, t.interval_start, t.version),
                 changed_days AS (
                   INSERT INTO {_CHANGED}
                   SELECT DISTINCT frontier_id, channel, {sql_local_day("interval_start")}
@@ -469,32 +480,29 @@ async def write_settled(
                   ON CONFLICT (frontier_id, day) DO UPDATE SET version = v.version + 1)
                 SELECT count(*) FILTER (WHERE version = 1),
                        count(*) FILTER (WHERE version > 1) FROM up"""
-        on_conflict = """ON CONFLICT (frontier_id, channel, interval_start) DO UPDATE
-                    SET value = excluded.value, source = excluded.source,
-                        method = excluded.method, flags = excluded.flags,
-                        detail = excluded.detail, actor = excluded.actor,
-                        reason = excluded.reason, settled_at = now(),
-                        version = t.version + 1
-                    WHERE (t.source <> 'manual' OR excluded.source = 'manual')
-                      AND (t.value, t.source, t.method, t.flags, t.detail)
-                          IS DISTINCT FROM (excluded.value, excluded.source,
-                                            excluded.method, excluded.flags, excluded.detail)
-"""
         params = {"actor": actor, "reason": reason}
+        cur = None
         if await _all_new(conn, obj[keep_obj], meas):
-            # Likely a first settle: a plain INSERT (no conflict check per row) in a
-            # savepoint; if some key is stored after all (or a concurrent writer commits
-            # one first), the upsert below does it.
+            # Likely a first settle: a plain INSERT (no conflict check per row, nothing
+            # returned) in a savepoint, the changed days being all the batch's days; if some
+            # key is stored after all (or a concurrent writer commits one first), the
+            # upsert below does it.
             try:
                 async with conn.transaction():
-                    cur = await conn.execute(upsert.replace("{conflict}", ""), params)
-                    inserted, superseded = await cur.fetchone()  # type: ignore[misc]
+                    cur = await conn.execute(rows_sql, params)
+                    inserted, superseded = cur.rowcount, 0
+                    await conn.execute(
+                        f"""INSERT INTO {_CHANGED} SELECT frontier_id, channel, day
+                              FROM {_DAY_STAGE};
+                            INSERT INTO settled_day_version AS v (frontier_id, day)
+                            SELECT DISTINCT frontier_id, day FROM {_DAY_STAGE}
+                            ON CONFLICT (frontier_id, day) DO UPDATE
+                              SET version = v.version + 1"""
+                    )
             except errors.UniqueViolation:
                 cur = None
-        else:
-            cur = None
         if cur is None:
-            cur = await conn.execute(upsert.replace("{conflict}", on_conflict), params)
+            cur = await conn.execute(upsert, params)
             inserted, superseded = await cur.fetchone()  # type: ignore[misc]
         if inserted or superseded:
             await _merge_days(conn)
