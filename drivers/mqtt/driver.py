@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 _BAD_BROKER_CREDENTIALS = {0x86, 0x87, 4, 5}  # MQTT 5 bad user/password, not authorised; 3.1.1
 IDLE_CLOSE = 30.0  # seconds a shared connection stays open with no session or subscriber
+MAX_CONNECTIONS = 16  # shared connections per broker and login (see _Pool)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,12 @@ class BrokerConnection:
             self._client.close()
             raise _broker_error(exc, self.endpoint, "cannot reach") from exc
         self._client.closed.add_done_callback(self._lost)
+
+    @property
+    def capacity(self) -> int:
+        """Sessions this connection takes before the pool opens another: the broker's
+        Receive Maximum (each session has one request out at a time)."""
+        return self._client.in_flight_max
 
     def _lost(self, _: object) -> None:
         if self.failed is None:
@@ -366,10 +373,19 @@ class BrokerConnection:
 
 
 class _Pool:
-    """Shared connections of one event loop, by broker, login and client id."""
+    """Shared connections of one event loop, by broker and login.
+
+    A connection carries at most as many sessions as the broker's Receive Maximum (its
+    QoS 1 publishes in flight; Mosquitto's default is 20): each session has one request out
+    at a time, so none waits for a free slot behind the others' requests, a wait its
+    per-call timeout would count (a 30-day catch-up of 200 MQTT meters on one connection
+    queued 180 requests behind 20 slots; benchmarks/README.md, catch-up). Beyond that a
+    further connection is opened, up to ``MAX_CONNECTIONS`` per broker and login; past
+    those, sessions share the least used one.
+    """
 
     def __init__(self) -> None:
-        self._conns: dict[tuple[Any, ...], BrokerConnection] = {}
+        self._conns: dict[tuple[Any, ...], list[BrokerConnection]] = {}
         self._opening: dict[tuple[Any, ...], asyncio.Future[BrokerConnection]] = {}
 
     async def acquire(
@@ -381,23 +397,36 @@ class _Pool:
     ) -> BrokerConnection:
         key = (endpoint.host, endpoint.port, login.key())
         while True:
-            conn = self._conns.get(key)
-            if conn is not None and conn.failed is None:
+            conns = self._conns.setdefault(key, [])
+            for failed in [c for c in conns if c.failed is not None]:  # replace them
+                conns.remove(failed)
+                asyncio.ensure_future(failed.close())
+            # The least used connection with a free slot; when all are full and no more may
+            # be opened, the least used one.
+            conn = min(conns, key=lambda c: (c.users >= c.capacity, c.users), default=None)
+            opening = self._opening.get(key)
+            if conn is not None and (
+                conn.users < conn.capacity or (opening is None and len(conns) >= MAX_CONNECTIONS)
+            ):
                 conn.users += 1
                 if conn._idle is not None:
                     conn._idle.cancel()
                     conn._idle = None
                 return conn
-            if conn is not None:  # failed: replace it
-                self._conns.pop(key, None)
-                asyncio.ensure_future(conn.close())
-            opening = self._opening.get(key)
             if opening is None:
                 opening = self._opening[key] = asyncio.ensure_future(
                     self._open(key, endpoint, login, timeout)
                 )
             try:
                 await asyncio.shield(opening)
+            except DriverError:
+                live = [c for c in conns if c.failed is None]
+                if not live:
+                    raise
+                # A further connection refused: the open ones are shared instead.
+                conn = min(live, key=lambda c: c.users)
+                conn.users += 1
+                return conn
             finally:
                 if opening.done():
                     self._opening.pop(key, None)
@@ -416,7 +445,7 @@ class _Pool:
         except TimeoutError as exc:
             await conn.close()
             raise ConnectionFailed(f"broker {endpoint} did not answer", endpoint=endpoint) from exc
-        self._conns[key] = conn
+        self._conns.setdefault(key, []).append(conn)
         return conn
 
     def release(self, conn: BrokerConnection, idle_close: float = IDLE_CLOSE) -> None:
@@ -432,17 +461,17 @@ class _Pool:
     async def _close_idle(self, conn: BrokerConnection) -> None:
         if conn.users > 0:
             return
-        for key, c in list(self._conns.items()):
-            if c is conn:
-                del self._conns[key]
+        for conns in self._conns.values():
+            if conn in conns:
+                conns.remove(conn)
         await conn.close()
 
     async def close_all(self) -> None:
-        conns, self._conns = list(self._conns.values()), {}
+        conns, self._conns = self.connections(), {}
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
     def connections(self) -> list[BrokerConnection]:
-        return list(self._conns.values())
+        return [c for conns in self._conns.values() for c in conns]
 
 
 # --- sessions ----------------------------------------------------------------------------

@@ -215,6 +215,46 @@ async def test_sessions_share_one_broker_connection(
     assert [round(c.offset) for c in clocks] == list(range(8))
 
 
+async def test_sessions_beyond_receive_maximum_get_a_further_connection(
+    mqtt_broker: tuple[str, int], mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catch-up timeouts: sessions past the broker's Receive Maximum queued their requests
+    behind the others' on one connection, and the per-call timeout counted the wait. A
+    connection now takes as many sessions as it has slots; the rest go on another, whose
+    answers come back on its own response topic; past MAX_CONNECTIONS they share."""
+    meters = [SimulatedMeter(f"MQ-RMAX-{i}", clock_offset=float(i)) for i in range(8)]
+    async with simulated(mqtt_broker, mqtt_prefix, meters):
+        first = await session(mqtt_broker, mqtt_prefix, meters[0].serial)
+        first.connection._client.in_flight_max = 3  # as a broker advertising Receive Maximum 3
+        rest = await asyncio.gather(
+            *(session(mqtt_broker, mqtt_prefix, m.serial) for m in meters[1:])
+        )
+        sessions = [first, *rest]
+        try:
+            clocks = await asyncio.gather(*(s.read_clock() for s in sessions))
+            on_first = [s for s in sessions if s.connection is first.connection]
+            others = {id(s.connection) for s in sessions} - {id(first.connection)}
+        finally:
+            await asyncio.gather(*(s.close() for s in sessions))
+        assert len(on_first) == 3
+        assert len(others) == 1
+        assert [round(c.offset) for c in clocks] == list(range(8))
+
+        monkeypatch.setattr("drivers.mqtt.driver.MAX_CONNECTIONS", 1)
+        await DRIVER.close_all()
+        first = await session(mqtt_broker, mqtt_prefix, meters[0].serial)
+        first.connection._client.in_flight_max = 3
+        rest = await asyncio.gather(
+            *(session(mqtt_broker, mqtt_prefix, m.serial) for m in meters[1:])
+        )
+        try:
+            clocks = await asyncio.gather(*(s.read_clock() for s in (first, *rest)))
+            assert all(s.connection is first.connection for s in rest)
+        finally:
+            await asyncio.gather(*(s.close() for s in (first, *rest)))
+        assert [round(c.offset) for c in clocks] == list(range(8))
+
+
 async def test_lost_broker_fails_pending_and_next_session_reconnects() -> None:
     meter = SimulatedMeter("MQ-RECONNECT", faults=Faults(latency=3.0))
     async with Broker() as broker:
