@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 
 from cgm import metrics
 from cgm.collection import claims
-from cgm.collection.columns import CHANNEL_IDS, ROLLOVER, ProfileColumns, epoch_us
+from cgm.collection.columns import CHANNEL_IDS, ProfileColumns, epoch_us
 from cgm.collection.derive import Snapshot, derive_intervals
 from cgm.collection.hourly import to_hourly
 from cgm.collection.link import CONNECT_OPTIONS, Link, retrying
@@ -832,35 +832,14 @@ class _Rows:
         spans: Sequence[tuple[datetime, datetime]],
         collected_at: datetime,
     ) -> list[ProfileEntry]:
-        """Add the hourly ``entries`` as rows (what :func:`to_hourly` makes of them: each
-        value with the entry's status byte, its rollover flag, and ``base``); return the
-        other entries, for :func:`to_hourly`."""
-        m, c, t, v, q, at = self.cols
-        rest: list[ProfileEntry] = []
-        first = len(c)
-        for e in entries:
-            if e.period != HOUR:
-                rest.append(e)
-                continue
-            values = e.values
-            n = len(values)
-            c.extend(map(_CHANNEL_IDS.get, values))
-            v.extend(values.values())
-            t.extend([_epoch_us(e.start)] * n)
-            flags = (e.status & 0xFF) | base
-            if spans and _corrected(spans, e.start):
-                flags |= _LARGE_CORRECTION
-            if e.rollover:
-                q.extend(flags | _ROLLOVER if ch in e.rollover else flags for ch in values)
-            else:
-                q.extend([flags] * n)
-        added = len(c) - first
-        if added:
-            if None in c[first:]:  # the batch fails; its outcomes are then stored one by one
-                unknown = [ch for e in entries for ch in e.values if ch not in _CHANNEL_IDS]
-                raise ValueError(f"unknown channel {unknown[0]!r}")
-            m.extend([meter_id] * added)
-            at.extend([_epoch_us(collected_at)] * added)
+        """Add the hourly ``entries`` as rows, as a session's columns are added (what
+        :func:`to_hourly` makes of them: each value with the entry's status byte, its
+        rollover flag, and ``base``); return the other entries, for :func:`to_hourly`, which
+        also refuses, with the reason, a chunk with an unknown channel or a naive time."""
+        cols = ProfileColumns()
+        rest = cols.add(entries)
+        if len(cols):
+            self.columns(meter_id, cols, base, spans, collected_at)
         return rest
 
     def columns(
@@ -902,7 +881,6 @@ class _Rows:
 
 
 _CHANNEL_IDS = CHANNEL_IDS
-_ROLLOVER = ROLLOVER
 _LARGE_CORRECTION = int(Quality.LARGE_CLOCK_CORRECTION)
 _HOUR_US = 3_600_000_000
 _epoch_us = epoch_us

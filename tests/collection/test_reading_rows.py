@@ -80,14 +80,20 @@ def test_hourly_entries_become_the_rows_to_hourly_gives(spans) -> None:
 
 def test_an_unknown_channel_is_refused_not_stored() -> None:
     entry = ProfileEntry(T0, HOUR, {"active_import": 1.0, "apparent": 2.0})
+    rows = _Rows()
+    assert rows.hourly(7, [entry], 0, (), AT) == [entry]  # left whole to the entry path
+    assert not len(rows.array())  # not even its known channel
     with pytest.raises(ValueError, match="apparent"):
-        _Rows().hourly(7, [entry], 0, (), AT)
+        to_hourly([entry])
 
 
 def test_a_naive_interval_start_is_refused() -> None:
     entry = ProfileEntry(T0.replace(tzinfo=None), HOUR, {"active_import": 1.0})
+    rows = _Rows()
+    assert rows.hourly(7, [entry], 0, (), AT) == [entry]
+    (v,) = to_hourly([entry]).values
     with pytest.raises(ValueError, match="naive"):
-        _Rows().hourly(7, [entry], 0, (), AT)
+        rows.add(7, channel_id(v.channel), v.start, v.value, v.quality, AT)
 
 
 def test_register_snapshot_times_keep_their_microseconds(new_database) -> None:
