@@ -31,6 +31,7 @@ from cgm import metrics
 from cgm.collection import claims
 from cgm.collection.columns import CHANNEL_IDS, ProfileColumns, epoch_us
 from cgm.collection.derive import Snapshot, derive_intervals
+from cgm.collection.gcpace import cycle_pace
 from cgm.collection.hourly import to_hourly
 from cgm.collection.link import CONNECT_OPTIONS, Link, retrying
 from cgm.collection.plausibility import HourlyLimit, hourly_limit
@@ -265,6 +266,21 @@ class Collector:
             moment = now or datetime.now(UTC)
             cycle = moment.replace(microsecond=0) if force else current_cycle(moment)
         summary = self.current = CycleSummary(cycle)  # read by progress displays
+        with cycle_pace():
+            await self._run(cycle, frontier, force, now, summary)
+        summary.seconds = time.perf_counter() - t0
+        metrics.CYCLE_SECONDS.set(summary.seconds)
+        metrics.METERS_BACKED_OFF.set(summary.skipped_backoff)
+        return summary
+
+    async def _run(
+        self,
+        cycle: datetime,
+        frontier: str | None,
+        force: bool,
+        now: datetime | None,
+        summary: CycleSummary,
+    ) -> None:
         try:
             async with await psycopg.AsyncConnection.connect(
                 self.db_url, **CONNECT_OPTIONS
@@ -296,10 +312,6 @@ class Collector:
                 "collection cycle %s failed: %s", cycle.isoformat(), exc
             )
             summary.errors.append(f"{type(exc).__name__}: {exc}")
-        summary.seconds = time.perf_counter() - t0
-        metrics.CYCLE_SECONDS.set(summary.seconds)
-        metrics.METERS_BACKED_OFF.set(summary.skipped_backoff)
-        return summary
 
     async def _clock_block_reason(self, conn: psycopg.AsyncConnection) -> str | None:
         """Why no meter clock may be set this cycle: nobody accountable for the level-2
