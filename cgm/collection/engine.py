@@ -261,10 +261,11 @@ class Collector:
         """
         t0 = time.perf_counter()
         if cycle is None:
-            # An on-demand run is its own cycle (the second it was asked), so it reads the
-            # meters even when this hour's scheduled cycle has already claimed them.
+            # An on-demand run is its own cycle (the instant it was asked, to the
+            # microsecond), so it reads the meters even when this hour's scheduled cycle, or
+            # another on-demand run a moment before, has already claimed them.
             moment = now or datetime.now(UTC)
-            cycle = moment.replace(microsecond=0) if force else current_cycle(moment)
+            cycle = moment if force else current_cycle(moment)
         summary = self.current = CycleSummary(cycle)  # read by progress displays
         with cycle_pace():
             await self._run(cycle, frontier, force, now, summary)

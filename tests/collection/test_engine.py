@@ -233,6 +233,18 @@ async def test_a_failing_meter_is_backed_off_not_hammered(env: Env) -> None:
     assert forced.meters == 4  # on demand, the operator can still force it
 
 
+async def test_two_on_demand_runs_within_one_second_both_read_the_meters(env: Env) -> None:
+    """Regression: an on-demand cycle was keyed by the second it was asked, so a second run
+    within that second found every claim done and read nothing (reporting 0 ok, no error)."""
+    env.import_()
+    asked = datetime.now(UTC).replace(microsecond=100)
+    first = await Collector(env.url, env.box, FAST).run_cycle(force=True, now=asked)
+    again = await Collector(env.url, env.box, FAST).run_cycle(
+        force=True, now=asked + timedelta(milliseconds=1)
+    )
+    assert first.ok == again.ok == 4
+
+
 async def test_hls_gmac_level2_counters_survive_a_collector_restart(env: Env) -> None:
     """Level 2 by HLS-GMAC: keys from the encrypted store, counters from the database."""
     secret = "ek=000102030405060708090a0b0c0d0e0f;ak=d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
