@@ -424,6 +424,12 @@ async def under_load(url: str, sim_frontiers: int) -> None:
         await cycle()  # warm-up: first contact, identities
         idle_api = await api_latencies(health, 15)
         idle_cycle, ok0 = await cycle()
+        # The same API probe while collection cycles run without VEE: what VEE adds on top
+        # of the service's own work.
+        cycles_probe = asyncio.create_task(api_latencies(health, 15))
+        while not cycles_probe.done():
+            await cycle()
+        cycles_api = await cycles_probe
         # The day's settled values and VEE's records of them removed, so the run below is
         # a first settle again.
         await forget_day(url)
@@ -460,7 +466,11 @@ async def under_load(url: str, sim_frontiers: int) -> None:
         " during it"
     )
     print("  its timings " + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()))
-    for name, lat in (("idle", idle_api), ("during VEE", busy_api)):
+    for name, lat in (
+        ("idle", idle_api),
+        ("during collection cycles", cycles_api),
+        ("during VEE (and cycles)", busy_api),
+    ):
         print(
             f"  API /healthz {name}: {len(lat)} requests, p50 {1e3 * np.median(lat):.1f} ms, "
             f"p99 {1e3 * np.quantile(lat, 0.99):.1f} ms"
