@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 from html import escape
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cgm.api.app import FIRST_DAY, LAST_DAY, Reader, _yesterday
 from cgm.api.portal import (
@@ -410,6 +410,17 @@ def _invalid(exc: ValidationError) -> HTTPException:
     return HTTPException(422, "; ".join(parts))
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parsed(model: type[M], **fields: Any) -> M:
+    """The form's fields as ``model``; what it refuses is a 422 with every reason."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
 @router.post("/page/associate", response_class=HTMLResponse, include_in_schema=False)
 async def page_associate(request: Request, user: Reader) -> Any:
     try:
@@ -418,13 +429,11 @@ async def page_associate(request: Request, user: Reader) -> Any:
         return _refused(exc, None)
     unit = _one(form, "unit") or None
     try:
-        try:
-            body = Association(
-                company=_one(form, "company") or "", number=_one(form, "client_number") or "",
-                meters=form.get("meter", []), unit=unit,
-            )  # fmt: skip
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        body = _parsed(
+            Association,
+            company=_one(form, "company") or "", number=_one(form, "client_number") or "",
+            meters=form.get("meter", []), unit=unit,
+        )  # fmt: skip
         result = await associate_unit(request, user, body)
     except HTTPException as exc:
         return _refused(exc, unit)
@@ -458,10 +467,7 @@ async def page_invoice(number: str, request: Request, user: Reader) -> Any:
     unit = _one(form, "unit") or None
     fields = ("period_start", "period_end", "energy_kwh", "amount", "invoice_number")
     try:
-        try:
-            body = Invoice(**{f: _one(form, f) for f in fields}, unit=unit)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        body = _parsed(Invoice, **{f: _one(form, f) for f in fields}, unit=unit)
         result = await add_invoice(request, user, number, body)
     except HTTPException as exc:
         return _refused(exc, unit)
@@ -485,14 +491,12 @@ async def page_create(request: Request, user: Reader) -> Any:
         for i in range(METER_ROWS)
     ]
     try:
-        try:
-            body = NewClientNumber(
-                company=company, number=number, tariff_type=_one(form, "tariff_type") or "",
-                connected_power_kw=(_one(form, "connected_power_kw") or "").strip() or None,
-                meters=[m for m in meters if m["number"]], unit=unit,
-            )  # fmt: skip
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        body = _parsed(
+            NewClientNumber,
+            company=company, number=number, tariff_type=_one(form, "tariff_type") or "",
+            connected_power_kw=(_one(form, "connected_power_kw") or "").strip() or None,
+            meters=[m for m in meters if m["number"]], unit=unit,
+        )  # fmt: skip
         result = await create_for_unit(request, user, body)
     except HTTPException as exc:
         return _refused(exc, unit)
@@ -518,13 +522,11 @@ async def page_owner(request: Request, user: Reader) -> Any:
     unit = _one(form, "unit") or None
     company, number = _one(form, "company") or "", _one(form, "client_number") or ""
     try:
-        try:
-            body = OwnerChange(
-                company=company, number=number, new_owner=_one(form, "new_owner") or "",
-                reason=(_one(form, "reason") or "").strip(),
-            )  # fmt: skip
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        body = _parsed(
+            OwnerChange,
+            company=company, number=number, new_owner=_one(form, "new_owner") or "",
+            reason=(_one(form, "reason") or "").strip(),
+        )  # fmt: skip
         await change_client_owner(request, user, body)
     except HTTPException as exc:
         return _refused(exc, unit)
