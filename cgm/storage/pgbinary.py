@@ -87,16 +87,33 @@ def row_dtype(columns: Sequence[tuple[str, str]]) -> np.dtype:
     return np.dtype(fields)
 
 
-def encode(columns: Sequence[tuple[str, str]], data: np.ndarray) -> bytes:
+def encode(
+    columns: Sequence[tuple[str, str]],
+    data: np.ndarray,
+    constants: Sequence[tuple[str, str]] = (),
+) -> bytes:
     """Binary COPY data (header, rows, trailer) of ``data``'s ``columns``, in array order.
 
     ``data`` is a structured array with those field names; datetime64 fields must be
     ``M8[us]`` (UTC by convention: numpy has no time zones) or ``M8[D]`` (a date) and must
     not be NaT; array kinds (``"f8[24]"``) take a 2-D column without NULL elements.
+    ``constants``: ``(name, text)`` columns with the same text on every row, after
+    ``columns`` (the COPY's column list names them in that order): a constant is a field of
+    fixed length, so the record stays fixed-size.
     """
+    texts = [(name, text.encode()) for name, text in constants]
     dt = row_dtype(columns)
+    if texts:
+        fields = [(n, dt.fields[n][0]) for n in dt.names]  # type: ignore[index]
+        for name, raw in texts:
+            fields += [(f"_len_{name}", ">i4"), (name, f"S{len(raw)}" if raw else "V0")]
+        dt = np.dtype(fields)
     out = np.empty(len(data), dtype=dt)
-    out["_n"] = len(columns)
+    out["_n"] = len(columns) + len(texts)
+    for name, raw in texts:
+        out[f"_len_{name}"] = len(raw)
+        if raw:
+            out[name] = raw
     for name, kind in columns:
         out[f"_len_{name}"] = _field(kind)[1]
         col = data[name]

@@ -19,6 +19,7 @@ from cgm.frontier_log import clock_corrections
 from cgm.localtime import HOUR, day_bounds
 from cgm.storage import pgbinary
 from cgm.storage.common import channel_id, packed, to_utc_us
+from cgm.storage.settled import detail_sql
 from cgm.vee.config import VeeConfig
 from cgm.vee.rules import meter_error_pct
 
@@ -445,18 +446,24 @@ async def load_stored(conn: psycopg.AsyncConnection, frontier_ids: list[int], da
         + _US.format(t="interval_start")
         + ") || float8send(value) || int2send(CASE source WHEN 'principal' THEN 1"
         " WHEN 'backup' THEN 2 WHEN 'estimate' THEN 3 ELSE 4 END::int2) || int4send(flags)"
-        " || int8send(CASE WHEN simple THEN (d->>'meter_id')::int8 ELSE 0 END)"
-        " || int4send(CASE WHEN simple THEN (d->>'reading_version')::int4 ELSE 0 END)"
-        " || float8send(CASE WHEN simple THEN (d->>'secondary')::float8 ELSE 0 END)"
-        " || float8send(CASE WHEN simple THEN (d->>'factor')::float8 ELSE 0 END)"
+        " || int8send(CASE WHEN simple THEN m ELSE 0 END)"
+        " || int4send(CASE WHEN simple THEN rv ELSE 0 END)"
+        " || float8send(CASE WHEN simple THEN sec ELSE 0 END)"
+        " || float8send(CASE WHEN simple THEN fac ELSE 0 END)"
         " || int2send(simple::int::int2)",
-        f"FROM (SELECT frontier_id, channel, interval_start, value, source, flags,"
-        f" detail AS d, {simple} AS simple {where}) x",
+        # Provenance in typed columns (migration 0220), or in detail on older rows.
+        "FROM (SELECT frontier_id, channel, interval_start, value, source, flags,"
+        " coalesce(meter_id, (detail->>'meter_id')::int8) AS m,"
+        " coalesce(reading_version, (detail->>'reading_version')::int4) AS rv,"
+        " coalesce(secondary, (detail->>'secondary')::float8) AS sec,"
+        " coalesce(factor, (detail->>'factor')::float8) AS fac,"
+        f" {simple} AS simple {where}) x",
         params,
         _STORED_RECORD,
     )
     cur = await conn.execute(
-        "SELECT frontier_id, channel, interval_start, value, source, method, flags, detail "
+        "SELECT frontier_id, channel, interval_start, value, source, method, flags, "
+        + detail_sql()
         + where
         + f" AND NOT ({simple})",
         params,

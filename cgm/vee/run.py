@@ -25,8 +25,8 @@ from cgm import metrics
 from cgm.frontier_log import ALARM
 from cgm.localtime import HOUR, day_bounds, local_day
 from cgm.storage import Quality, SettledValue, write_settled
-from cgm.storage.common import CHANNELS_BY_ID
-from cgm.storage.settled import measured_array
+from cgm.storage.common import CHANNELS_BY_ID, from_us
+from cgm.storage.settled import ANALYZE_AFTER, analyze_settled, measured_array
 from cgm.vee import estimate as est
 from cgm.vee.config import ALL_RULES, VeeConfig
 from cgm.vee.daytype import day_type, same_type_days
@@ -582,7 +582,7 @@ async def _write(
         if not len(m) and not c:
             return 0, 0, 0
         async with await psycopg.AsyncConnection.connect(**params) as wconn:
-            r = await write_settled(wconn, c, measured=m, actor=actor, reason=reason)
+            r = await write_settled(wconn, c, measured=m, actor=actor, reason=reason, analyze=False)
             await wconn.commit()
         return r.inserted, r.superseded, r.kept_manual
 
@@ -595,7 +595,16 @@ async def _write(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    return tuple(int(sum(x)) for x in zip(*done, strict=True))  # type: ignore[return-value]
+    totals = tuple(int(sum(x)) for x in zip(*done, strict=True))
+    if totals[0] >= ANALYZE_AFTER:  # once for the parts, after they have all committed
+        starts = [v.interval_start for v in changed]
+        if len(measured):
+            starts += [
+                from_us(measured["interval_start"].min()),
+                from_us(measured["interval_start"].max()),
+            ]
+        await analyze_settled(conn, min(starts), max(starts))
+    return totals  # type: ignore[return-value]
 
 
 async def _history(

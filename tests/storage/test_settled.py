@@ -123,3 +123,22 @@ async def test_stored_keys_behind_a_new_first_key_are_upserted(conn, frontiers) 
     assert len(got) == 48 and got[(1, T0 + 7 * H)].version == 2
     assert (got[(1, T0 + 5 * H)].version, got[(1, T0 + 5 * H)].value) == (1, 51.0)
     await conn.commit()
+
+
+async def test_binary_copy_constants_are_text_columns(conn) -> None:
+    """pgbinary.encode's constant columns (settled values' source, actor and reason)."""
+    import numpy as np
+
+    from cgm.storage import pgbinary
+
+    data = np.zeros(3, dtype=[("a", "i8"), ("b", "f8")])
+    data["a"], data["b"] = [1, 2, 3], [0.5, 1.5, 2.5]
+    await conn.execute("CREATE TEMP TABLE copy_consts (a bigint, b float8, s text, e text, u text)")
+    consts = [("s", "principal"), ("e", ""), ("u", "ñandú")]
+    async with (
+        conn.cursor() as c,
+        c.copy("COPY copy_consts (a, b, s, e, u) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        await copy.write(pgbinary.encode((("a", "i8"), ("b", "f8")), data, consts))
+    cur = await conn.execute("SELECT * FROM copy_consts ORDER BY a")
+    assert await cur.fetchall() == [(a, a - 0.5, "principal", "", "ñandú") for a in (1, 2, 3)]

@@ -111,7 +111,9 @@ async def settled(
     """(value, source, method, flags, detail, version) of the day, in period order."""
     start = hour_starts(day)[0]
     cur = await conn.execute(
-        """SELECT value, source, method, flags, detail, version FROM settled_reading
+        """SELECT value, source, method, flags,
+                  settled_detail(detail, meter_id, reading_version, secondary, factor),
+                  version FROM settled_reading
            WHERE frontier_id = %s AND channel = %s AND interval_start >= %s
              AND interval_start < %s ORDER BY interval_start""",
         (f.id, channel, start, start + timedelta(days=1)),

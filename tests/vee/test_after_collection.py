@@ -55,7 +55,9 @@ async def test_vee_after_a_collection_cycle_with_faults(
         result = await vee_after_collection(conn, cycle, now=now)
         assert day in result.days
         cur = await conn.execute(
-            """SELECT interval_start, value, source, flags, detail FROM settled_reading s
+            """SELECT interval_start, value, source, flags,
+                      settled_detail(detail, meter_id, reading_version, secondary, factor)
+               FROM settled_reading s
                JOIN frontier f ON f.id = s.frontier_id
                WHERE f.code = %s AND channel = 1 AND interval_start >= %s
                  AND interval_start < %s ORDER BY interval_start""",

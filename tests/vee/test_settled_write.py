@@ -74,6 +74,71 @@ async def test_measured_array_is_stored_like_objects_and_rewrites_nothing(conn) 
     assert kept.kept_manual == 1 and (await settled(conn, f, DAY))[3][1] == "manual"
 
 
+async def test_measured_copy_that_meets_stored_keys_is_upserted(conn) -> None:
+    # The day's first hour is new, so the write sends the measured values straight into the
+    # table by COPY; hours 5–9 are stored (6 manual), so the COPY fails on a duplicate key
+    # and the upsert does the batch, with an upsert's counts.
+    f = await make_frontier(conn)
+    arr = _day(f.id, f.principal, np.ones(24))
+    arr["source"][12:14] = 2  # some backup values: the COPY's second part
+    arr["meter_id"][12:14] = f.backup
+    await write_settled(conn, measured=arr[5:10], actor="vee")
+    manual = SettledValue(f.id, 1, hour_starts(DAY)[6], 7.0, "manual")
+    await write_settled(conn, [manual], actor="ana", reason="agreed value")
+    await conn.commit()
+    again = arr.copy()
+    again["value"][7] = 41.0
+    r = await write_settled(conn, measured=again, actor="vee")
+    await conn.commit()
+    assert (r.inserted, r.unchanged, r.superseded, r.kept_manual) == (19, 3, 1, 1)
+    rows = await settled(conn, f, DAY)
+    assert [x[1] for x in rows[11:15]] == ["principal", "backup", "backup", "principal"]
+    assert rows[12][4]["meter_id"] == f.backup and rows[6][1] == "manual"
+    assert (rows[7][0], rows[7][5], rows[8][5]) == (41.0, 2, 1)
+
+
+async def test_provenance_stored_in_detail_before_0220_equals_the_typed_columns(conn) -> None:
+    """Rows settled before migration 0220 keep their provenance in ``detail``: the same
+    value written again is unchanged, and a changed one is superseded with the old image
+    readable in settled_version."""
+    from cgm.storage import read_settled
+
+    f = await make_frontier(conn)
+    arr = _day(f.id, f.principal, 0.5 + np.arange(24) * 0.1)
+    await write_settled(conn, measured=arr, actor="vee")
+    # As 0220 found them: provenance in detail, the typed columns empty (same version).
+    await conn.execute("ALTER TABLE settled_reading DISABLE TRIGGER settled_reading_audit")
+    await conn.execute(
+        """UPDATE settled_reading SET
+             detail = settled_detail(detail, meter_id, reading_version, secondary, factor),
+             meter_id = NULL, reading_version = NULL, secondary = NULL, factor = NULL
+           WHERE frontier_id = %s""",
+        (f.id,),
+    )
+    await conn.execute("ALTER TABLE settled_reading ENABLE TRIGGER settled_reading_audit")
+    await conn.commit()
+    before = await settled(conn, f, DAY)
+    same = await write_settled(conn, measured=arr, actor="vee")
+    assert (same.unchanged, same.superseded) == (24, 0)
+    changed = arr.copy()
+    changed["reading_version"][0] = 2
+    r = await write_settled(conn, measured=changed, actor="vee")
+    await conn.commit()
+    assert (r.unchanged, r.superseded) == (23, 1)
+    after = await settled(conn, f, DAY)
+    assert after[1:] == before[1:]
+    assert after[0][4] == {**before[0][4], "reading_version": 2} and after[0][5] == 2
+    t0 = hour_starts(DAY)[0]
+    (read,) = await read_settled(conn, [f.id], t0, hour_starts(DAY)[1])
+    assert read.detail == after[0][4]
+    cur = await conn.execute(
+        """SELECT version, detail FROM settled_version
+           WHERE frontier_id = %s AND interval_start = %s ORDER BY version""",
+        (f.id, t0),
+    )
+    assert await cur.fetchall() == [(1, before[0][4]), (2, after[0][4])]
+
+
 @pytest.mark.parametrize(
     ("column", "bad", "message"),
     [
