@@ -367,10 +367,15 @@ def _drop(url: str, suffix: str) -> None:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def under_load(url: str, sim_frontiers: int) -> None:
+async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
     """API p99 (GET /healthz, which queries the database) and a collection cycle's
-    throughput over simulated meters, idle and while a first settle of the 10,000-frontier
-    day runs on the VEE worker — all in this process, as in ``cgm run``."""
+    throughput over simulated meters, with and without a first settle of the
+    10,000-frontier day on the VEE worker — the API in its own process and the collector
+    in this one, as in ``cgm run``.
+
+    Four phases, ``repeat`` times: idle; collection cycles alone; VEE alone; VEE while
+    cycles run. So both what VEE adds to an idle service and to one that is collecting
+    show; the median over the repeats is printed last (one p99 is a handful of requests)."""
     from collect import seed, start_simulators  # benchmarks/collect.py
 
     from cgm import registry
@@ -391,6 +396,7 @@ async def under_load(url: str, sim_frontiers: int) -> None:
     svc.db_url = url
     install_api(svc)
     worker = VeeWorker(url)
+    runs: list[dict[str, float]] = []
     try:
         # The collector's fleet in its own database on the same server, so that a cycle
         # reads only the simulated meters.
@@ -401,6 +407,7 @@ async def under_load(url: str, sim_frontiers: int) -> None:
             registry.import_inventory(conn, registry.load(work / "fleet.yaml"), box, actor="b")
             sim_meters = [r[0] for r in conn.execute("SELECT id FROM meter")]
         config = EngineConfig(max_sessions=256, per_endpoint=8, policy=SessionPolicy(30.0, 2))
+        n = len(sim_meters)
 
         async def cycle() -> tuple[float, int]:
             # Steady state: every meter's last reading two hours ago (readings after it
@@ -409,48 +416,73 @@ async def under_load(url: str, sim_frontiers: int) -> None:
                 conn.execute("DELETE FROM reading WHERE meter_id = ANY(%s)", (sim_meters,))
             await seed(col_url, sim_meters, current_cycle(datetime.now(UTC)) - timedelta(hours=2))
             t0 = time.perf_counter()
-            # A cycle of its own each time: an on-demand cycle is keyed by the second it was
-            # asked, and cycles of 0.2 s would otherwise share one (the later ones read nothing).
-            summary = await Collector(col_url, box, config).run_cycle(
-                datetime.now(UTC), force=True
-            )
+            summary = await Collector(col_url, box, config).run_cycle(datetime.now(UTC), force=True)
             if summary.failed or summary.errors:
                 print(f"  cycle: failed {dict(summary.failed)} errors {summary.errors[:3]}")
             return time.perf_counter() - t0, summary.ok
+
+        async def while_running(run: asyncio.Future, with_cycles: bool):
+            """API latencies (and cycles) while ``run`` is not done."""
+
+            async def probe() -> np.ndarray:
+                chunks = []
+                while not run.done():
+                    chunks.append(await api_latencies(health, 5))
+                return np.concatenate(chunks) if chunks else np.zeros(0)
+
+            probing = asyncio.create_task(probe())
+            cycles = []
+            while with_cycles and not run.done():
+                cycles.append(await cycle())
+            summary = await run
+            return summary, await probing, cycles
 
         for hook in svc.on_start:
             await hook(svc)
         health = f"http://127.0.0.1:{port}/healthz"
         await cycle()  # warm-up: first contact, identities
-        idle_api = await api_latencies(health, 15)
-        idle_cycle, ok0 = await cycle()
-        # The same API probe while collection cycles run without VEE: what VEE adds on top
-        # of the service's own work.
-        cycles_probe = asyncio.create_task(api_latencies(health, 15))
-        while not cycles_probe.done():
-            await cycle()
-        cycles_api = await cycles_probe
-        # The day's settled values and VEE's records of them removed, so the run below is
-        # a first settle again.
-        await forget_day(url)
         await worker.start()
-        run = worker.run_day(DAY, now=NOW)
-
-        async def probe_while_running() -> np.ndarray:
-            chunks = []
-            while not run.done():
-                chunks.append(await api_latencies(health, 5))
-            return np.concatenate(chunks) if chunks else np.zeros(0)
-
-        probe = asyncio.create_task(probe_while_running())
-        busy_cycles = []
-        while not run.done():
-            busy_cycles.append(await cycle())
-        summary = await run
-        busy_api = await probe
-        # Cycles that overlapped the run only (the last may have ended after it).
-        busy_cycle = float(np.mean([c[0] for c in busy_cycles]))
-        ok1 = min(c[1] for c in busy_cycles)
+        for k in range(repeat):
+            lat: dict[str, np.ndarray] = {"idle": await api_latencies(health, 15)}
+            idle_cycle, ok0 = await cycle()
+            cycles_probe = asyncio.create_task(api_latencies(health, 15))
+            while not cycles_probe.done():
+                await cycle()
+            lat["cycles"] = await cycles_probe
+            # Each VEE run a first settle: the day's settled values and VEE's records
+            # of them removed before.
+            await forget_day(url)
+            alone, lat["vee"], _ = await while_running(
+                asyncio.ensure_future(worker.run_day(DAY, now=NOW)), False
+            )
+            await forget_day(url)
+            summary, lat["vee+cycles"], busy = await while_running(
+                asyncio.ensure_future(worker.run_day(DAY, now=NOW)), True
+            )
+            busy_cycle = float(np.mean([c[0] for c in busy]))
+            row = {f"p99 {name}": 1e3 * float(np.quantile(v, 0.99)) for name, v in lat.items()}
+            row |= {f"p50 {name}": 1e3 * float(np.median(v)) for name, v in lat.items()}
+            row |= {
+                "cycle idle": n / idle_cycle,
+                "cycle vee": n / busy_cycle,
+                "vee alone s": alone.seconds,
+                "vee+cycles s": summary.seconds,
+            }
+            runs.append(row)
+            print(
+                f"\nrun {k + 1}: load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}; "
+                f"VEE first settle {alone.seconds:.1f} s alone, {summary.seconds:.1f} s with "
+                f"{len(busy)} cycles ({summary.written} values)"
+            )
+            for name, v in lat.items():
+                print(
+                    f"  API /healthz {name:10s}: {len(v)} requests, p50 "
+                    f"{1e3 * np.median(v):.1f} ms, p99 {1e3 * np.quantile(v, 0.99):.1f} ms"
+                )
+            print(
+                f"  collection cycle: {n / idle_cycle:.0f} meters/s idle ({ok0} ok), "
+                f"{n / busy_cycle:.0f} meters/s during VEE (min ok {min(c[1] for c in busy)})"
+            )
     finally:
         for hook in reversed(svc.on_stop):
             await hook(svc)
@@ -458,25 +490,22 @@ async def under_load(url: str, sim_frontiers: int) -> None:
         sim.send_signal(signal.SIGINT)
         sim.wait(30)
         _drop(url, "col")
-    n = len(sim_meters)
-    print(f"\nservice under a VEE run ({sim_frontiers} simulated frontiers = {n} meters):")
+    med = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
     print(
-        f"  VEE first settle on the worker: {summary.seconds:.1f} s, {summary.written} values"
-        f" written; {len(busy_cycles)} collection cycles and {len(busy_api)} API requests"
-        " during it"
+        f"\nservice under a VEE run ({sim_frontiers} simulated frontiers = {n} meters), "
+        f"median of {len(runs)}:"
     )
-    print("  its timings " + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()))
-    for name, lat in (
-        ("idle", idle_api),
-        ("during collection cycles", cycles_api),
-        ("during VEE (and cycles)", busy_api),
-    ):
-        print(
-            f"  API /healthz {name}: {len(lat)} requests, p50 {1e3 * np.median(lat):.1f} ms, "
-            f"p99 {1e3 * np.quantile(lat, 0.99):.1f} ms"
-        )
-    for name, secs, ok in (("idle", idle_cycle, ok0), ("during VEE", busy_cycle, ok1)):
-        print(f"  collection cycle {name}: {secs:.1f} s (mean), {ok} ok, {n / secs:.0f} meters/s")
+    print(
+        f"  API /healthz p99: idle {med['p99 idle']:.1f} ms, VEE alone {med['p99 vee']:.1f} ms "
+        f"({med['p99 vee'] / med['p99 idle']:.2f}×); cycles {med['p99 cycles']:.1f} ms, "
+        f"VEE + cycles {med['p99 vee+cycles']:.1f} ms "
+        f"({med['p99 vee+cycles'] / med['p99 cycles']:.2f}×)"
+    )
+    print(
+        f"  collector: {med['cycle idle']:.0f} → {med['cycle vee']:.0f} meters/s "
+        f"({med['cycle idle'] / med['cycle vee']:.2f}× slower); VEE first settle "
+        f"{med['vee alone s']:.1f} s alone, {med['vee+cycles s']:.1f} s with cycles"
+    )
 
 
 # --- part 2: accuracy ------------------------------------------------------------------
@@ -569,6 +598,7 @@ def main() -> None:
     ap.add_argument(
         "--under-load-only", action="store_true", help="with --reuse: only the --under-load part"
     )
+    ap.add_argument("--repeat", type=int, default=1, help="--under-load: times (median printed)")
     ap.add_argument(
         "--reuse",
         metavar="DBNAME",
@@ -597,7 +627,7 @@ def main() -> None:
                     speed(url, args.frontiers, args.history_days, args.profile, bool(args.reuse))
                 )
             if args.under_load:
-                asyncio.run(under_load(url, args.under_load))
+                asyncio.run(under_load(url, args.under_load, args.repeat))
         finally:
             if not args.keep:
                 with psycopg.connect(args.url, autocommit=True) as c:
