@@ -42,6 +42,7 @@ import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import psycopg
@@ -60,6 +61,7 @@ from simulators.meter import SimulatedMeter
 
 DEFAULT_URL = "postgresql://127.0.0.1:5432/test"
 DAY = date(2026, 3, 10)  # a Tuesday
+PROBE_RATE = 60.0  # API requests a second while VEE runs: ~600 in a first settle
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
@@ -329,25 +331,51 @@ def report(what: str, wall: float, s: object, cpu: tuple[float, float | None]) -
 
 _PROBE = """
 import json, sys, time, httpx
-url, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-out, end = [], time.monotonic() + seconds
-with httpx.Client(timeout=30) as c:
+base, seconds, rate, user, password = sys.argv[1:6]
+paths = json.loads(sys.argv[6])
+out, end, k = [], time.monotonic() + float(seconds), 0
+with httpx.Client(base_url=base, auth=(user, password), timeout=30) as c:
     while time.monotonic() < end:
         t = time.monotonic()
-        c.get(url)  # 503 without a scheduler: still a full answer with a DB query
-        out.append(time.monotonic() - t)
-        time.sleep(max(0.0, 1 / rate - (time.monotonic() - t)))
+        r = c.get(paths[k % len(paths)])  # /healthz: 503 without a scheduler, still a DB query
+        if r.status_code not in (200, 503):
+            raise SystemExit(f"{paths[k % len(paths)]}: HTTP {r.status_code} {r.text[:200]}")
+        out.append((k % len(paths), time.monotonic() - t))
+        k += 1
+        time.sleep(max(0.0, 1 / float(rate) - (time.monotonic() - t)))
 print(json.dumps(out))
 """
+PROBE_USER, PROBE_PASSWORD = "vee-bench", "vee-bench-probe-password"  # level 1, bench DB only
 
 
-async def api_latencies(url: str, seconds: float, rate: float = 20.0) -> np.ndarray:
-    """Request ``url`` from another process at ``rate``/s for ``seconds``: latencies (s)."""
+def probe_paths(code: str) -> list[str]:
+    """What the probe asks for in turn: /healthz, then a level-1 user's reads of one
+    frontier's registry entry, the benchmark day's settled values (the day VEE is writing)
+    and its readings."""
+    start, end = day_bounds(DAY)
+    q = f"start={quote(start.isoformat())}&end={quote(end.isoformat())}"
+    return [
+        "/healthz",
+        f"/api/v1/frontiers/{code}",
+        f"/api/v1/frontiers/{code}/settled?day={DAY.isoformat()}",
+        f"/api/v1/frontiers/{code}/readings?{q}",
+    ]
+
+
+async def api_latencies(
+    base: str, paths: list[str], seconds: float, rate: float = PROBE_RATE
+) -> dict[str, np.ndarray]:
+    """Request ``paths`` in turn from another process at ``rate``/s for ``seconds``:
+    latencies (s) of /healthz and of the data reads (the other paths together)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _PROBE, url, str(seconds), str(rate), stdout=asyncio.subprocess.PIPE
-    )
+        sys.executable, "-c", _PROBE, base, str(seconds), str(rate), PROBE_USER,
+        PROBE_PASSWORD, json.dumps(paths), stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     out, _ = await proc.communicate()
-    return np.array(json.loads(out))
+    if proc.returncode:
+        raise RuntimeError(f"API probe failed (exit code {proc.returncode})")
+    pairs = np.array(json.loads(out)).reshape(-1, 2)
+    return {"healthz": pairs[pairs[:, 0] == 0, 1], "data": pairs[pairs[:, 0] != 0, 1]}
 
 
 def _scratch(url: str, suffix: str) -> str:
@@ -368,7 +396,8 @@ def _drop(url: str, suffix: str) -> None:
 
 
 async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
-    """API p99 (GET /healthz, which queries the database) and a collection cycle's
+    """API p99 (GET /healthz, which queries the database, and a level-1 user's reads of a
+    frontier: registry entry, the day's settled values and readings) and a collection cycle's
     throughput over simulated meters, with and without a first settle of the
     10,000-frontier day on the VEE worker — the API in its own process and the collector
     in this one, as in ``cgm run``.
@@ -382,7 +411,7 @@ async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
     from cgm.api import install as install_api
     from cgm.collection.engine import Collector, EngineConfig, current_cycle
     from cgm.collection.session import SessionPolicy
-    from cgm.security import secret_box
+    from cgm.security import secret_box, users
     from cgm.service import Service
     from cgm.vee.worker import VeeWorker
 
@@ -427,8 +456,8 @@ async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
             async def probe() -> np.ndarray:
                 chunks = []
                 while not run.done():
-                    chunks.append(await api_latencies(health, 5))
-                return np.concatenate(chunks) if chunks else np.zeros(0)
+                    chunks.append(await api_latencies(base, paths, 5))
+                return {k: np.concatenate([c[k] for c in chunks]) for k in ("healthz", "data")}
 
             probing = asyncio.create_task(probe())
             cycles = []
@@ -439,13 +468,20 @@ async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
 
         for hook in svc.on_start:
             await hook(svc)
-        health = f"http://127.0.0.1:{port}/healthz"
+        base = f"http://127.0.0.1:{port}"
+        with psycopg.connect(url) as conn:
+            code = conn.execute("SELECT code FROM frontier ORDER BY id LIMIT 1").fetchone()[0]
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as aconn:
+            cur = await aconn.execute("SELECT 1 FROM app_user WHERE username = %s", (PROBE_USER,))
+            if await cur.fetchone() is None:  # a database kept by --keep has it already
+                await users.add_user(aconn, PROBE_USER, PROBE_PASSWORD, 1, actor="benchmark")
+        paths = probe_paths(code)
         await cycle()  # warm-up: first contact, identities
         await worker.start()
         for k in range(repeat):
-            lat: dict[str, np.ndarray] = {"idle": await api_latencies(health, 15)}
+            lat: dict[str, dict[str, np.ndarray]] = {"idle": await api_latencies(base, paths, 15)}
             idle_cycle, ok0 = await cycle()
-            cycles_probe = asyncio.create_task(api_latencies(health, 15))
+            cycles_probe = asyncio.create_task(api_latencies(base, paths, 15))
             while not cycles_probe.done():
                 await cycle()
             lat["cycles"] = await cycles_probe
@@ -460,8 +496,12 @@ async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
                 asyncio.ensure_future(worker.run_day(DAY, now=NOW)), True
             )
             busy_cycle = float(np.mean([c[0] for c in busy]))
-            row = {f"p99 {name}": 1e3 * float(np.quantile(v, 0.99)) for name, v in lat.items()}
-            row |= {f"p50 {name}": 1e3 * float(np.median(v)) for name, v in lat.items()}
+            row = {
+                f"{q} {kind} {name}": 1e3 * float(np.quantile(v[kind], p))
+                for name, v in lat.items()
+                for kind in ("healthz", "data")
+                for q, p in (("p99", 0.99), ("p50", 0.5))
+            }
             row |= {
                 "cycle idle": n / idle_cycle,
                 "cycle vee": n / busy_cycle,
@@ -475,10 +515,12 @@ async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
                 f"{len(busy)} cycles ({summary.written} values)"
             )
             for name, v in lat.items():
-                print(
-                    f"  API /healthz {name:10s}: {len(v)} requests, p50 "
-                    f"{1e3 * np.median(v):.1f} ms, p99 {1e3 * np.quantile(v, 0.99):.1f} ms"
-                )
+                for kind, label in (("healthz", "/healthz"), ("data", "data reads")):
+                    print(
+                        f"  API {label:10s} {name:10s}: {len(v[kind])} requests, p50 "
+                        f"{row[f'p50 {kind} {name}']:.1f} ms, "
+                        f"p99 {row[f'p99 {kind} {name}']:.1f} ms"
+                    )
             print(
                 f"  collection cycle: {n / idle_cycle:.0f} meters/s idle ({ok0} ok), "
                 f"{n / busy_cycle:.0f} meters/s during VEE (min ok {min(c[1] for c in busy)})"
@@ -495,12 +537,14 @@ async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
         f"\nservice under a VEE run ({sim_frontiers} simulated frontiers = {n} meters), "
         f"median of {len(runs)}:"
     )
-    print(
-        f"  API /healthz p99: idle {med['p99 idle']:.1f} ms, VEE alone {med['p99 vee']:.1f} ms "
-        f"({med['p99 vee'] / med['p99 idle']:.2f}×); cycles {med['p99 cycles']:.1f} ms, "
-        f"VEE + cycles {med['p99 vee+cycles']:.1f} ms "
-        f"({med['p99 vee+cycles'] / med['p99 cycles']:.2f}×)"
-    )
+    for kind, label in (("healthz", "/healthz"), ("data", "data reads")):
+        p = {name: med[f"p99 {kind} {name}"] for name in ("idle", "vee", "cycles", "vee+cycles")}
+        print(
+            f"  API {label} p99: idle {p['idle']:.1f} ms, VEE alone {p['vee']:.1f} ms "
+            f"({p['vee'] / p['idle']:.2f}×); cycles {p['cycles']:.1f} ms, VEE + cycles "
+            f"{p['vee+cycles']:.1f} ms ({p['vee+cycles'] / p['cycles']:.2f}× cycles, "
+            f"{p['vee+cycles'] / p['idle']:.2f}× idle)"
+        )
     print(
         f"  collector: {med['cycle idle']:.0f} → {med['cycle vee']:.0f} meters/s "
         f"({med['cycle idle'] / med['cycle vee']:.2f}× slower); VEE first settle "
