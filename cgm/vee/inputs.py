@@ -186,12 +186,17 @@ async def load_readings(
     w0, w1 = window(day)
     S = len(series)
     out: dict[str, MeterMatrix] = {}
-    lookup: dict[int, tuple[str, dict[int, int]]] = {}
-    for role in ROLES:
-        for s in np.flatnonzero(series.meter[role]):
-            lookup.setdefault(int(series.meter[role][s]), (role, {}))[1][int(series.channel[s])] = (
-                int(s)
-            )
+    # (meter, channel) → (series, role), as a sorted key table that numpy searches.
+    keys_of, series_of, role_of = [], [], []
+    for r, role in enumerate(ROLES):
+        has = np.flatnonzero(series.meter[role])
+        keys_of.append(series.meter[role][has].astype(np.int64) * 8 + series.channel[has])
+        series_of.append(has)
+        role_of.append(np.full(len(has), r, dtype=np.int8))
+    table = np.concatenate(keys_of)
+    order = np.argsort(table, kind="stable")
+    table = table[order]
+    t_series, t_role = np.concatenate(series_of)[order], np.concatenate(role_of)[order]
     arr = await packed(
         conn,
         "int8send(meter_id) || int2send(channel) || int8send("
@@ -199,7 +204,7 @@ async def load_readings(
         + ") || float8send(value) || int4send(quality) || int4send(version)",
         "FROM reading WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s"
         " AND interval_start < %(b)s",
-        {"m": sorted(lookup), "a": w0, "b": w1},
+        {"m": np.unique(table // 8).tolist(), "a": w0, "b": w1},
         _READING_RECORD,
     )
     for role in ROLES:
@@ -211,35 +216,27 @@ async def load_readings(
             np.zeros((S, W), dtype=bool),
             np.zeros((S, W), dtype=bool),
         )
-    if not len(arr):
+    if not len(arr) or not len(table):
         return out
-    # Map each reading's (meter, channel) to (role, series) through the unique keys only.
+    # Each reading's (meter, channel) → (role, series); a channel no series has: none.
     keys = arr["meter_id"].astype(np.int64) * 8 + arr["channel"]
-    uniq, inv = np.unique(keys, return_inverse=True)
-    u_series = np.full(len(uniq), -1, dtype=np.int64)
-    u_role = np.zeros(len(uniq), dtype=np.int8)
-    for i, k in enumerate(uniq.tolist()):
-        role, by_ch = lookup[k // 8]
-        u_series[i] = by_ch.get(k % 8, -1)
-        u_role[i] = ROLES.index(role)
-    srow, rrole = u_series[inv], u_role[inv]
+    pos = np.clip(np.searchsorted(table, keys), 0, len(table) - 1)
+    found = table[pos] == keys
+    srow, rrole = np.where(found, t_series[pos], -1), np.where(found, t_role[pos], -1)
     offset = arr["t"] - to_utc_us(w0, "w0").astype(np.int64)
     hour_us = 3_600_000_000
     col = offset // hour_us
     off = offset % hour_us != 0
     for r, role in enumerate(ROLES):
         m = out[role]
-        sel = (rrole == r) & (srow >= 0)
-        s_, c_ = srow[sel], col[sel]
-        on = ~off[sel]
-        count = np.zeros((S, W), dtype=np.int32)
-        np.add.at(count, (s_[on], c_[on]), 1)
-        m.duplicate[:] = count > 1
-        m.off_grid[s_[~on], c_[~on]] = True
-        idx = (s_[on], c_[on])
-        m.raw[idx] = arr["value"][sel][on]
-        m.quality[idx] = arr["quality"][sel][on]
-        m.version[idx] = arr["version"][sel][on]
+        sel = np.flatnonzero(rrole == r)
+        on, away = sel[~off[sel]], sel[off[sel]]
+        s_, c_ = srow[on], col[on]
+        m.duplicate[:] = (np.bincount(s_ * W + c_, minlength=S * W) > 1).reshape(S, W)
+        m.off_grid[srow[away], col[away]] = True
+        m.raw[s_, c_] = arr["value"][on]
+        m.quality[s_, c_] = arr["quality"][on]
+        m.version[s_, c_] = arr["version"][on]
         m.value[:] = m.raw * series.factor[role][:, None]
     return out
 
@@ -390,10 +387,17 @@ async def load_history(
     )
     if len(arr):
         s_ = series_of(arr)
-        day_no = {(d - _PG_DAY0).days: i for i, d in enumerate(days)}
+        # index of each history day by its day number (days since 2000-01-01), -1 elsewhere
+        numbers = np.array([(d - _PG_DAY0).days for d in days], dtype=np.int64)
+        base = int(numbers.min()) - 1
+        day_no = np.full(int(numbers.max()) - base + 2, -1, dtype=np.int64)
+        day_no[numbers - base] = np.arange(D)
+        row_day = arr["day"].astype(np.int64) - base
         for k, col, field in ((1, 0, "last"), (-1, W - 1, "first")):
             # the day before a history day gives its last hour, the day after its first
-            target = np.array([day_no.get(int(x) + k, -1) for x in arr["day"]], dtype=np.int64)
+            at = row_day + k
+            inside = (at >= 0) & (at < len(day_no))
+            target = np.where(inside, day_no[np.clip(at, 0, len(day_no) - 1)], -1)
             ok = (s_ >= 0) & (target >= 0)
             values[s_[ok], target[ok], col] = arr[field][ok]
     if only is not None:

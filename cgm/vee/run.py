@@ -616,7 +616,9 @@ async def _history(
 ) -> tuple[np.ndarray, np.ndarray]:
     """History for the typical curves: the ``typical_max_days`` most recent candidate days
     first, and the older ones only for the series that lack usable days among those (a
-    failure reaches further back), so a normal run reads max_days days, not four weeks."""
+    failure reaches further back), so a normal run reads max_days days, not four weeks.
+    The arrays cover ``days`` from the first; only as many as were read (the caller keeps
+    those up to the last one with data)."""
     first = days[: config.typical_max_days]
     history, estimated = await load_history(conn, series, first, whole_fleet=whole_fleet)
     rest = days[len(first) :]
@@ -624,11 +626,14 @@ async def _history(
         return history, estimated
     usable = (~estimated & ~np.isnan(history[:, :, CORE]).any(axis=2)).sum(axis=1)
     short = np.flatnonzero(usable < config.typical_max_days)
+    if not len(short):
+        # Nobody reads further back: the older days would be all NaN (the caller keeps
+        # the days up to the last one with data), so they are not built at all.
+        return history, estimated
     more = np.full((len(series), len(rest), W), np.nan)
     more_est = np.zeros((len(series), len(rest)), dtype=bool)
-    if len(short):
-        h2, e2 = await load_history(conn, series, rest, only=short)
-        more[short], more_est[short] = h2[short], e2[short]
+    h2, e2 = await load_history(conn, series, rest, only=short)
+    more[short], more_est[short] = h2[short], e2[short]
     return np.concatenate([history, more], axis=1), np.concatenate([estimated, more_est], axis=1)
 
 

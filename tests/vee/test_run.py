@@ -10,12 +10,12 @@ import psycopg
 import pytest
 
 from cgm.localtime import hour_starts
-from cgm.storage import Quality
+from cgm.storage import Quality, readings_array, write_readings
 from cgm.vee import VeeConfig, run_vee
 from cgm.vee.daytype import same_type_days
 from cgm.vee.edit import EditRefused, edit_settled
 from cgm.vee.power import import_power
-from tests.vee.conftest import Frontier, load, make_frontier, put, settled
+from tests.vee.conftest import COLLECTED, Frontier, load, make_frontier, put, settled
 
 DAY = date(2026, 3, 10)  # a Tuesday, a working day
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -446,3 +446,21 @@ async def test_register_rollover_carried_to_the_settled_value_and_reported(conn)
     assert "REGISTER_ROLLOVER" in list(flag_names(api_rows[11].flags))  # what the API shows
     again = await vee(conn, f)
     assert again.written == 0
+
+
+async def test_reading_off_the_hour_rejects_that_period_of_that_meter_only(conn) -> None:
+    """A reading stamped at hh:30 has no hourly slot: the period it falls in is flagged
+    off_grid on that meter and the backup's value is settled there; the other periods
+    and the other meter are read as usual (regression: the reading→series mapping)."""
+    f = await make_frontier(conn)
+    raw = load(f, DAY)
+    await both(conn, f, DAY, raw)
+    half = hour_starts(DAY)[4] + timedelta(minutes=30)  # inside period 5
+    arr = readings_array(f.principal, "active_import", [half], [1.0], [0], COLLECTED)
+    await write_readings(conn, arr, source="test", actor="pytest", interval=timedelta(minutes=30))
+    await conn.commit()
+    s = await vee(conn, f)
+    rows = await settled(conn, f, DAY)
+    assert s.flagged["off_grid"] == 1
+    assert [r[1] for r in rows] == ["principal"] * 4 + ["backup"] + ["principal"] * 19
+    np.testing.assert_allclose([r[0] for r in rows], raw)
