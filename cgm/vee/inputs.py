@@ -32,8 +32,9 @@ _ACCURACY_COLUMN = {1: "accuracy_active", 2: "accuracy_active", 3: "accuracy_rea
 
 
 @lru_cache(maxsize=256)  # a fleet has a few channel lists, met 20,000 times
-def _channel_ids(names: tuple[str, ...]) -> list[int]:
-    return sorted({channel_id(c) for c in names})
+@lru_cache(maxsize=256)  # a fleet has a handful of channel lists
+def _channel_ids(names: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(sorted({channel_id(c) for c in names}))
 
 
 @dataclass
@@ -42,7 +43,7 @@ class MeterInfo:
     role: str
     factor: float  # secondary -> primary (cgm.energy)
     classes: dict[str, str | None]
-    channels: list[int]
+    channels: tuple[int, ...]
 
 
 @dataclass
@@ -117,6 +118,7 @@ async def load_series(
             _channel_ids(tuple(chans)),
         )
     rows: list[tuple] = []
+    error_pct = lru_cache(maxsize=256)(meter_error_pct)  # a fleet has few class triples
     for fid, (code, cap, meters) in frontiers.items():
         chans = sorted({c for m in meters.values() for c in m.channels})
         for ch in chans:
@@ -129,7 +131,7 @@ async def load_series(
                 if m is not None:
                     cls = m.classes[_ACCURACY_COLUMN.get(ch, "accuracy_reactive")]
                     errs.append(
-                        meter_error_pct(
+                        error_pct(
                             cls, m.classes["ct"], m.classes["vt"], config.divergence_default_class
                         )
                     )
@@ -586,19 +588,24 @@ async def input_digests(
     by_frontier: dict[int, list[int]] = {}
     for s, f in enumerate(series.frontier_id.tolist()):
         by_frontier.setdefault(f, []).append(s)
+    # Columns as Python lists once (indexing numpy per element costs more than the hash).
+    channel, tolerance = series.channel.tolist(), series.tolerance_pct.tolist()
+    capacity = series.capacity_kwh.tolist()
+    meter_ids = list(zip(*(series.meter[r].tolist() for r in ROLES), strict=True))
+    factors = list(zip(*(series.factor[r].tolist() for r in ROLES), strict=True))
     out = {}
     for fid, idx in by_frontier.items():
         parts: list[Any] = [per_frontier[fid]]
         for s in idx:
-            mids = [int(series.meter[r][s]) for r in ROLES]
+            mids = list(meter_ids[s])
             parts.append(
                 (
                     series.code[s],
-                    int(series.channel[s]),
+                    channel[s],
                     mids,
-                    [float(series.factor[r][s]) for r in ROLES],
-                    float(series.tolerance_pct[s]),
-                    float(series.capacity_kwh[s]),
+                    list(factors[s]),
+                    tolerance[s],
+                    capacity[s],
                     [per_meter.get(m, ()) for m in mids],
                 )
             )
