@@ -32,7 +32,6 @@ _ACCURACY_COLUMN = {1: "accuracy_active", 2: "accuracy_active", 3: "accuracy_rea
 
 
 @lru_cache(maxsize=256)  # a fleet has a few channel lists, met 20,000 times
-@lru_cache(maxsize=256)  # a fleet has a handful of channel lists
 def _channel_ids(names: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(sorted({channel_id(c) for c in names}))
 
