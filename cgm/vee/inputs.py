@@ -442,8 +442,8 @@ async def load_stored(conn: psycopg.AsyncConnection, frontier_ids: list[int], da
         "FROM settled_reading WHERE frontier_id = ANY(%(f)s)"
         " AND interval_start >= %(a)s AND interval_start < %(b)s"
     )
-    # A plain measured value: principal/backup without findings (VEE writes exactly the
-    # keys meter_id, reading_version, secondary, factor, plus "checks" when a rule fired).
+    # A plain measured value: principal/backup without findings ("checks" in detail when
+    # a rule fired); its provenance in the typed columns, or in detail before 0220.
     simple = "source IN ('principal', 'backup') AND NOT detail ? 'checks'"
     rows = await packed(
         conn,

@@ -25,7 +25,7 @@ from cgm import metrics
 from cgm.frontier_log import ALARM
 from cgm.localtime import HOUR, day_bounds, local_day
 from cgm.storage import Quality, SettledValue, write_settled
-from cgm.storage.common import CHANNELS_BY_ID, from_us
+from cgm.storage.common import CHANNELS_BY_ID
 from cgm.storage.settled import ANALYZE_AFTER, analyze_settled, measured_array
 from cgm.vee import estimate as est
 from cgm.vee.config import ALL_RULES, VeeConfig
@@ -597,13 +597,8 @@ async def _write(
         raise
     totals = tuple(int(sum(x)) for x in zip(*done, strict=True))
     if totals[0] >= ANALYZE_AFTER:  # once for the parts, after they have all committed
-        starts = [v.interval_start for v in changed]
-        if len(measured):
-            starts += [
-                from_us(measured["interval_start"].min()),
-                from_us(measured["interval_start"].max()),
-            ]
-        await analyze_settled(conn, min(starts), max(starts))
+        start, end = day_bounds(day)  # a run writes the hours of its day only
+        await analyze_settled(conn, start, end - HOUR)
     return totals  # type: ignore[return-value]
 
 
