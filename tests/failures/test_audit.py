@@ -18,17 +18,17 @@ from cgm.security import secret_box
 
 from .test_table5 import cli_db  # noqa: F401 - the fixture
 
-NOW = datetime.now(UTC)
-TODAY = local_day(NOW)
 
-
-async def _frontier(c: psycopg.AsyncConnection, code: str, **over: object) -> None:
-    """A compliant type-3 frontier; ``over`` plants one violation."""
+async def _frontier(
+    c: psycopg.AsyncConnection, code: str, now: datetime, **over: object
+) -> None:
+    """A compliant type-3 frontier as of ``now``; ``over`` plants one violation."""
+    today = local_day(now)
     cur = await c.execute(
         """INSERT INTO frontier (code, name, kind, voltage_level, point_type, operation_start,
                                  calibration_interval_years)
            VALUES (%s, 't', 'commercialisation', 2, %s, %s, %s) RETURNING id""",
-        (code, over.get("point_type", 3), over.get("since", TODAY - timedelta(days=400)),
+        (code, over.get("point_type", 3), over.get("since", today - timedelta(days=400)),
          over.get("cal_years")),
     )
     (fid,) = await cur.fetchone()
@@ -42,7 +42,7 @@ async def _frontier(c: psycopg.AsyncConnection, code: str, **over: object) -> No
     await c.execute(
         """INSERT INTO meter_health (meter_id, clock_offset_s, last_success, config_findings)
            VALUES (%s, %s, %s, %s)""",
-        (mid, 1.5, NOW - timedelta(hours=1), over.get("findings", [])),
+        (mid, 1.5, now - timedelta(hours=1), over.get("findings", [])),
     )
     # Every hour of the last day was read; the planted offset is one read early in the day,
     # the last read is fine (the audit takes the worst of the day, not the last).
@@ -50,7 +50,7 @@ async def _frontier(c: psycopg.AsyncConnection, code: str, **over: object) -> No
     if "offset" in over:
         offsets[3] = over["offset"]
     for h, off in enumerate(offsets):
-        at = NOW - timedelta(hours=23 - h, minutes=30)
+        at = now - timedelta(hours=23 - h, minutes=30)
         await c.execute(
             """INSERT INTO collection_session (meter_id, cycle, collector, started_at,
                    finished_at, result, attempts, clock_offset_s)
@@ -65,22 +65,22 @@ async def _frontier(c: psycopg.AsyncConnection, code: str, **over: object) -> No
     add = hoja_de_vida.add_entry
     for kind, cls in (("ct", over.get("ct_class", "0.5S")), ("vt", "0.5")):
         serial = f"{kind}{code}"
-        await add(c, frontier=code, section="equipment", entry_date=TODAY,
+        await add(c, frontier=code, section="equipment", entry_date=today,
                   data={"kind": kind, "serial": serial, "phase": "A", "accuracy_class": cls},
                   actor="t")  # fmt: skip
         if not (kind == "ct" and over.get("uncalibrated")):
             await add(c, frontier=code, section="calibration",
-                      entry_date=over.get("calibrated", TODAY) if kind == "ct" else TODAY,
+                      entry_date=over.get("calibrated", today) if kind == "ct" else today,
                       data={"element_serial": serial, "laboratory": "L", "certificate": "C",
                             "result": "ok"}, actor="t")  # fmt: skip
-    await add(c, frontier=code, section="calibration", entry_date=TODAY,
+    await add(c, frontier=code, section="calibration", entry_date=today,
               data={"element_serial": f"M{code}", "laboratory": "L", "certificate": "C",
                     "result": "ok"}, actor="t")  # fmt: skip
     if not over.get("no_maintenance"):
-        await add(c, frontier=code, section="maintenance", entry_date=TODAY - timedelta(days=30),
+        await add(c, frontier=code, section="maintenance", entry_date=today - timedelta(days=30),
                   data={"status": "done", "description": "x"}, actor="t")  # fmt: skip
     for n in range(1, 8):
-        day = TODAY - timedelta(days=n)
+        day = today - timedelta(days=n)
         if day == over.get("unreported"):
             continue
         await c.execute(
@@ -90,53 +90,59 @@ async def _frontier(c: psycopg.AsyncConnection, code: str, **over: object) -> No
             (fid, mid, day, f"{code}{day}"),
         )
     for k in range(over.get("estimated", 0)):
-        day = TODAY - timedelta(days=1 + k // 24)
+        day = today - timedelta(days=1 + k // 24)
         await c.execute(
             """INSERT INTO settled_reading (frontier_id, channel, interval_start, value, source,
                                             method) VALUES (%s, 1, %s, 1, 'estimate', 'x')""",
             (fid, hour_starts(day)[k % 24]),
         )
     for k in range(over.get("failures", 0)):
-        at = NOW - timedelta(days=10 * (k + 1))
+        at = now - timedelta(days=10 * (k + 1))
         eid, _ = await failures.open_event(c, frontier=code, element="ct", kind="failure",
                                            started_at=at, description="x", actor="t")  # fmt: skip
         await failures.close_event(c, eid, ended_at=at + timedelta(hours=1), note="x", actor="t")
 
 
-PLANTED: dict[str, tuple[dict[str, object], str, str]] = {
-    # code: (violation, check that must fail, text its evidence must contain)
-    "Frt100": ({"point_type": 2, "accuracy": "0.2S"}, "backup_meter", "requires a backup"),
-    "Frt101": ({"accuracy": "1"}, "table2_classes", "active class 1 below 0.5S"),
-    "Frt102": ({"ct_class": "1"}, "table2_classes", "CT ctFrt102: class 1 below 0.5S"),
-    "Frt103": ({"offset": -75.0}, "clock", "offset -75.0 s at "),
-    "Frt104": ({"findings": ["capture period 900 s, expected 3600 s"]}, "capture_and_memory",
-               "capture period 900 s"),
-    "Frt105": ({"levels": (1,)}, "access_levels", "levels [1], need 1 and 2"),
-    "Frt106": ({"since": date(2015, 1, 1), "no_maintenance": True}, "maintenance_calibration",
-               "maintenance overdue since 2019-01-01"),
-    "Frt107": ({"uncalibrated": True}, "maintenance_calibration",
-               "ct ctFrt107: no calibration certificate"),
-    "Frt108": ({"since": date(2015, 1, 1), "failures": 3}, "table5_failures",
-               "3 failures in 12 months, Table 5 limit 2"),
-    "Frt109": ({"unreported": TODAY - timedelta(days=3)}, "reporting",
-               f"1 of the last 7 days not accepted by the ASIC: {TODAY - timedelta(days=3)}"),
-    "Frt110": ({"estimated": 80}, "reporting", "80 estimated hours in the last 7 days"),
-    "Frt111": ({"same_secrets": True}, "access_levels",
-               "level-1 and level-2 secrets are identical"),
-    "Frt112": ({"calibrated": TODAY - timedelta(days=5 * 365)}, "maintenance_calibration",
-               "every 4 years, Table 4 default for type 3"),
-    "Frt113": ({"calibrated": TODAY - timedelta(days=400), "cal_years": 1},
-               "maintenance_calibration", "every 1 years, registry setting"),
-}
+def planted(today: date) -> dict[str, tuple[dict[str, object], str, str]]:
+    """code: (violation, check that must fail, text its evidence must contain)."""
+    return {
+        "Frt100": ({"point_type": 2, "accuracy": "0.2S"}, "backup_meter", "requires a backup"),
+        "Frt101": ({"accuracy": "1"}, "table2_classes", "active class 1 below 0.5S"),
+        "Frt102": ({"ct_class": "1"}, "table2_classes", "CT ctFrt102: class 1 below 0.5S"),
+        "Frt103": ({"offset": -75.0}, "clock", "offset -75.0 s at "),
+        "Frt104": ({"findings": ["capture period 900 s, expected 3600 s"]}, "capture_and_memory",
+                   "capture period 900 s"),
+        "Frt105": ({"levels": (1,)}, "access_levels", "levels [1], need 1 and 2"),
+        "Frt106": ({"since": date(2015, 1, 1), "no_maintenance": True}, "maintenance_calibration",
+                   "maintenance overdue since 2019-01-01"),
+        "Frt107": ({"uncalibrated": True}, "maintenance_calibration",
+                   "ct ctFrt107: no calibration certificate"),
+        "Frt108": ({"since": date(2015, 1, 1), "failures": 3}, "table5_failures",
+                   "3 failures in 12 months, Table 5 limit 2"),
+        "Frt109": ({"unreported": today - timedelta(days=3)}, "reporting",
+                   f"1 of the last 7 days not accepted by the ASIC: {today - timedelta(days=3)}"),
+        "Frt110": ({"estimated": 80}, "reporting", "80 estimated hours in the last 7 days"),
+        "Frt111": ({"same_secrets": True}, "access_levels",
+                   "level-1 and level-2 secrets are identical"),
+        "Frt112": ({"calibrated": today - timedelta(days=5 * 365)}, "maintenance_calibration",
+                   "every 4 years, Table 4 default for type 3"),
+        "Frt113": ({"calibrated": today - timedelta(days=400), "cal_years": 1},
+                   "maintenance_calibration", "every 1 years, registry setting"),
+    }
 
 
 def test_audit_finds_every_planted_violation(cli_db: str, capsys) -> None:  # noqa: F811
+    # "Now" taken here, not at import: the CLI below audits at the real now, and a suite
+    # that crosses Colombian midnight between collection and this test saw another day.
+    now = datetime.now(UTC)
+    PLANTED = planted(local_day(now))
+
     async def build() -> list:
         async with await psycopg.AsyncConnection.connect(cli_db, autocommit=True) as c:
-            await _frontier(c, "Frt1")
+            await _frontier(c, "Frt1", now)
             for code, (over, _, _) in PLANTED.items():
-                await _frontier(c, code, **over)
-            return await audit(c, now=NOW, box=secret_box(get_settings()))
+                await _frontier(c, code, now, **over)
+            return await audit(c, now=now, box=secret_box(get_settings()))
 
     results = {r.code: r for r in asyncio.run(build())}
     good = results["Frt1"]
@@ -166,11 +172,13 @@ def test_audit_reads_corrected_hoja_entries_as_corrected(cli_db: str) -> None:  
     """A CT recorded with a wrong class and then corrected passes; a calibration voided by a
     later entry no longer counts; the originals stay in the record."""
 
+    now = datetime.now(UTC)
+
     async def go() -> tuple[list, list, dict]:
         async with await psycopg.AsyncConnection.connect(cli_db, autocommit=True) as c:
-            await _frontier(c, "Frt200", ct_class="1")
-            await _frontier(c, "Frt201")
-            before = await audit(c, now=NOW, box=secret_box(get_settings()))
+            await _frontier(c, "Frt200", now, ct_class="1")
+            await _frontier(c, "Frt201", now)
+            before = await audit(c, now=now, box=secret_box(get_settings()))
             cur = await c.execute(
                 "SELECT e.id, e.section FROM hoja_entry e JOIN frontier f ON f.id = e.frontier_id"
                 " WHERE (f.code, e.section) IN (('Frt200', 'equipment'), ('Frt201', "
@@ -186,7 +194,7 @@ def test_audit_reads_corrected_hoja_entries_as_corrected(cli_db: str) -> None:  
             await hoja_de_vida.correct_entry(
                 c, frontier="Frt201", entry_id=ids["calibration"], action="void",
                 reason="certificate belongs to another CT", actor="t")  # fmt: skip
-            after = await audit(c, now=NOW, box=secret_box(get_settings()))
+            after = await audit(c, now=now, box=secret_box(get_settings()))
             return before, after, await hoja_de_vida.record(c, "Frt200")
 
     before, after, rec = asyncio.run(go())
@@ -203,10 +211,12 @@ def test_audit_reads_corrected_hoja_entries_as_corrected(cli_db: str) -> None:  
 
 
 def test_audit_without_the_key_does_not_pass_access_levels(cli_db: str) -> None:  # noqa: F811
+    now = datetime.now(UTC)
+
     async def go() -> list:
         async with await psycopg.AsyncConnection.connect(cli_db, autocommit=True) as c:
-            await _frontier(c, "Frt300")
-            return await audit(c, now=NOW)
+            await _frontier(c, "Frt300", now)
+            return await audit(c, now=now)
 
     (r,) = asyncio.run(go())
     assert r.failures["access_levels"] == [
