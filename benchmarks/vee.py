@@ -395,7 +395,9 @@ def _drop(url: str, suffix: str) -> None:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
+async def under_load(
+    url: str, sim_frontiers: int, repeat: int = 1, priority: str = "idle", reserve_cpus: int = 1
+) -> None:
     """API p99 (GET /healthz, which queries the database, and a level-1 user's reads of a
     frontier: registry entry, the day's settled values and readings) and a collection cycle's
     throughput over simulated meters, with and without a first settle of the
@@ -424,7 +426,7 @@ async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
     svc = Service(settings)
     svc.db_url = url
     install_api(svc)
-    worker = VeeWorker(url)
+    worker = VeeWorker(url, priority=priority, reserve_cpus=reserve_cpus)  # type: ignore[arg-type]
     runs: list[dict[str, float]] = []
     try:
         # The collector's fleet in its own database on the same server, so that a cycle
@@ -534,8 +536,8 @@ async def under_load(url: str, sim_frontiers: int, repeat: int = 1) -> None:
         _drop(url, "col")
     med = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
     print(
-        f"\nservice under a VEE run ({sim_frontiers} simulated frontiers = {n} meters), "
-        f"median of {len(runs)}:"
+        f"\nservice under a VEE run ({sim_frontiers} simulated frontiers = {n} meters, VEE "
+        f"priority {priority}, {reserve_cpus} CPU(s) reserved), median of {len(runs)}:"
     )
     for kind, label in (("healthz", "/healthz"), ("data", "data reads")):
         p = {name: med[f"p99 {kind} {name}"] for name in ("idle", "vee", "cycles", "vee+cycles")}
@@ -644,6 +646,18 @@ def main() -> None:
     )
     ap.add_argument("--repeat", type=int, default=1, help="--under-load: times (median printed)")
     ap.add_argument(
+        "--vee-priority",
+        choices=("idle", "low", "normal"),
+        default="idle",
+        help="--under-load: the VEE worker's CPU priority (Settings.vee_priority)",
+    )
+    ap.add_argument(
+        "--vee-reserve-cpus",
+        type=int,
+        default=1,
+        help="--under-load: CPUs kept free of the VEE worker (Settings.vee_reserve_cpus)",
+    )
+    ap.add_argument(
         "--reuse",
         metavar="DBNAME",
         help="a database kept by --keep (same --frontiers): skip the set-up; the day's settled "
@@ -671,7 +685,15 @@ def main() -> None:
                     speed(url, args.frontiers, args.history_days, args.profile, bool(args.reuse))
                 )
             if args.under_load:
-                asyncio.run(under_load(url, args.under_load, args.repeat))
+                asyncio.run(
+                    under_load(
+                        url,
+                        args.under_load,
+                        args.repeat,
+                        args.vee_priority,
+                        args.vee_reserve_cpus,
+                    )
+                )
         finally:
             if not args.keep:
                 with psycopg.connect(args.url, autocommit=True) as c:

@@ -150,7 +150,12 @@ def build_service(simulate: int = 0) -> Service:
     except ValueError as exc:  # a bad [vee] setting stops the start, with one clear line
         raise CommandError(f"[vee] settings: {exc}") from None
 
-    worker = VeeWorker("", vee)
+    worker = VeeWorker(
+        "",
+        vee,
+        priority=service.settings.vee_priority,
+        reserve_cpus=service.settings.vee_reserve_cpus,
+    )
 
     async def start_vee(svc: Service) -> None:
         worker.db_url = svc.db_url

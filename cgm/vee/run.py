@@ -28,6 +28,7 @@ from cgm.storage import Quality, SettledValue, write_settled
 from cgm.storage.common import CHANNELS_BY_ID
 from cgm.storage.settled import ANALYZE_AFTER, analyze_settled, measured_array
 from cgm.vee import estimate as est
+from cgm.vee import priority
 from cgm.vee.config import ALL_RULES, VeeConfig
 from cgm.vee.daytype import day_type, same_type_days
 from cgm.vee.inputs import (
@@ -278,7 +279,7 @@ async def _run_day(
     else:
         # A large run reads the history on a second connection while the readings come:
         # the server works on one while this process decodes the other.
-        async with await psycopg.AsyncConnection.connect(**_conn_params(conn, WRITER_NAME)) as side:
+        async with await _connect_like(conn, WRITER_NAME) as side:
             hist = asyncio.create_task(_history(side, series, hist_days, config, whole_fleet))
             try:
                 mats = await load_readings(conn, series, day)
@@ -541,11 +542,14 @@ _SPLIT_AFTER = 100_000  # values; below it one connection (the run's own transac
 _WRITERS = 2
 
 
-def _conn_params(conn: psycopg.AsyncConnection, name: str) -> dict[str, str]:
-    """Parameters for another connection to the same database as ``conn``."""
+async def _connect_like(conn: psycopg.AsyncConnection, name: str) -> psycopg.AsyncConnection:
+    """Another connection to the same database as ``conn``, its backend at this process's
+    CPU priority (cgm.vee.priority: a lowered VEE process lowers its backends too)."""
     params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
     params["application_name"] = name
-    return params
+    other = await psycopg.AsyncConnection.connect(**params)
+    priority.follow(other)
+    return other
 
 
 async def _write(
@@ -574,14 +578,13 @@ async def _write(
         )
     )
     bounds = [int(fids[len(fids) * k // _WRITERS]) for k in range(_WRITERS)] + [int(fids[-1]) + 1]
-    params = _conn_params(conn, WRITER_NAME)
 
     async def part(lo: int, hi: int) -> tuple[int, int, int]:
         m = measured[(measured["frontier_id"] >= lo) & (measured["frontier_id"] < hi)]
         c = [v for v in changed if lo <= v.frontier_id < hi]
         if not len(m) and not c:
             return 0, 0, 0
-        async with await psycopg.AsyncConnection.connect(**params) as wconn:
+        async with await _connect_like(conn, WRITER_NAME) as wconn:
             r = await write_settled(wconn, c, measured=m, actor=actor, reason=reason, analyze=False)
             await wconn.commit()
         return r.inserted, r.superseded, r.kept_manual

@@ -13,8 +13,9 @@ done one at a time, in the order given, so two runs never settle the same day at
   next job.
 - No orphan: :meth:`VeeWorker.stop` closes the pipe (the child ends after its current run),
   waits, then terminates it; a child whose parent disappears ends itself within a second.
-- Priority: the child runs at a lower CPU priority (nice +10) than the service, so on a
-  busy host the API and the collector are served first.
+- Priority: the child and its database backends run at a lower CPU priority than the
+  service (``Settings.vee_priority``, default ``SCHED_IDLE``; :mod:`cgm.vee.priority`), so
+  on a busy host the API and the collector are served first.
 - Metrics: the child's VEE metrics (values written, rule flags, run duration, estimated
   hours, alarms) are sent back with each answer and mirrored into the parent's registry,
   which is the one ``/metrics`` serves.
@@ -38,12 +39,12 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
+from cgm.vee import priority as cpu
 from cgm.vee.config import VeeConfig
 
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
-_NICE = 10  # the VEE process's niceness, added to the service's
 # Metrics of cgm.metrics set by a run, mirrored from the child: name -> kind.
 _MIRRORED = {
     "VEE_VALUES_WRITTEN": "counter",
@@ -65,9 +66,16 @@ class VeeWorkerError(RuntimeError):
 class VeeWorker:
     """One child process for VEE runs, fed jobs in order from the service's loop."""
 
-    def __init__(self, db_url: str, config: VeeConfig | None = None) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        config: VeeConfig | None = None,
+        priority: cpu.Policy = "idle",
+        reserve_cpus: int = 1,
+    ) -> None:
         self.db_url = db_url
         self.config = config or VeeConfig()
+        self.priority, self.reserve_cpus = priority, reserve_cpus
         self._proc: asyncio.subprocess.Process | None = None
         self._lock: asyncio.Lock | None = None
         self._pending: set[asyncio.Task] = set()
@@ -150,7 +158,10 @@ class VeeWorker:
         )
         self._seen = {}  # a new process counts from zero
         assert self._proc.stdin is not None
-        _send(self._proc.stdin, (self.db_url, self.config, os.getpid()))
+        _send(
+            self._proc.stdin,
+            (self.db_url, self.config, self.priority, self.reserve_cpus, os.getpid()),
+        )
         await self._proc.stdin.drain()
         log.info("VEE process %d started", self._proc.pid)
         return self._proc
@@ -288,12 +299,12 @@ def _child() -> None:
         (n,) = _LEN.unpack(head)
         return pickle.loads(inp.read(n))  # noqa: S301 - frames from our parent
 
-    # Settling is batch work: the service's API and collector come first for the CPU.
-    os.nice(_NICE)
     first = read()
     if first is None:
         return
-    db_url, config, parent = first
+    db_url, config, policy, reserve_cpus, parent = first
+    # Settling is batch work: the service's API and collector come first for the CPU.
+    cpu.lower_process(policy, reserve_cpus)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     asyncio.run(_serve(db_url, config, read, out))
 
@@ -313,6 +324,7 @@ async def _serve(db_url: str, config: VeeConfig, read: Any, out: Any) -> None:
             try:
                 if conn is None or conn.closed or conn.broken:
                     conn = await psycopg.AsyncConnection.connect(db_url, application_name="cgm vee")
+                    cpu.follow(conn)
                 result = await getattr(vee_run, job)(conn, *args, config=config, now=now)
                 answer: tuple = (True, result)
             except Exception as exc:  # reported to the parent, which logs it

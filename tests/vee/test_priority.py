@@ -1,0 +1,116 @@
+"""Settling yields the CPU to the service: the VEE process runs at SCHED_IDLE and so does
+every database backend it works through, when that backend is provably its own."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cgm.vee import priority
+from cgm.vee import run as vee_run
+from cgm.vee.worker import VeeWorker
+from tests.vee.conftest import load, make_frontier, put
+from tests.vee.test_worker import DAY, NOW
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
+
+
+def _may_reprioritise(pid: int) -> bool:
+    """Whether this process has the right to change ``pid``'s scheduling (same user, or root)."""
+    return os.geteuid() == 0 or os.stat(f"/proc/{pid}").st_uid == os.geteuid()
+
+
+async def _backend(db_url: str, app: str) -> int:
+    """The newest backend of application ``app`` (the worker's: one that ended may linger)."""
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+        cur = await c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+            " AND datname = current_database() ORDER BY backend_start DESC LIMIT 1",
+            (app,),
+        )
+        row = await cur.fetchone()
+    assert row is not None, f"no backend of {app!r}"
+    return row[0]
+
+
+async def test_the_vee_process_and_its_backend_run_at_idle_priority(db_url: str, conn) -> None:
+    f = await make_frontier(conn)
+    await put(conn, f.principal, DAY, load(f, DAY))
+    worker = VeeWorker(db_url)  # the defaults: idle, the first CPU kept for the service
+    await worker.start()
+    cpus = sorted(os.sched_getaffinity(0))
+    vee_cpus = set(cpus[1:]) if len(cpus) > 1 else set(cpus)
+    try:
+        summary = await worker.run_day(DAY, f.code, now=NOW)
+        assert summary.written == 24
+        assert worker.pid is not None
+        assert os.sched_getscheduler(worker.pid) == os.SCHED_IDLE
+        assert os.sched_getaffinity(worker.pid) == vee_cpus
+        backend = await _backend(db_url, "cgm vee")  # its connection stays open
+        if _may_reprioritise(backend):
+            assert os.sched_getscheduler(backend) == os.SCHED_IDLE
+            assert os.sched_getaffinity(backend) == vee_cpus
+        else:  # left as it was (and the log says why)
+            assert os.sched_getscheduler(backend) == os.SCHED_OTHER
+    finally:
+        await worker.stop()
+
+
+async def test_normal_priority_leaves_process_and_backend_alone(db_url: str, conn) -> None:
+    worker = VeeWorker(db_url, priority="normal", reserve_cpus=0)
+    await worker.start()
+    try:
+        await worker.run_pairs([])
+        assert os.sched_getscheduler(worker.pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.sched_getaffinity(worker.pid) == os.sched_getaffinity(0)
+        backend = await _backend(db_url, "cgm vee")
+        assert os.sched_getscheduler(backend) == os.SCHED_OTHER
+    finally:
+        await worker.stop()
+
+
+async def test_a_large_runs_extra_connections_follow(db_url: str, conn, monkeypatch) -> None:
+    """The history reader and the split writers of a large run get the process's policy
+    (here set for the test only: the test process itself stays as it is)."""
+    ours = os.sched_getaffinity(0)
+    last = max(ours)
+    monkeypatch.setattr(priority, "_applied", "idle")
+    monkeypatch.setattr(priority, "_cpus", frozenset({last}))
+    async with await vee_run._connect_like(conn, "cgm vee write") as other:
+        backend = other.pgconn.backend_pid
+        if _may_reprioritise(backend):
+            assert os.sched_getscheduler(backend) == os.SCHED_IDLE
+            assert os.sched_getaffinity(backend) == {last}
+        else:
+            assert os.sched_getscheduler(backend) == os.SCHED_OTHER
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert os.sched_getaffinity(0) == ours
+
+
+async def test_no_other_process_is_taken_for_our_backend(db_url: str, conn) -> None:
+    """Only the backend the server names for this connection is ever reprioritised: not
+    this process, not the server's main process; over TCP not even another connection's
+    backend (its title names another port)."""
+    mine = conn.pgconn
+    assert priority._is_our_backend(mine.backend_pid, mine.socket)
+    assert not priority._is_our_backend(os.getpid(), mine.socket)  # not a backend at all
+    stat = Path(f"/proc/{mine.backend_pid}/stat").read_text()  # noqa: ASYNC240
+    server = int(stat.rsplit(")", 1)[1].split()[1])  # its parent: the server's main process
+    assert not priority._is_our_backend(server, mine.socket)
+    async with await psycopg.AsyncConnection.connect(db_url) as other:
+        theirs = other.pgconn.backend_pid
+        with socket.socket(fileno=os.dup(mine.socket)) as s:
+            tcp = s.family != socket.AF_UNIX
+        # Over a Unix socket the server itself vouches for the pid it gives (same PID
+        # namespace), so another backend of that server is one the check cannot tell apart.
+        assert priority._is_our_backend(theirs, mine.socket) is not tcp
+
+
+def test_an_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown priority policy"):
+        priority.lower_process("lowest")  # type: ignore[arg-type]
