@@ -23,7 +23,16 @@ from cgm.storage.settled import detail_sql
 from cgm.vee.config import VeeConfig
 from cgm.vee.rules import meter_error_pct
 
-_US = "(extract(epoch FROM {t}) * 1000000)::int8"
+# A time as timestamptz's own binary form, int64 µs since 2000-01-01: no numeric arithmetic
+# in the server (extract() was a third of the server's cost of loading a day's readings);
+# :func:`_unix_us` makes it Unix µs on arrival.
+_TIME = "timestamptz_send({t})"
+
+
+def _unix_us(arr: np.ndarray) -> np.ndarray:
+    """``arr`` (packed, native byte order) with its ``t`` field from PostgreSQL µs to Unix µs."""
+    arr["t"] += pgbinary.PG_EPOCH_US
+    return arr
 
 
 W = 26  # window columns: the hour before, periods 1..24, the hour after
@@ -198,15 +207,17 @@ async def load_readings(
     order = np.argsort(table, kind="stable")
     table = table[order]
     t_series, t_role = np.concatenate(series_of)[order], np.concatenate(role_of)[order]
-    arr = await packed(
-        conn,
-        "int8send(meter_id) || int2send(channel) || int8send("
-        + _US.format(t="interval_start")
-        + ") || float8send(value) || int4send(quality) || int4send(version)",
-        "FROM reading WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s"
-        " AND interval_start < %(b)s",
-        {"m": np.unique(table // 8).tolist(), "a": w0, "b": w1},
-        _READING_RECORD,
+    arr = _unix_us(
+        await packed(
+            conn,
+            "int8send(meter_id) || int2send(channel) || "
+            + _TIME.format(t="interval_start")
+            + " || float8send(value) || int4send(quality) || int4send(version)",
+            "FROM reading WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s"
+            " AND interval_start < %(b)s",
+            {"m": np.unique(table // 8).tolist(), "a": w0, "b": w1},
+            _READING_RECORD,
+        )
     )
     for role in ROLES:
         out[role] = MeterMatrix(
@@ -447,9 +458,9 @@ async def load_stored(conn: psycopg.AsyncConnection, frontier_ids: list[int], da
     simple = "source IN ('principal', 'backup') AND NOT detail ? 'checks'"
     rows = await packed(
         conn,
-        "int8send(frontier_id) || int2send(channel) || int8send("
-        + _US.format(t="interval_start")
-        + ") || float8send(value) || int2send(CASE source WHEN 'principal' THEN 1"
+        "int8send(frontier_id) || int2send(channel) || "
+        + _TIME.format(t="interval_start")
+        + " || float8send(value) || int2send(CASE source WHEN 'principal' THEN 1"
         " WHEN 'backup' THEN 2 WHEN 'estimate' THEN 3 ELSE 4 END::int2) || int4send(flags)"
         " || int8send(CASE WHEN simple THEN m ELSE 0 END)"
         " || int4send(CASE WHEN simple THEN rv ELSE 0 END)"
@@ -466,6 +477,7 @@ async def load_stored(conn: psycopg.AsyncConnection, frontier_ids: list[int], da
         params,
         _STORED_RECORD,
     )
+    _unix_us(rows)
     cur = await conn.execute(
         "SELECT frontier_id, channel, interval_start, value, source, method, flags, "
         + detail_sql()
