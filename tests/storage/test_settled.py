@@ -142,3 +142,34 @@ async def test_binary_copy_constants_are_text_columns(conn) -> None:
         await copy.write(pgbinary.encode((("a", "i8"), ("b", "f8")), data, consts))
     cur = await conn.execute("SELECT * FROM copy_consts ORDER BY a")
     assert await cur.fetchall() == [(a, a - 0.5, "principal", "", "ñandú") for a in (1, 2, 3)]
+
+
+async def test_settled_values_are_found_by_time_with_a_brin_time_index(conn, frontiers) -> None:
+    """The time index is a block-range index summarized as ranges fill (migration 0230); a
+    query by time alone finds exactly the period's rows, new versions included."""
+    cur = await conn.execute(
+        "SELECT am.amname, i.reloptions FROM pg_class i JOIN pg_am am ON am.oid = i.relam"
+        " WHERE i.relname = 'settled_reading_interval_start'"
+    )
+    assert await cur.fetchone() == ("brin", ["autosummarize=on"])
+    for f in frontiers:
+        await write_settled(conn, day(f), actor="vee")
+    moved = [SettledValue(frontiers[0], 1, T0 + 5 * H, 7.5, "backup")]
+    assert (await write_settled(conn, moved, actor="vee", reason="test")).superseded == 1
+    cur = await conn.execute(
+        "SELECT frontier_id, channel, interval_start, value FROM settled_reading"
+        " WHERE interval_start >= %s AND interval_start < %s AND frontier_id = ANY(%s)"
+        " ORDER BY 1, 2, 3",
+        (T0 + 4 * H, T0 + 6 * H, frontiers),
+    )
+    want = sorted(
+        (v.frontier_id, v.channel, v.interval_start, v.value)
+        for f in frontiers
+        for v in day(f)
+        if T0 + 4 * H <= v.interval_start < T0 + 6 * H
+    )
+    changed = (frontiers[0], 1, T0 + 5 * H)
+    assert await cur.fetchall() == [
+        (f, c, t, 7.5 if (f, c, t) == changed else x) for f, c, t, x in want
+    ]
+    await conn.rollback()
