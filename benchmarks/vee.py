@@ -37,7 +37,6 @@ import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -55,7 +54,6 @@ from cgm.storage import readings_array, write_readings
 from cgm.vee import VeeConfig, run_vee
 from cgm.vee import backtest as bt
 from cgm.vee.daytype import same_type_days
-from cgm.vee.run import WRITER_NAME
 from drivers.base import Channel
 from simulators.meter import SimulatedMeter
 
@@ -246,68 +244,57 @@ async def speed(url: str, n: int, history_days: int, profile: bool, reuse: bool 
         print("\n".join(out.getvalue().splitlines()[:40]))
 
 
-def _backend_cpu(pid: int) -> float | None:
-    """Seconds on CPU of a PostgreSQL backend on this host (/proc/PID/schedstat), or None."""
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat_cpu(pid: int, children: bool = False) -> float:
+    """Seconds on CPU of process ``pid`` (/proc/PID/stat utime + stime; with ``children``
+    also the children it has reaped: cutime + cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    n = 4 if children else 2  # fields 14..17 of stat: utime stime cutime cstime
+    return sum(int(x) for x in fields[11 : 11 + n]) / _TICK
+
+
+def server_cpu(backend: int) -> float | None:
+    """Seconds on CPU of the whole database server on this host, of which ``backend`` is a
+    backend: its main process, every live child (backends, autovacuum, checkpointer, WAL
+    writer) and the children that have ended (reaped into the main process's counters). Two
+    readings around a run give its server CPU without polling (a polling thread in this
+    process took the GIL from the run); None when the server is not on this host."""
     try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+        main = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        total = _stat_cpu(main, children=True)
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    stat = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue  # ended meanwhile
+                if int(stat[1]) == main:
+                    total += (int(stat[11]) + int(stat[12])) / _TICK
+        return total
     except (OSError, ValueError, IndexError):
         return None
-
-
-class WriterCpu:
-    """CPU of the run's extra write connections (application_name WRITER_NAME): their
-    backends' /proc schedstat, polled every 20 ms while they live (what a backend spends in
-    its last 20 ms before it exits is missed). The thread's own CPU is taken off the
-    client's."""
-
-    def __init__(self, url: str) -> None:
-        self.seen: dict[int, float] = {}
-        self.own = 0.0  # the polling thread's CPU, not the run's
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, args=(url,), daemon=True)
-        self._thread.start()
-
-    def _poll(self, url: str) -> None:
-        with psycopg.connect(url, autocommit=True) as c:
-            while not self._stop.is_set():
-                pids = c.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
-                    " AND datname = current_database()",
-                    (WRITER_NAME,),
-                ).fetchall()
-                for (pid,) in pids:
-                    cpu = _backend_cpu(pid)
-                    if cpu is not None:
-                        self.seen[pid] = max(cpu, self.seen.get(pid, 0.0))
-                time.sleep(0.02)
-        self.own = time.thread_time()
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return sum(self.seen.values())
 
 
 async def timed_run(
     url: str, config: VeeConfig, prof: cProfile.Profile | None = None
 ) -> tuple[object, float, tuple[float, float | None]]:
     """run_vee on its own connection: (summary, wall s, (client CPU s, server CPU s)); the
-    server's CPU counts the run's connection and its extra write connections."""
+    server's CPU is the whole server's during the run (:func:`server_cpu`): the run's
+    connections and what they cause (WAL writer, checkpointer, autovacuum)."""
     async with await psycopg.AsyncConnection.connect(url) as conn:
         cur = await conn.execute("SELECT pg_backend_pid()")
         (pid,) = await cur.fetchone()  # type: ignore[misc]
         await conn.commit()
-        writers = WriterCpu(url)
-        s0, c0, t0 = _backend_cpu(pid), time.process_time(), time.perf_counter()
+        s0, c0, t0 = server_cpu(pid), time.process_time(), time.perf_counter()
         if prof:
             prof.enable()
         summary = await run_vee(conn, DAY, config=config, now=NOW)
         if prof:
             prof.disable()
-        wall, client, s1 = time.perf_counter() - t0, time.process_time() - c0, _backend_cpu(pid)
-        extra = writers.stop()
-        client -= writers.own
-    server = None if s0 is None or s1 is None else s1 - s0 + extra
+        wall, client, s1 = time.perf_counter() - t0, time.process_time() - c0, server_cpu(pid)
+    server = None if s0 is None or s1 is None else s1 - s0
     return summary, wall, (client, server)
 
 
