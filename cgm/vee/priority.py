@@ -77,11 +77,6 @@ def lower_process(policy: Policy, reserve_cpus: int = 0) -> Policy:
     return _applied
 
 
-def applied() -> tuple[Policy, frozenset[int] | None]:
-    """The policy this process runs at, and the CPUs it keeps to (None: any)."""
-    return _applied, _cpus
-
-
 def follow(conn: psycopg.AsyncConnection | psycopg.Connection) -> bool:
     """Give ``conn``'s backend this process's policy and CPUs; True when it was changed."""
     if _applied == "normal" and _cpus is None:
@@ -96,10 +91,10 @@ def follow(conn: psycopg.AsyncConnection | psycopg.Connection) -> bool:
             os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, pid) + LOW_NICE)
         if _cpus is not None:
             os.sched_setaffinity(pid, _cpus)
-    except PermissionError:
-        _warn_once(pid)
-        return False
     except ProcessLookupError:
+        return False  # the backend ended meanwhile
+    except OSError as exc:  # no right to (another user), or CPUs outside its own cpuset
+        _warn_once(pid, exc)
         return False
     return True
 
@@ -148,13 +143,14 @@ def _is_our_backend(pid: int, fd: int) -> bool:
     return server > 0 and parent == server and same_namespace
 
 
-def _warn_once(pid: int) -> None:
+def _warn_once(pid: int, exc: OSError) -> None:
     global _warned
     if not _warned:
         _warned = True
         log.info(
-            "VEE's database backends keep their CPU priority and CPUs: no right to change "
-            "process %d's (run PostgreSQL as the service's user, or give the service "
-            "CAP_SYS_NICE)",
+            "VEE's database backends keep their CPU priority and CPUs: process %d: %s (to "
+            "change them, run PostgreSQL as the service's user or give the service "
+            "CAP_SYS_NICE, with the same CPUs)",
             pid,
+            exc.strerror or exc,
         )

@@ -114,3 +114,23 @@ async def test_no_other_process_is_taken_for_our_backend(db_url: str, conn) -> N
 def test_an_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown priority policy"):
         priority.lower_process("lowest")  # type: ignore[arg-type]
+
+
+async def test_a_backend_that_cannot_be_moved_is_left_as_it_is_and_logged(
+    db_url: str, conn, monkeypatch, caplog
+) -> None:
+    """A refusal (here CPUs that do not exist; elsewhere another user's backend) leaves the
+    backend as it was, says so in the log once, and the run goes on."""
+    monkeypatch.setattr(priority, "_applied", "normal")
+    monkeypatch.setattr(priority, "_cpus", frozenset({4095}))
+    monkeypatch.setattr(priority, "_warned", False)
+    async with await psycopg.AsyncConnection.connect(db_url) as other:
+        backend = other.pgconn.backend_pid
+        before = os.sched_getaffinity(backend)
+        with caplog.at_level("INFO", logger="cgm.vee.priority"):
+            assert priority.follow(other) is False
+            assert priority.follow(conn) is False
+        assert os.sched_getaffinity(backend) == before
+        assert (await (await other.execute("SELECT 1")).fetchone()) == (1,)
+    notes = [m for r in caplog.records if "keep their CPU priority" in (m := r.getMessage())]
+    assert len(notes) == 1 and f"process {backend}" in notes[0]
