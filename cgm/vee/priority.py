@@ -135,10 +135,10 @@ def _is_our_backend(pid: int, fd: int) -> bool:
             return False
         cred = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     server, _, _ = _UCRED.unpack(cred)
-    parent = int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm)": state, ppid
     try:
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm)": state, ppid
         same_namespace = os.readlink(f"/proc/{server}/ns/pid") == os.readlink("/proc/self/ns/pid")
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return False
     return server > 0 and parent == server and same_namespace
 

@@ -14,8 +14,9 @@ done one at a time, in the order given, so two runs never settle the same day at
 - No orphan: :meth:`VeeWorker.stop` closes the pipe (the child ends after its current run),
   waits, then terminates it; a child whose parent disappears ends itself within a second.
 - Priority: the child and its database backends run at a lower CPU priority than the
-  service (``Settings.vee_priority``, default ``SCHED_IDLE``; :mod:`cgm.vee.priority`), so
-  on a busy host the API and the collector are served first.
+  service and off the host's first CPU (``Settings.vee_priority``, default ``SCHED_IDLE``,
+  and ``vee_reserve_cpus``; :mod:`cgm.vee.priority`), so the API and the collector keep a
+  core of their own and are served first on the other.
 - Metrics: the child's VEE metrics (values written, rule flags, run duration, estimated
   hours, alarms) are sent back with each answer and mirrored into the parent's registry,
   which is the one ``/metrics`` serves.

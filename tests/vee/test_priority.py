@@ -1,5 +1,6 @@
 """Settling yields the CPU to the service: the VEE process runs at SCHED_IDLE and so does
-every database backend it works through, when that backend is provably its own."""
+every database backend it works through, when that backend is provably its own (Linux:
+/proc, SCHED_IDLE and CPU affinity, as on every host cgm runs on)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from cgm.vee import run as vee_run
 from cgm.vee.worker import VeeWorker
 from tests.vee.conftest import load, make_frontier, put
 from tests.vee.test_worker import DAY, NOW
-
-pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
 
 
 def _may_reprioritise(pid: int) -> bool:
