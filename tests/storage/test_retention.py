@@ -105,8 +105,6 @@ async def test_settled_day_follows_settled_reading_retention(
 ) -> None:
     url = new_database()
     result = upgrade(url, Settings(database_url=url, retention_years=2))
-    if not result.timescale:
-        pytest.skip("retention drops chunks on TimescaleDB only")
     ((fid, _),) = await make_frontiers(url, 1)
     async with await psycopg.AsyncConnection.connect(url) as conn:
         rows = [
@@ -120,6 +118,15 @@ async def test_settled_day_follows_settled_reading_retention(
         days = "SELECT day, cardinality(array_remove(source, 0::smallint)) FROM settled_day"
         spanned = {local_day(r.interval_start) for r in rows}
         assert len(conn.execute(days).fetchall()) == len(spanned)
+        if not result.timescale:
+            # Plain PostgreSQL drops nothing (no chunks, no job): both keep every day.
+            assert conn.execute(
+                "SELECT to_regclass('timescaledb_information.jobs')"
+            ).fetchone() == (None,)
+            kept = conn.execute(days + " ORDER BY day").fetchall()
+            assert sum(n for _, n in kept) == len(rows)
+            assert [d for d, _ in kept] == sorted(spanned)
+            return
         (job,) = conn.execute(
             "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'cgm_retention'"
             " AND config ->> 'hypertable' = 'settled_reading'"
