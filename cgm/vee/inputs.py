@@ -35,6 +35,24 @@ def _unix_us(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+class _KeyTable:
+    """(id, channel) keys as one sorted int64 column that numpy searches: which entry a
+    row's key is, for millions of rows at once (a dict would be a Python call per row)."""
+
+    def __init__(self, ids: np.ndarray, channels: np.ndarray) -> None:
+        keys = ids.astype(np.int64) * 8 + channels
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+
+    def find(self, ids: np.ndarray, channels: np.ndarray) -> np.ndarray:
+        """Each row's position in the arrays the table was made from, or -1."""
+        if not len(self.keys):
+            return np.full(len(ids), -1, dtype=np.int64)
+        k = ids.astype(np.int64) * 8 + channels
+        pos = np.clip(np.searchsorted(self.keys, k), 0, len(self.keys) - 1)
+        return np.where(self.keys[pos] == k, self.order[pos], -1)
+
+
 W = 26  # window columns: the hour before, periods 1..24, the hour after
 ROLES = ("principal", "backup")
 _ACCURACY_COLUMN = {1: "accuracy_active", 2: "accuracy_active", 3: "accuracy_reactive"}
@@ -196,17 +214,12 @@ async def load_readings(
     w0, w1 = window(day)
     S = len(series)
     out: dict[str, MeterMatrix] = {}
-    # (meter, channel) → (series, role), as a sorted key table that numpy searches.
-    keys_of, series_of, role_of = [], [], []
-    for r, role in enumerate(ROLES):
-        has = np.flatnonzero(series.meter[role])
-        keys_of.append(series.meter[role][has].astype(np.int64) * 8 + series.channel[has])
-        series_of.append(has)
-        role_of.append(np.full(len(has), r, dtype=np.int8))
-    table = np.concatenate(keys_of)
-    order = np.argsort(table, kind="stable")
-    table = table[order]
-    t_series, t_role = np.concatenate(series_of)[order], np.concatenate(role_of)[order]
+    # (meter, channel) → (series, role)
+    has = [np.flatnonzero(series.meter[role]) for role in ROLES]
+    t_series = np.concatenate(has)
+    t_role = np.concatenate([np.full(len(h), r, dtype=np.int8) for r, h in enumerate(has)])
+    meters = np.concatenate([series.meter[role][h] for role, h in zip(ROLES, has, strict=True)])
+    table = _KeyTable(meters, series.channel[t_series])
     arr = _unix_us(
         await packed(
             conn,
@@ -215,7 +228,7 @@ async def load_readings(
             + " || float8send(value) || int4send(quality) || int4send(version)",
             "FROM reading WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s"
             " AND interval_start < %(b)s",
-            {"m": np.unique(table // 8).tolist(), "a": w0, "b": w1},
+            {"m": np.unique(meters).tolist(), "a": w0, "b": w1},
             _READING_RECORD,
         )
     )
@@ -228,13 +241,12 @@ async def load_readings(
             np.zeros((S, W), dtype=bool),
             np.zeros((S, W), dtype=bool),
         )
-    if not len(arr) or not len(table):
+    if not len(arr) or not len(t_series):
         return out
     # Each reading's (meter, channel) → (role, series); a channel no series has: none.
-    keys = arr["meter_id"].astype(np.int64) * 8 + arr["channel"]
-    pos = np.clip(np.searchsorted(table, keys), 0, len(table) - 1)
-    found = table[pos] == keys
-    srow, rrole = np.where(found, t_series[pos], -1), np.where(found, t_role[pos], -1)
+    at = table.find(arr["meter_id"], arr["channel"])
+    found = at >= 0
+    srow, rrole = np.where(found, t_series[at], -1), np.where(found, t_role[at], -1)
     offset = arr["t"] - to_utc_us(w0, "w0").astype(np.int64)
     hour_us = 3_600_000_000
     col = offset // hour_us
@@ -363,15 +375,12 @@ async def load_history(
     chosen = series.frontier_id if only is None else series.frontier_id[only]
     fids = None if whole_fleet and only is None else sorted({int(f) for f in chosen})
     keys = np.array(list(series.index), dtype=np.int64).reshape(-1, 2)
-    lookup = keys[:, 0] * 8 + keys[:, 1]
     rows_of = np.array(list(series.index.values()), dtype=np.int64)
-    order = np.argsort(lookup)
-    lookup, rows_of = lookup[order], rows_of[order]
+    table = _KeyTable(keys[:, 0], keys[:, 1])
 
     def series_of(arr: np.ndarray) -> np.ndarray:
-        k = arr["frontier_id"].astype(np.int64) * 8 + arr["channel"]
-        pos = np.clip(np.searchsorted(lookup, k), 0, max(len(lookup) - 1, 0))
-        return np.where(lookup[pos] == k, rows_of[pos], -1)
+        at = table.find(arr["frontier_id"], arr["channel"])
+        return np.where(at >= 0, rows_of[at], -1)
 
     where = " FROM settled_day WHERE (%(f)s::bigint[] IS NULL OR frontier_id = ANY(%(f)s))"
     for i, d in enumerate(days):  # one day a query: a bounded reply
