@@ -33,6 +33,7 @@ from cgm.hoja_de_vida import CURRENT, TABLE4_YEARS, add_months, maintenance_due
 from cgm.localtime import day_bounds, local_day
 from cgm.registry import rules
 from cgm.security import SecretBox, SecretKeyError
+from cgm.storage.settled import on_days
 
 CHECKS = ("backup_meter", "table2_classes", "clock", "capture_and_memory", "access_levels",
           "maintenance_calibration", "table5_failures", "reporting")  # fmt: skip
@@ -227,7 +228,8 @@ async def audit(
     # Reporting: days not accepted by the ASIC, estimation too long.
     first = today - timedelta(days=UNREPORTED_LOOKBACK_DAYS)
     p.update(first=first, yesterday=today - timedelta(days=1),
-             start=day_bounds(first)[0], end=day_bounds(today)[0])  # fmt: skip
+             start=day_bounds(first)[0], end=day_bounds(today)[0],
+             days=[first + timedelta(days=n) for n in range(UNREPORTED_LOOKBACK_DAYS)])  # fmt: skip
     reported = await _rows(conn, f"""
         SELECT f.code, array_agg(DISTINCT d.day) FROM frontier f JOIN asic_document d
           ON d.frontier_id = f.id AND d.role = 'principal' AND d.day BETWEEN %(first)s
@@ -243,7 +245,7 @@ async def audit(
                    f"not accepted by the ASIC: {days}")  # fmt: skip
     estimated = await _rows(conn, f"""
         SELECT f.code, count(*) FROM frontier f JOIN settled_reading s ON s.frontier_id = f.id
-         AND s.channel = 1 AND s.source = 'estimate'
+         AND {on_days("s")} AND s.channel = 1 AND s.source = 'estimate'
          AND s.interval_start >= %(start)s AND s.interval_start < %(end)s
         WHERE {_SCOPE} GROUP BY f.code HAVING count(*) > {ESTIMATED_HOURS_LIMIT}""", p)  # fmt: skip
     for code, n in estimated:

@@ -45,6 +45,14 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+def local_days(start: datetime, end: datetime) -> list[date]:
+    """The local days that [start, end) overlaps, in order (none when it is empty)."""
+    if end <= start:
+        return []
+    first, last = local_day(start), local_day(end - timedelta(microseconds=1))
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
 def local_day(instant: datetime) -> date:
     """The local day an instant falls in."""
     return _aware(instant).astimezone(COLOMBIA).date()

@@ -27,7 +27,7 @@ import orjson
 import psycopg
 
 from cgm.localtime import HOUR, day_bounds
-from cgm.storage.settled import read_settled_days
+from cgm.storage.settled import on_days, read_settled_days
 
 Resolution = Literal["hourly", "daily", "monthly"]
 Layout = Literal["objects", "columns"]
@@ -82,7 +82,7 @@ def _periods(first: date, last: date) -> tuple[list[datetime], list[str]]:
     return edges, keys
 
 
-_WHERE = """frontier_id = %(f)s AND channel = %(c)s
+_WHERE = f"""{on_days(days="%(k)s")} AND frontier_id = %(f)s AND channel = %(c)s
             AND interval_start >= (%(e)s::timestamptz[])[1]
             AND interval_start < (%(e)s::timestamptz[])[array_length(%(e)s::timestamptz[], 1)]"""
 

@@ -13,12 +13,8 @@ from typing import Any
 
 import psycopg
 
-from cgm.localtime import day_bounds
-
 
 async def status_report(conn: psycopg.AsyncConnection, first: date, last: date) -> dict[str, Any]:
-    start, _ = day_bounds(first)
-    _, end = day_bounds(last)
     cur = await conn.execute(
         """WITH readable AS (
                SELECT c.owner_unit_id AS unit_id, m.id AS meter_id, true AS owned
@@ -30,9 +26,9 @@ async def status_report(conn: psycopg.AsyncConnection, first: date, last: date) 
                       count(*) AS meters,
                       bool_and(r.owned AND NOT m.shared) AS exclusive_only,
                       bool_or(EXISTS (
-                          SELECT 1 FROM settled_reading s
+                          SELECT 1 FROM settled_day s
                           WHERE s.frontier_id = m.frontier_id AND s.channel = m.channel
-                            AND s.interval_start >= %(start)s AND s.interval_start < %(end)s
+                            AND s.day BETWEEN %(first)s AND %(last)s
                       )) AS has_data
                FROM readable r JOIN portal_meter m ON m.id = r.meter_id
                GROUP BY r.unit_id
@@ -42,7 +38,7 @@ async def status_report(conn: psycopg.AsyncConnection, first: date, last: date) 
                   coalesce(p.has_data, false)
            FROM portal_unit u LEFT JOIN per_unit p ON p.unit_id = u.id
            ORDER BY u.code""",
-        {"start": start, "end": end},
+        {"first": first, "last": last},
     )
     rows = await cur.fetchall()
     not_reporting, indicator = [], []

@@ -33,7 +33,7 @@ import psycopg
 from psycopg import errors
 from psycopg.types.json import Jsonb
 
-from cgm.localtime import sql_local_day
+from cgm.localtime import local_days, sql_local_day
 from cgm.storage import pgbinary
 from cgm.storage.common import (
     CHANNELS_BY_ID,
@@ -81,6 +81,43 @@ _HOUR_US = 3_600_000_000
 _COLS = "frontier_id, channel, interval_start, value, source, method, flags, detail"
 # A plain measured value's provenance, typed columns since migration 0220 (NULL elsewhere).
 _PROVENANCE = "meter_id, reading_version, secondary, factor"
+
+# settled_reading's unique key (migration 0240), led by the local day: a run's new hours go
+# together at the index's end instead of one index page per series. Writers upsert on it
+# and write in its order; readers of chosen frontiers name the days (:func:`on_days`).
+KEY = "settled_local_day(interval_start), frontier_id, channel, interval_start"
+
+
+def on_days(alias: str = "", days: str = "%(days)s") -> str:
+    """The condition that lets a query of chosen frontiers use settled_reading's key: the
+    local days of ``interval_start`` in the date array ``days`` (a placeholder; its value
+    from :func:`cgm.localtime.local_days`). One index descent per day; without it such a
+    query reads every frontier's rows of its time range."""
+    column = f"{alias}.interval_start" if alias else "interval_start"
+    return f"settled_local_day({column}) = ANY({days}::date[])"
+
+
+def _key_columns(arr: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``arr``'s columns of settled_reading's key (:data:`KEY`), least significant first."""
+    t = arr["interval_start"].view("i8")
+    return t, arr["channel"], arr["frontier_id"], (t + _LOCAL_OFFSET_US) // _DAY_US
+
+
+def _key_sort(arr: np.ndarray) -> np.ndarray:
+    """Indices of ``arr``'s rows in settled_reading's key order."""
+    return np.lexsort(_key_columns(arr))
+
+
+def _in_key_order(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in settled_reading's key order: itself when it already is (VEE writes a day's
+    series in order), checked in one pass instead of sorted."""
+    before = np.zeros(len(arr) - 1 if len(arr) else 0, dtype=bool)  # row i < row i + 1
+    tie = np.ones_like(before)
+    for col in reversed(_key_columns(arr)):
+        a, b = col[:-1], col[1:]
+        before |= tie & (a < b)
+        tie &= a == b
+    return arr if before.all() else arr[_key_sort(arr)]
 
 
 def detail_sql(alias: str = "") -> str:
@@ -257,7 +294,7 @@ def _check(arr: np.ndarray, interval: timedelta, *, measured: bool) -> list[str]
 def _key_order(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices in key order, and a mask of rows whose key repeats the previous one."""
     t = arr["interval_start"].view("i8")
-    order = np.lexsort((t, arr["channel"], arr["frontier_id"]))
+    order = _key_sort(arr)
     k = arr[order]
     kt = t[order]
     dup = np.zeros(len(arr), dtype=bool)
@@ -464,10 +501,10 @@ async def write_settled(
                            CASE source WHEN 1 THEN 'principal' ELSE 'backup' END, NULL,
                            flags, '{{}}'::jsonb, {_PROVENANCE}
                     FROM {_MEASURED_STAGE}) x
-                  ORDER BY frontier_id, channel, interval_start"""
+                  ORDER BY {KEY}"""
         upsert = f"""WITH up AS (
                   {rows_sql}
-                  ON CONFLICT (frontier_id, channel, interval_start) DO UPDATE
+                  ON CONFLICT ({KEY}) DO UPDATE
                     SET value = excluded.value, source = excluded.source,
                         method = excluded.method, flags = excluded.flags,
                         detail = excluded.detail, meter_id = excluded.meter_id,
@@ -542,7 +579,10 @@ async def write_settled(
                        WHERE source <> 'manual'
                       UNION ALL
                       SELECT frontier_id, channel, interval_start FROM {_MEASURED_STAGE}) s
-                    JOIN settled_reading t USING (frontier_id, channel, interval_start)
+                    JOIN settled_reading t
+                      ON settled_local_day(t.interval_start) = settled_local_day(s.interval_start)
+                     AND (t.frontier_id, t.channel, t.interval_start)
+                         = (s.frontier_id, s.channel, s.interval_start)
                     WHERE t.source = 'manual'"""
             )
             (kept,) = await cur.fetchone()  # type: ignore[misc]
@@ -565,19 +605,15 @@ ANALYZE_AFTER = 50_000
 async def _copy_measured(
     conn: psycopg.AsyncConnection, meas: np.ndarray, actor: str, reason: str | None
 ) -> None:
-    """New plain measured values by binary COPY into settled_reading, in key order (index
-    locality, and the order concurrent writers lock keys in), one COPY per source.
+    """New plain measured values by binary COPY into settled_reading, in key order (appended
+    at the index's end, and the order concurrent writers lock keys in), one COPY per source.
 
     Straight into the table rather than through a staging table and an INSERT: the server
     then batches the heap inserts, about half the insert's server time (benchmarks/README.md,
     VEE)."""
     if not len(meas):
         return
-    t = meas["interval_start"].view("i8")
-    series = meas["frontier_id"] * 8 + meas["channel"]  # channel ids are 1..4
-    ds, dt = np.diff(series), np.diff(t)
-    if not np.all((ds > 0) | ((ds == 0) & (dt > 0))):  # VEE's arrays come sorted
-        meas = meas[np.lexsort((t, meas["channel"], meas["frontier_id"]))]
+    meas = _in_key_order(meas)
     constants = [("actor", actor)] + ([("reason", reason)] if reason is not None else [])
     names = ", ".join([_DIRECT_NAMES, "source", *(n for n, _ in constants)])
     for code, source in ((1, "principal"), (2, "backup")):
@@ -597,13 +633,13 @@ async def _all_new(conn: psycopg.AsyncConnection, *batches: np.ndarray) -> bool:
     likely all new (a first settle of the hours; the upsert's order puts that key first, so
     a plain INSERT that meets a stored key fails early)."""
     rows = np.concatenate(batches)
-    for name in ("frontier_id", "channel", "interval_start"):
-        rows = rows[rows[name] == rows[name].min()]
-    t = _EPOCH + int(rows["interval_start"][0].view("i8")) * timedelta(microseconds=1)
+    first = rows[_key_sort(rows)[0]]
+    t = _EPOCH + int(first["interval_start"].view("i8")) * timedelta(microseconds=1)
     cur = await conn.execute(
-        "SELECT NOT EXISTS (SELECT 1 FROM settled_reading WHERE frontier_id = %s"
-        " AND channel = %s AND interval_start = %s)",
-        (int(rows["frontier_id"][0]), int(rows["channel"][0]), t),
+        "SELECT NOT EXISTS (SELECT 1 FROM settled_reading"
+        " WHERE settled_local_day(interval_start) = settled_local_day(%(t)s)"
+        " AND frontier_id = %(f)s AND channel = %(c)s AND interval_start = %(t)s)",
+        {"t": t, "f": int(first["frontier_id"]), "c": int(first["channel"])},
     )
     return bool((await cur.fetchone())[0])  # type: ignore[index]
 
@@ -685,10 +721,10 @@ async def read_settled(
         f"""SELECT frontier_id, channel, interval_start, value, source, method, flags,
                   {detail_sql()}, version, settled_at, actor, reason
            FROM settled_reading
-           WHERE frontier_id = ANY(%s) AND channel = ANY(%s)
-             AND interval_start >= %s AND interval_start < %s
+           WHERE {on_days()} AND frontier_id = ANY(%(f)s) AND channel = ANY(%(c)s)
+             AND interval_start >= %(a)s AND interval_start < %(b)s
            ORDER BY frontier_id, channel, interval_start""",
-        (list(frontier_ids), chans, start, end),
+        {"days": local_days(start, end), "f": list(frontier_ids), "c": chans, "a": start, "b": end},
     )
     return [StoredSettled(*r) for r in await cur.fetchall()]
 

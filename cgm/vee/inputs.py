@@ -19,7 +19,7 @@ from cgm.frontier_log import clock_corrections
 from cgm.localtime import HOUR, day_bounds
 from cgm.storage import pgbinary
 from cgm.storage.common import channel_id, packed, to_utc_us
-from cgm.storage.settled import detail_sql
+from cgm.storage.settled import detail_sql, on_days
 from cgm.vee.config import VeeConfig
 from cgm.vee.rules import meter_error_pct
 
@@ -457,9 +457,9 @@ class Stored:
 
 async def load_stored(conn: psycopg.AsyncConnection, frontier_ids: list[int], day: date) -> Stored:
     start, end = day_bounds(day)
-    params = {"f": frontier_ids, "a": start, "b": end}
+    params = {"f": frontier_ids, "a": start, "b": end, "days": [day]}
     where = (
-        "FROM settled_reading WHERE frontier_id = ANY(%(f)s)"
+        f"FROM settled_reading WHERE {on_days()} AND frontier_id = ANY(%(f)s)"
         " AND interval_start >= %(a)s AND interval_start < %(b)s"
     )
     # A plain measured value: principal/backup without findings ("checks" in detail when

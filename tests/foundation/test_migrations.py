@@ -12,8 +12,15 @@ from cgm.config import Settings
 from cgm.migrate import MigrationError, migrations, upgrade
 
 EXPECTED_TABLES = {
-    "schema_migration", "frontier", "meter", "meter_credential", "channel", "reading",
-    "ingest_batch", "settled_reading", "audit_log",
+    "schema_migration",
+    "frontier",
+    "meter",
+    "meter_credential",
+    "channel",
+    "reading",
+    "ingest_batch",
+    "settled_reading",
+    "audit_log",
 }
 
 
@@ -66,8 +73,10 @@ def test_concurrent_upgrades_apply_each_migration_once(new_database: Callable[[]
     assert not errors
     applied = [name for r in results for name in r.applied]
     timescale = results[0].timescale
-    assert len(applied) == len(set(applied)) == len(
-        [m for m in migrations() if timescale or not m.requires_timescale]
+    assert (
+        len(applied)
+        == len(set(applied))
+        == len([m for m in migrations() if timescale or not m.requires_timescale])
     )
 
 
@@ -81,22 +90,30 @@ def test_edited_migration_is_refused(new_database: Callable[[], str]) -> None:
 
 
 def test_readings_key_includes_time_column(db_url: str) -> None:
+    """Each table's unique key holds the time column (TimescaleDB partitions by it);
+    settled_reading's is led by the local day (migration 0240)."""
     with psycopg.connect(db_url) as conn:
-        for table in ("reading", "settled_reading"):
+        for table, key in (("reading", "reading_pkey"), ("settled_reading", "settled_reading_key")):
             cols = conn.execute(
                 """SELECT a.attname FROM pg_index i
                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-                   WHERE i.indrelid = %s::regclass AND i.indisprimary""",
-                (table,),
+                   WHERE i.indrelid = %s::regclass AND i.indexrelid = %s::regclass
+                     AND i.indisunique""",
+                (table, key),
             ).fetchall()
             assert "interval_start" in {c[0] for c in cols}
+        (definition,) = conn.execute(
+            "SELECT pg_get_indexdef('settled_reading_key'::regclass)"
+        ).fetchone()
+        assert (
+            "(settled_local_day(interval_start), frontier_id, channel, interval_start)"
+            in definition
+        )
 
 
 def test_audit_log_is_append_only(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
-        conn.execute(
-            "INSERT INTO audit_log (table_name, op, actor) VALUES ('test', 'I', 'pytest')"
-        )
+        conn.execute("INSERT INTO audit_log (table_name, op, actor) VALUES ('test', 'I', 'pytest')")
         conn.commit()
         with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
             conn.execute("DELETE FROM audit_log WHERE table_name = 'test'")

@@ -30,9 +30,10 @@ from typing import Any
 import psycopg
 
 from cgm.energy import primary_factor
-from cgm.localtime import COLOMBIA, PERIODS, day_bounds, period_of
+from cgm.localtime import COLOMBIA, PERIODS, day_bounds, local_days, period_of
 from cgm.reporting.asic import xm_xml
 from cgm.storage.quality import Quality
+from cgm.storage.settled import on_days
 
 REPORT_TYPE = "LecturaDiaria"
 PERIOD_DURATION = "PT1H"
@@ -275,10 +276,11 @@ async def _settled(
 ) -> dict[int, dict[int, tuple[float, str, str, int]]]:
     """channel → period → (value, source, method, version) of the current settled series."""
     cur = await conn.execute(
-        """SELECT channel, interval_start, value, source, coalesce(method, ''), version
+        f"""SELECT channel, interval_start, value, source, coalesce(method, ''), version
            FROM settled_reading
-           WHERE frontier_id = %s AND interval_start >= %s AND interval_start < %s""",
-        (fid, start, end),
+           WHERE {on_days()} AND frontier_id = %(f)s
+             AND interval_start >= %(a)s AND interval_start < %(b)s""",
+        {"days": local_days(start, end), "f": fid, "a": start, "b": end},
     )
     out: dict[int, dict[int, tuple[float, str, str, int]]] = {}
     for ch, at, value, source, method, version in await cur.fetchall():

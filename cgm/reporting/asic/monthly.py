@@ -24,9 +24,12 @@ from typing import Any
 import psycopg
 
 from cgm.energy import primary_factor
-from cgm.localtime import PERIODS, day_bounds
+from cgm.localtime import PERIODS, day_bounds, local_days
 from cgm.reporting.asic.format import UNUSABLE
 from cgm.reporting.asic.xm_xml import ReportItem
+from cgm.storage.settled import on_days
+
+_S_DAYS = on_days("s")  # settled_reading s: its key, for chosen frontiers
 
 
 def month_bounds(month: date) -> tuple[date, date]:
@@ -48,19 +51,19 @@ async def build_month(
     start, end = day_bounds(first)[0], day_bounds(nxt)[0]
     hours = (nxt - first).days * PERIODS
     params = {"codes": list(frontiers) if frontiers else None, "s": start, "e": end,
-              "monthly": monthly_only}  # fmt: skip
+              "monthly": monthly_only, "days": local_days(start, end)}  # fmt: skip
     cur = await conn.execute(
-        """WITH f AS (SELECT id, code FROM frontier
+        f"""WITH f AS (SELECT id, code FROM frontier
                       WHERE (%(codes)s::text[] IS NULL OR code = ANY(%(codes)s))
                         AND (NOT %(monthly)s OR asic_period = 'monthly')),
                 ch AS (SELECT f.id, f.code, min(s.channel) AS channel
                        FROM f JOIN settled_reading s ON s.frontier_id = f.id
-                        AND s.channel IN (1, 2)
+                        AND s.channel IN (1, 2) AND {_S_DAYS}
                         AND s.interval_start >= %(s)s AND s.interval_start < %(e)s
                        GROUP BY f.id, f.code)
            SELECT ch.code, ch.channel, count(*), sum(s.value)
            FROM ch JOIN settled_reading s ON s.frontier_id = ch.id AND s.channel = ch.channel
-            AND s.interval_start >= %(s)s AND s.interval_start < %(e)s
+            AND {_S_DAYS} AND s.interval_start >= %(s)s AND s.interval_start < %(e)s
            GROUP BY ch.code, ch.channel ORDER BY ch.code""",
         params,
     )
@@ -139,19 +142,22 @@ async def month_documents(
     items, why = await build_month(conn, month, frontiers, monthly_only=True)
     first, nxt = month_bounds(month)
     cur = await conn.execute(
-        """SELECT f.code, f.id, m.role, m.id, m.serial,
+        f"""SELECT f.code, f.id, m.role, m.id, m.serial,
                   (SELECT max(s.version) FROM settled_reading s WHERE s.frontier_id = f.id
-                    AND s.interval_start >= %(s)s AND s.interval_start < %(e)s),
+                    AND {_S_DAYS}
+                      AND s.interval_start >= %(s)s AND s.interval_start < %(e)s),
                   (SELECT count(*) FILTER (WHERE s.source = 'estimate') FROM settled_reading s
                     WHERE s.frontier_id = f.id AND s.channel IN (1, 2)
+                      AND {_S_DAYS}
                       AND s.interval_start >= %(s)s AND s.interval_start < %(e)s),
                   (SELECT count(*) FILTER (WHERE s.source = 'backup') FROM settled_reading s
                     WHERE s.frontier_id = f.id AND s.channel IN (1, 2)
+                      AND {_S_DAYS}
                       AND s.interval_start >= %(s)s AND s.interval_start < %(e)s)
            FROM frontier f JOIN meter m ON m.frontier_id = f.id AND m.active
            WHERE f.code = ANY(%(codes)s)""",
         {"codes": sorted({i.border_code for i in items}), "s": day_bounds(first)[0],
-         "e": day_bounds(nxt)[0]},
+         "e": day_bounds(nxt)[0], "days": local_days(day_bounds(first)[0], day_bounds(nxt)[0])},
     )  # fmt: skip
     meta: dict[tuple[str, str], tuple] = {}
     for code, fid, role, mid, serial, version, estimated, backup in await cur.fetchall():
