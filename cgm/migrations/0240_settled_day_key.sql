@@ -15,9 +15,14 @@
 -- target (cgm.storage.settled), readers of a frontier name the days they want,
 -- settled_local_day(interval_start) = ANY(days), one index descent per day (cgm.storage.
 -- settled.DAY_KEY). Readers of every frontier by time use the BRIN (migration 0230).
+--
+-- The day is settled_local_day(interval_start) written out (what PostgreSQL inlines it to,
+-- so queries naming the function use the index): TimescaleDB checks a new unique index on
+-- compressed chunks with a query that cannot see this schema's functions.
 ALTER TABLE settled_reading DROP CONSTRAINT settled_reading_pkey;
-CREATE UNIQUE INDEX settled_reading_key
-    ON settled_reading (settled_local_day(interval_start), frontier_id, channel, interval_start);
+CREATE UNIQUE INDEX settled_reading_key ON settled_reading (
+    (((interval_start AT TIME ZONE 'UTC') + interval '-5 hours')::date),
+    frontier_id, channel, interval_start);
 
 -- A frontier with settled values cannot be deleted: asked of settled_day (one row per
 -- frontier, channel and day that has settled values, kept equal to settled_reading by its

@@ -102,13 +102,19 @@ def test_readings_key_includes_time_column(db_url: str) -> None:
                 (table, key),
             ).fetchall()
             assert "interval_start" in {c[0] for c in cols}
-        (definition,) = conn.execute(
-            "SELECT pg_get_indexdef('settled_reading_key'::regclass)"
+        columns = conn.execute(
+            "SELECT pg_get_indexdef('settled_reading_key'::regclass, k, true)"
+            " FROM generate_series(1, 4) k ORDER BY k"
+        ).fetchall()
+        day = "(((interval_start AT TIME ZONE 'UTC'::text) + '-05:00:00'::interval)::date)"
+        assert [c for (c,) in columns] == [day, "frontier_id", "channel", "interval_start"]
+        # the same as settled_local_day, which readers name
+        (same,) = conn.execute(
+            f"SELECT bool_and({day.replace('interval_start', 't')} = settled_local_day(t))"
+            " FROM generate_series('2026-01-01 04:00+00'::timestamptz,"
+            " '2026-01-03 06:00+00', '1 hour') t"
         ).fetchone()
-        assert (
-            "(settled_local_day(interval_start), frontier_id, channel, interval_start)"
-            in definition
-        )
+        assert same
 
 
 def test_audit_log_is_append_only(db_url: str) -> None:
