@@ -239,10 +239,20 @@ async def test_one_frontier_s_day_is_read_through_the_key_while_the_day_has_no_s
             await conn.execute("ANALYZE settled_reading")  # statistics without the new day
             await conn.commit()
 
+    cur = await conn.execute(  # the table, its chunks (TimescaleDB) and their indexes
+        """WITH t AS (SELECT 'settled_reading'::regclass::oid AS r UNION ALL
+                      SELECT inhrelid FROM pg_inherits
+                      WHERE inhparent = 'settled_reading'::regclass)
+           SELECT array_agg(r) FROM (SELECT r FROM t UNION ALL
+                                     SELECT indexrelid FROM pg_index JOIN t ON indrelid = r) x"""
+    )
+    (relations,) = await cur.fetchone()
+    await conn.commit()
+
     async def pages() -> int:
         cur = await conn.execute(
-            "SELECT sum(pg_stat_get_xact_blocks_fetched(oid))::int FROM pg_class"
-            " WHERE relkind IN ('r', 'i')"
+            "SELECT sum(pg_stat_get_xact_blocks_fetched(r))::int FROM unnest(%s::oid[]) r",
+            (relations,),
         )
         return (await cur.fetchone())[0]
 
