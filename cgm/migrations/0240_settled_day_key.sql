@@ -13,8 +13,8 @@
 -- Uniqueness is unchanged (the day is a function of interval_start). A unique index and
 -- not a primary key, which cannot hold an expression: writers name it as their ON CONFLICT
 -- target (cgm.storage.settled), readers of a frontier name the days they want,
--- settled_local_day(interval_start) = ANY(days), one index descent per day (cgm.storage.
--- settled.DAY_KEY). Readers of every frontier by time use the BRIN (migration 0230).
+-- settled_local_day(interval_start) = ANY(days), one index descent per day
+-- (cgm.storage.settled.on_days). Readers of every frontier by time use the BRIN (0230).
 --
 -- The day is settled_local_day(interval_start) written out (what PostgreSQL inlines it to,
 -- so queries naming the function use the index): TimescaleDB checks a new unique index on
