@@ -1,6 +1,7 @@
 """What a first settle on the VEE worker costs a normal-priority task on the same host: how
-late a 1 ms timer wakes it, and a bare ``SELECT 1``'s round trip — idle and during the run,
-for each VEE CPU priority.
+late a 1 ms timer wakes it, a bare ``SELECT 1``'s round trip, and a one-row ``INSERT``'s
+commit (which waits for the WAL to be flushed up to it, VEE's included) — idle and during
+the run, for each VEE CPU priority.
 
     .venv/bin/python benchmarks/wakeup.py --reuse DBNAME [--database-url URL]
         [--priorities idle,low,normal] [--repeat 3] [--pin-cpu 0]
@@ -45,11 +46,12 @@ def _last_cpu() -> int:
 
 def probe(url: str, stop: threading.Event, pin: int | None, out: dict) -> None:
     """Until ``stop``: sleep 1 ms (oversleep recorded, and the CPU it woke on), then one
-    ``SELECT 1`` (round trip recorded)."""
+    ``SELECT 1`` and one committed one-row ``INSERT`` (their round trips recorded)."""
     if pin is not None:
         os.sched_setaffinity(0, {pin})
-    late, rtt, cpus = [], [], []
+    late, rtt, commit, cpus = [], [], [], []
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS wakeup_probe (at timestamptz)")
         while not stop.is_set():
             t0 = time.perf_counter()
             time.sleep(TICK)
@@ -58,7 +60,11 @@ def probe(url: str, stop: threading.Event, pin: int | None, out: dict) -> None:
             t0 = time.perf_counter()
             conn.execute("SELECT 1")
             rtt.append(time.perf_counter() - t0)
-    out.update(late=np.array(late), rtt=np.array(rtt), cpus=np.array(cpus))
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO wakeup_probe VALUES (now())")
+            commit.append(time.perf_counter() - t0)
+        conn.execute("TRUNCATE wakeup_probe")
+    out.update(late=np.array(late), rtt=np.array(rtt), commit=np.array(commit), cpus=np.array(cpus))
 
 
 def _measure(url: str, pin: int | None) -> tuple[threading.Event, dict, threading.Thread]:
@@ -69,11 +75,12 @@ def _measure(url: str, pin: int | None) -> tuple[threading.Event, dict, threadin
 
 
 def _line(what: str, out: dict) -> str:
-    ms = {k: np.percentile(out[k], [50, 99]) * 1e3 for k in ("late", "rtt")}
+    ms = {k: np.percentile(out[k], [50, 99]) * 1e3 for k in ("late", "rtt", "commit")}
     share = np.bincount(out["cpus"], minlength=os.cpu_count() or 1) / len(out["cpus"]) * 100
     return (
         f"  {what:<5} wake-up late p50 {ms['late'][0]:.3f} p99 {ms['late'][1]:.3f} ms; "
         f"SELECT 1 p50 {ms['rtt'][0]:.3f} p99 {ms['rtt'][1]:.3f} ms; "
+        f"commit p50 {ms['commit'][0]:.2f} p99 {ms['commit'][1]:.2f} ms; "
         f"{len(out['late'])} samples; woke on CPU 0, 1, … "
         + ", ".join(f"{x:.0f}" for x in share)
         + " %"
@@ -102,7 +109,8 @@ async def one(url: str, priority: str, reserve: int, pin: int | None) -> dict[st
     print(_line("idle", idle))
     print(_line("VEE", busy))
     ratio = {
-        k: float(np.percentile(busy[k], 99) / np.percentile(idle[k], 99)) for k in ("late", "rtt")
+        k: float(np.percentile(busy[k], 99) / np.percentile(idle[k], 99))
+        for k in ("late", "rtt", "commit")
     }
     return {**ratio, "wall": wall}
 
@@ -130,6 +138,7 @@ def main() -> None:
         med = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
         print(
             f"  {priority:<6} wake-up late {med['late']:.2f}×, SELECT 1 {med['rtt']:.2f}×, "
+            f"commit {med['commit']:.2f}×, "
             f"first settle {med['wall']:.1f} s"
         )
 
