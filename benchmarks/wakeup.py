@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from vee import DAY, NOW, forget_day, quiet_disk  # benchmarks/vee.py
+from vee import DAY, DEFAULT_URL, NOW, forget_day, quiet_disk  # benchmarks/vee.py
 
 from cgm.vee.worker import VeeWorker
 
@@ -117,7 +117,7 @@ async def one(url: str, priority: str, reserve: int, pin: int | None) -> dict[st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--database-url", default="postgresql://127.0.0.1:5432/test")
+    ap.add_argument("--database-url", default=DEFAULT_URL)
     ap.add_argument("--reuse", required=True, metavar="DBNAME")
     ap.add_argument("--priorities", default="idle,low")
     ap.add_argument("--reserve-cpus", type=int, default=1)
