@@ -407,7 +407,7 @@ async def under_load(
     show; the median over the repeats is printed last (one p99 is a handful of requests)."""
     from collect import seed, start_simulators  # benchmarks/collect.py
 
-    from cgm import registry
+    from cgm import metrics, registry
     from cgm.api import install as install_api
     from cgm.collection.engine import Collector, EngineConfig, current_cycle
     from cgm.collection.session import SessionPolicy
@@ -438,17 +438,33 @@ async def under_load(
         config = EngineConfig(max_sessions=256, per_endpoint=8, policy=SessionPolicy(30.0, 2))
         n = len(sim_meters)
 
-        async def cycle() -> tuple[float, int]:
+        def spent() -> np.ndarray:
+            """Seconds the collector has spent so far storing batches and in sessions."""
+            store = sum(
+                x.value
+                for m in metrics.STORE_SECONDS.collect()
+                for x in m.samples
+                if x.name.endswith("_sum")
+            )
+            sessions = sum(
+                x.value
+                for m in metrics.SESSION_SECONDS.collect()
+                for x in m.samples
+                if x.name.endswith("_sum")
+            )
+            return np.array([store, sessions])
+
+        async def cycle() -> tuple[float, int, np.ndarray]:
             # Steady state: every meter's last reading two hours ago (readings after it
             # removed), so each cycle reads the same amount.
             with psycopg.connect(col_url) as conn:
                 conn.execute("DELETE FROM reading WHERE meter_id = ANY(%s)", (sim_meters,))
             await seed(col_url, sim_meters, current_cycle(datetime.now(UTC)) - timedelta(hours=2))
-            t0 = time.perf_counter()
+            t0, before = time.perf_counter(), spent()
             summary = await Collector(col_url, box, config).run_cycle(datetime.now(UTC), force=True)
             if summary.failed or summary.errors:
                 print(f"  cycle: failed {dict(summary.failed)} errors {summary.errors[:3]}")
-            return time.perf_counter() - t0, summary.ok
+            return time.perf_counter() - t0, summary.ok, spent() - before
 
         async def while_running(run: asyncio.Future, with_cycles: bool):
             """API latencies (and cycles) while ``run`` is not done."""
@@ -481,7 +497,7 @@ async def under_load(
         for k in range(repeat):
             await quiet_disk(url)
             lat: dict[str, dict[str, np.ndarray]] = {"idle": await api_latencies(base, paths, 15)}
-            idle_cycle, ok0 = await cycle()
+            idle_cycle, ok0, idle_spent = await cycle()
             await quiet_disk(url)
             cycles_probe = asyncio.create_task(api_latencies(base, paths, 15))
             while not cycles_probe.done():
@@ -500,6 +516,7 @@ async def under_load(
                 asyncio.ensure_future(worker.run_day(DAY, now=NOW)), True
             )
             busy_cycle = float(np.mean([c[0] for c in busy]))
+            busy_spent = np.mean([c[2] for c in busy], axis=0)
             row = {
                 f"{q} {kind} {name}": 1e3 * float(np.quantile(v[kind], p))
                 for name, v in lat.items()
@@ -511,6 +528,10 @@ async def under_load(
                 "cycle vee": n / busy_cycle,
                 "vee alone s": alone.seconds,
                 "vee+cycles s": summary.seconds,
+                "store idle": idle_spent[0],
+                "store vee": busy_spent[0],
+                "session idle": idle_spent[1] / n,
+                "session vee": busy_spent[1] / n,
             }
             runs.append(row)
             print(
@@ -527,7 +548,9 @@ async def under_load(
                     )
             print(
                 f"  collection cycle: {n / idle_cycle:.0f} meters/s idle ({ok0} ok), "
-                f"{n / busy_cycle:.0f} meters/s during VEE (min ok {min(c[1] for c in busy)})"
+                f"{n / busy_cycle:.0f} meters/s during VEE (min ok {min(c[1] for c in busy)}); "
+                f"storing {idle_spent[0]:.2f} → {busy_spent[0]:.2f} s a cycle, a session "
+                f"{idle_spent[1] / n * 1e3:.0f} → {busy_spent[1] / n * 1e3:.0f} ms"
             )
     finally:
         for hook in reversed(svc.on_stop):
@@ -552,7 +575,10 @@ async def under_load(
     print(
         f"  collector: {med['cycle idle']:.0f} → {med['cycle vee']:.0f} meters/s "
         f"({med['cycle idle'] / med['cycle vee']:.2f}× slower); VEE first settle "
-        f"{med['vee alone s']:.1f} s alone, {med['vee+cycles s']:.1f} s with cycles"
+        f"{med['vee alone s']:.1f} s alone, {med['vee+cycles s']:.1f} s with cycles; storing "
+        f"{med['store idle']:.2f} → {med['store vee']:.2f} s a cycle (batches, commits "
+        f"included), a session {med['session idle'] * 1e3:.0f} → "
+        f"{med['session vee'] * 1e3:.0f} ms"
     )
 
 

@@ -19,6 +19,12 @@ SESSION_SECONDS = Histogram(
     ["protocol"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+STORE_SECONDS = Histogram(
+    "cgm_store_batch_duration_seconds",
+    "Duration of storing one batch of session outcomes, commit included: the database's "
+    "share of a cycle (it grows when the server is busy, e.g. during a large VEE run)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 CLOCK_OFFSET = Gauge(
     "cgm_meter_clock_offset_seconds", "Last measured meter clock offset", ["meter", "frontier"]
 )

@@ -762,6 +762,7 @@ async def store_outcomes(
     and the rest of the batch is stored.
     """
     now = datetime.now(UTC)
+    began = time.perf_counter()
     async with conn.transaction():
         rows, stored, entries = await _reading_rows(conn, batch)
         rows = _screen(rows, batch, stored)
@@ -780,6 +781,7 @@ async def store_outcomes(
                WHERE meter_id = ANY(%s) AND cycle = %s AND collector = %s""",
             ([o.target.meter_id for o in batch], cycle, collector),
         )
+    metrics.STORE_SECONDS.observe(time.perf_counter() - began)
     # One count everywhere: reading values (meter, channel, hour) inserted or superseded.
     summary.intervals_stored += sum(stored.values.values())
     summary.intervals_refused += len(stored.refused)

@@ -64,8 +64,11 @@ def _metric(name: str, **labels: str) -> float:
 async def test_a_15_minute_meter_is_stored_hourly_and_the_fleet_with_it(env: Env) -> None:
     _sub_hourly(env, "P87001", QUARTER)
     env.import_()
+    batches = _metric("cgm_store_batch_duration_seconds_count")
     summary = await Collector(env.url, env.box, FAST).run_cycle()
     assert summary.ok == 4 and not summary.failed and summary.intervals_refused == 0
+    # Every stored batch is timed for the dashboards (the database's share of a cycle).
+    assert _metric("cgm_store_batch_duration_seconds_count") > batches
     p = env.meter_id("P87001")
     stored = env.rows(
         "SELECT interval_start, value, quality FROM reading WHERE meter_id = %s AND channel = 1 "
