@@ -393,6 +393,16 @@ async def quiet_disk(url: str) -> None:
     await asyncio.to_thread(os.sync)
 
 
+def _seconds(histogram: object) -> float:
+    """A histogram's ``_sum`` over all its label values."""
+    return sum(
+        x.value
+        for m in histogram.collect()  # type: ignore[attr-defined]
+        for x in m.samples
+        if x.name.endswith("_sum")
+    )
+
+
 async def under_load(
     url: str, sim_frontiers: int, repeat: int = 1, priority: str = "idle", reserve_cpus: int = 1
 ) -> None:
@@ -440,19 +450,7 @@ async def under_load(
 
         def spent() -> np.ndarray:
             """Seconds the collector has spent so far storing batches and in sessions."""
-            store = sum(
-                x.value
-                for m in metrics.STORE_SECONDS.collect()
-                for x in m.samples
-                if x.name.endswith("_sum")
-            )
-            sessions = sum(
-                x.value
-                for m in metrics.SESSION_SECONDS.collect()
-                for x in m.samples
-                if x.name.endswith("_sum")
-            )
-            return np.array([store, sessions])
+            return np.array([_seconds(metrics.STORE_SECONDS), _seconds(metrics.SESSION_SECONDS)])
 
         async def cycle() -> tuple[float, int, np.ndarray]:
             # Steady state: every meter's last reading two hours ago (readings after it
