@@ -28,7 +28,7 @@ from cgm.storage import Quality, SettledValue, write_settled
 from cgm.storage.common import CHANNELS_BY_ID
 from cgm.storage.settled import ANALYZE_AFTER, analyze_settled, measured_array
 from cgm.vee import estimate as est
-from cgm.vee import priority
+from cgm.vee import priority, yielding
 from cgm.vee.config import ALL_RULES, VeeConfig
 from cgm.vee.daytype import day_type, same_type_days
 from cgm.vee.inputs import (
@@ -246,6 +246,9 @@ async def _run_day(
     due_cols = [w0 + (j + 1) * HOUR <= now for j in range(W)]
     hist_days = same_type_days(day, config.typical_weeks)
     timer.lap("load registry")
+    # Between steps, while the service's collector is in a cycle, the run waits (bounded):
+    # collection comes first for the database server too (cgm.vee.yielding).
+    await yielding.step_aside()
 
     # Frontier-days whose inputs are those of their last run have nothing to do (only
     # the prolonged-estimation check, for those whose day ends in an estimate).
@@ -272,6 +275,7 @@ async def _run_day(
     due = np.array(due_cols)[None, :].repeat(S, 0)
 
     whole_fleet = frontier_ids is None and not skip
+    await yielding.step_aside()
     if S * W < _SPLIT_AFTER:
         mats = await load_readings(conn, series, day)
         timer.lap("load readings")
@@ -295,6 +299,7 @@ async def _run_day(
     n_days = int(np.flatnonzero(has_data)[-1]) + 1 if has_data.any() else 0
     history, hist_est, hist_days = history[:, :n_days], hist_est[:, :n_days], hist_days[:n_days]
     timer.lap("load history")
+    await yielding.step_aside()
     typical, hist_ok = typical_curves(
         history,
         ~hist_est,
@@ -391,6 +396,7 @@ async def _run_day(
     timer.lap("estimate")
 
     # --- settled rows, diffed against what is stored ------------------------------------
+    await yielding.step_aside()
     stored = await load_stored(conn, fids, day)
     timer.lap("load stored")
     changed: list[SettledValue] = []
@@ -506,6 +512,7 @@ async def _run_day(
                 metrics.VEE_VALUES_WRITTEN.labels(source).inc(n)
     timer.lap("write")
 
+    await yielding.step_aside()
     summary.alarms, ongoing = await _prolonged_estimation(conn, series, day, now, config)
     more, _ = await _prolonged_estimation(conn, alarm_only, day, now, config)
     summary.alarms += more
@@ -569,8 +576,12 @@ async def _write(
     the run's transaction) only after every part has committed, so the next run settles
     whatever is missing and finds the rest unchanged."""
     actor, reason = config.actor, f"vee {day}"
+    aside = yielding.step_aside
+    await yielding.step_aside()
     if len(changed) + len(measured) < _SPLIT_AFTER:
-        r = await write_settled(conn, changed, measured=measured, actor=actor, reason=reason)
+        r = await write_settled(
+            conn, changed, measured=measured, actor=actor, reason=reason, between=aside
+        )
         return r.inserted, r.superseded, r.kept_manual
     fids = np.unique(
         np.concatenate(
@@ -585,7 +596,9 @@ async def _write(
         if not len(m) and not c:
             return 0, 0, 0
         async with await _connect_like(conn, WRITER_NAME) as wconn:
-            r = await write_settled(wconn, c, measured=m, actor=actor, reason=reason, analyze=False)
+            r = await write_settled(
+                wconn, c, measured=m, actor=actor, reason=reason, analyze=False, between=aside
+            )
             await wconn.commit()
         return r.inserted, r.superseded, r.kept_manual
 

@@ -1,0 +1,104 @@
+"""Foreground work that background jobs step aside for: a collection cycle in flight.
+
+Why: on a small host a fleet's first settle (VEE, in its own process at the lowest CPU
+priority) still shares the database server, its WAL and the disk with the collector. During
+one, the collector ran at half its throughput whatever the CPU policy (benchmarks/README.md,
+"VEE's CPU priority on a slower host"). Collection is the time-bound job (a meter keeps a
+limited memory, a cycle has its period); settling can wait. So the collector marks its
+cycles with :func:`running`, and a background process, between two steps of its work,
+waits while one is running (:meth:`Watcher.step_aside`, up to a bound, so that it always
+gets on).
+
+The mark is a counter in a small file that both processes map into memory: reading it at
+every step costs a memory load, with no lock and no message. The service's side
+(:func:`share`) writes every change of the counter into each shared file; the background
+process opens one with :class:`Watcher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_COUNT = struct.Struct("<q")
+_running = 0
+_pages: dict[str, mmap.mmap] = {}
+
+
+@contextmanager
+def running() -> Iterator[None]:
+    """Mark foreground work in flight in this process for as long as the block runs
+    (blocks may nest and overlap: the mark is a count)."""
+    global _running
+    _running += 1
+    _publish()
+    try:
+        yield
+    finally:
+        _running -= 1
+        _publish()
+
+
+def busy() -> int:
+    """Foreground blocks running now in this process."""
+    return _running
+
+
+def share() -> Path:
+    """A new file that mirrors this process's count from now on, for a background process
+    to open with :class:`Watcher`; :func:`unshare` removes it."""
+    shm = Path("/dev/shm")
+    fd, name = tempfile.mkstemp(prefix="cgm-foreground-", dir=shm if shm.is_dir() else None)
+    try:
+        os.ftruncate(fd, _COUNT.size)
+        page = mmap.mmap(fd, _COUNT.size)
+    finally:
+        os.close(fd)
+    _pages[name] = page
+    _publish()
+    return Path(name)
+
+
+def unshare(path: Path) -> None:
+    page = _pages.pop(str(path), None)
+    if page is not None:
+        page.close()
+    Path(path).unlink(missing_ok=True)
+
+
+def _publish() -> None:
+    for page in _pages.values():
+        _COUNT.pack_into(page, 0, _running)
+
+
+class Watcher:
+    """The background side: whether foreground work is running in the process that shared
+    ``path``, and a wait for it to end."""
+
+    def __init__(self, path: Path | str, poll: float = 0.02) -> None:
+        with open(path, "rb") as f:
+            self._page = mmap.mmap(f.fileno(), _COUNT.size, access=mmap.ACCESS_READ)
+        self.poll = poll
+
+    def busy(self) -> bool:
+        return _COUNT.unpack_from(self._page, 0)[0] > 0
+
+    async def step_aside(self, max_wait: float) -> float:
+        """Wait while foreground work runs, at most ``max_wait`` s; the seconds waited."""
+        if not self.busy():
+            return 0.0
+        t0 = time.monotonic()
+        # Another process's memory: nothing to await but time.
+        while self.busy() and time.monotonic() - t0 < max_wait:  # noqa: ASYNC110
+            await asyncio.sleep(self.poll)
+        return time.monotonic() - t0
+
+    def close(self) -> None:
+        self._page.close()
