@@ -277,7 +277,7 @@ async def _run_day(
     whole_fleet = frontier_ids is None and not skip
     await yielding.step_aside()
     if S * W < _SPLIT_AFTER:
-        mats = await load_readings(conn, series, day)
+        mats = await load_readings(conn, series, day, yielding.step_aside)
         timer.lap("load readings")
         history, hist_est = await _history(conn, series, hist_days, config, whole_fleet)
     else:
@@ -286,7 +286,7 @@ async def _run_day(
         async with await _connect_like(conn, WRITER_NAME) as side:
             hist = asyncio.create_task(_history(side, series, hist_days, config, whole_fleet))
             try:
-                mats = await load_readings(conn, series, day)
+                mats = await load_readings(conn, series, day, yielding.step_aside)
             except BaseException:
                 hist.cancel()
                 await asyncio.gather(hist, return_exceptions=True)
@@ -631,7 +631,10 @@ async def _history(
     The arrays cover ``days`` from the first; only as many as were read (the caller keeps
     those up to the last one with data)."""
     first = days[: config.typical_max_days]
-    history, estimated = await load_history(conn, series, first, whole_fleet=whole_fleet)
+    aside = yielding.step_aside
+    history, estimated = await load_history(
+        conn, series, first, whole_fleet=whole_fleet, between=aside
+    )
     rest = days[len(first) :]
     if not rest:
         return history, estimated
@@ -643,7 +646,7 @@ async def _history(
         return history, estimated
     more = np.full((len(series), len(rest), W), np.nan)
     more_est = np.zeros((len(series), len(rest)), dtype=bool)
-    h2, e2 = await load_history(conn, series, rest, only=short)
+    h2, e2 = await load_history(conn, series, rest, only=short, between=aside)
     more[short], more_est[short] = h2[short], e2[short]
     return np.concatenate([history, more], axis=1), np.concatenate([estimated, more_est], axis=1)
 
