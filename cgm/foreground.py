@@ -12,7 +12,8 @@ gets on).
 The mark is a counter in a small file that both processes map into memory: reading it at
 every step costs a memory load, with no lock and no message. The service's side
 (:func:`share`) writes every change of the counter into each shared file; the background
-process opens one with :class:`Watcher`.
+process inherits its descriptor and opens it with :class:`Watcher`. The file is removed as
+soon as it is made, so nothing is left behind however the processes end.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 _COUNT = struct.Struct("<q")
 _running = 0
-_pages: dict[str, mmap.mmap] = {}
+_pages: dict[int, mmap.mmap] = {}
 
 
 @contextmanager
@@ -51,26 +52,29 @@ def busy() -> int:
     return _running
 
 
-def share() -> Path:
-    """A new file that mirrors this process's count from now on, for a background process
-    to open with :class:`Watcher`; :func:`unshare` removes it."""
+def share() -> int:
+    """A new page that mirrors this process's count from now on: an open descriptor of a
+    file already removed, for a child process to inherit (``pass_fds``) and open with
+    :class:`Watcher`. :func:`unshare` closes it."""
     shm = Path("/dev/shm")
     fd, name = tempfile.mkstemp(prefix="cgm-foreground-", dir=shm if shm.is_dir() else None)
     try:
+        os.unlink(name)
         os.ftruncate(fd, _COUNT.size)
         page = mmap.mmap(fd, _COUNT.size)
-    finally:
+    except BaseException:
         os.close(fd)
-    _pages[name] = page
+        raise
+    _pages[fd] = page
     _publish()
-    return Path(name)
+    return fd
 
 
-def unshare(path: Path) -> None:
-    page = _pages.pop(str(path), None)
+def unshare(fd: int) -> None:
+    page = _pages.pop(fd, None)
     if page is not None:
         page.close()
-    Path(path).unlink(missing_ok=True)
+        os.close(fd)
 
 
 def _publish() -> None:
@@ -80,11 +84,10 @@ def _publish() -> None:
 
 class Watcher:
     """The background side: whether foreground work is running in the process that shared
-    ``path``, and a wait for it to end."""
+    descriptor ``fd`` (:func:`share`), and a wait for it to end."""
 
-    def __init__(self, path: Path | str, poll: float = 0.02) -> None:
-        with open(path, "rb") as f:
-            self._page = mmap.mmap(f.fileno(), _COUNT.size, access=mmap.ACCESS_READ)
+    def __init__(self, fd: int, poll: float = 0.02) -> None:
+        self._page = mmap.mmap(fd, _COUNT.size, access=mmap.ACCESS_READ)
         self.poll = poll
 
     def busy(self) -> bool:

@@ -41,7 +41,6 @@ import time
 import traceback
 from collections.abc import Sequence
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 from cgm import foreground
@@ -86,7 +85,7 @@ class VeeWorker:
         self.config = config or VeeConfig()
         self.priority, self.reserve_cpus = priority, reserve_cpus
         self.yield_max_s = yield_max_s
-        self._foreground: Path | None = None  # this process's collection cycles, shared
+        self._foreground: int | None = None  # this process's collection cycles, shared
         self._proc: asyncio.subprocess.Process | None = None
         self._lock: asyncio.Lock | None = None
         self._pending: set[asyncio.Task] = set()
@@ -168,6 +167,7 @@ class VeeWorker:
             "cgm.vee.worker",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            pass_fds=() if self._foreground is None else (self._foreground,),
         )
         self._seen = {}  # a new process counts from zero
         assert self._proc.stdin is not None
@@ -179,7 +179,7 @@ class VeeWorker:
                 self.priority,
                 self.reserve_cpus,
                 os.getpid(),
-                str(self._foreground) if self._foreground else None,
+                self._foreground,
                 self.yield_max_s,
             ),
         )
@@ -330,7 +330,7 @@ def _child() -> None:
     # Settling is batch work: the service's API and collector come first for the CPU, and
     # for the database server while a cycle runs.
     cpu.lower_process(policy, reserve_cpus)
-    if shared:
+    if shared is not None:
         yielding.configure(foreground.Watcher(shared), yield_max_s)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     asyncio.run(_serve(db_url, config, read, out))

@@ -95,8 +95,8 @@ async def test_a_cycle_is_marked_as_foreground_work_for_the_vee_process(env: Env
     """The VEE process steps aside while a cycle runs (cgm.foreground): it sees the mark
     from the cycle's start to its end, and not after."""
     env.import_()
-    path = foreground.share()
-    watcher = foreground.Watcher(path)
+    fd = foreground.share()
+    watcher = foreground.Watcher(fd)
     seen: list[bool] = []
 
     async def watch() -> None:
@@ -114,7 +114,7 @@ async def test_a_cycle_is_marked_as_foreground_work_for_the_vee_process(env: Env
     finally:
         watching.cancel()
         watcher.close()
-        foreground.unshare(path)
+        foreground.unshare(fd)
     assert summary.ok == 4
     assert not any(seen[:before]) and during and all(during[1:-1])
     assert not seen[-1]

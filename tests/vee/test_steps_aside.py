@@ -4,6 +4,7 @@ collector is in a cycle (cgm.foreground), up to a bound, and the wait is counted
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -27,32 +28,38 @@ def _yielded() -> float:
     return REGISTRY.get_sample_value("cgm_vee_yield_seconds_total") or 0.0
 
 
-def _busy_in_another_process(path: str) -> str:
-    code = "import sys; from cgm.foreground import Watcher; print(Watcher(sys.argv[1]).busy())"
+def _busy_in_another_process(fd: int) -> str:
+    code = "import sys; from cgm.foreground import Watcher; print(Watcher(int(sys.argv[1])).busy())"
     out = subprocess.run(
-        [sys.executable, "-c", code, path], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(fd)],
+        capture_output=True,
+        text=True,
+        check=True,
+        pass_fds=(fd,),
     )
     return out.stdout.strip()
 
 
 def test_another_process_sees_the_mark_while_a_cycle_runs() -> None:
-    path = foreground.share()
+    fd = foreground.share()
+    assert os.fstat(fd).st_nlink == 0  # no file left behind, however the service ends
     try:
-        assert _busy_in_another_process(str(path)) == "False"
+        assert _busy_in_another_process(fd) == "False"
         with foreground.running():
             with foreground.running():  # an on-demand cycle during the scheduled one
                 assert foreground.busy() == 2
-            assert _busy_in_another_process(str(path)) == "True"  # the first still runs
-        assert _busy_in_another_process(str(path)) == "False"
+            assert _busy_in_another_process(fd) == "True"  # the first still runs
+        assert _busy_in_another_process(fd) == "False"
         try:
             with foreground.running():
                 raise RuntimeError("a cycle that fails")
         except RuntimeError:
             pass
-        assert foreground.busy() == 0 and _busy_in_another_process(str(path)) == "False"
+        assert foreground.busy() == 0 and _busy_in_another_process(fd) == "False"
     finally:
-        foreground.unshare(path)
-    assert not path.exists()
+        foreground.unshare(fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 async def _waiting_run(db_url: str, timeout: float = 120.0) -> str:
