@@ -26,7 +26,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 _COUNT = struct.Struct("<q")
 _running = 0
@@ -56,8 +55,10 @@ def share() -> int:
     """A new page that mirrors this process's count from now on: an open descriptor of a
     file already removed, for a child process to inherit (``pass_fds``) and open with
     :class:`Watcher`. :func:`unshare` closes it."""
-    shm = Path("/dev/shm")
-    fd, name = tempfile.mkstemp(prefix="cgm-foreground-", dir=shm if shm.is_dir() else None)
+    try:  # memory-backed where there is one; the temporary directory otherwise
+        fd, name = tempfile.mkstemp(prefix="cgm-foreground-", dir="/dev/shm")
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix="cgm-foreground-")
     try:
         os.unlink(name)
         os.ftruncate(fd, _COUNT.size)
