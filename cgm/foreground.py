@@ -13,7 +13,10 @@ The mark is a counter in a small file that both processes map into memory: readi
 every step costs a memory load, with no lock and no message. The service's side
 (:func:`share`) writes every change of the counter into each shared file; the background
 process inherits its descriptor and opens it with :class:`Watcher`. The file is removed as
-soon as it is made, so nothing is left behind however the processes end.
+soon as it is made, so nothing is left behind however the processes end. Not
+``multiprocessing.shared_memory``: in Python 3.11 a process that attaches to a segment
+registers it with its resource tracker, which unlinks it when that process ends (``track``
+came in 3.13), and a named segment outlives a killed service.
 """
 
 from __future__ import annotations
