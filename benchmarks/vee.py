@@ -393,13 +393,6 @@ async def quiet_disk(url: str) -> None:
     await asyncio.to_thread(os.sync)
 
 
-def _yielded() -> float:
-    """Seconds the VEE worker has waited for cycles so far (mirrored from its process)."""
-    from prometheus_client import REGISTRY
-
-    return REGISTRY.get_sample_value("cgm_vee_yield_seconds_total") or 0.0
-
-
 def _seconds(histogram: object) -> float:
     """A histogram's ``_sum`` over all its label values."""
     return sum(
@@ -411,12 +404,7 @@ def _seconds(histogram: object) -> float:
 
 
 async def under_load(
-    url: str,
-    sim_frontiers: int,
-    repeat: int = 1,
-    priority: str = "idle",
-    reserve_cpus: int = 1,
-    yield_max_s: float = 30.0,
+    url: str, sim_frontiers: int, repeat: int = 1, priority: str = "idle", reserve_cpus: int = 1
 ) -> None:
     """API p99 (GET /healthz, which queries the database, and a level-1 user's reads of a
     frontier: registry entry, the day's settled values and readings) and a collection cycle's
@@ -446,12 +434,7 @@ async def under_load(
     svc = Service(settings)
     svc.db_url = url
     install_api(svc)
-    worker = VeeWorker(
-        url,
-        priority=priority,  # type: ignore[arg-type]
-        reserve_cpus=reserve_cpus,
-        yield_max_s=yield_max_s,
-    )
+    worker = VeeWorker(url, priority=priority, reserve_cpus=reserve_cpus)  # type: ignore[arg-type]
     runs: list[dict[str, float]] = []
     try:
         # The collector's fleet in its own database on the same server, so that a cycle
@@ -531,7 +514,6 @@ async def under_load(
             )
             await forget_day(url)
             await quiet_disk(url)
-            yielded = _yielded()
             summary, lat["vee+cycles"], busy = await while_running(
                 asyncio.ensure_future(worker.run_day(DAY, now=NOW)), True
             )
@@ -547,9 +529,9 @@ async def under_load(
                 "cycle idle": n / idle_cycle,
                 "cycle probed": n / probed_cycle,
                 "cycle vee": n / busy_cycle,
+                "collector slower": busy_cycle / probed_cycle,
                 "vee alone s": alone.seconds,
                 "vee+cycles s": summary.seconds,
-                "vee yielded s": _yielded() - yielded,
                 "store idle": idle_spent[0],
                 "store vee": busy_spent[0],
                 "session idle": idle_spent[1] / n,
@@ -559,8 +541,7 @@ async def under_load(
             print(
                 f"\nrun {k + 1}: load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}; "
                 f"VEE first settle {alone.seconds:.1f} s alone, {summary.seconds:.1f} s with "
-                f"{len(busy)} cycles ({summary.written} values; it waited "
-                f"{row['vee yielded s']:.1f} s for cycles)"
+                f"{len(busy)} cycles ({summary.written} values)"
             )
             for name, v in lat.items():
                 for kind, label in (("healthz", "/healthz"), ("data", "data reads")):
@@ -587,8 +568,7 @@ async def under_load(
     med = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
     print(
         f"\nservice under a VEE run ({sim_frontiers} simulated frontiers = {n} meters, VEE "
-        f"priority {priority}, {reserve_cpus} CPU(s) reserved, steps aside for cycles up to "
-        f"{yield_max_s:g} s), median of {len(runs)}:"
+        f"priority {priority}, {reserve_cpus} CPU(s) reserved), median of {len(runs)}:"
     )
     for kind, label in (("healthz", "/healthz"), ("data", "data reads")):
         p = {name: med[f"p99 {kind} {name}"] for name in ("idle", "vee", "cycles", "vee+cycles")}
@@ -600,11 +580,11 @@ async def under_load(
         )
     print(
         f"  collector under the API probe: {med['cycle probed']:.0f} → {med['cycle vee']:.0f} "
-        f"meters/s during VEE ({med['cycle probed'] / med['cycle vee']:.2f}× slower; a cycle "
+        f"meters/s during VEE ({med['cycle probed'] / med['cycle vee']:.2f}× slower, median of "
+        f"the runs' own ratios {med['collector slower']:.2f}×; a cycle "
         f"alone, without the probe: {med['cycle idle']:.0f} meters/s, "
         f"{med['cycle idle'] / med['cycle vee']:.2f}×); VEE first settle "
-        f"{med['vee alone s']:.1f} s alone, {med['vee+cycles s']:.1f} s with cycles (waiting "
-        f"{med['vee yielded s']:.1f} s of it); storing "
+        f"{med['vee alone s']:.1f} s alone, {med['vee+cycles s']:.1f} s with cycles; storing "
         f"{med['store idle']:.2f} → {med['store vee']:.2f} s a cycle (batches, commits "
         f"included), a session {med['session idle'] * 1e3:.0f} → "
         f"{med['session vee'] * 1e3:.0f} ms"
@@ -715,13 +695,6 @@ def main() -> None:
         help="--under-load: CPUs kept free of the VEE worker (Settings.vee_reserve_cpus)",
     )
     ap.add_argument(
-        "--vee-yield-max-s",
-        type=float,
-        default=30.0,
-        help="--under-load: longest wait of VEE for a cycle at one step (Settings."
-        "vee_yield_max_s; 0: VEE never steps aside)",
-    )
-    ap.add_argument(
         "--reuse",
         metavar="DBNAME",
         help="a database kept by --keep (same --frontiers): skip the set-up; the day's settled "
@@ -756,7 +729,6 @@ def main() -> None:
                         args.repeat,
                         args.vee_priority,
                         args.vee_reserve_cpus,
-                        args.vee_yield_max_s,
                     )
                 )
         finally:

@@ -69,9 +69,6 @@ class Settings(BaseSettings):
     # API and the collector alone (at least one CPU is always left to VEE; 0: none kept).
     vee_priority: Literal["idle", "low", "normal"] = "idle"
     vee_reserve_cpus: int = Field(default=1, ge=0)
-    # Between its steps a VEE run waits while a collection cycle of this service runs, up
-    # to this many seconds at a time (cgm.foreground); 0: it never waits.
-    vee_yield_max_s: float = Field(default=30.0, ge=0)
 
     # Collection. A collector whose heartbeat is older than this is taken for dead and its
     # open claims are read by the others. Wrong passwords: at most this many refused

@@ -104,11 +104,6 @@ VEE_FLAGS = Counter(
     "cgm_vee_rule_flags_total", "Intervals flagged by a validation rule (per run)", ["rule"]
 )
 VEE_RUN_SECONDS = Gauge("cgm_vee_run_duration_seconds", "Duration of the last VEE run of a day")
-VEE_YIELD_SECONDS = Counter(
-    "cgm_vee_yield_seconds_total",
-    "Seconds VEE runs waited between their steps for a collection cycle to end "
-    "(cgm.foreground; at most CGM_VEE_YIELD_MAX_S at a time)",
-)
 VEE_ESTIMATED_HOURS = Gauge(
     "cgm_vee_estimated_hours",
     "Hours a channel has been estimated without a break, up to the last day settled",

@@ -27,7 +27,7 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from cgm import foreground, metrics
+from cgm import metrics
 from cgm.collection import claims
 from cgm.collection.columns import CHANNEL_IDS, ProfileColumns, epoch_us
 from cgm.collection.derive import Snapshot, derive_intervals
@@ -267,8 +267,7 @@ class Collector:
             moment = now or datetime.now(UTC)
             cycle = moment if force else current_cycle(moment)
         summary = self.current = CycleSummary(cycle)  # read by progress displays
-        # Marked as foreground work: the VEE process steps aside until it ends.
-        with cycle_pace(), foreground.running():
+        with cycle_pace():
             await self._run(cycle, frontier, force, now, summary)
         summary.seconds = time.perf_counter() - t0
         metrics.CYCLE_SECONDS.set(summary.seconds)

@@ -155,7 +155,6 @@ def build_service(simulate: int = 0) -> Service:
         vee,
         priority=service.settings.vee_priority,
         reserve_cpus=service.settings.vee_reserve_cpus,
-        yield_max_s=service.settings.vee_yield_max_s,
     )
 
     async def start_vee(svc: Service) -> None:

@@ -91,9 +91,6 @@ def encode(
     columns: Sequence[tuple[str, str]],
     data: np.ndarray,
     constants: Sequence[tuple[str, str]] = (),
-    *,
-    header: bool = True,
-    trailer: bool = True,
 ) -> bytes:
     """Binary COPY data (header, rows, trailer) of ``data``'s ``columns``, in array order.
 
@@ -102,9 +99,7 @@ def encode(
     not be NaT; array kinds (``"f8[24]"``) take a 2-D column without NULL elements.
     ``constants``: ``(name, text)`` columns with the same text on every row, after
     ``columns`` (the COPY's column list names them in that order): a constant is a field of
-    fixed length, so the record stays fixed-size. ``header``/``trailer`` False: without
-    them, for a COPY written in chunks (the first chunk has the header, the last the
-    trailer).
+    fixed length, so the record stays fixed-size.
     """
     texts = [(name, text.encode()) for name, text in constants]
     dt = row_dtype(columns)
@@ -134,7 +129,7 @@ def encode(
             out[name] = col.astype("M8[D]").view("i8") - PG_EPOCH_DAYS
         else:
             out[name] = col
-    return (HEADER if header else b"") + out.tobytes() + (TRAILER if trailer else b"")
+    return HEADER + out.tobytes() + TRAILER
 
 
 def decode(

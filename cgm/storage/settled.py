@@ -23,7 +23,7 @@ a reason, which the audit log keeps with the old image.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -86,11 +86,6 @@ _PROVENANCE = "meter_id, reading_version, secondary, factor"
 # together at the index's end instead of one index page per series. Writers upsert on it
 # and write in its order; readers of chosen frontiers name the days (:func:`on_days`).
 KEY = "settled_local_day(interval_start), frontier_id, channel, interval_start"
-
-
-Between = Callable[[], Awaitable[None]]
-"""Awaited between two chunks of a large write: a background writer's chance to step aside
-(cgm.vee.yielding)."""
 
 
 def on_days(alias: str = "", days: str = "%(days)s") -> str:
@@ -378,7 +373,6 @@ async def write_settled(
     reason: str | None = None,
     interval: timedelta = HOUR,
     analyze: bool = True,
-    between: Between | None = None,
 ) -> WriteResult:
     """Store settled values idempotently in one transaction (see the module docstring).
 
@@ -389,8 +383,7 @@ async def write_settled(
     ``actor`` and ``reason`` are stored on the rows written and in the audit log. Raises
     :class:`InvalidRows` before writing anything. ``analyze``: refresh the statistics of
     the hours written after a large batch (:func:`analyze_settled`); False when the caller
-    does it once for several batches. ``between``: awaited between the chunks of a large
-    COPY of measured values.
+    does it once for several batches.
     """
     items = list(rows)
     obj, rest = _objects(items)
@@ -549,7 +542,7 @@ async def write_settled(
             try:
                 async with conn.transaction():
                     cur = await conn.execute(rows_sql, params)
-                    await _copy_measured(conn, meas, actor, reason, between)
+                    await _copy_measured(conn, meas, actor, reason)
                     inserted, superseded = cur.rowcount + len(meas), 0
                     await conn.execute(
                         f"""INSERT INTO {_CHANGED} SELECT frontier_id, channel, day
@@ -610,19 +603,14 @@ ANALYZE_AFTER = 50_000
 
 
 async def _copy_measured(
-    conn: psycopg.AsyncConnection,
-    meas: np.ndarray,
-    actor: str,
-    reason: str | None,
-    between: Between | None = None,
+    conn: psycopg.AsyncConnection, meas: np.ndarray, actor: str, reason: str | None
 ) -> None:
     """New plain measured values by binary COPY into settled_reading, in key order (appended
     at the index's end, and the order concurrent writers lock keys in), one COPY per source.
 
     Straight into the table rather than through a staging table and an INSERT: the server
     then batches the heap inserts, about half the insert's server time (benchmarks/README.md,
-    VEE). Sent in chunks of :data:`COPY_CHUNK` rows, each encoded as the server takes the
-    one before, with ``between`` awaited between two chunks."""
+    VEE)."""
     if not len(meas):
         return
     meas = _in_key_order(meas)
@@ -632,23 +620,12 @@ async def _copy_measured(
         part = meas[meas["source"] == code]
         if not len(part):
             continue
-        texts = [("source", source), *constants]
+        data = pgbinary.encode(_DIRECT_COLUMNS, part, [("source", source), *constants])
         async with (
             conn.cursor() as c,
             c.copy(f"COPY settled_reading ({names}) FROM STDIN (FORMAT BINARY)") as copy,
         ):
-            for lo in range(0, len(part), COPY_CHUNK):
-                if lo and between is not None:
-                    await between()
-                hi = lo + COPY_CHUNK
-                data = pgbinary.encode(
-                    _DIRECT_COLUMNS, part[lo:hi], texts, header=not lo, trailer=hi >= len(part)
-                )
-                await copy.write(data)
-
-
-COPY_CHUNK = 50_000
-"""Rows of one chunk of a large COPY (~6 MB, about a tenth of a second of server work)."""
+            await copy.write(data)
 
 
 async def _all_new(conn: psycopg.AsyncConnection, *batches: np.ndarray) -> bool:

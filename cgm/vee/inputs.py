@@ -19,7 +19,7 @@ from cgm.frontier_log import clock_corrections
 from cgm.localtime import HOUR, day_bounds
 from cgm.storage import pgbinary
 from cgm.storage.common import channel_id, packed, to_utc_us
-from cgm.storage.settled import Between, detail_sql, on_days
+from cgm.storage.settled import detail_sql, on_days
 from cgm.vee.config import VeeConfig
 from cgm.vee.rules import meter_error_pct
 
@@ -202,23 +202,15 @@ _READING_RECORD = np.dtype(
 )
 
 
-READ_CHUNK = 2_000
-"""Meters of one readings query of a VEE run (~200,000 rows, a tenth of a second or two of
-server work)."""
-
-
 def window(day: date) -> tuple[datetime, datetime]:
     start, end = day_bounds(day)
     return start - HOUR, end + HOUR
 
 
 async def load_readings(
-    conn: psycopg.AsyncConnection, series: Series, day: date, between: Between | None = None
+    conn: psycopg.AsyncConnection, series: Series, day: date
 ) -> dict[str, MeterMatrix]:
-    """Readings of every series' principal and backup over the day's window.
-
-    A query per :data:`READ_CHUNK` meters (a fleet's day is two million rows), with
-    ``between`` awaited between two of them: a background run's steps stay short."""
+    """Readings of every series' principal and backup over the day's window."""
     w0, w1 = window(day)
     S = len(series)
     out: dict[str, MeterMatrix] = {}
@@ -228,24 +220,18 @@ async def load_readings(
     t_role = np.concatenate([np.full(len(h), r, dtype=np.int8) for r, h in enumerate(has)])
     meters = np.concatenate([series.meter[role][h] for role, h in zip(ROLES, has, strict=True)])
     table = _KeyTable(meters, series.channel[t_series])
-    unique = np.unique(meters)
-    parts = []
-    for lo in range(0, max(len(unique), 1), READ_CHUNK):
-        if lo and between is not None:
-            await between()
-        parts.append(
-            await packed(
-                conn,
-                "int8send(meter_id) || int2send(channel) || "
-                + _TIME.format(t="interval_start")
-                + " || float8send(value) || int4send(quality) || int4send(version)",
-                "FROM reading WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s"
-                " AND interval_start < %(b)s",
-                {"m": unique[lo : lo + READ_CHUNK].tolist(), "a": w0, "b": w1},
-                _READING_RECORD,
-            )
+    arr = _unix_us(
+        await packed(
+            conn,
+            "int8send(meter_id) || int2send(channel) || "
+            + _TIME.format(t="interval_start")
+            + " || float8send(value) || int4send(quality) || int4send(version)",
+            "FROM reading WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s"
+            " AND interval_start < %(b)s",
+            {"m": np.unique(meters).tolist(), "a": w0, "b": w1},
+            _READING_RECORD,
         )
-    arr = _unix_us(np.concatenate(parts))
+    )
     for role in ROLES:
         out[role] = MeterMatrix(
             np.full((S, W), np.nan),
@@ -371,13 +357,11 @@ async def load_history(
     *,
     whole_fleet: bool = False,
     only: np.ndarray | None = None,
-    between: Between | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Settled values of ``days`` over their windows (the neighbour hours too, which the
     anchored estimate needs): ((S, D, W) values, (S, D) day had an estimate in 1..24).
     ``only``: series indices to read (the others stay NaN); ``whole_fleet``: the series
-    are every frontier's, so no frontier filter is needed; ``between`` is awaited between two
-    days' queries.
+    are every frontier's, so no frontier filter is needed.
 
     Read from ``settled_day`` (one row per frontier, channel and day, kept equal to
     settled_reading by cgm.storage.write_settled): the history of a large fleet is a few
@@ -400,8 +384,6 @@ async def load_history(
 
     where = " FROM settled_day WHERE (%(f)s::bigint[] IS NULL OR frontier_id = ANY(%(f)s))"
     for i, d in enumerate(days):  # one day a query: a bounded reply
-        if i and between is not None:
-            await between()
         arr = await packed(
             conn,
             "int8send(frontier_id) || int2send(channel) || int4send(day - DATE '2000-01-01')"

@@ -28,7 +28,7 @@ from cgm.storage import Quality, SettledValue, write_settled
 from cgm.storage.common import CHANNELS_BY_ID
 from cgm.storage.settled import ANALYZE_AFTER, analyze_settled, measured_array
 from cgm.vee import estimate as est
-from cgm.vee import priority, yielding
+from cgm.vee import priority
 from cgm.vee.config import ALL_RULES, VeeConfig
 from cgm.vee.daytype import day_type, same_type_days
 from cgm.vee.inputs import (
@@ -246,9 +246,6 @@ async def _run_day(
     due_cols = [w0 + (j + 1) * HOUR <= now for j in range(W)]
     hist_days = same_type_days(day, config.typical_weeks)
     timer.lap("load registry")
-    # Between steps, while the service's collector is in a cycle, the run waits (bounded):
-    # collection comes first for the database server too (cgm.vee.yielding).
-    await yielding.step_aside()
 
     # Frontier-days whose inputs are those of their last run have nothing to do (only
     # the prolonged-estimation check, for those whose day ends in an estimate).
@@ -275,9 +272,8 @@ async def _run_day(
     due = np.array(due_cols)[None, :].repeat(S, 0)
 
     whole_fleet = frontier_ids is None and not skip
-    await yielding.step_aside()
     if S * W < _SPLIT_AFTER:
-        mats = await load_readings(conn, series, day, yielding.step_aside)
+        mats = await load_readings(conn, series, day)
         timer.lap("load readings")
         history, hist_est = await _history(conn, series, hist_days, config, whole_fleet)
     else:
@@ -286,7 +282,7 @@ async def _run_day(
         async with await _connect_like(conn, WRITER_NAME) as side:
             hist = asyncio.create_task(_history(side, series, hist_days, config, whole_fleet))
             try:
-                mats = await load_readings(conn, series, day, yielding.step_aside)
+                mats = await load_readings(conn, series, day)
             except BaseException:
                 hist.cancel()
                 await asyncio.gather(hist, return_exceptions=True)
@@ -299,7 +295,6 @@ async def _run_day(
     n_days = int(np.flatnonzero(has_data)[-1]) + 1 if has_data.any() else 0
     history, hist_est, hist_days = history[:, :n_days], hist_est[:, :n_days], hist_days[:n_days]
     timer.lap("load history")
-    await yielding.step_aside()
     typical, hist_ok = typical_curves(
         history,
         ~hist_est,
@@ -396,7 +391,6 @@ async def _run_day(
     timer.lap("estimate")
 
     # --- settled rows, diffed against what is stored ------------------------------------
-    await yielding.step_aside()
     stored = await load_stored(conn, fids, day)
     timer.lap("load stored")
     changed: list[SettledValue] = []
@@ -512,7 +506,6 @@ async def _run_day(
                 metrics.VEE_VALUES_WRITTEN.labels(source).inc(n)
     timer.lap("write")
 
-    await yielding.step_aside()
     summary.alarms, ongoing = await _prolonged_estimation(conn, series, day, now, config)
     more, _ = await _prolonged_estimation(conn, alarm_only, day, now, config)
     summary.alarms += more
@@ -576,12 +569,8 @@ async def _write(
     the run's transaction) only after every part has committed, so the next run settles
     whatever is missing and finds the rest unchanged."""
     actor, reason = config.actor, f"vee {day}"
-    aside = yielding.step_aside
-    await yielding.step_aside()
     if len(changed) + len(measured) < _SPLIT_AFTER:
-        r = await write_settled(
-            conn, changed, measured=measured, actor=actor, reason=reason, between=aside
-        )
+        r = await write_settled(conn, changed, measured=measured, actor=actor, reason=reason)
         return r.inserted, r.superseded, r.kept_manual
     fids = np.unique(
         np.concatenate(
@@ -596,9 +585,7 @@ async def _write(
         if not len(m) and not c:
             return 0, 0, 0
         async with await _connect_like(conn, WRITER_NAME) as wconn:
-            r = await write_settled(
-                wconn, c, measured=m, actor=actor, reason=reason, analyze=False, between=aside
-            )
+            r = await write_settled(wconn, c, measured=m, actor=actor, reason=reason, analyze=False)
             await wconn.commit()
         return r.inserted, r.superseded, r.kept_manual
 
@@ -631,10 +618,7 @@ async def _history(
     The arrays cover ``days`` from the first; only as many as were read (the caller keeps
     those up to the last one with data)."""
     first = days[: config.typical_max_days]
-    aside = yielding.step_aside
-    history, estimated = await load_history(
-        conn, series, first, whole_fleet=whole_fleet, between=aside
-    )
+    history, estimated = await load_history(conn, series, first, whole_fleet=whole_fleet)
     rest = days[len(first) :]
     if not rest:
         return history, estimated
@@ -646,7 +630,7 @@ async def _history(
         return history, estimated
     more = np.full((len(series), len(rest), W), np.nan)
     more_est = np.zeros((len(series), len(rest)), dtype=bool)
-    h2, e2 = await load_history(conn, series, rest, only=short, between=aside)
+    h2, e2 = await load_history(conn, series, rest, only=short)
     more[short], more_est[short] = h2[short], e2[short]
     return np.concatenate([history, more], axis=1), np.concatenate([estimated, more_est], axis=1)
 

@@ -17,9 +17,6 @@ done one at a time, in the order given, so two runs never settle the same day at
   service and off the host's first CPU (``Settings.vee_priority``, default ``SCHED_IDLE``,
   and ``vee_reserve_cpus``; :mod:`cgm.vee.priority`), so the API and the collector keep a
   core of their own and are served first on the other.
-- Collection first: between its steps a run waits while the service's collector is in a
-  cycle, up to ``yield_max_s`` at a time (:mod:`cgm.foreground`, :mod:`cgm.vee.yielding`):
-  the database server, its WAL and the disk are shared, which no CPU priority reaches.
 - Metrics: the child's VEE metrics (values written, rule flags, run duration, estimated
   hours, alarms) are sent back with each answer and mirrored into the parent's registry,
   which is the one ``/metrics`` serves.
@@ -43,9 +40,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from cgm import foreground
 from cgm.vee import priority as cpu
-from cgm.vee import yielding
 from cgm.vee.config import VeeConfig
 
 log = logging.getLogger(__name__)
@@ -57,7 +52,6 @@ _MIRRORED = {
     "VEE_FLAGS": "counter",
     "VEE_PROLONGED_ALARMS": "counter",
     "VEE_RUN_SECONDS": "gauge",
-    "VEE_YIELD_SECONDS": "counter",
     "VEE_ESTIMATED_HOURS": "gauge",
 }
 
@@ -79,13 +73,10 @@ class VeeWorker:
         config: VeeConfig | None = None,
         priority: cpu.Policy = "idle",
         reserve_cpus: int = 1,
-        yield_max_s: float = 30.0,
     ) -> None:
         self.db_url = db_url
         self.config = config or VeeConfig()
         self.priority, self.reserve_cpus = priority, reserve_cpus
-        self.yield_max_s = yield_max_s
-        self._foreground: int | None = None  # this process's collection cycles, shared
         self._proc: asyncio.subprocess.Process | None = None
         self._lock: asyncio.Lock | None = None
         self._pending: set[asyncio.Task] = set()
@@ -101,8 +92,6 @@ class VeeWorker:
         """Start the process now (imports and connection cost paid before the first cycle)."""
         self._started = True
         self._lock = self._lock or asyncio.Lock()
-        if self._foreground is None:
-            self._foreground = foreground.share()
         async with self._lock:
             await self._ensure()
 
@@ -167,21 +156,12 @@ class VeeWorker:
             "cgm.vee.worker",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            pass_fds=() if self._foreground is None else (self._foreground,),
         )
         self._seen = {}  # a new process counts from zero
         assert self._proc.stdin is not None
         _send(
             self._proc.stdin,
-            (
-                self.db_url,
-                self.config,
-                self.priority,
-                self.reserve_cpus,
-                os.getpid(),
-                self._foreground,
-                self.yield_max_s,
-            ),
+            (self.db_url, self.config, self.priority, self.reserve_cpus, os.getpid()),
         )
         await self._proc.stdin.drain()
         log.info("VEE process %d started", self._proc.pid)
@@ -221,9 +201,6 @@ class VeeWorker:
         if self._proc is not None:
             await _end(self._proc, timeout)
             self._proc = None
-        if self._foreground is not None:
-            foreground.unshare(self._foreground)
-            self._foreground = None
         self._started = False
 
 
@@ -326,12 +303,9 @@ def _child() -> None:
     first = read()
     if first is None:
         return
-    db_url, config, policy, reserve_cpus, parent, shared, yield_max_s = first
-    # Settling is batch work: the service's API and collector come first for the CPU, and
-    # for the database server while a cycle runs.
+    db_url, config, policy, reserve_cpus, parent = first
+    # Settling is batch work: the service's API and collector come first for the CPU.
     cpu.lower_process(policy, reserve_cpus)
-    if shared is not None:
-        yielding.configure(foreground.Watcher(shared), yield_max_s)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     asyncio.run(_serve(db_url, config, read, out))
 

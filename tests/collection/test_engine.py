@@ -12,7 +12,6 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from cgm import foreground
 from cgm.collection.engine import Collector, EngineConfig, current_cycle
 from cgm.collection.session import SessionPolicy
 from cgm.storage import Quality
@@ -89,35 +88,6 @@ async def test_first_cycle_reads_meter_memory_and_catches_up_after_days(env: Env
         starts[-3],
     )
     assert [r[0] for r in stored] == [e.values["active_import"] for e in truth]
-
-
-async def test_a_cycle_is_marked_as_foreground_work_for_the_vee_process(env: Env) -> None:
-    """The VEE process steps aside while a cycle runs (cgm.foreground): it sees the mark
-    from the cycle's start to its end, and not after."""
-    env.import_()
-    fd = foreground.share()
-    watcher = foreground.Watcher(fd)
-    seen: list[bool] = []
-
-    async def watch() -> None:
-        while True:
-            seen.append(watcher.busy())
-            await asyncio.sleep(0.001)
-
-    watching = asyncio.create_task(watch())
-    try:
-        await asyncio.sleep(0.01)
-        before = len(seen)
-        summary = await Collector(env.url, env.box, FAST).run_cycle()
-        during = seen[before:]
-        await asyncio.sleep(0.01)
-    finally:
-        watching.cancel()
-        watcher.close()
-        foreground.unshare(fd)
-    assert summary.ok == 4
-    assert not any(seen[:before]) and during and all(during[1:-1])
-    assert not seen[-1]
 
 
 async def test_clock_corrected_at_a_third_of_each_frontiers_own_limit(env: Env) -> None:

@@ -1,6 +1,5 @@
 """A large VEE write split over connections of its own (cgm.vee.run._write): the same
-settled values as one connection, each part committed whole, re-runs unchanged; and a run
-done in small steps settles what one step does."""
+settled values as one connection, each part committed whole, re-runs unchanged."""
 
 from __future__ import annotations
 
@@ -9,8 +8,7 @@ from datetime import UTC, date, datetime
 import psycopg
 import pytest
 
-from cgm.storage import settled as settled_store
-from cgm.vee import VeeConfig, inputs, run_vee_pairs, yielding
+from cgm.vee import VeeConfig, run_vee_pairs
 from cgm.vee import run as vee_run
 from tests.vee.conftest import Frontier, load, make_frontier, put, settled
 
@@ -86,33 +84,3 @@ async def test_a_failed_part_leaves_whole_frontier_days(conn, monkeypatch) -> No
     s = await run_vee_pairs(conn, [(f.id, DAY) for f in fs], now=NOW)
     assert [len(await settled(conn, f, DAY)) for f in fs] == [24] * 4
     assert s.written == 96 - (counts.count(24) * 24)
-
-
-async def test_small_steps_settle_as_one_step_does(conn, monkeypatch) -> None:
-    """A run that steps aside between a query per meter's readings, per history day and
-    per COPY chunk of 5 rows (the service's VEE process, cgm.vee.yielding) settles exactly
-    what one step each does: chunk boundaries lose, repeat or reorder nothing."""
-    config = VeeConfig()
-    one = await fleet(conn)
-    s1 = await run_vee_pairs(conn, [(f.id, DAY) for f in one], config=config, now=NOW)
-    steps = await fleet(conn)
-    waits = 0
-
-    async def aside() -> None:
-        nonlocal waits
-        waits += 1
-
-    monkeypatch.setattr(yielding, "step_aside", aside)
-    monkeypatch.setattr(inputs, "READ_CHUNK", 1)
-    monkeypatch.setattr(settled_store, "COPY_CHUNK", 5)
-    s2 = await run_vee_pairs(conn, [(f.id, DAY) for f in steps], config=config, now=NOW)
-    assert s2.written == s1.written == 96 and s2.by_source == s1.by_source
-    a, b = await outcome(conn, one), await outcome(conn, steps)
-    for ra, rb in zip(a, b, strict=True):
-        assert [r[:4] for r in ra] == [r[:4] for r in rb]
-        assert [sorted(r[4]) for r in ra] == [sorted(r[4]) for r in rb]
-    # 8 meters read one by one (7 waits between them), ~85 plain values in COPY chunks of 5
-    # (16 waits), besides the waits between the run's steps.
-    assert waits >= 7 + 15
-    again = await run_vee_pairs(conn, [(f.id, DAY) for f in steps], config=config, now=NOW)
-    assert again.written == 0
