@@ -30,6 +30,7 @@ from simulators.fleet import build_fleet, inventory, start_fleet
 from simulators.meter import Faults, SimulatedMeter
 from simulators.mqtt import serve
 from tests.fixtures.fleet import import_inventory
+from tests.fixtures.mqtt import run_code
 
 ROGUE_KWH = 77777.0
 CONFIG = EngineConfig(
@@ -88,7 +89,7 @@ async def test_rogue_mqtt_answers_are_not_stored(
 ) -> None:
     url = new_database()
     upgrade(url, Settings(database_url=url))
-    fleet = build_fleet(1, seed=11, mix={"mqtt": 1.0}, first_code=88501)
+    fleet = build_fleet(1, seed=11, mix={"mqtt": 1.0}, first_code=run_code(88501))
     serials = [m.serial for _, m in fleet.meters()]
     await start_fleet(fleet, mqtt=mqtt_broker)
     caplog.set_level(logging.WARNING, logger="drivers.mqtt.driver")

@@ -19,6 +19,7 @@ from drivers.base import Channel
 from drivers.mqtt import protocol as p
 from simulators.fleet import build_fleet, start_fleet
 from tests.fixtures.fleet import FleetEnv, migrated_database
+from tests.fixtures.mqtt import run_code
 
 CONFIG = EngineConfig(
     policy=SessionPolicy(timeout=5.0, attempts=1, backoff=0.01),
@@ -44,7 +45,7 @@ async def test_pushed_entries_are_stored_and_the_cycle_skips_current_meters(
     new_database, tmp_path: Path, mqtt_broker: tuple[str, int]
 ) -> None:
     url = migrated_database(new_database)
-    fleet = build_fleet(1, seed=21, mix={"mqtt": 1.0}, first_code=88701)
+    fleet = build_fleet(1, seed=21, mix={"mqtt": 1.0}, first_code=run_code(88701))
     await start_fleet(fleet, mqtt=mqtt_broker)
     principal = fleet.frontiers[0].principal
     env = FleetEnv(url, fleet, tmp_path)

@@ -31,6 +31,7 @@ from cgm.security import secret_box
 from drivers.mqtt import protocol as p
 from simulators.fleet import COLLECTOR_ACCOUNT, broker_accounts, build_fleet, inventory, start_fleet
 from tests.fixtures.mosquitto import Deployed, deployed_mosquitto
+from tests.fixtures.mqtt import run_code
 
 CONFIG = EngineConfig(
     policy=SessionPolicy(timeout=5.0, attempts=1, backoff=0.01),
@@ -256,7 +257,7 @@ async def test_refused_pushed_values_are_recorded_in_the_session_log_and_hoja_de
     url = new_database()
     upgrade(url, Settings(database_url=url))
     box = secret_box(Settings(database_url=url, data_dir=tmp_path))
-    fleet = build_fleet(1, seed=3, mix={"mqtt": 1.0}, first_code=88821)
+    fleet = build_fleet(1, seed=3, mix={"mqtt": 1.0}, first_code=run_code(88821))
     await start_fleet(fleet, mqtt=mqtt_broker)
     principal, backup = fleet.frontiers[0].principal, fleet.frontiers[0].backup
 
@@ -354,7 +355,7 @@ async def test_a_push_that_cannot_be_stored_does_not_stop_the_push_writer(
     url = new_database()
     upgrade(url, Settings(database_url=url))
     box = secret_box(Settings(database_url=url, data_dir=tmp_path))
-    fleet = build_fleet(1, seed=4, mix={"mqtt": 1.0}, first_code=88831)
+    fleet = build_fleet(1, seed=4, mix={"mqtt": 1.0}, first_code=run_code(88831))
     await start_fleet(fleet, mqtt=mqtt_broker)
     try:
         _import(url, box, fleet, tmp_path)

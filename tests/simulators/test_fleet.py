@@ -13,6 +13,7 @@ from cgm import registry
 from drivers import AccessLevel, Credentials, get_driver
 from simulators.fleet import build_fleet, parse_mix, point_type, start_fleet
 from tests.fixtures.fleet import FleetEnv, migrated_database
+from tests.fixtures.mqtt import run_code
 
 
 def test_mix_is_normalised_and_bad_mix_is_refused() -> None:
@@ -36,7 +37,8 @@ async def test_fleet_inventory_imports_and_every_meter_answers(
     mqtt_broker: tuple[str, int], new_database: Callable[[], str], tmp_path: Path
 ) -> None:
     db_url = migrated_database(new_database)
-    fleet = build_fleet(6, seed=11, mix=parse_mix("dlms=1,modbus=1,mqtt=1"), first_code=77001)
+    mix = parse_mix("dlms=1,modbus=1,mqtt=1")
+    fleet = build_fleet(6, seed=11, mix=mix, first_code=run_code(77001))
     assert {f.protocol for f in fleet.frontiers} == {"dlms", "modbus", "mqtt"}
     await start_fleet(fleet, mqtt=mqtt_broker, per_port=2)
     try:
