@@ -411,7 +411,7 @@ def _seconds(histogram: object) -> float:
 
 
 async def under_load(
-    url: str, sim_frontiers: int, repeat: int = 1, priority: str = "idle", reserve_cpus: int = 1
+    url: str, sim_frontiers: int, repeat: int = 1, priority: str = "low", reserve_cpus: int = 1
 ) -> None:
     """API p99 (GET /healthz, which queries the database, and a level-1 user's reads of a
     frontier: registry entry, the day's settled values and readings) and a collection cycle's
@@ -692,8 +692,8 @@ def main() -> None:
     ap.add_argument(
         "--vee-priority",
         choices=("idle", "low", "normal"),
-        default="idle",
-        help="--under-load: the VEE worker's CPU priority (Settings.vee_priority)",
+        default="low",
+        help="--under-load: the VEE worker's CPU priority (Settings.vee_priority, default low)",
     )
     ap.add_argument(
         "--vee-reserve-cpus",

@@ -64,10 +64,10 @@ class Settings(BaseSettings):
     # table in the TOML file (or CGM_VEE as JSON). Checked at start; unknown keys refused.
     vee: dict[str, Any] = Field(default_factory=dict)
     # CPU priority of the VEE process and of its database backends where they run on this
-    # host (cgm.vee.priority): "idle" (Linux SCHED_IDLE: only CPU the service leaves),
-    # "low" (nice +10) or "normal"; and how many of the host's CPUs they keep off, for the
+    # host (cgm.vee.priority): "low" (nice +10), "idle" (Linux SCHED_IDLE: only CPU the
+    # service leaves) or "normal"; and how many of the host's CPUs they keep off, for the
     # API and the collector alone (at least one CPU is always left to VEE; 0: none kept).
-    vee_priority: Literal["idle", "low", "normal"] = "idle"
+    vee_priority: Literal["idle", "low", "normal"] = "low"
     vee_reserve_cpus: int = Field(default=1, ge=0)
 
     # Collection. A collector whose heartbeat is older than this is taken for dead and its

@@ -9,9 +9,13 @@ on every core doubled it there: a request that wakes on a core VEE has just used
 caches cold. So a lowered VEE process, and the backend of every connection it opens:
 
 - run at ``policy`` (``Settings.vee_priority``):
-  - ``idle``: Linux ``SCHED_IDLE``: only CPU time the service leaves; a service task that
-    wakes takes the core at once. Where the OS has no such policy, ``low``.
-  - ``low``: nice +10 (backends: +10 from their own).
+  - ``low`` (the default): nice +10 (backends: +10 from their own).
+  - ``idle``: Linux ``SCHED_IDLE``: only CPU time the service leaves. Where the OS has no
+    such policy, ``low``. Not the default: the scheduler counts a core that runs only
+    ``SCHED_IDLE`` work as idle and wakes the service's tasks there, behind VEE's work in
+    the kernel (on one host the API's p99 during a first settle was 4–5× idle at ``idle``,
+    2.3–2.5× at ``low``), and a service that keeps the cores busy for hours (a long
+    catch-up) would leave VEE none.
   - ``normal``: unchanged.
 - keep off the first ``reserve_cpus`` CPUs they may use (``Settings.vee_reserve_cpus``,
   default 1; at least one CPU is always left to VEE), which stay the service's alone.
@@ -61,7 +65,8 @@ def lower_process(policy: Policy, reserve_cpus: int = 0) -> Policy:
     if policy == "idle" and _set_idle(tids):
         _applied = "idle"
     elif policy != "normal":
-        os.nice(LOW_NICE)  # the process's nice value: every thread on Linux follows it
+        for tid in tids:  # per thread on Linux; threads started later inherit it
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + LOW_NICE)
         _applied = "low"
     if reserve_cpus and hasattr(os, "sched_getaffinity"):
         allowed = sorted(os.sched_getaffinity(0))

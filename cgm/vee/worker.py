@@ -14,7 +14,7 @@ done one at a time, in the order given, so two runs never settle the same day at
 - No orphan: :meth:`VeeWorker.stop` closes the pipe (the child ends after its current run),
   waits, then terminates it; a child whose parent disappears ends itself within a second.
 - Priority: the child and its database backends run at a lower CPU priority than the
-  service and off the host's first CPU (``Settings.vee_priority``, default ``SCHED_IDLE``,
+  service and off the host's first CPU (``Settings.vee_priority``, default nice +10,
   and ``vee_reserve_cpus``; :mod:`cgm.vee.priority`), so the API and the collector keep a
   core of their own and are served first on the other.
 - Metrics: the child's VEE metrics (values written, rule flags, run duration, estimated
@@ -71,7 +71,7 @@ class VeeWorker:
         self,
         db_url: str,
         config: VeeConfig | None = None,
-        priority: cpu.Policy = "idle",
+        priority: cpu.Policy = "low",
         reserve_cpus: int = 1,
     ) -> None:
         self.db_url = db_url

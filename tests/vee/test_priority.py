@@ -1,6 +1,7 @@
-"""Settling yields the CPU to the service: the VEE process runs at SCHED_IDLE and so does
-every database backend it works through, when that backend is provably its own (Linux:
-/proc, SCHED_IDLE and CPU affinity, as on every host cgm runs on)."""
+"""Settling yields the CPU to the service: the VEE process runs at a lower priority (nice +10
+by default, or SCHED_IDLE) and so does every database backend it works through, when that
+backend is provably its own (Linux: /proc, nice, SCHED_IDLE and CPU affinity, as on every
+host cgm runs on)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cgm.config import Settings
 from cgm.vee import priority
 from cgm.vee import run as vee_run
 from cgm.vee.worker import VeeWorker
@@ -36,10 +38,48 @@ async def _backend(db_url: str, app: str) -> int:
     return row[0]
 
 
+def _nice(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+async def test_the_vee_process_and_its_backend_run_at_low_priority_by_default(
+    db_url: str, conn
+) -> None:
+    assert Settings().vee_priority == "low"
+    f = await make_frontier(conn)
+    await put(conn, f.principal, DAY, load(f, DAY))
+    worker = VeeWorker(db_url)  # the defaults: nice +10, the first CPU kept for the service
+    await worker.start()
+    cpus = sorted(os.sched_getaffinity(0))
+    vee_cpus = set(cpus[1:]) if len(cpus) > 1 else set(cpus)
+    try:
+        summary = await worker.run_day(DAY, f.code, now=NOW)
+        assert summary.written == 24
+        assert worker.pid is not None
+        assert os.sched_getscheduler(worker.pid) == os.SCHED_OTHER
+        assert _nice(worker.pid) == min(19, _nice(0) + priority.LOW_NICE)
+        for tid in os.listdir(f"/proc/{worker.pid}/task"):  # its threads too
+            assert _nice(int(tid)) == _nice(worker.pid)
+        assert os.sched_getaffinity(worker.pid) == vee_cpus
+        backend = await _backend(db_url, "cgm vee")  # its connection stays open
+        server = _parent(backend)  # the server's main process: the backends' own nice
+        if _may_reprioritise(backend):
+            assert _nice(backend) == min(19, _nice(server) + priority.LOW_NICE)
+            assert os.sched_getaffinity(backend) == vee_cpus
+        else:  # left as it was (and the log says why)
+            assert _nice(backend) == _nice(server)
+    finally:
+        await worker.stop()
+
+
 async def test_the_vee_process_and_its_backend_run_at_idle_priority(db_url: str, conn) -> None:
     f = await make_frontier(conn)
     await put(conn, f.principal, DAY, load(f, DAY))
-    worker = VeeWorker(db_url)  # the defaults: idle, the first CPU kept for the service
+    worker = VeeWorker(db_url, priority="idle")
     await worker.start()
     cpus = sorted(os.sched_getaffinity(0))
     vee_cpus = set(cpus[1:]) if len(cpus) > 1 else set(cpus)
