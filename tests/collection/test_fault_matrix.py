@@ -24,8 +24,11 @@ from cgm.collection.engine import Collector, EngineConfig, current_cycle
 from cgm.collection.session import SessionPolicy
 from simulators.fleet import Fleet, build_fleet, start_fleet
 from tests.fixtures.fleet import FleetEnv, exact_clocks, migrated_database
+from tests.fixtures.mqtt import run_code
 
 DEPTH = 48  # hours of meter memory: short cycles, still a real catch-up
+FIRST = run_code(86001)  # the fleet's first code: this run's own (see env)
+FIRST_PRINCIPAL = f"P{FIRST}"
 
 
 class Proxy:
@@ -137,7 +140,8 @@ async def env(
     params = conninfo_to_dict(url)
     db_proxy = await Proxy(lambda: _pg_connect(params)).start()
     proxied = make_conninfo(url, host="127.0.0.1", port=str(db_proxy.port))
-    fleet = build_fleet(3, seed=11, mix={"dlms": 1.0}, first_code=86001)
+    # Codes of this run's own: the MQTT frontier is served on the shared broker.
+    fleet = build_fleet(3, seed=11, mix={"dlms": 1.0}, first_code=FIRST)
     fleet.frontiers[2].protocol = "mqtt"  # one frontier's meters speak MQTT
     exact_clocks(fleet, depth=DEPTH)
     await start_fleet(fleet, mqtt=mqtt_broker)
@@ -245,7 +249,7 @@ async def test_a_broker_down_fails_only_the_mqtt_meters_and_the_next_cycle_catch
 
 async def test_a_meter_that_hangs_fails_alone_within_its_timeouts(env: Env) -> None:
     env.import_()
-    hung = env.fleet.meter("P86001")
+    hung = env.fleet.meter(FIRST_PRINCIPAL)
     hung.faults.no_answer = True  # accepts the connection, never answers
     collector = Collector(env.url, env.box, _config())
     t0 = time.monotonic()
@@ -264,7 +268,7 @@ async def test_kill_9_of_the_service_and_a_restart_lose_nothing(env: Env, tmp_pa
     _slow(env, 0.1)
     # One meter far slower than the rest, so that the cycle is surely still running when the
     # others' sessions are stored: the kill lands mid-cycle however loaded the host is.
-    env.fleet.meter("P86001").faults.latency = 2.0
+    env.fleet.meter(FIRST_PRINCIPAL).faults.latency = 2.0
     settings_env = {
         **os.environ,
         "CGM_DATABASE_URL": env.url,
