@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import psycopg
@@ -46,57 +48,55 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-async def test_the_vee_process_and_its_backend_run_at_low_priority_by_default(
-    db_url: str, conn
-) -> None:
-    assert Settings().vee_priority == "low"
+@asynccontextmanager
+async def _worker_after_a_day(
+    db_url: str, conn: psycopg.AsyncConnection, **kw: object
+) -> AsyncIterator[tuple[int, int, set[int]]]:
+    """A VEE worker (``kw``: its settings) that has settled one frontier's day: (its pid, the
+    backend of its connection, which stays open, the CPUs VEE should keep to)."""
     f = await make_frontier(conn)
     await put(conn, f.principal, DAY, load(f, DAY))
-    worker = VeeWorker(db_url)  # the defaults: nice +10, the first CPU kept for the service
+    worker = VeeWorker(db_url, **kw)  # type: ignore[arg-type]
     await worker.start()
     cpus = sorted(os.sched_getaffinity(0))
-    vee_cpus = set(cpus[1:]) if len(cpus) > 1 else set(cpus)
     try:
         summary = await worker.run_day(DAY, f.code, now=NOW)
         assert summary.written == 24
         assert worker.pid is not None
-        assert os.sched_getscheduler(worker.pid) == os.SCHED_OTHER
-        assert _nice(worker.pid) == min(19, _nice(0) + priority.LOW_NICE)
-        for tid in os.listdir(f"/proc/{worker.pid}/task"):  # its threads too
-            assert _nice(int(tid)) == _nice(worker.pid)
-        assert os.sched_getaffinity(worker.pid) == vee_cpus
-        backend = await _backend(db_url, "cgm vee")  # its connection stays open
+        backend = await _backend(db_url, "cgm vee")
+        yield worker.pid, backend, set(cpus[1:]) if len(cpus) > 1 else set(cpus)
+    finally:
+        await worker.stop()
+
+
+async def test_the_vee_process_and_its_backend_run_at_low_priority_by_default(
+    db_url: str, conn
+) -> None:
+    assert Settings().vee_priority == "low"
+    # The defaults: nice +10, the first CPU kept for the service.
+    async with _worker_after_a_day(db_url, conn) as (pid, backend, vee_cpus):
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+        assert _nice(pid) == min(19, _nice(0) + priority.LOW_NICE)
+        for tid in os.listdir(f"/proc/{pid}/task"):  # its threads too
+            assert _nice(int(tid)) == _nice(pid)
+        assert os.sched_getaffinity(pid) == vee_cpus
         server = _parent(backend)  # the server's main process: the backends' own nice
         if _may_reprioritise(backend):
             assert _nice(backend) == min(19, _nice(server) + priority.LOW_NICE)
             assert os.sched_getaffinity(backend) == vee_cpus
         else:  # left as it was (and the log says why)
             assert _nice(backend) == _nice(server)
-    finally:
-        await worker.stop()
 
 
 async def test_the_vee_process_and_its_backend_run_at_idle_priority(db_url: str, conn) -> None:
-    f = await make_frontier(conn)
-    await put(conn, f.principal, DAY, load(f, DAY))
-    worker = VeeWorker(db_url, priority="idle")
-    await worker.start()
-    cpus = sorted(os.sched_getaffinity(0))
-    vee_cpus = set(cpus[1:]) if len(cpus) > 1 else set(cpus)
-    try:
-        summary = await worker.run_day(DAY, f.code, now=NOW)
-        assert summary.written == 24
-        assert worker.pid is not None
-        assert os.sched_getscheduler(worker.pid) == os.SCHED_IDLE
-        assert os.sched_getaffinity(worker.pid) == vee_cpus
-        backend = await _backend(db_url, "cgm vee")  # its connection stays open
+    async with _worker_after_a_day(db_url, conn, priority="idle") as (pid, backend, vee_cpus):
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert os.sched_getaffinity(pid) == vee_cpus
         if _may_reprioritise(backend):
             assert os.sched_getscheduler(backend) == os.SCHED_IDLE
             assert os.sched_getaffinity(backend) == vee_cpus
         else:  # left as it was (and the log says why)
             assert os.sched_getscheduler(backend) == os.SCHED_OTHER
-    finally:
-        await worker.stop()
 
 
 async def test_normal_priority_leaves_process_and_backend_alone(db_url: str, conn) -> None:
