@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import pickle
+import signal
 import struct
 import sys
 import threading
@@ -283,6 +284,9 @@ def _watch_parent(parent: int) -> None:
 
 
 def _child() -> None:
+    # Ctrl-C at a terminal signals the whole process group, this process too: the service
+    # stops it itself (the pipe closes after the run in hand), so SIGINT is not for it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Frames go on the original stdout; anything else printed goes to stderr (the log).
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

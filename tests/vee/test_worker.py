@@ -143,6 +143,33 @@ async def test_a_dead_vee_process_fails_its_run_and_is_replaced(db_url: str, con
     assert _gone(first)
 
 
+async def test_ctrl_c_leaves_the_vee_process_to_finish_its_run_and_stop_cleanly(
+    db_url: str, conn, capfd
+) -> None:
+    """Ctrl-C at the terminal of ``cgm run`` signals the VEE process too (one process
+    group): the run in hand is finished, and the service's stop ends it, no traceback."""
+    f = await make_frontier(conn)
+    await put(conn, f.principal, DAY, load(f, DAY))
+    worker = VeeWorker(db_url)
+    await worker.start()
+    pid = worker.pid
+    assert pid is not None
+    lock = await _hold_settled(db_url)
+    try:
+        run = worker.run_day(DAY, f.code, now=NOW)
+        await _blocked_on_settled(db_url)
+        os.kill(pid, signal.SIGINT)
+        await asyncio.sleep(0.5)
+        assert not _gone(pid)
+        await lock.rollback()
+        summary = await asyncio.wait_for(run, 60)
+    finally:
+        await lock.close()
+        await worker.stop()
+    assert summary.written == 24 and worker.pid is None and _gone(pid)
+    assert "Traceback" not in capfd.readouterr().err
+
+
 async def test_stop_ends_the_vee_process(db_url: str) -> None:
     worker = VeeWorker(db_url)
     await worker.start()
