@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 
 import httpx
@@ -23,6 +25,7 @@ from cgm import metrics
 from cgm.api import install
 from cgm.config import Settings
 from cgm.service import Service
+from cgm.vee import VeeSummary
 from cgm.vee.worker import VeeWorker, VeeWorkerError, log_summary
 from tests.vee.conftest import load, make_frontier, put, settled
 
@@ -56,6 +59,28 @@ async def _hold_settled(db_url: str) -> psycopg.AsyncConnection:
     lock = await psycopg.AsyncConnection.connect(db_url)
     await lock.execute("LOCK TABLE settled_reading IN EXCLUSIVE MODE")
     return lock
+
+
+@asynccontextmanager
+async def _run_at_its_write(
+    db_url: str, conn: psycopg.AsyncConnection
+) -> AsyncIterator[tuple[VeeWorker, asyncio.Future[VeeSummary], psycopg.AsyncConnection, str]]:
+    """A worker whose run of a frontier's day waits at its write for a lock the test holds:
+    (the worker, the run, the lock's connection (roll it back to let the run go on), the
+    frontier's code)."""
+    f = await make_frontier(conn)
+    await put(conn, f.principal, DAY, load(f, DAY))
+    worker = VeeWorker(db_url)
+    await worker.start()
+    lock = await _hold_settled(db_url)
+    run = asyncio.ensure_future(worker.run_day(DAY, f.code, now=NOW))
+    try:
+        await _blocked_on_settled(db_url)
+        yield worker, run, lock, f.code
+    finally:
+        await lock.close()
+        await worker.stop()
+        await asyncio.gather(run, return_exceptions=True)
 
 
 def _gone(pid: int) -> bool:
@@ -119,26 +144,16 @@ async def test_errors_come_back_logged_and_the_next_run_goes_on(db_url: str, con
 
 
 async def test_a_dead_vee_process_fails_its_run_and_is_replaced(db_url: str, conn) -> None:
-    f = await make_frontier(conn)
-    await put(conn, f.principal, DAY, load(f, DAY))
-    worker = VeeWorker(db_url)
-    await worker.start()
-    first = worker.pid
-    assert first is not None
-    lock = await _hold_settled(db_url)
-    try:
-        run = worker.run_day(DAY, f.code, now=NOW)
-        await _blocked_on_settled(db_url)
+    async with _run_at_its_write(db_url, conn) as (worker, run, lock, code):
+        first = worker.pid
+        assert first is not None
         os.kill(first, signal.SIGKILL)
         with pytest.raises(VeeWorkerError) as err:
             await asyncio.wait_for(run, 60)
         assert err.value.kind == "ProcessExited"
         await lock.rollback()
-        summary = await worker.run_day(DAY, f.code, now=NOW)
+        summary = await worker.run_day(DAY, code, now=NOW)
         assert worker.pid not in (None, first)
-    finally:
-        await lock.close()
-        await worker.stop()
     assert summary.written == 24
     assert _gone(first)
 
@@ -148,24 +163,14 @@ async def test_ctrl_c_leaves_the_vee_process_to_finish_its_run_and_stop_cleanly(
 ) -> None:
     """Ctrl-C at the terminal of ``cgm run`` signals the VEE process too (one process
     group): the run in hand is finished, and the service's stop ends it, no traceback."""
-    f = await make_frontier(conn)
-    await put(conn, f.principal, DAY, load(f, DAY))
-    worker = VeeWorker(db_url)
-    await worker.start()
-    pid = worker.pid
-    assert pid is not None
-    lock = await _hold_settled(db_url)
-    try:
-        run = worker.run_day(DAY, f.code, now=NOW)
-        await _blocked_on_settled(db_url)
+    async with _run_at_its_write(db_url, conn) as (worker, run, lock, _):
+        pid = worker.pid
+        assert pid is not None
         os.kill(pid, signal.SIGINT)
         await asyncio.sleep(0.5)
         assert not _gone(pid)
         await lock.rollback()
         summary = await asyncio.wait_for(run, 60)
-    finally:
-        await lock.close()
-        await worker.stop()
     assert summary.written == 24 and worker.pid is None and _gone(pid)
     assert "Traceback" not in capfd.readouterr().err
 
