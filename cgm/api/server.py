@@ -18,6 +18,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
@@ -157,6 +158,10 @@ def _process_main(
     ready: Any,
 ) -> None:
     """The API process: serves until SIGTERM/SIGINT, or until the service is gone."""
+    # Ctrl-C at a terminal signals the whole process group, this process too: uvicorn shuts
+    # down on it (it catches SIGINT while serving), and then re-raises it, which must not
+    # end the process in a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def scheduler_running() -> bool:

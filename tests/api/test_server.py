@@ -4,6 +4,8 @@ started and stopped by the service's hooks."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 
 import httpx
@@ -115,3 +117,27 @@ def test_accepted_connections_have_tcp_nodelay() -> None:
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         listening.close()
+
+
+async def test_ctrl_c_stops_the_api_process_without_a_traceback(db_url: str, capfd) -> None:
+    """Ctrl-C at the terminal of ``cgm run`` signals the API process too (one process
+    group): it stops serving and ends cleanly, not in a KeyboardInterrupt traceback."""
+    port = _free_port()
+    svc = Service(Settings(database_url=db_url, api_host="127.0.0.1", api_port=port))
+    svc.db_url = db_url
+    install(svc)
+    for hook in svc.on_start:
+        await hook(svc)
+    try:
+        (api,) = [
+            child
+            for child in psutil.Process().children()
+            if any(c.laddr.port == port for c in child.net_connections(kind="tcp"))
+        ]
+        os.kill(api.pid, signal.SIGINT)
+        code = await asyncio.to_thread(api.wait, 30)
+    finally:
+        for hook in reversed(svc.on_stop):
+            await hook(svc)
+    err = capfd.readouterr().err
+    assert code == 0 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
