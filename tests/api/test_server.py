@@ -7,6 +7,8 @@ import asyncio
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import psutil
@@ -24,16 +26,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_served_over_a_socket_and_stopped_cleanly(db_url: str) -> None:
+@asynccontextmanager
+async def _service(db_url: str) -> AsyncIterator[tuple[Service, int]]:
+    """A service with the API installed on a free port, its start hooks run (so the API
+    process is up), its stop hooks run on the way out: (the service, the port)."""
     port = _free_port()
     svc = Service(Settings(database_url=db_url, api_host="127.0.0.1", api_port=port))
     svc.db_url = db_url
     install(svc)
-    auth = await make_user(db_url, 1)
-    base = f"http://127.0.0.1:{port}"
     for hook in svc.on_start:
         await hook(svc)
     try:
+        yield svc, port
+    finally:
+        for hook in reversed(svc.on_stop):
+            await hook(svc)
+
+
+async def test_served_over_a_socket_and_stopped_cleanly(db_url: str) -> None:
+    auth = await make_user(db_url, 1)
+    async with _service(db_url) as (_, port):
+        base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base) as c:
             r = await c.get("/healthz")
             # The scheduler is not started in this test: unhealthy, and said so.
@@ -42,44 +55,39 @@ async def test_served_over_a_socket_and_stopped_cleanly(db_url: str) -> None:
             assert (await c.get("/api/v1/frontiers")).status_code == 401
             assert (await c.get("/api/v1/frontiers", auth=auth)).status_code == 200
             assert "server" not in r.headers
-    finally:
-        for hook in reversed(svc.on_stop):
-            await hook(svc)
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=base) as c:
             await c.get("/healthz")
 
 
 async def test_api_process_reports_the_services_scheduler(db_url: str) -> None:
-    port = _free_port()
-    svc = Service(Settings(database_url=db_url, api_host="127.0.0.1", api_port=port))
-    svc.db_url = db_url
-    install(svc)
-    for hook in svc.on_start:
-        await hook(svc)
-    svc.scheduler.start()
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-            deadline = asyncio.get_running_loop().time() + 20
-            while (r := await c.get("/healthz")).status_code != 200:
-                assert asyncio.get_running_loop().time() < deadline, r.text
-                await asyncio.sleep(0.2)
-            assert r.json() == {"status": "ok", "database": True, "scheduler": True}
+    async with _service(db_url) as (svc, port):
+        svc.scheduler.start()
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+                deadline = asyncio.get_running_loop().time() + 20
+                while (r := await c.get("/healthz")).status_code != 200:
+                    assert asyncio.get_running_loop().time() < deadline, r.text
+                    await asyncio.sleep(0.2)
+                assert r.json() == {"status": "ok", "database": True, "scheduler": True}
+            # It listens in a child process; the service's own process holds no copy of
+            # the socket (so stopping the child closes the port).
+            me = psutil.Process()
+            assert _listener(me.children(), port) and not _listener([me], port)
+        finally:
+            svc.scheduler.shutdown(wait=False)
 
-        # It listens in a child process; the service's own process holds no copy of the
-        # socket (so stopping the child closes the port).
-        def listening(p: psutil.Process) -> bool:
-            return any(
-                c.laddr.port == port and c.status == psutil.CONN_LISTEN
-                for c in p.net_connections(kind="tcp")
-            )
 
-        me = psutil.Process()
-        assert any(listening(child) for child in me.children()) and not listening(me)
-    finally:
-        svc.scheduler.shutdown(wait=False)
-        for hook in reversed(svc.on_stop):
-            await hook(svc)
+def _listener(processes: list[psutil.Process], port: int) -> list[psutil.Process]:
+    """Those of ``processes`` that listen on ``port``."""
+    return [
+        p
+        for p in processes
+        if any(
+            c.laddr.port == port and c.status == psutil.CONN_LISTEN
+            for c in p.net_connections(kind="tcp")
+        )
+    ]
 
 
 async def test_taken_port_is_a_clear_error(db_url: str) -> None:
@@ -122,22 +130,9 @@ def test_accepted_connections_have_tcp_nodelay() -> None:
 async def test_ctrl_c_stops_the_api_process_without_a_traceback(db_url: str, capfd) -> None:
     """Ctrl-C at the terminal of ``cgm run`` signals the API process too (one process
     group): it stops serving and ends cleanly, not in a KeyboardInterrupt traceback."""
-    port = _free_port()
-    svc = Service(Settings(database_url=db_url, api_host="127.0.0.1", api_port=port))
-    svc.db_url = db_url
-    install(svc)
-    for hook in svc.on_start:
-        await hook(svc)
-    try:
-        (api,) = [
-            child
-            for child in psutil.Process().children()
-            if any(c.laddr.port == port for c in child.net_connections(kind="tcp"))
-        ]
+    async with _service(db_url) as (_, port):
+        (api,) = _listener(psutil.Process().children(), port)
         os.kill(api.pid, signal.SIGINT)
         code = await asyncio.to_thread(api.wait, 30)
-    finally:
-        for hook in reversed(svc.on_stop):
-            await hook(svc)
     err = capfd.readouterr().err
     assert code == 0 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
