@@ -662,6 +662,23 @@ def accuracy_simulated(frontiers: int, weeks: int, every: int, seed: int = 3) ->
 # --- main ------------------------------------------------------------------------------
 
 
+def host_speed(url: str) -> str:
+    """Seconds of two fixed pieces of work, this process's and the database server's, so
+    that figures measured on different hosts can be set side by side (the hosts this
+    benchmark has run on differ by 2× in both; benchmarks/README.md, "Host speed")."""
+    t = time.perf_counter()
+    sum(i * i for i in range(10**7))
+    python = time.perf_counter() - t
+    with psycopg.connect(url) as c:
+        t = time.perf_counter()
+        c.execute("SELECT count(*) FROM generate_series(1, 3000000) g WHERE hashint8(g) > 0")
+        server = time.perf_counter() - t
+    return (
+        f"host speed (fixed work, lower is faster): Python {python:.2f} s, "
+        f"database server {server:.2f} s"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("url", nargs="?", default=os.environ.get("CGM_DATABASE_URL", DEFAULT_URL))
@@ -711,6 +728,8 @@ def main() -> None:
     args = ap.parse_args()
     args.url = args.url_option or args.url
     print(f"machine: {platform.machine()} {os.cpu_count()} CPU, Python {platform.python_version()}")
+    if not args.accuracy_only:
+        print(host_speed(args.url))
     if not args.accuracy_only:
         name = args.reuse or f"cgm_bench_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(args.url, autocommit=True) as c:

@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from cgm.storage.pgbinary import int8_array
+
 LEVEL2_ACCESS = "level2_access"
 ALARM = "alarm"
 CONFIG_VIOLATION = "config_violation"
@@ -41,7 +43,7 @@ async def clock_corrections(
                  WHERE kind = %s AND purpose = %s AND meter_id = ANY(%s) AND at >= %s) c
            WHERE NOT unset AND (lim IS NULL OR abs(off) > lim)
              AND (%s::timestamptz IS NULL OR at - make_interval(secs => abs(off)) < %s)""",
-        (LEVEL2_ACCESS, CLOCK_SYNC, list(meter_ids), start, end, end),
+        (LEVEL2_ACCESS, CLOCK_SYNC, int8_array(meter_ids), start, end, end),
     )
     return list(await cur.fetchall())
 

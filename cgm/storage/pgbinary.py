@@ -13,9 +13,13 @@ the big-endian value; an int16 -1 trailer. timestamptz is int64 microseconds sin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 HEADER = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -91,7 +95,7 @@ def encode(
     columns: Sequence[tuple[str, str]],
     data: np.ndarray,
     constants: Sequence[tuple[str, str]] = (),
-) -> bytes:
+) -> bytearray:
     """Binary COPY data (header, rows, trailer) of ``data``'s ``columns``, in array order.
 
     ``data`` is a structured array with those field names; datetime64 fields must be
@@ -108,20 +112,31 @@ def encode(
         for name, raw in texts:
             fields += [(f"_len_{name}", ">i4"), (name, f"S{len(raw)}" if raw else "V0")]
         dt = np.dtype(fields)
-    out = np.empty(len(data), dtype=dt)
-    out["_n"] = len(columns) + len(texts)
+    # One buffer, the rows written in place between header and trailer: a fleet's ~60 MB
+    # is not copied again (on a VM, touching fresh memory costs as much as filling it).
+    buf = bytearray(len(HEADER) + len(data) * dt.itemsize + len(TRAILER))
+    buf[: len(HEADER)], buf[len(buf) - len(TRAILER) :] = HEADER, TRAILER
+    # What is the same on every row (field count, lengths, constants, array headers) set
+    # in one row, copied to all in one pass; then the columns.
+    first = np.zeros(1, dtype=dt)
+    first["_n"] = len(columns) + len(texts)
     for name, raw in texts:
-        out[f"_len_{name}"] = len(raw)
+        first[f"_len_{name}"] = len(raw)
         if raw:
-            out[name] = raw
+            first[name] = raw
     for name, kind in columns:
-        out[f"_len_{name}"] = _field(kind)[1]
-        col = data[name]
+        first[f"_len_{name}"] = _field(kind)[1]
         arr = _array(kind)
         if arr is not None:
             elem, n = arr
-            out[name]["hdr"] = (1, 0, _ARRAY_OID[elem], n, 1)
-            out[name]["el"]["len"] = _WIRE[elem][1]
+            first[name]["hdr"] = (1, 0, _ARRAY_OID[elem], n, 1)
+            first[name]["el"]["len"] = _WIRE[elem][1]
+    whole = np.frombuffer(buf, dtype=f"V{dt.itemsize}", count=len(data), offset=len(HEADER))
+    whole[:] = first.view(f"V{dt.itemsize}")[0]
+    out = np.frombuffer(buf, dtype=dt, count=len(data), offset=len(HEADER))
+    for name, kind in columns:
+        col = data[name]
+        if _array(kind) is not None:
             out[name]["el"]["v"] = col
         elif kind == "M8[us]":
             out[name] = col.astype("M8[us]").view("i8") - PG_EPOCH_US
@@ -129,7 +144,7 @@ def encode(
             out[name] = col.astype("M8[D]").view("i8") - PG_EPOCH_DAYS
         else:
             out[name] = col
-    return HEADER + out.tobytes() + TRAILER
+    return buf
 
 
 def decode(
@@ -164,3 +179,42 @@ def decode(
         else:
             out[name] = raw[name]
     return out
+
+
+# --- integer id lists as query parameters -----------------------------------------------
+
+
+class Int8Array(np.ndarray):
+    """A one-dimensional int64 array that psycopg sends as a binary ``bigint[]`` parameter
+    (``WHERE id = ANY(%s)``): one array operation instead of psycopg's per-element dumping
+    of a Python list (tens of milliseconds for a fleet's 20,000 meter ids). Made by
+    :func:`int8_array`."""
+
+
+def int8_array(values: Iterable[int] | np.ndarray) -> Int8Array:
+    """``values`` (integers) as an :class:`Int8Array` parameter, in the order given."""
+    if isinstance(values, np.ndarray):
+        arr = values.astype(np.int64, copy=False).reshape(-1)
+    else:
+        arr = np.fromiter((int(v) for v in values), dtype=np.int64)
+    return arr.view(Int8Array)
+
+
+_INT8_OID, _INT8_ARRAY_OID = 20, 1016
+
+
+class _Int8ArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = _INT8_ARRAY_OID
+
+    def dump(self, obj: Int8Array) -> bytes:
+        """Array binary format: ndim, has-nulls, element oid, then per dimension length
+        and lower bound (none for an empty array), then per element length and value."""
+        if not len(obj):
+            return struct.pack(">iiI", 0, 0, _INT8_OID)
+        body = np.empty(len(obj), dtype=[("len", ">i4"), ("v", ">i8")])
+        body["len"], body["v"] = 8, obj
+        return struct.pack(">iiIii", 1, 0, _INT8_OID, len(obj), 1) + body.tobytes()
+
+
+psycopg.adapters.register_dumper(Int8Array, _Int8ArrayDumper)

@@ -19,6 +19,7 @@ from cgm.frontier_log import clock_corrections
 from cgm.localtime import HOUR, day_bounds
 from cgm.storage import pgbinary
 from cgm.storage.common import channel_id, packed, to_utc_us
+from cgm.storage.pgbinary import int8_array
 from cgm.storage.settled import detail_sql, on_days
 from cgm.vee.config import VeeConfig
 from cgm.vee.rules import meter_error_pct
@@ -117,7 +118,7 @@ async def load_series(
            FROM frontier f JOIN meter m ON m.frontier_id = f.id AND m.active
            WHERE %(ids)s::bigint[] IS NULL OR f.id = ANY(%(ids)s)
            ORDER BY f.id, m.role DESC""",
-        {"ids": frontier_ids},
+        {"ids": None if frontier_ids is None else int8_array(frontier_ids)},
     )
     frontiers: dict[int, tuple[str, float | None, dict[str, MeterInfo]]] = {}
     for (
@@ -228,7 +229,7 @@ async def load_readings(
             + " || float8send(value) || int4send(quality) || int4send(version)",
             "FROM reading WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s"
             " AND interval_start < %(b)s",
-            {"m": np.unique(meters).tolist(), "a": w0, "b": w1},
+            {"m": int8_array(np.unique(meters)), "a": w0, "b": w1},
             _READING_RECORD,
         )
     )
@@ -284,7 +285,7 @@ async def load_snapshots(
         """SELECT meter_id, channel, read_at, value FROM register_snapshot
            WHERE meter_id = ANY(%s) AND read_at >= %s AND read_at <= %s
            ORDER BY meter_id, channel, read_at""",
-        (meter_ids, w0 - skew, w1 + skew),
+        (int8_array(meter_ids), w0 - skew, w1 + skew),
     )
     return await _series_by_key(cur)
 
@@ -324,7 +325,7 @@ async def load_power(
         """SELECT frontier_id, channel, measured_at, kw FROM power_sample
            WHERE frontier_id = ANY(%s) AND measured_at >= %s AND measured_at <= %s
            ORDER BY frontier_id, channel, measured_at""",
-        (frontier_ids, w0 - margin, w1 + margin),
+        (int8_array(frontier_ids), w0 - margin, w1 + margin),
     )
     return await _series_by_key(cur)
 
@@ -373,7 +374,7 @@ async def load_history(
     if not D or not S:
         return values, estimated
     chosen = series.frontier_id if only is None else series.frontier_id[only]
-    fids = None if whole_fleet and only is None else sorted({int(f) for f in chosen})
+    fids = None if whole_fleet and only is None else int8_array(np.unique(chosen))
     keys = np.array(list(series.index), dtype=np.int64).reshape(-1, 2)
     rows_of = np.array(list(series.index.values()), dtype=np.int64)
     table = _KeyTable(keys[:, 0], keys[:, 1])
@@ -457,7 +458,7 @@ class Stored:
 
 async def load_stored(conn: psycopg.AsyncConnection, frontier_ids: list[int], day: date) -> Stored:
     start, end = day_bounds(day)
-    params = {"f": frontier_ids, "a": start, "b": end, "days": [day]}
+    params = {"f": int8_array(frontier_ids), "a": start, "b": end, "days": [day]}
     where = (
         f"FROM settled_reading WHERE {on_days()} AND frontier_id = ANY(%(f)s)"
         " AND interval_start >= %(a)s AND interval_start < %(b)s"
@@ -556,6 +557,7 @@ async def input_digests(
     w0, w1 = window(day)
     fids = sorted({int(f) for f in series.frontier_id})
     meters = sorted({int(m) for r in ROLES for m in series.meter[r] if m})
+    meter_param, frontier_param = int8_array(meters), int8_array(fids)
     per_meter: dict[int, list[Any]] = {m: [] for m in meters}
     per_frontier: dict[int, list[Any]] = {f: [] for f in fids}
 
@@ -569,7 +571,7 @@ async def input_digests(
     for mid, n, h in await rows(
         f"SELECT meter_id, {_XOR.format(h=_READING_DAY_HASH)} FROM reading_day"
         " WHERE meter_id = ANY(%(m)s) AND day BETWEEN %(a)s AND %(b)s GROUP BY meter_id",
-        {"m": meters, "a": day - timedelta(days=1), "b": day + timedelta(days=1)},
+        {"m": meter_param, "a": day - timedelta(days=1), "b": day + timedelta(days=1)},
     ):
         per_meter[mid].append(("r", n, h))
     skew = config.register_skew
@@ -577,10 +579,10 @@ async def input_digests(
         f"SELECT meter_id, {_XOR.format(h=_SNAPSHOT_HASH)} FROM register_snapshot"
         " WHERE meter_id = ANY(%(m)s) AND read_at >= %(a)s AND read_at <= %(b)s"
         " GROUP BY meter_id",
-        {"m": meters, "a": w0 - skew, "b": w1 + skew},
+        {"m": meter_param, "a": w0 - skew, "b": w1 + skew},
     ):
         per_meter[mid].append(("s", n, h))
-    for mid, since, at in await clock_corrections(conn, meters, w0, w1):
+    for mid, since, at in await clock_corrections(conn, meter_param, w0, w1):
         per_meter[mid].append(("c", since.timestamp(), at.timestamp()))
     if config.scada:
         margin = config.scada_max_sample_gap
@@ -588,7 +590,7 @@ async def input_digests(
             f"SELECT frontier_id, {_XOR.format(h=_POWER_HASH)} FROM power_sample"
             " WHERE frontier_id = ANY(%(f)s) AND measured_at >= %(a)s AND measured_at <= %(b)s"
             " GROUP BY frontier_id",
-            {"f": fids, "a": w0 - margin, "b": w1 + margin},
+            {"f": frontier_param, "a": w0 - margin, "b": w1 + margin},
         ):
             per_frontier[fid].append(("p", n, h))
     near = {d + timedelta(days=k) for d in history_days for k in (-1, 0, 1)} | {day}
@@ -599,7 +601,7 @@ async def input_digests(
         " FILTER (WHERE day <> %(d)s), 0), max(version) FILTER (WHERE day = %(d)s)"
         " FROM settled_day_version WHERE frontier_id = ANY(%(f)s) AND day = ANY(%(days)s)"
         " GROUP BY frontier_id",
-        {"f": fids, "d": day, "days": sorted(near)},
+        {"f": frontier_param, "d": day, "days": sorted(near)},
     ):
         if n:  # no history row and no row but the day's own: the same input
             per_frontier[fid].append(("h", n, h))
@@ -648,7 +650,7 @@ async def day_versions(
     cur = await conn.execute(
         "SELECT frontier_id, version FROM settled_day_version"
         " WHERE day = %s AND frontier_id = ANY(%s)",
-        (day, frontier_ids),
+        (day, int8_array(frontier_ids)),
     )
     return {f: v for f, v in await cur.fetchall()}
 
@@ -670,7 +672,7 @@ async def recorded_inputs(
     cur = await conn.execute(
         "SELECT frontier_id, digest, uses_day, ends_estimated FROM vee_day_inputs"
         " WHERE day = %s AND frontier_id = ANY(%s)",
-        (day, frontier_ids),
+        (day, int8_array(frontier_ids)),
     )
     return {r[0]: Recorded(bytes(r[1]), r[2], r[3]) for r in await cur.fetchall()}
 
@@ -692,7 +694,7 @@ async def record_inputs(
                  ends_estimated = excluded.ends_estimated, settled_at = now()""",
         {
             "d": day,
-            "f": fids,
+            "f": int8_array(fids),
             "g": [records[f].digest for f in fids],
             "u": [records[f].uses_day for f in fids],
             "e": [records[f].ends_estimated for f in fids],

@@ -125,6 +125,29 @@ async def test_stored_keys_behind_a_new_first_key_are_upserted(conn, frontiers) 
     await conn.commit()
 
 
+async def test_free_text_in_detail_and_method_is_stored_as_written(conn, frontiers) -> None:
+    """What a user types into a manual value's detail (backslashes, tabs, new lines,
+    quotes, accents) and an estimate's inputs come back unchanged, and an equal rewrite is
+    unchanged (the objects travel as COPY text formatted by cgm.storage.settled)."""
+    f = frontiers[0]
+    odd = 'C:\\medidor\t"B"\nlínea 2\r\\N ñ €'
+    rows = [
+        SettledValue(f, 1, T0, 1.25, "manual", detail={"note": odd, "n": [1, 2.5, None]}),
+        SettledValue(f, 1, T0 + H, 1e-7, "estimate", "typical_curve", detail={"days": [odd]}),
+        SettledValue(f, 2, T0, 3.0, "backup", detail={}),
+    ]
+    res = await write_settled(conn, rows, actor="ana", reason="acta 7")
+    assert res.inserted == 3
+    got = {(s.channel, s.interval_start): s for s in await read_settled(conn, [f], T0, T0 + 2 * H)}
+    assert got[(1, T0)].detail == {"note": odd, "n": [1, 2.5, None]}
+    assert (got[(1, T0 + H)].value, got[(1, T0 + H)].method) == (1e-7, "typical_curve")
+    assert got[(1, T0 + H)].detail["days"] == [odd]
+    assert (got[(2, T0)].value, got[(2, T0)].source) == (3.0, "backup")
+    again = await write_settled(conn, rows, actor="ana", reason="acta 7")
+    assert (again.inserted, again.unchanged, again.superseded) == (0, 3, 0)
+    await conn.commit()
+
+
 async def test_binary_copy_constants_are_text_columns(conn) -> None:
     """pgbinary.encode's constant columns (settled values' source, actor and reason)."""
     import numpy as np
@@ -142,6 +165,22 @@ async def test_binary_copy_constants_are_text_columns(conn) -> None:
         await copy.write(pgbinary.encode((("a", "i8"), ("b", "f8")), data, consts))
     cur = await conn.execute("SELECT * FROM copy_consts ORDER BY a")
     assert await cur.fetchall() == [(a, a - 0.5, "principal", "", "ñandú") for a in (1, 2, 3)]
+
+
+async def test_id_arrays_reach_the_server_as_bigint_arrays(conn) -> None:
+    """pgbinary.int8_array: the ids a query's ANY(%s) takes, sent as binary bigint[] — in
+    order, beyond 32 bits, empty, and from a numpy array of another integer type."""
+    import numpy as np
+
+    from cgm.storage.pgbinary import int8_array
+
+    cases = [[3, 1, 2], [2**40, -(2**40)], [], np.array([7, 8], dtype=np.int32), {9}]
+    for ids in cases:
+        cur = await conn.execute(
+            "SELECT %(a)s, cardinality(%(a)s), 1099511627776 = ANY(%(a)s)", {"a": int8_array(ids)}
+        )
+        got, n, big = await cur.fetchone()
+        assert got == [int(i) for i in ids] and n == len(got) and big == (2**40 in got)
 
 
 async def test_settled_values_are_found_by_time_with_a_brin_time_index(conn, frontiers) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from cgm.localtime import hour_starts
 from cgm.storage import Quality, readings_array, write_readings
@@ -180,6 +181,27 @@ async def test_three_day_gap_is_estimated_and_raises_one_alarm(conn) -> None:
     (act,) = [r[0] for r in await cur.fetchall()]
     assert act["channel"] == "active_import" and act["hours"] == 72.0
     assert act["since"] == hour_starts(start)[0].isoformat()
+
+
+async def test_estimated_hours_gauge_follows_the_streak_and_goes_when_measured(conn) -> None:
+    """The ops dashboard's cgm_vee_estimated_hours: a channel estimated since the start of
+    a day shows its hours; once the next day is measured again its series is gone."""
+    f = await make_frontier(conn)
+    start = date(2026, 4, 6)  # Monday
+    hist = sorted({d for d in same_type_days(start, 2, 2)} | {start - timedelta(days=1)})
+    await _history(conn, f, [d for d in hist if d < start])
+    cfg = {"typical_weeks": 2, "typical_max_days": 2}
+    labels = {"frontier": f.code, "channel": "active_import"}
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("cgm_vee_estimated_hours", labels)
+
+    await vee(conn, f, start, **cfg)  # nothing read that day: all 24 hours estimated
+    assert gauge() == 24.0
+    nxt = start + timedelta(days=1)
+    await both(conn, f, nxt, load(f, nxt))
+    await vee(conn, f, nxt, **cfg)
+    assert gauge() is None
 
 
 async def test_spike_in_the_principal_is_replaced_by_the_backup(conn) -> None:
