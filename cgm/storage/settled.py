@@ -108,6 +108,16 @@ def _key_sort(arr: np.ndarray) -> np.ndarray:
     return np.lexsort(_key_columns(arr))
 
 
+def _first_in_key_order(arr: np.ndarray) -> int:
+    """Index of ``arr``'s first row in key order: a pass per key column, not a sort of
+    every row (a fleet's first settle: ~1 M rows to find one)."""
+    idx = np.arange(len(arr))
+    for col in reversed(_key_columns(arr)):
+        c = col[idx]
+        idx = idx[c == c.min()]
+    return int(idx[0])
+
+
 def _in_key_order(arr: np.ndarray) -> np.ndarray:
     """``arr`` in settled_reading's key order: itself when it already is (VEE writes a day's
     series in order), checked in one pass instead of sorted."""
@@ -654,7 +664,7 @@ async def _all_new(conn: psycopg.AsyncConnection, *batches: np.ndarray) -> bool:
     likely all new (a first settle of the hours; the upsert's order puts that key first, so
     a plain INSERT that meets a stored key fails early)."""
     rows = np.concatenate(batches)
-    first = rows[_key_sort(rows)[0]]
+    first = rows[_first_in_key_order(rows)]
     t = _EPOCH + int(first["interval_start"].view("i8")) * timedelta(microseconds=1)
     cur = await conn.execute(
         "SELECT NOT EXISTS (SELECT 1 FROM settled_reading"

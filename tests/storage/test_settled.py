@@ -148,6 +148,25 @@ async def test_free_text_in_detail_and_method_is_stored_as_written(conn, frontie
     await conn.commit()
 
 
+def test_first_key_found_without_sorting_is_the_sorted_first() -> None:
+    """The first-settle probe asks whether a batch's first key (local day, frontier,
+    channel, hour) is stored; found in passes over the key columns, it must be the row a
+    sort would put first, across local-day boundaries (05:00 UTC) and ties."""
+    import numpy as np
+
+    from cgm.storage.settled import MEASURED_DTYPE, _first_in_key_order, _key_sort
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        a = np.zeros(n, dtype=MEASURED_DTYPE)
+        a["frontier_id"], a["channel"] = rng.integers(1, 4, n), rng.integers(1, 3, n)
+        hours = rng.integers(0, 72, n).astype("m8[h]")
+        a["interval_start"] = np.datetime64("2026-03-01T00:00", "us") + hours
+        key = ["frontier_id", "channel", "interval_start"]
+        assert a[key][_first_in_key_order(a)] == a[key][_key_sort(a)[0]]
+
+
 async def test_binary_copy_constants_are_text_columns(conn) -> None:
     """pgbinary.encode's constant columns (settled values' source, actor and reason)."""
     import numpy as np
