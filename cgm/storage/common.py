@@ -116,17 +116,26 @@ async def missing_ids(conn: psycopg.AsyncConnection, table: str, ids: np.ndarray
 
 
 async def packed(
-    conn: psycopg.AsyncConnection, record: str, rest: str, params: dict[str, Any], dtype: np.dtype
+    conn: psycopg.AsyncConnection,
+    record: str,
+    rest: str,
+    params: dict[str, Any],
+    dtype: np.dtype,
+    *,
+    native: bool = True,
 ) -> np.ndarray:
     """Rows as one bytea of fixed-width big-endian records, parsed by numpy.
 
     A COPY TO or a plain fetch costs a Python round of the driver per row (about 10 µs); a
     day of a large fleet is millions of rows. ``string_agg`` of ``int8send(..) || ..`` makes
-    the server pack them into one value instead, which numpy reads in one call.
+    the server pack them into one value instead, which numpy reads in one call. ``native``:
+    converted to this machine's byte order (a copy); False: the big-endian records as they
+    came, for a caller that converts them elsewhere (off the event loop).
     """
     query = f"SELECT string_agg({record}, ''::bytea) {rest}"  # noqa: S608 - fixed fragments
     async with conn.cursor(binary=True) as cur:
         await cur.execute(query, params)
         row = await cur.fetchone()
     blob = row[0] if row and row[0] is not None else b""
-    return np.frombuffer(blob, dtype=dtype).astype(dtype.newbyteorder("="))
+    arr = np.frombuffer(blob, dtype=dtype)
+    return arr.astype(dtype.newbyteorder("=")) if native else arr

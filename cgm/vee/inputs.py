@@ -6,6 +6,7 @@ VEE only reads what collection stored (one-way flow); it never talks to meters.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -234,26 +235,41 @@ async def load_readings(
 ) -> dict[str, MeterMatrix]:
     """Readings of every series' principal and backup over the day's window."""
     w0, w1 = window(day)
-    S = len(series)
-    out: dict[str, MeterMatrix] = {}
     # (meter, channel) → (series, role)
     has = [np.flatnonzero(series.meter[role]) for role in ROLES]
     t_series = np.concatenate(has)
     t_role = np.concatenate([np.full(len(h), r, dtype=np.int8) for r, h in enumerate(has)])
     meters = np.concatenate([series.meter[role][h] for role, h in zip(ROLES, has, strict=True)])
     table = _KeyTable(meters, series.channel[t_series])
-    arr = _unix_us(
-        await packed(
-            conn,
-            "int8send(meter_id) || int2send(channel) || "
-            + _TIME.format(t="interval_start")
-            + " || float8send(value) || int4send(quality) || int4send(version)",
-            "FROM reading WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s"
-            " AND interval_start < %(b)s",
-            {"m": int8_array(np.unique(meters)), "a": w0, "b": w1},
-            _READING_RECORD,
-        )
+    wire = await packed(
+        conn,
+        "int8send(meter_id) || int2send(channel) || "
+        + _TIME.format(t="interval_start")
+        + " || float8send(value) || int4send(quality) || int4send(version)",
+        "FROM reading WHERE meter_id = ANY(%(m)s) AND interval_start >= %(a)s"
+        " AND interval_start < %(b)s",
+        {"m": int8_array(np.unique(meters)), "a": w0, "b": w1},
+        _READING_RECORD,
+        native=False,
     )
+    # Placed in a thread: numpy lets go of the GIL for most of it, so the event loop goes on
+    # taking the replies of a concurrent read (a large run's history, on another
+    # connection) instead of leaving the server waiting to send them (~1 s a run).
+    return await asyncio.to_thread(_place_readings, wire, series, table, t_series, t_role, w0)
+
+
+def _place_readings(
+    wire: np.ndarray,
+    series: Series,
+    table: _KeyTable,
+    t_series: np.ndarray,
+    t_role: np.ndarray,
+    w0: datetime,
+) -> dict[str, MeterMatrix]:
+    """The readings (big-endian records) in each role's (S, W) matrices."""
+    arr = _unix_us(wire.astype(wire.dtype.newbyteorder("=")))
+    S = len(series)
+    out: dict[str, MeterMatrix] = {}
     for role in ROLES:
         out[role] = MeterMatrix(
             np.full((S, W), np.nan),
