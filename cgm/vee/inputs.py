@@ -77,14 +77,18 @@ class Series:
     factor: dict[str, np.ndarray]  # role -> primary factor (NaN: no meter)
     tolerance_pct: np.ndarray
     capacity_kwh: np.ndarray
-    index: dict[tuple[int, int], int] = field(default_factory=dict)
+    index: dict[tuple[int, int], int] = field(init=False)  # (frontier, channel) -> position
+
+    def __post_init__(self) -> None:
+        pairs = zip(self.frontier_id.tolist(), self.channel.tolist(), strict=True)
+        self.index = {(f, c): i for i, (f, c) in enumerate(pairs)}
 
     def __len__(self) -> int:
         return len(self.frontier_id)
 
     def take(self, keep: np.ndarray) -> Series:
         """The series where the boolean ``keep`` is true, in the same order."""
-        out = Series(
+        return Series(
             self.frontier_id[keep],
             self.channel[keep],
             [c for c, k in zip(self.code, keep.tolist(), strict=True) if k],
@@ -93,9 +97,6 @@ class Series:
             self.tolerance_pct[keep],
             self.capacity_kwh[keep],
         )
-        pairs = zip(out.frontier_id.tolist(), out.channel.tolist(), strict=True)
-        out.index = {(f, c): i for i, (f, c) in enumerate(pairs)}
-        return out
 
 
 async def load_series(
@@ -119,7 +120,9 @@ async def load_series(
     )
     rows = await cur.fetchall()
     if not rows:
-        return _series([], np.zeros(0, np.int64), np.zeros(0, np.int16), {}, {}, [], [])
+        ids, floats = np.zeros(0, np.int64), np.zeros(0)
+        return Series(ids, np.zeros(0, np.int16), [], dict.fromkeys(ROLES, ids),
+                      dict.fromkeys(ROLES, floats), floats, floats)  # fmt: skip
     fid, code, adj, cap, mid, role, ct, vt, acc_a, acc_r, ct_acc, vt_acc, chans = zip(
         *rows, strict=True
     )
@@ -166,39 +169,15 @@ async def load_series(
         e = np.where(active, err["accuracy_active"][m], err["accuracy_reactive"][m])
         tolerance = tolerance + np.where(present, e, 0.0)
     capacity = np.array([np.nan if not c else c * 1000.0 for c in cap], dtype=float)
-    return _series(
-        [code[i] for i in first[f_of].tolist()],
+    return Series(
         fids[f_of],
         channel.astype(np.int16),
+        [code[i] for i in first[f_of].tolist()],
         meters,
         factors,
         config.divergence_factor * tolerance,
         capacity[first[f_of]],
     )
-
-
-def _series(
-    code: list[str],
-    frontier_id: np.ndarray,
-    channel: np.ndarray,
-    meters: dict[str, np.ndarray],
-    factors: dict[str, np.ndarray],
-    tolerance: Any,
-    capacity: Any,
-) -> Series:
-    n = len(frontier_id)
-    s = Series(
-        frontier_id,
-        channel,
-        code,
-        {r: meters.get(r, np.zeros(n, dtype=np.int64)) for r in ROLES},
-        {r: factors.get(r, np.full(n, np.nan)) for r in ROLES},
-        np.asarray(tolerance, dtype=np.float64),
-        np.asarray(capacity, dtype=np.float64),
-    )
-    pairs = zip(s.frontier_id.tolist(), s.channel.tolist(), strict=True)
-    s.index = {(f, c): i for i, (f, c) in enumerate(pairs)}
-    return s
 
 
 @dataclass
