@@ -26,7 +26,7 @@ from cgm import metrics
 from cgm.frontier_log import ALARM
 from cgm.localtime import HOUR, day_bounds, local_day
 from cgm.storage import Quality, SettledValue, write_settled
-from cgm.storage.common import CHANNELS_BY_ID
+from cgm.storage.common import CHANNELS_BY_ID, channel_id
 from cgm.storage.pgbinary import int8_array
 from cgm.storage.settled import ANALYZE_AFTER, analyze_settled, measured_array
 from cgm.vee import estimate as est
@@ -811,21 +811,22 @@ async def _prolonged_estimation(
     streaks = await _estimate_streaks(conn, series, end)
     alarms = 0
     # A channel of these series that is measured again drops its gauge series (bounded by
-    # the fleet). Only the few this process has set are looked at: asking the gauge to
-    # remove every series of a fleet cost ~0.5 s a run.
+    # the fleet). Only the series the gauge holds are looked at: asking it to remove every
+    # series of a fleet cost ~0.5 s a run.
     ongoing = {(fid, ch) for fid, ch, _, _ in streaks}
-    for key in [k for k in _gauged if k in series.index and k not in ongoing]:
-        try:
-            metrics.VEE_ESTIMATED_HOURS.remove(*_gauged.pop(key))
-        except KeyError:
-            pass
+    frontier_of = dict(zip(series.code, series.frontier_id.tolist(), strict=True))
+    for family in metrics.VEE_ESTIMATED_HOURS.collect():
+        for sample in family.samples:
+            code, name = sample.labels["frontier"], sample.labels["channel"]
+            key = (frontier_of.get(code), channel_id(name))
+            if key in series.index and key not in ongoing:
+                metrics.VEE_ESTIMATED_HOURS.remove(code, name)
     for fid, ch, last_measured, first in streaks:
         since = (last_measured + HOUR if last_measured is not None else first).astimezone(UTC)
         streak = _floor_hour(end) - since
         name = CHANNELS_BY_ID[ch].value
         code = series.code[series.index[(fid, ch)]]
         metrics.VEE_ESTIMATED_HOURS.labels(code, name).set(streak / HOUR)
-        _gauged[(fid, ch)] = (code, name)
         if streak <= config.prolonged_estimation:
             continue
         found = await conn.execute(
@@ -857,10 +858,6 @@ async def _prolonged_estimation(
         alarms += 1
         metrics.VEE_PROLONGED_ALARMS.inc()
     return alarms, {int(fid) for fid, _, _, _ in streaks}
-
-
-_gauged: dict[tuple[int, int], tuple[str, str]] = {}
-"""(frontier, channel) → the labels of its VEE_ESTIMATED_HOURS series this process set."""
 
 
 async def _estimate_streaks(
