@@ -19,6 +19,9 @@ from functools import lru_cache
 
 import numpy as np
 
+# At import, not in the first call: the registry package's import (its models, ~0.4 s) is
+# paid when the VEE worker starts, not by its first run.
+from cgm.registry.rules import class_rank
 from cgm.storage import Quality
 from cgm.vee.config import VeeConfig
 
@@ -247,8 +250,6 @@ def meter_error_pct(
     An unregistered meter class counts as ``default``; an unregistered transformer class
     as 0 (a direct-connected meter has none).
     """
-    from cgm.registry.rules import class_rank
-
     total = class_rank(meter_class) if meter_class else default
     for t in (ct, vt):
         if t:
