@@ -7,7 +7,7 @@ VEE only reads what collection stored (one-way flow); it never talks to meters.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -190,6 +190,10 @@ class MeterMatrix:
     version: np.ndarray
     duplicate: np.ndarray
     off_grid: np.ndarray
+
+    def take(self, keep: np.ndarray) -> MeterMatrix:
+        """The rows (series) where the boolean ``keep`` is true."""
+        return MeterMatrix(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
 _READING_RECORD = np.dtype(

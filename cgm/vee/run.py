@@ -36,8 +36,10 @@ from cgm.vee.daytype import day_type, same_type_days
 from cgm.vee.inputs import (
     ROLES,
     SOURCE_CODES,
+    MeterMatrix,
     Recorded,
     Series,
+    Stored,
     W,
     day_versions,
     input_digests,
@@ -271,7 +273,6 @@ async def _run_day(
         return summary
     fids = sorted({int(f) for f in series.frontier_id})
     meter_ids = sorted({int(m) for r in ROLES for m in series.meter[r] if m})
-    due = np.array(due_cols)[None, :].repeat(S, 0)
 
     whole_fleet = frontier_ids is None and not skip
     if S * W < _SPLIT_AFTER:
@@ -297,6 +298,110 @@ async def _run_day(
     n_days = int(np.flatnonzero(has_data)[-1]) + 1 if has_data.any() else 0
     history, hist_est, hist_days = history[:, :n_days], hist_est[:, :n_days], hist_days[:n_days]
     timer.lap("load history")
+    snaps = await load_snapshots(conn, meter_ids, day, config.register_skew)
+    clock_rows = await load_clock_corrections(conn, meter_ids, day)
+    power = await load_power(conn, fids, day, config.scada_max_sample_gap) if config.scada else {}
+    timer.lap("load snapshots, clock log, power")
+    stored = await load_stored(conn, fids, day)
+    timer.lap("load stored")
+    inputs = _DayInputs(
+        day, w0, config, series, mats, history, hist_est, hist_days, snaps, clock_rows, power,
+        stored, np.array(due_cols),
+    )  # fmt: skip
+
+    # A large write refreshes the statistics on a side connection while the run records
+    # what it settled; awaited (or cancelled on failure) before the run returns.
+    async with _beside() as beside:
+        if S * W < _SPLIT_AFTER:
+            part = _settle(inputs, np.ones(S, dtype=bool))
+            summary.merge(part.summary)
+            estimated = part.estimated
+            if part.changed or len(part.measured):
+                r = await write_settled(
+                    conn, part.changed, measured=part.measured, actor=config.actor,
+                    reason=f"vee {day}",
+                )  # fmt: skip
+                summary.written = r.inserted + r.superseded
+                summary.kept_manual += r.kept_manual
+                _count_written(part)
+        else:
+            estimated = await _settle_in_parts(conn, inputs, summary, beside)
+        timer.lap("settle and write")
+
+        summary.alarms, ongoing = await _prolonged_estimation(conn, series, day, now, config)
+        more, _ = await _prolonged_estimation(conn, alarm_only, day, now, config)
+        summary.alarms += more
+        # What was settled from what. The day's own settled version is recorded as this run
+        # leaves it (a later change, e.g. a manual edit, is a reason to run again), except for
+        # a frontier with an estimate: that depends on the day's own stored values (the day
+        # before's window ends in this day's first hour), so its record has the version the
+        # run read, and a run that changed them is followed by one more.
+        after = await day_versions(conn, fids, day)
+        await record_inputs(
+            conn,
+            day,
+            {
+                f: Recorded(
+                    seal(digests[f], own[f] if f in estimated else after.get(f, 0)),
+                    f in estimated,
+                    f in ongoing,
+                )
+                for f in fids
+            },
+        )
+        await conn.commit()
+        timer.lap("alarms")
+    timer.lap("statistics")
+    summary.seconds = time.perf_counter() - t_start
+    metrics.VEE_RUN_SECONDS.set(summary.seconds)
+    for rule, n in summary.flagged.items():
+        metrics.VEE_FLAGS.labels(rule).inc(n)
+    return summary
+
+
+@dataclass
+class _DayInputs:
+    """What a run has read for its day, every series' (the whole run's arrays)."""
+
+    day: date
+    w0: datetime
+    config: VeeConfig
+    series: Series
+    mats: dict[str, MeterMatrix]
+    history: np.ndarray
+    hist_est: np.ndarray
+    hist_days: list[date]
+    snaps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]
+    clock_rows: list[tuple[int, datetime, datetime]]
+    power: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]
+    stored: Stored
+    due_cols: np.ndarray  # (W,) hours that have ended by the run's "now"
+
+
+@dataclass
+class _Part:
+    """Some series settled (:func:`_settle`): counts, the rows to write, and the frontiers
+    with an hour to estimate."""
+
+    summary: VeeSummary
+    changed: list[SettledValue]
+    measured: np.ndarray
+    estimated: set[int]
+
+
+def _settle(inp: _DayInputs, keep: np.ndarray) -> _Part:
+    """Validate, choose, estimate and build the settled rows of the series where ``keep``
+    is true (whole frontiers). Computation only, no I/O: a large run calls it in a thread,
+    a part at a time, while the parts before are written."""
+    config, w0, day = inp.config, inp.w0, inp.day
+    summary = VeeSummary()
+    timer = _Timer(summary.timings)
+    series = inp.series.take(keep)
+    mats = {role: m.take(keep) for role, m in inp.mats.items()}
+    history, hist_est, hist_days = inp.history[keep], inp.hist_est[keep], inp.hist_days
+    snaps, power = inp.snaps, inp.power
+    S = len(series)
+    due = inp.due_cols[None, :].repeat(S, 0)
     typical, hist_ok = typical_curves(
         history,
         ~hist_est,
@@ -309,16 +414,11 @@ async def _run_day(
     typ_for_rules = np.where(has_typical[:, None], typical[:, CORE], np.nan)
     timer.lap("typical curves")
 
-    snaps = await load_snapshots(conn, meter_ids, day, config.register_skew)
-    clock_rows = await load_clock_corrections(conn, meter_ids, day)
-    power = await load_power(conn, fids, day, config.scada_max_sample_gap) if config.scada else {}
-    timer.lap("load snapshots, clock log, power")
-
     # --- validation -----------------------------------------------------------------
     checks: dict[str, Checks] = {}
     for role in ROLES:
         m = mats[role]
-        clock_logged = _clock_mask(series, role, clock_rows, w0)
+        clock_logged = _clock_mask(series, role, inp.clock_rows, w0)
         checks[role] = check_meter(
             m.value,
             m.quality,
@@ -393,8 +493,7 @@ async def _run_day(
     timer.lap("estimate")
 
     # --- settled rows, diffed against what is stored ------------------------------------
-    stored = await load_stored(conn, fids, day)
-    timer.lap("load stored")
+    stored = inp.stored
     changed: list[SettledValue] = []
     starts = [w0 + j * HOUR for j in range(W)]
     p, b = mats["principal"], mats["backup"]
@@ -495,57 +594,14 @@ async def _run_day(
             continue
         changed.append(SettledValue(fid, ch, starts[j], value, source_name, method, flags, detail))
     timer.lap("build rows")
-
-    # A large write refreshes the statistics on a side connection while the run records
-    # what it settled; awaited (or cancelled on failure) before the run returns.
-    async with _beside() as beside:
-        if changed or len(measured):
-            inserted, superseded, kept = await _write(conn, changed, measured, config, day, beside)
-            summary.written = inserted + superseded
-            summary.kept_manual += kept
-            written = Counter(v.source for v in changed)
-            for code, name in ((1, "principal"), (2, "backup")):
-                written[name] += int((measured["source"] == code).sum())
-            for source, n in written.items():
-                if n:
-                    metrics.VEE_VALUES_WRITTEN.labels(source).inc(n)
-        timer.lap("write")
-
-        summary.alarms, ongoing = await _prolonged_estimation(conn, series, day, now, config)
-        more, _ = await _prolonged_estimation(conn, alarm_only, day, now, config)
-        summary.alarms += more
-        # What was settled from what. The day's own settled version is recorded as this run
-        # leaves it (a later change, e.g. a manual edit, is a reason to run again), except for
-        # a frontier with an estimate: that depends on the day's own stored values (the day
-        # before's window ends in this day's first hour), so its record has the version the
-        # run read, and a run that changed them is followed by one more.
-        estimated = {int(f) for f in series.frontier_id[need.any(axis=1)]}
-        after = await day_versions(conn, fids, day)
-        await record_inputs(
-            conn,
-            day,
-            {
-                f: Recorded(
-                    seal(digests[f], own[f] if f in estimated else after.get(f, 0)),
-                    f in estimated,
-                    f in ongoing,
-                )
-                for f in fids
-            },
-        )
-        await conn.commit()
-        timer.lap("alarms")
-    timer.lap("statistics")
-    summary.seconds = time.perf_counter() - t_start
-    metrics.VEE_RUN_SECONDS.set(summary.seconds)
-    for rule, n in summary.flagged.items():
-        metrics.VEE_FLAGS.labels(rule).inc(n)
-    return summary
+    estimated = {int(f) for f in series.frontier_id[need.any(axis=1)]}
+    return _Part(summary, changed, measured, estimated)
 
 
 WRITER_NAME = "cgm vee write"  # extra connections of a large run (write, history read)
 _SPLIT_AFTER = 100_000  # values; below it one connection (the run's own transaction)
-_WRITERS = 2
+_PARTS = 4  # a large run's series, by frontier: settled and written a part at a time
+_WRITERS = 2  # parts written at once, each on a connection of its own
 
 
 async def _connect_like(conn: psycopg.AsyncConnection, name: str) -> psycopg.AsyncConnection:
@@ -558,58 +614,70 @@ async def _connect_like(conn: psycopg.AsyncConnection, name: str) -> psycopg.Asy
     return other
 
 
-async def _write(
+async def _settle_in_parts(
     conn: psycopg.AsyncConnection,
-    changed: list[SettledValue],
-    measured: np.ndarray,
-    config: VeeConfig,
-    day: date,
+    inp: _DayInputs,
+    summary: VeeSummary,
     beside: list[asyncio.Task[None]],
-) -> tuple[int, int, int]:
-    """Write the run's settled values: (inserted, superseded, kept manual).
-
-    A small write goes in the run's own transaction. A large one (a fleet's first settle:
-    ~1 M values, the server's insert being most of the run) is split by frontier over
-    :data:`_WRITERS` connections of their own that write at the same time (one server
-    core each), each part one transaction committed on its own. So a failure leaves each
-    frontier-day settled whole or not at all; the run's input digests are recorded (in
-    the run's transaction) only after every part has committed, so the next run settles
+) -> set[int]:
+    """A large run (a fleet's first settle: ~1 M values, the server's insert being most of
+    the run): its series split by frontier into :data:`_PARTS` parts, each settled in a
+    thread and written as soon as it is built, on a connection of its own (one transaction
+    a part, at most :data:`_WRITERS` at once), so that the server writes one part while this
+    process builds the next instead of both taking turns. A failure leaves each
+    frontier-day settled whole or not at all; the run's input digests are recorded (in the
+    run's transaction) only after every part has committed, so the next run settles
     whatever is missing and finds the rest unchanged. The day's statistics are then
-    refreshed by a task added to ``beside``, on a connection of its own."""
-    actor, reason = config.actor, f"vee {day}"
-    if len(changed) + len(measured) < _SPLIT_AFTER:
-        r = await write_settled(conn, changed, measured=measured, actor=actor, reason=reason)
-        return r.inserted, r.superseded, r.kept_manual
-    fids = np.unique(
-        np.concatenate(
-            [measured["frontier_id"], np.array([v.frontier_id for v in changed], dtype=np.int64)]
-        )
-    )
-    bounds = [int(fids[len(fids) * k // _WRITERS]) for k in range(_WRITERS)] + [int(fids[-1]) + 1]
+    refreshed by a task added to ``beside``, on a connection of its own. Returns the
+    frontiers with an hour to estimate."""
+    fids = np.unique(inp.series.frontier_id)
+    bounds = [int(fids[len(fids) * k // _PARTS]) for k in range(_PARTS)] + [int(fids[-1]) + 1]
+    slots = asyncio.Semaphore(_WRITERS)
+    estimated: set[int] = set()
 
-    async def part(lo: int, hi: int) -> tuple[int, int, int]:
-        m = measured[(measured["frontier_id"] >= lo) & (measured["frontier_id"] < hi)]
-        c = [v for v in changed if lo <= v.frontier_id < hi]
-        if not len(m) and not c:
-            return 0, 0, 0
-        async with await _connect_like(conn, WRITER_NAME) as wconn:
-            r = await write_settled(wconn, c, measured=m, actor=actor, reason=reason, analyze=False)
+    async def write(part: _Part) -> tuple[int, int, int]:
+        async with slots, await _connect_like(conn, WRITER_NAME) as wconn:
+            r = await write_settled(
+                wconn, part.changed, measured=part.measured, actor=inp.config.actor,
+                reason=f"vee {inp.day}", analyze=False,
+            )  # fmt: skip
             await wconn.commit()
+        _count_written(part)
         return r.inserted, r.superseded, r.kept_manual
 
-    pairs = zip(bounds, bounds[1:], strict=False)
-    tasks = [asyncio.create_task(part(lo, hi)) for lo, hi in pairs]
+    tasks: list[asyncio.Task[tuple[int, int, int]]] = []
     try:
+        for lo, hi in sorted(set(zip(bounds, bounds[1:], strict=False))):
+            keep = (inp.series.frontier_id >= lo) & (inp.series.frontier_id < hi)
+            if not keep.any():
+                continue
+            # In a thread: the event loop meanwhile sends the parts before to the server.
+            part = await asyncio.to_thread(_settle, inp, keep)
+            summary.merge(part.summary)
+            estimated |= part.estimated
+            if part.changed or len(part.measured):
+                tasks.append(asyncio.create_task(write(part)))
         done = await asyncio.gather(*tasks)
     except BaseException:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    totals = tuple(int(sum(x)) for x in zip(*done, strict=True))
-    if totals[0] >= ANALYZE_AFTER:  # once for the parts, after they have all committed
-        beside.append(asyncio.create_task(_analyze_aside(conn, day)))
-    return totals  # type: ignore[return-value]
+    inserted, superseded, kept = (int(sum(x)) for x in zip(*done, strict=True)) if done else [0] * 3
+    summary.written, summary.kept_manual = inserted + superseded, summary.kept_manual + kept
+    if inserted >= ANALYZE_AFTER:  # once for the parts, after they have all committed
+        beside.append(asyncio.create_task(_analyze_aside(conn, inp.day)))
+    return estimated
+
+
+def _count_written(part: _Part) -> None:
+    """The values a part wrote, by source, in the metrics."""
+    written = Counter(v.source for v in part.changed)
+    for code, name in ((1, "principal"), (2, "backup")):
+        written[name] += int((part.measured["source"] == code).sum())
+    for source, n in written.items():
+        if n:
+            metrics.VEE_VALUES_WRITTEN.labels(source).inc(n)
 
 
 async def _analyze_aside(conn: psycopg.AsyncConnection, day: date) -> None:

@@ -1,5 +1,6 @@
-"""A large VEE write split over connections of its own (cgm.vee.run._write): the same
-settled values as one connection, each part committed whole, re-runs unchanged."""
+"""A large VEE run settled and written in parts by frontier, each on a connection of its own
+(cgm.vee.run._settle_in_parts): the same settled values as one connection, each part
+committed whole, re-runs unchanged."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ async def test_split_write_settles_as_one_connection_does(conn, monkeypatch) -> 
     monkeypatch.setattr(vee_run, "_SPLIT_AFTER", 1)
     before = await batches(conn)
     s2 = await run_vee_pairs(conn, [(f.id, DAY) for f in split], config=config, now=NOW)
-    assert await batches(conn) == before + vee_run._WRITERS  # one batch per connection
+    assert await batches(conn) == before + vee_run._PARTS  # one batch per part (frontier)
     assert s2.written == s1.written == 96 and s2.by_source == s1.by_source
     assert s2.by_source["estimate"] == 1 and s2.by_source["backup"] >= 1
     # Same values, sources, methods, flags and details (the meter ids differ by frontier).
@@ -60,7 +61,7 @@ async def test_split_write_settles_as_one_connection_does(conn, monkeypatch) -> 
         assert [sorted(r[4]) for r in ra] == [sorted(r[4]) for r in rb]
     # The run's own transaction recorded the inputs after the parts committed: unchanged.
     again = await run_vee_pairs(conn, [(f.id, DAY) for f in split], config=config, now=NOW)
-    assert again.written == 0 and await batches(conn) == before + vee_run._WRITERS
+    assert again.written == 0 and await batches(conn) == before + vee_run._PARTS
 
 
 async def test_a_failed_part_leaves_whole_frontier_days(conn, monkeypatch) -> None:
